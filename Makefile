@@ -1,0 +1,30 @@
+# One virtual environment per checkout; every target installs what it needs.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is pinned here (not in setup.cfg) so that a fresh machine takes the CPU build from local disk.
+TORCH_PIN ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test demo bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_PIN)"
+	$(BIN)/pip install -q -e ".[model,test,s3]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash benchmarks/demo.sh demo-out
+
+bench: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash benchmarks/run_all.sh bench-out
+
+clean:
+	rm -rf $(VENV) demo-out bench-out

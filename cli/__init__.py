@@ -1,0 +1,1 @@
+"""fmcli: the click command-line front end (installed as ``fmcli``; thin wrappers only)."""

@@ -1,0 +1,10 @@
+"""fmdata: read the FMF benchmark's MATLAB files, convert them to Zarr, derive labels and windows.
+
+This package never imports torch. The public facade is deliberately small; submodules hold the
+details (``fmdata.schema`` is the store contract).
+"""
+from fmdata.errors import FmDataError
+
+__version__ = "0.1.0"
+
+__all__ = ["FmDataError", "__version__"]

@@ -1,0 +1,68 @@
+"""The installed console scripts and the store contract."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fmdata import schema, store
+from fmdata.errors import FmDataError
+
+
+@pytest.mark.parametrize("prog", ["fmdata", "fmmodel"])
+def test_console_scripts_answer_help_and_version(prog):
+    exe = __import__("shutil").which(prog) or pytest.fail(f"{prog} is not installed on PATH")
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True).stdout
+    assert prog in out and "0." in out
+    helptext = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
+    assert "Usage:" in helptext
+
+
+def test_fmdata_imports_without_torch():
+    code = ("import sys, fmdata, fmdata.store, fmdata.schema, fmcli.fmdata_main; "
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _recording(n, m, seed):
+    rng = np.random.default_rng(seed)
+    return store.RecordingArrays(
+        video=rng.integers(0, 256, (n, 8, 6, 3), dtype=np.uint8),
+        mask=(rng.random((n, 8, 6)) > 0.9).astype(np.uint8),
+        split=np.where(np.arange(n) < n // 2, schema.SPLIT_TRAIN, schema.SPLIT_TEST).astype(np.int8),
+        frame_time=np.arange(n) / 25.0,
+        current=rng.normal(9000, 100, (m, 3)),
+        current_time=np.arange(m) * 0.5,
+        frame_current_end=np.minimum(np.arange(n) // 12 + 1, m).astype(np.int64),
+        info=schema.RecordingInfo(name=f"r{seed}", source_path="mem", source_bytes=0, layout="v1",
+                                  n_frames=n, n_current=m))
+
+
+def test_store_round_trip_keeps_every_element_and_axis_names(tmp_path):
+    recs = [_recording(37, 5, 1), _recording(20, 3, 2)]
+    store.write_store_from_arrays(tmp_path / "s.zarr", recs, fps=25.0, chunking=store.Chunking(1, 8))
+    root = store.open_store(tmp_path / "s.zarr")
+    meta = store.read_meta(root)
+    assert (meta.n_frames, meta.n_current, meta.n_recordings, meta.height, meta.width) == (57, 8, 2, 8, 6)
+    np.testing.assert_array_equal(root[schema.VIDEO][:], np.concatenate([r.video for r in recs]))
+    np.testing.assert_array_equal(root[schema.MASK][:], np.concatenate([r.mask for r in recs]))
+    np.testing.assert_array_equal(root[schema.RECORDING][:], np.repeat([0, 1], [37, 20]))
+    np.testing.assert_array_equal(root[schema.FRAME_CURRENT_END][37:], recs[1].frame_current_end + 5)
+    f_off, c_off = store.read_offsets(root)
+    assert f_off.tolist() == [0, 37, 57] and c_off.tolist() == [0, 5, 8]
+    assert tuple(root[schema.VIDEO].metadata.dimension_names) == schema.DIMS[schema.VIDEO]
+    assert [r.name for r in store.read_recordings(root)] == ["r1", "r2"]
+
+
+def test_open_store_refuses_missing_foreign_and_incomplete(tmp_path):
+    with pytest.raises(FmDataError, match="nothing there"):
+        store.open_store(tmp_path / "absent.zarr")
+    import zarr
+    zarr.open_group(tmp_path / "plain.zarr", mode="w")
+    with pytest.raises(FmDataError, match="an FMF store"):
+        store.open_store(tmp_path / "plain.zarr")
+    store.write_store_from_arrays(tmp_path / "s.zarr", [_recording(10, 2, 3)], fps=25.0)
+    root = zarr.open_group(tmp_path / "s.zarr", mode="r+")
+    root.attrs[schema.ATTR_STORE] = {**root.attrs[schema.ATTR_STORE], "complete": False}
+    with pytest.raises(FmDataError, match="incomplete"):
+        store.open_store(tmp_path / "s.zarr")
