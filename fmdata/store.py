@@ -15,7 +15,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
-from fmdata import schema
+from fmdata import remote, schema
 from fmdata.errors import FmDataError
 
 # Defaults suit random reads of short frame windows: a chunk is one frame (a 10-frame clip with
@@ -48,12 +48,8 @@ def is_url(path: str | os.PathLike[str]) -> bool:
 
 
 def _store_like(path: str | os.PathLike[str], mode: str, storage_options: dict | None) -> Any:
-    p = os.fspath(path)
-    if is_url(p):
-        if p.startswith("file://"):
-            return zarr.storage.LocalStore(p[len("file://"):], read_only=(mode == "r"))
-        return zarr.storage.FsspecStore.from_url(p, storage_options=storage_options or {}, read_only=(mode == "r"))
-    return zarr.storage.LocalStore(p, read_only=(mode == "r"))
+    # URL handling (file://, s3:// endpoints from the environment, ...) lives in fmdata.remote.
+    return remote.zarr_store(path, mode, storage_options)
 
 
 def open_store(
@@ -184,14 +180,19 @@ class RecordingArrays:
 
 
 def write_store_from_arrays(path: str | os.PathLike[str], recordings: Sequence[RecordingArrays],
-                            fps: float, chunking: Chunking = Chunking(), created_by: str = "") -> zarr.Group:
-    """Write a complete store holding ``recordings`` at ``path`` (must not exist); return its root."""
+                            fps: float, chunking: Chunking = Chunking(), created_by: str = "",
+                            storage_options: dict | None = None) -> zarr.Group:
+    """Write a complete store holding ``recordings`` at ``path`` (must not exist); return its root.
+
+    ``path`` may be an fsspec URL (``storage_options`` as for :func:`open_store`); the
+    ``complete`` flag is written last, so an interrupted write never looks complete.
+    """
     if not recordings:
         raise FmDataError("expected at least one recording, got none")
     n_frames = sum(len(r.video) for r in recordings)
     n_current = sum(len(r.current) for r in recordings)
     h, w = recordings[0].video.shape[1:3]
-    root = zarr.open_group(store=_store_like(path, "w", None), mode="w-", zarr_format=3)
+    root = zarr.open_group(store=_store_like(path, "w", storage_options), mode="w-", zarr_format=3)
     create_arrays(root, n_frames, n_current, h, w, len(recordings), chunking)
     f_off = np.concatenate([[0], np.cumsum([len(r.video) for r in recordings])]).astype(np.int64)
     c_off = np.concatenate([[0], np.cumsum([len(r.current) for r in recordings])]).astype(np.int64)
