@@ -1,0 +1,349 @@
+"""The lazy torch dataset over an FMF store and a window table.
+
+One item is one row of a window table (``fmdata.window_table``): the clip frames, the labelled
+frame's mask and class label, and the current rows of that window, read from the store. An item
+is a row lookup plus slices; the heavy lifting (which chunks to decode, how) is in
+:mod:`fmmodel.reader`. The dataset implements ``__getitems__``, so a DataLoader fetches a whole
+batch with one vectorised read per array; :func:`collate_windows` then passes the ready batch
+through without copying (``fmmodel.sampling.make_loader`` wires this up).
+
+Preprocessing:
+- ``reference``: video as float 0..255, current as raw amperes, frames in the orientation the
+  authors' loader feeds its model (every frame transposed, (W, H); the mask too; the flip reverses
+  the last axis, MATLAB's H). The released checkpoint expects exactly this.
+- ``normalized``: true orientation (H, W); video and current standardised with the training-split
+  statistics that ``fmdata stats`` stores in the store; the flip reverses the last axis (W).
+
+``orientation`` names what an instance delivers ("reference" or "true"); trainers record it in
+their checkpoints. Stores are opened lazily in the process that reads (each DataLoader worker
+opens its own); pickling the dataset never carries an open handle.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.utils.data
+
+from fmdata import schema
+from fmdata.errors import FmDataError
+from fmdata.window_table import WindowTable, read_window_table
+from fmmodel.errors import FmModelError
+from fmmodel.reader import READER_MODES, AxisReader, local_root, open_axis_reader
+
+PREPROCESSING = ("reference", "normalized")
+MODALITIES = ("both", "video", "current")
+TARGETS = ("cls", "seg", "both")
+VIDEO_DTYPES = ("float32", "uint8")
+ORIENTATION_REFERENCE = "reference"  # frames transposed: item axes (..., W, H)
+ORIENTATION_TRUE = "true"  # item axes (..., H, W)
+SPLIT_CODES = {name: code for code, name in schema.SPLIT_NAMES.items()}
+_MIB = 1 << 20
+
+
+def read_normalization(attrs: dict[str, Any], where: str) -> dict[str, np.ndarray]:
+    """Return {video_mean, video_std, current_mean, current_std} (float64, 3 each) from store attributes.
+
+    Reads the attribute ``schema.ATTR_STATS`` written by ``fmdata stats``; FmModelError when it is
+    absent or lacks a key.
+    """
+    stats = attrs.get(schema.ATTR_STATS)
+    if not isinstance(stats, dict):
+        raise FmModelError("expected normalisation statistics (run `fmdata stats STORE`), got none", where)
+    norm = stats.get("normalization", stats)
+    out = {}
+    for key in ("video_mean", "video_std", "current_mean", "current_std"):
+        value = norm.get(key)
+        arr = None if value is None else np.asarray(value, dtype=np.float64).reshape(-1)
+        if arr is None or arr.size != 3 or not np.all(np.isfinite(arr)):
+            raise FmModelError(f"expected statistic {key!r} with 3 finite values, got {value!r}", where)
+        if key.endswith("_std") and np.any(arr <= 0):
+            raise FmModelError(f"expected a positive {key!r}, got {value!r}", where)
+        out[key] = arr
+    return out
+
+
+class WindowBatch(Sequence):
+    """A batch fetched by :meth:`FmfWindowDataset.__getitems__`: batched tensors, viewable as items.
+
+    ``tensors`` maps each item key to a tensor with a leading batch axis. Indexing gives one item
+    (views), so torch's default collate still works; :func:`collate_windows` skips that copy.
+    """
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.tensors = tensors
+        self._n = len(next(iter(tensors.values())))
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        if not -self._n <= i < self._n:
+            raise IndexError(i)
+        return {k: v[i] for k, v in self.tensors.items()}
+
+
+def collate_windows(batch: Any) -> Any:
+    """Collate for DataLoaders over FmfWindowDataset: a WindowBatch passes through as its dict."""
+    if isinstance(batch, WindowBatch):
+        return dict(batch.tensors)
+    return torch.utils.data.default_collate(batch)
+
+
+class FmfWindowDataset(torch.utils.data.Dataset):
+    """Training/evaluation samples of an FMF store, one per window-table row.
+
+    Args:
+        store: store path or fsspec URL (opened lazily per process).
+        windows: the name of a window table in the store (``fmdata windows --name``) or a WindowTable.
+        preprocessing: "reference" or "normalized" (see module docstring).
+        augment: horizontal flip with p=0.5 of clip and mask together, decided by (seed, epoch, window).
+        seed: seed of the flip decisions.
+        modality: "both", "video" (no current read) or "current" (no video read).
+        target: "cls" (no mask read), "seg" or "both".
+        split: keep only windows of this split ("train", "test", "none"); None keeps all.
+        rows: keep only these table rows (int indices or a boolean mask), applied after ``split``.
+        video_dtype: "float32" (default) or "uint8" (reference preprocessing only: 4x fewer bytes
+            to move; convert with ``.float()`` on the device).
+        reader: "auto" (fast local reader where the layout allows, else zarr), "fast" or "zarr".
+        cache_mb: byte budget (MiB, per process) of decoded chunks kept for the current array, and
+            for frame arrays whose chunks hold several frames.
+        storage_options: fsspec options for remote stores.
+
+    Items are dicts of tensors: ``clip`` (3, T, H', W') float32 (or uint8), ``current`` (R, 3)
+    float32, ``mask`` (H', W') uint8, ``label``/``recording``/``frame``/``window`` int64 scalars and
+    ``flipped`` bool, where (H', W') is (W, H) under reference orientation and (H, W) otherwise.
+    ``clip`` is absent for modality "current", ``current`` for modality "video", ``mask`` for
+    target "cls".
+    """
+
+    def __init__(self, store: str | os.PathLike[str], windows: str | WindowTable, *,
+                 preprocessing: str = "reference", augment: bool = False, seed: int = 0,
+                 modality: str = "both", target: str = "both", split: str | None = None,
+                 rows: np.ndarray | Sequence[int] | None = None, video_dtype: str = "float32",
+                 reader: str = "auto", cache_mb: float = 64, storage_options: dict | None = None) -> None:
+        for name, value, allowed in (("preprocessing", preprocessing, PREPROCESSING),
+                                     ("modality", modality, MODALITIES), ("target", target, TARGETS),
+                                     ("video_dtype", video_dtype, VIDEO_DTYPES), ("reader", reader, READER_MODES)):
+            if value not in allowed:
+                raise FmModelError(f"expected {name} in {allowed}, got {value!r}")
+        if video_dtype == "uint8" and preprocessing != "reference":
+            raise FmModelError("expected video_dtype 'float32' with normalized preprocessing, got 'uint8'")
+        self.store = os.fspath(store)
+        self.preprocessing, self.augment, self.seed = preprocessing, bool(augment), int(seed)
+        self.modality, self.target, self.video_dtype = modality, target, video_dtype
+        self.reader_mode, self.cache_bytes = reader, int(cache_mb * _MIB)
+        self.storage_options = storage_options
+        self.orientation = ORIENTATION_REFERENCE if preprocessing == "reference" else ORIENTATION_TRUE
+
+        from fmdata.store import open_store, read_meta  # parent-side metadata only; workers reopen
+        try:
+            root = open_store(self.store, "r", storage_options=storage_options)
+            meta = read_meta(root, self.store)
+            table = windows if isinstance(windows, WindowTable) else read_window_table(root, windows)
+        except FmDataError as exc:
+            raise FmModelError(str(exc)) from None
+        self.windows_name = windows if isinstance(windows, str) else None
+        self.params = dict(table.params)
+        self.frame_shape = (meta.height, meta.width)
+        self.norm = read_normalization(dict(root.attrs), self.store) if preprocessing == "normalized" else None
+        del root
+
+        keep = np.arange(len(table))
+        if split is not None:
+            if split not in SPLIT_CODES:
+                raise FmModelError(f"expected split in {tuple(SPLIT_CODES)}, got {split!r}")
+            keep = keep[table.column("split")[keep] == SPLIT_CODES[split]]
+        if rows is not None:
+            keep = keep[np.asarray(rows)]
+        self._n_table = len(table)
+        self._window = keep.astype(np.int64)
+        self._clip = np.ascontiguousarray(table.clip[keep])
+        self._frame = table.column("frame")[keep].copy()
+        self._label = table.column("label")[keep].copy()
+        self._recording = table.column("recording")[keep].copy()
+        self._cur_start = table.column("current_start")[keep].copy()
+        self._cur_stop = table.column("current_stop")[keep].copy()
+        self.frames = int(self._clip.shape[1])
+        self.current_rows = int(self.params["current_rows"]) if "current_rows" in self.params else 0
+        self._check(meta)
+        # A shared scalar: with persistent workers, set_epoch in the parent reaches every worker.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._readers: dict[str, AxisReader] | None = None
+        self._flips: tuple[int, np.ndarray] | None = None
+
+    # -- construction checks ---------------------------------------------------------------
+    def _check(self, meta: schema.StoreMeta) -> None:
+        where = self.store if self.windows_name is None else f"{self.store} (windows/{self.windows_name})"
+        if self.frames < 1:
+            raise FmModelError("expected a window table with clip columns, got none", where)
+        if len(self) == 0:
+            return
+        if self._clip.min() < 0 or self._clip.max() >= meta.n_frames:
+            raise FmModelError(f"expected clip frames in [0, {meta.n_frames}), got "
+                               f"{self._clip.min()}..{self._clip.max()}", where)
+        if not np.array_equal(self._clip[:, -1], self._frame):
+            raise FmModelError("expected the labelled frame as the last clip column, got other frames", where)
+        if not np.isin(self._label, (0, 1)).all():
+            raise FmModelError(f"expected labels 0/1, got {np.unique(self._label)}", where)
+        if self.modality != "video":
+            if self.current_rows < 1:
+                raise FmModelError(f"expected params['current_rows'] >= 1, got {self.params.get('current_rows')!r}",
+                                   where)
+            if (self._cur_start.min() < 0 or self._cur_stop.max() > meta.n_current
+                    or np.any(self._cur_stop <= self._cur_start)):
+                raise FmModelError(f"expected non-empty current row ranges within [0, {meta.n_current}], got "
+                                   f"some outside or empty", where)
+
+    # -- public ----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self._frame.shape[0])
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Class label of every item (int64, in dataset order): for samplers and class balance."""
+        return self._label
+
+    @property
+    def item_frame_shape(self) -> tuple[int, int]:
+        """The (H', W') of clip frames and masks as delivered: (W, H) under reference orientation."""
+        h, w = self.frame_shape
+        return (w, h) if self.orientation == ORIENTATION_REFERENCE else (h, w)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the flip decisions of ``epoch`` (reaches persistent workers; call before iterating)."""
+        self._epoch.fill_(int(epoch))
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.item())
+
+    def describe(self) -> dict[str, Any]:
+        """Return what a checkpoint should record about the inputs this dataset delivers."""
+        return {"preprocessing": self.preprocessing, "orientation": self.orientation,
+                "modality": self.modality, "target": self.target, "frames": self.frames,
+                "current_rows": self.current_rows, "frame_shape": list(self.frame_shape),
+                "item_frame_shape": list(self.item_frame_shape), "window_params": self.params,
+                "normalization": None if self.norm is None else {k: v.tolist() for k, v in self.norm.items()}}
+
+    def flips(self, index: np.ndarray) -> np.ndarray:
+        """Return the flip decisions (bool) of dataset positions ``index`` in the current epoch."""
+        if not self.augment:
+            return np.zeros(len(index), dtype=bool)
+        epoch = self.epoch
+        if self._flips is None or self._flips[0] != epoch:
+            gen = np.random.default_rng([self.seed, epoch])
+            self._flips = (epoch, gen.random(self._n_table) < 0.5)
+        return self._flips[1][self._window[index]]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> WindowBatch:
+        """Fetch several items at once (the DataLoader calls this with a batch's indices)."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = len(self)
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"index out of range for {n} windows")
+        idx = np.where(idx < 0, idx + n, idx)
+        readers = self._open()
+        flips = self.flips(idx)
+        out: dict[str, torch.Tensor] = {}
+        if self.modality != "current":
+            out["clip"] = torch.from_numpy(self._read_clips(readers[schema.VIDEO], idx, flips))
+        if self.modality != "video":
+            out["current"] = torch.from_numpy(self._read_current(readers[schema.CURRENT], idx))
+        if self.target != "cls":
+            out["mask"] = torch.from_numpy(self._read_masks(readers[schema.MASK], idx, flips))
+        out["label"] = torch.from_numpy(self._label[idx])
+        out["recording"] = torch.from_numpy(self._recording[idx])
+        out["frame"] = torch.from_numpy(self._frame[idx])
+        out["window"] = torch.from_numpy(self._window[idx])
+        out["flipped"] = torch.from_numpy(flips)
+        return WindowBatch(out)
+
+    # -- reading ---------------------------------------------------------------------------
+    def _open(self) -> dict[str, AxisReader]:
+        if self._readers is None:
+            if torch.utils.data.get_worker_info() is not None:
+                import numcodecs.blosc
+                numcodecs.blosc.use_threads = False  # one decode thread per worker process
+            names = []
+            if self.modality != "current":
+                names.append(schema.VIDEO)
+            if self.modality != "video":
+                names.append(schema.CURRENT)
+            if self.target != "cls":
+                names.append(schema.MASK)
+            root = None
+            if self.reader_mode == "zarr" or local_root(self.store) is None:
+                from fmdata.store import open_store
+                root = open_store(self.store, "r", storage_options=self.storage_options)
+            readers: dict[str, AxisReader] = {}
+            for name in names:
+                # Decoded chunks are cached where a chunk serves several windows: the current
+                # array always, frame arrays only when a chunk holds more than one frame.
+                readers[name] = open_axis_reader(self.store, name, mode=self.reader_mode,
+                                                 cache_bytes=self.cache_bytes, cache_single_rows=name == schema.CURRENT,
+                                                 storage_options=self.storage_options, root=root)
+            self._readers = readers
+        return self._readers
+
+    def _orient(self, frames: np.ndarray) -> np.ndarray:
+        """View (..., H, W[, C]) frames in the item orientation (swap H and W for reference)."""
+        if self.orientation == ORIENTATION_REFERENCE:
+            return np.swapaxes(frames, 1, 2)
+        return frames
+
+    def _read_clips(self, reader: AxisReader, idx: np.ndarray, flips: np.ndarray) -> np.ndarray:
+        clips = self._clip[idx]
+        unique, inverse = np.unique(clips, return_inverse=True)
+        raw = reader.take(unique)  # (U, H, W, 3) uint8, each needed frame decoded once
+        inverse = inverse.reshape(clips.shape)
+        hh, ww = self.item_frame_shape
+        out = np.empty((len(idx), 3, self.frames, hh, ww), dtype=self.video_dtype)
+        scale = shift = None
+        if self.norm is not None:
+            scale = 1.0 / self.norm["video_std"]
+            shift = -self.norm["video_mean"] * scale
+        for b in range(len(idx)):
+            src = self._orient(raw[inverse[b]])  # (T, H', W', 3)
+            if flips[b]:
+                src = src[:, :, ::-1]
+            src = np.moveaxis(src, 3, 0)  # (3, T, H', W')
+            if scale is None:
+                np.copyto(out[b], src, casting="unsafe")
+            else:
+                for c in range(3):
+                    np.multiply(src[c], np.float32(scale[c]), out=out[b, c], dtype=np.float32)
+                    out[b, c] += np.float32(shift[c])
+        return out
+
+    def _read_masks(self, reader: AxisReader, idx: np.ndarray, flips: np.ndarray) -> np.ndarray:
+        frames = self._frame[idx]
+        unique, inverse = np.unique(frames, return_inverse=True)
+        raw = self._orient(reader.take(unique)[inverse])  # (B, H', W')
+        if flips.any():
+            raw = raw.copy()
+            raw[flips] = raw[flips][:, :, ::-1]
+        return np.ascontiguousarray(raw, dtype=np.uint8)
+
+    def _read_current(self, reader: AxisReader, idx: np.ndarray) -> np.ndarray:
+        start, stop = self._cur_start[idx], self._cur_stop[idx]
+        # Index resampling of [start, stop) to current_rows rows, exactly as the window-table
+        # contract (and the reference) does it: linspace(start, stop - 1, rows).astype(int).
+        rows = np.linspace(start, stop - 1, self.current_rows, axis=1).astype(np.int64)
+        values = reader.take(rows.reshape(-1)).reshape(len(idx), self.current_rows, 3)
+        if self.norm is not None:
+            values = (values - self.norm["current_mean"]) / self.norm["current_std"]
+        return values.astype(np.float32)
+
+    # -- pickling --------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_readers"] = None  # open files and zarr handles never cross processes
+        state["_flips"] = None
+        return state

@@ -1,0 +1,423 @@
+"""Fast reads of whole rows along axis 0 of a store array (frames of ``video``/``mask``, rows of ``current``).
+
+A training window needs a handful of whole frames from far-apart places in the store. zarr-python
+answers such a request correctly but spends far more time in its generic selection and async
+machinery than in decoding. :class:`LocalAxisReader` goes straight to the bytes instead: it parses
+the array's ``zarr.json``, reads each shard's index once (and keeps it), fetches exactly the inner
+chunks a request needs with ``os.pread`` and decodes them with numcodecs into the caller's buffer.
+It only accepts layouts it understands completely (local files, a regular chunk grid whose chunks
+span every axis but the first, ``bytes`` + blosc/zstd/gzip/no compressor, optionally inside one
+``sharding_indexed`` codec); anything else (remote fsspec stores, transposes, nested shards, ...)
+is read through zarr by :class:`ZarrAxisReader`, which returns identical arrays.
+
+Readers hold open file descriptors: create them inside the process that uses them (the torch
+dataset does so lazily in each worker) and never pickle them.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import google_crc32c
+import numcodecs
+import numcodecs.blosc
+import numpy as np
+
+from fmdata.store import is_url
+from fmmodel.errors import FmModelError
+
+_EMPTY = 2**64 - 1
+READER_MODES = ("auto", "fast", "zarr")
+
+
+class AxisReader(Protocol):
+    """Reads whole rows (everything but axis 0) of one array."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    kind: str  # "fast" or "zarr"
+
+    def take(self, index: np.ndarray) -> np.ndarray:
+        """Return ``array[index]`` for an int array of axis-0 positions (any order, repeats allowed)."""
+        ...
+
+
+class UnsupportedLayout(Exception):
+    """The array's layout is outside what :class:`LocalAxisReader` decodes; use zarr instead."""
+
+
+@dataclass(frozen=True)
+class ArrayLayout:
+    """What the fast reader needs to know about one array, parsed from its ``zarr.json``."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fill_value: Any
+    outer_rows: int  # axis-0 length of a chunk of the chunk grid (a shard when sharded)
+    inner_rows: int  # axis-0 length of the unit that is decoded (inner chunk when sharded)
+    sharded: bool
+    index_at_start: bool
+    index_has_crc: bool
+    key_prefix: str  # "c/" style prefix of the chunk key, or "" for v2 keys
+    separator: str
+    decoder: Callable[[bytes, np.ndarray], None]
+
+    @property
+    def chunks_per_shard(self) -> int:
+        return self.outer_rows // self.inner_rows
+
+    def chunk_key(self, outer_chunk: int) -> str:
+        """Return the storage key of outer chunk ``outer_chunk`` (relative to the array's folder)."""
+        coords = [str(outer_chunk)] + ["0"] * (len(self.shape) - 1)
+        return self.key_prefix + self.separator.join(coords)
+
+
+def _blosc_decode(buf: bytes, dest: np.ndarray) -> None:
+    numcodecs.blosc.decompress(buf, dest)
+
+
+def _codec_decoder(codec: numcodecs.abc.Codec) -> Callable[[bytes, np.ndarray], None]:
+    def decode(buf: bytes, dest: np.ndarray) -> None:
+        codec.decode(buf, out=dest)
+    return decode
+
+
+def _raw_decode(buf: bytes, dest: np.ndarray) -> None:
+    dest.reshape(-1).view(np.uint8)[:] = np.frombuffer(buf, dtype=np.uint8)
+
+
+def _array_decoder(codecs: list[dict[str, Any]], dtype: np.dtype) -> Callable[[bytes, np.ndarray], None]:
+    """Return a decoder for an ``[bytes, <one compressor>?]`` codec chain; UnsupportedLayout otherwise."""
+    if not codecs or codecs[0].get("name") != "bytes":
+        raise UnsupportedLayout(f"expected a 'bytes' codec first, got {codecs[:1]}")
+    endian = (codecs[0].get("configuration") or {}).get("endian", "little")
+    if dtype.itemsize > 1 and endian != "little":
+        raise UnsupportedLayout(f"expected little-endian bytes, got {endian!r}")
+    rest = codecs[1:]
+    if not rest:
+        return _raw_decode
+    if len(rest) > 1:
+        raise UnsupportedLayout(f"expected at most one compressor, got {[c.get('name') for c in rest]}")
+    name = rest[0].get("name")
+    if name == "blosc":
+        return _blosc_decode
+    if name == "zstd":
+        return _codec_decoder(numcodecs.Zstd())
+    if name == "gzip":
+        return _codec_decoder(numcodecs.GZip())
+    raise UnsupportedLayout(f"expected blosc, zstd or gzip, got {name!r}")
+
+
+def _fill(value: Any, dtype: np.dtype) -> Any:
+    if isinstance(value, str):  # v3 spells non-finite floats as strings
+        return float({"Infinity": "inf", "-Infinity": "-inf"}.get(value, value))
+    return 0 if value is None else value
+
+
+def parse_layout(meta: dict[str, Any]) -> ArrayLayout:
+    """Return the ArrayLayout of a Zarr v3 array's metadata dict; UnsupportedLayout if not fast-readable."""
+    if meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
+        raise UnsupportedLayout("expected Zarr v3 array metadata")
+    if meta.get("storage_transformers"):
+        raise UnsupportedLayout("expected no storage transformers")
+    try:
+        dtype = np.dtype(meta["data_type"]).newbyteorder("<")
+    except TypeError:
+        raise UnsupportedLayout(f"expected a numeric data type, got {meta['data_type']!r}") from None
+    shape = tuple(int(s) for s in meta["shape"])
+    grid = meta.get("chunk_grid", {})
+    if grid.get("name") != "regular" or not shape:
+        raise UnsupportedLayout("expected a regular chunk grid")
+    outer = tuple(int(c) for c in grid["configuration"]["chunk_shape"])
+    if outer[1:] != shape[1:]:
+        raise UnsupportedLayout(f"expected chunks spanning every axis but the first, got {outer} for {shape}")
+    enc = meta.get("chunk_key_encoding", {"name": "default"})
+    sep = (enc.get("configuration") or {}).get("separator")
+    if enc.get("name") == "default":
+        sep = sep or "/"
+        prefix = "c" + sep
+    elif enc.get("name") == "v2":
+        sep, prefix = sep or ".", ""
+    else:
+        raise UnsupportedLayout(f"expected a default or v2 chunk key encoding, got {enc.get('name')!r}")
+    codecs = list(meta.get("codecs", []))
+    sharded, at_start, crc, inner = False, False, False, outer
+    if codecs and codecs[0].get("name") == "sharding_indexed":
+        if len(codecs) != 1:
+            raise UnsupportedLayout("expected the sharding codec alone")
+        conf = codecs[0]["configuration"]
+        inner = tuple(int(c) for c in conf["chunk_shape"])
+        if inner[1:] != shape[1:] or outer[0] % inner[0]:
+            raise UnsupportedLayout(f"expected inner chunks spanning every axis but the first, got {inner}")
+        index_codecs = [c.get("name") for c in conf.get("index_codecs", [])]
+        if index_codecs not in (["bytes"], ["bytes", "crc32c"]):
+            raise UnsupportedLayout(f"expected shard index codecs bytes(+crc32c), got {index_codecs}")
+        idx_endian = (conf["index_codecs"][0].get("configuration") or {}).get("endian", "little")
+        if idx_endian != "little":
+            raise UnsupportedLayout("expected a little-endian shard index")
+        sharded, crc = True, index_codecs == ["bytes", "crc32c"]
+        at_start = conf.get("index_location", "end") == "start"
+        codecs = list(conf["codecs"])
+    decoder = _array_decoder(codecs, dtype)
+    return ArrayLayout(shape=shape, dtype=dtype, fill_value=_fill(meta.get("fill_value"), dtype),
+                       outer_rows=outer[0], inner_rows=inner[0], sharded=sharded, index_at_start=at_start,
+                       index_has_crc=crc, key_prefix=prefix, separator=sep, decoder=decoder)
+
+
+class _LRU:
+    """A least-recently-used map bounded by a byte budget (values are numpy arrays) or a count."""
+
+    def __init__(self, max_bytes: int | None = None, max_items: int | None = None) -> None:
+        self.max_bytes, self.max_items = max_bytes, max_items
+        self.nbytes = 0
+        self._d: OrderedDict[int, Any] = OrderedDict()
+
+    def get(self, key: int) -> Any:
+        v = self._d.get(key)
+        if v is not None:
+            self._d.move_to_end(key)
+        return v
+
+    def put(self, key: int, value: Any, nbytes: int = 0) -> Any:
+        if self.max_bytes is not None and nbytes > self.max_bytes:
+            return value
+        self._d[key] = value
+        self.nbytes += nbytes
+        while self._d and ((self.max_items is not None and len(self._d) > self.max_items)
+                           or (self.max_bytes is not None and self.nbytes > self.max_bytes)):
+            _, old = self._d.popitem(last=False)
+            self.nbytes -= old.nbytes if isinstance(old, np.ndarray) else 0
+            if isinstance(old, _OpenFile):
+                old.close()
+        return value
+
+    def clear(self) -> None:
+        for v in self._d.values():
+            if isinstance(v, _OpenFile):
+                v.close()
+        self._d.clear()
+        self.nbytes = 0
+
+
+class _OpenFile:
+    """An open read-only descriptor (or None when the file does not exist) and the file's size."""
+
+    def __init__(self, path: str) -> None:
+        try:
+            self.fd: int | None = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            self.size = os.fstat(self.fd).st_size
+        except FileNotFoundError:
+            self.fd, self.size = None, 0
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class LocalAxisReader:
+    """Reads axis-0 rows of one array of a local store by decoding exactly the chunks they live in.
+
+    ``cache_bytes`` bounds an LRU of decoded chunks (0 disables it): it pays for the current
+    array (a 240-row window lives in one large chunk) and for sequential evaluation, where
+    consecutive windows share most frames. Shard indexes (16 bytes per inner chunk) are kept for
+    the ``max_shards`` most recently used shards, open files for the ``max_files`` most recent.
+    ``cache_single_rows=False`` skips the cache when a chunk holds a single row (random frame
+    reads then gain nothing from it).
+    """
+
+    kind = "fast"
+
+    def __init__(self, array_dir: str, cache_bytes: int = 0, *, cache_single_rows: bool = True,
+                 max_shards: int = 4096, max_files: int = 64) -> None:
+        path = os.path.join(array_dir, "zarr.json")
+        try:
+            with open(path, "rb") as f:
+                meta = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise UnsupportedLayout(f"{path}: {exc}") from None
+        self.layout = parse_layout(meta)
+        self.dir = array_dir
+        self.shape = self.layout.shape
+        self.dtype = self.layout.dtype
+        self._row_shape = self.shape[1:]
+        self._chunk_shape = (self.layout.inner_rows, *self._row_shape)
+        self._chunk_nbytes = int(np.prod(self._chunk_shape)) * self.dtype.itemsize
+        use_cache = cache_bytes > 0 and (cache_single_rows or self.layout.inner_rows > 1)
+        self._cache = _LRU(max_bytes=cache_bytes) if use_cache else None
+        self._index = _LRU(max_items=max_shards)
+        self._files = _LRU(max_items=max_files)
+
+    # -- bytes ------------------------------------------------------------------------------
+    def _file(self, outer_chunk: int) -> _OpenFile:
+        f = self._files.get(outer_chunk)
+        if f is None:
+            key = self.layout.chunk_key(outer_chunk)
+            f = self._files.put(outer_chunk, _OpenFile(os.path.join(self.dir, *key.split("/"))))
+        return f
+
+    def _shard_index(self, shard: int) -> tuple[list[int], list[int]] | None:
+        """Return (offsets, lengths) of the inner chunks of ``shard``, or None when it is absent."""
+        idx = self._index.get(shard)
+        if idx is not None:
+            return idx or None
+        f = self._file(shard)
+        if f.fd is None:
+            self._index.put(shard, ())
+            return None
+        n = self.layout.chunks_per_shard
+        size = 16 * n + (4 if self.layout.index_has_crc else 0)
+        raw = os.pread(f.fd, size, 0 if self.layout.index_at_start else f.size - size)
+        if len(raw) != size:
+            raise FmModelError(f"expected a shard index of {size} bytes, got {len(raw)}", self._where(shard))
+        if self.layout.index_has_crc:
+            want = int.from_bytes(raw[-4:], "little")
+            if google_crc32c.value(raw[:-4]) != want:
+                raise FmModelError("expected a shard index with a valid crc32c, got a mismatch", self._where(shard))
+        table = np.frombuffer(raw, dtype="<u8", count=2 * n).reshape(n, 2)
+        idx = (table[:, 0].tolist(), table[:, 1].tolist())
+        self._index.put(shard, idx)
+        return idx
+
+    def _where(self, outer_chunk: int) -> str:
+        return os.path.join(self.dir, *self.layout.chunk_key(outer_chunk).split("/"))
+
+    def _chunk_bytes(self, chunk: int) -> bytes | None:
+        """Return the encoded bytes of decode unit ``chunk`` (None: never written, i.e. fill value)."""
+        lay = self.layout
+        if not lay.sharded:
+            f = self._file(chunk)
+            return None if f.fd is None else os.pread(f.fd, f.size, 0)
+        shard, j = divmod(chunk, lay.chunks_per_shard)
+        idx = self._shard_index(shard)
+        if idx is None:
+            return None
+        off, nb = idx[0][j], idx[1][j]
+        if off == _EMPTY:
+            return None
+        return os.pread(self._file(shard).fd, nb, off)
+
+    def _decode_into(self, chunk: int, dest: np.ndarray) -> None:
+        buf = self._chunk_bytes(chunk)
+        if buf is None:
+            dest[...] = self.layout.fill_value
+            return
+        try:
+            self.layout.decoder(buf, dest)
+        except Exception as exc:  # corrupt or truncated chunk: name it
+            raise FmModelError(f"expected a decodable chunk {chunk}, got {exc.__class__.__name__}: {exc}",
+                               self.dir) from None
+
+    def _chunk(self, chunk: int) -> np.ndarray:
+        """Return decode unit ``chunk`` as an array of the chunk shape (from the cache when held)."""
+        if self._cache is not None:
+            hit = self._cache.get(chunk)
+            if hit is not None:
+                return hit
+        out = np.empty(self._chunk_shape, self.dtype)
+        self._decode_into(chunk, out)
+        if self._cache is not None:
+            self._cache.put(chunk, out, out.nbytes)
+        return out
+
+    # -- rows -------------------------------------------------------------------------------
+    def take(self, index: np.ndarray) -> np.ndarray:
+        """Return ``array[index]`` (shape ``(len(index), *shape[1:])``) for int positions on axis 0."""
+        index = np.asarray(index, dtype=np.int64).reshape(-1)
+        out = np.empty((index.size, *self._row_shape), self.dtype)
+        if index.size == 0:
+            return out
+        if index.min() < 0 or index.max() >= self.shape[0]:
+            raise FmModelError(f"expected rows in [0, {self.shape[0]}), got {index.min()}..{index.max()}", self.dir)
+        rows = self.layout.inner_rows
+        if rows == 1 and self._cache is None and np.all(index[1:] > index[:-1]):
+            # One row per chunk, sorted and unique (what the dataset asks for): decode in place.
+            for k, i in enumerate(index.tolist()):
+                self._decode_into(i, out[k])
+            return out
+        chunk_of = index // rows
+        order = np.argsort(chunk_of, kind="stable")
+        sorted_chunks = chunk_of[order]
+        cuts = np.flatnonzero(sorted_chunks[1:] != sorted_chunks[:-1]) + 1
+        for lo, hi in zip(np.r_[0, cuts].tolist(), np.r_[cuts, index.size].tolist()):
+            c = int(sorted_chunks[lo])
+            where = order[lo:hi]
+            out[where] = self._chunk(c)[index[where] - c * rows]
+        return out
+
+    def close(self) -> None:
+        """Close open files and drop caches."""
+        self._files.clear()
+        self._index.clear()
+        if self._cache is not None:
+            self._cache.clear()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class ZarrAxisReader:
+    """Reads axis-0 rows through zarr's orthogonal selection: works for every store zarr can open."""
+
+    kind = "zarr"
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+        self.shape = tuple(array.shape)
+        self.dtype = np.dtype(array.dtype)
+
+    def take(self, index: np.ndarray) -> np.ndarray:
+        """Return ``array[index]`` for int positions on axis 0 (one zarr call for all of them)."""
+        index = np.asarray(index, dtype=np.int64).reshape(-1)
+        if index.size == 0:
+            return np.empty((0, *self.shape[1:]), self.dtype)
+        if index.min() < 0 or index.max() >= self.shape[0]:
+            raise FmModelError(f"expected rows in [0, {self.shape[0]}), got {index.min()}..{index.max()}")
+        unique, inverse = np.unique(index, return_inverse=True)
+        sel = (unique,) + (slice(None),) * (len(self.shape) - 1)
+        data = np.asarray(self.array.get_orthogonal_selection(sel))
+        return data if unique.size == index.size and np.all(inverse == np.arange(index.size)) else data[inverse]
+
+
+def local_root(store: str | os.PathLike[str]) -> str | None:
+    """Return the local folder of ``store`` (a path or ``file://`` URL), or None for remote URLs."""
+    p = os.fspath(store)
+    if p.startswith("file://"):
+        return p[len("file://"):]
+    return None if is_url(p) else p
+
+
+def open_axis_reader(store: str | os.PathLike[str], name: str, *, mode: str = "auto",
+                     cache_bytes: int = 0, cache_single_rows: bool = True,
+                     storage_options: dict | None = None, root: Any = None) -> AxisReader:
+    """Return a reader of array ``name`` of ``store``.
+
+    ``mode``: "fast" requires :class:`LocalAxisReader` (FmModelError when the layout does not
+    allow it), "zarr" always uses zarr, "auto" takes the fast reader where possible. ``root``
+    (an open zarr group) saves re-opening the store for the zarr reader. ``cache_bytes`` and
+    ``cache_single_rows`` configure the fast reader's decoded-chunk cache.
+    """
+    if mode not in READER_MODES:
+        raise FmModelError(f"expected reader mode in {READER_MODES}, got {mode!r}")
+    local = local_root(store)
+    if mode != "zarr":
+        reason = "the store is remote"
+        if local is not None:
+            try:
+                return LocalAxisReader(os.path.join(local, name), cache_bytes=cache_bytes,
+                                       cache_single_rows=cache_single_rows)
+            except UnsupportedLayout as exc:
+                reason = str(exc)
+        if mode == "fast":
+            raise FmModelError(f"expected a layout the fast reader decodes, got one it does not ({reason})",
+                               os.fspath(store))
+    if root is None:
+        from fmdata.store import open_store  # zarr only where needed: the fast path never starts it
+        root = open_store(store, "r", storage_options=storage_options)
+    return ZarrAxisReader(root[name])

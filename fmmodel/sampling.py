@@ -1,0 +1,147 @@
+"""Samplers and the DataLoader factory for :class:`fmmodel.dataset.FmfWindowDataset`.
+
+Both samplers are deterministic for (seed, epoch): a run resumed at epoch ``e`` draws the same
+order as an uninterrupted one. They optionally partition the order between DDP ranks (each rank
+takes every ``num_replicas``-th index of a common order truncated to a multiple of
+``num_replicas``, so every rank sees the same number of batches; use an unpadded partition for
+evaluation). ``make_loader`` picks safe multiprocessing settings: zarr v3 runs an asyncio thread,
+so workers start by "forkserver" (or "spawn"), never by plain fork.
+"""
+from __future__ import annotations
+
+import multiprocessing
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.utils.data
+
+from fmmodel.dataset import FmfWindowDataset, collate_windows
+from fmmodel.errors import FmModelError
+
+SAFE_CONTEXTS = ("forkserver", "spawn")
+
+
+class _EpochSampler(torch.utils.data.Sampler[int]):
+    def __init__(self, n: int, seed: int, num_replicas: int, rank: int) -> None:
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise FmModelError(f"expected 0 <= rank < num_replicas, got rank {rank} of {num_replicas}")
+        self.n, self.seed, self.num_replicas, self.rank = n, int(seed), num_replicas, rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the order of ``epoch``."""
+        self.epoch = int(epoch)
+
+    def _generator(self) -> torch.Generator:
+        # One stream per (seed, epoch): derived with numpy's SeedSequence, handed to torch.
+        seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0] >> 1)
+        return torch.Generator().manual_seed(seed)
+
+    def _order(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _part(self, order: torch.Tensor) -> torch.Tensor:
+        usable = len(order) // self.num_replicas * self.num_replicas
+        return order[:usable][self.rank::self.num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._part(self._order()).tolist())
+
+    def __len__(self) -> int:
+        return self._count() // self.num_replicas
+
+    def _count(self) -> int:
+        return self.n
+
+
+class ShuffleSampler(_EpochSampler):
+    """A random permutation of ``range(n)`` per epoch, deterministic for (seed, epoch)."""
+
+    def __init__(self, n: int, seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(n, seed, num_replicas, rank)
+
+    def _order(self) -> torch.Tensor:
+        return torch.randperm(self.n, generator=self._generator())
+
+
+class ClassBalancedSampler(_EpochSampler):
+    """Draws ``num_samples`` indices per epoch with replacement, each class equally likely.
+
+    ``labels`` are the items' class labels (``dataset.labels``); a window is drawn with
+    probability proportional to 1 / (windows of its class). ``num_samples`` defaults to len(labels).
+    """
+
+    def __init__(self, labels: np.ndarray, num_samples: int | None = None, seed: int = 0,
+                 num_replicas: int = 1, rank: int = 0) -> None:
+        labels = np.asarray(labels, dtype=np.int64)
+        super().__init__(len(labels), seed, num_replicas, rank)
+        if len(labels) == 0:
+            raise FmModelError("expected at least one window to sample, got none")
+        counts = np.bincount(labels)
+        self.weights = torch.from_numpy(1.0 / counts[labels])
+        self.num_samples = int(num_samples if num_samples is not None else len(labels))
+
+    def _count(self) -> int:
+        return self.num_samples
+
+    def _order(self) -> torch.Tensor:
+        return torch.multinomial(self.weights, self.num_samples, replacement=True, generator=self._generator())
+
+
+def worker_init(worker_id: int) -> None:
+    """DataLoader worker set-up: one compute thread per worker (the workers are the parallelism)."""
+    torch.set_num_threads(1)
+    import numcodecs.blosc
+    numcodecs.blosc.use_threads = False
+
+
+def default_context() -> str:
+    """Return the start method for workers: "forkserver" where the platform has it, else "spawn"."""
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def make_loader(dataset: FmfWindowDataset, batch_size: int, workers: int = 0, *, shuffle: bool = False,
+                balanced: bool = False, seed: int | None = None, drop_last: bool = False,
+                sampler: torch.utils.data.Sampler | None = None, num_replicas: int = 1, rank: int = 0,
+                pin_memory: bool | None = None, prefetch_factor: int = 4, persistent_workers: bool = True,
+                context: str | None = None, **kwargs: Any) -> torch.utils.data.DataLoader:
+    """Return a DataLoader over ``dataset`` with batched fetches and safe worker settings.
+
+    ``shuffle`` uses a ShuffleSampler, ``balanced`` a ClassBalancedSampler (both seeded with
+    ``seed``, default the dataset's seed, and partitioned by ``num_replicas``/``rank``); ``sampler``
+    overrides both. ``pin_memory`` defaults to whether CUDA is available. With ``workers > 0`` the
+    workers start by ``context`` ("forkserver" or "spawn"; plain "fork" is refused), stay alive
+    between epochs (``persistent_workers``) and prefetch ``prefetch_factor`` batches each. Call
+    :func:`set_loader_epoch` before each epoch. Extra keyword arguments go to the DataLoader.
+    """
+    if batch_size < 1 or workers < 0:
+        raise FmModelError(f"expected batch_size >= 1 and workers >= 0, got {batch_size} and {workers}")
+    seed = dataset.seed if seed is None else seed
+    if sampler is None and balanced:
+        sampler = ClassBalancedSampler(dataset.labels, seed=seed, num_replicas=num_replicas, rank=rank)
+    elif sampler is None and shuffle:
+        sampler = ShuffleSampler(len(dataset), seed=seed, num_replicas=num_replicas, rank=rank)
+    if sampler is None and num_replicas > 1:
+        raise FmModelError("expected shuffle or balanced sampling (or a sampler) with num_replicas > 1, got none")
+    options: dict[str, Any] = {}
+    if workers > 0:
+        context = context or default_context()
+        if context not in SAFE_CONTEXTS:
+            raise FmModelError(f"expected a worker start method in {SAFE_CONTEXTS} (fork can deadlock "
+                               f"zarr's I/O thread), got {context!r}")
+        options.update(multiprocessing_context=context, persistent_workers=persistent_workers,
+                       prefetch_factor=prefetch_factor, worker_init_fn=worker_init)
+    options.update(kwargs)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
+        collate_fn=collate_windows, drop_last=drop_last,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory, **options)
+
+
+def set_loader_epoch(loader: torch.utils.data.DataLoader, epoch: int) -> None:
+    """Set ``epoch`` on the loader's dataset (flip decisions) and sampler (order); call before iterating."""
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
