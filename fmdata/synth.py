@@ -1,0 +1,477 @@
+"""Simulate FMF recordings: furnace-shell video, hot-spot masks, three-phase arc current, split.
+
+A :class:`Recording` is a plan, not data: a handful of scheduled events (anomalies, water-mist
+episodes, current fluctuations) and a few small texture banks. Frames, masks and current of any
+frame range are rendered on demand by :meth:`Recording.render` and :meth:`Recording.current`,
+vectorised over the block, and every value is a pure function of (seed, recording, frame index):
+a block renders the same whatever the block size, and a writer can stream any length in bounded
+memory. Random values that vary per frame come from a counter-based hash (splitmix64) of the
+frame index, so no generator state is carried from block to block.
+
+What is simulated (docs/synthetic-data.md has the picture and the knobs):
+
+* the furnace shell: a shaded cylinder with rust texture, a riveted ring and seams;
+* flame above the shell that flickers (a bank of tongue patterns, cross-faded every 0.2 s) and
+  sometimes flares down over the shell;
+* slow light drift (global gain and colour temperature);
+* water-mist episodes that veil part of the shell or hide all of it; some are placed over
+  anomalies on purpose, so the video alone cannot see them;
+* hot-spot anomalies: irregular bright-red spots that appear, grow and fade; the mask is exactly
+  the set of pixels the spot covers (mist does not change the mask);
+* current: three phases in amperes around 8,500-11,500 A (clipped to 3,000-16,000 A) with common
+  drift, ripple and balanced fluctuations; during an anomaly the phase nearest the spot rises by
+  2,000-3,500 A, the other two drop and the rising phase ripples three to four times harder;
+* the split: a contiguous train block, an unused guard gap, then a contiguous test block.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+from fmdata import schema
+from fmdata.errors import FmDataError
+
+BASE_ORIGIN = _dt.datetime(2023, 5, 10, 21, 33, 27)
+_BANK = 32  # texture patterns per bank
+_NOISE_BANK = 61
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """The knobs of the simulation; times are in seconds, sizes in pixels or shares of the frame.
+
+    ``anomaly_gap_s``/``anomaly_duration_s`` draw the normal time between anomalies and their
+    length; ``anomaly_radius`` is the peak spot radius as a share of min(H, W) (never under
+    1.5 px). ``mist_dense_share`` is the share of mist episodes thick enough to hide the whole
+    shell; ``mist_on_anomaly_share`` the share of anomalies that get such an episode over part of
+    their lifetime. ``test_fraction`` and ``guard_fraction`` size the split blocks; the guard is
+    at least ``min_guard_s`` (longer than one reference clip of 10 frames at step 18).
+    """
+
+    height: int = 64
+    width: int = 64
+    fps: float = 25.0
+    test_fraction: float = 0.2
+    guard_fraction: float = 0.03
+    min_guard_s: float = 8.0
+    anomaly_gap_s: tuple[float, float] = (10.0, 30.0)
+    anomaly_duration_s: tuple[float, float] = (6.0, 20.0)
+    anomaly_radius: tuple[float, float] = (0.04, 0.11)
+    mist_gap_s: tuple[float, float] = (10.0, 45.0)
+    mist_duration_s: tuple[float, float] = (3.0, 14.0)
+    mist_dense_share: float = 0.4
+    mist_on_anomaly_share: float = 0.35
+    flare_gap_s: tuple[float, float] = (10.0, 40.0)
+    current_level_a: tuple[float, float] = (7500.0, 9500.0)
+    current_ripple: float = 0.012
+    current_response_a: tuple[float, float] = (1800.0, 3000.0)
+    fluctuation_gap_s: tuple[float, float] = (15.0, 60.0)
+    fluctuation_a: float = 1500.0
+
+    def validate(self) -> None:
+        """Raise FmDataError when a knob is out of its sensible range."""
+        if not (4 <= self.height <= 4096 and 4 <= self.width <= 4096):
+            raise FmDataError(f"expected a frame size between 4 and 4096 pixels, got {self.height}x{self.width}")
+        if not (0.1 <= self.fps <= 1000):
+            raise FmDataError(f"expected fps between 0.1 and 1000, got {self.fps}")
+        if not (0 < self.test_fraction < 1 and 0 <= self.guard_fraction < 1
+                and self.test_fraction + self.guard_fraction < 1):
+            raise FmDataError(f"expected 0 < test_fraction, 0 <= guard_fraction, sum < 1, got "
+                              f"{self.test_fraction} and {self.guard_fraction}")
+
+
+# ---- counter-based randomness -----------------------------------------------------------------
+_M1, _M2, _M3 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def _hash(key: int, idx: np.ndarray) -> np.ndarray:
+    """splitmix64 of (key, idx): uint64 values that look independent for every index."""
+    with np.errstate(over="ignore"):
+        x = np.asarray(idx, dtype=np.int64).astype(np.uint64) * _M1 + np.uint64(key)
+        x ^= x >> np.uint64(30)
+        x *= _M2
+        x ^= x >> np.uint64(27)
+        x *= _M3
+        x ^= x >> np.uint64(31)
+    return x
+
+
+def _uniform(key: int, idx: np.ndarray) -> np.ndarray:
+    """Uniform floats in [0, 1) as a pure function of (key, idx)."""
+    return (_hash(key, idx) >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
+
+
+def _normal(key: int, idx: np.ndarray) -> np.ndarray:
+    """Standard normal values as a pure function of (key, idx) (Box-Muller)."""
+    i = np.asarray(idx, dtype=np.int64)
+    u1 = 1.0 - _uniform(key, 2 * i)
+    u2 = _uniform(key, 2 * i + 1)
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2 * np.pi * u2)
+
+
+def _smooth(key: int, t: np.ndarray, period: float) -> np.ndarray:
+    """A smooth random curve in [-1, 1]: hashed knots every ``period`` seconds, cosine-blended."""
+    x = np.asarray(t, dtype=np.float64) / period
+    k = np.floor(x).astype(np.int64)
+    w = (1.0 - np.cos(np.pi * (x - k))) * 0.5
+    v0 = _uniform(key, k) * 2 - 1
+    v1 = _uniform(key, k + 1) * 2 - 1
+    return v0 + (v1 - v0) * w
+
+
+def _value_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int, octaves: int = 3) -> np.ndarray:
+    """Smooth 2-D noise in [0, 1]: a few octaves of random grids upsampled with cubic interpolation."""
+    h, w = shape
+    out = np.zeros(shape, np.float32)
+    amp, total = 1.0, 0.0
+    for o in range(octaves):
+        n = cells * 2**o
+        grid = rng.random((n + 1, n + 1)).astype(np.float32)
+        out += amp * cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
+        total += amp
+        amp *= 0.5
+    out /= total
+    lo, hi = float(out.min()), float(out.max())
+    return (out - lo) / max(hi - lo, 1e-6)
+
+
+# ---- events -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Anomaly:
+    """One hot spot: frames [start, stop), centre (cy, cx) in pixels, peak radius, current phase."""
+
+    start: int
+    stop: int
+    cy: float
+    cx: float
+    radius: float
+    aspect: float
+    phase: int
+    response_a: float
+    shape_key: int
+
+
+@dataclass(frozen=True)
+class Episode:
+    """A generic event over frames [start, stop) with a peak ``level`` (mist density, amperes...)."""
+
+    start: int
+    stop: int
+    level: float
+
+
+def _schedule(rng: np.random.Generator, n: int, fps: float, gap_s: tuple[float, float],
+              dur_s: tuple[float, float]) -> list[tuple[int, int]]:
+    """Non-overlapping [start, stop) frame intervals of a renewal process over n frames."""
+    out = []
+    t = rng.uniform(*gap_s) * fps * 0.5
+    while True:
+        start = int(t)
+        stop = start + max(2, int(rng.uniform(*dur_s) * fps))
+        if start >= n:
+            return out
+        out.append((start, min(stop, n)))
+        t = stop + rng.uniform(*gap_s) * fps
+
+
+def _envelope(frames: np.ndarray, start: int, stop: int, ramp: float) -> np.ndarray:
+    """0..1 trapezoid over [start, stop) with cosine ramps of ``ramp`` frames; 0 outside."""
+    f = frames.astype(np.float64)
+    ramp = max(1.0, min(ramp, (stop - start) / 2))
+    up = np.clip((f - start + 1) / ramp, 0, 1)
+    down = np.clip((stop - f) / ramp, 0, 1)
+    e = np.minimum(up, down)
+    e = (1 - np.cos(np.pi * e)) * 0.5
+    e[(f < start) | (f >= stop)] = 0.0
+    return e
+
+
+def split_sizes(n_frames: int, cfg: SynthConfig) -> tuple[int, int, int]:
+    """Return (train, guard, test) frame counts for a recording of ``n_frames`` (train first).
+
+    The guard is the larger of ``guard_fraction`` and ``min_guard_s`` but never more than a
+    tenth of the recording; recordings under 3 frames are all train.
+    """
+    if n_frames < 3:
+        return n_frames, 0, 0
+    test = max(1, int(round(cfg.test_fraction * n_frames)))
+    guard = max(1, min(int(round(max(cfg.guard_fraction * n_frames, cfg.min_guard_s * cfg.fps))),
+                       n_frames // 10))
+    train = n_frames - test - guard
+    if train < 1:
+        train, guard, test = n_frames - 2, 1, 1
+    return train, guard, test
+
+
+# ---- a recording ------------------------------------------------------------------------------
+class Recording:
+    """The plan of one simulated recording; render any frame range on demand.
+
+    ``n_frames`` counts every simulated frame (train + guard + test). ``origin`` is the wall-clock
+    time of frame 0 (whole seconds). Built by :func:`simulate`.
+    """
+
+    def __init__(self, n_frames: int, cfg: SynthConfig, seed: int, index: int = 0,
+                 split: tuple[int, int, int] | None = None) -> None:
+        cfg.validate()
+        if n_frames < 1:
+            raise FmDataError(f"expected at least 1 frame per recording, got {n_frames}")
+        self.n_frames = int(n_frames)
+        self.cfg = cfg
+        self.seed = int(seed)
+        self.index = int(index)
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed & 0xFFFFFFFFFFFFFFFF, self.index]))
+        self._keys = [int(k) for k in rng.integers(0, 2**63, size=24, dtype=np.int64)]
+        self.origin = BASE_ORIGIN + _dt.timedelta(days=int(rng.integers(0, 400)), seconds=int(rng.integers(0, 86400)))
+        self.n_train, self.n_guard, self.n_test = split or split_sizes(self.n_frames, cfg)
+        if self.n_train + self.n_guard + self.n_test != self.n_frames or min(self.n_train, self.n_guard, self.n_test) < 0:
+            raise FmDataError(f"expected train + guard + test = {self.n_frames} frames, got {split}")
+        self._build_scene(rng)
+        self._build_events(rng)
+
+    # -- split
+    def split(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Return the split codes (schema.SPLIT_TRAIN / SPLIT_NONE / SPLIT_TEST) of frames [start, stop)."""
+        stop = self.n_frames if stop is None else stop
+        f = np.arange(start, stop)
+        out = np.full(f.shape, schema.SPLIT_TRAIN, np.int8)
+        out[f >= self.n_train] = schema.SPLIT_NONE
+        out[f >= self.n_train + self.n_guard] = schema.SPLIT_TEST
+        return out
+
+    def split_indices(self) -> dict[str, np.ndarray]:
+        """Return the frame indices of each split: {"train": ..., "test": ..., "none": ...}."""
+        f = np.arange(self.n_frames)
+        edge = self.n_train + self.n_guard
+        return {"train": f[:self.n_train], "none": f[self.n_train:edge], "test": f[edge:]}
+
+    # -- scene
+    def _build_scene(self, rng: np.random.Generator) -> None:
+        h, w = self.cfg.height, self.cfg.width
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        y, x = yy / h, xx / w
+        self.shell_top = 0.2 + 0.06 * float(rng.random())
+        rust = _value_noise(rng, (h, w), 4)
+        grain = _value_noise(rng, (h, w), 16, octaves=2)
+        shade = 0.45 + 0.55 * np.cos((x - 0.5 - 0.1 * (rng.random() - 0.5)) * np.pi * 0.95)
+        ring = 1.0 - 0.35 * np.exp(-(((y - 0.58 - 0.1 * rng.random()) * h) / 1.2) ** 2)
+        seams = 1.0 - 0.25 * (np.abs(((x * 5 + rng.random()) % 1.0) - 0.5) < 0.5 / max(w / 5, 2))
+        lum = shade * ring * seams * (0.75 + 0.35 * rust) * (0.9 + 0.2 * grain)
+        base = np.array([92, 78, 68], np.float32) * (0.9 + 0.2 * rng.random(3)).astype(np.float32)
+        shell = lum[..., None] * base
+        above = y < self.shell_top
+        shell[above] = (np.array([22, 16, 14], np.float32) * (0.8 + 0.4 * grain[above, None]))
+        self.shell = shell.astype(np.float32)
+        # Flame tongues: glow that falls off below a wavy edge near the shell's top.
+        flames = np.empty((_BANK, h, w), np.float32)
+        for k in range(_BANK):
+            edge = self.shell_top + 0.06 * np.sin(2 * np.pi * (x[0] * rng.uniform(1.5, 4) + rng.random()))
+            edge = edge + 0.08 * (_value_noise(rng, (1, w), 3, octaves=2)[0] - 0.3)
+            depth = (y - edge[None, :]) / 0.07
+            flames[k] = np.where(depth < 0, 1.0, np.exp(-depth**2)) * (0.7 + 0.3 * _value_noise(rng, (h, w), 3))
+        self.flames = flames
+        self.mists = np.stack([_value_noise(rng, (h, w), 3) for _ in range(_BANK)]).astype(np.float32)
+        self.noise = rng.normal(0, 2.5, (_NOISE_BANK, h, w, 3)).astype(np.float32)
+        self._xx, self._yy = xx, yy
+
+    def _build_events(self, rng: np.random.Generator) -> None:
+        cfg, n, fps = self.cfg, self.n_frames, self.cfg.fps
+        h, w = cfg.height, cfg.width
+        spans = _schedule(rng, n, fps, cfg.anomaly_gap_s, cfg.anomaly_duration_s)
+        # Both split blocks get at least one anomaly when they are long enough for one.
+        blocks = [(0, self.n_train), (self.n_train + self.n_guard, n)]
+        for b0, b1 in blocks:
+            if b1 - b0 >= max(6, int(2 * fps)) and not any(s < b1 and e > b0 for s, e in spans):
+                length = max(3, min(int(cfg.anomaly_duration_s[0] * fps), (b1 - b0) * 2 // 3))
+                s = b0 + (b1 - b0 - length) // 2
+                spans = sorted(spans + [(s, s + length)])
+        lo = min(h, w)
+        self.anomalies: list[Anomaly] = []
+        for s, e in spans:
+            radius = max(1.5, float(rng.uniform(*cfg.anomaly_radius)) * lo)
+            cy = rng.uniform(self.shell_top * h + radius + 1, h - radius - 1) if h > 8 else h / 2
+            cx = rng.uniform(radius + 1, w - radius - 1) if w > 8 else w / 2
+            self.anomalies.append(Anomaly(
+                start=s, stop=e, cy=float(cy), cx=float(cx), radius=radius, aspect=float(rng.uniform(0.7, 1.4)),
+                phase=min(2, int(3 * cx / w)), response_a=float(rng.uniform(*cfg.current_response_a)),
+                shape_key=int(rng.integers(0, 2**62))))
+        mist = [Episode(s, e, float(rng.uniform(1.6, 2.2) if rng.random() < cfg.mist_dense_share
+                                    else rng.uniform(0.3, 0.8)))
+                for s, e in _schedule(rng, n, fps, cfg.mist_gap_s, cfg.mist_duration_s)]
+        for a in self.anomalies:  # some anomalies get hidden by a dense mist episode on purpose
+            if rng.random() < cfg.mist_on_anomaly_share:
+                length = a.stop - a.start
+                s = a.start + int(rng.uniform(0.0, 0.4) * length)
+                e = min(n, s + max(2, int(rng.uniform(0.4, 0.8) * length)))
+                mist.append(Episode(s, e, float(rng.uniform(1.6, 2.2))))
+        self.mist = sorted(mist, key=lambda ep: ep.start)
+        self.flares = [Episode(s, e, float(rng.uniform(0.5, 1.0)))
+                       for s, e in _schedule(rng, n, fps, cfg.flare_gap_s, (1.0, 5.0))]
+        self.fluctuations = [Episode(s, e, float(rng.choice([-1, 1]) * rng.uniform(0.4, 1.0) * cfg.fluctuation_a))
+                             for s, e in _schedule(rng, n, fps, cfg.fluctuation_gap_s, (2.0, 10.0))]
+        self.levels = rng.uniform(*cfg.current_level_a, size=3)
+        self.ripple_periods = rng.uniform(1.2, 3.0, size=3)
+        self.ripple_phases = rng.uniform(0, 2 * np.pi, size=3)
+
+    @staticmethod
+    def _active(events: list, start: int, stop: int, pad: int = 0) -> list:
+        return [e for e in events if e.start - pad < stop and e.stop + pad > start]
+
+    @lru_cache(maxsize=8)
+    def _spot_distance(self, a: Anomaly) -> np.ndarray:
+        """Normalised distance to the spot's centre with an irregular, spot-specific outline."""
+        rng = np.random.default_rng(a.shape_key)
+        dy = (self._yy - a.cy) / a.aspect
+        dx = (self._xx - a.cx) * a.aspect
+        theta = np.arctan2(dy, dx)
+        wobble = 1.0 + 0.18 * np.sin(3 * theta + rng.uniform(0, 6.3)) + 0.1 * np.sin(5 * theta + rng.uniform(0, 6.3))
+        return (np.sqrt(dy**2 + dx**2) / wobble).astype(np.float32)
+
+    def spot_radius(self, a: Anomaly, frames: np.ndarray) -> np.ndarray:
+        """Radius (pixels) of spot ``a`` at ``frames``: grows from 1.5 px to its peak, then fades back."""
+        u = (frames - a.start + 0.5) / (a.stop - a.start)
+        grow = np.sin(np.pi * np.clip(u, 0, 1)) ** 0.7
+        r = 1.5 + (a.radius - 1.5) * grow
+        return np.where((frames >= a.start) & (frames < a.stop), r, 0.0)
+
+    # -- rendering
+    def render(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Render frames [start, stop): return (video (n, H, W, 3) uint8, mask (n, H, W) uint8).
+
+        Images are in true orientation (row = MATLAB's first index). The mask is 1 exactly on
+        the pixels a hot spot covers, whether or not mist hides it.
+        """
+        if not (0 <= start <= stop <= self.n_frames):
+            raise FmDataError(f"expected a frame range within 0..{self.n_frames}, got {start}..{stop}")
+        cfg, k = self.cfg, self._keys
+        f = np.arange(start, stop)
+        t = f / cfg.fps
+        n = f.size
+        # Light drift: global gain and a warm/cool tint, both slow.
+        gain = 1.0 + 0.14 * _smooth(k[0], t, 45.0) + 0.05 * _smooth(k[1], t, 6.0)
+        warm = 0.05 * _smooth(k[2], t, 60.0)
+        tint = np.stack([gain * (1 + warm), gain, gain * (1 - warm)], axis=1).astype(np.float32)
+        img = self.shell[None] * tint[:, None, None, :]
+        # Flame: cross-fade between two tongue patterns every 0.2 s; flicker and flares scale it.
+        slot = t / 0.2
+        s0 = np.floor(slot).astype(np.int64)
+        mix = (slot - s0).astype(np.float32)[:, None, None]
+        i0 = (_hash(k[3], s0) % np.uint64(_BANK)).astype(np.intp)
+        i1 = (_hash(k[3], s0 + 1) % np.uint64(_BANK)).astype(np.intp)
+        flame = self.flames[i0] * (1 - mix) + self.flames[i1] * mix
+        strength = 0.75 + 0.25 * _smooth(k[4], t, 0.15) + 0.15 * _smooth(k[5], t, 9.0)
+        for ep in self._active(self.flares, start, stop):
+            strength = strength + ep.level * _envelope(f, ep.start, ep.stop, 0.3 * cfg.fps)
+        reach = np.clip(strength, 0.2, None).astype(np.float32)[:, None, None]
+        flame = np.power(flame, 1.0 / reach) * reach  # a stronger flame reaches further down
+        img += flame[..., None] * np.array([210, 130, 40], np.float32)
+        # Hot spots, then the mask.
+        mask = np.zeros((n, cfg.height, cfg.width), np.uint8)
+        for a in self._active(self.anomalies, start, stop):
+            sel = slice(max(a.start, start) - start, min(a.stop, stop) - start)
+            radius = self.spot_radius(a, f[sel]).astype(np.float32)[:, None, None]
+            d = self._spot_distance(a)[None]
+            inside = d <= radius
+            mask[sel] |= inside
+            u = (f[sel] - a.start + 0.5) / (a.stop - a.start)
+            glow = (0.75 + 0.25 * np.sin(np.pi * np.clip(u, 0, 1))).astype(np.float32)[:, None, None]
+            heat = np.where(inside, glow * (1.0 - 0.45 * (d / np.maximum(radius, 1e-3)) ** 2), 0.0)[..., None]
+            hot = np.array([255, 96, 40], np.float32) * gain[sel, None, None, None].astype(np.float32)
+            img[sel] = img[sel] * (1 - heat) + hot * heat
+        # Water mist: a veil whose density follows the episodes; dense mist hides everything.
+        density = np.zeros(n)
+        for ep in self._active(self.mist, start, stop):
+            density = np.maximum(density, ep.level * _envelope(f, ep.start, ep.stop, 0.15 * (ep.stop - ep.start)))
+        veiled = np.nonzero(density > 0)[0]
+        if veiled.size:
+            mi = (_hash(k[6], f[veiled] // max(1, int(cfg.fps))) % np.uint64(_BANK)).astype(np.intp)
+            pattern = self.mists[mi]
+            alpha = np.clip(density[veiled, None, None].astype(np.float32) * (0.45 + 0.75 * pattern), 0, 1)[..., None]
+            fog = np.array([196, 200, 204], np.float32) * (0.9 + 0.1 * gain[veiled, None, None, None]).astype(np.float32)
+            img[veiled] = img[veiled] * (1 - alpha) + fog * alpha
+        # Sensor noise from a bank, picked per frame by hash.
+        img += self.noise[(_hash(k[7], f) % np.uint64(_NOISE_BANK)).astype(np.intp)]
+        np.clip(img, 0, 255, out=img)
+        return img.astype(np.uint8), mask
+
+    def mist_density(self, start: int, stop: int) -> np.ndarray:
+        """Return the peak mist density of frames [start, stop) (>= 1.0 hides the whole shell)."""
+        f = np.arange(start, stop)
+        density = np.zeros(f.size)
+        for ep in self._active(self.mist, start, stop):
+            density = np.maximum(density, ep.level * _envelope(f, ep.start, ep.stop, 0.15 * (ep.stop - ep.start)))
+        return density
+
+    def current(self, start: int, stop: int) -> np.ndarray:
+        """Return the current (n, 3) in amperes, phases A, B, C, one sample per frame [start, stop).
+
+        Frames beyond ``n_frames`` are allowed (a 2 Hz log covers the last partial second).
+        """
+        cfg, k = self.cfg, self._keys
+        f = np.arange(start, stop)
+        t = f / cfg.fps
+        common = 600 * _smooth(k[8], t, 40.0) + 250 * _smooth(k[9], t, 6.0)
+        for ep in self._active(self.fluctuations, start, stop):
+            common = common + ep.level * _envelope(f, ep.start, ep.stop, 0.5 * cfg.fps)
+        out = np.empty((f.size, 3))
+        boost = np.zeros((f.size, 3))
+        for a in self._active(self.anomalies, start, stop):
+            e = _envelope(f, a.start, a.stop, 1.0 * cfg.fps)
+            share = np.full(3, -0.45)
+            share[a.phase] = 1.0
+            boost += e[:, None] * share[None, :] * a.response_a
+        for p in range(3):
+            level = self.levels[p] + common + 150 * _smooth(k[10 + p], t, 20.0) + boost[:, p]
+            excite = np.clip(boost[:, p] / 1000.0, 0, None)  # the responding phase ripples harder
+            sigma = cfg.current_ripple * level * (1 + excite)
+            wave = np.sin(2 * np.pi * t / self.ripple_periods[p] + self.ripple_phases[p])
+            out[:, p] = level + sigma * (_normal(k[13 + p], f) + 0.6 * wave)
+        return np.clip(out, 3000.0, 16000.0)
+
+    def current_2hz(self, row_start: int, row_stop: int) -> np.ndarray:
+        """Return 2 Hz current rows [row_start, row_stop): each the mean of its half second of samples."""
+        fps = self.cfg.fps
+        edges = np.ceil(np.arange(row_start, row_stop + 1) * 0.5 * fps - 1e-9).astype(np.int64)
+        per_frame = self.current(int(edges[0]), int(edges[-1]))
+        starts = edges[:-1] - edges[0]
+        counts = np.diff(edges)
+        if (counts <= 0).any():  # under 2 fps some half seconds hold no frame: take the nearest one
+            idx = np.minimum(starts, per_frame.shape[0] - 1)
+            return per_frame[idx]
+        return np.add.reduceat(per_frame, starts, axis=0) / counts[:, None]
+
+    def n_current_rows(self) -> int:
+        """Rows of the 2 Hz current log: two per second, covering every frame's second."""
+        return 2 * int(np.ceil(self.n_frames / self.cfg.fps - 1e-9))
+
+    def frame_seconds(self, start: int, stop: int) -> np.ndarray:
+        """Whole seconds since ``origin`` of frames [start, stop) (the 1-s timestamp resolution)."""
+        return np.floor(np.arange(start, stop) / self.cfg.fps + 1e-9).astype(np.int64)
+
+    def timestamps(self, seconds: np.ndarray) -> np.ndarray:
+        """Format whole seconds since ``origin`` as 'YYYY-MM-DD HH:MM:SS' strings."""
+        base = np.datetime64(self.origin.replace(microsecond=0), "s")
+        text = np.datetime_as_string(base + np.asarray(seconds).astype("timedelta64[s]"), unit="s")
+        return np.char.replace(text, "T", " ")
+
+    def labels(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Return the frame class labels (1 when any mask pixel is 1) of [start, stop) without rendering."""
+        stop = self.n_frames if stop is None else stop
+        f = np.arange(start, stop)
+        out = np.zeros(f.size, np.uint8)
+        for a in self._active(self.anomalies, start, stop):
+            out[(f >= a.start) & (f < a.stop)] = 1
+        return out
+
+
+def simulate(n_frames: int, cfg: SynthConfig | None = None, *, seed: int = 0, index: int = 0,
+             split: tuple[int, int, int] | None = None) -> Recording:
+    """Plan recording ``index`` of a dataset with ``seed``: ``n_frames`` frames (train+guard+test).
+
+    ``split`` overrides the (train, guard, test) sizes that :func:`split_sizes` would choose.
+    """
+    return Recording(n_frames, cfg or SynthConfig(), seed, index, split)

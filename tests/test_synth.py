@@ -1,0 +1,154 @@
+"""Synthetic recordings: the simulation, the V1 files and V2 folders it writes, determinism."""
+import csv
+import json
+import re
+from datetime import datetime
+from pathlib import Path
+
+import h5py
+import hdf5storage
+import mat73
+import numpy as np
+import pytest
+import scipy.io
+
+from fmdata import matfile, schema, synth, synth_write
+from fmdata.errors import FmDataError
+
+STAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
+
+
+# ---- V1 -----------------------------------------------------------------------------------------
+def _expected_v1(frames, seed, size=(64, 64), index=0):
+    """The MATLAB-order arrays a V1 file must hold, rendered straight from the simulation."""
+    cfg = synth.SynthConfig(height=size[0], width=size[1])
+    rec = synth_write.plan_v1(frames, cfg, seed, index)
+    sim = synth_write.v1_frames(rec)
+    video, mask, current = synth_write._render_rows(rec, sim)
+    tti = (rec.split()[sim] == schema.SPLIT_TEST).astype(float)[None, :]
+    return rec, {"video": video.transpose(1, 2, 3, 0), "label": mask.transpose(1, 2, 0).astype(bool),
+                 "current": current.T, "train_test_index": tti}
+
+
+@pytest.mark.parametrize("storage", ["matlab", "contiguous"])
+def test_v1_file_reads_back_as_the_generated_matlab_arrays(tmp_path, storage):
+    path = synth_write.write_v1(tmp_path / "rec.mat", frames=700, size=(40, 56), seed=5, storage=storage)
+    rec, want = _expected_v1(700, 5, (40, 56))
+    with h5py.File(path, "r") as f:  # independent reader 1: h5py plus the documented transposes
+        assert f["video"].shape == (700, 3, 56, 40)  # MATLAB (H, W, 3, N) reversed
+        np.testing.assert_array_equal(f["video"][...].transpose(3, 2, 1, 0), want["video"])
+        np.testing.assert_array_equal(f["label"][...].transpose(2, 1, 0), want["label"])
+        np.testing.assert_array_equal(f["current"][...].T, want["current"])
+        np.testing.assert_array_equal(f["train_test_index"][...].T, want["train_test_index"])
+        assert f["label"].attrs["MATLAB_class"] == b"logical" and f["current"].attrs["MATLAB_class"] == b"double"
+    for loaded in (mat73.loadmat(path), hdf5storage.loadmat(str(path))):  # independent readers 2 and 3
+        np.testing.assert_array_equal(loaded["video"], want["video"])
+        np.testing.assert_array_equal(np.asarray(loaded["label"], bool), want["label"])
+        np.testing.assert_allclose(loaded["current"], want["current"], rtol=0, atol=0)
+        np.testing.assert_array_equal(np.ravel(loaded["train_test_index"]), want["train_test_index"][0])
+    # the V1 index is 0/1 only: train block, then test block; the guard was cut out of the file
+    tti = want["train_test_index"][0]
+    assert set(np.unique(tti)) == {0.0, 1.0} and np.all(np.diff(tti) >= 0)
+    assert rec.n_guard >= 1 and rec.n_train + rec.n_test == 700
+
+
+def test_v7_storage_reads_back_with_scipy(tmp_path):
+    path = synth_write.write_v1(tmp_path / "old.mat", frames=120, size=24, seed=2, storage="v7")
+    assert matfile.sniff_format(path) == "5"
+    _, want = _expected_v1(120, 2, (24, 24))
+    data = scipy.io.loadmat(path)
+    np.testing.assert_array_equal(data["video"], want["video"])
+    np.testing.assert_array_equal(data["label"].astype(bool), want["label"])
+    np.testing.assert_array_equal(data["current"], want["current"])
+    assert [c for _, _, c in scipy.io.whosmat(path)] == ["uint8", "logical", "double", "double"]
+
+
+def test_identical_seeds_give_identical_bytes(tmp_path):
+    a = synth_write.write_v1(tmp_path / "a.mat", frames=300, size=32, seed=11)
+    b = synth_write.write_v1(tmp_path / "b.mat", frames=300, size=32, seed=11)
+    c = synth_write.write_v1(tmp_path / "c.mat", frames=300, size=32, seed=12)
+    assert a.read_bytes() == b.read_bytes() != c.read_bytes()
+    va = synth_write.write_v2(tmp_path / "va", recordings=2, frames=150, size=24, seed=4)
+    vb = synth_write.write_v2(tmp_path / "vb", recordings=2, frames=150, size=24, seed=4)
+    files = sorted(p.relative_to(va) for p in va.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(vb) for p in vb.rglob("*") if p.is_file()) and len(files) == 8
+    for rel in files:
+        assert (va / rel).read_bytes() == (vb / rel).read_bytes(), rel
+
+
+def test_header_date_comes_from_the_seed_not_the_clock(tmp_path):
+    path = synth_write.write_v1(tmp_path / "a.mat", frames=50, size=16, seed=3)
+    text = path.read_bytes()[:116].decode("ascii").rstrip()
+    m = re.match(r"MATLAB 7\.3 MAT-file, Platform: GLNXA64, Created on: (.{24}) HDF5 schema 1\.00 \.$", text)
+    assert m, text
+    created = datetime.strptime(m.group(1), "%a %b %d %H:%M:%S %Y")
+    assert created.year in (2023, 2024) and created < datetime(2025, 1, 1)
+
+
+# ---- V2 -----------------------------------------------------------------------------------------
+def test_v2_folder_parses_as_the_reference_reads_it(tmp_path):
+    out = synth_write.write_v2(tmp_path / "pixel-level", recordings=2, frames=900, size=32, fps=25, seed=8)
+    assert sorted(p.name for p in out.iterdir()) == ["currents", "test.json", "timestamps", "train.json", "videos"]
+    train = json.loads((out / "train.json").read_text())
+    test = json.loads((out / "test.json").read_text())
+    assert sorted(train) == sorted(test) == ["batch_01.mat", "batch_02.mat"]
+    for key in train:
+        name = key[:-4]
+        with h5py.File(out / "videos" / key, "r") as f:  # the reference opens 'data' with h5py
+            assert sorted(f) == ["data", "label"]
+            n = f["data"].shape[0]
+            assert f["data"].shape == (n, 3, 32, 32) and f["label"].shape == (n, 32, 32)
+            labels = f["label"][...].reshape(n, -1).max(1)
+        assert n == 900
+        tr, te = np.array(train[key]), np.array(test[key])
+        assert np.all(np.diff(tr) == 1) and np.all(np.diff(te) == 1) and tr[0] == 0 and te[-1] == n - 1
+        assert te[0] - tr[-1] > 1  # a guard gap of frames in neither list
+        assert labels[tr].any() and labels[te].any()
+        with open(out / "timestamps" / f"{name}.csv") as fh:
+            rows = list(csv.reader(fh))
+        assert len(rows) == n + 1 and not STAMP.match(rows[0][0])  # header row, then one row per frame
+        frame_stamps = [r[0] for r in rows[1:]]
+        assert all(STAMP.match(s) for s in frame_stamps) and frame_stamps == sorted(frame_stamps)
+        with open(out / "currents" / f"{name}.csv") as fh:
+            crows = list(csv.reader(fh))
+        assert crows[0] == ["timestamp", "phase_A", "phase_B", "phase_C"]
+        cstamps = [r[0] for r in crows[1:]]
+        amps = np.array([[float(x) for x in r[1:]] for r in crows[1:]])
+        distinct, counts = np.unique(cstamps, return_counts=True)
+        assert np.all(counts == 2)  # 2 Hz: two rows per second
+        assert len(distinct) == int(np.ceil(n / 25))
+        assert set(frame_stamps) <= set(distinct)
+        assert 3000 <= amps.min() and amps.max() <= 16000 and 5000 < amps.mean() < 14000
+        # §3: the current window of the last frame: the last 120 distinct seconds, two rows each
+        pos = int(np.searchsorted(distinct, frame_stamps[-1]))
+        rows_window = amps[max(0, 2 * (pos + 1 - 120)):2 * (pos + 1)]
+        assert rows_window.shape == (2 * min(120, pos + 1), 3)
+
+
+# ---- the simulation -----------------------------------------------------------------------------
+def test_render_is_the_same_whatever_the_block():
+    rec = synth.simulate(600, synth.SynthConfig(height=32, width=24), seed=1)
+    v_all, m_all = rec.render(0, 600)
+    parts = [rec.render(s, min(600, s + 97)) for s in range(0, 600, 97)]
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), v_all)
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), m_all)
+    np.testing.assert_array_equal(rec.current(100, 250), rec.current(0, 600)[100:250])
+    np.testing.assert_array_equal(rec.labels(), m_all.reshape(600, -1).max(1))
+    assert v_all.shape == (600, 32, 24, 3) and v_all.dtype == np.uint8
+
+
+def test_bad_options_are_one_line_errors(tmp_path):
+    with pytest.raises(FmDataError, match="--size"):
+        synth_write.parse_size("0x5")
+    with pytest.raises(FmDataError, match="--size"):
+        synth_write.parse_size("big")
+    with pytest.raises(FmDataError, match="--frames"):
+        synth_write.write_v1(tmp_path / "a.mat", frames=0)
+    with pytest.raises(FmDataError, match="--storage"):
+        synth_write.write_v1(tmp_path / "a.mat", frames=5, storage="zip")
+    synth_write.write_v1(tmp_path / "a.mat", frames=5, size=8)
+    with pytest.raises(FmDataError, match="already exists"):
+        synth_write.write_v1(tmp_path / "a.mat", frames=5, size=8)
+    synth_write.write_v1(tmp_path / "a.mat", frames=6, size=8, overwrite=True)
+    assert mat73.loadmat(tmp_path / "a.mat")["video"].shape == (8, 8, 3, 6)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.mat"]  # no temporary leftovers
