@@ -21,7 +21,6 @@ import hashlib
 import time
 from typing import Any
 
-import dask.array as da
 import numpy as np
 import zarr
 from dask import delayed
@@ -30,8 +29,8 @@ import fmdata
 from fmdata import schema
 from fmdata.cluster import DaskOptions, Runner, dask_runner
 from fmdata.errors import FmDataError
-from fmdata.labels import array_fingerprint, block_frames, ensure_labels, labels_up_to_date, read_labels, \
-    reconsolidate
+from fmdata.block_reader import BlockReader, block_frames, block_ranges
+from fmdata.labels import array_fingerprint, ensure_labels, labels_up_to_date, read_labels, reconsolidate
 from fmdata.store import open_store, read_meta, read_offsets, read_recordings
 from fmdata.window_table import read_window_table
 
@@ -121,18 +120,20 @@ def _norm_provenance(root: zarr.Group, split: np.ndarray, fce: np.ndarray) -> di
             "split_sha256": _sha(split), "frame_current_end_sha256": _sha(fce), "algorithm": STATS_ALGORITHM}
 
 
+def _reduce_block(fn: Any, reader: BlockReader, start: int, stop: int, select: np.ndarray | None) -> Any:
+    """Dask task: read rows [start, stop) and reduce the selected ones with ``fn``."""
+    return fn(reader.read(start, stop), select)
+
+
 def _block_tasks(arr: zarr.Array, fn: Any, select: np.ndarray) -> tuple[list[Any], list[int]]:
-    """One delayed ``fn(block, selection)`` per Dask block of ``arr`` holding any selected row."""
-    block = block_frames(arr)
-    x = da.from_zarr(arr, chunks=(block, *arr.shape[1:]))
+    """One delayed ``fn(block, selection)`` per scan block of ``arr`` holding any selected row."""
+    reader = BlockReader(arr)
     tasks, weights = [], []
-    start = 0
-    for blk, size in zip(x.to_delayed().ravel(), x.chunks[0]):
-        sel = select[start:start + size]
-        start += size
+    for a, b in block_ranges(int(arr.shape[0]), block_frames(arr)):
+        sel = select[a:b]
         if sel.any():
-            tasks.append(delayed(fn, pure=False)(blk, None if sel.all() else sel))
-            weights.append(int(size))
+            tasks.append(delayed(_reduce_block, pure=False)(fn, reader, a, b, None if sel.all() else sel))
+            weights.append(b - a)
     return tasks, weights
 
 

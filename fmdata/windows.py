@@ -38,7 +38,7 @@ import fmdata
 from fmdata import schema
 from fmdata.cluster import DaskOptions
 from fmdata.errors import FmDataError
-from fmdata.labels import ensure_labels, expected_provenance, read_labels, reconsolidate
+from fmdata.labels import ensure_labels, expected_provenance, labels_up_to_date, read_labels, reconsolidate
 from fmdata.store import open_store, read_offsets
 from fmdata.window_table import WindowTable, list_window_tables, read_window_table, window_columns, \
     write_window_table
@@ -93,10 +93,17 @@ class FrameIndex:
         return int(self.frame_offsets[-1])
 
 
-def load_index(root: zarr.Group) -> FrameIndex:
-    """Read the frame-level arrays of an open store (labels must be up to date)."""
+def load_index(root: zarr.Group, require_labels: bool = True) -> FrameIndex:
+    """Read the frame-level arrays of an open store.
+
+    Labels must be up to date unless ``require_labels`` is False, in which case missing labels
+    read as 0 (used by previews, which take a frame's label from its mask).
+    """
     f_off, c_off = read_offsets(root)
-    frame_label, _ = read_labels(root)
+    if require_labels or labels_up_to_date(root):
+        frame_label, _ = read_labels(root)
+    else:
+        frame_label = np.zeros(int(f_off[-1]), np.uint8)
     return FrameIndex(
         split=np.asarray(root[schema.SPLIT][:], np.int8),
         recording=np.asarray(root[schema.RECORDING][:], np.int64),

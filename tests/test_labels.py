@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import fmdata
-from fmdata import labels, schema
+from fmdata import block_reader, labels, schema
 from fmdata.cluster import DaskOptions
 from fmdata.errors import FmDataError
 from fmdata.store import open_store
@@ -17,7 +17,7 @@ QUIET = DaskOptions(progress=False)
 @pytest.mark.parametrize("chunk,shard,block_bytes", [(1, 16, None), (1, 16, 16 * 48 * 3), (4, None, 7 * 48)])
 def test_labels_equal_numpy_on_the_same_masks(tmp_path, monkeypatch, chunk, shard, block_bytes):
     if block_bytes:
-        monkeypatch.setattr(labels, "TARGET_BLOCK_BYTES", block_bytes)  # several Dask blocks, ragged end
+        monkeypatch.setattr(block_reader, "TARGET_BLOCK_BYTES", block_bytes)  # several Dask blocks, ragged end
     recs = [recording("v1", 101, 1), recording("v2", 70, 2, lead=3)]
     path = write_store(tmp_path / "s.zarr", recs, chunk=chunk, shard=shard)
     out = labels.compute_labels(path, options=QUIET)
@@ -30,9 +30,9 @@ def test_labels_equal_numpy_on_the_same_masks(tmp_path, monkeypatch, chunk, shar
     assert root[schema.FRAME_LABEL].dtype == np.uint8 and root[schema.ABNORMAL_PIXELS].dtype == np.int32
     assert (out["status"], out["frames"], out["abnormal_frames"], out["abnormal_pixels"]) == \
         ("computed", 171, int(want_label.sum()), int(want_pixels.sum()))
-    unit = labels.write_unit(root[schema.MASK])
+    unit = block_reader.write_unit(root[schema.MASK])
     chunk = root[schema.FRAME_LABEL].chunks[0]
-    assert chunk == labels.block_frames(root[schema.MASK])  # each Dask task wrote whole chunks
+    assert chunk == block_reader.block_frames(root[schema.MASK])  # each Dask task wrote whole chunks
     assert chunk % unit == 0 or chunk == 171
     assert root[schema.FRAME_LABEL].metadata.dimension_names == ("frame",)
 

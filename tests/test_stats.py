@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from fmdata import labels, schema, stats
+from fmdata import block_reader, schema, stats
 from fmdata.cluster import DaskOptions
 from fmdata.store import open_store
 from fmdata.windows import WindowParams, make_windows
@@ -26,7 +26,7 @@ def _owned_train_rows(rec) -> np.ndarray:
 @pytest.mark.parametrize("block_bytes", [None, 5 * 8 * 6 * 3])
 def test_stats_equal_numpy(tmp_path, monkeypatch, block_bytes):
     if block_bytes:
-        monkeypatch.setattr(labels, "TARGET_BLOCK_BYTES", block_bytes)  # many blocks, partial selections
+        monkeypatch.setattr(block_reader, "TARGET_BLOCK_BYTES", block_bytes)  # many blocks, partial selections
     recs = [recording("v1", 90, 1), recording("v2", 120, 2, lead=6, gap_prob=0.2),
             recording("v1", 40, 3, split=split_from_runs([(1, 20), (0, 20)]))]
     path = write_store(tmp_path / "s.zarr", recs)

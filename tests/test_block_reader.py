@@ -1,0 +1,58 @@
+"""BlockReader returns exactly what zarr returns, for every layout and range."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+from fmdata import schema, store
+from fmdata.block_reader import BlockReader, block_frames, block_ranges
+
+
+@pytest.mark.parametrize("chunk,shard", [(1, 16), (4, 16), (5, None), (16, 16)])
+def test_reads_equal_zarr_for_every_range(tmp_path, chunk, shard):
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w", zarr_format=3)
+    store.create_arrays(root, 83, 10, 5, 4, 1, store.Chunking(chunk, shard, 7))
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 256, (83, 5, 4, 3), dtype=np.uint8)
+    video[40:60] = 0  # compressible stretch
+    root[schema.VIDEO][:64] = video[:64]  # frames 64.. never written: fill value
+    root[schema.CURRENT][:] = rng.normal(9000, 10, (10, 3))
+    r = BlockReader(root[schema.VIDEO])
+    assert r.fast and r.block == (shard or chunk)
+    want = root[schema.VIDEO][:]
+    for a, b in [(0, 83), (0, r.block), (r.block, 83), (3, 50), (80, 83), (0, 200)]:
+        np.testing.assert_array_equal(r.read(a, b), want[a:b])
+    cur = BlockReader(root[schema.CURRENT])
+    np.testing.assert_array_equal(cur.read(0, 10), root[schema.CURRENT][:])
+    np.testing.assert_array_equal(cur.read(7, 10), root[schema.CURRENT][7:10])
+
+
+def test_other_layouts_fall_back_to_zarr(tmp_path):
+    arr = zarr.create_array(str(tmp_path / "g.zarr"), shape=(30, 4), chunks=(8, 4), dtype="int32",
+                            compressors=[zarr.codecs.GzipCodec()])
+    arr[:] = np.arange(120).reshape(30, 4)
+    r = BlockReader(arr)
+    assert not r.fast
+    np.testing.assert_array_equal(r.read(0, 30), arr[:])
+
+
+def test_a_corrupt_shard_index_is_an_error(tmp_path):
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w", zarr_format=3)
+    store.create_arrays(root, 32, 4, 2, 2, 1, store.Chunking(1, 16))
+    root[schema.MASK][:] = 1
+    shard = tmp_path / "s.zarr" / schema.MASK / "c" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(OSError, match="index checksum mismatch"):
+        BlockReader(root[schema.MASK]).read(0, 16)
+
+
+def test_block_sizes_hold_whole_write_units(tmp_path):
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w", zarr_format=3)
+    store.create_arrays(root, 1000, 4, 8, 8, 1, store.Chunking(1, 16))
+    assert block_frames(root[schema.VIDEO], 16 * 192 * 3) == 48
+    assert block_frames(root[schema.VIDEO], 1) == 16
+    assert block_frames(root[schema.VIDEO]) == 1000
+    assert block_ranges(10, 4) == [(0, 4), (4, 8), (8, 10)]
