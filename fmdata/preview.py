@@ -81,7 +81,7 @@ def outlined(frame: np.ndarray, mask: np.ndarray, scale: int) -> np.ndarray:
     m = cv2.resize((mask == 1).astype(np.uint8), None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
     contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     big = np.ascontiguousarray(big)
-    cv2.drawContours(big, contours, -1, OUTLINE_RGB, max(1, scale // 3))
+    cv2.drawContours(big, contours, -1, OUTLINE_RGB, max(1, scale // 2))
     return big
 
 
@@ -121,7 +121,7 @@ def _plot_current(ax: Any, w: dict[str, Any], t0: float, marks: bool = True) -> 
 def _png(w: dict[str, Any], out: str) -> None:
     n = len(w["clip"])
     h, wd = w["video"].shape[1:3]
-    scale = max(1, 128 // max(h, wd))
+    scale = max(1, 192 // max(h, wd))
     fig = Figure(figsize=(max(8.0, 1.5 * n), 5.6), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     grid = fig.add_gridspec(2, n, height_ratios=[1.0, 1.2])

@@ -80,3 +80,20 @@ def test_not_a_store_is_one_clear_error(tmp_path):
     (tmp_path / "x.txt").write_text("no")
     with pytest.raises(FmDataError, match="x.txt: expected an FMF Zarr store"):
         labels.compute_labels(str(tmp_path / "x.txt"), options=QUIET)
+
+
+def test_cli_labels_then_up_to_date_and_option_errors(tmp_path):
+    from click.testing import CliRunner
+
+    from fmcli.fmdata_main import main
+
+    path = write_store(tmp_path / "s.zarr", [recording("v1", 50, 6)])
+    first = CliRunner().invoke(main, ["labels", path])
+    assert first.exit_code == 0 and "labelled 50 frames" in first.output
+    second = CliRunner().invoke(main, ["labels", path])
+    assert second.exit_code == 0 and "labels up to date" in second.output
+    both = CliRunner().invoke(main, ["labels", path, "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"])
+    assert both.exit_code == 1 and "expected either --workers or --scheduler, got both" in both.output
+    missing = CliRunner().invoke(main, ["labels", str(tmp_path / "nothing.zarr")])
+    assert missing.exit_code == 1 and "nothing.zarr: expected an FMF Zarr store" in missing.output
+    assert "Traceback" not in missing.output and len(missing.output.strip().splitlines()) == 1

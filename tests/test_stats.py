@@ -89,3 +89,19 @@ def test_a_store_without_training_frames_reports_and_stores_no_normalisation(tmp
     assert s["splits"]["train"]["abnormal_frame_share"] is None
     assert schema.ATTR_STATS not in open_store(path).attrs
     assert "normalisation: no training frames" in stats.format_stats(s)
+
+
+def test_cli_stats_prints_tables_or_json(tmp_path):
+    from click.testing import CliRunner
+
+    from fmcli.fmdata_main import main
+
+    path = write_store(tmp_path / "s.zarr", [recording("v1", 60, 9)])
+    text = CliRunner().invoke(main, ["stats", path])
+    assert text.exit_code == 0 and "normalisation (computed" in text.output
+    as_json = CliRunner().invoke(main, ["stats", path, "--json"])
+    assert as_json.exit_code == 0
+    d = json.loads(as_json.output)
+    assert d["normalization_status"] == "up to date" and d["splits"]["train"]["frames"] == 36
+    absent = CliRunner().invoke(main, ["stats", path, "--windows", "nope"])
+    assert absent.exit_code == 1 and "expected a window table named 'nope'" in absent.output

@@ -191,3 +191,20 @@ def _quiet():
     from fmdata.cluster import DaskOptions
 
     return DaskOptions(progress=False)
+
+
+def test_cli_windows_reports_counts_and_rejects_bad_options(tmp_path):
+    from click.testing import CliRunner
+
+    from fmcli.fmdata_main import main
+
+    path = write_store(tmp_path / "s.zarr", [recording("v1", 80, 31)])
+    ok = CliRunner().invoke(main, ["windows", path, "--name", "t", "--frames", "3", "--frame-step", "2",
+                                   "--current-seconds", "1", "--current-rows", "8", "--policy", "strict"])
+    assert ok.exit_code == 0, ok.output
+    table = read_window_table(open_store(path), "t")
+    assert f"{len(table):,} windows (strict)" in ok.output and table.params["policy"] == "strict"
+    bad = CliRunner().invoke(main, ["windows", path, "--name", "t", "--stride", "0"])
+    assert bad.exit_code == 1 and "expected --stride >= 1, got 0" in bad.output
+    clash = CliRunner().invoke(main, ["windows", path, "--name", "t"])
+    assert clash.exit_code == 1 and "pass --force to replace it" in clash.output

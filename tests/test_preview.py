@@ -1,0 +1,96 @@
+"""fmdata preview: PNG and MP4 pictures of a window, and the CLI's one-line errors."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fmcli.fmdata_main import main
+from fmdata import schema
+from fmdata.cluster import DaskOptions
+from fmdata.errors import FmDataError
+from fmdata.preview import render_preview
+from fmdata.store import open_store
+from fmdata.window_table import read_window_table
+from fmdata.windows import WindowParams, make_windows
+from helpers_stores import recording, write_store
+
+
+@pytest.fixture()
+def dark_store(tmp_path):
+    """A store whose frames are flat dark grey, so the only yellow in a picture is a mask outline."""
+    recs = [recording("v1", 120, 1, h=16, w=16), recording("v2", 160, 2, h=16, w=16, lead=20)]
+    for r in recs:
+        r.video[:] = 40
+        r.mask[:] = 0
+    recs[0].mask[100, 4:9, 5:11] = 1  # one abnormal frame: recording 0, frame 100
+    return write_store(tmp_path / "s.zarr", recs)
+
+
+def _yellow_pixels(img_bgr: np.ndarray) -> int:
+    b, g, r = (img_bgr[..., i].astype(int) for i in range(3))
+    return int(((r > 200) & (g > 200) & (b < 80)).sum())
+
+
+def test_png_shows_the_clip_with_the_mask_outlined(dark_store, tmp_path):
+    out = str(tmp_path / "p.png")
+    r = render_preview(dark_store, 100, out, recording=0, params=WindowParams(frames=4, frame_step=5,
+                                                                              current_seconds=2))
+    assert r["clip"] == [85, 90, 95, 100] and r["label"] == 1 and r["current_rows"] == [51, 101]
+    img = cv2.imread(out)
+    assert img is not None and img.shape[0] > 300 and img.shape[1] > 600
+    assert _yellow_pixels(img) > 20
+    quiet = render_preview(dark_store, 60, str(tmp_path / "q.png"), recording="v1-1",
+                           params=WindowParams(frames=4, frame_step=5, current_seconds=2))
+    assert quiet["label"] == 0 and _yellow_pixels(cv2.imread(str(tmp_path / "q.png"))) == 0
+
+
+def test_preview_of_a_stored_window_uses_that_table(dark_store, tmp_path):
+    p = WindowParams(frames=3, frame_step=7, current_seconds=5, current_rows=10)
+    make_windows(dark_store, "w", p, options=DaskOptions(progress=False))
+    table = read_window_table(open_store(dark_store), "w")
+    row = table.table[table.column("frame") == 120 + 30][0]  # recording 1, local frame 30
+    r = render_preview(dark_store, 30, str(tmp_path / "w.png"), recording=1, windows="w")
+    assert r["frame"] == 150 and r["clip"] == [int(c) - 120 for c in row[6:]]
+    assert r["current_rows"] == [int(row[4]), int(row[5])]
+    gap_frame = 120 + int(np.flatnonzero(open_store(dark_store)[schema.SPLIT][120:] == schema.SPLIT_NONE)[0])
+    with pytest.raises(FmDataError, match="no window there"):
+        render_preview(dark_store, gap_frame, str(tmp_path / "x.png"), windows="w")
+
+
+def test_mp4_plays_every_frame_from_the_clip_start(dark_store, tmp_path):
+    out = str(tmp_path / "c.mp4")
+    r = render_preview(dark_store, 100, out, recording=0, params=WindowParams(frames=4, frame_step=5))
+    assert r["frames_written"] == 16
+    cap = cv2.VideoCapture(out)
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    assert len(frames) == 16 and cap.get(cv2.CAP_PROP_FPS) == pytest.approx(25.0)
+    assert _yellow_pixels(frames[-1]) > 10 and _yellow_pixels(frames[0]) == 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--frame", "999"], "expected --frame in 0..279, got 999"),
+    (["--frame", "5", "--recording", "nope"], "expected --recording as an id 0..1 or a name"),
+    (["--frame", "170", "--recording", "1"], "expected --frame in 0..159 (recording 1 has 160 frames), got 170"),
+    (["--frame", "5", "--out", "x.gif"], "expected --out ending in .png or .mp4"),
+    (["--frame", "5", "--windows", "absent"], "expected a window table named 'absent'"),
+])
+def test_bad_input_is_one_line_and_exit_1(dark_store, args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["preview", dark_store, *args])
+    assert res.exit_code == 1, res.output
+    assert message in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_cli_writes_the_picture(dark_store, tmp_path):
+    out = tmp_path / "cli.png"
+    res = CliRunner().invoke(main, ["preview", dark_store, "--frame", "100", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "abnormal" in res.output and out.stat().st_size > 10_000
