@@ -10,6 +10,7 @@ The authors' names appear only in the key tables below.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pickle
@@ -17,7 +18,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -197,13 +198,14 @@ def _weights_only_load(path: str | os.PathLike[str], map_location: Any = "cpu") 
         raise  # missing or unreadable file: the caller's OSError handling names it
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if "Weights only load failed" in text:
-            found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-            what = f"it needs {found.group(1)}" if found else text.splitlines()[0][:200]
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if found:
             raise FmModelError("expected a checkpoint of plain tensors and plain types (torch.load with "
-                               f"weights_only=True), got a pickled Python object ({what}); refusing to "
-                               "unpickle it because that can run arbitrary code", path) from None
-        raise FmModelError(f"expected a PyTorch checkpoint, got unreadable data ({text.splitlines()[0][:200]})",
+                               f"weights_only=True), got a pickled Python object (it needs {found.group(1)}); "
+                               "refusing to unpickle it because that can run arbitrary code", path) from None
+        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+        reason = detail.group(1) if detail else text.splitlines()[0]
+        raise FmModelError(f"expected a PyTorch checkpoint file, got unreadable data ({reason[:160]})",
                            path) from None
     except Exception as exc:  # a corrupt or foreign file fails in many ways inside torch.load
         first = (str(exc).splitlines() or [""])[0][:160] or "an empty or truncated file"
@@ -247,7 +249,8 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         model = inner
 
 
-def _load_into(model: nn.Module, state_dict: Mapping[str, Tensor], where: str | os.PathLike[str]) -> nn.Module:
+def _load_into(model: nn.Module, state_dict: Mapping[str, Tensor],
+               where: str | os.PathLike[str] | None) -> nn.Module:
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
@@ -261,12 +264,24 @@ def load_reference_model(source: str | os.PathLike[str] | Mapping[str, Tensor], 
                          config: FmFormerConfig | None = None) -> nn.Module:
     """A model (eval mode, CPU) holding a reference state_dict, from a path (.pth/.npz) or a mapping.
     The variant is detected from the key names and the sizes from the shapes unless given."""
-    where = source if isinstance(source, (str, os.PathLike)) else "reference state_dict"
-    sd = read_reference_state_dict(source) if isinstance(source, (str, os.PathLike)) else dict(source)
-    variant = variant or detect_reference_variant(sd)
-    cfg = config or infer_reference_config(sd, variant)
-    model = build_model(variant, cfg)
-    return _load_into(model, from_reference_state_dict(sd, variant, cfg), where).eval()
+    is_path = isinstance(source, (str, os.PathLike))
+    sd = read_reference_state_dict(source) if is_path else _strip_wrappers(dict(source))
+    with _naming(source if is_path else None):
+        variant = variant or detect_reference_variant(sd)
+        cfg = config or infer_reference_config(sd, variant)
+        model = build_model(variant, cfg)
+        return _load_into(model, from_reference_state_dict(sd, variant, cfg), None).eval()
+
+
+@contextlib.contextmanager
+def _naming(path: str | os.PathLike[str] | None) -> Iterator[None]:
+    """Give FmModelErrors raised inside the file's name, so the user learns which file was wrong."""
+    try:
+        yield
+    except FmModelError as exc:
+        if path is None or exc.path is not None:
+            raise
+        raise FmModelError(str(exc), path) from None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -321,7 +336,7 @@ _PLAIN = (str, int, float, bool, type(None), bytes)
 
 def _check_plain(obj: Any, where: str) -> None:
     """Only tensors, plain scalars, and lists/tuples/dicts of them survive weights-only loading."""
-    if isinstance(obj, (Tensor, *_PLAIN)):
+    if isinstance(obj, Tensor) or type(obj) in _PLAIN:  # exact types: str/float subclasses pickle as globals
         return
     if isinstance(obj, (list, tuple)):
         for i, item in enumerate(obj):
@@ -368,7 +383,7 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, orientati
     """
     inner = unwrap_model(model)
     meta = ModelMeta(inner.variant, inner.config, orientation, dict(preprocessing) if isinstance(
-        preprocessing, Mapping) else preprocessing, {"torch": torch.__version__, **(info or {})})
+        preprocessing, Mapping) else preprocessing, {"torch": str(torch.__version__), **(info or {})})
     payload = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "meta": meta.to_dict(),
                "state_dict": model_state_dict(inner), "extra": dict(extra or {})}
     _check_plain(payload, "checkpoint")
@@ -429,8 +444,8 @@ def load_model(path: str | os.PathLike[str], *, format: str = "auto", variant: s
     if not isinstance(payload, Mapping) or not all(isinstance(v, Tensor) for v in payload.values()):
         raise FmModelError(f"expected a flat state_dict with the authors' key names, got {type(payload).__name__}",
                            path)
-    sd = _strip_wrappers(dict(payload))
-    model = load_reference_model(sd, variant, config)
+    with _naming(path):
+        model = load_reference_model(payload, variant, config)
     meta = ModelMeta(model.variant, model.config, "reference", {"name": "reference"},
                      {"source": os.fspath(path), "format": "reference"})
     return model.to(device), meta
