@@ -149,6 +149,23 @@ def default_chunking(height: int, width: int) -> store.Chunking:
                           shard_frames=shard, current_chunk=store.DEFAULT_CURRENT_CHUNK)
 
 
+def override_chunking(base: store.Chunking, chunk_frames: int | None = None,
+                      shard_frames: int | None = None) -> store.Chunking:
+    """Return ``base`` with the given frame-axis lengths replaced.
+
+    A chunk length alone keeps the shard length when it is a multiple, else rounds the shard
+    up to the next multiple. Raises FmDataError for lengths below one or inconsistent pairs.
+    """
+    if chunk_frames is None and shard_frames is None:
+        return base
+    for label, v in (("--chunk-frames", chunk_frames), ("--shard-frames", shard_frames)):
+        if v is not None and v < 1:
+            raise FmDataError(f"{label}: expected a positive number of frames, got {v}")
+    chunk = chunk_frames or base.chunk_frames
+    shard = shard_frames if shard_frames is not None else -(-(base.shard_frames or chunk) // chunk) * chunk
+    return store.Chunking(chunk_frames=chunk, shard_frames=shard, current_chunk=base.current_chunk)
+
+
 def _pieces(recs: Sequence[RecordingSource], offsets: np.ndarray, current_offsets: np.ndarray,
             start: int, stop: int, axis: str) -> tuple[Piece, ...]:
     out = []
@@ -503,6 +520,7 @@ def _run_units(units: list[WorkUnit], staging: str, storage_options: dict | None
 
 def convert(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *, workers: int | None = None,
             overwrite: bool = False, resume: bool = False, chunking: store.Chunking | None = None,
+            chunk_frames: int | None = None, shard_frames: int | None = None,
             fps: float = DEFAULT_FPS, progress: bool = True,
             storage_options: dict | None = None) -> ConvertReport:
     """Convert ``sources`` (V1 MAT files and/or V2 folders, in order) into a new store at ``out``.
@@ -510,7 +528,8 @@ def convert(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLike[st
     ``workers`` processes run the units (default: the CPU count). ``overwrite`` replaces an
     existing store (only a Zarr store; the old one stays until the new one is complete);
     ``resume`` continues an interrupted conversion into ``out`` without redoing finished units.
-    ``chunking`` defaults to :func:`default_chunking`; ``fps`` is the V1 frame rate; ``progress``
+    ``chunking`` defaults to :func:`default_chunking`; ``chunk_frames`` / ``shard_frames``
+    override its frame-axis lengths. ``fps`` is the V1 frame rate; ``progress``
     shows a tqdm bar (frames/s, ETA). Returns a :class:`ConvertReport`. Raises FmDataError for
     bad sources or output paths, removing the partial store.
     """
@@ -518,6 +537,8 @@ def convert(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLike[st
     out = os.fspath(out)
     workers = max(1, int(workers if workers is not None else (os.cpu_count() or 1)))
     recs = open_sources([os.fspath(s) for s in sources], fps)
+    chunking = override_chunking(chunking or default_chunking(recs[0].height, recs[0].width), chunk_frames,
+                                 shard_frames)
     plan = plan_conversion(recs, chunking, fps)
     exists = remote.exists(out, storage_options)
     if exists and not overwrite:

@@ -72,8 +72,9 @@ class ShardWriter:
         self.shard_len = self.shard_shape[0]
         self.chunks_per_shard = self.shard_len // self.chunk_len
         self.fill = np.asarray(array.metadata.fill_value, dtype=self.dtype)
-        self._codec = Blosc(cname=blosc.cname.value, clevel=blosc.clevel,
-                            shuffle=_SHUFFLE[blosc.shuffle.value], blocksize=blosc.blocksize)
+        # typesize as the metadata records it (zarr passes it to numcodecs the same way)
+        self._codec = Blosc(cname=blosc.cname.value, clevel=blosc.clevel, shuffle=_SHUFFLE[blosc.shuffle.value],
+                            blocksize=blosc.blocksize, typesize=blosc.typesize)
         self._store = array.store_path.store
         self._prefix = array.path
         self._proto = default_buffer_prototype()
@@ -99,12 +100,14 @@ class ShardWriter:
                 padded[...] = self.fill
                 padded[:chunk.shape[0]] = chunk
                 chunk = padded
+            if self.sharded and not chunk.any() and not self.fill.any():
+                continue  # all fill value: left out of the shard, as zarr itself does
             blob = bytes(self._codec.encode(chunk))
             index[i] = (offset, len(blob))
             offset += len(blob)
             pieces.append(blob)
         if not self.sharded:
-            return pieces[0]
+            return pieces[0] if pieces else bytes(self._codec.encode(np.full(self.chunk_shape, self.fill)))
         index_bytes = index.tobytes()
         checksum = np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes()
         pieces.append(index_bytes)
