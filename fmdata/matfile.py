@@ -26,7 +26,8 @@ import datetime as _dt
 import os
 import struct
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -44,6 +45,7 @@ DEFLATE_LEVEL = 3
 CHUNK_CAP_BYTES = 64 * 1024
 # MATLAB keeps variables below roughly 10 KB in the compact layout (inside the object header).
 COMPACT_MAX_BYTES = 10 * 1024
+PENDING_BYTES = 32 << 20  # raw bytes of chunks being compressed ahead of the writer
 
 # MATLAB class -> numpy dtype on disk; logical is stored as uint8 with MATLAB_int_decode=1.
 CLASS_DTYPES: dict[str, np.dtype] = {
@@ -412,6 +414,8 @@ class MatWriter:
         self.created = created or _dt.datetime.now().replace(microsecond=0)
         self._logical: dict[str, bool] = {}
         self._pool = ThreadPoolExecutor(max(1, threads)) if storage == "matlab" and threads > 1 else None
+        self._pending: deque[tuple[h5py.Dataset, tuple[int, ...], int, Future[bytes]]] = deque()
+        self._pending_bytes = 0
         self._file = h5py.File(self.path, "w", userblock_size=HEADER_BYTES, libver="earliest")
 
     # -- context management
@@ -420,12 +424,17 @@ class MatWriter:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is None:
-            self.close()
+            try:
+                self.close()
+            except BaseException:
+                self.abort()
+                raise
         else:
             self.abort()
 
     def close(self) -> None:
         """Close the HDF5 file and write the MATLAB header into the userblock."""
+        self._drain(0)
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
@@ -436,6 +445,7 @@ class MatWriter:
 
     def abort(self) -> None:
         """Close and delete the unfinished file."""
+        self._pending.clear()
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
@@ -492,30 +502,42 @@ class MatWriter:
     def _write_h5(self, ds: h5py.Dataset, data: np.ndarray, start: int) -> None:
         """Write h5py-order ``data`` (frames first) at frame ``start``; compress chunks in threads."""
         if ds.ndim != data.ndim:  # trailing MATLAB singletons (one frame) were dropped
+            self._drain(0)
             ds[...] = data.reshape(ds.shape)
             return
         chunks = ds.chunks
         if self._pool is None or chunks is None or chunks[1:] != ds.shape[1:] or start % chunks[0]:
+            self._drain(0)
             ds[start:start + data.shape[0]] = data
             return
         # Whole-frame chunks and an aligned start: compress each chunk with zlib in the pool and
-        # hand HDF5 the finished bytes. Edge chunks are stored full size, padded with zeros.
+        # hand HDF5 the finished bytes, in submission order (the file layout stays deterministic).
+        # Up to PENDING_BYTES of chunks stay in flight, so compression overlaps the caller's next
+        # block. Edge chunks are stored full size, padded with zeros.
         c = chunks[0]
         n = data.shape[0]
-        pieces = []
         for i in range(0, n, c):
             piece = data[i:i + c]
             if piece.shape[0] < c:
                 if start + i + piece.shape[0] < ds.shape[0]:  # a partial chunk that is not the edge
+                    self._drain(0)
                     ds[start + i:start + i + piece.shape[0]] = piece
                     continue
                 pad = np.zeros((c,) + piece.shape[1:], piece.dtype)
                 pad[:piece.shape[0]] = piece
                 piece = pad
-            pieces.append((start + i, np.ascontiguousarray(piece)))
-        blobs = self._pool.map(lambda item: zlib.compress(item[1].data, DEFLATE_LEVEL), pieces)
-        for (offset, _), blob in zip(pieces, blobs):
-            ds.id.write_direct_chunk((offset,) + (0,) * (ds.ndim - 1), blob)
+            piece = np.ascontiguousarray(piece)
+            offset = (start + i,) + (0,) * (ds.ndim - 1)
+            self._pending.append((ds, offset, piece.nbytes, self._pool.submit(zlib.compress, piece, DEFLATE_LEVEL)))
+            self._pending_bytes += piece.nbytes
+        self._drain(PENDING_BYTES)
+
+    def _drain(self, keep_bytes: int) -> None:
+        """Write finished chunks, oldest first, until at most ``keep_bytes`` remain in flight."""
+        while self._pending and self._pending_bytes > keep_bytes:
+            ds, offset, nbytes, future = self._pending.popleft()
+            ds.id.write_direct_chunk(offset, future.result())
+            self._pending_bytes -= nbytes
 
 
 def class_of(dtype: np.dtype) -> str:

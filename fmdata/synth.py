@@ -14,13 +14,14 @@ What is simulated (docs/synthetic-data.md has the picture and the knobs):
 * flame above the shell that flickers (a bank of tongue patterns, cross-faded every 0.2 s) and
   sometimes flares down over the shell;
 * slow light drift (global gain and colour temperature);
-* water-mist episodes that veil part of the shell or hide all of it; some are placed over
-  anomalies on purpose, so the video alone cannot see them;
+* water-mist episodes that veil part of the shell or hide all of it, at random times: the
+  anomalies they meet are invisible in the video but not in the current;
 * hot-spot anomalies: irregular bright-red spots that appear, grow and fade; the mask is exactly
   the set of pixels the spot covers (mist does not change the mask);
-* current: three phases in amperes around 8,500-11,500 A (clipped to 3,000-16,000 A) with common
-  drift, ripple and balanced fluctuations; during an anomaly the phase nearest the spot rises by
-  2,000-3,500 A, the other two drop and the rising phase ripples three to four times harder;
+* current: three phases in amperes around 7,500-9,500 A (clipped to 3,000-16,000 A) with common
+  drift, ripple and fluctuations (all phases together, or one phase pushed up alone); during an
+  anomaly the phase nearest the spot rises by 1,800-3,000 A (one anomaly in seven only a third
+  of that), the other two drop and the rising phase ripples up to four times harder;
 * the split: a contiguous train block, an unused guard gap, then a contiguous test block.
 """
 from __future__ import annotations
@@ -47,8 +48,8 @@ class SynthConfig:
     ``anomaly_gap_s``/``anomaly_duration_s`` draw the normal time between anomalies and their
     length; ``anomaly_radius`` is the peak spot radius as a share of min(H, W) (never under
     1.5 px). ``mist_dense_share`` is the share of mist episodes thick enough to hide the whole
-    shell; ``mist_on_anomaly_share`` the share of anomalies that get such an episode over part of
-    their lifetime. ``test_fraction`` and ``guard_fraction`` size the split blocks; the guard is
+    shell. Mist comes at random times, independent of anomalies (so mist itself says nothing
+    about the label), and hides the anomalies it happens to meet. ``test_fraction`` and ``guard_fraction`` size the split blocks; the guard is
     at least ``min_guard_s`` (longer than one reference clip of 10 frames at step 18).
     """
 
@@ -61,16 +62,17 @@ class SynthConfig:
     anomaly_gap_s: tuple[float, float] = (10.0, 30.0)
     anomaly_duration_s: tuple[float, float] = (6.0, 20.0)
     anomaly_radius: tuple[float, float] = (0.04, 0.11)
-    mist_gap_s: tuple[float, float] = (10.0, 45.0)
+    mist_gap_s: tuple[float, float] = (8.0, 35.0)
     mist_duration_s: tuple[float, float] = (3.0, 14.0)
     mist_dense_share: float = 0.4
-    mist_on_anomaly_share: float = 0.35
     flare_gap_s: tuple[float, float] = (10.0, 40.0)
     current_level_a: tuple[float, float] = (7500.0, 9500.0)
     current_ripple: float = 0.012
     current_response_a: tuple[float, float] = (1800.0, 3000.0)
     fluctuation_gap_s: tuple[float, float] = (15.0, 60.0)
     fluctuation_a: float = 1500.0
+    fluctuation_single_share: float = 0.3
+    weak_response_share: float = 0.15
 
     def validate(self) -> None:
         """Raise FmDataError when a knob is out of its sensible range."""
@@ -157,11 +159,15 @@ class Anomaly:
 
 @dataclass(frozen=True)
 class Episode:
-    """A generic event over frames [start, stop) with a peak ``level`` (mist density, amperes...)."""
+    """A generic event over frames [start, stop) with a peak ``level`` (mist density, amperes...).
+
+    ``phase`` is the one current phase a fluctuation pushes (-1: all three together).
+    """
 
     start: int
     stop: int
     level: float
+    phase: int = -1
 
 
 def _schedule(rng: np.random.Generator, n: int, fps: float, gap_s: tuple[float, float],
@@ -277,6 +283,9 @@ class Recording:
         self.mists = np.stack([_value_noise(rng, (h, w), 3) for _ in range(_BANK)]).astype(np.float32)
         self.noise = rng.normal(0, 2.5, (_NOISE_BANK, h, w, 3)).astype(np.float32)
         self._xx, self._yy = xx, yy
+        self._flame_color = np.array([235, 165, 55], np.float32)
+        self._hot_color = np.array([255, 96, 40], np.float32)
+        self._fog_color = np.array([196, 200, 204], np.float32)
 
     def _build_events(self, rng: np.random.Generator) -> None:
         cfg, n, fps = self.cfg, self.n_frames, self.cfg.fps
@@ -297,22 +306,26 @@ class Recording:
             cx = rng.uniform(radius + 1, w - radius - 1) if w > 8 else w / 2
             self.anomalies.append(Anomaly(
                 start=s, stop=e, cy=float(cy), cx=float(cx), radius=radius, aspect=float(rng.uniform(0.7, 1.4)),
-                phase=min(2, int(3 * cx / w)), response_a=float(rng.uniform(*cfg.current_response_a)),
+                phase=min(2, int(3 * cx / w)),
+                response_a=float(rng.uniform(*cfg.current_response_a)
+                                 * (rng.uniform(0.3, 0.5) if rng.random() < cfg.weak_response_share else 1.0)),
                 shape_key=int(rng.integers(0, 2**62))))
         mist = [Episode(s, e, float(rng.uniform(1.6, 2.2) if rng.random() < cfg.mist_dense_share
                                     else rng.uniform(0.3, 0.8)))
                 for s, e in _schedule(rng, n, fps, cfg.mist_gap_s, cfg.mist_duration_s)]
-        for a in self.anomalies:  # some anomalies get hidden by a dense mist episode on purpose
-            if rng.random() < cfg.mist_on_anomaly_share:
-                length = a.stop - a.start
-                s = a.start + int(rng.uniform(0.0, 0.4) * length)
-                e = min(n, s + max(2, int(rng.uniform(0.4, 0.8) * length)))
-                mist.append(Episode(s, e, float(rng.uniform(1.6, 2.2))))
         self.mist = sorted(mist, key=lambda ep: ep.start)
         self.flares = [Episode(s, e, float(rng.uniform(0.5, 1.0)))
                        for s, e in _schedule(rng, n, fps, cfg.flare_gap_s, (1.0, 5.0))]
-        self.fluctuations = [Episode(s, e, float(rng.choice([-1, 1]) * rng.uniform(0.4, 1.0) * cfg.fluctuation_a))
-                             for s, e in _schedule(rng, n, fps, cfg.fluctuation_gap_s, (2.0, 10.0))]
+        # Normal current fluctuations: most move all phases together, some push one phase up the
+        # way an anomaly does (without its harder ripple), so the current alone can be fooled.
+        self.fluctuations = []
+        for s, e in _schedule(rng, n, fps, cfg.fluctuation_gap_s, (2.0, 12.0)):
+            if rng.random() < cfg.fluctuation_single_share:
+                self.fluctuations.append(Episode(s, e, float(rng.uniform(0.5, 1.0) * cfg.fluctuation_a),
+                                                 int(rng.integers(0, 3))))
+            else:
+                self.fluctuations.append(Episode(s, e, float(rng.choice([-1, 1]) * rng.uniform(0.4, 1.0)
+                                                             * cfg.fluctuation_a)))
         self.levels = rng.uniform(*cfg.current_level_a, size=3)
         self.ripple_periods = rng.uniform(1.2, 3.0, size=3)
         self.ripple_phases = rng.uniform(0, 2 * np.pi, size=3)
@@ -322,14 +335,17 @@ class Recording:
         return [e for e in events if e.start - pad < stop and e.stop + pad > start]
 
     @lru_cache(maxsize=8)
-    def _spot_distance(self, a: Anomaly) -> np.ndarray:
-        """Normalised distance to the spot's centre with an irregular, spot-specific outline."""
+    def _spot_distance(self, a: Anomaly) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        """Distance to the spot's centre with an irregular, spot-specific outline, and the box
+        (y0, y1, x0, x1) that holds every pixel the spot ever covers."""
         rng = np.random.default_rng(a.shape_key)
         dy = (self._yy - a.cy) / a.aspect
         dx = (self._xx - a.cx) * a.aspect
         theta = np.arctan2(dy, dx)
         wobble = 1.0 + 0.18 * np.sin(3 * theta + rng.uniform(0, 6.3)) + 0.1 * np.sin(5 * theta + rng.uniform(0, 6.3))
-        return (np.sqrt(dy**2 + dx**2) / wobble).astype(np.float32)
+        d = (np.sqrt(dy**2 + dx**2) / wobble).astype(np.float32)
+        ys, xs = np.nonzero(d <= a.radius + 0.5)
+        return d, (int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1)
 
     def spot_radius(self, a: Anomaly, frames: np.ndarray) -> np.ndarray:
         """Radius (pixels) of spot ``a`` at ``frames``: grows from 1.5 px to its peak, then fades back."""
@@ -347,10 +363,20 @@ class Recording:
         """
         if not (0 <= start <= stop <= self.n_frames):
             raise FmDataError(f"expected a frame range within 0..{self.n_frames}, got {start}..{stop}")
+        h, w = self.cfg.height, self.cfg.width
+        video = np.empty((stop - start, h, w, 3), np.uint8)
+        mask = np.zeros((stop - start, h, w), np.uint8)
+        # Small sub-blocks keep the float work in cache; the result does not depend on their size.
+        step = max(1, (1 << 19) // (h * w * 3))
+        for s in range(start, stop, step):
+            e = min(stop, s + step)
+            self._render_into(s, e, video[s - start:e - start], mask[s - start:e - start])
+        return video, mask
+
+    def _render_into(self, start: int, stop: int, out: np.ndarray, mask: np.ndarray) -> None:
         cfg, k = self.cfg, self._keys
         f = np.arange(start, stop)
         t = f / cfg.fps
-        n = f.size
         # Light drift: global gain and a warm/cool tint, both slow.
         gain = 1.0 + 0.14 * _smooth(k[0], t, 45.0) + 0.05 * _smooth(k[1], t, 6.0)
         warm = 0.05 * _smooth(k[2], t, 60.0)
@@ -359,44 +385,50 @@ class Recording:
         # Flame: cross-fade between two tongue patterns every 0.2 s; flicker and flares scale it.
         slot = t / 0.2
         s0 = np.floor(slot).astype(np.int64)
-        mix = (slot - s0).astype(np.float32)[:, None, None]
+        mix = (slot - s0).astype(np.float32)
         i0 = (_hash(k[3], s0) % np.uint64(_BANK)).astype(np.intp)
         i1 = (_hash(k[3], s0 + 1) % np.uint64(_BANK)).astype(np.intp)
-        flame = self.flames[i0] * (1 - mix) + self.flames[i1] * mix
         strength = 0.75 + 0.25 * _smooth(k[4], t, 0.15) + 0.15 * _smooth(k[5], t, 9.0)
         for ep in self._active(self.flares, start, stop):
             strength = strength + ep.level * _envelope(f, ep.start, ep.stop, 0.3 * cfg.fps)
-        reach = np.clip(strength, 0.2, None).astype(np.float32)[:, None, None]
-        flame = np.power(flame, 1.0 / reach) * reach  # a stronger flame reaches further down
-        img += flame[..., None] * np.array([210, 130, 40], np.float32)
-        # Hot spots, then the mask.
-        mask = np.zeros((n, cfg.height, cfg.width), np.uint8)
+        strength = np.clip(strength, 0.2, None).astype(np.float32)
+        flame = self.flames[i0] * ((1 - mix) * strength)[:, None, None]
+        flame += self.flames[i1] * (mix * strength)[:, None, None]
+        img += flame[..., None] * self._flame_color
+        # Hot spots, then the mask; only the box around each spot is touched.
         for a in self._active(self.anomalies, start, stop):
-            sel = slice(max(a.start, start) - start, min(a.stop, stop) - start)
+            lo, hi = max(a.start, start), min(a.stop, stop)
+            sel = slice(lo - start, hi - start)
+            d, (y0, y1, x0, x1) = self._spot_distance(a)
             radius = self.spot_radius(a, f[sel]).astype(np.float32)[:, None, None]
-            d = self._spot_distance(a)[None]
-            inside = d <= radius
-            mask[sel] |= inside
+            box = d[None, y0:y1, x0:x1]
+            inside = box <= radius
+            mask[sel, y0:y1, x0:x1] |= inside
             u = (f[sel] - a.start + 0.5) / (a.stop - a.start)
-            glow = (0.75 + 0.25 * np.sin(np.pi * np.clip(u, 0, 1))).astype(np.float32)[:, None, None]
-            heat = np.where(inside, glow * (1.0 - 0.45 * (d / np.maximum(radius, 1e-3)) ** 2), 0.0)[..., None]
-            hot = np.array([255, 96, 40], np.float32) * gain[sel, None, None, None].astype(np.float32)
-            img[sel] = img[sel] * (1 - heat) + hot * heat
+            glow = (0.85 + 0.15 * np.sin(np.pi * np.clip(u, 0, 1))).astype(np.float32)[:, None, None]
+            heat = np.where(inside, glow * (1.0 - 0.35 * (box / np.maximum(radius, 1e-3)) ** 2), 0.0)[..., None]
+            hot = self._hot_color * gain[sel, None, None, None].astype(np.float32)
+            part = img[sel, y0:y1, x0:x1]
+            part += heat * (hot - part)
         # Water mist: a veil whose density follows the episodes; dense mist hides everything.
-        density = np.zeros(n)
+        density = np.zeros(f.size)
         for ep in self._active(self.mist, start, stop):
             density = np.maximum(density, ep.level * _envelope(f, ep.start, ep.stop, 0.15 * (ep.stop - ep.start)))
         veiled = np.nonzero(density > 0)[0]
         if veiled.size:
-            mi = (_hash(k[6], f[veiled] // max(1, int(cfg.fps))) % np.uint64(_BANK)).astype(np.intp)
-            pattern = self.mists[mi]
-            alpha = np.clip(density[veiled, None, None].astype(np.float32) * (0.45 + 0.75 * pattern), 0, 1)[..., None]
-            fog = np.array([196, 200, 204], np.float32) * (0.9 + 0.1 * gain[veiled, None, None, None]).astype(np.float32)
-            img[veiled] = img[veiled] * (1 - alpha) + fog * alpha
+            v = slice(int(veiled[0]), int(veiled[-1]) + 1)  # alpha is 0 on clear frames in between
+            mi = (_hash(k[6], f[v] // max(1, int(cfg.fps))) % np.uint64(_BANK)).astype(np.intp)
+            alpha = self.mists[mi]
+            alpha *= 0.75 * density[v, None, None].astype(np.float32)
+            alpha += 0.45 * density[v, None, None].astype(np.float32)
+            np.clip(alpha, 0, 1, out=alpha)
+            fog = self._fog_color * (0.9 + 0.1 * gain[v, None, None, None]).astype(np.float32)
+            part = img[v]
+            part += alpha[..., None] * (fog - part)
         # Sensor noise from a bank, picked per frame by hash.
         img += self.noise[(_hash(k[7], f) % np.uint64(_NOISE_BANK)).astype(np.intp)]
         np.clip(img, 0, 255, out=img)
-        return img.astype(np.uint8), mask
+        out[...] = img
 
     def mist_density(self, start: int, stop: int) -> np.ndarray:
         """Return the peak mist density of frames [start, stop) (>= 1.0 hides the whole shell)."""
@@ -415,9 +447,16 @@ class Recording:
         f = np.arange(start, stop)
         t = f / cfg.fps
         common = 600 * _smooth(k[8], t, 40.0) + 250 * _smooth(k[9], t, 6.0)
-        for ep in self._active(self.fluctuations, start, stop):
-            common = common + ep.level * _envelope(f, ep.start, ep.stop, 0.5 * cfg.fps)
         out = np.empty((f.size, 3))
+        shift = np.zeros((f.size, 3))
+        for ep in self._active(self.fluctuations, start, stop):
+            e = _envelope(f, ep.start, ep.stop, 0.5 * cfg.fps)
+            if ep.phase < 0:
+                common = common + ep.level * e
+            else:
+                share = np.full(3, -0.45)
+                share[ep.phase] = 1.0
+                shift += e[:, None] * share[None, :] * ep.level
         boost = np.zeros((f.size, 3))
         for a in self._active(self.anomalies, start, stop):
             e = _envelope(f, a.start, a.stop, 1.0 * cfg.fps)
@@ -425,7 +464,7 @@ class Recording:
             share[a.phase] = 1.0
             boost += e[:, None] * share[None, :] * a.response_a
         for p in range(3):
-            level = self.levels[p] + common + 150 * _smooth(k[10 + p], t, 20.0) + boost[:, p]
+            level = self.levels[p] + common + 150 * _smooth(k[10 + p], t, 20.0) + boost[:, p] + shift[:, p]
             excite = np.clip(boost[:, p] / 1000.0, 0, None)  # the responding phase ripples harder
             sigma = cfg.current_ripple * level * (1 + excite)
             wave = np.sin(2 * np.pi * t / self.ripple_periods[p] + self.ripple_phases[p])

@@ -398,11 +398,13 @@ class SynthResult:
 
 def synthesize(out: str | os.PathLike[str], *, layout: str = "v1", storage: str = "matlab", recordings: int = 1,
                frames: int = 2000, size: tuple[int, int] | int | str = (64, 64), fps: float = 25.0, seed: int = 0,
-               overwrite: bool = False, progress: bool = False) -> SynthResult:
+               overwrite: bool = False, progress: bool = False,
+               preview: str | os.PathLike[str] | None = None) -> SynthResult:
     """Write a synthetic dataset to ``out`` in ``layout`` "v1" or "v2"; return a :class:`SynthResult`.
 
     V1 with one recording writes the file ``out``; V1 with several writes ``out/batch_01.mat``
-    ... ; V2 always writes the folder ``out``.
+    ... ; V2 always writes the folder ``out``. ``preview`` names a PNG to draw of the first
+    recording (frames, masks, current).
     """
     if layout not in LAYOUTS:
         raise FmDataError(f"--layout: expected v1 or v2, got {layout!r}")
@@ -418,5 +420,77 @@ def synthesize(out: str | os.PathLike[str], *, layout: str = "v1", storage: str 
     else:
         path = write_v1_set(out, recordings=recordings, **kw)
         files = sorted(path.glob("*.mat"))
-    return SynthResult(out=path, layout=layout, files=files, frames=int(frames) * recordings,
-                       seconds=time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    if preview is not None:
+        cfg = _config(size, fps)
+        plan = plan_v2 if layout == "v2" else plan_v1
+        plot_preview(plan(int(frames), cfg, seed, 0), preview)
+    return SynthResult(out=path, layout=layout, files=files, frames=int(frames) * recordings, seconds=seconds)
+
+
+# ---- a picture ----------------------------------------------------------------------------------
+def _pick_frames(rec: synth.Recording, count: int) -> list[tuple[int, str]]:
+    """Frames worth showing: clear normal, clear anomaly, anomaly under dense mist, light mist, flare."""
+    picks: list[tuple[int, str]] = []
+    labels = rec.labels()
+    density = rec.mist_density(0, rec.n_frames)
+    clear = density < 0.05
+    candidates = [
+        (np.nonzero((labels == 0) & clear)[0], "normal"),
+        (np.nonzero((labels == 1) & clear)[0], "hot spot"),
+        (np.nonzero((labels == 1) & (density >= 1.0))[0], "hot spot under dense mist"),
+        (np.nonzero((labels == 0) & (density > 0.2) & (density < 1.0))[0], "light mist"),
+        (np.nonzero((labels == 1) & (density > 0.2) & (density < 1.0))[0], "hot spot, light mist"),
+    ]
+    for frames, title in candidates:
+        if frames.size and len(picks) < count:
+            a = next((a for a in rec.anomalies if a.start <= frames[frames.size // 2] < a.stop), None)
+            f = int(frames[frames.size // 2])
+            if a is not None and title.startswith("hot spot"):  # show the spot near its largest
+                inside = frames[(frames >= a.start) & (frames < a.stop)]
+                f = int(inside[np.argmin(np.abs(inside - (a.start + a.stop) // 2))])
+            picks.append((f, title))
+    return picks
+
+
+def plot_preview(rec: synth.Recording, path: str | os.PathLike[str], count: int = 5) -> Path:
+    """Draw a few frames with their masks and the three current phases of ``rec`` to PNG ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    picks = _pick_frames(rec, count)
+    fig = plt.figure(figsize=(2.3 * max(len(picks), 3), 7.2), layout="constrained")
+    grid = fig.add_gridspec(3, max(len(picks), 1), height_ratios=[1, 1, 1.3])
+    for i, (f, title) in enumerate(picks):
+        video, mask = rec.render(f, f + 1)
+        ax = fig.add_subplot(grid[0, i])
+        ax.imshow(video[0], interpolation="nearest")
+        ax.set_title(f"frame {f}\n{title}", fontsize=8)
+        ax.axis("off")
+        ax = fig.add_subplot(grid[1, i])
+        ax.imshow(mask[0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(f"mask: {int(mask[0].sum())} px", fontsize=8)
+        ax.axis("off")
+    ax = fig.add_subplot(grid[2, :])
+    step = max(1, rec.n_frames // 4000)
+    frames = np.arange(0, rec.n_frames, step)
+    amps = rec.current(0, rec.n_frames)[::step]
+    t = frames / rec.cfg.fps
+    for p, name in enumerate(schema.PHASES):
+        ax.plot(t, amps[:, p], lw=0.6, label=f"phase {name}")
+    for a in rec.anomalies:
+        ax.axvspan(a.start / rec.cfg.fps, a.stop / rec.cfg.fps, color="red", alpha=0.12, lw=0)
+    for ep in rec.mist:
+        if ep.level >= 1.0:
+            ax.axvspan(ep.start / rec.cfg.fps, ep.stop / rec.cfg.fps, ymax=0.06, color="0.4", lw=0)
+    edge = (rec.n_train, rec.n_train + rec.n_guard)
+    ax.axvspan(edge[0] / rec.cfg.fps, edge[1] / rec.cfg.fps, color="0.85", lw=0)
+    ax.text(edge[1] / rec.cfg.fps, ax.get_ylim()[1], " test", va="top", fontsize=8)
+    ax.set_xlabel("seconds (red: hot spot active; dark bars: dense mist; grey: guard gap)")
+    ax.set_ylabel("current (A)")
+    ax.legend(loc="lower left", fontsize=7, ncol=3)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
