@@ -30,7 +30,7 @@ from collections import OrderedDict
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import zarr
@@ -435,6 +435,15 @@ def _is_zarr_store(location: str, storage_options: dict | None) -> bool:
     return remote.exists(remote.join(location, "zarr.json"), storage_options)
 
 
+def _is_partial(location: str, storage_options: dict | None) -> bool:
+    """True when ``location`` holds an FMF store whose writer has not finished."""
+    try:
+        root = zarr.open_group(store=remote.zarr_store(location, "r", storage_options), mode="r", zarr_format=3)
+        return not store.read_meta(root, location).complete
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError, FmDataError):
+        return False
+
+
 def _create(staging: str, plan: ConversionPlan, storage_options: dict | None) -> zarr.Group:
     root = zarr.open_group(store=remote.zarr_store(staging, "w", storage_options), mode="w-", zarr_format=3)
     first = plan.recordings[0]
@@ -485,6 +494,11 @@ def _finalise(root: zarr.Group, plan: ConversionPlan, results: dict[str, UnitRes
     remote.set_complete(root, True)
 
 
+# A runner calls fn(*a) for every a in args wherever it likes (processes, a dask cluster) and
+# passes each result to on_result as it arrives; see fmdata.convert_cluster.
+Runner = Callable[[Callable[..., Any], Sequence[tuple], Callable[[Any], None]], None]
+
+
 def run_parallel(fn: Any, args: Sequence[tuple], workers: int, on_result: Any) -> None:
     """Call ``fn(*a)`` for every ``a`` in ``args`` in ``workers`` spawned processes (in this one
     when ``workers`` <= 1), passing each return value to ``on_result`` as it arrives.
@@ -508,21 +522,25 @@ def run_parallel(fn: Any, args: Sequence[tuple], workers: int, on_result: Any) -
 
 
 def _run_units(units: list[WorkUnit], staging: str, storage_options: dict | None, workers: int,
-               ledger: Ledger, results: dict[str, UnitResult], bar: Any) -> None:
+               ledger: Ledger, results: dict[str, UnitResult], bar: Any, runner: Runner | None) -> None:
     def done(res: UnitResult) -> None:
         ledger.record(res)
         results[res.key] = res
         if res.axis == FRAME_AXIS:
             bar.update(res.rows)
 
-    run_parallel(convert_unit, [(u, staging, storage_options) for u in units], workers, done)
+    args = [(u, staging, storage_options) for u in units]
+    if runner is not None:
+        runner(convert_unit, args, done)
+    else:
+        run_parallel(convert_unit, args, workers, done)
 
 
 def convert(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *, workers: int | None = None,
             overwrite: bool = False, resume: bool = False, chunking: store.Chunking | None = None,
             chunk_frames: int | None = None, shard_frames: int | None = None,
             fps: float = DEFAULT_FPS, progress: bool = True,
-            storage_options: dict | None = None) -> ConvertReport:
+            storage_options: dict | None = None, runner: Runner | None = None) -> ConvertReport:
     """Convert ``sources`` (V1 MAT files and/or V2 folders, in order) into a new store at ``out``.
 
     ``workers`` processes run the units (default: the CPU count). ``overwrite`` replaces an
@@ -530,8 +548,10 @@ def convert(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLike[st
     ``resume`` continues an interrupted conversion into ``out`` without redoing finished units.
     ``chunking`` defaults to :func:`default_chunking`; ``chunk_frames`` / ``shard_frames``
     override its frame-axis lengths. ``fps`` is the V1 frame rate; ``progress``
-    shows a tqdm bar (frames/s, ETA). Returns a :class:`ConvertReport`. Raises FmDataError for
-    bad sources or output paths, removing the partial store.
+    shows a tqdm bar (frames/s, ETA). ``runner`` runs the units elsewhere (a dask cluster, see
+    :mod:`fmdata.convert_cluster`) instead of a local process pool. Returns a
+    :class:`ConvertReport`. Raises FmDataError for bad sources or output paths, removing the
+    partial store; an interruption (lost workers, Ctrl-C) keeps finished units for ``resume``.
     """
     t0 = time.perf_counter()
     out = os.fspath(out)
@@ -541,7 +561,8 @@ def convert(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLike[st
                                  shard_frames)
     plan = plan_conversion(recs, chunking, fps)
     exists = remote.exists(out, storage_options)
-    if exists and not overwrite:
+    resume_in_place = remote.is_url(out) and exists and resume and _is_partial(out, storage_options)
+    if exists and not overwrite and not resume_in_place:
         raise FmDataError("expected a new output path, got one that exists; pass --overwrite to replace it", out)
     if exists and not _is_zarr_store(out, storage_options):
         raise FmDataError("refusing to replace something that is not a Zarr store", out)
@@ -549,10 +570,10 @@ def convert(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLike[st
     partials = _partials(out)
     staging, root = None, None
     if remote.is_url(out):
-        if exists and not resume:
-            remote.remove_store(out, storage_options)
-        elif exists and resume:
+        if resume_in_place:
             staging, root = out, _open_partial(out, plan, storage_options)
+        elif exists:
+            remote.remove_store(out, storage_options)
     elif partials and resume:
         staging = partials[-1]
         root = _open_partial(staging, plan, storage_options)
@@ -582,7 +603,7 @@ def convert(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLike[st
                disable=not progress, dynamic_ncols=True, smoothing=0.1)
     try:
         if not store.read_meta(root, staging).complete:
-            _run_units(todo, staging, storage_options, workers, ledger, results, bar)
+            _run_units(todo, staging, storage_options, workers, ledger, results, bar, runner)
             _finalise(root, plan, results)
     except FmDataError:
         _discard(staging, storage_options)
