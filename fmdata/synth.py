@@ -37,8 +37,17 @@ from fmdata import schema
 from fmdata.errors import FmDataError
 
 BASE_ORIGIN = _dt.datetime(2023, 5, 10, 21, 33, 27)
-_BANK = 32  # texture patterns per bank
+_BANK = 32  # texture patterns per bank (fewer for large frames, see _bank_sizes)
 _NOISE_BANK = 61
+_BANK_BUDGET = 48 << 20  # bytes of float32 textures per recording plan
+
+
+def _bank_sizes(h: int, w: int) -> tuple[int, int]:
+    """Patterns per flame/mist bank and sensor-noise frames, capped so the banks fit the budget."""
+    per = h * w * 4
+    noise = int(max(5, min(_NOISE_BANK, _BANK_BUDGET // 2 // (3 * per))))
+    bank = int(max(4, min(_BANK, _BANK_BUDGET // 4 // per)))
+    return bank, noise
 
 
 @dataclass(frozen=True)
@@ -76,8 +85,8 @@ class SynthConfig:
 
     def validate(self) -> None:
         """Raise FmDataError when a knob is out of its sensible range."""
-        if not (4 <= self.height <= 4096 and 4 <= self.width <= 4096):
-            raise FmDataError(f"expected a frame size between 4 and 4096 pixels, got {self.height}x{self.width}")
+        if not (4 <= self.height <= 2048 and 4 <= self.width <= 2048):
+            raise FmDataError(f"expected a frame size between 4 and 2048 pixels, got {self.height}x{self.width}")
         if not (0.1 <= self.fps <= 1000):
             raise FmDataError(f"expected fps between 0.1 and 1000, got {self.fps}")
         if not (0 < self.test_fraction < 1 and 0 <= self.guard_fraction < 1
@@ -273,15 +282,16 @@ class Recording:
         shell[above] = (np.array([22, 16, 14], np.float32) * (0.8 + 0.4 * grain[above, None]))
         self.shell = shell.astype(np.float32)
         # Flame tongues: glow that falls off below a wavy edge near the shell's top.
-        flames = np.empty((_BANK, h, w), np.float32)
-        for k in range(_BANK):
+        self._bank, self._noise_bank = _bank_sizes(h, w)
+        flames = np.empty((self._bank, h, w), np.float32)
+        for k in range(self._bank):
             edge = self.shell_top + 0.06 * np.sin(2 * np.pi * (x[0] * rng.uniform(1.5, 4) + rng.random()))
             edge = edge + 0.08 * (_value_noise(rng, (1, w), 3, octaves=2)[0] - 0.3)
             depth = (y - edge[None, :]) / 0.07
             flames[k] = np.where(depth < 0, 1.0, np.exp(-depth**2)) * (0.7 + 0.3 * _value_noise(rng, (h, w), 3))
         self.flames = flames
-        self.mists = np.stack([_value_noise(rng, (h, w), 3) for _ in range(_BANK)]).astype(np.float32)
-        self.noise = rng.normal(0, 2.5, (_NOISE_BANK, h, w, 3)).astype(np.float32)
+        self.mists = np.stack([_value_noise(rng, (h, w), 3) for _ in range(self._bank)]).astype(np.float32)
+        self.noise = rng.normal(0, 2.5, (self._noise_bank, h, w, 3)).astype(np.float32)
         self._xx, self._yy = xx, yy
         self._flame_color = np.array([235, 165, 55], np.float32)
         self._hot_color = np.array([255, 96, 40], np.float32)
@@ -310,8 +320,8 @@ class Recording:
                 response_a=float(rng.uniform(*cfg.current_response_a)
                                  * (rng.uniform(0.3, 0.5) if rng.random() < cfg.weak_response_share else 1.0)),
                 shape_key=int(rng.integers(0, 2**62))))
-        mist = [Episode(s, e, float(rng.uniform(1.6, 2.2) if rng.random() < cfg.mist_dense_share
-                                    else rng.uniform(0.3, 0.8)))
+        mist = [Episode(s, e, float(rng.uniform(1.02, 1.35) if rng.random() < cfg.mist_dense_share
+                                    else rng.uniform(0.18, 0.48)))
                 for s, e in _schedule(rng, n, fps, cfg.mist_gap_s, cfg.mist_duration_s)]
         self.mist = sorted(mist, key=lambda ep: ep.start)
         self.flares = [Episode(s, e, float(rng.uniform(0.5, 1.0)))
@@ -386,8 +396,8 @@ class Recording:
         slot = t / 0.2
         s0 = np.floor(slot).astype(np.int64)
         mix = (slot - s0).astype(np.float32)
-        i0 = (_hash(k[3], s0) % np.uint64(_BANK)).astype(np.intp)
-        i1 = (_hash(k[3], s0 + 1) % np.uint64(_BANK)).astype(np.intp)
+        i0 = (_hash(k[3], s0) % np.uint64(self._bank)).astype(np.intp)
+        i1 = (_hash(k[3], s0 + 1) % np.uint64(self._bank)).astype(np.intp)
         strength = 0.75 + 0.25 * _smooth(k[4], t, 0.15) + 0.15 * _smooth(k[5], t, 9.0)
         for ep in self._active(self.flares, start, stop):
             strength = strength + ep.level * _envelope(f, ep.start, ep.stop, 0.3 * cfg.fps)
@@ -417,21 +427,25 @@ class Recording:
         veiled = np.nonzero(density > 0)[0]
         if veiled.size:
             v = slice(int(veiled[0]), int(veiled[-1]) + 1)  # alpha is 0 on clear frames in between
-            mi = (_hash(k[6], f[v] // max(1, int(cfg.fps))) % np.uint64(_BANK)).astype(np.intp)
+            mi = (_hash(k[6], f[v] // max(1, int(cfg.fps))) % np.uint64(self._bank)).astype(np.intp)
+            # alpha = density * (1 + 1.25 * pattern): a density of 1 or more covers every pixel.
             alpha = self.mists[mi]
-            alpha *= 0.75 * density[v, None, None].astype(np.float32)
-            alpha += 0.45 * density[v, None, None].astype(np.float32)
+            alpha *= 1.25 * density[v, None, None].astype(np.float32)
+            alpha += density[v, None, None].astype(np.float32)
             np.clip(alpha, 0, 1, out=alpha)
             fog = self._fog_color * (0.9 + 0.1 * gain[v, None, None, None]).astype(np.float32)
             part = img[v]
             part += alpha[..., None] * (fog - part)
         # Sensor noise from a bank, picked per frame by hash.
-        img += self.noise[(_hash(k[7], f) % np.uint64(_NOISE_BANK)).astype(np.intp)]
+        img += self.noise[(_hash(k[7], f) % np.uint64(self._noise_bank)).astype(np.intp)]
         np.clip(img, 0, 255, out=img)
         out[...] = img
 
     def mist_density(self, start: int, stop: int) -> np.ndarray:
-        """Return the peak mist density of frames [start, stop) (>= 1.0 hides the whole shell)."""
+        """Return the mist density of frames [start, stop): 0 clear, >= 1.0 hides the whole frame.
+
+        A pixel's veil opacity is density * (1 + 1.25 * pattern), pattern in [0, 1], clipped to 1.
+        """
         f = np.arange(start, stop)
         density = np.zeros(f.size)
         for ep in self._active(self.mist, start, stop):

@@ -21,7 +21,7 @@ import datetime as _dt
 import json
 import os
 import shutil
-import tempfile
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,8 +59,8 @@ def parse_size(text: str | int | tuple[int, int]) -> tuple[int, int]:
             w = int(parts[-1])
         except ValueError:
             raise FmDataError(f"--size: expected H or HxW in pixels (e.g. 64 or 48x64), got {text!r}") from None
-    if not (4 <= h <= 4096 and 4 <= w <= 4096):
-        raise FmDataError(f"--size: expected 4..4096 pixels per side, got {h}x{w}")
+    if not (4 <= h <= 2048 and 4 <= w <= 2048):
+        raise FmDataError(f"--size: expected 4..2048 pixels per side, got {h}x{w}")
     return int(h), int(w)
 
 
@@ -98,6 +98,8 @@ def _prepare_target(out: Path, overwrite: bool) -> None:
     parent = out.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise FmDataError("expected a folder to write into, got a path through a file", out) from None
     except OSError as exc:
         raise FmDataError(f"cannot create the parent folder: {exc.strerror or exc}", out) from None
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -119,12 +121,13 @@ def _place(tmp: Path, out: Path) -> None:
 
 
 def _temp_sibling(out: Path, is_dir: bool) -> Path:
-    prefix = f".{out.name}.partial-"
+    """A hidden, unused sibling name; folders are created now (with the umask's permissions)."""
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
     if is_dir:
-        return Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
-    fd, name = tempfile.mkstemp(prefix=prefix, suffix=".mat", dir=out.parent)
-    os.close(fd)
-    return Path(name)
+        tmp.mkdir()
+    else:
+        tmp.touch(exist_ok=False)
+    return tmp
 
 
 def _cleanup(tmp: Path) -> None:
@@ -136,10 +139,16 @@ def _cleanup(tmp: Path) -> None:
 
 def _atomic(out: Path, is_dir: bool, overwrite: bool, body: Callable[[Path], None]) -> Path:
     _prepare_target(out, overwrite)
-    tmp = _temp_sibling(out, is_dir)
+    try:
+        tmp = _temp_sibling(out, is_dir)
+    except OSError as exc:
+        raise FmDataError(f"cannot write here: {exc.strerror or exc}", out) from None
     try:
         body(tmp)
         _place(tmp, out)
+    except OSError as exc:
+        _cleanup(tmp)
+        raise FmDataError(f"cannot write: {exc.strerror or exc}", out) from None
     except BaseException:
         _cleanup(tmp)
         raise
@@ -244,7 +253,7 @@ def _write_v7_recording(path: Path, rec: synth.Recording, sim: np.ndarray, names
     n = sim.size
     need = cfg.height * cfg.width * 3 * n
     if need > matfile.V7_MAX_VARIABLE_BYTES:
-        raise FmDataError(f"--storage v7: expected a video under 2 GiB (the v7 format's limit per variable), "
+        raise FmDataError(f"--storage v7: expected a video under 2^31 bytes (the v7 format's limit per variable), "
                           f"got {need / 2**30:.1f} GiB; use --storage matlab", path)
     video = np.empty((cfg.height, cfg.width, 3, n), np.uint8)
     label = np.empty((cfg.height, cfg.width, n), bool)
@@ -280,6 +289,7 @@ def write_v1(path: str | os.PathLike[str], *, frames: int, size: tuple[int, int]
     _check_storage(storage)
     cfg = _config(size, fps)
     frames = _check_frames(frames)
+    _check_storage(storage, cfg, frames)
     rec = plan_v1(frames, cfg, seed, index)
     bar = Progress(frames, progress)
     try:
@@ -296,6 +306,7 @@ def write_v1_set(folder: str | os.PathLike[str], *, recordings: int, frames: int
     _check_storage(storage)
     cfg = _config(size, fps)
     frames = _check_frames(frames)
+    _check_storage(storage, cfg, frames)
     _check_recordings(recordings)
     bar = Progress(frames * recordings, progress)
 
@@ -321,6 +332,7 @@ def write_v2(folder: str | os.PathLike[str], *, recordings: int = 1, frames: int
     _check_storage(storage)
     cfg = _config(size, fps)
     frames = _check_frames(frames)
+    _check_storage(storage, cfg, frames)
     _check_recordings(recordings)
     bar = Progress(frames * recordings, progress)
 
@@ -369,9 +381,14 @@ def _write_timestamps_csv(path: Path, rec: synth.Recording, rows_per_block: int 
             fh.write("".join(f"{s},{i}\n" for i, s in zip(range(f0, f1), stamps)))
 
 
-def _check_storage(storage: str) -> None:
+def _check_storage(storage: str, cfg: synth.SynthConfig | None = None, frames: int = 0) -> None:
     if storage not in STORAGES:
         raise FmDataError(f"--storage: expected one of {', '.join(STORAGES)}, got {storage!r}")
+    if storage == "v7" and cfg is not None:
+        need = cfg.height * cfg.width * 3 * frames
+        if need > matfile.V7_MAX_VARIABLE_BYTES:
+            raise FmDataError(f"--storage v7: expected a video under 2^31 bytes (the v7 format's limit per variable), "
+                              f"got {need / 2**30:.1f} GiB; use --storage matlab")
 
 
 def _check_recordings(recordings: int) -> None:
@@ -434,13 +451,13 @@ def _pick_frames(rec: synth.Recording, count: int) -> list[tuple[int, str]]:
     picks: list[tuple[int, str]] = []
     labels = rec.labels()
     density = rec.mist_density(0, rec.n_frames)
-    clear = density < 0.05
+    clear = density < 0.02
     candidates = [
         (np.nonzero((labels == 0) & clear)[0], "normal"),
         (np.nonzero((labels == 1) & clear)[0], "hot spot"),
         (np.nonzero((labels == 1) & (density >= 1.0))[0], "hot spot under dense mist"),
-        (np.nonzero((labels == 0) & (density > 0.2) & (density < 1.0))[0], "light mist"),
-        (np.nonzero((labels == 1) & (density > 0.2) & (density < 1.0))[0], "hot spot, light mist"),
+        (np.nonzero((labels == 0) & (density > 0.15) & (density < 0.6))[0], "light mist"),
+        (np.nonzero((labels == 1) & (density > 0.15) & (density < 0.6))[0], "hot spot, light mist"),
     ]
     for frames, title in candidates:
         if frames.size and len(picks) < count:

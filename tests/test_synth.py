@@ -152,3 +152,112 @@ def test_bad_options_are_one_line_errors(tmp_path):
     synth_write.write_v1(tmp_path / "a.mat", frames=6, size=8, overwrite=True)
     assert mat73.loadmat(tmp_path / "a.mat")["video"].shape == (8, 8, 3, 6)
     assert [p.name for p in tmp_path.iterdir()] == ["a.mat"]  # no temporary leftovers
+
+
+# ---- content: what the video shows, what mist hides, what the current tells -------------------
+def _spot_pixels(video):
+    """Pixels with the hot spot's colour signature (strong red over green and blue)."""
+    v = video.astype(np.int16)
+    return (v[..., 0] - v[..., 1] > 95) & (v[..., 0] - v[..., 2] > 150)
+
+
+def test_hot_spots_show_exactly_in_their_masks_and_dense_mist_hides_them():
+    rec = synth.simulate(6000, synth.SynthConfig(height=32, width=32), seed=3)
+    video, mask = rec.render(0, rec.n_frames)
+    density = rec.mist_density(0, rec.n_frames)
+    labels = mask.reshape(len(mask), -1).max(1)
+    spot = _spot_pixels(video)
+    clear = density == 0
+    assert labels[clear].any() and (labels[clear] == 0).any()
+    # in clear frames the spot colour appears only inside masks and covers most mask pixels
+    assert not (spot[clear] & ~mask[clear].astype(bool)).any()
+    assert spot[clear & (labels == 1)].sum() >= 0.8 * mask[clear].sum()
+    # dense mist (density >= 1) covers every pixel: anomalies there are invisible in the video
+    hidden = density >= 1.0
+    assert (labels[hidden] == 1).sum() > 25, "the seed should put some anomalies under dense mist"
+    assert not spot[hidden].any()
+    fog = video[hidden].astype(np.int16)
+    assert np.abs(fog[..., 0] - fog[..., 1]).max() < 20 and fog.min() > 150
+    # light mist leaves the shell partly visible: pixel contrast between light and dense mist
+    light = (density > 0.1) & (density < 0.5)
+    assert video[light].std(axis=(1, 2, 3)).mean() > 3 * video[hidden].std(axis=(1, 2, 3)).mean()
+
+
+def test_current_is_in_amperes_and_responds_to_anomalies():
+    rec = synth.simulate(8000, synth.SynthConfig(height=16, width=16), seed=4)
+    amps = rec.current(0, rec.n_frames)
+    assert amps.shape == (8000, 3) and 5000 < amps.mean() < 14000 and amps.min() >= 3000 and amps.max() <= 16000
+    ripple = np.abs(np.diff(amps, axis=0)).mean(0) / amps.mean(0)
+    assert np.all((ripple > 0.002) & (ripple < 0.05))
+    lift_in, lift_out = [], []
+    for a in rec.anomalies:
+        others = [p for p in range(3) if p != a.phase]
+        lift = amps[:, a.phase] - amps[:, others].mean(1)
+        mid = slice(a.start + (a.stop - a.start) // 4, a.stop - (a.stop - a.start) // 4)
+        before = slice(max(0, a.start - 250), max(1, a.start - 50))
+        lift_in.append(lift[mid].mean())
+        lift_out.append(lift[before].mean())
+    assert len(lift_in) >= 3
+    assert np.mean(np.array(lift_in) - np.array(lift_out)) > 1000  # the spot's phase rises against the others
+
+
+def _features(video, current, fps):
+    """Frame features a small model can use: spot-coloured pixels, current imbalance and ripple."""
+    spot = np.log1p(_spot_pixels(video).reshape(len(video), -1).sum(1))
+    idx = np.arange(len(current))
+
+    def causal_mean(x, k):
+        cs = np.cumsum(np.vstack([np.zeros((1, x.shape[1])), x]), 0)
+        lo = np.maximum(0, idx - k)
+        return (cs[idx + 1] - cs[lo]) / (idx + 1 - lo)[:, None]
+
+    dev = current - current.mean(1, keepdims=True)
+    imbalance = np.abs(causal_mean(dev, int(fps)) - causal_mean(dev, int(90 * fps))).max(1) / 1000
+    var = causal_mean(current**2, int(fps)) - causal_mean(current, int(fps)) ** 2
+    ripple = (np.sqrt(np.maximum(var, 0)) / current.mean(1, keepdims=True)).max(1) * 100
+    return np.column_stack([spot, imbalance, ripple])
+
+
+def _logistic(x, y, steps=3000, lr=0.3):
+    mu, sd = x.mean(0), x.std(0) + 1e-9
+    z = np.column_stack([(x - mu) / sd, np.ones(len(x))])
+    w = np.zeros(z.shape[1])
+    for _ in range(steps):
+        w -= lr * z.T @ (1 / (1 + np.exp(-z @ w)) - y) / len(y)
+    return lambda xx: np.column_stack([(xx - mu) / sd, np.ones(len(xx))]) @ w > 0
+
+
+def _f1(y, pred):
+    tp, fp, fn = (pred & (y == 1)).sum(), (pred & (y == 0)).sum(), (~pred & (y == 1)).sum()
+    return 2 * tp / (2 * tp + fp + fn)
+
+
+def test_anomalies_are_learnable_from_video_and_current_and_current_sees_through_mist():
+    cfg = synth.SynthConfig(height=32, width=32)
+    parts = []
+    for i in range(3):  # three recordings of 3,000 frames, trained on their train blocks
+        rec = synth.simulate(3000, cfg, seed=0, index=i)
+        video, mask = rec.render(0, rec.n_frames)
+        parts.append((_features(video, rec.current(0, rec.n_frames), cfg.fps), mask.reshape(3000, -1).max(1),
+                      rec.split(), rec.mist_density(0, rec.n_frames)))
+    x, y, split, density = (np.concatenate([p[k] for p in parts]) for k in range(4))
+    train, test = split == schema.SPLIT_TRAIN, split == schema.SPLIT_TEST
+    both = _logistic(x[train], y[train])(x[test])
+    assert _f1(y[test], both) >= 0.9
+    hidden = (density[test] >= 1.0) & (y[test] == 1)
+    assert hidden.sum() > 20
+    video_only = _logistic(x[train][:, :1], y[train])(x[test][:, :1])
+    current_only = _logistic(x[train][:, 1:], y[train])(x[test][:, 1:])
+    assert video_only[hidden].mean() < 0.1 < 0.5 < current_only[hidden].mean()
+
+
+def test_split_is_train_block_guard_gap_test_block():
+    for n in (3, 10, 1000, 50000):
+        train, guard, test = synth.split_sizes(n, synth.SynthConfig())
+        assert train + guard + test == n and min(train, guard, test) >= 1
+        rec_split = synth.simulate(n, synth.SynthConfig(height=8, width=8), seed=1).split()
+        codes = np.concatenate([np.full(train, schema.SPLIT_TRAIN), np.full(guard, schema.SPLIT_NONE),
+                                np.full(test, schema.SPLIT_TEST)])
+        np.testing.assert_array_equal(rec_split, codes)
+    assert synth.split_sizes(50000, synth.SynthConfig())[1] >= 8 * 25  # guard longer than a reference clip
+    assert synth.split_sizes(2, synth.SynthConfig()) == (2, 0, 0)
