@@ -49,9 +49,13 @@ class DaskOptions:
             raise FmDataError(f"expected --workers >= 1, got {self.workers}")
 
 
-def _limit_zarr_threads() -> None:
-    """Run on each worker: decode with one zarr thread so one worker process is one core."""
+def _prepare_worker() -> None:
+    """Run on each started worker: one zarr decode thread (one worker process is one core), and
+    the derivation modules imported up front rather than inside the first task."""
     import zarr
+
+    import fmdata.labels  # noqa: F401
+    import fmdata.stats  # noqa: F401
 
     zarr.config.set({"threading.max_workers": 1})
 
@@ -146,12 +150,12 @@ def dask_runner(options: DaskOptions = DaskOptions()) -> Iterator[Runner]:
             client.close()
         return
     cluster = LocalCluster(n_workers=options.workers, threads_per_worker=1, processes=True,
-                           memory_limit=options.memory_limit, dashboard_address=None,
+                           memory_limit=options.memory_limit, dashboard_address=":0",
                            silence_logs=logging.ERROR)
     try:
         client = Client(cluster)
         try:
-            client.run(_limit_zarr_threads)
+            client.run(_prepare_worker)
             yield Runner(client, f"local cluster ({options.workers} worker processes)", options.progress)
         finally:
             client.close()
