@@ -66,7 +66,8 @@ class TrainConfig:
     ``fmmodel.fmformer.build_model``. ``val_fraction`` is the share of each recording's training
     block (its last labelled frames) held out for validation; ``validation`` is filled in by the
     trainer with what it actually held out. ``max_steps_per_epoch`` caps an epoch (demos and
-    benchmarks); None runs every window.
+    benchmarks); None runs every window. ``threads`` sets torch's CPU threads in the training
+    process (None keeps torch's default; 1 is fastest on a small, shared CPU).
     """
 
     store: str
@@ -84,6 +85,7 @@ class TrainConfig:
     hflip: bool = True
     preprocessing: str = "reference"
     workers: int = 2
+    threads: int | None = None
     device: str = "auto"
     precision: str | None = None
     compile: bool = False
@@ -122,6 +124,7 @@ class TrainConfig:
         need(self.batch_size >= 1, "--batch-size >= 1", self.batch_size)
         need(self.lr > 0, "--lr > 0", self.lr)
         need(self.workers >= 0, "--workers >= 0", self.workers)
+        need(self.threads is None or self.threads >= 1, "--threads >= 1", self.threads)
         need(0.0 <= self.val_fraction < 1.0, "--val-fraction in [0, 1)", self.val_fraction)
         need(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "--max-steps >= 1",
              self.max_steps_per_epoch)

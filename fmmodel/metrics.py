@@ -187,6 +187,7 @@ class MetricSet:
     _targets: list[np.ndarray] = field(default_factory=list, repr=False)
     _probs: list[np.ndarray] = field(default_factory=list, repr=False)
     _pixel: list[MetricCollection] = field(default_factory=list, repr=False)
+    _curves: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.pixel:
@@ -259,6 +260,7 @@ class MetricSet:
                         m.merge_state(coll[name])
                     per.setdefault(str(r), {})["pixel"] = _pixel_result(coll)
             overall["pixel"] = _pixel_result(total) if _pixel_count(total) else {"pixels": 0}
+            self._curves = _curves(total) if _pixel_count(total) else None
             if sync_pixels:
                 for coll in self._pixel:
                     for m in coll.values():
@@ -267,24 +269,20 @@ class MetricSet:
         return {"overall": overall, "recordings": per}
 
     def pixel_curves(self) -> dict[str, np.ndarray] | None:
-        """Return binned pixel ROC and PR curves over all recordings (local states); None if empty."""
-        if not self.pixel:
-            return None
-        total = _pixel_collection(self.pixel_thresholds).to(self.device)
-        for coll in self._pixel:
-            if _pixel_count(coll):
-                for name, m in total.items():
-                    m.merge_state(coll[name])
-        if not _pixel_count(total):
-            return None
-        fpr, tpr, _ = _quiet(total["roc"].compute)
-        precision, recall, _ = _quiet(total["pr"].compute)
-        return {"fpr": fpr.cpu().numpy(), "tpr": tpr.cpu().numpy(),
-                "precision": precision.cpu().numpy(), "recall": recall.cpu().numpy()}
+        """Return the binned pixel ROC and PR curves over all recordings (and ranks) of the last
+        :meth:`compute`; None before it, for classifiers, or without pixels."""
+        return self._curves
 
 
 def _pixel_count(coll: MetricCollection) -> int:
     return int(coll["confusion"].confmat.sum())
+
+
+def _curves(coll: MetricCollection) -> dict[str, np.ndarray]:
+    fpr, tpr, _ = _quiet(coll["roc"].compute)
+    precision, recall, _ = _quiet(coll["pr"].compute)
+    return {"fpr": fpr.cpu().numpy(), "tpr": tpr.cpu().numpy(),
+            "precision": precision.cpu().numpy(), "recall": recall.cpu().numpy()}
 
 
 def _pixel_result(coll: MetricCollection) -> dict[str, Any]:

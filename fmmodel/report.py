@@ -198,3 +198,37 @@ def write_report(out_dir: str | os.PathLike[str], report: dict[str, Any],
     report["files"] = {k: os.path.basename(v) for k, v in paths.items()}
     write_json(paths["report"], report)
     return paths
+
+
+def _f(v: Any, pct: bool = False) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.2%}" if pct else f"{v:.4f}"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Return the evaluation report as a few readable lines (overall, per recording, files)."""
+    m = report["metrics"]
+    lines = [f"{report['variant']} on {report['store']} split={report['split']} windows={report['windows']['count']:,} "
+             f"({report['device']}, {report['precision']}, {report['world_size']} process(es))"]
+    fps = report.get("fps")
+    lines.append(f"FPS {fps:,.1f} (whole loop), {report.get('model_fps') or 0:,.1f} (model only)" if fps else "FPS n/a")
+    head = f"{'':<14}{'n':>7}{'acc':>8}{'F1':>8}{'prec':>8}{'recall':>8}{'FDR':>8}{'MDR':>8}{'AUROC':>8}{'AP':>8}"
+    rows = [("overall", m["overall"])] + [(e.get("name", r), e) for r, e in m["recordings"].items()]
+    lines += ["class level:", head]
+    for name, e in rows:
+        c = e.get("class", {})
+        lines.append(f"{str(name)[:13]:<14}{c.get('n', 0):>7}" + "".join(
+            f"{_f(c.get(k)):>8}" for k in ("accuracy", "f1", "precision", "recall", "fdr", "mdr", "auroc", "ap")))
+    if m["overall"].get("pixel") is not None:
+        lines += ["pixel level (dataset-wide confusion matrix, mIoU over both classes):",
+                  f"{'':<14}{'pixels':>11}{'PA':>8}{'mPA':>8}{'mIoU':>8}{'AUROC':>8}{'AP':>8}"]
+        for name, e in rows:
+            p = e.get("pixel") or {}
+            lines.append(f"{str(name)[:13]:<14}{p.get('pixels', 0):>11,}" + "".join(
+                f"{_f(p.get(k)):>8}" for k in ("pixel_accuracy", "mean_pixel_accuracy", "miou", "auroc", "ap")))
+    files = report.get("files")
+    if files:
+        lines.append("report: " + files["report"])
+        lines.append("pictures: " + ", ".join(v for k, v in files.items() if k != "report"))
+    return "\n".join(lines)

@@ -1,0 +1,247 @@
+"""``fmmodel predict``: per-window predictions of a checkpoint, written as a Zarr v3 store.
+
+The output is one Zarr v3 group with one row per window, in window-table order (labelled frame
+ascending), aligned to the source store by the ``frame`` column (the global index of the
+window's labelled frame):
+
+    frame      (window,)            int64    labelled frame, global index into the source store
+    recording  (window,)            int32    recording id
+    split      (window,)            int8     split code of the labelled frame (fmdata.schema)
+    label      (window,)            uint8    true class label (1: any mask pixel abnormal)
+    prob       (window, class)      float32  softmax probabilities [normal, abnormal]
+    pred       (window,)            uint8    predicted class (prob[:, 1] >= 0.5)
+    mask_pred  (window, y, x)       uint8    segmentation models only: predicted mask, in the
+                                             source store's (true) orientation
+
+Every array carries Zarr ``dimension_names`` (xarray reads them); the root attribute
+``fmf_predictions`` records the checkpoint, model, windows and split. The store is written into
+a hidden sibling and renamed into place when complete, so a crash never leaves an output that
+looks finished; an existing output is refused unless ``overwrite``. Under ``torchrun`` each rank
+writes its own contiguous, chunk-aligned block of windows. ``write_overlay_video`` renders the
+predictions over the frames as an MP4 (OpenCV).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from torch.utils.data import DataLoader, Sampler
+
+from fmdata import schema
+from fmmodel import distributed as dd
+from fmmodel.errors import FmModelError
+from fmmodel.evaluate import SPLITS, prepare, resolve_precision, run_inference
+
+ATTR_PREDICTIONS = "fmf_predictions"
+WINDOW_CHUNK = 4096  # rows per chunk of the 1-D arrays; rank blocks align to it
+MASK_CHUNK = 64  # windows per mask chunk (divides WINDOW_CHUNK)
+FORMAT_NAME = "fmf-predictions"
+FORMAT_VERSION = 1
+
+
+class BlockSampler(Sampler[int]):
+    """Indices ``[start, stop)`` in order: one rank's contiguous block."""
+
+    def __init__(self, start: int, stop: int) -> None:
+        self.start, self.stop = int(start), int(stop)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+def block_of(n: int, rank: int, world: int, align: int = WINDOW_CHUNK) -> tuple[int, int]:
+    """Return rank ``rank``'s block [start, stop) of ``n`` rows; every boundary is a multiple of ``align``."""
+    chunks = -(-n // align)
+    per = -(-chunks // world)
+    start = min(n, rank * per * align)
+    return start, min(n, (rank + 1) * per * align)
+
+
+def _temp_path(out: str) -> str:
+    head, tail = os.path.split(os.path.abspath(out))
+    return os.path.join(head, f".{tail}.partial")
+
+
+def _create(path: str, n: int, mask_shape: tuple[int, int] | None, attrs: dict[str, Any]) -> None:
+    root = zarr.open_group(path, mode="w", zarr_format=3)
+    chunk = min(WINDOW_CHUNK, max(n, 1))
+    for name, dtype in (("frame", "int64"), ("recording", "int32"), ("split", "int8"), ("label", "uint8"),
+                        ("pred", "uint8")):
+        root.create_array(name, shape=(n,), chunks=(chunk,), dtype=dtype, dimension_names=("window",), fill_value=0)
+    root.create_array("prob", shape=(n, 2), chunks=(chunk, 2), dtype="float32", dimension_names=("window", "class"),
+                      fill_value=0.0)
+    if mask_shape is not None:
+        root.create_array("mask_pred", shape=(n, *mask_shape), chunks=(min(MASK_CHUNK, max(n, 1)), *mask_shape),
+                          dtype="uint8", dimension_names=("window", "y", "x"), fill_value=0)
+    root.attrs[ATTR_PREDICTIONS] = {**attrs, "complete": False}
+
+
+class _Writer:
+    """Buffers one rank's rows and writes them to the output arrays in whole chunks."""
+
+    def __init__(self, path: str, start: int, seg: bool, orientation: str) -> None:
+        self.root = zarr.open_group(path, mode="r+", zarr_format=3)
+        self.pos = self.flushed = start
+        self.seg, self.orientation = seg, orientation
+        self.buf: dict[str, list[np.ndarray]] = {}
+
+    def add(self, batch: dict[str, torch.Tensor], prob: torch.Tensor, pixel_prob: torch.Tensor | None) -> None:
+        p = prob.detach().float().cpu().numpy()
+        rows = {"frame": batch["frame"].numpy(), "recording": batch["recording"].numpy().astype(np.int32),
+                "label": batch["label"].numpy().astype(np.uint8), "prob": np.stack([1 - p, p], axis=1),
+                "pred": (p >= 0.5).astype(np.uint8)}
+        if self.seg and pixel_prob is not None:
+            m = (pixel_prob.detach() >= 0.5).to(torch.uint8).cpu().numpy()
+            rows["mask_pred"] = np.swapaxes(m, 1, 2) if self.orientation == "reference" else m
+        for k, v in rows.items():
+            self.buf.setdefault(k, []).append(v)
+        self.pos += len(p)
+        if self.pos - self.flushed >= WINDOW_CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pos == self.flushed:
+            return
+        for k, parts in self.buf.items():
+            self.root[k][self.flushed:self.pos] = np.concatenate(parts)
+        self.buf.clear()
+        self.flushed = self.pos
+
+
+def predict(store: str, checkpoint: str, out: str, *, fmt: str = "auto", variant: str | None = None,
+            split: str = "all", windows: str | None = None, batch_size: int = 64, workers: int = 2,
+            device: str = "auto", precision: str | None = None, overwrite: bool = False,
+            video: str | None = None, video_max_frames: int = 1500, progress: bool = True) -> dict[str, Any]:
+    """Write the predictions of ``checkpoint`` for the windows of ``split`` into ``out``; return a summary.
+
+    ``split``: "all" (train and test windows), "test" or "train". ``video``: also write an MP4
+    with the predictions drawn over (at most ``video_max_frames``) labelled frames.
+    """
+    if split not in SPLITS:
+        raise FmModelError(f"expected --split in {SPLITS}, got {split!r}")
+    if os.path.exists(out) and not overwrite:
+        raise FmModelError("exists; pass --overwrite to replace it", out)
+    if video and os.path.exists(video) and not overwrite:
+        raise FmModelError("exists; pass --overwrite to replace it", video)
+    ctx = dd.setup(device)
+    try:
+        p = prepare(store, checkpoint, fmt=fmt, variant=variant, split=split, windows=windows, ctx=ctx,
+                    batch_size=batch_size, workers=workers)
+        ds, meta, task = p["dataset"], p["meta"], p["task"]
+        n = len(ds)
+        seg = task == "seg"
+        tmp = _temp_path(out)
+        attrs = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "store": store,
+                 "checkpoint": os.fspath(checkpoint), "variant": meta.variant, "task": task,
+                 "split": split, "windows": windows, "orientation_of_masks": "true",
+                 "window_params": {k: v for k, v in p["params"].items() if isinstance(v, (int, float, str))},
+                 "threshold": 0.5}
+        if ctx.is_main:
+            if os.path.exists(tmp):
+                shutil.rmtree(tmp)  # our own leftover from an interrupted run
+            _create(tmp, n, tuple(p["store_meta"].__dict__[k] for k in ("height", "width")) if seg else None, attrs)
+            # split column straight from the table (windows are in table order)
+            zarr.open_group(tmp, mode="r+")["split"][:] = p["table"].column("split").astype(np.int8)
+        dd.barrier(ctx)
+        start, stop = block_of(n, ctx.rank, ctx.world_size)
+        from fmmodel.sampling import make_loader
+
+        loader: DataLoader = make_loader(ds, batch_size, workers, sampler=BlockSampler(start, stop),
+                                         pin_memory=ctx.device.type == "cuda", persistent_workers=False)
+        writer = _Writer(tmp, start, seg, meta.orientation)
+        prec = resolve_precision(precision, ctx.device)
+        res = run_inference(p["model"], loader, ctx, task=task, precision=prec,
+                            recordings=p["store_meta"].n_recordings, progress=progress, keep=writer.add,
+                            desc="predict")
+        writer.flush()
+        if writer.flushed != stop:
+            raise FmModelError(f"expected {stop - start} predictions from rank {ctx.rank}, wrote "
+                               f"{writer.flushed - start}", out)
+        dd.barrier(ctx)
+        if ctx.is_main:
+            root = zarr.open_group(tmp, mode="r+")
+            root.attrs[ATTR_PREDICTIONS] = {**attrs, "complete": True, "windows_count": n,
+                                            "summary": res["metrics"]["overall"]["class"]}
+            if os.path.exists(out):
+                shutil.rmtree(out) if os.path.isdir(out) else os.remove(out)
+            os.replace(tmp, out)
+        dd.barrier(ctx)
+        summary = {"out": out, "windows": n, "task": task, "variant": meta.variant, "fps": res["fps"],
+                   "metrics": res["metrics"]["overall"]}
+        if video and ctx.is_main:
+            summary["video"] = write_overlay_video(store, out, video, max_frames=video_max_frames)
+        return summary
+    finally:
+        dd.teardown(ctx)
+
+
+def read_predictions(path: str) -> zarr.Group:
+    """Open a predictions store written by :func:`predict`; FmModelError if it is not a complete one."""
+    try:
+        root = zarr.open_group(path, mode="r", zarr_format=3)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError) as exc:
+        raise FmModelError(f"expected a predictions store, got none ({exc.__class__.__name__})", path) from None
+    a = root.attrs.get(ATTR_PREDICTIONS)
+    if not isinstance(a, dict) or a.get("format") != FORMAT_NAME or not a.get("complete"):
+        raise FmModelError("expected a complete predictions store (fmmodel predict), got something else", path)
+    return root
+
+
+def write_overlay_video(store: str, predictions: str, video: str, *, max_frames: int = 1500, scale: int = 4,
+                        fps: float | None = None) -> str:
+    """Write an MP4 of the labelled frames with the true mask (green outline), the predicted mask
+    (red, segmentation models) and the abnormal probability; return the path.
+
+    At most ``max_frames`` windows are drawn, evenly spread over the predictions.
+    """
+    import cv2
+
+    from fmdata.store import open_store, read_meta
+
+    pred = read_predictions(predictions)
+    root = open_store(store)
+    meta = read_meta(root, store)
+    frames = np.asarray(pred["frame"][:])
+    if not len(frames):
+        raise FmModelError("expected predictions to draw, got none", predictions)
+    pick = np.unique(np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).astype(np.int64))
+    prob = np.asarray(pred["prob"][:, 1])
+    labels = np.asarray(pred["label"][:])
+    recs = np.asarray(pred["recording"][:])
+    has_mask = "mask_pred" in pred
+    h, w = meta.height * scale, meta.width * scale
+    bar = 22
+    tmp = f"{video}.partial.mp4"
+    writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), float(fps or min(meta.fps, 25.0)), (w, h + bar))
+    if not writer.isOpened():
+        raise FmModelError("expected OpenCV to open an MP4 writer, got none", video)
+    try:
+        for i in pick.tolist():
+            f = int(frames[i])
+            img = cv2.resize(np.asarray(root[schema.VIDEO][f]), (w, h), interpolation=cv2.INTER_NEAREST)
+            img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+            true = cv2.resize(np.asarray(root[schema.MASK][f]), (w, h), interpolation=cv2.INTER_NEAREST)
+            if has_mask:
+                pm = cv2.resize(np.asarray(pred["mask_pred"][i]), (w, h), interpolation=cv2.INTER_NEAREST)
+                tint = img.copy()
+                tint[pm.astype(bool)] = (0, 0, 255)
+                img = cv2.addWeighted(img, 0.6, tint, 0.4, 0)
+            contours, _ = cv2.findContours(true.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(img, contours, -1, (0, 255, 0), 1)
+            canvas = np.zeros((h + bar, w, 3), np.uint8)
+            canvas[bar:] = img
+            colour = (0, 0, 255) if prob[i] >= 0.5 else (200, 200, 200)
+            text = f"rec {recs[i]} frame {f}  p={prob[i]:.2f}  true={labels[i]}"
+            cv2.putText(canvas, text, (4, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
+            writer.write(canvas)
+    finally:
+        writer.release()
+    os.replace(tmp, video)
+    return video
