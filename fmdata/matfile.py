@@ -152,8 +152,8 @@ class VariableInfo:
     empty: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the record as a JSON-able dict."""
-        return asdict(self)
+        """Return the record as a JSON-able dict (tuples become lists, as after a JSON round trip)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 @dataclass
@@ -175,7 +175,7 @@ class MatFileInfo:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the description as a JSON-able dict."""
-        d = asdict(self)
+        d = {k: v for k, v in asdict(self).items() if k != "variables"}
         d["variables"] = [v.to_dict() for v in self.variables]
         return d
 
@@ -414,7 +414,7 @@ class MatWriter:
         self.created = created or _dt.datetime.now().replace(microsecond=0)
         self._logical: dict[str, bool] = {}
         self._pool = ThreadPoolExecutor(max(1, threads)) if storage == "matlab" and threads > 1 else None
-        self._pending: deque[tuple[h5py.Dataset, tuple[int, ...], int, Future[bytes]]] = deque()
+        self._pending: deque[tuple[h5py.h5d.DatasetID, tuple[int, ...], int, Future[bytes]]] = deque()
         self._pending_bytes = 0
         self._file = h5py.File(self.path, "w", userblock_size=HEADER_BYTES, libver="earliest")
 
@@ -501,12 +501,13 @@ class MatWriter:
 
     def _write_h5(self, ds: h5py.Dataset, data: np.ndarray, start: int) -> None:
         """Write h5py-order ``data`` (frames first) at frame ``start``; compress chunks in threads."""
-        if ds.ndim != data.ndim:  # trailing MATLAB singletons (one frame) were dropped
+        shape = ds.shape  # h5py properties take its lock: read them once per block
+        if len(shape) != data.ndim:  # trailing MATLAB singletons (one frame) were dropped
             self._drain(0)
-            ds[...] = data.reshape(ds.shape)
+            ds[...] = data.reshape(shape)
             return
         chunks = ds.chunks
-        if self._pool is None or chunks is None or chunks[1:] != ds.shape[1:] or start % chunks[0]:
+        if self._pool is None or chunks is None or chunks[1:] != shape[1:] or start % chunks[0]:
             self._drain(0)
             ds[start:start + data.shape[0]] = data
             return
@@ -516,10 +517,12 @@ class MatWriter:
         # block. Edge chunks are stored full size, padded with zeros.
         c = chunks[0]
         n = data.shape[0]
+        rest = (0,) * (len(shape) - 1)
+        dsid = ds.id
         for i in range(0, n, c):
             piece = data[i:i + c]
             if piece.shape[0] < c:
-                if start + i + piece.shape[0] < ds.shape[0]:  # a partial chunk that is not the edge
+                if start + i + piece.shape[0] < shape[0]:  # a partial chunk that is not the edge
                     self._drain(0)
                     ds[start + i:start + i + piece.shape[0]] = piece
                     continue
@@ -527,16 +530,16 @@ class MatWriter:
                 pad[:piece.shape[0]] = piece
                 piece = pad
             piece = np.ascontiguousarray(piece)
-            offset = (start + i,) + (0,) * (ds.ndim - 1)
-            self._pending.append((ds, offset, piece.nbytes, self._pool.submit(zlib.compress, piece, DEFLATE_LEVEL)))
+            offset = (start + i,) + rest
+            self._pending.append((dsid, offset, piece.nbytes, self._pool.submit(zlib.compress, piece, DEFLATE_LEVEL)))
             self._pending_bytes += piece.nbytes
         self._drain(PENDING_BYTES)
 
     def _drain(self, keep_bytes: int) -> None:
         """Write finished chunks, oldest first, until at most ``keep_bytes`` remain in flight."""
         while self._pending and self._pending_bytes > keep_bytes:
-            ds, offset, nbytes, future = self._pending.popleft()
-            ds.id.write_direct_chunk(offset, future.result())
+            dsid, offset, nbytes, future = self._pending.popleft()
+            dsid.write_direct_chunk(offset, future.result())
             self._pending_bytes -= nbytes
 
 

@@ -242,6 +242,7 @@ class Recording:
         rng = np.random.default_rng(np.random.SeedSequence([self.seed & 0xFFFFFFFFFFFFFFFF, self.index]))
         self._keys = [int(k) for k in rng.integers(0, 2**63, size=24, dtype=np.int64)]
         self.origin = BASE_ORIGIN + _dt.timedelta(days=int(rng.integers(0, 400)), seconds=int(rng.integers(0, 86400)))
+        self._event_index: dict[int, tuple[list, np.ndarray, np.ndarray]] = {}
         self.n_train, self.n_guard, self.n_test = split or split_sizes(self.n_frames, cfg)
         if self.n_train + self.n_guard + self.n_test != self.n_frames or min(self.n_train, self.n_guard, self.n_test) < 0:
             raise FmDataError(f"expected train + guard + test = {self.n_frames} frames, got {split}")
@@ -340,9 +341,15 @@ class Recording:
         self.ripple_periods = rng.uniform(1.2, 3.0, size=3)
         self.ripple_phases = rng.uniform(0, 2 * np.pi, size=3)
 
-    @staticmethod
-    def _active(events: list, start: int, stop: int, pad: int = 0) -> list:
-        return [e for e in events if e.start - pad < stop and e.stop + pad > start]
+    def _active(self, events: list, start: int, stop: int) -> list:
+        """Events of ``events`` (sorted, non-overlapping) that overlap frames [start, stop)."""
+        key = id(events)
+        index = self._event_index.get(key)
+        if index is None or index[0] is not events:
+            index = (events, np.array([e.start for e in events], np.int64), np.array([e.stop for e in events], np.int64))
+            self._event_index[key] = index
+        _, starts, stops = index
+        return events[int(np.searchsorted(stops, start, "right")):int(np.searchsorted(starts, stop, "left"))]
 
     @lru_cache(maxsize=8)
     def _spot_distance(self, a: Anomaly) -> tuple[np.ndarray, tuple[int, int, int, int]]:

@@ -470,27 +470,40 @@ def _pick_frames(rec: synth.Recording, count: int) -> list[tuple[int, str]]:
     return picks
 
 
+def _life_frames(rec: synth.Recording, count: int) -> list[tuple[int, str]]:
+    """Frames across the life of the first hot spot that mist never touches (appear, grow, fade)."""
+    for a in rec.anomalies:
+        if a.stop - a.start >= count and not rec.mist_density(a.start, a.stop).any():
+            frames = np.linspace(a.start, a.stop - 1, count).round().astype(int)
+            return [(int(f), f"+{(f - a.start) / rec.cfg.fps:.1f} s") for f in frames]
+    return []
+
+
 def plot_preview(rec: synth.Recording, path: str | os.PathLike[str], count: int = 5) -> Path:
-    """Draw a few frames with their masks and the three current phases of ``rec`` to PNG ``path``."""
+    """Draw frames with their masks (typical scenes, then the life of one hot spot) and the three
+    current phases of ``rec`` to the PNG ``path``; return the path."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    picks = _pick_frames(rec, count)
-    fig = plt.figure(figsize=(2.3 * max(len(picks), 3), 7.2), layout="constrained")
-    grid = fig.add_gridspec(3, max(len(picks), 1), height_ratios=[1, 1, 1.3])
-    for i, (f, title) in enumerate(picks):
-        video, mask = rec.render(f, f + 1)
-        ax = fig.add_subplot(grid[0, i])
-        ax.imshow(video[0], interpolation="nearest")
-        ax.set_title(f"frame {f}\n{title}", fontsize=8)
-        ax.axis("off")
-        ax = fig.add_subplot(grid[1, i])
-        ax.imshow(mask[0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(f"mask: {int(mask[0].sum())} px", fontsize=8)
-        ax.axis("off")
-    ax = fig.add_subplot(grid[2, :])
+    rows = [(_pick_frames(rec, count), "{title}"), (_life_frames(rec, 6), "one hot spot {title}")]
+    rows = [r for r in rows if r[0]]
+    cols = max(3, *(len(r[0]) for r in rows))
+    fig = plt.figure(figsize=(2.0 * cols, 2.1 * 2 * len(rows) + 3.0), layout="constrained")
+    grid = fig.add_gridspec(2 * len(rows) + 1, cols, height_ratios=[1] * (2 * len(rows)) + [1.6])
+    for r, (picks, fmt) in enumerate(rows):
+        for i, (f, title) in enumerate(picks):
+            video, mask = rec.render(f, f + 1)
+            ax = fig.add_subplot(grid[2 * r, i])
+            ax.imshow(video[0], interpolation="nearest")
+            ax.set_title(f"frame {f}\n" + fmt.format(title=title), fontsize=8)
+            ax.axis("off")
+            ax = fig.add_subplot(grid[2 * r + 1, i])
+            ax.imshow(mask[0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(f"mask: {int(mask[0].sum())} px", fontsize=8)
+            ax.axis("off")
+    ax = fig.add_subplot(grid[-1, :])
     step = max(1, rec.n_frames // 4000)
     frames = np.arange(0, rec.n_frames, step)
     amps = rec.current(0, rec.n_frames)[::step]
