@@ -11,7 +11,6 @@ The authors' names appear only in the key tables below.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import pickle
 import re
@@ -242,8 +241,9 @@ def _strip_wrappers(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The plain module under torch.compile (``_orig_mod``) and DDP (``module``) wrappers."""
     while True:
-        inner = getattr(model, "_orig_mod", None) or (
-            model.module if isinstance(model, nn.parallel.DistributedDataParallel) else None)
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None and isinstance(model, nn.parallel.DistributedDataParallel):
+            inner = model.module
         if inner is None:
             return model
         model = inner
@@ -331,14 +331,15 @@ class Checkpoint:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-_PLAIN = (str, int, float, bool, type(None), bytes)
+_PLAIN = (str, int, float, bool, complex, type(None), bytes, torch.dtype, torch.device)
 
 
 def _check_plain(obj: Any, where: str) -> None:
-    """Only tensors, plain scalars, and lists/tuples/dicts of them survive weights-only loading."""
+    """Only tensors, plain scalars, dtypes/devices and containers of them survive weights-only loading
+    (numpy scalars and arrays do not: convert them with .item() / .tolist() / torch.from_numpy)."""
     if isinstance(obj, Tensor) or type(obj) in _PLAIN:  # exact types: str/float subclasses pickle as globals
         return
-    if isinstance(obj, (list, tuple)):
+    if isinstance(obj, (list, tuple, set, frozenset)):  # torch.Size is a tuple
         for i, item in enumerate(obj):
             _check_plain(item, f"{where}[{i}]")
         return
@@ -416,7 +417,7 @@ def _checkpoint_from_payload(payload: Any, path: str | os.PathLike[str]) -> Chec
 
 
 def model_from_checkpoint(ckpt: Checkpoint, where: str | os.PathLike[str] = "checkpoint") -> nn.Module:
-    """Build the checkpoint's model and load its weights (train mode, on the tensors' device)."""
+    """Build the checkpoint's model on the CPU and load its weights (train mode)."""
     return _load_into(build_model(ckpt.meta.variant, ckpt.meta.config), ckpt.state_dict, where)
 
 
@@ -457,16 +458,9 @@ def export_reference(path: str | os.PathLike[str], model: nn.Module) -> Path:
     return atomic_torch_save(to_reference_state_dict(model_state_dict(inner), inner.variant, inner.config), path)
 
 
-def parameter_count_of(state_dict: Mapping[str, Tensor]) -> int:
-    """Elements of a state_dict excluding BatchNorm buffers: the parameter count of the model it came from."""
-    return sum(math.prod(v.shape) for k, v in state_dict.items()
-               if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
-
-
 __all__ = [
     "FORMAT_NAME", "FORMAT_VERSION", "ORIENTATIONS", "key_rules", "to_reference_state_dict",
     "from_reference_state_dict", "detect_reference_variant", "infer_reference_config", "read_reference_state_dict",
     "unwrap_model", "load_reference_model", "ModelMeta", "Checkpoint", "atomic_torch_save", "model_state_dict",
     "save_checkpoint", "load_checkpoint", "model_from_checkpoint", "load_model", "export_reference",
-    "parameter_count_of",
 ]
