@@ -225,12 +225,17 @@ def _writers(store_location: str, storage_options: dict | None) -> dict[str, Sha
     return _WRITERS["arrays"]
 
 
-def _reader(src: RecordingSource, block: int) -> RecordingReader:
+def _reader(src: RecordingSource, block: int, keep: int = 1) -> RecordingReader:
+    """Return this process's open reader of ``src``, opening it if needed.
+
+    Readers stay open across units (file handle and chunk cache reused); the least recently
+    used are closed beyond ``max(4, keep)``, where ``keep`` is how many the caller holds at once.
+    """
     key = (src.mat_path, src.name)
     rd = _READERS.pop(key, None)
     if rd is None:
         rd = RecordingReader(src, block)
-        while len(_READERS) >= 2:
+        while len(_READERS) >= max(4, keep):
             _READERS.popitem(last=False)[1].close()
     _READERS[key] = rd
     return rd
@@ -269,7 +274,7 @@ def expected_frame_block(pieces: Iterable[tuple[Piece, RecordingReader, Any, Any
     return out
 
 
-def expected_current_block(pieces: Iterable[Piece], c0: int, c1: int, block: int) -> dict[str, np.ndarray]:
+def expected_current_block(pieces: Sequence[Piece], c0: int, c1: int, block: int) -> dict[str, np.ndarray]:
     """Return the current arrays' rows [c0, c1) as the sources define them."""
     n = c1 - c0
     out = {schema.CURRENT: np.empty((n, 3), np.float64), schema.CURRENT_TIME: np.empty(n, np.float64)}
@@ -277,7 +282,7 @@ def expected_current_block(pieces: Iterable[Piece], c0: int, c1: int, block: int
         lo, hi = max(c0, piece.global_start), min(c1, piece.global_stop)
         if lo >= hi:
             continue
-        rd = _reader(piece.source, block)
+        rd = _reader(piece.source, block, len(pieces))
         ll = piece.local_start + lo - piece.global_start
         out[schema.CURRENT][lo - c0:hi - c0] = rd.current(ll, ll + hi - lo)
         out[schema.CURRENT_TIME][lo - c0:hi - c0] = rd.current_time(ll, ll + hi - lo)
@@ -288,7 +293,7 @@ def frame_streams(unit: WorkUnit, block: int) -> list[tuple[Piece, RecordingRead
     """Open (or reuse) a reader per piece of a frame unit and start its video and mask streams."""
     out = []
     for p in unit.pieces:
-        rd = _reader(p.source, block)
+        rd = _reader(p.source, block, len(unit.pieces))
         out.append((p, rd, rd.video_stream(p.local_start, p.local_stop), rd.mask_stream(p.local_start, p.local_stop)))
     return out
 

@@ -296,7 +296,7 @@ def _open_v2(folder: str, fps: float) -> list[RecordingSource]:
             name=name, layout=LAYOUT_V2, path=folder, mat_path=mat, mat_format=info.format, n_frames=n,
             height=h, width=w, n_current=len(cur_ts), video=video, mask=mask, currents_csv=cur_csv,
             timestamps_csv=ts_csv, train_json=train_json, test_json=test_json, fps=float(fps),
-            origin=str(origin).replace("T", " "), source_bytes=sum(os.path.getsize(f) for f in files),
+            origin=str(np.datetime_as_string(origin, unit="auto")), source_bytes=sum(os.path.getsize(f) for f in files),
             fingerprint=tuple(_fingerprint(f) for f in files + (train_json, test_json)),
             storage={**_storage(info, tuple(V2_VARIABLES.values())),
                      "currents_csv": os.path.getsize(cur_csv), "timestamps_csv": os.path.getsize(ts_csv)}))
@@ -491,7 +491,9 @@ class RecordingReader:
     def _raw(self, spec: VarSpec, a: int, b: int) -> np.ndarray:
         """Return frames [a, b) of ``spec`` in h5py order (frames first)."""
         try:
-            if self._h5 is not None:
+            if self.src.mat_format == "7.3":
+                if self._h5 is None:
+                    raise ValueError("reader is closed")
                 ds = self._h5[spec.name]
                 if spec.dropped:
                     return ds[()][None]
@@ -546,7 +548,7 @@ class RecordingReader:
         if self._v2_time is None:
             frame_ts = _read_timestamps(self.src.timestamps_csv)
             cur_ts, _ = _read_currents(self.src.currents_csv)
-            origin = np.datetime64(self.src.origin.replace(" ", "T"), "us")
+            origin = np.datetime64(self.src.origin, "us")
             self._v2_time = (_seconds(frame_ts, origin), _seconds(cur_ts, origin),
                              np.searchsorted(cur_ts, frame_ts, side="right").astype(np.int64))
         return self._v2_time

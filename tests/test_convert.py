@@ -1,0 +1,240 @@
+"""Conversion to store format v1: content, layout, alignment, overwrite/resume, kill and resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fmdata import convert as conv
+from fmdata import matfile, schema, store, synth_write
+from fmdata.checksums import block_checksum, read_checksums
+from fmdata.errors import FmDataError
+from fmdata.shard_writer import ShardWriter
+from fmdata.sources import RecordingSource, VarSpec
+from fmdata.verify import verify
+from helpers_convert import leftovers, read_v1_independently, read_v2_independently, v1_arrays, write_v1, write_v2
+
+SOURCE_ARRAYS = conv.FRAME_UNIT_ARRAYS + conv.CURRENT_UNIT_ARRAYS
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """A V1 file and a V2 folder with two recordings, frames 6x10 (H != W)."""
+    d = tmp_path_factory.mktemp("mixed")
+    v1 = write_v1(d / "first.mat", v1_arrays(50, 6, 10, seed=1))
+    v2 = write_v2(d / "v2", {"r1": 29, "r2": 40})
+    return d, [str(v1), str(v2)]
+
+
+def test_v1_and_v2_convert_losslessly_with_aligned_indices(mixed, tmp_path):
+    d, sources = mixed
+    out = tmp_path / "s.zarr"
+    # chunk 3 / shard 12: shards straddle recording boundaries and the last shard is short
+    report = conv.convert(sources, out, workers=2, chunk_frames=3, shard_frames=12, progress=False)
+    assert (report.n_recordings, report.n_frames, report.units_resumed) == (3, 50 + 29 + 40, 0)
+    root = store.open_store(out)
+    meta = store.read_meta(root)
+    assert (meta.complete, meta.height, meta.width, meta.fps, meta.n_recordings) == (True, 6, 10, 25.0, 3)
+    f_off, c_off = store.read_offsets(root)
+    np.testing.assert_array_equal(f_off, [0, 50, 79, 119])
+    v1 = read_v1_independently(sources[0])
+    r1, r2 = read_v2_independently(d / "v2", "r1"), read_v2_independently(d / "v2", "r2")
+    np.testing.assert_array_equal(c_off, [0, 50, 50 + len(r1["current"]), 50 + len(r1["current"]) + len(r2["current"])])
+    want = {
+        schema.VIDEO: np.concatenate([v1[schema.VIDEO], r1["video"], r2["video"]]),
+        schema.MASK: np.concatenate([v1[schema.MASK], r1["mask"], r2["mask"]]),
+        schema.SPLIT: np.concatenate([v1[schema.SPLIT], r1["split"], r2["split"]]),
+        schema.RECORDING: np.repeat([0, 1, 2], [50, 29, 40]),
+        schema.CURRENT: np.concatenate([v1[schema.CURRENT], r1["current"], r2["current"]]),
+    }
+    for name, arr in want.items():
+        np.testing.assert_array_equal(root[name][:], arr, err_msg=name)
+    ftime = root[schema.FRAME_TIME][:]
+    np.testing.assert_array_equal(ftime[:50], np.arange(50) / 25.0)
+    origin = np.datetime64("2023-05-10T21:33:27")
+    np.testing.assert_array_equal(ftime[50:79], (r1["frame_ts"] - origin).astype(float))
+    end = root[schema.FRAME_CURRENT_END][:]
+    np.testing.assert_array_equal(end[:50], np.arange(1, 51))  # V1: one current sample per frame
+    np.testing.assert_array_equal(end[79:], [c_off[2] + int((r2["current_ts"] <= t).sum()) for t in r2["frame_ts"]])
+    ctime = root[schema.CURRENT_TIME][:]
+    assert (ctime[c_off[1]:c_off[2]][end[50:79] - c_off[1] - 1] <= ftime[50:79]).all()
+    infos = store.read_recordings(root)
+    assert [(i.name, i.layout, i.n_frames) for i in infos] == [("first", "v1", 50), ("r1", "v2", 29), ("r2", "v2", 40)]
+    assert infos[0].source_path == sources[0] and infos[0].source_bytes == os.path.getsize(sources[0])
+    assert infos[0].source_storage["variables"]["video"] == json.loads(json.dumps(
+        matfile.describe(sources[0]).variable("video").to_dict()))
+    assert infos[1].source_storage["format"] == "7.3" and set(infos[1].source_storage["variables"]) == {"data", "label"}
+    for name in SOURCE_ARRAYS:
+        arr = root[name]
+        assert tuple(arr.metadata.dimension_names) == schema.DIMS[name] and str(arr.dtype) == schema.DTYPES[name]
+        rows, values = read_checksums(arr)
+        assert len(values) == -(-arr.shape[0] // rows)
+        assert values[-1] == block_checksum(arr[(len(values) - 1) * rows:], schema.DTYPES[name])
+    assert root[schema.VIDEO].chunks == (3, 6, 10, 3) and root[schema.VIDEO].shards == (12, 6, 10, 3)
+    assert not [p for p in os.listdir(out) if "ledger" in p]  # the resume ledger is gone
+    assert leftovers(out) == ["s.zarr"]
+    assert verify(out, sources, workers=1, progress=False).ok
+
+
+def test_store_opens_with_plain_zarr_and_xarray(mixed, tmp_path):
+    xr = pytest.importorskip("xarray")
+    out = tmp_path / "x.zarr"
+    conv.convert(mixed[1][:1], out, workers=1, progress=False)
+    ds = xr.open_zarr(out, consolidated=False)
+    assert ds[schema.VIDEO].dims == ("frame", "y", "x", "channel") and ds.sizes["frame"] == 50
+    assert ds[schema.CURRENT].dims == ("sample", "phase")
+    plain = zarr.open_group(out, mode="r")
+    np.testing.assert_array_equal(ds[schema.MASK][7].values, plain[schema.MASK][7])
+
+
+def test_default_chunking_suits_short_windows_and_bounds_shard_memory():
+    c = conv.default_chunking(64, 64)
+    assert (c.chunk_frames, c.shard_frames) == (1, 256)
+    big = conv.default_chunking(720, 1280)
+    assert big.shard_frames * 720 * 1280 * 3 <= conv.SHARD_BYTES_MAX and big.shard_frames >= 1
+    assert conv.override_chunking(c, chunk_frames=3).shard_frames == 258  # rounded up to a multiple
+    assert conv.override_chunking(c, shard_frames=64).shard_frames == 64
+    with pytest.raises(FmDataError, match="multiple of chunk frames"):
+        conv.override_chunking(c, chunk_frames=4, shard_frames=6)
+    with pytest.raises(FmDataError, match="positive"):
+        conv.override_chunking(c, chunk_frames=0)
+
+
+def test_shard_writer_output_reads_back_with_stock_zarr(tmp_path):
+    root = zarr.open_group(tmp_path / "w.zarr", mode="w", zarr_format=3)
+    store.create_arrays(root, 23, 5, 4, 3, 1, store.Chunking(2, 6, 4))
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 256, (23, 4, 3, 3), dtype=np.uint8)
+    mask = np.zeros((23, 4, 3), np.uint8)
+    mask[9, 1, 2] = 1  # mostly empty chunks, which are left out of the shard
+    current = rng.normal(0, 1, (5, 3))
+    for name, data in ((schema.VIDEO, video), (schema.MASK, mask), (schema.CURRENT, current)):
+        w = ShardWriter(root[name])
+        for s in range(-(-len(data) // w.shard_len)):
+            a, b = w.shard_range(s)
+            w.write(s, data[a:b])
+        np.testing.assert_array_equal(zarr.open_array(tmp_path / "w.zarr" / name, mode="r")[:], data)
+    with pytest.raises(FmDataError, match="whole shard"):
+        ShardWriter(root[schema.VIDEO]).write(0, video[:5])
+
+
+def _fake_source(n: int, m: int) -> RecordingSource:
+    spec = VarSpec("video", "uint8", (2, 2, 3, n), 1, 12)
+    return RecordingSource(name="x", layout="v1", path="x", mat_path="x", mat_format="7.3", n_frames=n, height=2,
+                           width=2, n_current=m, video=spec, mask=spec)
+
+
+@settings(max_examples=100, deadline=None)
+@given(lengths=st.lists(st.integers(1, 300), min_size=1, max_size=4), chunk=st.integers(1, 4),
+       per_shard=st.integers(1, 8), current_chunk=st.integers(1, 50))
+def test_units_cover_every_row_once_on_whole_shards(lengths, chunk, per_shard, current_chunk):
+    recs = [_fake_source(n, n // 2 + 1) for n in lengths]
+    plan = conv.plan_conversion(recs, store.Chunking(chunk, chunk * per_shard, current_chunk))
+    for axis, total, block in ((conv.FRAME_AXIS, plan.n_frames, chunk * per_shard),
+                               (conv.CURRENT_AXIS, plan.n_current, current_chunk)):
+        units = [u for u in plan.units if u.axis == axis]
+        assert units[0].start == 0 and units[-1].stop == total
+        assert all(u.stop == v.start for u, v in zip(units, units[1:]))
+        assert all(u.start % block == 0 and (u.stop % block == 0 or u.stop == total) for u in units)
+        offsets = plan.frame_offsets if axis == conv.FRAME_AXIS else plan.current_offsets
+        for u in units:
+            assert u.pieces[0].global_start == u.start and u.pieces[-1].global_stop == u.stop
+            for p in u.pieces:
+                assert p.global_start - offsets[p.recording] == p.local_start
+                assert 0 <= p.local_start < p.local_stop <= offsets[p.recording + 1] - offsets[p.recording]
+
+
+def test_existing_outputs_and_leftover_partials_need_to_be_named(mixed, tmp_path):
+    src = mixed[1][:1]
+    out = tmp_path / "o.zarr"
+    conv.convert(src, out, workers=1, progress=False)
+    before = (out / "zarr.json").read_bytes()
+    with pytest.raises(FmDataError, match="exists; pass --overwrite"):
+        conv.convert(src, out, workers=1, progress=False)
+    assert (out / "zarr.json").read_bytes() == before
+    conv.convert(src, out, workers=1, overwrite=True, progress=False, chunk_frames=2)
+    assert store.open_store(out)[schema.VIDEO].chunks[0] == 2 and leftovers(out) == ["o.zarr"]
+    folder = tmp_path / "notastore"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("user data")
+    with pytest.raises(FmDataError, match="not a Zarr store"):
+        conv.convert(src, folder, workers=1, overwrite=True, progress=False)
+    assert (folder / "keep.txt").read_text() == "user data"
+    partial = tmp_path / ".p.zarr.partial-abc"
+    partial.mkdir()
+    with pytest.raises(FmDataError, match="--resume to continue it or --overwrite"):
+        conv.convert(src, tmp_path / "p.zarr", workers=1, progress=False)
+
+
+def _ledger_entries(tmp_path: Path, name: str) -> int:
+    parts = [p for p in tmp_path.iterdir() if p.name.startswith(f".{name}.partial-")]
+    return len(os.listdir(parts[0] / conv.LEDGER_PREFIX)) if parts and (parts[0] / conv.LEDGER_PREFIX).exists() else 0
+
+
+@pytest.fixture(scope="module")
+def synth_v1(tmp_path_factory):
+    path = tmp_path_factory.mktemp("synth") / "rec.mat"
+    return synth_write.write_v1(path, frames=2000, size=48, seed=7)
+
+
+def test_a_killed_conversion_resumes_to_the_same_store(synth_v1, tmp_path):
+    out = tmp_path / "k.zarr"
+    cmd = [os.path.join(os.path.dirname(sys.executable), "fmdata"), "convert", str(synth_v1), str(out),
+           "--workers", "2", "--shard-frames", "32", "--no-progress"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while _ledger_entries(tmp_path, "k.zarr") < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its workers, mid-way
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    assert not out.exists()
+    (partial,) = [p for p in tmp_path.iterdir() if p.name.startswith(".k.zarr.partial-")]
+    with pytest.raises(FmDataError, match="incomplete"):
+        store.open_store(partial)
+    done = _ledger_entries(tmp_path, "k.zarr")
+    report = conv.convert([str(synth_v1)], out, workers=2, shard_frames=32, resume=True, progress=False)
+    assert 2 <= report.units_resumed <= done < report.units
+    assert verify(out, [str(synth_v1)], workers=2, progress=False).ok
+    ref = tmp_path / "ref.zarr"
+    conv.convert([str(synth_v1)], ref, workers=2, shard_frames=32, progress=False)
+    a, b = store.open_store(out), store.open_store(ref)
+    for name in SOURCE_ARRAYS:
+        np.testing.assert_array_equal(a[name][:], b[name][:], err_msg=name)
+        assert read_checksums(a[name]) == read_checksums(b[name])
+    assert leftovers(out) == ["k.zarr"]
+
+
+def test_resume_refuses_changed_sources(tmp_path):
+    src = write_v1(tmp_path / "a.mat", v1_arrays(40, 4, 4, seed=2))
+    out = tmp_path / "r.zarr"
+    plan = conv.plan_conversion(conv.open_sources([str(src)]))
+    staging = tmp_path / ".r.zarr.partial-test"
+    conv._create(str(staging), plan, None)  # as an interrupted run leaves it
+    write_v1(src, v1_arrays(40, 4, 4, seed=3))  # the source changes meanwhile
+    with pytest.raises(FmDataError, match="same sources"):
+        conv.convert([str(src)], out, workers=1, resume=True, progress=False)
+    assert staging.exists()  # kept: the user decides (--overwrite starts again)
+    conv.convert([str(src)], out, workers=1, overwrite=True, progress=False)
+    assert leftovers(out) == ["r.zarr"]
+
+
+def test_cli_convert_shows_progress_and_reports(mixed, tmp_path):
+    out = tmp_path / "c.zarr"
+    exe = os.path.join(os.path.dirname(sys.executable), "fmdata")
+    res = subprocess.run([exe, "convert", *mixed[1], str(out), "--workers", "1", "--progress", "--json"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "frame/s" in res.stderr and "convert" in res.stderr  # tqdm bar with rate
+    report = json.loads(res.stdout)
+    assert report["n_frames"] == 119 and report["chunking"]["shard_frames"] == 256
