@@ -29,17 +29,36 @@ VERIFY_UNIT_BLOCKS = 8
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing that does not hold: ``array`` rows [start, stop) along ``axis``, and what."""
+    """One thing that does not hold: ``array`` rows [start, stop) along ``axis``, and what.
+
+    ``kind`` is "checksum" (decoded block differs from its recorded CRC-32), "elements"
+    (``elements`` values in ``rows`` rows differ from the sources, the first at row ``first``),
+    "unreadable" (the block cannot be decoded, or its source cannot be read) or "structure"
+    (layout, metadata or recordings; no row range). ``detail`` says more.
+    """
 
     array: str
     axis: str
     start: int
     stop: int
-    what: str
+    kind: str
+    detail: str = ""
+    elements: int = 0
+    rows: int = 0
+    first: int = -1
 
     def __str__(self) -> str:
         where = f" {self.axis}s {self.start}..{self.stop - 1}" if self.stop > self.start else ""
-        return f"{self.array}{where}: {self.what}"
+        if self.kind == "checksum":
+            what = "checksum differs from the one recorded"
+        elif self.kind == "elements":
+            what = (f"{self.elements} element(s) in {self.rows} {self.axis}(s) differ from the source "
+                    f"(first at {self.axis} {self.first})")
+        elif self.kind == "unreadable":
+            what = f"cannot be read ({self.detail})"
+        else:
+            what = self.detail
+        return f"{self.array}{where}: {what}"
 
 
 @dataclass
@@ -82,15 +101,14 @@ def _units_without_sources(n_frames: int, frame_block: int, n_current: int, curr
 
 def _compare(name: str, axis: str, start: int, got: np.ndarray, want: np.ndarray) -> Problem | None:
     if got.shape != want.shape:
-        return Problem(name, axis, start, start + len(got), f"shape {got.shape} differs from the source's {want.shape}")
+        return Problem(name, axis, start, start + len(got), "structure",
+                       f"shape {got.shape} differs from the source's {want.shape}")
     same = (got == want) | (np.isnan(got) & np.isnan(want)) if got.dtype.kind == "f" else got == want
     if same.all():
         return None
     bad_rows = ~same.reshape(len(same), -1).all(axis=1)
-    first = int(np.argmax(bad_rows))
-    return Problem(name, axis, start, start + len(got),
-                   f"{int((~same).sum())} element(s) in {int(bad_rows.sum())} {axis}(s) differ from the source "
-                   f"(first at {axis} {start + first})")
+    return Problem(name, axis, start, start + len(got), "elements", elements=int((~same).sum()),
+                   rows=int(bad_rows.sum()), first=start + int(np.argmax(bad_rows)))
 
 
 def verify_unit(unit: WorkUnit, store_location: str,
@@ -116,19 +134,23 @@ def verify_unit(unit: WorkUnit, store_location: str,
                 want = (expected_frame_block(streams, s0, s1, h, w) if unit.axis == FRAME_AXIS
                         else expected_current_block(unit.pieces, s0, s1, store.DEFAULT_SHARD_FRAMES))
             except FmDataError as exc:
-                problems.append(Problem(names[0], unit.axis, s0, s1, f"source unreadable: {exc}"))
+                problems.append(Problem("sources", unit.axis, s0, s1, "unreadable", str(exc)))
                 unit = WorkUnit(unit.axis, unit.index, unit.start, unit.stop, ())
         for n in names:
-            got = arrays[n][s0:s1]
             checked += 1
+            try:
+                got = arrays[n][s0:s1]
+            except Exception as exc:  # a damaged shard: any decoding error is the finding
+                problems.append(Problem(n, unit.axis, s0, s1, "unreadable", f"{exc.__class__.__name__}: {exc}"[:200]))
+                continue
             rec = recorded[n]
             if rec is not None:
                 rows, values = rec
                 b = s0 // rows
                 if rows != block or b >= len(values):
-                    problems.append(Problem(n, unit.axis, s0, s1, "no checksum recorded for this block"))
+                    problems.append(Problem(n, unit.axis, s0, s1, "structure", "no checksum recorded for this block"))
                 elif block_checksum(got, schema.DTYPES[n]) != values[b]:
-                    problems.append(Problem(n, unit.axis, s0, s1, "checksum differs from the one recorded"))
+                    problems.append(Problem(n, unit.axis, s0, s1, "checksum"))
             if want is not None:
                 p = _compare(n, unit.axis, s0, got, want[n])
                 if p is not None:
@@ -137,13 +159,14 @@ def verify_unit(unit: WorkUnit, store_location: str,
 
 
 def _merge(problems: list[Problem]) -> list[Problem]:
-    """Merge adjacent problems of one array with the same kind into one row range."""
+    """Merge adjacent problems of one array and kind into one row range (counts add up)."""
     out: list[Problem] = []
-    for p in sorted(problems, key=lambda q: (q.array, q.start)):
+    for p in sorted(problems, key=lambda q: (q.array, q.start, q.kind)):
         last = out[-1] if out else None
-        if (last and last.array == p.array and last.stop == p.start and last.what == p.what
-                and "first at" not in p.what):
-            out[-1] = Problem(p.array, p.axis, last.start, p.stop, p.what)
+        if (last and p.kind in ("checksum", "elements") and last.array == p.array and last.kind == p.kind
+                and last.stop == p.start):
+            out[-1] = Problem(p.array, p.axis, last.start, p.stop, p.kind, elements=last.elements + p.elements,
+                              rows=last.rows + p.rows, first=last.first)
         else:
             out.append(p)
     return out
@@ -159,23 +182,23 @@ def _structure(root: zarr.Group, meta: schema.StoreMeta) -> list[Problem]:
         try:
             arr = root[name]
         except KeyError:
-            problems.append(Problem(name, "", 0, 0, "array missing"))
+            problems.append(Problem(name, "", 0, 0, "structure", "array missing"))
             continue
         if not isinstance(arr, zarr.Array):
-            problems.append(Problem(name, "", 0, 0, "expected an array, got a group"))
+            problems.append(Problem(name, "", 0, 0, "structure", "expected an array, got a group"))
             continue
         if str(arr.dtype) != schema.DTYPES[name]:
-            problems.append(Problem(name, "", 0, 0, f"expected dtype {schema.DTYPES[name]}, got {arr.dtype}"))
+            problems.append(Problem(name, "", 0, 0, "structure", f"expected dtype {schema.DTYPES[name]}, got {arr.dtype}"))
         if tuple(arr.metadata.dimension_names or ()) != schema.DIMS[name]:
-            problems.append(Problem(name, "", 0, 0, f"expected dimension names {schema.DIMS[name]}, "
+            problems.append(Problem(name, "", 0, 0, "structure", f"expected dimension names {schema.DIMS[name]}, "
                                                     f"got {arr.metadata.dimension_names}"))
         if arr.shape[0] != n:
-            problems.append(Problem(name, "", 0, 0, f"expected {n} rows, got {arr.shape[0]}"))
+            problems.append(Problem(name, "", 0, 0, "structure", f"expected {n} rows, got {arr.shape[0]}"))
         rec = read_checksums(arr)
         if rec is None:
-            problems.append(Problem(name, "", 0, 0, "no checksums recorded"))
+            problems.append(Problem(name, "", 0, 0, "structure", "no checksums recorded"))
         elif len(rec[1]) != n_blocks(arr.shape[0], rec[0]):
-            problems.append(Problem(name, "", 0, 0, f"expected {n_blocks(arr.shape[0], rec[0])} checksums, "
+            problems.append(Problem(name, "", 0, 0, "structure", f"expected {n_blocks(arr.shape[0], rec[0])} checksums, "
                                                     f"got {len(rec[1])}"))
     if problems:
         return problems
@@ -184,9 +207,9 @@ def _structure(root: zarr.Group, meta: schema.StoreMeta) -> list[Problem]:
         off = np.asarray(root[name][:])
         rec = read_checksums(root[name])
         if rec is not None and block_checksum(off, schema.DTYPES[name]) != rec[1][0]:
-            problems.append(Problem(name, "recording_edge", 0, len(off), "checksum differs from the one recorded"))
+            problems.append(Problem(name, "recording_edge", 0, len(off), "checksum"))
         if off[0] != 0 or off[-1] != total or (np.diff(off) < 0).any():
-            problems.append(Problem(name, "recording_edge", 0, len(off),
+            problems.append(Problem(name, "recording_edge", 0, len(off), "structure",
                                     f"expected offsets rising from 0 to {total}, got {off.tolist()}"))
     return problems
 
@@ -220,7 +243,7 @@ def verify(store_location: str | os.PathLike[str], sources: Sequence[str | os.Pa
         have = [(i.name, int(f_off[k + 1] - f_off[k]), int(c_off[k + 1] - c_off[k]))
                 for k, i in enumerate(store.read_recordings(root))]
         if got != have:
-            report.problems.append(Problem("recordings", "", 0, 0,
+            report.problems.append(Problem("recordings", "", 0, 0, "structure",
                                            f"store holds (name, frames, current rows) {have}, sources give {got}"))
             report.seconds = time.perf_counter() - t0
             return report
