@@ -195,7 +195,7 @@ def _schedule(rng: np.random.Generator, n: int, fps: float, gap_s: tuple[float, 
 
 def _envelope(frames: np.ndarray, start: int, stop: int, ramp: float) -> np.ndarray:
     """0..1 trapezoid over [start, stop) with cosine ramps of ``ramp`` frames; 0 outside."""
-    f = frames.astype(np.float64)
+    f = np.asarray(frames, dtype=np.float64)
     ramp = max(1.0, min(ramp, (stop - start) / 2))
     up = np.clip((f - start + 1) / ramp, 0, 1)
     down = np.clip((stop - f) / ramp, 0, 1)
@@ -464,8 +464,15 @@ class Recording:
 
         Frames beyond ``n_frames`` are allowed (a 2 Hz log covers the last partial second).
         """
-        cfg, k = self.cfg, self._keys
         f = np.arange(start, stop)
+        return self._current_at(f.astype(np.float64), f)
+
+    def _current_at(self, f: np.ndarray, noise_index: np.ndarray) -> np.ndarray:
+        """Current (n, 3) at fractional frame positions ``f`` (sorted); noise drawn by ``noise_index``."""
+        cfg, k = self.cfg, self._keys
+        if f.size == 0:
+            return np.empty((0, 3))
+        start, stop = int(np.floor(f[0])), int(np.floor(f[-1])) + 1
         t = f / cfg.fps
         common = 600 * _smooth(k[8], t, 40.0) + 250 * _smooth(k[9], t, 6.0)
         out = np.empty((f.size, 3))
@@ -489,7 +496,7 @@ class Recording:
             excite = np.clip(boost[:, p] / 1000.0, 0, None)  # the responding phase ripples harder
             sigma = cfg.current_ripple * level * (1 + excite)
             wave = np.sin(2 * np.pi * t / self.ripple_periods[p] + self.ripple_phases[p])
-            out[:, p] = level + sigma * (_normal(k[13 + p], f) + 0.6 * wave)
+            out[:, p] = level + sigma * (_normal(k[13 + p], noise_index) + 0.6 * wave)
         return np.clip(out, 3000.0, 16000.0)
 
     def current_2hz(self, row_start: int, row_stop: int) -> np.ndarray:
@@ -499,9 +506,9 @@ class Recording:
         per_frame = self.current(int(edges[0]), int(edges[-1]))
         starts = edges[:-1] - edges[0]
         counts = np.diff(edges)
-        if (counts <= 0).any():  # under 2 fps some half seconds hold no frame: take the nearest one
-            idx = np.minimum(starts, per_frame.shape[0] - 1)
-            return per_frame[idx]
+        if (counts <= 0).any():  # under 2 fps some half seconds hold no frame: sample the row times
+            rows = np.arange(row_start, row_stop)
+            return self._current_at(rows * 0.5 * fps, rows + (1 << 40))
         return np.add.reduceat(per_frame, starts, axis=0) / counts[:, None]
 
     def n_current_rows(self) -> int:

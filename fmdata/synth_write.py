@@ -426,6 +426,11 @@ def synthesize(out: str | os.PathLike[str], *, layout: str = "v1", storage: str 
     if layout not in LAYOUTS:
         raise FmDataError(f"--layout: expected v1 or v2, got {layout!r}")
     _check_recordings(recordings)
+    if preview is not None:  # fail before the long part, not after it
+        try:
+            Path(preview).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FmDataError(f"--preview: cannot create its folder: {exc.strerror or exc}", preview) from None
     t0 = time.perf_counter()
     kw = dict(frames=frames, size=size, fps=fps, seed=seed, storage=storage, overwrite=overwrite, progress=progress)
     if layout == "v2":
