@@ -140,6 +140,11 @@ def _fingerprint(path: str) -> tuple[str, int, int]:
 def _describe(path: str) -> matfile.MatFileInfo:
     fmt = matfile.sniff_format(path)
     if fmt is None:
+        with open(path, "rb") as fh:
+            head = fh.read(128)
+        if head.startswith(b"MATLAB 7.3 MAT-file"):
+            raise FmDataError("expected an HDF5 file after the 512-byte MATLAB v7.3 header, got a corrupt or "
+                              "truncated one", path)
         raise FmDataError("expected a MATLAB MAT file (v7.3 or v7), got an unknown file type", path)
     if fmt == "4":
         raise FmDataError("expected a MATLAB v7.3 or v7 MAT file, got the old v4 format", path)
@@ -288,15 +293,15 @@ def _open_v2(folder: str, fps: float) -> list[RecordingSource]:
             raise FmDataError(f"expected one timestamp row per frame ({n}), got {len(frame_ts)}", ts_csv)
         cur_ts, _ = _read_currents(cur_csv)
         if cur_ts[0] > frame_ts[0] or cur_ts[-1] < frame_ts[-1]:
-            raise FmDataError(f"expected current rows covering the frames' time span {frame_ts[0]} .. {frame_ts[-1]}, "
-                              f"got {cur_ts[0]} .. {cur_ts[-1]}", cur_csv)
+            raise FmDataError(f"expected current rows covering the frames' time span {_iso(frame_ts[0])} .. "
+                              f"{_iso(frame_ts[-1])}, got {_iso(cur_ts[0])} .. {_iso(cur_ts[-1])}", cur_csv)
         origin = min(frame_ts[0], cur_ts[0])
         files = (mat, cur_csv, ts_csv)
         out.append(RecordingSource(
             name=name, layout=LAYOUT_V2, path=folder, mat_path=mat, mat_format=info.format, n_frames=n,
             height=h, width=w, n_current=len(cur_ts), video=video, mask=mask, currents_csv=cur_csv,
             timestamps_csv=ts_csv, train_json=train_json, test_json=test_json, fps=float(fps),
-            origin=str(np.datetime_as_string(origin, unit="auto")), source_bytes=sum(os.path.getsize(f) for f in files),
+            origin=_iso(origin), source_bytes=sum(os.path.getsize(f) for f in files),
             fingerprint=tuple(_fingerprint(f) for f in files + (train_json, test_json)),
             storage={**_storage(info, tuple(V2_VARIABLES.values())),
                      "currents_csv": os.path.getsize(cur_csv), "timestamps_csv": os.path.getsize(ts_csv)}))
@@ -325,7 +330,7 @@ def _split_json_cached(key: tuple[str, int, int]) -> dict[str, list[int]]:
                           path)
     for k, v in data.items():
         if not isinstance(v, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in v):
-            raise FmDataError(f"expected {k!r} to map to a list of integer frame indices, got {str(v)[:60]}", path)
+            raise FmDataError(f"expected {k!r} to map to a list of integer frame indices, got {v!r:.60}", path)
     return data
 
 
@@ -383,7 +388,8 @@ def _parse_times(texts: list[str], lines: list[int], path: str) -> np.ndarray:
     back = np.flatnonzero(np.diff(ts) < np.timedelta64(0, "us"))
     if back.size:
         i = int(back[0]) + 1
-        raise FmDataError(f"expected timestamps in order, got {ts[i]} after {ts[i - 1]} at line {lines[i]}", path)
+        raise FmDataError(f"expected timestamps in order, got {_iso(ts[i])} after {_iso(ts[i - 1])} at line {lines[i]}",
+                          path)
     return ts
 
 
@@ -430,6 +436,11 @@ def _currents_cached(key: tuple[str, int, int]) -> tuple[np.ndarray, np.ndarray]
         i = int(np.argmax(bad))
         raise FmDataError(f"expected finite current values, got {cur[i].tolist()} at line {lines[i]}", path)
     return _parse_times(texts, lines, path), cur
+
+
+def _iso(t: np.datetime64) -> str:
+    """ISO 8601 text of a timestamp, without trailing zero fractions."""
+    return str(np.datetime_as_string(t, unit="auto"))
 
 
 def _seconds(ts: np.ndarray, origin: np.datetime64) -> np.ndarray:
@@ -511,8 +522,8 @@ class RecordingReader:
         except FmDataError:
             raise
         except (OSError, RuntimeError, ValueError, KeyError) as exc:
-            raise FmDataError(f"expected readable data in {spec.name!r} frames {a}..{b}, got {exc}",
-                              self.src.mat_path) from None
+            raise FmDataError(f"expected readable data in {spec.name!r} frames {a}..{b - 1}, got a corrupt or "
+                              f"unreadable chunk ({exc})", self.src.mat_path) from None
 
     def blocks(self, spec: VarSpec, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (first frame, raw block) over [start, stop), reads aligned to the chunk grid."""
