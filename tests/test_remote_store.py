@@ -197,3 +197,50 @@ def test_staging_and_publish(tmp_path, s3_bucket):
         remote.publish(url + ".tmp", url)
     assert remote.join(url, "windows", "a") == url + "/windows/a"
     assert remote.split_url("S3://b/k") == ("s3", "b/k") and remote.split_url("/p") == ("file", "/p")
+
+
+def _invoke(main, *args: str) -> str:
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, f"{args[0]} failed: {result.output}"
+    return result.output
+
+
+def test_every_command_takes_an_s3_url(s3_bucket, tmp_path):
+    """convert, verify, labels, windows, stats, preview, train, evaluate, predict on s3:// URLs."""
+    pytest.importorskip("torch")
+    from fmcli.fmdata_main import main as fmdata_main
+    from fmcli.fmmodel_main import main as fmmodel_main
+    from fmdata import synth_write
+
+    src = synth_write.write_v1(tmp_path / "src.mat", frames=500, size=16, seed=4)
+    url = s3_bucket.url("runs/s.zarr")
+    assert "500 frames" in _invoke(fmdata_main, "convert", src, url, "--workers", "1", "--shard-frames", "128",
+                                   "--no-progress")
+    assert "OK" in _invoke(fmdata_main, "verify", url, "--workers", "1", "--no-progress")
+    _invoke(fmdata_main, "labels", url)
+    _invoke(fmdata_main, "windows", url, "--name", "w", "--frames", "4", "--frame-step", "2",
+            "--current-seconds", "2", "--current-rows", "4", "--stride", "40")
+    assert "windows 'w'" in _invoke(fmdata_main, "stats", url, "--windows", "w")
+    root = store.open_store(url)
+    assert root[schema.FRAME_LABEL].shape == (500,) and schema.ATTR_STATS in root.attrs
+    frame = int(read_window_table(root, "w").column("frame")[-1])
+    _invoke(fmdata_main, "preview", url, "--windows", "w", "--frame", frame, "--out", tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+    run = tmp_path / "run"
+    _invoke(fmmodel_main, "train", "--store", url, "--windows", "w", "--epochs", "1", "--batch-size", "4",
+            "--workers", "0", "--device", "cpu", "--model-size", "tiny", "--max-steps", "2", "--out", run)
+    assert (run / "last.pt").exists()
+    _invoke(fmmodel_main, "evaluate", "--store", url, "--checkpoint", run / "last.pt", "--windows", "w",
+            "--workers", "0", "--device", "cpu", "--out", tmp_path / "ev", "--quiet")
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    n_test = int((read_window_table(root, "w").column("split") == schema.SPLIT_TEST).sum())
+    assert report["metrics"]["overall"]["class"]["n"] == n_test > 0
+    pred = tmp_path / "pred.zarr"
+    _invoke(fmmodel_main, "predict", "--store", url, "--checkpoint", run / "last.pt", "--windows", "w",
+            "--workers", "0", "--device", "cpu", "--out", pred, "--quiet")
+    from fmmodel.predict import read_predictions
+
+    assert read_predictions(str(pred))["frame"].shape == (len(read_window_table(root, "w")),)
