@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import zarr
 from numcodecs import Blosc
+from numcodecs.blosc import compress as blosc_compress
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
 from zarr.codecs.sharding import ShardingCodecIndexLocation
 from zarr.core.buffer import default_buffer_prototype
@@ -72,9 +73,12 @@ class ShardWriter:
         self.shard_len = self.shard_shape[0]
         self.chunks_per_shard = self.shard_len // self.chunk_len
         self.fill = np.asarray(array.metadata.fill_value, dtype=self.dtype)
-        # typesize as the metadata records it (zarr passes it to numcodecs the same way)
-        self._codec = Blosc(cname=blosc.cname.value, clevel=blosc.clevel, shuffle=_SHUFFLE[blosc.shuffle.value],
-                            blocksize=blosc.blocksize, typesize=blosc.typesize)
+        self._skip_empty = self.sharded and not self.fill.any()
+        # The same call numcodecs' Blosc.encode makes (zarr passes the metadata's typesize to it),
+        # without its per-call wrapping: one-frame chunks make that overhead count.
+        cname, clevel = blosc.cname.value.encode(), int(blosc.clevel)
+        shuffle, blocksize, typesize = _SHUFFLE[blosc.shuffle.value], int(blosc.blocksize), int(blosc.typesize)
+        self._encode = lambda chunk: blosc_compress(chunk, cname, clevel, shuffle, blocksize, typesize)
         self._store = array.store_path.store
         self._prefix = array.path
         self._proto = default_buffer_prototype()
@@ -100,14 +104,14 @@ class ShardWriter:
                 padded[...] = self.fill
                 padded[:chunk.shape[0]] = chunk
                 chunk = padded
-            if self.sharded and not chunk.any() and not self.fill.any():
+            if self._skip_empty and not chunk.any():
                 continue  # all fill value: left out of the shard, as zarr itself does
-            blob = bytes(self._codec.encode(chunk))
+            blob = self._encode(chunk)
             index[i] = (offset, len(blob))
             offset += len(blob)
             pieces.append(blob)
         if not self.sharded:
-            return pieces[0] if pieces else bytes(self._codec.encode(np.full(self.chunk_shape, self.fill)))
+            return pieces[0] if pieces else self._encode(np.full(self.chunk_shape, self.fill))
         index_bytes = index.tobytes()
         checksum = np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes()
         pieces.append(index_bytes)
