@@ -66,16 +66,78 @@ def read_normalization(attrs: dict[str, Any], where: str) -> dict[str, np.ndarra
     return out
 
 
+def _new_shared(nbytes: int) -> torch.Tensor:
+    """Return a flat uninitialised uint8 tensor in shared memory (as torch's default_collate allocates)."""
+    template = torch.empty(0, dtype=torch.uint8)
+    return template.new(template._typed_storage()._new_shared(nbytes, device="cpu"))
+
+
+class _SharedRing:
+    """Shared-memory batch buffers that one worker fills round-robin, ``slots`` batches apart.
+
+    A fresh shared-memory buffer per batch costs the worker a page fault per 4 KiB (on virtual
+    machines, more than decoding the batch); reused ones are faulted in once. A buffer is reused
+    ``slots`` batches of the same worker later. The DataLoader hands a worker a new batch only
+    when the main process has taken an earlier one off the queue, so with ``slots`` greater than
+    ``prefetch_factor`` every batch has been unpickled before its buffer is refilled: unpickling
+    copies it out (``copy_on_receive``), or, where batches are pinned, the pin thread does.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self.slots, self.turn = slots, -1
+        self.buffers: dict[int, torch.Tensor] = {}
+
+    def next(self, nbytes: int) -> torch.Tensor:
+        self.turn = (self.turn + 1) % self.slots
+        buf = self.buffers.get(self.turn)
+        if buf is None or buf.numel() < nbytes:
+            buf = self.buffers[self.turn] = _new_shared(nbytes)
+        return buf[:nbytes]
+
+
+Layout = tuple[tuple[str, int, tuple[int, ...], str], ...]  # (key, byte offset, shape, dtype)
+
+
+def _views(flat: torch.Tensor, layout: Layout) -> dict[str, torch.Tensor]:
+    """Return the named tensors that ``layout`` places in the flat byte buffer ``flat``."""
+    out = {}
+    for key, offset, shape, dtype in layout:
+        tdtype = getattr(torch, dtype)
+        nbytes = int(np.prod(shape)) * torch.empty(0, dtype=tdtype).element_size()
+        out[key] = flat[offset:offset + nbytes].view(tdtype).view(shape)
+    return out
+
+
+def _receive(flat: torch.Tensor, layout: Layout, copy: bool) -> dict[str, torch.Tensor]:
+    """Unpickle a worker's batch: the dict of tensors, copied out of the shared buffer if ``copy``."""
+    return _views(flat.clone() if copy else flat, layout)
+
+
+class _PackedBatch:
+    """What a worker sends: one shared buffer plus its layout, unpickled as the dict of tensors.
+
+    One buffer means one shared-memory handle per batch instead of one per tensor.
+    """
+
+    def __init__(self, flat: torch.Tensor, layout: Layout, copy: bool) -> None:
+        self.flat, self.layout, self.copy = flat, layout, copy
+
+    def __reduce__(self) -> tuple[Any, tuple[torch.Tensor, Layout, bool]]:
+        return _receive, (self.flat, self.layout, self.copy)
+
+
 class WindowBatch(Sequence):
     """A batch fetched by :meth:`FmfWindowDataset.__getitems__`: batched tensors, viewable as items.
 
-    ``tensors`` maps each item key to a tensor with a leading batch axis. Indexing gives one item
-    (views), so torch's default collate still works; :func:`collate_windows` skips that copy.
+    ``tensors`` maps each item key to a tensor with a leading batch axis (all views of one flat
+    buffer). Indexing gives one item (views), so torch's default collate still works;
+    :func:`collate_windows` skips that copy.
     """
 
-    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.tensors = tensors
-        self._n = len(next(iter(tensors.values())))
+    def __init__(self, flat: torch.Tensor, layout: Layout, copy_on_receive: bool = False) -> None:
+        self.flat, self.layout, self.copy_on_receive = flat, layout, copy_on_receive
+        self.tensors = _views(flat, layout)
+        self._n = int(layout[0][2][0])
 
     def __len__(self) -> int:
         return self._n
@@ -87,8 +149,13 @@ class WindowBatch(Sequence):
 
 
 def collate_windows(batch: Any) -> Any:
-    """Collate for DataLoaders over FmfWindowDataset: a WindowBatch passes through as its dict."""
+    """Collate for DataLoaders over FmfWindowDataset: a WindowBatch passes through as its dict.
+
+    In a worker it becomes a _PackedBatch, which arrives in the main process as the same dict.
+    """
     if isinstance(batch, WindowBatch):
+        if torch.utils.data.get_worker_info() is not None:
+            return _PackedBatch(batch.flat, batch.layout, batch.copy_on_receive)
         return dict(batch.tensors)
     return torch.utils.data.default_collate(batch)
 
@@ -158,7 +225,11 @@ class FmfWindowDataset(torch.utils.data.Dataset):
                 raise FmModelError(f"expected split in {tuple(SPLIT_CODES)}, got {split!r}")
             keep = keep[table.column("split")[keep] == SPLIT_CODES[split]]
         if rows is not None:
-            keep = keep[np.asarray(rows)]
+            try:
+                keep = keep[np.asarray(rows)]
+            except IndexError:
+                raise FmModelError(f"expected rows indexing the {len(keep)} selected windows, got "
+                                   f"some out of range") from None
         self._n_table = len(table)
         self._window = keep.astype(np.int64)
         self._clip = np.ascontiguousarray(table.clip[keep])
@@ -174,6 +245,13 @@ class FmfWindowDataset(torch.utils.data.Dataset):
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self._readers: dict[str, AxisReader] | None = None
         self._flips: tuple[int, np.ndarray] | None = None
+        self._offsets: dict[int, np.ndarray] = {}
+        # Batch buffers reused by a worker (number of slots; 0: a fresh buffer per batch), and
+        # whether the receiver may keep views of them (only when it copies at once, e.g. pins).
+        # Set in the worker's copy by make_loader's worker_init; see _SharedRing.
+        self.reuse_buffers = 0
+        self.zero_copy = False
+        self._ring: _SharedRing | None = None
 
     # -- construction checks ---------------------------------------------------------------
     def _check(self, meta: schema.StoreMeta) -> None:
@@ -251,26 +329,55 @@ class FmfWindowDataset(torch.utils.data.Dataset):
         idx = np.where(idx < 0, idx + n, idx)
         readers = self._open()
         flips = self.flips(idx)
-        out: dict[str, torch.Tensor] = {}
-        if self.modality != "current":
-            out["clip"] = torch.from_numpy(self._read_clips(readers[schema.VIDEO], idx, flips))
-        if self.modality != "video":
-            out["current"] = torch.from_numpy(self._read_current(readers[schema.CURRENT], idx))
-        if self.target != "cls":
-            out["mask"] = torch.from_numpy(self._read_masks(readers[schema.MASK], idx, flips))
-        out["label"] = torch.from_numpy(self._label[idx])
-        out["recording"] = torch.from_numpy(self._recording[idx])
-        out["frame"] = torch.from_numpy(self._frame[idx])
-        out["window"] = torch.from_numpy(self._window[idx])
-        out["flipped"] = torch.from_numpy(flips)
-        return WindowBatch(out)
+        batch = self._allocate(len(idx))
+        views = {k: v.numpy() for k, v in batch.tensors.items()}
+        if "clip" in views:
+            self._read_clips(readers[schema.VIDEO], idx, flips, views["clip"])
+        if "current" in views:
+            self._read_current(readers[schema.CURRENT], idx, views["current"])
+        if "mask" in views:
+            self._read_masks(readers[schema.MASK], idx, flips, views["mask"])
+        views["label"][:] = self._label[idx]
+        views["recording"][:] = self._recording[idx]
+        views["frame"][:] = self._frame[idx]
+        views["window"][:] = self._window[idx]
+        views["flipped"][:] = flips
+        return batch
 
     # -- reading ---------------------------------------------------------------------------
+    def _allocate(self, n: int) -> WindowBatch:
+        """Return an uninitialised batch of ``n`` items, all fields in one flat buffer.
+
+        In a DataLoader worker the buffer lives in shared memory: sending a tensor from a worker
+        moves it there anyway (a copy of the whole batch) unless it is there already.
+        """
+        fields: list[tuple[str, tuple[int, ...], str]] = []
+        if self.modality != "current":
+            fields.append(("clip", (n, 3, self.frames, *self.item_frame_shape), self.video_dtype))
+        if self.modality != "video":
+            fields.append(("current", (n, self.current_rows, 3), "float32"))
+        if self.target != "cls":
+            fields.append(("mask", (n, *self.item_frame_shape), "uint8"))
+        fields += [(k, (n,), "int64") for k in ("label", "recording", "frame", "window")]
+        fields.append(("flipped", (n,), "bool"))
+        layout, offset = [], 0
+        for key, shape, dtype in fields:
+            layout.append((key, offset, shape, dtype))
+            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            offset += -(-nbytes // 64) * 64  # 64-byte aligned fields
+        if self._ring is not None:
+            return WindowBatch(self._ring.next(offset), tuple(layout), copy_on_receive=not self.zero_copy)
+        if torch.utils.data.get_worker_info() is not None:
+            return WindowBatch(_new_shared(offset), tuple(layout))
+        return WindowBatch(torch.empty(offset, dtype=torch.uint8), tuple(layout))
+
     def _open(self) -> dict[str, AxisReader]:
         if self._readers is None:
             if torch.utils.data.get_worker_info() is not None:
                 import numcodecs.blosc
                 numcodecs.blosc.use_threads = False  # one decode thread per worker process
+                if self.reuse_buffers > 0:
+                    self._ring = _SharedRing(self.reuse_buffers)
             names = []
             if self.modality != "current":
                 names.append(schema.VIDEO)
@@ -298,52 +405,71 @@ class FmfWindowDataset(torch.utils.data.Dataset):
             return np.swapaxes(frames, 1, 2)
         return frames
 
-    def _read_clips(self, reader: AxisReader, idx: np.ndarray, flips: np.ndarray) -> np.ndarray:
-        clips = self._clip[idx]
-        unique, inverse = np.unique(clips, return_inverse=True)
-        raw = reader.take(unique)  # (U, H, W, 3) uint8, each needed frame decoded once
-        inverse = inverse.reshape(clips.shape)
-        hh, ww = self.item_frame_shape
-        out = np.empty((len(idx), 3, self.frames, hh, ww), dtype=self.video_dtype)
-        scale = shift = None
-        if self.norm is not None:
-            scale = 1.0 / self.norm["video_std"]
-            shift = -self.norm["video_mean"] * scale
-        for b in range(len(idx)):
-            src = self._orient(raw[inverse[b]])  # (T, H', W', 3)
-            if flips[b]:
-                src = src[:, :, ::-1]
-            src = np.moveaxis(src, 3, 0)  # (3, T, H', W')
-            if scale is None:
-                np.copyto(out[b], src, casting="unsafe")
-            else:
-                for c in range(3):
-                    np.multiply(src[c], np.float32(scale[c]), out=out[b, c], dtype=np.float32)
-                    out[b, c] += np.float32(shift[c])
-        return out
+    def _frames(self, reader: AxisReader, frames: np.ndarray) -> np.ndarray:
+        """Return ``video/mask[frames]`` for an int array of any shape (frames axis first)."""
+        flat = frames.reshape(-1)
+        unique, inverse = np.unique(flat, return_inverse=True)
+        if unique.size > 0.8 * flat.size:  # few repeats (random windows): decode in batch order
+            return reader.take(flat).reshape(*frames.shape, *reader.shape[1:])
+        # Many repeats (consecutive windows in evaluation): decode each frame once.
+        return reader.take(unique)[inverse.reshape(frames.shape)]
 
-    def _read_masks(self, reader: AxisReader, idx: np.ndarray, flips: np.ndarray) -> np.ndarray:
-        frames = self._frame[idx]
-        unique, inverse = np.unique(frames, return_inverse=True)
-        raw = self._orient(reader.take(unique)[inverse])  # (B, H', W')
-        if flips.any():
-            raw = raw.copy()
-            raw[flips] = raw[flips][:, :, ::-1]
-        return np.ascontiguousarray(raw, dtype=np.uint8)
+    def _flip_last_axis(self, frames: np.ndarray, flips: np.ndarray) -> None:
+        """Reverse, in place, the item's last axis in the flipped items of store-order frames.
 
-    def _read_current(self, reader: AxisReader, idx: np.ndarray) -> np.ndarray:
-        start, stop = self._cur_start[idx], self._cur_stop[idx]
-        # Index resampling of [start, stop) to current_rows rows, exactly as the window-table
-        # contract (and the reference) does it: linspace(start, stop - 1, rows).astype(int).
-        rows = np.linspace(start, stop - 1, self.current_rows, axis=1).astype(np.int64)
+        ``frames`` is (B, T, y, x, c) or (B, y, x). The reference orientation delivers (x, y), so
+        its last axis is the store's y (MATLAB's H); the true orientation's is x.
+        """
+        y_axis = 1 if frames.ndim == 5 else 0  # within one item
+        axis = y_axis if self.orientation == ORIENTATION_REFERENCE else y_axis + 1
+        for b in np.flatnonzero(flips):
+            frames[b] = np.flip(frames[b], axis)
+
+    def _read_clips(self, reader: AxisReader, idx: np.ndarray, flips: np.ndarray, out: np.ndarray) -> None:
+        raw = self._frames(reader, self._clip[idx])  # (B, T, H, W, 3) uint8, store orientation
+        self._flip_last_axis(raw, flips)
+        # One strided, casting copy for the whole batch: (B, T, y, x, c) -> (B, c, T, H', W').
+        src = raw.transpose(0, 4, 1, 3, 2) if self.orientation == ORIENTATION_REFERENCE else raw.transpose(0, 4, 1, 2, 3)
+        if self.norm is None:
+            np.copyto(out, src, casting="unsafe")
+            return
+        scale = 1.0 / self.norm["video_std"]
+        shift = -self.norm["video_mean"] * scale
+        for c in range(3):
+            np.multiply(src[:, c], np.float32(scale[c]), out=out[:, c], dtype=np.float32)
+            out[:, c] += np.float32(shift[c])
+
+    def _read_masks(self, reader: AxisReader, idx: np.ndarray, flips: np.ndarray, out: np.ndarray) -> None:
+        raw = self._frames(reader, self._frame[idx])  # (B, H, W), store orientation
+        self._flip_last_axis(raw, flips)
+        out[...] = self._orient(raw)
+
+    def _resample_offsets(self, n: int) -> np.ndarray:
+        """Offsets (from ``current_start``) of the rows a window of ``n`` current rows is read as."""
+        offsets = self._offsets.get(n)
+        if offsets is None:
+            # The reference's index resampling on window-local rows, exactly (the same rule as
+            # fmdata.windows.current_row_indices): rows repeat when n < current_rows.
+            offsets = np.linspace(0, n - 1, self.current_rows).astype(np.int32).astype(np.int64)
+            if len(self._offsets) < 4096:
+                self._offsets[n] = offsets
+        return offsets
+
+    def _read_current(self, reader: AxisReader, idx: np.ndarray, out: np.ndarray) -> None:
+        start = self._cur_start[idx]
+        lengths = self._cur_stop[idx] - start
+        unique, inverse = np.unique(lengths, return_inverse=True)  # most windows share one length
+        offsets = np.stack([self._resample_offsets(int(n)) for n in unique])
+        rows = start[:, None] + offsets[inverse.reshape(-1)]
         values = reader.take(rows.reshape(-1)).reshape(len(idx), self.current_rows, 3)
         if self.norm is not None:
             values = (values - self.norm["current_mean"]) / self.norm["current_std"]
-        return values.astype(np.float32)
+        out[...] = values
 
     # -- pickling --------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_readers"] = None  # open files and zarr handles never cross processes
         state["_flips"] = None
+        state["_ring"] = None
         return state

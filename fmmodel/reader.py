@@ -323,6 +323,29 @@ class LocalAxisReader:
             self._cache.put(chunk, out, out.nbytes)
         return out
 
+    def _take_single_rows(self, index: np.ndarray, out: np.ndarray) -> None:
+        """Decode rows ``index`` (one row per chunk) into ``out``, keeping the last shard at hand."""
+        lay = self.layout
+        if not lay.sharded:
+            for k, i in enumerate(index.tolist()):
+                self._decode_into(i, out[k])
+            return
+        per_shard, decode = lay.chunks_per_shard, lay.decoder
+        last, idx, fd = -1, None, None
+        for k, i in enumerate(index.tolist()):
+            shard, j = divmod(i, per_shard)
+            if shard != last:  # a window's frames mostly share a shard
+                last, idx = shard, self._shard_index(shard)
+                fd = None if idx is None else self._file(shard).fd
+            if idx is None or idx[0][j] == _EMPTY:
+                out[k] = lay.fill_value
+                continue
+            try:
+                decode(os.pread(fd, idx[1][j], idx[0][j]), out[k])
+            except Exception as exc:  # corrupt or truncated chunk: name it
+                raise FmModelError(f"expected a decodable chunk {i}, got {exc.__class__.__name__}: {exc}",
+                                   self._where(shard)) from None
+
     # -- rows -------------------------------------------------------------------------------
     def take(self, index: np.ndarray) -> np.ndarray:
         """Return ``array[index]`` (shape ``(len(index), *shape[1:])``) for int positions on axis 0."""
@@ -333,10 +356,10 @@ class LocalAxisReader:
         if index.min() < 0 or index.max() >= self.shape[0]:
             raise FmModelError(f"expected rows in [0, {self.shape[0]}), got {index.min()}..{index.max()}", self.dir)
         rows = self.layout.inner_rows
-        if rows == 1 and self._cache is None and np.all(index[1:] > index[:-1]):
-            # One row per chunk, sorted and unique (what the dataset asks for): decode in place.
-            for k, i in enumerate(index.tolist()):
-                self._decode_into(i, out[k])
+        if rows == 1 and self._cache is None:
+            # One row per chunk: decode each straight into its place (a repeat decodes twice;
+            # callers with many repeats pass unique rows).
+            self._take_single_rows(index, out)
             return out
         chunk_of = index // rows
         order = np.argsort(chunk_of, kind="stable")

@@ -9,6 +9,7 @@ so workers start by "forkserver" (or "spawn"), never by plain fork.
 """
 from __future__ import annotations
 
+import functools
 import multiprocessing
 from typing import Any, Iterator
 
@@ -89,11 +90,20 @@ class ClassBalancedSampler(_EpochSampler):
         return torch.multinomial(self.weights, self.num_samples, replacement=True, generator=self._generator())
 
 
-def worker_init(worker_id: int) -> None:
-    """DataLoader worker set-up: one compute thread per worker (the workers are the parallelism)."""
+def worker_init(worker_id: int, reuse_buffers: int = 0, zero_copy: bool = False) -> None:
+    """DataLoader worker set-up: one compute thread per worker (the workers are the parallelism).
+
+    ``reuse_buffers`` > 0 makes this worker's copy of the dataset fill that many shared batch
+    buffers round-robin instead of a fresh one per batch (see fmmodel.dataset._SharedRing); it
+    must exceed the loader's prefetch_factor. Batches are then copied out when the main process
+    unpickles them, unless ``zero_copy`` (for loaders that pin, which copy anyway).
+    """
     torch.set_num_threads(1)
     import numcodecs.blosc
     numcodecs.blosc.use_threads = False
+    info = torch.utils.data.get_worker_info()
+    if reuse_buffers and info is not None and isinstance(info.dataset, FmfWindowDataset):
+        info.dataset.reuse_buffers, info.dataset.zero_copy = reuse_buffers, zero_copy
 
 
 def default_context() -> str:
@@ -105,15 +115,21 @@ def make_loader(dataset: FmfWindowDataset, batch_size: int, workers: int = 0, *,
                 balanced: bool = False, seed: int | None = None, drop_last: bool = False,
                 sampler: torch.utils.data.Sampler | None = None, num_replicas: int = 1, rank: int = 0,
                 pin_memory: bool | None = None, prefetch_factor: int = 4, persistent_workers: bool = True,
-                context: str | None = None, **kwargs: Any) -> torch.utils.data.DataLoader:
+                context: str | None = None, zero_copy: bool | None = None,
+                **kwargs: Any) -> torch.utils.data.DataLoader:
     """Return a DataLoader over ``dataset`` with batched fetches and safe worker settings.
 
     ``shuffle`` uses a ShuffleSampler, ``balanced`` a ClassBalancedSampler (both seeded with
     ``seed``, default the dataset's seed, and partitioned by ``num_replicas``/``rank``); ``sampler``
     overrides both. ``pin_memory`` defaults to whether CUDA is available. With ``workers > 0`` the
     workers start by ``context`` ("forkserver" or "spawn"; plain "fork" is refused), stay alive
-    between epochs (``persistent_workers``) and prefetch ``prefetch_factor`` batches each. Call
-    :func:`set_loader_epoch` before each epoch. Extra keyword arguments go to the DataLoader.
+    between epochs (``persistent_workers``) and prefetch ``prefetch_factor`` batches each. Each
+    worker fills ``prefetch_factor + 2`` shared batch buffers in turn (far fewer page faults than
+    a fresh buffer per batch); the main process copies each batch out as it unpickles it, except
+    with ``zero_copy``, which defaults to on exactly when batches are pinned for CUDA (the pin
+    thread copies them anyway); set it by hand only if no batch is kept beyond the next two
+    iterations. Call :func:`set_loader_epoch` before each epoch. Extra keyword arguments go to
+    the DataLoader.
     """
     if batch_size < 1 or workers < 0:
         raise FmModelError(f"expected batch_size >= 1 and workers >= 0, got {batch_size} and {workers}")
@@ -124,6 +140,9 @@ def make_loader(dataset: FmfWindowDataset, batch_size: int, workers: int = 0, *,
         sampler = ShuffleSampler(len(dataset), seed=seed, num_replicas=num_replicas, rank=rank)
     if sampler is None and num_replicas > 1:
         raise FmModelError("expected shuffle or balanced sampling (or a sampler) with num_replicas > 1, got none")
+    pin = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
+    if zero_copy is None:
+        zero_copy = pin and torch.cuda.is_available()
     options: dict[str, Any] = {}
     if workers > 0:
         context = context or default_context()
@@ -131,12 +150,14 @@ def make_loader(dataset: FmfWindowDataset, batch_size: int, workers: int = 0, *,
             raise FmModelError(f"expected a worker start method in {SAFE_CONTEXTS} (fork can deadlock "
                                f"zarr's I/O thread), got {context!r}")
         options.update(multiprocessing_context=context, persistent_workers=persistent_workers,
-                       prefetch_factor=prefetch_factor, worker_init_fn=worker_init)
+                       prefetch_factor=prefetch_factor,
+                       worker_init_fn=functools.partial(worker_init, reuse_buffers=prefetch_factor + 2,
+                                                        zero_copy=bool(zero_copy)))
     options.update(kwargs)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
         collate_fn=collate_windows, drop_last=drop_last,
-        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory, **options)
+        pin_memory=pin, **options)
 
 
 def set_loader_epoch(loader: torch.utils.data.DataLoader, epoch: int) -> None:

@@ -58,7 +58,8 @@ def expected_items(path: str, rows: np.ndarray, *, orientation: str, normalized:
     video = root[schema.VIDEO][:][clip_idx]  # (B, T, H, W, 3)
     mask = root[schema.MASK][:][rows_[:, cols.index("frame")]]  # (B, H, W)
     current = root[schema.CURRENT][:]
-    cur = np.stack([current[np.linspace(a, b - 1, ROWS).astype(int)]
+    # The reference resamples window-local rows: linspace(0, n - 1, rows).astype(int32).
+    cur = np.stack([current[a + np.linspace(0, b - a - 1, ROWS).astype(np.int32)]
                     for a, b in rows_[:, [cols.index("current_start"), cols.index("current_stop")]]])
     if orientation == "reference":  # the reference loader's frames: (W, H)
         clip = video.transpose(0, 4, 1, 3, 2)
@@ -201,28 +202,41 @@ def test_chunkings_give_identical_items(tmp_path, store, recordings, table, chun
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
+def _epochs(loader, clone: bool) -> list[list[dict]]:
+    epochs = []
+    for epoch in (0, 1):  # persistent workers must see the new epoch's flips
+        set_loader_epoch(loader, epoch)
+        epochs.append([{k: v.clone() for k, v in b.items()} if clone else b for b in loader])
+    return epochs
+
+
 def test_loader_with_two_workers_yields_the_same_as_none(store):
     ds = FmfWindowDataset(store, "w", augment=True, seed=5)
-    runs = {}
-    for workers in (0, 2):
-        loader = make_loader(ds, batch_size=32, workers=workers, shuffle=True, seed=11, prefetch_factor=2)
-        epochs = []
-        for epoch in (0, 1):  # persistent workers must see the new epoch's flips
-            set_loader_epoch(loader, epoch)
-            epochs.append([{k: v.clone() for k, v in b.items()} for b in loader])
-        runs[workers] = epochs
-        del loader
-    for e in (0, 1):
-        assert len(runs[0][e]) == len(runs[2][e]) == -(-len(ds) // 32)
-        for b0, b2 in zip(runs[0][e], runs[2][e]):
-            assert b0.keys() == b2.keys()
-            for key in b0:
-                torch.testing.assert_close(b0[key], b2[key], rtol=0, atol=0)
-    flips0 = torch.cat([b["flipped"] for b in runs[0][0]])
-    flips1 = torch.cat([b["flipped"] for b in runs[0][1]])
-    windows0 = torch.cat([b["window"] for b in runs[0][0]])
+    kw = dict(batch_size=32, shuffle=True, seed=11, prefetch_factor=2)
+    runs = {
+        "none": _epochs(make_loader(ds, workers=0, **kw), clone=False),
+        # Workers refill a ring of shared buffers; batches are copied out on arrival, so keeping
+        # every batch of two epochs (no clone) must still give intact data.
+        "two": _epochs(make_loader(ds, workers=2, **kw), clone=False),
+        # Zero-copy views of the ring are only valid until a few batches later: clone at once.
+        "two-zero-copy": _epochs(make_loader(ds, workers=2, zero_copy=True, **kw), clone=True),
+    }
+    n_batches = -(-len(ds) // 32)
+    for name in ("two", "two-zero-copy"):
+        for e in (0, 1):
+            assert len(runs["none"][e]) == len(runs[name][e]) == n_batches
+            for b0, b2 in zip(runs["none"][e], runs[name][e]):
+                assert b0.keys() == b2.keys()
+                for key in b0:
+                    torch.testing.assert_close(b0[key], b2[key], rtol=0, atol=0, msg=f"{name} {key}")
+    windows0 = torch.cat([b["window"] for b in runs["none"][0]])
+    windows1 = torch.cat([b["window"] for b in runs["none"][1]])
     assert sorted(windows0.tolist()) == list(range(len(ds)))
-    assert not torch.equal(flips0, flips1) or not torch.equal(windows0, torch.cat([b["window"] for b in runs[0][1]]))
+    assert not torch.equal(windows0, windows1)  # another epoch, another order
+    flips = {int(w): bool(f) for b in runs["none"][1] for w, f in zip(b["window"], b["flipped"])}
+    again = FmfWindowDataset(store, "w", augment=True, seed=5)
+    again.set_epoch(1)
+    assert [flips[int(w)] for w in again._window] == list(again.flips(np.arange(len(again))))
 
 
 def test_loader_refuses_fork(store):
@@ -252,6 +266,8 @@ def test_default_collate_also_works(store):
 
 
 def test_window_table_object_and_rows_subset(store, table):
+    with pytest.raises(FmModelError, match="rows"):
+        FmfWindowDataset(store, "w", rows=[len(table)])
     by_name = FmfWindowDataset(store, "w", rows=np.arange(10, 30))
     by_obj = FmfWindowDataset(store, table, rows=np.arange(10, 30))
     assert len(by_name) == 20
