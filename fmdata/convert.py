@@ -496,6 +496,11 @@ def _finalise(root: zarr.Group, plan: ConversionPlan, results: dict[str, UnitRes
         arr = root[name]
         arr.update_attributes({schema.ATTR_CHECKSUMS: checksum_attr(arr.shape[0], [block_checksum(arr[:])])})
     Ledger(root).clear()
+    if isinstance(root.store, zarr.storage.LocalStore):  # temp files of writers killed mid-write
+        for dirpath, _, files in os.walk(root.store.root):
+            for f in files:
+                if f.startswith(".") and f.endswith(".partial"):
+                    os.unlink(os.path.join(dirpath, f))
     remote.set_complete(root, True)
 
 
