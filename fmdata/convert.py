@@ -621,6 +621,8 @@ def convert(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLike[st
     except (OSError, BrokenProcessPool) as exc:
         raise FmDataError(f"conversion stopped ({exc.__class__.__name__}: {exc}); finished units are kept in "
                           f"{staging}: run again with --resume", out) from None
+    except KeyboardInterrupt:
+        raise FmDataError(f"interrupted; finished units are kept in {staging}: run again with --resume", out) from None
     finally:
         bar.close()
     if exists and not remote.is_url(out):

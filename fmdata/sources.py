@@ -539,7 +539,7 @@ class RecordingReader:
             return full[..., a:b].T
         except FmDataError:
             raise
-        except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        except Exception as exc:  # h5py, zlib, libdeflate and scipy each raise their own types
             raise FmDataError(f"expected readable data in {spec.name!r} frames {a}..{b - 1}, got a corrupt or "
                               f"unreadable chunk ({exc})", self.src.mat_path) from None
 
