@@ -27,8 +27,9 @@ from fmcli.errors import user_errors
 def convert_command(sources: tuple[Path, ...], out: str, workers: int | None, overwrite: bool, resume: bool,
                     chunk_frames: int | None, shard_frames: int | None, fps: float, progress: bool | None,
                     as_json: bool) -> None:
-    """Convert SOURCES (V1 MAT files and/or V2 folders, one recording each, concatenated in order)
-    into a new Zarr store OUT (store format v1, see docs/store-format.md)."""
+    """Convert SOURCES (V1 MAT files, one recording each, and/or V2 folders, one recording per
+    video) into a new Zarr store OUT (store format v1, see docs/store-format.md); recordings are
+    concatenated in the order given."""
     from fmdata.convert import convert
 
     report = convert(sources, out, workers=workers, overwrite=overwrite, resume=resume, chunk_frames=chunk_frames,
