@@ -246,6 +246,7 @@ class FmfWindowDataset(torch.utils.data.Dataset):
         self._readers: dict[str, AxisReader] | None = None
         self._flips: tuple[int, np.ndarray] | None = None
         self._offsets: dict[int, np.ndarray] = {}
+        self._scratch: dict[str, np.ndarray] = {}
         # Batch buffers reused by a worker (number of slots; 0: a fresh buffer per batch), and
         # whether the receiver may keep views of them (only when it copies at once, e.g. pins).
         # Set in the worker's copy by make_loader's worker_init; see _SharedRing.
@@ -405,12 +406,22 @@ class FmfWindowDataset(torch.utils.data.Dataset):
             return np.swapaxes(frames, 1, 2)
         return frames
 
-    def _frames(self, reader: AxisReader, frames: np.ndarray) -> np.ndarray:
-        """Return ``video/mask[frames]`` for an int array of any shape (frames axis first)."""
+    def _frames(self, reader: AxisReader, frames: np.ndarray, key: str) -> np.ndarray:
+        """Return ``video/mask[frames]`` for an int array of any shape (frames axis first).
+
+        The result lives in a scratch buffer of this process (``key``), valid until the next call:
+        a batch's decoded frames are a large temporary, and reusing one keeps the allocator from
+        fragmenting around the batch tensors handed out.
+        """
         flat = frames.reshape(-1)
         unique, inverse = np.unique(flat, return_inverse=True)
         if unique.size > 0.8 * flat.size:  # few repeats (random windows): decode in batch order
-            return reader.take(flat).reshape(*frames.shape, *reader.shape[1:])
+            shape = (flat.size, *reader.shape[1:])
+            scratch = self._scratch.get(key)
+            if scratch is None or scratch.size < flat.size * int(np.prod(reader.shape[1:])):
+                scratch = self._scratch[key] = np.empty(shape, reader.dtype)
+            out = scratch.reshape(-1)[:int(np.prod(shape))].reshape(shape)
+            return reader.take(flat, out=out).reshape(*frames.shape, *reader.shape[1:])
         # Many repeats (consecutive windows in evaluation): decode each frame once.
         return reader.take(unique)[inverse.reshape(frames.shape)]
 
@@ -426,7 +437,7 @@ class FmfWindowDataset(torch.utils.data.Dataset):
             frames[b] = np.flip(frames[b], axis)
 
     def _read_clips(self, reader: AxisReader, idx: np.ndarray, flips: np.ndarray, out: np.ndarray) -> None:
-        raw = self._frames(reader, self._clip[idx])  # (B, T, H, W, 3) uint8, store orientation
+        raw = self._frames(reader, self._clip[idx], "clip")  # (B, T, H, W, 3) uint8, store orientation
         self._flip_last_axis(raw, flips)
         # One strided, casting copy for the whole batch: (B, T, y, x, c) -> (B, c, T, H', W').
         src = raw.transpose(0, 4, 1, 3, 2) if self.orientation == ORIENTATION_REFERENCE else raw.transpose(0, 4, 1, 2, 3)
@@ -440,7 +451,7 @@ class FmfWindowDataset(torch.utils.data.Dataset):
             out[:, c] += np.float32(shift[c])
 
     def _read_masks(self, reader: AxisReader, idx: np.ndarray, flips: np.ndarray, out: np.ndarray) -> None:
-        raw = self._frames(reader, self._frame[idx])  # (B, H, W), store orientation
+        raw = self._frames(reader, self._frame[idx], "mask")  # (B, H, W), store orientation
         self._flip_last_axis(raw, flips)
         out[...] = self._orient(raw)
 
@@ -472,4 +483,5 @@ class FmfWindowDataset(torch.utils.data.Dataset):
         state["_readers"] = None  # open files and zarr handles never cross processes
         state["_flips"] = None
         state["_ring"] = None
+        state["_scratch"] = {}
         return state

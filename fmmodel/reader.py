@@ -40,8 +40,12 @@ class AxisReader(Protocol):
     dtype: np.dtype
     kind: str  # "fast" or "zarr"
 
-    def take(self, index: np.ndarray) -> np.ndarray:
-        """Return ``array[index]`` for an int array of axis-0 positions (any order, repeats allowed)."""
+    def take(self, index: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Return ``array[index]`` for an int array of axis-0 positions (any order, repeats allowed).
+
+        ``out`` (C-contiguous, shape ``(len(index), *shape[1:])``, the array's dtype) receives the
+        rows when given.
+        """
         ...
 
 
@@ -347,10 +351,16 @@ class LocalAxisReader:
                                    self._where(shard)) from None
 
     # -- rows -------------------------------------------------------------------------------
-    def take(self, index: np.ndarray) -> np.ndarray:
-        """Return ``array[index]`` (shape ``(len(index), *shape[1:])``) for int positions on axis 0."""
+    def take(self, index: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Return ``array[index]`` (shape ``(len(index), *shape[1:])``) for int positions on axis 0.
+
+        ``out`` (C-contiguous, that shape, the array's dtype) receives the rows when given.
+        """
         index = np.asarray(index, dtype=np.int64).reshape(-1)
-        out = np.empty((index.size, *self._row_shape), self.dtype)
+        if out is None:
+            out = np.empty((index.size, *self._row_shape), self.dtype)
+        elif out.shape != (index.size, *self._row_shape) or out.dtype != self.dtype or not out.flags.c_contiguous:
+            raise ValueError(f"expected out of shape {(index.size, *self._row_shape)} {self.dtype}, got {out.shape}")
         if index.size == 0:
             return out
         if index.min() < 0 or index.max() >= self.shape[0]:
@@ -395,8 +405,11 @@ class ZarrAxisReader:
         self.shape = tuple(array.shape)
         self.dtype = np.dtype(array.dtype)
 
-    def take(self, index: np.ndarray) -> np.ndarray:
+    def take(self, index: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Return ``array[index]`` for int positions on axis 0 (one zarr call for all of them)."""
+        if out is not None:
+            out[...] = self.take(index)
+            return out
         index = np.asarray(index, dtype=np.int64).reshape(-1)
         if index.size == 0:
             return np.empty((0, *self.shape[1:]), self.dtype)

@@ -48,10 +48,11 @@ def store(tmp_path_factory, recordings, table):
     return path
 
 
-def expected_items(path: str, rows: np.ndarray, *, orientation: str, normalized: bool = False) -> dict:
+def expected_items(path: str, rows: np.ndarray, *, orientation: str, normalized: bool = False,
+                   name: str = "w", stats: dict = STATS) -> dict:
     """Items of window-table rows ``rows``, from plain zarr reads and numpy transposes."""
     root = zarr.open_group(path, mode="r")
-    tab = root["windows"]["w"]
+    tab = root["windows"][name]
     cols = list(tab.attrs["columns"])
     rows_ = tab[:][rows]
     clip_idx = rows_[:, len(schema.WINDOW_COLUMNS):]
@@ -68,9 +69,9 @@ def expected_items(path: str, rows: np.ndarray, *, orientation: str, normalized:
         clip = video.transpose(0, 4, 1, 2, 3)
     clip = clip.astype(np.float32)
     if normalized:
-        clip = ((clip - np.array(STATS["video_mean"])[:, None, None, None])
-                / np.array(STATS["video_std"])[:, None, None, None]).astype(np.float32)
-        cur = (cur - np.array(STATS["current_mean"])) / np.array(STATS["current_std"])
+        clip = ((clip - np.array(stats["video_mean"])[:, None, None, None])
+                / np.array(stats["video_std"])[:, None, None, None]).astype(np.float32)
+        cur = (cur - np.array(stats["current_mean"])) / np.array(stats["current_std"])
     return {"clip": clip, "mask": mask, "current": cur.astype(np.float32),
             "label": rows_[:, cols.index("label")], "frame": rows_[:, cols.index("frame")],
             "recording": rows_[:, cols.index("recording")]}
@@ -326,3 +327,35 @@ def test_samplers_are_deterministic_and_balanced():
     assert sorted(sh) == list(range(50)) and list(sh) == list(ShuffleSampler(50, seed=1))
     parts = [list(ShuffleSampler(50, seed=1, num_replicas=3, rank=r)) for r in range(3)]
     assert all(len(p) == 16 for p in parts) and len(set(sum(parts, []))) == 48
+
+
+def test_tables_and_stats_from_fmdata_derivations(tmp_path, recordings):
+    """The dataset over what `fmdata windows` and `fmdata stats` write (V1 and 2 Hz V2 currents)."""
+    from fmdata.cluster import DaskOptions
+    from fmdata.stats import compute_stats
+    from fmdata.windows import WindowParams, current_row_indices, make_windows
+
+    v2 = synthetic_recording(260, H, W, seed=3, name="v2", current_hz=2.0)
+    path = make_store(tmp_path / "derived.zarr", [recordings[1], v2])
+    quiet = DaskOptions(progress=False)
+    params = WindowParams(frames=T, frame_step=STEP, current_seconds=3.0, current_rows=ROWS)
+    make_windows(path, "ref", params, options=quiet)
+    make_windows(path, "strict", WindowParams(**{**params.__dict__, "policy": "strict"}), options=quiet)
+    compute_stats(path, options=quiet)
+    stats = zarr.open_group(path, mode="r").attrs[schema.ATTR_STATS]
+    for name in ("ref", "strict"):
+        ds = FmfWindowDataset(path, name, preprocessing="normalized")
+        idx = np.arange(len(ds))
+        got = batch_of(ds, idx)
+        want = expected_items(path, ds._window, orientation="true", normalized=True, name=name, stats=stats)
+        np.testing.assert_allclose(got["clip"], want["clip"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got["current"], want["current"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(got["mask"], want["mask"])
+        # The rows each window is read as are fmdata.windows' own resampling rule.
+        raw = batch_of(FmfWindowDataset(path, name), idx)["current"]
+        current = zarr.open_group(path, mode="r")[schema.CURRENT][:]
+        starts, stops = ds._cur_start, ds._cur_stop
+        for k in range(0, len(ds), 7):
+            np.testing.assert_array_equal(
+                raw[k], current[current_row_indices(starts[k], stops[k], ROWS)].astype(np.float32))
+        assert {0, 1} <= set(got["recording"].tolist()) and got["label"].any()
