@@ -18,9 +18,9 @@ What is simulated (docs/synthetic-data.md has the picture and the knobs):
   anomalies they meet are invisible in the video but not in the current;
 * hot-spot anomalies: irregular bright-red spots that appear, grow and fade; the mask is exactly
   the set of pixels the spot covers (mist does not change the mask);
-* current: three phases in amperes around 7,500-9,500 A (clipped to 3,000-16,000 A) with common
+* current: three phases in amperes near one level of 7,500-9,500 A (clipped to 3,000-16,000 A) with common
   drift, ripple and fluctuations (all phases together, or one phase pushed up alone); during an
-  anomaly the phase nearest the spot rises by 1,800-3,000 A (one anomaly in seven only a third
+  anomaly the phase nearest the spot rises by 1,800-3,000 A (one anomaly in seven only 30-50 %
   of that), the other two drop and the rising phase ripples up to four times harder;
 * the split: a contiguous train block, an unused guard gap, then a contiguous test block.
 """
@@ -70,8 +70,8 @@ class SynthConfig:
     min_guard_s: float = 8.0
     anomaly_gap_s: tuple[float, float] = (10.0, 30.0)
     anomaly_duration_s: tuple[float, float] = (6.0, 20.0)
-    anomaly_radius: tuple[float, float] = (0.04, 0.11)
-    mist_gap_s: tuple[float, float] = (8.0, 35.0)
+    anomaly_radius: tuple[float, float] = (0.06, 0.14)
+    mist_gap_s: tuple[float, float] = (15.0, 60.0)
     mist_duration_s: tuple[float, float] = (3.0, 14.0)
     mist_dense_share: float = 0.4
     flare_gap_s: tuple[float, float] = (10.0, 40.0)
@@ -337,7 +337,8 @@ class Recording:
             else:
                 self.fluctuations.append(Episode(s, e, float(rng.choice([-1, 1]) * rng.uniform(0.4, 1.0)
                                                              * cfg.fluctuation_a)))
-        self.levels = rng.uniform(*cfg.current_level_a, size=3)
+        # The electrode regulation keeps the three phases near one level; they differ by a few hundred A.
+        self.levels = rng.uniform(*cfg.current_level_a) + rng.uniform(-250.0, 250.0, size=3)
         self.ripple_periods = rng.uniform(1.2, 3.0, size=3)
         self.ripple_phases = rng.uniform(0, 2 * np.pi, size=3)
 
