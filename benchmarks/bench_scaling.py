@@ -20,9 +20,9 @@ takes CPU from the workers, and its per-request latency is that of a Python dev 
 figures bound what remote storage costs from above (docs/scaling.md discusses real S3).
 
     # smoke test (what docs/scaling.md shows for this shared machine):
-    .venv/bin/python benchmarks/bench_scaling.py --frames 2000 --scales 1,2 --windows 256 --out bench-out/scaling
+    .venv/bin/python benchmarks/bench_scaling.py --frames 2000 --scales 1,2 --windows 512 --s3-windows 128 --out bench-out/scaling
     # the full measurement for a quiet machine (about 1 GB of raw frames at scale 2):
-    .venv/bin/python benchmarks/bench_scaling.py --frames 20000 --scales 1,2 --windows 2048 --out bench-out/scaling
+    .venv/bin/python benchmarks/bench_scaling.py --frames 20000 --scales 1,2 --windows 4096 --s3-windows 512 --out bench-out/scaling
 
 Results: OUT/bench_scaling.json and a markdown table on stdout.
 """
@@ -167,14 +167,13 @@ def run_scale(args: argparse.Namespace, frames: int, s3_url: str | None) -> dict
         res[f"cluster_{w}"] = bench_cluster(sources, folder, s3_url, w)
     disk = os.path.join(folder, "cluster2.zarr")
     rows = sample_rows(disk, args.windows)
-    res["load_windows"] = len(rows)
-    targets = [("disk_fast", disk, "auto"), ("disk_zarr", disk, "zarr")]
+    targets = [("disk_fast", disk, "auto", rows), ("disk_zarr", disk, "zarr", rows)]
     if s3_url:
-        targets.append(("s3", f"{s3_url}/cluster2.zarr", "zarr"))
-    for name, loc, reader in targets:
+        targets.append(("s3", f"{s3_url}/cluster2.zarr", "zarr", rows[:args.s3_windows]))
+    for name, loc, reader, sample in targets:
         for w in (1, 2):
             print(f"[{n_frames} frames] load {name} with {w} worker(s)", flush=True)
-            res[f"load_{name}_{w}"] = bench_load(loc, rows, w, reader)
+            res[f"load_{name}_{w}"] = {**bench_load(loc, sample, w, reader), "windows": len(sample)}
     return res
 
 
@@ -229,7 +228,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=2000, help="frames per recording at scale 1")
     ap.add_argument("--recordings", type=int, default=3)
     ap.add_argument("--scales", default="1,2", help="comma-separated multiples of --frames")
-    ap.add_argument("--windows", type=int, default=256, help="windows per load measurement")
+    ap.add_argument("--windows", type=int, default=256, help="windows per load measurement (disk)")
+    ap.add_argument("--s3-windows", type=int, default=128, help="windows per load measurement on S3 (slow)")
     ap.add_argument("--no-s3", action="store_true", help="skip the loopback S3 server")
     ap.add_argument("--out", default="bench-out/scaling")
     args = ap.parse_args()
@@ -240,6 +240,8 @@ def main() -> None:
     def body(s3_url: str | None) -> None:
         for s in scales:
             results["scales"].append(run_scale(args, args.frames * s, s3_url))
+            with open(os.path.join(args.out, "bench_scaling.json"), "w") as f:  # partial results survive
+                json.dump(results, f, indent=2)
 
     if args.no_s3:
         body(None)
@@ -249,8 +251,6 @@ def main() -> None:
         with running_s3_server() as server:
             os.environ.update(server.env)  # workers and loader processes inherit the endpoint
             body(f"s3://{server.make_bucket('fmf-bench')}")
-    with open(os.path.join(args.out, "bench_scaling.json"), "w") as f:
-        json.dump(results, f, indent=2)
     print(report(results))
 
 
