@@ -5,8 +5,8 @@ sample of the reference window table in random order, batches of 64):
 
 * ``dataset``: FmfWindowDataset over a store made by ``fmdata convert`` (reference preprocessing,
   float32 clips), in-process and through ``make_loader`` with 1 and 2 workers; with workers also
-  as ``dataset-zerocopy`` (what make_loader does when it pins batches for CUDA) and
-  ``dataset-fresh`` (a new shared-memory buffer per batch, as torch's default collate does);
+  as ``dataset-fresh`` (a new shared-memory buffer per batch, as torch's default collate does)
+  and ``dataset-gpu`` (what the trainer asks for on CUDA: uint8 clips, zero-copy buffers);
   ``dataset-zarr`` reads through zarr-python instead of the fast reader.
 * ``h5py``: (a) the same windows read lazily with h5py straight from the V1 MAT file that
   ``fmdata synth`` writes with MATLAB-like storage (deflate 3, chunks near 64 KiB), one strided
@@ -133,6 +133,15 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _peak_rss_of(pid: int) -> float:
+    """Peak resident memory (VmHWM, MiB) of process ``pid``."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
 def _time_loader(loader: Any, windows: int) -> dict[str, float]:
     """Time the second pass of ``loader`` (the first warms up); wall and CPU seconds of the workers."""
     t0 = time.perf_counter()
@@ -148,12 +157,13 @@ def _time_loader(loader: Any, windows: int) -> dict[str, float]:
         n += len(batch["label"])
     dt = time.perf_counter() - t0
     cpu = (sum(_cpu_seconds(p) for p in workers) if workers else time.process_time()) - sum(cpu0)
+    worker_rss = max((_peak_rss_of(p) for p in workers), default=0.0)
     assert n == windows, (n, windows)
     # cpu_windows_per_s: windows per CPU-second of the processes that read (the workers, or the
     # main process without workers): the rate a worker reaches on a core of its own.
     return {"warmup_s": warm, "seconds": dt, "windows_per_s": n / dt, "cpu_seconds": cpu,
             "cpu_windows_per_s": n / cpu if cpu > 0 else float("nan"),
-            "main_cpu_seconds": time.process_time() - main0}
+            "main_cpu_seconds": time.process_time() - main0, "worker_peak_rss_mib": worker_rss}
 
 
 def measure(kind: str, mat: str, store: str, rows: list[int], workers: int, variant: str = "") -> dict[str, Any]:
@@ -166,14 +176,18 @@ def measure(kind: str, mat: str, store: str, rows: list[int], workers: int, vari
     rss0 = _current_rss_mib()
     if kind == "dataset":
         # variant: "" (make_loader's defaults on a machine without CUDA), "zarr" (zarr-python
-        # reader), "zerocopy" (what make_loader does when it pins for CUDA), "fresh" (a new shared
-        # buffer per batch, as torch's default collate does).
+        # reader), "gpu" (what the trainer asks for on CUDA: uint8 clips, and the zero-copy buffers
+        # make_loader uses when it pins), "fresh" (a new shared buffer per batch, as torch's
+        # default collate does).
         import functools
         from fmmodel.sampling import worker_init
+        if variant == "zarr":  # some 40x slower: an eighth of the windows tells its rate
+            rows = rows[:max(BATCH * 4, len(rows) // 8)]
         ds = FmfWindowDataset(store, "bench", preprocessing="reference", rows=np.asarray(rows),
-                              reader="zarr" if variant == "zarr" else "auto")
+                              reader="zarr" if variant == "zarr" else "auto",
+                              video_dtype="uint8" if variant == "gpu" else "float32")
         extra = {"worker_init_fn": functools.partial(worker_init, reuse_buffers=0)} if variant == "fresh" else {}
-        loader = make_loader(ds, BATCH, workers, prefetch_factor=4, zero_copy=variant == "zerocopy", **extra)
+        loader = make_loader(ds, BATCH, workers, prefetch_factor=4, zero_copy=variant == "gpu", **extra)
         out = _time_loader(loader, len(rows))
     elif kind == "h5py":
         from fmdata.store import open_store
@@ -261,12 +275,14 @@ def main() -> None:
         entry: dict[str, Any] = {"mat_mib": os.path.getsize(mat) / 2**20, "windows": int(len(rows)), "runs": []}
         plan = [("dataset", 0, ""), ("load-all", 0, "")]
         if n == sizes[-1]:  # throughput comparisons on the largest store
-            plan = ([("dataset", w, v) for w in workers for v in (("", "zerocopy", "fresh") if w else ("",))]
+            plan = ([("dataset", w, v) for w in workers for v in (("", "fresh", "gpu") if w else ("",))]
                     + [("h5py", w, "") for w in workers] + [("dataset", 0, "zarr"), ("load-all", 0, "")])
         for kind, w, variant in plan:
             r = run_child(kind, mat, store, rows, w, a.out, variant)
             entry["runs"].append(r)
             extra = f", load {r['load_s']:.2f}s" if "load_s" in r else ""
+            if r.get("worker_peak_rss_mib"):
+                extra += f", worker peak RSS {r['worker_peak_rss_mib']:.0f} MiB"
             print(f"  {r['kind']:15s} workers={w}: {r['windows_per_s']:7.0f} windows/s wall, "
                   f"{r['cpu_windows_per_s']:7.0f} per CPU-second, peak RSS {r['peak_rss_mib']:.0f} MiB{extra}", flush=True)
         results["sizes"][str(n)] = entry
@@ -283,7 +299,7 @@ def report(results: dict[str, Any], workers: list[int]) -> None:
     summary = []
     for w in workers:
         h5 = runs.get(("h5py", w))
-        for kind in ("dataset", "dataset-zerocopy", "dataset-fresh"):
+        for kind in ("dataset", "dataset-fresh", "dataset-gpu"):
             ds = runs.get((kind, w))
             if ds is None or h5 is None:
                 continue
