@@ -102,16 +102,21 @@ class ShardWriter:
         data = np.ascontiguousarray(data, dtype=self.dtype)
         pieces: list[bytes] = []
         index = np.full((self.chunks_per_shard, 2), _EMPTY, dtype="<u8")
+        n_chunks = -(-rows // self.chunk_len)
+        whole = (rows // self.chunk_len) * self.chunk_len
+        nonempty = np.ones(n_chunks, bool)
+        if self._skip_empty:  # all-fill chunks are left out of the shard, as zarr itself does
+            nonempty[:whole // self.chunk_len] = data[:whole].reshape(whole // self.chunk_len, -1).any(axis=1)
+            if whole < rows:
+                nonempty[-1] = data[whole:].any()
         offset = 0
-        for i in range(-(-rows // self.chunk_len)):
+        for i in np.flatnonzero(nonempty).tolist():
             chunk = data[i * self.chunk_len:(i + 1) * self.chunk_len]
             if chunk.shape[0] < self.chunk_len:  # the array's last chunk is stored full size, padded
                 padded = np.empty(self.chunk_shape, dtype=self.dtype)
                 padded[...] = self.fill
                 padded[:chunk.shape[0]] = chunk
                 chunk = padded
-            if self._skip_empty and not chunk.any():
-                continue  # all fill value: left out of the shard, as zarr itself does
             blob = self._encode(chunk)
             index[i] = (offset, len(blob))
             offset += len(blob)

@@ -630,23 +630,33 @@ def _direct_reader(ds: h5py.Dataset) -> Callable[[int, int], np.ndarray] | bool:
     nbytes = int(np.prod(chunks)) * dtype.itemsize
     rest = [range(0, s, c) for s, c in zip(shape[1:], chunks[1:])]
     deflated = bool(filters)
+    # Chunks of the chunk row a read ended inside: the next read (the next block) starts there.
+    tail: dict[tuple[int, ...], np.ndarray] = {}
 
     def read(a: int, b: int) -> np.ndarray:
         out = np.empty((b - a,) + shape[1:], dtype)
+        keep: dict[tuple[int, ...], np.ndarray] = {}
         for r0 in range(a - a % chunks[0], b, chunks[0]):
             lo, hi = max(a, r0), min(b, r0 + chunks[0])
             for offs in itertools.product(*rest):
-                try:
-                    mask, raw = ds.id.read_direct_chunk((r0, *offs))
-                except (KeyError, ValueError, RuntimeError):  # a chunk never written: h5py fills it in
-                    return ds[a:b]
-                data = _inflate(raw, nbytes) if deflated and not mask & 1 else raw
-                chunk = np.frombuffer(data, dtype, count=int(np.prod(chunks))).reshape(chunks)
+                key = (r0, *offs)
+                chunk = tail.get(key)
+                if chunk is None:
+                    try:
+                        mask, raw = ds.id.read_direct_chunk(key)
+                    except (KeyError, ValueError, RuntimeError):  # a chunk never written: h5py fills it in
+                        return ds[a:b]
+                    data = _inflate(raw, nbytes) if deflated and not mask & 1 else raw
+                    chunk = np.frombuffer(data, dtype, count=int(np.prod(chunks))).reshape(chunks)
+                if r0 + chunks[0] > b:
+                    keep[key] = chunk
                 dst = (slice(lo - a, hi - a),) + tuple(slice(o, min(o + c, s)) for o, c, s in
                                                         zip(offs, chunks[1:], shape[1:]))
                 src = (slice(lo - r0, hi - r0),) + tuple(slice(0, min(c, s - o)) for o, c, s in
                                                          zip(offs, chunks[1:], shape[1:]))
                 out[dst] = chunk[src]
+        tail.clear()
+        tail.update(keep)
         return out
 
     return read

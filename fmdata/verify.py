@@ -19,8 +19,8 @@ import zarr
 from fmdata import remote, schema, store
 from fmdata.checksums import block_checksum, n_blocks, read_checksums
 from fmdata.convert import (CURRENT_AXIS, CURRENT_UNIT_ARRAYS, FRAME_AXIS, FRAME_UNIT_ARRAYS, WorkUnit,
-                            expected_current_block, expected_frame_block, frame_streams, plan_conversion,
-                            run_parallel)
+                            close_cached, expected_current_block, expected_frame_block, frame_streams,
+                            plan_conversion, run_parallel)
 from fmdata.errors import FmDataError
 from fmdata.sources import open_sources
 
@@ -265,6 +265,7 @@ def verify(store_location: str | os.PathLike[str], sources: Sequence[str | os.Pa
         run_parallel(verify_unit, [(u, loc, storage_options) for u in units], workers, on_result)
     finally:
         bar.close()
+        close_cached()
     report.problems = _merge(report.problems)
     report.seconds = time.perf_counter() - t0
     return report
