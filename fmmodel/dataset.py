@@ -5,7 +5,8 @@ frame's mask and class label, and the current rows of that window, read from the
 is a row lookup plus slices; the heavy lifting (which chunks to decode, how) is in
 :mod:`fmmodel.reader`. The dataset implements ``__getitems__``, so a DataLoader fetches a whole
 batch with one vectorised read per array; :func:`collate_windows` then passes the ready batch
-through without copying (``fmmodel.sampling.make_loader`` wires this up).
+through without copying (``fmmodel.sampling.make_loader`` wires this up; how batches travel
+from workers is in :mod:`fmmodel.batches`).
 
 Preprocessing:
 - ``reference``: video as float 0..255, current as raw amperes, frames in the orientation the
@@ -31,6 +32,7 @@ import torch.utils.data
 from fmdata import schema
 from fmdata.errors import FmDataError
 from fmdata.window_table import WindowTable, read_window_table
+from fmmodel.batches import SharedRing, WindowBatch, allocate_batch, collate_windows
 from fmmodel.errors import FmModelError
 from fmmodel.reader import READER_MODES, AxisReader, local_root, open_axis_reader
 
@@ -64,100 +66,6 @@ def read_normalization(attrs: dict[str, Any], where: str) -> dict[str, np.ndarra
             raise FmModelError(f"expected a positive {key!r}, got {value!r}", where)
         out[key] = arr
     return out
-
-
-def _new_shared(nbytes: int) -> torch.Tensor:
-    """Return a flat uninitialised uint8 tensor in shared memory (as torch's default_collate allocates)."""
-    template = torch.empty(0, dtype=torch.uint8)
-    return template.new(template._typed_storage()._new_shared(nbytes, device="cpu"))
-
-
-class _SharedRing:
-    """Shared-memory batch buffers that one worker fills round-robin, ``slots`` batches apart.
-
-    A fresh shared-memory buffer per batch costs the worker a page fault per 4 KiB (on virtual
-    machines, more than decoding the batch); reused ones are faulted in once. A buffer is reused
-    ``slots`` batches of the same worker later. The DataLoader hands a worker a new batch only
-    when the main process has taken an earlier one off the queue, so with ``slots`` greater than
-    ``prefetch_factor`` every batch has been unpickled before its buffer is refilled: unpickling
-    copies it out (``copy_on_receive``), or, where batches are pinned, the pin thread does.
-    """
-
-    def __init__(self, slots: int) -> None:
-        self.slots, self.turn = slots, -1
-        self.buffers: dict[int, torch.Tensor] = {}
-
-    def next(self, nbytes: int) -> torch.Tensor:
-        self.turn = (self.turn + 1) % self.slots
-        buf = self.buffers.get(self.turn)
-        if buf is None or buf.numel() < nbytes:
-            buf = self.buffers[self.turn] = _new_shared(nbytes)
-        return buf[:nbytes]
-
-
-Layout = tuple[tuple[str, int, tuple[int, ...], str], ...]  # (key, byte offset, shape, dtype)
-
-
-def _views(flat: torch.Tensor, layout: Layout) -> dict[str, torch.Tensor]:
-    """Return the named tensors that ``layout`` places in the flat byte buffer ``flat``."""
-    out = {}
-    for key, offset, shape, dtype in layout:
-        tdtype = getattr(torch, dtype)
-        nbytes = int(np.prod(shape)) * torch.empty(0, dtype=tdtype).element_size()
-        out[key] = flat[offset:offset + nbytes].view(tdtype).view(shape)
-    return out
-
-
-def _receive(flat: torch.Tensor, layout: Layout, copy: bool) -> dict[str, torch.Tensor]:
-    """Unpickle a worker's batch: the dict of tensors, copied out of the shared buffer if ``copy``."""
-    return _views(flat.clone() if copy else flat, layout)
-
-
-class _PackedBatch:
-    """What a worker sends: one shared buffer plus its layout, unpickled as the dict of tensors.
-
-    One buffer means one shared-memory handle per batch instead of one per tensor.
-    """
-
-    def __init__(self, flat: torch.Tensor, layout: Layout, copy: bool) -> None:
-        self.flat, self.layout, self.copy = flat, layout, copy
-
-    def __reduce__(self) -> tuple[Any, tuple[torch.Tensor, Layout, bool]]:
-        return _receive, (self.flat, self.layout, self.copy)
-
-
-class WindowBatch(Sequence):
-    """A batch fetched by :meth:`FmfWindowDataset.__getitems__`: batched tensors, viewable as items.
-
-    ``tensors`` maps each item key to a tensor with a leading batch axis (all views of one flat
-    buffer). Indexing gives one item (views), so torch's default collate still works;
-    :func:`collate_windows` skips that copy.
-    """
-
-    def __init__(self, flat: torch.Tensor, layout: Layout, copy_on_receive: bool = False) -> None:
-        self.flat, self.layout, self.copy_on_receive = flat, layout, copy_on_receive
-        self.tensors = _views(flat, layout)
-        self._n = int(layout[0][2][0])
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        if not -self._n <= i < self._n:
-            raise IndexError(i)
-        return {k: v[i] for k, v in self.tensors.items()}
-
-
-def collate_windows(batch: Any) -> Any:
-    """Collate for DataLoaders over FmfWindowDataset: a WindowBatch passes through as its dict.
-
-    In a worker it becomes a _PackedBatch, which arrives in the main process as the same dict.
-    """
-    if isinstance(batch, WindowBatch):
-        if torch.utils.data.get_worker_info() is not None:
-            return _PackedBatch(batch.flat, batch.layout, batch.copy_on_receive)
-        return dict(batch.tensors)
-    return torch.utils.data.default_collate(batch)
 
 
 class FmfWindowDataset(torch.utils.data.Dataset):
@@ -249,10 +157,10 @@ class FmfWindowDataset(torch.utils.data.Dataset):
         self._scratch: dict[str, np.ndarray] = {}
         # Batch buffers reused by a worker (number of slots; 0: a fresh buffer per batch), and
         # whether the receiver may keep views of them (only when it copies at once, e.g. pins).
-        # Set in the worker's copy by make_loader's worker_init; see _SharedRing.
+        # Set in the worker's copy by make_loader's worker_init; see SharedRing.
         self.reuse_buffers = 0
         self.zero_copy = False
-        self._ring: _SharedRing | None = None
+        self._ring: SharedRing | None = None
 
     # -- construction checks ---------------------------------------------------------------
     def _check(self, meta: schema.StoreMeta) -> None:
@@ -298,6 +206,7 @@ class FmfWindowDataset(torch.utils.data.Dataset):
 
     @property
     def epoch(self) -> int:
+        """The epoch whose flip decisions items get (set by :meth:`set_epoch`)."""
         return int(self._epoch.item())
 
     def describe(self) -> dict[str, Any]:
@@ -319,6 +228,7 @@ class FmfWindowDataset(torch.utils.data.Dataset):
         return self._flips[1][self._window[index]]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        """Return item ``i`` (a dict of tensors, see the class docstring)."""
         return self.__getitems__([i])[0]
 
     def __getitems__(self, indices: Sequence[int]) -> WindowBatch:
@@ -347,11 +257,7 @@ class FmfWindowDataset(torch.utils.data.Dataset):
 
     # -- reading ---------------------------------------------------------------------------
     def _allocate(self, n: int) -> WindowBatch:
-        """Return an uninitialised batch of ``n`` items, all fields in one flat buffer.
-
-        In a DataLoader worker the buffer lives in shared memory: sending a tensor from a worker
-        moves it there anyway (a copy of the whole batch) unless it is there already.
-        """
+        """Return an uninitialised batch of ``n`` items (the fields this dataset delivers)."""
         fields: list[tuple[str, tuple[int, ...], str]] = []
         if self.modality != "current":
             fields.append(("clip", (n, 3, self.frames, *self.item_frame_shape), self.video_dtype))
@@ -361,16 +267,7 @@ class FmfWindowDataset(torch.utils.data.Dataset):
             fields.append(("mask", (n, *self.item_frame_shape), "uint8"))
         fields += [(k, (n,), "int64") for k in ("label", "recording", "frame", "window")]
         fields.append(("flipped", (n,), "bool"))
-        layout, offset = [], 0
-        for key, shape, dtype in fields:
-            layout.append((key, offset, shape, dtype))
-            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-            offset += -(-nbytes // 64) * 64  # 64-byte aligned fields
-        if self._ring is not None:
-            return WindowBatch(self._ring.next(offset), tuple(layout), copy_on_receive=not self.zero_copy)
-        if torch.utils.data.get_worker_info() is not None:
-            return WindowBatch(_new_shared(offset), tuple(layout))
-        return WindowBatch(torch.empty(offset, dtype=torch.uint8), tuple(layout))
+        return allocate_batch(fields, self._ring, copy_on_receive=not self.zero_copy)
 
     def _open(self) -> dict[str, AxisReader]:
         if self._readers is None:
@@ -378,7 +275,7 @@ class FmfWindowDataset(torch.utils.data.Dataset):
                 import numcodecs.blosc
                 numcodecs.blosc.use_threads = False  # one decode thread per worker process
                 if self.reuse_buffers > 0:
-                    self._ring = _SharedRing(self.reuse_buffers)
+                    self._ring = SharedRing(self.reuse_buffers)
             names = []
             if self.modality != "current":
                 names.append(schema.VIDEO)
