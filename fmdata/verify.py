@@ -18,9 +18,10 @@ import zarr
 
 from fmdata import remote, schema, store
 from fmdata.checksums import block_checksum, n_blocks, read_checksums
-from fmdata.convert import (CURRENT_AXIS, CURRENT_UNIT_ARRAYS, FRAME_AXIS, FRAME_UNIT_ARRAYS, WorkUnit,
-                            close_cached, expected_current_block, expected_frame_block, frame_streams,
-                            plan_conversion, run_parallel)
+from fmdata.convert import run_parallel
+from fmdata.convert_units import (CURRENT_AXIS, CURRENT_UNIT_ARRAYS, FRAME_AXIS, FRAME_UNIT_ARRAYS, WorkUnit,
+                                  close_cached, expected_current_block, expected_frame_block, frame_streams,
+                                  plan_conversion)
 from fmdata.errors import FmDataError
 from fmdata.sources import open_sources
 
