@@ -242,7 +242,7 @@ def _open_v1(path: str, fps: float) -> RecordingSource:
                           path)
     spl = _variable(info, names["split"])
     _check_class(info, spl, _MASK_CLASSES)
-    if len(spl.shape) != 2 or 1 not in spl.shape or max(spl.shape) != n or (n > 1 and spl.shape == (n, n)):
+    if len(spl.shape) != 2 or 1 not in spl.shape or max(spl.shape) != n:
         raise FmDataError(f"expected {names['split']!r} of MATLAB shape (1, {n}), got {spl.shape}", path)
     item = int(np.dtype(matfile.CLASS_DTYPES[cur.matlab_class]).itemsize)
     cspec = VarSpec(cur.name, cur.matlab_class, cur.shape, _frame_chunk(cur), 3 * item)
