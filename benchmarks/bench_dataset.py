@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -116,9 +115,9 @@ def _file_maps(mat: str, store: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _rss_mib() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, kids) / 1024.0
+    """Peak resident memory of this process (VmHWM). Not ru_maxrss: Linux carries the parent's
+    high-water mark into a child across fork and exec, so a child's ru_maxrss starts at its parent's."""
+    return _peak_rss_of(os.getpid())
 
 
 def _current_rss_mib() -> float:
