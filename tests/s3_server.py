@@ -43,9 +43,10 @@ def _free_port() -> int:
 
 @dataclass(frozen=True)
 class S3Server:
-    """A running loopback S3 server: where it listens and how to talk to it."""
+    """A running loopback S3 server: where it listens, its process id, and how to talk to it."""
 
     endpoint: str
+    pid: int = 0
 
     @property
     def env(self) -> dict[str, str]:
@@ -90,7 +91,7 @@ def running_s3_server(startup_timeout: float = 20.0) -> Iterator[S3Server]:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"moto server did not answer on {endpoint} within {startup_timeout} s")
                 time.sleep(0.05)
-        yield S3Server(endpoint=endpoint)
+        yield S3Server(endpoint=endpoint, pid=proc.pid)
     finally:
         proc.terminate()
         try:
