@@ -107,6 +107,32 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def _spin(_: int) -> float:
+    x = 0
+    for i in range(2_000_000):
+        x += i
+    return float(x)
+
+
+def machine_scaling(rounds: int = 4) -> float:
+    """Return how much more pure-CPU work 2 processes do than 1 on this machine right now.
+
+    About 2.0 on a quiet 2-core machine; less when other jobs hold the cores. Printed beside the
+    worker ratio so that a reader can tell a scaling problem from a busy machine.
+    """
+    import multiprocessing as mp
+
+    rate = {}
+    with mp.get_context("spawn").Pool(2) as pool:
+        pool.map(_spin, range(2))  # start-up outside the timing
+        for k in (1, 2):
+            t0 = time.perf_counter()
+            for _ in range(rounds):
+                pool.map(_spin, range(k), chunksize=1)
+            rate[k] = k * rounds / (time.perf_counter() - t0)
+    return rate[2] / rate[1]
+
+
 def numpy_pass(path: str, via_zarr: bool = False, max_blocks: int | None = None) -> dict[str, Any]:
     """The labels + stats work in one process, block by block; returns seconds and the results."""
     t0, c0 = time.perf_counter(), cpu_seconds()
@@ -178,12 +204,14 @@ def main() -> None:
                 "dask, 2 workers": lambda: dask_pass(path, 2),
                 "dask, local threads": lambda: dask_pass(path, None)}
     results: dict[str, Any] = {}
+    machine = [machine_scaling()]
     for _ in range(args.repeat):
         for name, fn in variants.items():
             r = fn()
             print(f"{name}: {r['seconds']:.2f} s", file=sys.stderr)
             if name not in results or r["seconds"] < results[name]["seconds"]:
                 results[name] = r
+        machine.append(machine_scaling())
     ref = results["numpy, 1 process"]
     for name, r in results.items():  # every variant computed the same thing
         assert (r["frames"], r["abnormal_frames"]) == (ref["frames"], ref["abnormal_frames"]), name
@@ -192,7 +220,7 @@ def main() -> None:
     b = numpy_pass(path, max_blocks=args.zarr_blocks)
     one, two = results["dask, 1 worker"]["seconds"], results["dask, 2 workers"]["seconds"]
     summary = {"command": " ".join(sys.argv), "frames": args.frames, "cpus": os.cpu_count(), **facts,
-               "results": results, "speedup_2_vs_1_worker": one / two,
+               "results": results, "speedup_2_vs_1_worker": one / two, "machine_2_vs_1_process": machine,
                "speedup_2_workers_vs_numpy": ref["seconds"] / two,
                "zarr_read_frames_per_s": z["frames"] / z["seconds"],
                "block_reader_frames_per_s": b["frames"] / b["seconds"]}
@@ -210,6 +238,8 @@ def main() -> None:
     print("CPU s: all processes of the variant (driver + workers), user + system; frames/s and ratios from wall time")
     print(f"2 workers vs 1 worker: {one / two:.2f}x (target >= 1.8x); cluster start "
           f"{results['dask, 2 workers']['cluster_start_s']:.1f} s (not included)")
+    print(f"machine check, pure-CPU loop, 2 processes vs 1 (before and after each round): "
+          f"{', '.join(f'{m:.2f}x' for m in machine)} (about 2.0x when both cores are free)")
     print(f"reading path, numpy loop over {args.zarr_blocks} blocks: zarr slicing "
           f"{summary['zarr_read_frames_per_s']:,.0f} frames/s, BlockReader {summary['block_reader_frames_per_s']:,.0f} frames/s")
     if not args.keep:

@@ -153,7 +153,11 @@ def dask_runner(options: DaskOptions = DaskOptions()) -> Iterator[Runner]:
     # threshold: every block-sized buffer is then a fresh mmap, page-faulted anew (measured: 100x
     # the page faults and ~40% more CPU on a labels + stats scan). Our workers live for one
     # command and hold a few blocks at most, so they keep glibc's default.
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+    # Our tasks are independent blocks with tiny results: hand every worker its whole queue up
+    # front instead of one task at a time, so a busy client process (the LocalCluster's
+    # scheduler runs in it) never leaves workers idle between tasks.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                          "distributed.scheduler.worker-saturation": float("inf")}):
         cluster = LocalCluster(n_workers=options.workers, threads_per_worker=1, processes=True,
                                memory_limit=options.memory_limit, dashboard_address=":0",
                                silence_logs=logging.ERROR)
