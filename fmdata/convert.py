@@ -275,7 +275,9 @@ def convert(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLike[st
             storage_options: dict | None = None, runner: Runner | None = None) -> ConvertReport:
     """Convert ``sources`` (V1 MAT files and/or V2 folders, in order) into a new store at ``out``.
 
-    ``workers`` processes run the units (default: the CPU count). ``overwrite`` replaces an
+    ``workers`` processes run the units: this one and ``workers - 1`` spawned children (default:
+    the CPU count; a script that calls this with more than one worker needs the usual
+    ``if __name__ == "__main__":`` guard of spawned multiprocessing). ``overwrite`` replaces an
     existing store (only a Zarr store; the old one stays until the new one is complete);
     ``resume`` continues an interrupted conversion into ``out`` without redoing finished units.
     ``chunking`` defaults to :func:`default_chunking`; ``chunk_frames`` / ``shard_frames``
