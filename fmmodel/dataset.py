@@ -195,6 +195,21 @@ class FmfWindowDataset(torch.utils.data.Dataset):
         return self._label
 
     @property
+    def labelled_frames(self) -> np.ndarray:
+        """Global labelled frame of every item (int64, in dataset order)."""
+        return self._frame
+
+    @property
+    def recording_ids(self) -> np.ndarray:
+        """Recording of every item (int64, in dataset order)."""
+        return self._recording
+
+    @property
+    def window_rows(self) -> np.ndarray:
+        """Window-table row of every item (int64, in dataset order)."""
+        return self._window
+
+    @property
     def item_frame_shape(self) -> tuple[int, int]:
         """The (H', W') of clip frames and masks as delivered: (W, H) under reference orientation."""
         h, w = self.frame_shape

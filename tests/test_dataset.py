@@ -274,6 +274,9 @@ def test_window_table_object_and_rows_subset(store, table):
     assert len(by_name) == 20
     np.testing.assert_array_equal(batch_of(by_name, range(20))["clip"], batch_of(by_obj, range(20))["clip"])
     np.testing.assert_array_equal(batch_of(by_obj, range(20))["window"], np.arange(10, 30))
+    np.testing.assert_array_equal(by_obj.window_rows, np.arange(10, 30))
+    np.testing.assert_array_equal(by_obj.labelled_frames, table.column("frame")[10:30])
+    np.testing.assert_array_equal(by_obj.recording_ids, table.column("recording")[10:30])
 
 
 def test_bad_tables_and_names_are_clear_errors(store, table):
