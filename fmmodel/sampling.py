@@ -94,7 +94,7 @@ def worker_init(worker_id: int, reuse_buffers: int = 0, zero_copy: bool = False)
     """DataLoader worker set-up: one compute thread per worker (the workers are the parallelism).
 
     ``reuse_buffers`` > 0 makes this worker's copy of the dataset fill that many shared batch
-    buffers round-robin instead of a fresh one per batch (see fmmodel.dataset._SharedRing); it
+    buffers round-robin instead of a fresh one per batch (see fmmodel.batches.SharedRing); it
     must exceed the loader's prefetch_factor. Batches are then copied out when the main process
     unpickles them, unless ``zero_copy`` (for loaders that pin, which copy anyway).
     """
