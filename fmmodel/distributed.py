@@ -33,6 +33,7 @@ class DistContext:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     backend: str | None = None
+    owns_group: bool = False  # True when setup() created the process group (teardown destroys it)
 
     @property
     def is_main(self) -> bool:
@@ -70,8 +71,9 @@ def env_world() -> tuple[int, int, int]:
 def setup(device: str = "auto", timeout_s: float = 600.0) -> DistContext:
     """Join the process group the environment describes (if any) and return the context.
 
-    Safe to call when a group already exists (returns its context). On CUDA the process binds
-    to GPU ``LOCAL_RANK``.
+    Safe to call when a group already exists (e.g. set up by a caller that runs several
+    commands in one process): it is used and left alone by :func:`teardown`. On CUDA the process
+    binds to GPU ``LOCAL_RANK``.
     """
     rank, world, local = env_world()
     dev = resolve_device(device, local)
@@ -80,15 +82,18 @@ def setup(device: str = "auto", timeout_s: float = 600.0) -> DistContext:
     if world <= 1:
         return DistContext(device=dev)
     backend = "nccl" if dev.type == "cuda" else "gloo"
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         dist.init_process_group(backend=backend, rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=timeout_s))
-    return DistContext(rank=rank, world_size=world, local_rank=local, device=dev, backend=backend)
+    else:
+        backend = dist.get_backend()
+    return DistContext(rank=rank, world_size=world, local_rank=local, device=dev, backend=backend, owns_group=owns)
 
 
 def teardown(ctx: DistContext) -> None:
-    """Leave the process group that :func:`setup` joined."""
-    if ctx.distributed and dist.is_initialized():
+    """Leave the process group that :func:`setup` created (one it found is left alone)."""
+    if ctx.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 

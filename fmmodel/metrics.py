@@ -93,13 +93,13 @@ def class_scores(prob: torch.Tensor, target: torch.Tensor) -> dict[str, Any]:
     out: dict[str, Any] = {"n": n}
     if n == 0:
         return out
+    local = {"sync_on_compute": False}  # records are already gathered from every rank
     coll = MetricCollection({
-        "accuracy": BinaryAccuracy(threshold=THRESHOLD), "f1": BinaryF1Score(threshold=THRESHOLD),
-        "precision": BinaryPrecision(threshold=THRESHOLD), "recall": BinaryRecall(threshold=THRESHOLD),
-        "confusion": BinaryConfusionMatrix(threshold=THRESHOLD),
+        "accuracy": BinaryAccuracy(threshold=THRESHOLD, **local), "f1": BinaryF1Score(threshold=THRESHOLD, **local),
+        "precision": BinaryPrecision(threshold=THRESHOLD, **local),
+        "recall": BinaryRecall(threshold=THRESHOLD, **local),
+        "confusion": BinaryConfusionMatrix(threshold=THRESHOLD, **local),
     }, compute_groups=False)
-    for m in coll.values():
-        m.sync_on_compute = False
     coll.update(prob, target)
     res = _quiet(coll.compute)
     cm = res["confusion"].long()
@@ -156,16 +156,14 @@ def pixel_scores_from_confusion(cm: np.ndarray) -> dict[str, Any]:
 
 
 def _pixel_collection(thresholds: int) -> MetricCollection:
-    coll = MetricCollection({
-        "confusion": BinaryConfusionMatrix(threshold=THRESHOLD),
-        "auroc": BinaryAUROC(thresholds=thresholds),
-        "ap": BinaryAveragePrecision(thresholds=thresholds),
-        "roc": BinaryROC(thresholds=thresholds),
-        "pr": BinaryPrecisionRecallCurve(thresholds=thresholds),
+    local = {"sync_on_compute": False}  # MetricSet syncs explicitly, in a fixed order on every rank
+    return MetricCollection({
+        "confusion": BinaryConfusionMatrix(threshold=THRESHOLD, **local),
+        "auroc": BinaryAUROC(thresholds=thresholds, **local),
+        "ap": BinaryAveragePrecision(thresholds=thresholds, **local),
+        "roc": BinaryROC(thresholds=thresholds, **local),
+        "pr": BinaryPrecisionRecallCurve(thresholds=thresholds, **local),
     }, compute_groups=[["confusion"], ["auroc", "ap", "roc", "pr"]])
-    for m in coll.values():
-        m.sync_on_compute = False  # MetricSet syncs explicitly, in a fixed order on every rank
-    return coll
 
 
 @dataclass

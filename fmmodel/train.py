@@ -355,7 +355,8 @@ def _train(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool) 
             sched.step()
             val = None
             if val_loader is not None:
-                val = run_inference(net, val_loader, ctx, task=cfg.task, precision=precision,
+                # the plain module: DDP's forward is for training steps; every rank holds the same weights
+                val = run_inference(model, val_loader, ctx, task=cfg.task, precision=precision,
                                     recordings=meta.n_recordings, loss_fn=loss_fn, progress=False)
             score = _score(cfg.task, val)
             improved = val is None or best_score is None or (score is not None and score > best_score)

@@ -1,0 +1,211 @@
+#!/usr/bin/env python
+"""Training throughput check: the reference FmFormer on a synthetic store of the public set's size.
+
+Builds (or reuses, with --store) a synthetic FMF store, then trains the reference cross-modal
+classifier (width 96, depth 6, 10 frames step 18, 240 current rows over 120 s, batch 64, Adam
+5e-4, horizontal flip) for a fixed number of steps through the real data path (lazy dataset,
+DataLoader workers, pinned memory, bf16 autocast on CUDA, optional torch.compile) and prints:
+
+* samples/s over the measured steps (after --warmup steps), data loading included;
+* the data-loader wait share: time blocked in next(loader) / total wall time of the measured steps;
+* peak GPU memory (torch.cuda.max_memory_allocated) on CUDA.
+
+Target on one H200 (issue 6): >= 10,000 samples/s with the loader waiting < 10% of the time.
+
+    python benchmarks/gpu_check.py                          # 269,921 frames of 64x64 (public-set size)
+    python benchmarks/gpu_check.py --frames 3000 --steps 5 --batch-size 8 --model-size tiny --device cpu
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+PUBLIC_FRAMES = 269_921  # 31,826 + 89,937 + 148,158
+
+
+def synth_plans(frames: int, recordings: int, cfg, seed: int = 0) -> list:
+    """Return the fmdata.synth plans of ``frames`` frames split over ``recordings`` recordings."""
+    from fmdata import synth
+
+    per = [frames // recordings + (1 if i < frames % recordings else 0) for i in range(recordings)]
+    return [synth.simulate(n, cfg, seed=seed, index=i) for i, n in enumerate(per)]
+
+
+def build_store(path: str, frames: int, recordings: int, size: int, seed: int = 0, cfg=None) -> list:
+    """Stream a synthetic store of ``frames`` frames (split over ``recordings``) into ``path``.
+
+    One current row per frame (V1-like); ``cfg`` is an fmdata.synth.SynthConfig (default: the
+    generator's defaults at ``size`` x ``size``). Returns the recordings' plans.
+    """
+    from tqdm import tqdm
+
+    from fmdata import schema, store, synth
+
+    cfg = cfg or synth.SynthConfig(height=size, width=size)
+    plans = synth_plans(frames, recordings, cfg, seed)
+    per = [p.n_frames for p in plans]
+    import zarr
+
+    tmp = f"{path}.partial"
+    root = zarr.open_group(tmp, mode="w", zarr_format=3)
+    chunking = store.Chunking()
+    store.create_arrays(root, frames, frames, size, size, recordings, chunking)
+    block = chunking.write_block * 8
+    offsets = np.concatenate([[0], np.cumsum(per)]).astype(np.int64)
+    bar = tqdm(total=frames, unit="frame", desc="synthetic store")
+    # Blocks are aligned to whole shards of the global frame axis; a block may span two recordings.
+    for start in range(0, frames, block):
+        stop = min(frames, start + block)
+        parts = {k: [] for k in ("video", "mask", "split", "rec", "time", "current")}
+        for r in range(recordings):
+            lo, hi = max(start, offsets[r]), min(stop, offsets[r + 1])
+            if lo >= hi:
+                continue
+            a, b = int(lo - offsets[r]), int(hi - offsets[r])
+            v, m = plans[r].render(a, b)
+            parts["video"].append(v)
+            parts["mask"].append(m)
+            parts["split"].append(plans[r].split(a, b))
+            parts["rec"].append(np.full(b - a, r, np.int32))
+            parts["time"].append(np.arange(a, b) / cfg.fps)
+            parts["current"].append(plans[r].current(a, b))
+        root[schema.VIDEO][start:stop] = np.concatenate(parts["video"])
+        root[schema.MASK][start:stop] = np.concatenate(parts["mask"])
+        root[schema.SPLIT][start:stop] = np.concatenate(parts["split"])
+        root[schema.RECORDING][start:stop] = np.concatenate(parts["rec"])
+        root[schema.FRAME_TIME][start:stop] = np.concatenate(parts["time"])
+        root[schema.FRAME_CURRENT_END][start:stop] = np.arange(start + 1, stop + 1)  # one row per frame (V1)
+        root[schema.CURRENT][start:stop] = np.concatenate(parts["current"])
+        root[schema.CURRENT_TIME][start:stop] = np.concatenate(parts["time"])
+        bar.update(stop - start)
+    bar.close()
+    root[schema.RECORDING_FRAME_OFFSETS][:] = offsets
+    root[schema.RECORDING_CURRENT_OFFSETS][:] = offsets
+    root.attrs[schema.ATTR_RECORDINGS] = [
+        schema.RecordingInfo(name=f"synth-{i}", source_path="gpu_check", source_bytes=0, layout="v1",
+                             n_frames=n, n_current=n).to_dict() for i, n in enumerate(per)]
+    root.attrs[schema.ATTR_STORE] = schema.StoreMeta(
+        n_frames=frames, n_current=frames, n_recordings=recordings, height=size, width=size, fps=cfg.fps,
+        complete=True, created_by="benchmarks/gpu_check.py").to_dict()
+    os.replace(tmp, path)
+    return plans
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--store", help="Use this store (built here if it does not exist).")
+    ap.add_argument("--frames", type=int, default=PUBLIC_FRAMES)
+    ap.add_argument("--recordings", type=int, default=3)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=300, help="Measured training steps.")
+    ap.add_argument("--warmup", type=int, default=30, help="Unmeasured steps first (workers start, compile).")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=min(15, max(1, (os.cpu_count() or 2) - 1)))
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--precision", default=None, choices=["bf16", "fp32"])
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--model-size", default="reference", choices=["reference", "small", "tiny"])
+    ap.add_argument("--preprocessing", default="reference", choices=["reference", "normalized"])
+    ap.add_argument("--json", action="store_true", help="Print the result as one JSON line.")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from fmdata.store import open_store
+    from fmmodel import distributed as dd
+    from fmmodel.config import TrainConfig
+    from fmmodel.evaluate import autocast, make_dataset, model_inputs, resolve_precision, windows_for
+    from fmmodel.registry import build_model
+    from fmmodel.sampling import make_loader
+    from fmmodel.train import build_optimizer
+
+    path = args.store or f"gpu-check-{args.frames}x{args.size}.zarr"
+    t0 = time.perf_counter()
+    if not os.path.exists(path):
+        build_store(path, args.frames, args.recordings, args.size)
+    build_s = time.perf_counter() - t0
+    if args.preprocessing == "normalized":
+        from fmdata.stats import compute_stats
+
+        compute_stats(path)
+    device = dd.resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    cfg = TrainConfig.with_defaults(path, "unused", batch_size=args.batch_size, preprocessing=args.preprocessing)
+    root = open_store(path)
+    t0 = time.perf_counter()
+    wt = windows_for(path, root, None, cfg.window_params())
+    windows_s = time.perf_counter() - t0
+    train_rows = np.flatnonzero(wt.column("split") == 0)
+    from fmmodel.train import subset
+
+    video_dtype = "uint8" if args.preprocessing == "reference" and device.type == "cuda" else "float32"
+    ds = make_dataset(path, subset(wt, train_rows), args.preprocessing, augment=True, seed=0, modality="both",
+                      task="cls", video_dtype=video_dtype)
+    loader = make_loader(ds, args.batch_size, args.workers, shuffle=True, seed=0, drop_last=True,
+                         pin_memory=device.type == "cuda")
+    torch.manual_seed(0)
+    model = build_model("vicu_cls", size=args.model_size, frames=cfg.window.frames,
+                        image_size=ds.item_frame_shape, current_rows=cfg.window.current_rows).to(device)
+    opt, _ = build_optimizer(model, cfg)
+    net = torch.compile(model) if args.compile else model
+    loss_fn = torch.nn.CrossEntropyLoss()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    need = args.warmup + args.steps
+    if len(loader) < need:
+        print(f"note: {len(loader)} batches per epoch < {need} steps; the loader restarts (epoch 2)", file=sys.stderr)
+    wait = busy = 0.0
+    done = 0
+    t_start = None
+    epoch = 0
+    while done < need:
+        loader.sampler.set_epoch(epoch)
+        ds.set_epoch(epoch)
+        it = iter(loader)
+        while done < need:
+            if done == args.warmup:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t_start, wait = time.perf_counter(), 0.0
+            tw = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                break
+            wait += time.perf_counter() - tw
+            inputs = model_inputs(net, batch, device)
+            target = batch["label"].to(device, non_blocking=True).long()
+            with autocast(device, precision):
+                loss = loss_fn(net(**inputs).float(), target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done += 1
+        epoch += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    total = time.perf_counter() - (t_start or time.perf_counter())
+    result = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "frames": args.frames, "size": args.size, "train_windows": len(ds), "batch_size": args.batch_size,
+        "workers": args.workers, "precision": precision, "compile": args.compile, "model_size": args.model_size,
+        "steps": args.steps, "samples_per_s": args.steps * args.batch_size / total if total > 0 else None,
+        "loader_wait_share": wait / total if total > 0 else None, "seconds": total,
+        "gpu_peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "store_build_s": build_s, "windows_s": windows_s, "last_loss": float(loss.detach()),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>18}: {v:,.3f}" if isinstance(v, float) else f"{k:>18}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

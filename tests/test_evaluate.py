@@ -1,0 +1,131 @@
+"""fmmodel evaluate: toolkit and reference checkpoints, the report and pictures, refused pickles."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from fmdata import schema
+from fmdata.store import open_store
+from fmdata.window_table import read_window_table
+from fmmodel.errors import FmModelError
+from fmmodel.evaluate import evaluate
+from fmmodel.train import train
+from helpers_model import cached_store, learned_run, quick_config, store64_with_table
+
+FIXTURES = pathlib.Path("/work/shared/fixtures/official-fmformer")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _fmmodel(*args):
+    exe = os.path.join(os.path.dirname(sys.executable), "fmmodel")
+    return subprocess.run([exe, *args], capture_output=True, text=True)
+
+
+def _test_windows(store, report):
+    """Number of test-split windows the evaluator should have scored (stride 1, its parameters)."""
+    from fmdata.windows import WindowParams, build_window_table, load_index
+
+    p = report["windows"]["params"]
+    wp = WindowParams(**{k: p[k] for k in ("frames", "frame_step", "current_seconds", "current_rows", "policy")})
+    wt = build_window_table(load_index(open_store(store)), wp)
+    return int(np.sum(wt.column("split") == schema.SPLIT_TEST))
+
+
+def test_evaluate_cli_writes_report_and_pictures(tmp_path_factory, tmp_path):
+    run, store = learned_run(tmp_path_factory)
+    out = tmp_path / "eval"
+    r = _fmmodel("evaluate", "--store", store, "--checkpoint", os.path.join(run, "best.pt"), "--out", str(out),
+                 "--workers", "0", "--device", "cpu", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "class level" in r.stdout and str(out / "report.json") in r.stdout
+    report = json.load(open(out / "report.json"))
+    for name in ("roc.png", "pr.png", "confusion.png", "examples.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+    c = report["metrics"]["overall"]["class"]
+    assert c["n"] == report["windows"]["count"] == _test_windows(store, report)
+    assert sum(map(sum, c["confusion"])) == c["n"]
+    per = report["metrics"]["recordings"]
+    assert sum(e["class"]["n"] for e in per.values()) == c["n"]
+    assert {e["name"] for e in per.values()} <= {"synth-0", "synth-1", "synth-2"}
+    for k in ("accuracy", "f1", "precision", "recall", "fdr", "mdr", "auroc", "ap"):
+        assert 0.0 <= c[k] <= 1.0
+    assert report["fps"] > 0 and report["split"] == "test" and report["orientation"] == "true"
+
+
+def test_segmentation_report_has_pixel_metrics(tmp_path_factory, tmp_path):
+    store = cached_store(tmp_path_factory)
+    run = tmp_path / "seg"
+    train(quick_config(store, str(run), task="seg", max_steps_per_epoch=3), progress=False)
+    report = evaluate(store, str(run / "last.pt"), out=str(tmp_path / "eval"), workers=0, device="cpu",
+                      progress=False, examples=4)
+    p = report["metrics"]["overall"]["pixel"]
+    n = report["metrics"]["overall"]["class"]["n"]
+    assert p["pixels"] == n * 32 * 32 == sum(map(sum, p["confusion"]))
+    for k in ("pixel_accuracy", "mean_pixel_accuracy", "miou", "auroc", "ap"):
+        assert 0.0 <= p[k] <= 1.0, k
+    assert len(p["iou"]) == 2 and p["auc_thresholds"] > 100
+    assert all("pixel" in e for e in report["metrics"]["recordings"].values())
+    assert (tmp_path / "eval" / "examples.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def _reference_pth(tmp_path, variant="vicu_cls"):
+    with np.load(FIXTURES / f"{variant}.npz") as z:
+        sd = {k[len("state/"):]: torch.from_numpy(np.array(z[k])) for k in z.files if k.startswith("state/")}
+    path = tmp_path / f"state_dict_{variant}.pth"
+    torch.save(sd, path)  # exactly how the authors publish theirs: a plain state_dict
+    return path
+
+
+@pytest.fixture(scope="module")
+def store64(tmp_path_factory):
+    return store64_with_table(tmp_path_factory)
+
+
+def test_reference_checkpoint_evaluates_with_reference_inputs(store64, tmp_path):
+    ckpt = _reference_pth(tmp_path)
+    # a stored reference-shaped table (10 frames step 18, 240 rows over 120 s), every 10th window
+    r = _fmmodel("evaluate", "--store", store64, "--checkpoint", str(ckpt), "--format", "reference",
+                 "--windows", "ref10", "--out", str(tmp_path / "ev"), "--workers", "0", "--device", "cpu",
+                 "--quiet", "--batch-size", "16")
+    assert r.returncode == 0, r.stderr
+    report = json.load(open(tmp_path / "ev" / "report.json"))
+    assert report["variant"] == "vicu_cls" and report["orientation"] == "reference"
+    assert report["preprocessing"] == "reference" and report["windows"]["name"] == "ref10"
+    table = read_window_table(open_store(store64), "ref10")
+    assert report["windows"]["count"] == int(np.sum(table.column("split") == schema.SPLIT_TEST)) > 0
+    # a table whose clips do not fit the model is refused
+    with pytest.raises(FmModelError, match="10 frames"):
+        evaluate(store64, str(ckpt), fmt="reference", windows="short", device="cpu", workers=0, progress=False)
+
+
+class _Marker:
+    """Unpickling this would create a file: proof that refused checkpoints run no code."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
+def test_checkpoint_with_a_pickled_object_is_refused(store64, tmp_path):
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "fmf-toolkit-checkpoint", "state_dict": {}, "payload": _Marker(str(marker))}, evil)
+    for fmt in ("auto", "reference", "toolkit"):
+        with pytest.raises(FmModelError, match="pickled Python object, refused"):
+            evaluate(store64, str(evil), fmt=fmt, device="cpu", workers=0, progress=False)
+    r = _fmmodel("evaluate", "--store", store64, "--checkpoint", str(evil), "--device", "cpu")
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr and "pickled" in r.stderr and str(evil) in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not marker.exists()
+    with pytest.raises(FmModelError, match="none.pt"):
+        evaluate(store64, str(tmp_path / "none.pt"), device="cpu", progress=False)
