@@ -163,9 +163,14 @@ def bench_cluster(sources: list[str], folder: str, s3_url: str | None, workers: 
 
     from fmdata.convert_cluster import convert_on_cluster
 
+    import dask
+
     t_start = time.perf_counter()
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                           silence_logs=logging.ERROR)
+    # as fmdata.cluster does (and docs/scaling.md advises for real clusters): keep glibc's adaptive
+    # mmap threshold in workers; distributed's MALLOC_TRIM_THRESHOLD_ makes block buffers page-fault anew
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                               silence_logs=logging.ERROR)
     client = Client(cluster)
     res: dict[str, Any] = {"cluster_start_s": time.perf_counter() - t_start}
 
