@@ -71,10 +71,11 @@ def write_window_table(root: zarr.Group, name: str, wt: WindowTable, overwrite: 
     rows = max(len(wt), 1)
     arr = group.create_array(
         name, shape=wt.table.shape, dtype="int64", chunks=(min(rows, 65536), wt.table.shape[1]),
-        dimension_names=("window", "field"), fill_value=0, overwrite=True,
-        attributes={"columns": list(wt.columns), "params": wt.params})
+        dimension_names=("window", "field"), fill_value=0, overwrite=True)
     if len(wt):
         arr[:] = wt.table
+    # The column names go in last: a table interrupted while filling has none and is refused.
+    arr.attrs.update({"columns": list(wt.columns), "params": wt.params})
     return arr
 
 
@@ -92,5 +93,7 @@ def read_window_table(root: zarr.Group, name: str) -> WindowTable:
         raise FmDataError(f"expected a window table named {name!r}, got {names or 'none'} "
                           f"(build one with `fmdata windows STORE --name {name}`)")
     arr = root[schema.WINDOWS_GROUP][name]
+    if "columns" not in arr.attrs:
+        raise FmDataError(f"window table {name!r} is incomplete (its writer did not finish); rebuild it with --force")
     table = np.asarray(arr[:], dtype=np.int64) if arr.shape[0] else np.zeros(arr.shape, np.int64)
     return WindowTable(table=table, columns=tuple(arr.attrs["columns"]), params=dict(arr.attrs.get("params", {})))
