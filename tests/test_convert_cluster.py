@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 
+import dask
 import numpy as np
 import pytest
 
@@ -39,8 +40,9 @@ def client():
     from distributed import Client, LocalCluster
 
     saved = {k: os.environ.pop(k) for k in ("FMF_S3_ENDPOINT", "AWS_ENDPOINT_URL") if k in os.environ}
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                           memory_limit="500MiB", silence_logs=logging.ERROR, env=dict(DUMMY_ENV))
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):  # see docs/scaling.md
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                               memory_limit="500MiB", silence_logs=logging.ERROR, env=dict(DUMMY_ENV))
     os.environ.update(saved)
     with Client(cluster) as c:
         yield c
