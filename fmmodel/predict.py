@@ -94,7 +94,8 @@ class _Writer:
 
     def add(self, batch: dict[str, torch.Tensor], prob: torch.Tensor, pixel_prob: torch.Tensor | None) -> None:
         p = prob.detach().float().cpu().numpy()
-        rows = {"frame": batch["frame"].numpy(), "recording": batch["recording"].numpy().astype(np.int32),
+        # copies: loader batches may live in reused shared buffers, and rows wait here until a flush
+        rows = {"frame": batch["frame"].numpy().copy(), "recording": batch["recording"].numpy().astype(np.int32),
                 "label": batch["label"].numpy().astype(np.uint8), "prob": np.stack([1 - p, p], axis=1),
                 "pred": (p >= 0.5).astype(np.uint8)}
         if self.seg and pixel_prob is not None:

@@ -53,7 +53,7 @@ def test_evaluate_cli_writes_report_and_pictures(tmp_path_factory, tmp_path):
     assert sum(map(sum, c["confusion"])) == c["n"]
     per = report["metrics"]["recordings"]
     assert sum(e["class"]["n"] for e in per.values()) == c["n"]
-    assert {e["name"] for e in per.values()} <= {"synth-0", "synth-1", "synth-2"}
+    assert all(e["name"].startswith("synth-") for e in per.values()) and len(per) == 6
     for k in ("accuracy", "f1", "precision", "recall", "fdr", "mdr", "auroc", "ap"):
         assert 0.0 <= c[k] <= 1.0
     assert report["fps"] > 0 and report["split"] == "test" and report["orientation"] == "true"
@@ -120,7 +120,7 @@ def test_checkpoint_with_a_pickled_object_is_refused(store64, tmp_path):
     evil = tmp_path / "evil.pt"
     torch.save({"format": "fmf-toolkit-checkpoint", "state_dict": {}, "payload": _Marker(str(marker))}, evil)
     for fmt in ("auto", "reference", "toolkit"):
-        with pytest.raises(FmModelError, match="pickled Python object, refused"):
+        with pytest.raises(FmModelError, match="pickled Python object"):
             evaluate(store64, str(evil), fmt=fmt, device="cpu", workers=0, progress=False)
     r = _fmmodel("evaluate", "--store", store64, "--checkpoint", str(evil), "--device", "cpu")
     assert r.returncode == 1, r.stderr
