@@ -37,12 +37,19 @@ from fmdata.cluster import DaskOptions, dask_runner
 from fmdata.errors import FmDataError
 
 _UNIT_LOCK = threading.Lock()
+DRAIN_TIMEOUT_S = 120.0  # after a failure, how long to wait for units still running on workers
 
 
 def _run_unit(fn: Callable[..., Any], *args: Any) -> Any:
     """Worker side: run one unit, one at a time per worker process."""
     with _UNIT_LOCK:
         return fn(*args)
+
+
+def _processing(keys: Sequence[str], dask_scheduler: Any = None) -> list[str]:
+    """Scheduler side: the keys among ``keys`` assigned to a worker (running or about to run)."""
+    tasks = dask_scheduler.tasks
+    return [k for k in keys if k in tasks and tasks[k].state == "processing"]
 
 
 def _probe(files: Sequence[tuple[str, int]], location: str | None, storage_options: dict | None) -> list[str]:
@@ -129,8 +136,27 @@ class ClusterRunner:
                 except FutureCancelledError as exc:
                     raise ConnectionError(f"the cluster cancelled a unit ({exc})") from None
                 on_result(result)
+        except Exception:
+            self._drain(futures)
+            raise
         finally:
             self.client.cancel([f for f in futures if not f.done()])
+
+    def _drain(self, futures: list[Any], timeout: float = DRAIN_TIMEOUT_S) -> None:
+        """After a failure: drop units not yet started and wait for those running to finish.
+
+        The driver may delete the partial store next (bad input); a unit still writing would
+        then leave stray shards behind. Nothing to do when the scheduler itself is gone.
+        """
+        from distributed import wait
+
+        try:
+            pending = [f for f in futures if not f.done()]
+            running = set(self.client.run_on_scheduler(_processing, [f.key for f in pending]))
+            self.client.cancel([f for f in pending if f.key not in running])
+            wait([f for f in pending if f.key in running], timeout=timeout)
+        except Exception:  # the cluster is unreachable or slow: nothing more we can do here
+            pass
 
 
 def resolved_storage_options(out: str | os.PathLike[str], storage_options: dict | None) -> dict | None:

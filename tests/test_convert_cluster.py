@@ -144,3 +144,22 @@ def test_an_unreachable_scheduler_is_one_clear_error(sources, tmp_path):
         convert_on_cluster(sources, str(tmp_path / "x.zarr"), "tcp://127.0.0.1:9", progress=False,
                            connect_timeout="1s")
     assert not os.path.exists(tmp_path / "x.zarr")
+
+
+def test_bad_data_found_by_a_worker_is_one_clear_error_and_leaves_nothing(sources, client, tmp_path):
+    """A mask value of 2 deep in a file (found only while streaming): no store, no stray shards."""
+    import glob
+    import time
+
+    import h5py
+
+    bad = tmp_path / "bad.mat"
+    bad.write_bytes(open(sources[0], "rb").read())
+    with h5py.File(bad, "r+") as f:  # MATLAB layout: label is (N, W, H) in h5py
+        f["label"][200, 3, 3] = 2
+    out = tmp_path / "out.zarr"
+    with pytest.raises(FmDataError, match=rf"{bad}: expected 'label' values 0 or 1, got 2 at frame 200"):
+        convert_on_cluster([sources[1], sources[2], str(bad)], str(out), client, shard_frames=SHARD,
+                           progress=False)
+    time.sleep(0.5)  # any unit still running would have written by now
+    assert not out.exists() and not glob.glob(str(tmp_path / ".out.zarr.partial-*"))
