@@ -99,6 +99,29 @@ def storage_options_for(location: str | os.PathLike[str],
     return opts
 
 
+def backend_errors() -> tuple[type[BaseException], ...]:
+    """Return the exception types remote filesystems raise for missing credentials, unreachable
+    endpoints and refused requests (botocore, aiohttp), for turning them into one-line errors."""
+    types: list[type[BaseException]] = []
+    try:
+        import botocore.exceptions as boto_errors
+
+        types += [boto_errors.BotoCoreError, boto_errors.ClientError]
+    except ImportError:
+        pass
+    try:
+        import aiohttp
+
+        types.append(aiohttp.ClientError)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+def _unreachable(location: str | os.PathLike[str], exc: BaseException) -> FmDataError:
+    return FmDataError(f"expected a reachable location, got {exc.__class__.__name__}: {exc}", os.fspath(location))
+
+
 def filesystem(location: str | os.PathLike[str],
                storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """Return (fsspec filesystem, path inside it) for ``location``, options resolved as above."""
@@ -126,9 +149,8 @@ def exists(location: str | os.PathLike[str], storage_options: dict[str, Any] | N
     fs.invalidate_cache()  # s3fs caches listings; another process may have written since
     try:
         return bool(fs.exists(path))
-    except PermissionError as exc:
-        raise FmDataError(f"expected access to the location, got permission denied ({exc})",
-                          os.fspath(location)) from None
+    except (PermissionError, *backend_errors()) as exc:
+        raise _unreachable(location, exc) from None
 
 
 def zarr_store(location: str | os.PathLike[str], mode: str = "r",
@@ -170,6 +192,8 @@ def check_writable_parent(location: str | os.PathLike[str],
             ok = fs.exists(bucket)
         except PermissionError:
             ok = True  # listing may be forbidden while writing is allowed; let the write decide
+        except backend_errors() as exc:
+            raise _unreachable(loc, exc) from None
         if not ok:
             raise FmDataError(f"expected an existing bucket {bucket!r}, got none", loc)
 

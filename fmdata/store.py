@@ -84,6 +84,8 @@ def open_store(
         root = zarr.open_group(store=_store_like(p, mode, storage_options), mode=mode, zarr_format=3)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError) as exc:
         raise FmDataError(f"expected a Zarr v3 group, got none ({exc.__class__.__name__})", p) from None
+    except (PermissionError, *remote.backend_errors()) as exc:  # no credentials, endpoint down, access denied
+        raise FmDataError(f"expected a reachable store, got {exc.__class__.__name__}: {exc}", p) from None
     meta = read_meta(root, p)
     if require_complete and not meta.complete:
         raise FmDataError("store is incomplete (its writer did not finish); re-run `fmdata convert --resume`", p)

@@ -32,6 +32,7 @@ DUMMY_ENV = {
     "AWS_ACCESS_KEY_ID": "fmf-test-key",
     "AWS_SECRET_ACCESS_KEY": "fmf-test-secret",
     "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",  # never ask a cloud metadata address for credentials
 }
 
 
