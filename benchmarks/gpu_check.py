@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     need = args.warmup + args.steps
     if len(loader) < need:
         print(f"note: {len(loader)} batches per epoch < {need} steps; the loader restarts (epoch 2)", file=sys.stderr)
-    wait = busy = 0.0
+    wait = 0.0
     done = 0
     t_start = None
     epoch = 0

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from fmdata import schema
@@ -261,6 +261,11 @@ def _train(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool) 
                            " lower --val-fraction or --current-seconds, or use a longer training split", cfg.store)
     frames = int(wt.clip.shape[1])
     rows = int(wt.params.get("current_rows", cfg.window.current_rows))
+    # a stored table's own parameters are what the model learns from: record them (evaluate
+    # and predict rebuild the same windows from the checkpoint)
+    for key in ("frame_step", "current_seconds", "policy", "stride"):
+        if key in wt.params:
+            setattr(cfg.window, key, type(getattr(cfg.window, key))(wt.params[key]))
     cfg.window.frames, cfg.window.current_rows = frames, rows
     orientation = "reference" if cfg.preprocessing == "reference" else "true"
 

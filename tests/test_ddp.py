@@ -35,7 +35,7 @@ def _rank_main(rank: int, world: int, port: int, store: str, run: str, results: 
     with open(os.path.join(results, f"eval{rank}.json"), "w") as fh:
         json.dump({"metrics": report["metrics"], "windows": report["windows"]["count"],
                    "world_size": report["world_size"]}, fh)
-    seg = train(quick_config(store, run + "-seg", task="seg", epochs=1, max_steps_per_epoch=2, batch_size=8),
+    train(quick_config(store, run + "-seg", task="seg", epochs=1, max_steps_per_epoch=2, batch_size=8),
                 progress=False)
     report = evaluate(store, os.path.join(run + "-seg", "last.pt"), workers=0, device="cpu", progress=False)
     with open(os.path.join(results, f"seg{rank}.json"), "w") as fh:

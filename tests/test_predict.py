@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import zarr
 
 from fmdata import schema
 from fmdata.store import open_store
@@ -33,7 +32,7 @@ def test_class_predictions_align_with_frames_and_agree_with_evaluate(tmp_path_fa
     run, store = learned_run(tmp_path_factory)
     out = tmp_path / "pred.zarr"
     r = _fmmodel("predict", "--store", store, "--checkpoint", os.path.join(run, "last.pt"), "--out", str(out),
-                 "--workers", "0", "--device", "cpu", "--quiet")
+                 "--split", "test", "--workers", "0", "--device", "cpu", "--quiet")
     assert r.returncode == 0, r.stderr
     pred = read_predictions(str(out))
     assert pred["prob"].metadata.dimension_names == ("window", "class")
@@ -43,14 +42,13 @@ def test_class_predictions_align_with_frames_and_agree_with_evaluate(tmp_path_fa
     np.testing.assert_allclose(prob.sum(axis=1), 1.0, rtol=1e-5)
     root = open_store(store)
     split = np.asarray(root[schema.SPLIT][:])
-    # one row per labelled frame of either split, in frame order, with that frame's split and label
-    np.testing.assert_array_equal(frames, np.flatnonzero(split != schema.SPLIT_NONE))
+    # one row per labelled frame of the test split, in frame order, with its split and label
+    np.testing.assert_array_equal(frames, np.flatnonzero(split == schema.SPLIT_TEST))
     np.testing.assert_array_equal(pred["split"][:], split[frames])
     np.testing.assert_array_equal(pred["label"][:], np.asarray(root[schema.FRAME_LABEL][:])[frames])
     np.testing.assert_array_equal(pred["recording"][:], np.asarray(root[schema.RECORDING][:])[frames])
     # F1 on the test rows, recomputed with numpy, equals what evaluate reports
-    test = pred["split"][:] == schema.SPLIT_TEST
-    y, yhat = pred["label"][:][test] == 1, prob[test, 1] >= 0.5
+    y, yhat = pred["label"][:] == 1, prob[:, 1] >= 0.5
     tp, fp, fn = np.sum(y & yhat), np.sum(~y & yhat), np.sum(y & ~yhat)
     report = evaluate(store, os.path.join(run, "last.pt"), workers=0, device="cpu", progress=False)
     assert report["metrics"]["overall"]["class"]["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn), rel=1e-6)

@@ -19,7 +19,7 @@ from fmmodel.config import TrainConfig
 from fmmodel.errors import FmModelError
 from fmmodel.evaluate import evaluate
 from fmmodel.train import holdout_split, resume_run, train
-from helpers_model import SMALL_MODEL, SMALL_WINDOWS, cached_store, learned_run, quick_config
+from helpers_model import SMALL_WINDOWS, cached_store, learned_run, quick_config
 
 
 def test_holdout_is_a_tail_block_of_training_windows_with_no_shared_input(tmp_path_factory):
