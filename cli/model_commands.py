@@ -33,6 +33,11 @@ def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+def _rank0() -> bool:
+    """Under torchrun every process runs the command; only rank 0 prints the summary."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 @click.command("train")
 @click.option("--store", help="FMF Zarr store (path or URL). Not needed with --resume.")
 @click.option("--windows", help="Stored window table name (fmdata windows); default: build windows now.")
@@ -91,7 +96,7 @@ def train_cmd(store: str | None, out: str | None, resume: bool, model_size: str,
         cfg = TrainConfig.with_defaults(store, out, task=task, modality=modality, model=model, hflip=not no_hflip,
                                         compile=compile_, **options)
         result = train(cfg, progress=not quiet)
-    if result.history:
+    if result.history and _rank0():
         click.echo(f"run folder: {result.run_dir}\n  checkpoints: {result.best} (best), {result.last} (last)\n"
                    f"  metrics: {os.path.join(result.run_dir, 'metrics.csv')}, TensorBoard: "
                    f"{os.path.join(result.run_dir, 'tb')}")
@@ -126,6 +131,8 @@ def evaluate_cmd(store: str, checkpoint: str, fmt: str, variant: str | None, spl
     report = evaluate(store, checkpoint, fmt=fmt, variant=variant, split=split, windows=windows, out=out,
                       batch_size=batch_size, workers=workers, device=device, precision=precision,
                       examples=examples, progress=not quiet)
+    if not _rank0():
+        return
     if as_json:
         _echo_json(report)
     else:
@@ -155,8 +162,9 @@ def predict_cmd(quiet: bool, **kw: Any) -> None:
     from fmmodel.predict import predict
 
     s = predict(kw.pop("store"), kw.pop("checkpoint"), kw.pop("out"), progress=not quiet, **kw)
-    click.echo(f"wrote {s['windows']:,} window predictions ({s['variant']}) to {s['out']}"
-               + (f"; video: {s['video']}" if s.get("video") else ""))
+    if _rank0():
+        click.echo(f"wrote {s['windows']:,} window predictions ({s['variant']}) to {s['out']}"
+                   + (f"; video: {s['video']}" if s.get("video") else ""))
 
 
 COMMANDS: list = [train_cmd, evaluate_cmd, predict_cmd]
