@@ -204,6 +204,20 @@ def _writers(store_location: str, storage_options: dict | None) -> dict[str, Sha
     return _WRITERS["arrays"]
 
 
+_BUFFERS: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
+
+
+def _buffer(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """This process's reusable buffer for array ``name`` rows of ``shape`` (store dtype)."""
+    key = (name, shape)
+    buf = _BUFFERS.get(key)
+    if buf is None:
+        if len(_BUFFERS) > 32:
+            _BUFFERS.clear()
+        buf = _BUFFERS[key] = np.empty(shape, schema.DTYPES[name])
+    return buf
+
+
 def _reader(src: RecordingSource, block: int, keep: int = 1) -> RecordingReader:
     """Return this process's open reader of ``src``, opening it if needed.
 
@@ -231,12 +245,12 @@ def expected_frame_block(pieces: Iterable[tuple[Piece, RecordingReader, Any, Any
     """Return every frame-axis array's rows [s0, s1) as the sources define them.
 
     ``pieces`` holds (piece, reader, video stream, mask stream) in order; the streams advance.
-    Shared by conversion and by ``fmdata verify --source``.
+    The arrays are this process's reusable buffers, valid until the next call (fresh pages for
+    every shard cost page faults). Shared by conversion and by ``fmdata verify --source``.
     """
     n = s1 - s0
-    out = {schema.VIDEO: np.empty((n, height, width, 3), np.uint8), schema.MASK: np.empty((n, height, width), np.uint8),
-           schema.SPLIT: np.empty(n, np.int8), schema.RECORDING: np.empty(n, np.int32),
-           schema.FRAME_TIME: np.empty(n, np.float64), schema.FRAME_CURRENT_END: np.empty(n, np.int64)}
+    out = {schema.VIDEO: _buffer(schema.VIDEO, (n, height, width, 3)), schema.MASK: _buffer(schema.MASK, (n, height, width)),
+           **{name: _buffer(name, (n,)) for name in FRAME_UNIT_ARRAYS[2:]}}
     for piece, rd, vs, ms in pieces:
         lo, hi = max(s0, piece.global_start), min(s1, piece.global_stop)
         if lo >= hi:
@@ -333,3 +347,4 @@ def close_cached() -> None:
     while _READERS:
         _READERS.popitem()[1].close()
     _WRITERS.clear()
+    _BUFFERS.clear()

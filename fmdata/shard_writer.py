@@ -96,38 +96,46 @@ class ShardWriter:
 
     def encode(self, data: np.ndarray) -> bytes:
         """Return the bytes of one block holding ``data`` (the block's rows, edge blocks shorter)."""
+        return b"".join(self._encode_parts(data))
+
+    def _encode_parts(self, data: np.ndarray) -> list[bytes]:
+        """The block's bytes as pieces to write back to back (encoded chunks, then the index)."""
         rows = data.shape[0]
         if rows > self.shard_len or data.shape[1:] != self.shard_shape[1:]:
             raise FmDataError(f"{self._prefix}: expected a shard block of at most {self.shard_shape}, got {data.shape}")
         data = np.ascontiguousarray(data, dtype=self.dtype)
-        pieces: list[bytes] = []
-        index = np.full((self.chunks_per_shard, 2), _EMPTY, dtype="<u8")
         n_chunks = -(-rows // self.chunk_len)
         whole = (rows // self.chunk_len) * self.chunk_len
-        nonempty = np.ones(n_chunks, bool)
         if self._skip_empty:  # all-fill chunks are left out of the shard, as zarr itself does
+            nonempty = np.ones(n_chunks, bool)
             nonempty[:whole // self.chunk_len] = data[:whole].reshape(whole // self.chunk_len, -1).any(axis=1)
             if whole < rows:
                 nonempty[-1] = data[whole:].any()
-        offset = 0
-        for i in np.flatnonzero(nonempty).tolist():
-            chunk = data[i * self.chunk_len:(i + 1) * self.chunk_len]
-            if chunk.shape[0] < self.chunk_len:  # the array's last chunk is stored full size, padded
+            todo = np.flatnonzero(nonempty).tolist()
+        else:
+            todo = range(n_chunks)
+        encode, cl = self._encode, self.chunk_len
+        pieces: list[bytes] = []
+        for i in todo:
+            chunk = data[i * cl:(i + 1) * cl]
+            if chunk.shape[0] < cl:  # the array's last chunk is stored full size, padded
                 padded = np.empty(self.chunk_shape, dtype=self.dtype)
                 padded[...] = self.fill
                 padded[:chunk.shape[0]] = chunk
                 chunk = padded
-            blob = self._encode(chunk)
-            index[i] = (offset, len(blob))
-            offset += len(blob)
-            pieces.append(blob)
+            pieces.append(encode(chunk))
         if not self.sharded:
-            return pieces[0] if pieces else self._encode(np.full(self.chunk_shape, self.fill))
+            return pieces or [encode(np.full(self.chunk_shape, self.fill))]
+        index = np.full((self.chunks_per_shard, 2), _EMPTY, dtype="<u8")
+        if pieces:
+            sizes = np.fromiter(map(len, pieces), np.uint64, len(pieces))
+            where = np.asarray(todo, np.int64)
+            index[where, 1] = sizes
+            index[where, 0] = np.cumsum(sizes) - sizes
         index_bytes = index.tobytes()
-        checksum = np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes()
         pieces.append(index_bytes)
-        pieces.append(checksum)
-        return b"".join(pieces)
+        pieces.append(np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes())
+        return pieces
 
     def write(self, shard: int, data: np.ndarray) -> None:
         """Encode ``data`` as shard number ``shard`` and store it, replacing what was there.
@@ -142,13 +150,27 @@ class ShardWriter:
         coords = (shard,) + (0,) * (len(self.shard_shape) - 1)
         key = f"{self._prefix}/{self.array.metadata.encode_chunk_key(coords)}" if self._prefix else \
             self.array.metadata.encode_chunk_key(coords)
-        blob = self.encode(data)
+        parts = self._encode_parts(data)
         if self._root is None:
-            sync(self._store.set(key, self._proto.buffer.from_bytes(blob)))
+            sync(self._store.set(key, self._proto.buffer.from_bytes(b"".join(parts))))
             return
         path = self._root / key
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        with open(tmp, "wb") as fh:
-            fh.write(blob)
+        _write_all(tmp, parts)
         os.replace(tmp, path)
+
+
+def _write_all(path: Path, parts: list[bytes]) -> None:
+    """Write ``parts`` back to back into a new file at ``path`` (gathered writes, no joined copy)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for i in range(0, len(parts), 512):  # stay below IOV_MAX
+            group = parts[i:i + 512]
+            done, total = os.writev(fd, group), sum(len(p) for p in group)
+            if done < total:  # a short write: finish the rest plainly
+                rest = b"".join(group)[done:]
+                while rest:
+                    rest = rest[os.write(fd, rest):]
+    finally:
+        os.close(fd)

@@ -496,7 +496,7 @@ class RecordingReader:
                 self._h5 = h5py.File(src.mat_path, "r", rdcc_nbytes=int(cache) + (1 << 20), rdcc_nslots=100_003)
             except OSError as exc:
                 raise FmDataError(f"expected a readable MATLAB v7.3 (HDF5) file, got {exc}", src.mat_path) from None
-        self._direct: dict[str, Any] = {}
+        self._direct: dict[str, DirectChunks | None] = {}
         self._split_v2: np.ndarray | None = None
         self._v2_time: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
@@ -525,10 +525,8 @@ class RecordingReader:
                     return ds[()][None]
                 if spec is self.src.split:
                     return ds[a:b, 0] if spec.row else ds[0, a:b]  # MATLAB (1, N) is h5py (N, 1)
-                direct = self._direct.get(spec.name)
-                if direct is None:
-                    direct = self._direct[spec.name] = _direct_reader(ds)
-                return direct(a, b) if direct else ds[a:b]
+                direct = self._direct_chunks(spec.name)
+                return direct.read(a, b) if direct is not None else ds[a:b]
             arr = self._v5.get(spec.name)
             if arr is None:
                 arr = _load_v5(self.src.mat_path, spec.name)
@@ -543,8 +541,28 @@ class RecordingReader:
             raise FmDataError(f"expected readable data in {spec.name!r} frames {a}..{b - 1}, got a corrupt or "
                               f"unreadable chunk ({exc})", self.src.mat_path) from None
 
+    def _direct_chunks(self, name: str) -> DirectChunks | None:
+        if name not in self._direct:
+            assert self._h5 is not None
+            self._direct[name] = direct_chunks(self._h5[name])
+        return self._direct[name]
+
     def blocks(self, spec: VarSpec, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield (first frame, raw block) over [start, stop), reads aligned to the chunk grid."""
+        """Yield (first frame, raw block) over [start, stop), reads aligned to the chunk grid.
+
+        Where the source chunks span whole frames and can be read raw, the blocks are the
+        decoded chunks themselves (views, no copy); otherwise reads of at least ``block_frames``
+        that end on the chunk grid.
+        """
+        if self._h5 is not None and not spec.dropped and spec is not self.src.split:
+            direct = self._direct_chunks(spec.name)
+            if direct is not None and direct.whole_rows:
+                try:
+                    yield from direct.rows(start, stop)
+                except Exception as exc:  # h5py, zlib and libdeflate each raise their own types
+                    raise FmDataError(f"expected readable data in {spec.name!r} frames {start}..{stop - 1}, got a "
+                                      f"corrupt or unreadable chunk ({exc})", self.src.mat_path) from None
+                return
         for a, b in aligned_ranges(start, stop, spec.frame_chunk, self.block_frames):
             yield a, self._raw(spec, a, b)
 
@@ -617,49 +635,85 @@ class RecordingReader:
         return np.arange(start, stop, dtype=np.float64) / self.src.fps
 
 
-def _direct_reader(ds: h5py.Dataset) -> Callable[[int, int], np.ndarray] | bool:
-    """Return ``read(a, b)`` giving rows [a, b) of ``ds`` from raw chunks, or False when ``ds``
-    is not chunked with deflate (or nothing) as its only filter."""
+class DirectChunks:
+    """Raw-chunk access to one HDF5 dataset stored chunked with deflate (or no filter), as MATLAB
+    stores its variables: chunks come from ``read_direct_chunk`` and are inflated with libdeflate,
+    outside HDF5's filter pipeline. :func:`direct_chunks` returns None for other datasets.
+    """
+
+    def __init__(self, ds: h5py.Dataset, deflated: bool) -> None:
+        self.ds = ds
+        self.chunks = tuple(ds.chunks)
+        self.shape = tuple(ds.shape)
+        self.dtype = ds.dtype
+        self.count = int(np.prod(self.chunks))
+        self.nbytes = self.count * self.dtype.itemsize
+        self.deflated = deflated
+        # chunks span whole rows (all but the frame axis): blocks can be handed out chunk by chunk
+        self.whole_rows = self.chunks[1:] == self.shape[1:]
+        self._rest = [range(0, s, c) for s, c in zip(self.shape[1:], self.chunks[1:])]
+        # chunks of the chunk row a read ended inside: the next read (the next block) starts there
+        self._tail: dict[tuple[int, ...], np.ndarray] = {}
+
+    def chunk(self, key: tuple[int, ...]) -> np.ndarray | None:
+        """Return the decoded chunk at ``key`` (its first element's index), None if never written."""
+        cached = self._tail.get(key)
+        if cached is not None:
+            return cached
+        try:
+            mask, raw = self.ds.id.read_direct_chunk(key)
+        except (KeyError, ValueError, RuntimeError):
+            return None
+        data = _inflate(raw, self.nbytes) if self.deflated and not mask & 1 else raw
+        return np.frombuffer(data, self.dtype, count=self.count).reshape(self.chunks)
+
+    def rows(self, a: int, b: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (first row, view) over rows [a, b), one piece per chunk, without copying.
+
+        Only for whole-row chunks; a chunk never written is read through h5py (fill value).
+        """
+        step = self.chunks[0]
+        for r0 in range(a - a % step, b, step):
+            lo, hi = max(a, r0), min(b, r0 + step)
+            chunk = self.chunk((r0,) + (0,) * (len(self.shape) - 1))
+            if chunk is None:
+                yield lo, self.ds[lo:hi]
+            else:
+                yield lo, chunk[lo - r0:hi - r0]
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        """Return rows [a, b) as one array (any chunk shape)."""
+        out = np.empty((b - a,) + self.shape[1:], self.dtype)
+        keep: dict[tuple[int, ...], np.ndarray] = {}
+        step = self.chunks[0]
+        for r0 in range(a - a % step, b, step):
+            lo, hi = max(a, r0), min(b, r0 + step)
+            for offs in itertools.product(*self._rest):
+                key = (r0, *offs)
+                chunk = self.chunk(key)
+                if chunk is None:
+                    return self.ds[a:b]
+                if r0 + step > b:
+                    keep[key] = chunk
+                dst = (slice(lo - a, hi - a),) + tuple(slice(o, min(o + c, s)) for o, c, s in
+                                                        zip(offs, self.chunks[1:], self.shape[1:]))
+                src = (slice(lo - r0, hi - r0),) + tuple(slice(0, min(c, s - o)) for o, c, s in
+                                                         zip(offs, self.chunks[1:], self.shape[1:]))
+                out[dst] = chunk[src]
+        self._tail = keep
+        return out
+
+
+def direct_chunks(ds: h5py.Dataset) -> DirectChunks | None:
+    """Return raw-chunk access to ``ds``, or None unless it is chunked with deflate (or nothing)
+    as its only filter and holds plain numbers."""
     if ds.chunks is None or ds.dtype.kind not in "uifb" or ds.ndim < 1:
-        return False
+        return None
     dcpl = ds.id.get_create_plist()
     filters = [dcpl.get_filter(i)[0] for i in range(dcpl.get_nfilters())]
     if filters not in ([], [h5py.h5z.FILTER_DEFLATE]):
-        return False
-    chunks, shape, dtype = tuple(ds.chunks), tuple(ds.shape), ds.dtype
-    nbytes = int(np.prod(chunks)) * dtype.itemsize
-    rest = [range(0, s, c) for s, c in zip(shape[1:], chunks[1:])]
-    deflated = bool(filters)
-    # Chunks of the chunk row a read ended inside: the next read (the next block) starts there.
-    tail: dict[tuple[int, ...], np.ndarray] = {}
-
-    def read(a: int, b: int) -> np.ndarray:
-        out = np.empty((b - a,) + shape[1:], dtype)
-        keep: dict[tuple[int, ...], np.ndarray] = {}
-        for r0 in range(a - a % chunks[0], b, chunks[0]):
-            lo, hi = max(a, r0), min(b, r0 + chunks[0])
-            for offs in itertools.product(*rest):
-                key = (r0, *offs)
-                chunk = tail.get(key)
-                if chunk is None:
-                    try:
-                        mask, raw = ds.id.read_direct_chunk(key)
-                    except (KeyError, ValueError, RuntimeError):  # a chunk never written: h5py fills it in
-                        return ds[a:b]
-                    data = _inflate(raw, nbytes) if deflated and not mask & 1 else raw
-                    chunk = np.frombuffer(data, dtype, count=int(np.prod(chunks))).reshape(chunks)
-                if r0 + chunks[0] > b:
-                    keep[key] = chunk
-                dst = (slice(lo - a, hi - a),) + tuple(slice(o, min(o + c, s)) for o, c, s in
-                                                        zip(offs, chunks[1:], shape[1:]))
-                src = (slice(lo - r0, hi - r0),) + tuple(slice(0, min(c, s - o)) for o, c, s in
-                                                         zip(offs, chunks[1:], shape[1:]))
-                out[dst] = chunk[src]
-        tail.clear()
-        tail.update(keep)
-        return out
-
-    return read
+        return None
+    return DirectChunks(ds, bool(filters))
 
 
 def _copy_video(dst: np.ndarray, raw: np.ndarray) -> None:
