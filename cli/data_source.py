@@ -23,6 +23,8 @@ from fmcli.errors import DataError, user_errors
 @click.option("--size", default="64", show_default=True, help="Frame size H or HxW in pixels.")
 @click.option("--fps", default=25.0, show_default=True, help="Frames per second.")
 @click.option("--seed", default=0, show_default=True, help="Random seed; the same seed writes the same bytes.")
+@click.option("--events", type=click.Choice(["standard", "dense"]), default="standard", show_default=True,
+              help="Anomaly profile: dense packs shorter, more frequent hot spots into short recordings.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (only once the new output is complete).")
 @click.option("--preview", type=click.Path(path_type=Path), default=None,
               help="Also draw frames, masks and current of the first recording to this PNG.")
@@ -30,12 +32,12 @@ from fmcli.errors import DataError, user_errors
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @user_errors
 def synth_command(out: Path, layout: str, storage: str, recordings: int, frames: int, size: str, fps: float,
-                  seed: int, overwrite: bool, preview: Path | None, as_json: bool, progress: bool | None) -> None:
+                  seed: int, events: str, overwrite: bool, preview: Path | None, as_json: bool, progress: bool | None) -> None:
     """Write synthetic FMF recordings to OUT in the users' exact file formats."""
     from fmdata.synth_write import synthesize
 
     result = synthesize(out, layout=layout, storage=storage, recordings=recordings, frames=frames, size=size,
-                        fps=fps, seed=seed, overwrite=overwrite, preview=preview,
+                        fps=fps, seed=seed, overwrite=overwrite, preview=preview, events=events,
                         progress=sys.stderr.isatty() if progress is None else progress)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))

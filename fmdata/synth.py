@@ -37,6 +37,13 @@ from fmdata import schema
 from fmdata.errors import FmDataError
 
 BASE_ORIGIN = _dt.datetime(2023, 5, 10, 21, 33, 27)
+# Event profiles for `fmdata synth --events`: "dense" packs shorter, more frequent and larger hot
+# spots into a recording, so that a few minutes of synthetic data hold enough anomalies to learn
+# from (the demo and the learning tests use it); "standard" keeps the SynthConfig defaults.
+EVENT_PROFILES: dict[str, dict[str, tuple[float, float]]] = {
+    "standard": {},
+    "dense": {"anomaly_gap_s": (4.0, 12.0), "anomaly_duration_s": (6.0, 14.0), "anomaly_radius": (0.08, 0.16)},
+}
 _BANK = 32  # texture patterns per bank (fewer for large frames, see _bank_sizes)
 _NOISE_BANK = 61
 _BANK_BUDGET = 48 << 20  # bytes of float32 textures per recording plan

@@ -156,9 +156,11 @@ def _atomic(out: Path, is_dir: bool, overwrite: bool, body: Callable[[Path], Non
 
 
 # ---- recordings as MAT variables --------------------------------------------------------------
-def _config(size: tuple[int, int] | int | str, fps: float) -> synth.SynthConfig:
+def _config(size: tuple[int, int] | int | str, fps: float, events: str = "standard") -> synth.SynthConfig:
     h, w = parse_size(size)
-    cfg = synth.SynthConfig(height=h, width=w, fps=float(fps))
+    if events not in synth.EVENT_PROFILES:
+        raise FmDataError(f"--events: expected one of {sorted(synth.EVENT_PROFILES)}, got {events!r}")
+    cfg = synth.SynthConfig(height=h, width=w, fps=float(fps), **synth.EVENT_PROFILES[events])
     cfg.validate()
     return cfg
 
@@ -280,14 +282,14 @@ V2_NAMES = {"video": "data", "label": "label"}
 # ---- public writers ---------------------------------------------------------------------------
 def write_v1(path: str | os.PathLike[str], *, frames: int, size: tuple[int, int] | int | str = (64, 64),
              fps: float = 25.0, seed: int = 0, storage: str = "matlab", index: int = 0, overwrite: bool = False,
-             progress: bool = False, block_frames: int | None = None) -> Path:
+             progress: bool = False, block_frames: int | None = None, events: str = "standard") -> Path:
     """Write one synthetic V1 recording (``frames`` frames) to the MAT file ``path``; return the path.
 
     ``index`` picks the recording of the seeded dataset (recording i of a set uses index i).
     Raises FmDataError for bad options or an existing ``path`` (unless ``overwrite``).
     """
     _check_storage(storage)
-    cfg = _config(size, fps)
+    cfg = _config(size, fps, events)
     frames = _check_frames(frames)
     _check_storage(storage, cfg, frames)
     rec = plan_v1(frames, cfg, seed, index)
@@ -301,10 +303,11 @@ def write_v1(path: str | os.PathLike[str], *, frames: int, size: tuple[int, int]
 
 def write_v1_set(folder: str | os.PathLike[str], *, recordings: int, frames: int,
                  size: tuple[int, int] | int | str = (64, 64), fps: float = 25.0, seed: int = 0,
-                 storage: str = "matlab", overwrite: bool = False, progress: bool = False) -> Path:
+                 storage: str = "matlab", overwrite: bool = False, progress: bool = False,
+                 events: str = "standard") -> Path:
     """Write ``recordings`` V1 files ``batch_01.mat`` ... into a new ``folder``; return the folder."""
     _check_storage(storage)
-    cfg = _config(size, fps)
+    cfg = _config(size, fps, events)
     frames = _check_frames(frames)
     _check_storage(storage, cfg, frames)
     _check_recordings(recordings)
@@ -323,14 +326,15 @@ def write_v1_set(folder: str | os.PathLike[str], *, recordings: int, frames: int
 
 def write_v2(folder: str | os.PathLike[str], *, recordings: int = 1, frames: int,
              size: tuple[int, int] | int | str = (64, 64), fps: float = 25.0, seed: int = 0,
-             storage: str = "matlab", overwrite: bool = False, progress: bool = False) -> Path:
+             storage: str = "matlab", overwrite: bool = False, progress: bool = False,
+             events: str = "standard") -> Path:
     """Write a synthetic V2 folder (videos/, currents/, timestamps/, train.json, test.json); return it.
 
     Each of the ``recordings`` holds ``frames`` frames; 'data' and 'label' go into
     ``videos/<name>.mat``, the current at 2 Hz into ``currents/<name>.csv``.
     """
     _check_storage(storage)
-    cfg = _config(size, fps)
+    cfg = _config(size, fps, events)
     frames = _check_frames(frames)
     _check_storage(storage, cfg, frames)
     _check_recordings(recordings)
@@ -416,12 +420,12 @@ class SynthResult:
 def synthesize(out: str | os.PathLike[str], *, layout: str = "v1", storage: str = "matlab", recordings: int = 1,
                frames: int = 2000, size: tuple[int, int] | int | str = (64, 64), fps: float = 25.0, seed: int = 0,
                overwrite: bool = False, progress: bool = False,
-               preview: str | os.PathLike[str] | None = None) -> SynthResult:
+               preview: str | os.PathLike[str] | None = None, events: str = "standard") -> SynthResult:
     """Write a synthetic dataset to ``out`` in ``layout`` "v1" or "v2"; return a :class:`SynthResult`.
 
     V1 with one recording writes the file ``out``; V1 with several writes ``out/batch_01.mat``
     ... ; V2 always writes the folder ``out``. ``preview`` names a PNG to draw of the first
-    recording (frames, masks, current).
+    recording (frames, masks, current). ``events`` names a profile of synth.EVENT_PROFILES.
     """
     if layout not in LAYOUTS:
         raise FmDataError(f"--layout: expected v1 or v2, got {layout!r}")
@@ -432,7 +436,8 @@ def synthesize(out: str | os.PathLike[str], *, layout: str = "v1", storage: str 
         except OSError as exc:
             raise FmDataError(f"--preview: cannot create its folder: {exc.strerror or exc}", preview) from None
     t0 = time.perf_counter()
-    kw = dict(frames=frames, size=size, fps=fps, seed=seed, storage=storage, overwrite=overwrite, progress=progress)
+    kw = dict(frames=frames, size=size, fps=fps, seed=seed, storage=storage, overwrite=overwrite, progress=progress,
+              events=events)
     if layout == "v2":
         path = write_v2(out, recordings=recordings, **kw)
         files = sorted(p for p in path.rglob("*") if p.is_file())
@@ -444,7 +449,7 @@ def synthesize(out: str | os.PathLike[str], *, layout: str = "v1", storage: str 
         files = sorted(path.glob("*.mat"))
     seconds = time.perf_counter() - t0
     if preview is not None:
-        cfg = _config(size, fps)
+        cfg = _config(size, fps, events)
         plan = plan_v2 if layout == "v2" else plan_v1
         plot_preview(plan(int(frames), cfg, seed, 0), preview)
     return SynthResult(out=path, layout=layout, files=files, frames=int(frames) * recordings, seconds=seconds)

@@ -17,7 +17,7 @@ from fmdata import schema, store, synth
 SMALL_WINDOWS = {"frames": 10, "frame_step": 6, "current_seconds": 30.0, "current_rows": 60}
 # Shorter, more frequent events than the default simulation: a short recording then holds enough
 # anomalies (and mist episodes) for a model to generalise from and for a test split to score.
-DENSE_EVENTS = {"anomaly_gap_s": (4.0, 12.0), "anomaly_duration_s": (6.0, 14.0), "anomaly_radius": (0.08, 0.16)}
+DENSE_EVENTS = synth.EVENT_PROFILES["dense"]
 SMALL_MODEL = {"size": "tiny", "width": 32, "heads": 2, "head_dim": 16, "mlp_dim": 64, "depth": 1}
 
 

@@ -261,3 +261,17 @@ def test_split_is_train_block_guard_gap_test_block():
         np.testing.assert_array_equal(rec_split, codes)
     assert synth.split_sizes(50000, synth.SynthConfig())[1] >= 8 * 25  # guard longer than a reference clip
     assert synth.split_sizes(2, synth.SynthConfig()) == (2, 0, 0)
+
+
+def test_dense_event_profile_packs_more_anomalies_and_bad_profiles_are_refused(tmp_path):
+    from fmdata import synth as simulation
+    from fmdata.errors import FmDataError
+    from fmdata.synth_write import synthesize
+
+    frames = 6000
+    share = {name: simulation.simulate(frames, simulation.SynthConfig(height=16, width=16, **knobs),
+                                       seed=3, index=0).labels().mean()
+             for name, knobs in simulation.EVENT_PROFILES.items()}
+    assert share["dense"] > 1.3 * share["standard"] > 0
+    with pytest.raises(FmDataError, match="--events"):
+        synthesize(tmp_path / "x.mat", frames=100, size=16, events="busy")
