@@ -1,33 +1,35 @@
 """Checksums of store blocks: what the converter records and ``fmdata verify`` recomputes.
 
 A checksum covers one write block of an array (a shard of frames, or a chunk of current
-rows): CRC-32 (zlib) of the block's decoded elements in C order, little endian, in the
+rows): CRC-32C (Castagnoli, as in Zarr's ``crc32c`` codec, computed with ``google_crc32c``,
+a dependency of zarr) of the block's decoded elements in C order, little endian, in the
 store's dtype and orientation. Checksumming decoded values rather than file bytes means a
 verified store holds exactly the numbers that were written, whatever codec or storage sits
-underneath (zlib's CRC-32 runs at about 3 GB/s here, so it costs little next to decoding).
+underneath. The hardware CRC-32C runs at about 20 GB/s here (zlib's CRC-32: 3 GB/s).
 
 Each source array carries the attribute ``schema.ATTR_CHECKSUMS``::
 
-    {"algorithm": "crc32", "block_rows": 256, "values": [crc of rows 0..255, crc of 256..511, ...]}
+    {"algorithm": "crc32c", "block_rows": 256, "values": [crc of rows 0..255, crc of 256..511, ...]}
 """
 from __future__ import annotations
 
-import zlib
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import zarr
 
 from fmdata import schema
 from fmdata.errors import FmDataError
 
-ALGORITHM = "crc32"
+ALGORITHM = "crc32c"
 
 
 def block_checksum(data: np.ndarray, dtype: str | np.dtype | None = None) -> int:
-    """Return the CRC-32 of ``data`` as the store holds it (C order, little endian, ``dtype``)."""
+    """Return the CRC-32C of ``data`` as the store holds it (C order, little endian, ``dtype``)."""
     dt = np.dtype(dtype or data.dtype).newbyteorder("<")
-    return int(zlib.crc32(np.ascontiguousarray(data, dtype=dt).data) & 0xFFFFFFFF)
+    flat = np.ascontiguousarray(data, dtype=dt).reshape(-1).view(np.uint8)
+    return int(google_crc32c.value(flat))
 
 
 def checksum_attr(block_rows: int, values: list[int]) -> dict[str, Any]:

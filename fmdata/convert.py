@@ -2,7 +2,7 @@
 
 The work is cut into **units** (:mod:`fmdata.convert_units`), each a pure function call
 ``convert_unit(unit, store)`` that reads its frames (or current rows) from the sources by path,
-writes whole shards (whole chunks for the current arrays) and returns the CRC-32 of every block
+writes whole shards (whole chunks for the current arrays) and returns the CRC-32C of every block
 it wrote. Units never share a shard, so any number of processes (or dask.distributed tasks, see
 :mod:`fmdata.convert_cluster`) can run them in any order.
 

@@ -3,7 +3,7 @@
 A unit covers rows [start, stop) of one store axis ("frame" or "sample") on whole write blocks
 (shards of frames; chunks of current rows) and knows which part of which recording fills them
 (its pieces). :func:`convert_unit` reads those rows from the sources by path, writes the blocks
-and returns their CRC-32s; the same unit always writes the same bytes, so units can run in any
+and returns their CRC-32Cs; the same unit always writes the same bytes, so units can run in any
 order, in any process, on a dask cluster, and again after a crash. The plan depends only on the
 data and the chunking, never on where units run. :mod:`fmdata.convert` drives them.
 """
@@ -75,7 +75,7 @@ class WorkUnit:
 
 @dataclass(frozen=True)
 class UnitResult:
-    """What a unit returns: its key, rows written and CRC-32 per written block and array."""
+    """What a unit returns: its key, rows written and CRC-32C per written block and array."""
 
     key: str
     axis: str
@@ -292,7 +292,7 @@ def frame_streams(unit: WorkUnit, block: int) -> list[tuple[Piece, RecordingRead
 
 
 def convert_unit(unit: WorkUnit, store_location: str, storage_options: dict | None = None) -> UnitResult:
-    """Convert one unit: read its rows from the sources, write whole blocks, return their CRC-32s.
+    """Convert one unit: read its rows from the sources, write whole blocks, return their CRC-32Cs.
 
     Pure apart from the blocks it writes: the same unit always writes the same bytes, so a
     unit can be re-run (resume, retries on a cluster) safely. Opens sources and store by path.

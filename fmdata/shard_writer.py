@@ -108,7 +108,9 @@ class ShardWriter:
         whole = (rows // self.chunk_len) * self.chunk_len
         if self._skip_empty:  # all-fill chunks are left out of the shard, as zarr itself does
             nonempty = np.ones(n_chunks, bool)
-            nonempty[:whole // self.chunk_len] = data[:whole].reshape(whole // self.chunk_len, -1).any(axis=1)
+            rows_ = data[:whole].reshape(whole // self.chunk_len, -1)
+            # max of unsigned bytes is a SIMD pass; any() first casts to bool
+            nonempty[:whole // self.chunk_len] = rows_.max(axis=1) != 0 if self.dtype.kind == "u" else rows_.any(axis=1)
             if whole < rows:
                 nonempty[-1] = data[whole:].any()
             todo = np.flatnonzero(nonempty).tolist()

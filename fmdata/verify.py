@@ -32,7 +32,7 @@ VERIFY_UNIT_BLOCKS = 8
 class Problem:
     """One thing that does not hold: ``array`` rows [start, stop) along ``axis``, and what.
 
-    ``kind`` is "checksum" (decoded block differs from its recorded CRC-32), "elements"
+    ``kind`` is "checksum" (decoded block differs from its recorded CRC-32C), "elements"
     (``elements`` values in ``rows`` rows differ from the sources, the first at row ``first``),
     "unreadable" (the block cannot be decoded, or its source cannot be read) or "structure"
     (layout, metadata or recordings; no row range). ``detail`` says more.
@@ -114,7 +114,7 @@ def _compare(name: str, axis: str, start: int, got: np.ndarray, want: np.ndarray
 
 def verify_unit(unit: WorkUnit, store_location: str,
                 storage_options: dict | None = None) -> tuple[int, int, list[Problem]]:
-    """Check one unit's blocks: recompute their CRC-32 and, when the unit has source pieces,
+    """Check one unit's blocks: recompute their CRC-32C and, when the unit has source pieces,
     compare every element with the sources. Returns (frames covered, blocks checked, problems)."""
     root = zarr.open_group(store=remote.zarr_store(store_location, "r", storage_options), mode="r", zarr_format=3)
     names = FRAME_UNIT_ARRAYS if unit.axis == FRAME_AXIS else CURRENT_UNIT_ARRAYS
