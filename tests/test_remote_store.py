@@ -246,22 +246,18 @@ def test_every_command_takes_an_s3_url(s3_bucket, tmp_path):
     assert read_predictions(str(pred))["frame"].shape == (len(read_window_table(root, "w")),)
 
 
-def test_missing_credentials_are_one_line_errors(s3_bucket, monkeypatch, tmp_path):
-    import s3fs
-    from click.testing import CliRunner
-
-    from fmcli.fmdata_main import main as fmdata_main
+def test_missing_credentials_are_one_line_errors(s3_bucket, tmp_path):
+    """A fresh CLI process without credentials: one line, exit 1, for a store and for an output."""
     from fmdata import synth_write
 
     store.write_store_from_arrays(s3_bucket.url("s.zarr"), RECS, fps=25.0, chunking=CHUNKING)
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     src = synth_write.write_v1(tmp_path / "src.mat", frames=20, size=8, seed=1)
+    env = {k: v for k, v in os.environ.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE")}
+    env.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_CONFIG_FILE=str(tmp_path / "none"))
+    code = "import sys; from fmcli.fmdata_main import main; main(sys.argv[1:], prog_name='fmdata')"
     for args in (["stats", s3_bucket.url("s.zarr")], ["convert", str(src), s3_bucket.url("new.zarr")]):
-        s3fs.S3FileSystem.clear_instance_cache()  # as in a fresh process: credentials are looked up again
-        r = CliRunner().invoke(fmdata_main, args)
-        assert r.exit_code == 1, r.output
-        assert "NoCredentialsError" in r.output and "Traceback" not in r.output
-        assert len(r.output.strip().splitlines()) == 1, r.output
+        r = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True)
+        assert r.returncode == 1, r.stderr
+        assert r.stderr.strip().splitlines() == [
+            f"Error: {args[-1]}: expected a reachable {'store' if args[0] == 'stats' else 'location'}, "
+            f"got NoCredentialsError: Unable to locate credentials"], r.stderr
