@@ -123,6 +123,9 @@ def run_measured(cmd: list[str]) -> dict[str, Any]:
     """Run ``cmd``; return wall seconds, peak summed RSS of the process tree (MiB) and its stdout."""
     import psutil
 
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = 0
@@ -155,7 +158,9 @@ def run_measured(cmd: list[str]) -> dict[str, Any]:
     th.join()
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-2000:]}")
-    return {"seconds": seconds, "peak_rss_mib": peak / 2**20, "stdout": out.strip()}
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the child and every descendant it waited for
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mib": peak / 2**20, "stdout": out.strip()}
 
 
 def tree_bytes(path: Path) -> int:
@@ -179,13 +184,15 @@ def make_source(path: Path, target_bytes: int, seed: int = 0) -> dict[str, Any]:
     return {"frames": frames, "seconds": time.perf_counter() - t0, "reused": False}
 
 
-def bench_size(out: Path, size_gb: float, naive_frames: int, baselines: bool, repeat: int) -> dict[str, Any]:
+def bench_size(out: Path, size_gb: float, naive_frames: int, baselines: bool, repeat: int,
+               store_dir: Path | None = None) -> dict[str, Any]:
     src = out / f"source-{size_gb:g}GB.mat"
     gen = make_source(src, int(size_gb * 1e9))
     src_bytes = src.stat().st_size
     py = sys.executable
     me = str(Path(__file__).resolve())
-    res: dict[str, Any] = {"size_gb": size_gb, "source": str(src), "source_bytes": src_bytes, "generated": gen}
+    res: dict[str, Any] = {"size_gb": size_gb, "source": str(src), "source_bytes": src_bytes, "generated": gen,
+                           "store_dir": str(store_dir or out)}
     import h5py
 
     with h5py.File(src, "r") as f:
@@ -197,7 +204,7 @@ def bench_size(out: Path, size_gb: float, naive_frames: int, baselines: bool, re
         while fh.read(64 << 20):
             pass
     def convert(workers: int) -> dict[str, Any]:
-        store_path = out / f"store-{size_gb:g}GB-w{workers}.zarr"
+        store_path = (store_dir or out) / f"store-{size_gb:g}GB-w{workers}.zarr"
         shutil.rmtree(store_path, ignore_errors=True)
         r = run_measured([FMDATA, "convert", str(src), str(store_path), "--workers", str(workers), "--no-progress",
                           "--json"])
@@ -217,6 +224,7 @@ def bench_size(out: Path, size_gb: float, naive_frames: int, baselines: bool, re
     res["convert-2"]["peak_rss_mib"] = max(c["peak_rss_mib"] for _, c in pairs)
     v = run_measured([FMDATA, "verify", res["convert-2"]["store"], "--workers", "2", "--no-progress"])
     res["verify"] = {"seconds": v["seconds"], "output": v["stdout"]}
+    shutil.rmtree(res["convert-2"]["store"], ignore_errors=True)
     res["convert-1"] = convert(1)
     shutil.rmtree(res["convert-1"]["store"], ignore_errors=True)
     res["load_average"] = os.getloadavg()
@@ -238,10 +246,11 @@ def bench_size(out: Path, size_gb: float, naive_frames: int, baselines: bool, re
 
 def table(results: list[dict[str, Any]]) -> str:
     """Markdown table of one run."""
-    lines = ["| source | variant | wall s | x floor | peak RSS MiB (tree) | notes |", "|---|---|---|---|---|---|"]
+    lines = ["| source | variant | wall s | x floor | CPU s (all processes) | peak RSS MiB (tree) | notes |",
+             "|---|---|---|---|---|---|---|"]
     for r in results:
         floor = r["floor"]["seconds"]
-        label = f"{r['source_bytes'] / 1e9:.2f} GB, {r['frames']} frames"
+        label = f"{r['source_bytes'] / 1e9:.2f} GB, {r['frames']} frames, store in {r.get('store_dir', '?')}"
         rows = [("floor (h5py, aligned blocks, 1 process)", r["floor"], "")]
         for w in (2, 1):
             c = r[f"convert-{w}"]
@@ -254,10 +263,11 @@ def table(results: list[dict[str, Any]]) -> str:
         if "mat73" in r:
             rows.append(("mat73.loadmat + zarr-python write", r["mat73"], f"load {r['mat73']['load_seconds']:.1f} s"))
         for name, m, note in rows:
-            lines.append(f"| {label} | {name} | {m['seconds']:.1f} | {m['seconds'] / floor:.2f} | "
+            cpu = f"{m['cpu_seconds']:.1f}" if "cpu_seconds" in m else ""
+            lines.append(f"| {label} | {name} | {m['seconds']:.1f} | {m['seconds'] / floor:.2f} | {cpu} | "
                          f"{m['peak_rss_mib']:.0f} | {note} |")
         pairs = ", ".join(f"{p['convert2_s']:.1f}/{p['floor_s']:.1f} = {p['ratio']:.2f}" for p in r["pairs"])
-        lines.append(f"| {label} | all pairs convert-2 / floor (s) | {pairs} | | | load average "
+        lines.append(f"| {label} | all pairs convert-2 / floor (s) | {pairs} | | | | load average "
                      f"{', '.join(f'{x:.1f}' for x in r['load_average'])}; verify {r['verify']['seconds']:.1f} s |")
     return "\n".join(lines)
 
@@ -356,7 +366,10 @@ def main() -> None:
                     help="run the naive and mat73 baselines only for sizes up to this (mat73 holds the file in RAM)")
     ap.add_argument("--repeat", type=int, default=3,
                     help="floor / 2-worker conversion pairs per size; the median pair is reported, all are kept")
+    ap.add_argument("--store-dir", default=None,
+                    help="write the converted stores here (e.g. /dev/shm, to leave out the disk's write cost)")
     ap.add_argument("--layout", action="store_true", help="measure codecs and chunk/shard lengths instead")
+    ap.add_argument("--json-name", default="bench_convert.json", help="results file name inside --out")
     ap.add_argument("--clean", action="store_true", help="delete generated sources and stores afterwards")
     args = ap.parse_args()
     out = Path(args.out)
@@ -377,9 +390,10 @@ def main() -> None:
         return
     results = []
     for gb in args.sizes_gb:
-        r = bench_size(out, gb, args.naive_frames, baselines=gb <= args.baselines_up_to_gb, repeat=args.repeat)
+        r = bench_size(out, gb, args.naive_frames, baselines=gb <= args.baselines_up_to_gb, repeat=args.repeat,
+                       store_dir=Path(args.store_dir) if args.store_dir else None)
         results.append(r)
-        (out / "bench_convert.json").write_text(json.dumps(results, indent=2))
+        (out / args.json_name).write_text(json.dumps(results, indent=2))
         print(table([r]), flush=True)
     print("\n" + table(results))
     if args.clean:
