@@ -14,6 +14,9 @@ from fmcli.errors import user_errors
 @click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.argument("out", type=str)
 @click.option("--workers", type=int, default=None, help="Worker processes (default: the number of CPUs).")
+@click.option("--scheduler", metavar="ADDRESS", default=None,
+              help="Run the work units on an existing dask.distributed cluster (tcp://host:8786); its workers "
+                   "must see SOURCES by the same absolute paths and reach OUT.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it is an existing store (once the new one is complete).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted conversion into OUT, skipping finished shards.")
 @click.option("--chunk-frames", type=int, default=None,
@@ -24,17 +27,18 @@ from fmcli.errors import user_errors
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @user_errors
-def convert_command(sources: tuple[Path, ...], out: str, workers: int | None, overwrite: bool, resume: bool,
+def convert_command(sources: tuple[Path, ...], out: str, workers: int | None, scheduler: str | None,
+                    overwrite: bool, resume: bool,
                     chunk_frames: int | None, shard_frames: int | None, fps: float, progress: bool | None,
                     as_json: bool) -> None:
     """Convert SOURCES (V1 MAT files, one recording each, and/or V2 folders, one recording per
     video) into a new Zarr store OUT (store format v1, see docs/store-format.md); recordings are
     concatenated in the order given."""
-    from fmdata.convert import convert
+    from fmdata.convert_cluster import run_conversion
 
-    report = convert(sources, out, workers=workers, overwrite=overwrite, resume=resume, chunk_frames=chunk_frames,
-                     shard_frames=shard_frames, fps=fps,
-                     progress=sys.stderr.isatty() if progress is None else progress)
+    report = run_conversion(sources, out, scheduler=scheduler, workers=workers, overwrite=overwrite, resume=resume,
+                            chunk_frames=chunk_frames, shard_frames=shard_frames, fps=fps,
+                            progress=sys.stderr.isatty() if progress is None else progress)
     if as_json:
         d = {k: v for k, v in vars(report).items() if k != "chunking"}
         d["chunking"] = vars(report.chunking)

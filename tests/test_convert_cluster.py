@@ -163,3 +163,20 @@ def test_bad_data_found_by_a_worker_is_one_clear_error_and_leaves_nothing(source
                            progress=False)
     time.sleep(0.5)  # any unit still running would have written by now
     assert not out.exists() and not glob.glob(str(tmp_path / ".out.zarr.partial-*"))
+
+
+def test_the_convert_command_runs_on_a_scheduler_address(sources, client, local_stores, tmp_path):
+    from click.testing import CliRunner
+
+    from fmcli.fmdata_main import main
+
+    out = str(tmp_path / "cli.zarr")
+    address = client.scheduler.address
+    result = CliRunner().invoke(main, ["convert", *sources, out, "--scheduler", address,
+                                       "--shard-frames", str(SHARD), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    _assert_same_store(out, local_stores[SHARD])
+    both = CliRunner().invoke(main, ["convert", *sources, str(tmp_path / "x.zarr"), "--scheduler", address,
+                                     "--workers", "2"])
+    assert both.exit_code == 1 and "got both" in both.output
+    assert not os.path.exists(tmp_path / "x.zarr")
