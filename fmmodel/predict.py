@@ -127,6 +127,11 @@ def predict(store: str, checkpoint: str, out: str, *, fmt: str = "auto", variant
     """
     if split not in SPLITS:
         raise FmModelError(f"expected --split in {SPLITS}, got {split!r}")
+    from fmdata.remote import is_url
+
+    if is_url(out):  # the staging folder + rename below is local-only; refuse rather than write "s3:/..."
+        raise FmModelError("expected a local path for the predictions store, got a URL "
+                           "(write locally, then copy)", out)
     if os.path.exists(out) and not overwrite:
         raise FmModelError("exists; pass --overwrite to replace it", out)
     if video and os.path.exists(video) and not overwrite:

@@ -66,6 +66,9 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path_factory, tmp_path)
     summary = predict(store, os.path.join(run, "last.pt"), str(out), split="test", overwrite=True, device="cpu",
                       workers=0, progress=False)
     assert not (out / "keep.txt").exists() and read_predictions(str(out))["frame"].shape == (summary["windows"],)
+    with pytest.raises(FmModelError, match="expected a local path"):
+        predict(store, os.path.join(run, "last.pt"), "s3://bucket/p.zarr", device="cpu", workers=0, progress=False)
+    assert not os.path.exists("s3:")
 
 
 def test_segmentation_masks_come_back_in_store_orientation_with_a_video(tmp_path_factory, tmp_path):
