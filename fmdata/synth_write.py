@@ -280,6 +280,17 @@ V2_NAMES = {"video": "data", "label": "label"}
 
 
 # ---- public writers ---------------------------------------------------------------------------
+def _checked_options(size: tuple[int, int] | int | str, fps: float, events: str, frames: int, storage: str,
+                     recordings: int = 1) -> tuple[synth.SynthConfig, int]:
+    """Validate the writers' common options before any output exists; return (config, frames)."""
+    _check_storage(storage)
+    cfg = _config(size, fps, events)
+    frames = _check_frames(frames)
+    _check_storage(storage, cfg, frames)
+    _check_recordings(recordings)
+    return cfg, frames
+
+
 def write_v1(path: str | os.PathLike[str], *, frames: int, size: tuple[int, int] | int | str = (64, 64),
              fps: float = 25.0, seed: int = 0, storage: str = "matlab", index: int = 0, overwrite: bool = False,
              progress: bool = False, block_frames: int | None = None, events: str = "standard") -> Path:
@@ -288,10 +299,7 @@ def write_v1(path: str | os.PathLike[str], *, frames: int, size: tuple[int, int]
     ``index`` picks the recording of the seeded dataset (recording i of a set uses index i).
     Raises FmDataError for bad options or an existing ``path`` (unless ``overwrite``).
     """
-    _check_storage(storage)
-    cfg = _config(size, fps, events)
-    frames = _check_frames(frames)
-    _check_storage(storage, cfg, frames)
+    cfg, frames = _checked_options(size, fps, events, frames, storage)
     rec = plan_v1(frames, cfg, seed, index)
     bar = Progress(frames, progress)
     try:
@@ -306,11 +314,7 @@ def write_v1_set(folder: str | os.PathLike[str], *, recordings: int, frames: int
                  storage: str = "matlab", overwrite: bool = False, progress: bool = False,
                  events: str = "standard") -> Path:
     """Write ``recordings`` V1 files ``batch_01.mat`` ... into a new ``folder``; return the folder."""
-    _check_storage(storage)
-    cfg = _config(size, fps, events)
-    frames = _check_frames(frames)
-    _check_storage(storage, cfg, frames)
-    _check_recordings(recordings)
+    cfg, frames = _checked_options(size, fps, events, frames, storage, recordings)
     bar = Progress(frames * recordings, progress)
 
     def body(tmp: Path) -> None:
@@ -333,11 +337,7 @@ def write_v2(folder: str | os.PathLike[str], *, recordings: int = 1, frames: int
     Each of the ``recordings`` holds ``frames`` frames; 'data' and 'label' go into
     ``videos/<name>.mat``, the current at 2 Hz into ``currents/<name>.csv``.
     """
-    _check_storage(storage)
-    cfg = _config(size, fps, events)
-    frames = _check_frames(frames)
-    _check_storage(storage, cfg, frames)
-    _check_recordings(recordings)
+    cfg, frames = _checked_options(size, fps, events, frames, storage, recordings)
     bar = Progress(frames * recordings, progress)
 
     def body(tmp: Path) -> None:

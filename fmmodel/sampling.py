@@ -9,6 +9,7 @@ so workers start by "forkserver" (or "spawn"), never by plain fork.
 """
 from __future__ import annotations
 
+import abc
 import functools
 import multiprocessing
 from typing import Any, Iterator
@@ -23,7 +24,7 @@ from fmmodel.errors import FmModelError
 SAFE_CONTEXTS = ("forkserver", "spawn")
 
 
-class _EpochSampler(torch.utils.data.Sampler[int]):
+class _EpochSampler(torch.utils.data.Sampler[int], abc.ABC):
     def __init__(self, n: int, seed: int, num_replicas: int, rank: int) -> None:
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise FmModelError(f"expected 0 <= rank < num_replicas, got rank {rank} of {num_replicas}")
@@ -39,8 +40,9 @@ class _EpochSampler(torch.utils.data.Sampler[int]):
         seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0] >> 1)
         return torch.Generator().manual_seed(seed)
 
+    @abc.abstractmethod
     def _order(self) -> torch.Tensor:
-        raise NotImplementedError
+        """Return this epoch's order of item indices (before the rank partition)."""
 
     def _part(self, order: torch.Tensor) -> torch.Tensor:
         usable = len(order) // self.num_replicas * self.num_replicas
