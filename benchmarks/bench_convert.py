@@ -1,7 +1,7 @@
 """Benchmark `fmdata convert` (issue 3): wall time against the read floor and two baselines, peak RSS, size.
 
 One invocation measures everything side by side on the same synthetic V1 file (MATLAB-like
-storage: deflate 3, chunks near 64 KiB, written by fmdata.synth_write), because the machine is
+storage: deflate 3, chunks near 64 KiB, written by fmdata.synth), because the machine is
 noisy and only ratios taken in one run mean anything. Every variant runs in its own child
 process; the harness polls the RSS of that child and all its descendants (summed) every 20 ms.
 
@@ -66,16 +66,17 @@ def _naive(src: str, out: str, limit: int) -> dict[str, Any]:
     import h5py
     import zarr
 
-    from fmdata import schema, store
+    from fmdata.store import schema
+    from fmdata.store.layout import codecs_for
 
     with h5py.File(src, "r") as f:
         v, m = f["video"], f["label"]
         n, _, w, h = v.shape
         root = zarr.open_group(out, mode="w", zarr_format=3)
         video = root.create_array(schema.VIDEO, shape=(n, h, w, 3), chunks=(1, h, w, 3), dtype="uint8",
-                                  dimension_names=schema.DIMS[schema.VIDEO], **store.codecs_for(schema.VIDEO))
+                                  dimension_names=schema.DIMS[schema.VIDEO], **codecs_for(schema.VIDEO))
         mask = root.create_array(schema.MASK, shape=(n, h, w), chunks=(1, h, w), dtype="uint8",
-                                 dimension_names=schema.DIMS[schema.MASK], **store.codecs_for(schema.MASK))
+                                 dimension_names=schema.DIMS[schema.MASK], **codecs_for(schema.MASK))
         k = min(n, limit)
         for i in range(k):
             video[i] = v[i].transpose(2, 1, 0)
@@ -88,7 +89,8 @@ def _mat73(src: str, out: str) -> dict[str, Any]:
     import mat73
     import zarr
 
-    from fmdata import schema, store
+    from fmdata import store
+    from fmdata.store import schema
 
     t0 = time.perf_counter()
     d = mat73.loadmat(src)
@@ -121,9 +123,9 @@ def _child_main(argv: list[str]) -> None:
 # ---- harness --------------------------------------------------------------------------------------
 def run_measured(cmd: list[str]) -> dict[str, Any]:
     """Run ``cmd``; return wall seconds, peak summed RSS of the process tree (MiB) and its stdout."""
-    import psutil
-
     import resource
+
+    import psutil
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
@@ -170,17 +172,17 @@ def tree_bytes(path: Path) -> int:
 
 def make_source(path: Path, target_bytes: int, seed: int = 0) -> dict[str, Any]:
     """Write a synthetic V1 file of at least ``target_bytes`` (MATLAB-like storage) unless it exists."""
-    from fmdata import synth_write
+    from fmdata import synth
 
     if path.exists() and path.stat().st_size >= target_bytes:
         return {"frames": None, "seconds": 0.0, "reused": True}
     probe = path.with_suffix(".probe.mat")
-    synth_write.write_v1(probe, frames=2000, size=64, seed=seed, overwrite=True)
+    synth.write_v1(probe, frames=2000, size=64, seed=seed, overwrite=True)
     per_frame = probe.stat().st_size / 2000
     probe.unlink()
     frames = int(math.ceil(target_bytes / per_frame * 1.01))
     t0 = time.perf_counter()
-    synth_write.write_v1(path, frames=frames, size=64, seed=seed, overwrite=True, progress=True)
+    synth.write_v1(path, frames=frames, size=64, seed=seed, overwrite=True, progress=True)
     return {"frames": frames, "seconds": time.perf_counter() - t0, "reused": False}
 
 
@@ -281,12 +283,12 @@ def layout(out: Path, frames: int = 3000, windows: int = 300) -> dict[str, Any]:
     from numcodecs import Blosc, GZip, Zstd
     from zarr.codecs import BloscCodec
 
-    from fmdata import synth_write
+    from fmdata import synth
 
     numcodecs.blosc.set_nthreads(1)
     src = out / "layout-source.mat"
     if not src.exists():
-        synth_write.write_v1(src, frames=frames, size=64, seed=3)
+        synth.write_v1(src, frames=frames, size=64, seed=3)
     with h5py.File(src, "r") as f:
         video = np.ascontiguousarray(f["video"][()].transpose(0, 3, 2, 1))
         src_video = f["video"].id.get_storage_size()
@@ -323,7 +325,7 @@ def layout(out: Path, frames: int = 3000, windows: int = 300) -> dict[str, Any]:
     # random windows (10 frames, step 18): through stock zarr-python, and through a reader that
     # fetches and decodes exactly the chunks needed (fmmodel.reader, what the training data set uses)
     try:
-        from fmmodel.reader import LocalAxisReader
+        from fmdata.store import LocalAxisReader
     except ImportError:  # pragma: no cover - fmmodel absent
         LocalAxisReader = None
     rng = np.random.default_rng(0)

@@ -40,8 +40,9 @@ FRAMES, STEP, CURRENT_ROWS = 10, 18, 240
 # ---- the data ---------------------------------------------------------------------------------
 def prepare(folder: str, frames: int, seed: int) -> tuple[str, str]:
     """Write a V1 MAT file of ``frames`` frames and convert it; return (mat_path, store_path)."""
-    from fmdata.synth_write import write_v1
-    from fmdata.windows import WindowParams, make_windows
+    from fmdata.derive import make_windows
+    from fmdata.store import WindowParams
+    from fmdata.synth import write_v1
 
     os.makedirs(folder, exist_ok=True)
     mat, store = os.path.join(folder, f"rec_{frames}.mat"), os.path.join(folder, f"rec_{frames}.zarr")
@@ -56,8 +57,7 @@ def prepare(folder: str, frames: int, seed: int) -> tuple[str, str]:
 
 def sample_windows(store: str, n: int, seed: int) -> np.ndarray:
     """Return ``n`` window-table rows (random order, seeded) of windows whose clip is complete."""
-    from fmdata.store import open_store
-    from fmdata.window_table import read_window_table
+    from fmdata.store import open_store, read_window_table
 
     wt = read_window_table(open_store(store), "bench")
     clip = wt.clip
@@ -106,6 +106,7 @@ class H5Windows:
 def _file_maps(mat: str, store: str) -> tuple[np.ndarray, np.ndarray]:
     """Map store frames/current rows to MAT-file rows (a converted V1 file keeps them one to one)."""
     import h5py
+
     from fmdata.store import open_store, read_meta
     with h5py.File(mat, "r") as f:
         n, m = f["video"].shape[0], f["current"].shape[0]
@@ -168,6 +169,7 @@ def _time_loader(loader: Any, windows: int) -> dict[str, float]:
 def measure(kind: str, mat: str, store: str, rows: list[int], workers: int, variant: str = "") -> dict[str, Any]:
     """Run one measurement in this process; return its figures."""
     import torch
+
     from fmmodel.dataset import FmfWindowDataset, collate_windows
     from fmmodel.sampling import make_loader
 
@@ -179,6 +181,7 @@ def measure(kind: str, mat: str, store: str, rows: list[int], workers: int, vari
         # make_loader uses when it pins), "fresh" (a new shared buffer per batch, as torch's
         # default collate does).
         import functools
+
         from fmmodel.sampling import worker_init
         if variant == "zarr":  # some 40x slower: an eighth of the windows tells its rate
             rows = rows[:max(BATCH * 4, len(rows) // 8)]
@@ -189,8 +192,7 @@ def measure(kind: str, mat: str, store: str, rows: list[int], workers: int, vari
         loader = make_loader(ds, BATCH, workers, prefetch_factor=4, zero_copy=variant == "gpu", **extra)
         out = _time_loader(loader, len(rows))
     elif kind == "h5py":
-        from fmdata.store import open_store
-        from fmdata.window_table import read_window_table
+        from fmdata.store import open_store, read_window_table
         wt = read_window_table(open_store(store), "bench")
         fmap, cmap = _file_maps(mat, store)
         ds = H5Windows(mat, wt.table[np.asarray(rows)], wt.columns, fmap, cmap)
@@ -203,8 +205,7 @@ def measure(kind: str, mat: str, store: str, rows: list[int], workers: int, vari
         with h5py.File(mat, "r") as f:  # the reference loader's way: whole variables into RAM
             video, label, current = np.asarray(f["video"]), np.asarray(f["label"]), np.asarray(f["current"])
         load = time.perf_counter() - t0
-        from fmdata.store import open_store
-        from fmdata.window_table import read_window_table
+        from fmdata.store import open_store, read_window_table
         wt = read_window_table(open_store(store), "bench")
         tab = wt.table[np.asarray(rows)]
         c = wt.columns

@@ -33,12 +33,11 @@ from typing import Any
 import numpy as np
 import zarr
 
-from fmdata import schema, store, synth
-from fmdata.block_reader import BlockReader, block_frames, block_ranges
-from fmdata.cluster import DaskOptions, dask_runner
-from fmdata.labels import compute_labels, count_abnormal
-from fmdata.shard_writer import ShardWriter
-from fmdata.stats import compute_stats, current_moments, histogram_moments, train_current_rows, video_histogram
+from fmdata import store, synth
+from fmdata.compute import DaskOptions, dask_runner
+from fmdata.derive.labels import compute_labels, count_abnormal
+from fmdata.derive.stats import compute_stats, current_moments, histogram_moments, train_current_rows, video_histogram
+from fmdata.store import BlockReader, ShardWriter, block_frames, block_ranges, schema
 
 RECORDINGS = 3
 SIZE = 64
@@ -179,8 +178,8 @@ def dask_pass(path: str, workers: int | None) -> dict[str, Any]:
         else:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"seconds": t3 - t1, "cpu_s": cpu, "labels_s": t2 - t1, "stats_s": t3 - t2, "cluster_start_s": started,
-            "frames": lab["frames"], "abnormal_frames": lab["abnormal_frames"],
-            "video_mean": st["normalization"]["video_mean"], "peak_rss_bytes": peak}
+            "frames": lab.frames, "abnormal_frames": lab.abnormal_frames,
+            "video_mean": st.normalization["video_mean"] if st.normalization else None, "peak_rss_bytes": peak}
 
 
 def main() -> None:

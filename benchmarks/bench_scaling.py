@@ -45,7 +45,8 @@ import resource
 import shutil
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -102,7 +103,7 @@ def _clean(m: dict[str, Any]) -> dict[str, Any]:
 # ---- data -------------------------------------------------------------------------------------
 def make_sources(folder: str, recordings: int, frames: int) -> list[str]:
     """Write (once) ``recordings`` V1 files of ``frames`` frames each; return their paths."""
-    from fmdata.synth_write import write_v1
+    from fmdata.synth import write_v1
 
     os.makedirs(folder, exist_ok=True)
     paths = []
@@ -115,16 +116,16 @@ def make_sources(folder: str, recordings: int, frames: int) -> list[str]:
 
 
 def _fresh(location: str) -> str:
-    from fmdata import remote
+    from fmdata.store import Location
 
-    remote.remove_store(location)
+    Location.parse(location).remove()
     return location
 
 
 def _store_bytes(location: str) -> int:
-    from fmdata import remote
+    from fmdata.store import Location
 
-    fs, path = remote.filesystem(location)
+    fs, path = Location.parse(location).filesystem()
     return int(fs.du(path))
 
 
@@ -136,16 +137,15 @@ def bench_convert_pool(sources: list[str], folder: str) -> dict[str, Any]:
     out = {}
     for w in (1, 2):
         path = _fresh(os.path.join(folder, f"pool{w}.zarr"))
-        out[f"pool_{w}"] = _clean(measure(lambda: convert(sources, path, workers=w, progress=False)))
+        out[f"pool_{w}"] = _clean(measure(lambda p=path, n=w: convert(sources, p, workers=n, progress=False)))
         shutil.rmtree(path)
     return out
 
 
 def _derive(location: str, address: str, worker_cpu: Callable[[], float]) -> dict[str, Any]:
-    from fmdata.cluster import DaskOptions
-    from fmdata.labels import compute_labels
-    from fmdata.stats import compute_stats
-    from fmdata.windows import WindowParams, make_windows
+    from fmdata.compute import DaskOptions
+    from fmdata.derive import compute_labels, compute_stats, make_windows
+    from fmdata.store import WindowParams
 
     opts = DaskOptions(scheduler=address, progress=False)
     params = WindowParams(frames=FRAMES, frame_step=STEP, current_rows=CURRENT_ROWS)
@@ -159,11 +159,10 @@ def _derive(location: str, address: str, worker_cpu: Callable[[], float]) -> dic
 
 def bench_cluster(sources: list[str], folder: str, s3_url: str | None, workers: int) -> dict[str, Any]:
     """Convert (disk, S3) and derive (disk, S3) on a LocalCluster of ``workers`` processes."""
+    import dask
     from distributed import Client, LocalCluster
 
-    from fmdata.convert_cluster import convert_on_cluster
-
-    import dask
+    from fmdata.convert import convert_on_cluster
 
     t_start = time.perf_counter()
     # as fmdata.cluster does (and docs/scaling.md advises for real clusters): keep glibc's adaptive
@@ -210,15 +209,14 @@ def bench_load(location: str, rows: np.ndarray, workers: int, reader: str) -> di
     first = time.perf_counter() - t0
     pids = [w.pid for w in getattr(getattr(loader, "_iterator", None), "_workers", [])]
     m = measure(lambda: sum(len(b["label"]) for b in loader), lambda: sum(_pid_cpu(p) for p in pids))
-    del loader
+    loader = None  # drop it: its persistent workers shut down
     return {**_clean(m), "first_pass_s": first, "windows": int(m["result"]),
             "windows_per_s": m["result"] / m["wall_s"]}
 
 
 def sample_rows(location: str, n: int, seed: int = 0) -> np.ndarray:
     """A seeded random sample of ``n`` window-table rows of table ``bench``, in random order."""
-    from fmdata.store import open_store
-    from fmdata.window_table import read_window_table
+    from fmdata.store import open_store, read_window_table
 
     m = len(read_window_table(open_store(location), "bench"))
     return np.random.default_rng(seed).choice(m, size=min(n, m), replace=False)
@@ -276,7 +274,7 @@ def report(results: dict[str, Any]) -> str:
         n = scale["frames"]
         for stage, where, a, b, unit in _stage_rows(scale):
             items = a.get("windows", n) if unit == "win" else n
-            rate = lambda m: items / m["wall_s"]  # noqa: E731
+            rate = lambda m, k=items: k / m["wall_s"]
             server = f"{1000 * b['cpu_server_s'] / items:.2f}" if b.get("cpu_server_s") else "-"
             lines.append(f"| {items:,} {unit} | {stage} | {where} | {rate(a):,.0f}/s | {rate(b):,.0f}/s | "
                          f"{a['wall_s'] / b['wall_s']:.2f}x | {1000 * a['cpu_s'] / items:.2f}, "

@@ -32,14 +32,15 @@ import numpy as np
 
 
 def _child(variant: str, frames: int, size: int, out: str) -> dict[str, Any]:
-    from fmdata import matfile, synth, synth_write
+    from fmdata import synth
+    from fmdata.synth import matwriter
 
     t0 = time.perf_counter()
     c0 = time.process_time()
     if variant.startswith("write-"):
         _, layout, storage = variant.split("-")
         target = os.path.join(out, f"{variant}-{frames}" + (".mat" if layout == "v1" else ""))
-        synth_write.synthesize(target, layout=layout, storage=storage, frames=frames, size=size, seed=0,
+        synth.synthesize(target, layout=layout, storage=storage, frames=frames, size=size, seed=0,
                                overwrite=True)
         nbytes = sum(f.stat().st_size for f in _files(target))
         shutil.rmtree(target) if os.path.isdir(target) else os.unlink(target)
@@ -53,7 +54,7 @@ def _child(variant: str, frames: int, size: int, out: str) -> dict[str, Any]:
         rec = synth.simulate(2048, synth.SynthConfig(height=size, width=size), seed=0)
         video, _ = rec.render(0, 2048)
         h5 = np.ascontiguousarray(video.transpose(0, 3, 2, 1))
-        c = matfile.matlab_chunks(h5.shape, 1)[0]
+        c = matwriter.matlab_chunks(h5.shape, 1)[0]
         chunks = [h5[i:i + c].tobytes() for i in range(0, 2048, c)]
         t0, c0 = time.perf_counter(), time.process_time()
         done = nbytes = 0

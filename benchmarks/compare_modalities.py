@@ -33,7 +33,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_check import build_store  # noqa: E402
+from gpu_check import build_store
 
 BEGIN, END = "<!-- compare-modalities:begin -->", "<!-- compare-modalities:end -->"
 DENSE = {"anomaly_gap_s": (4.0, 12.0), "anomaly_duration_s": (6.0, 14.0), "mist_gap_s": (4.0, 16.0)}
@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from fmdata import synth
-    from fmdata.stats import compute_stats
+    from fmdata.derive import compute_stats
+    from fmdata.store import WindowParams
     from fmmodel.config import TrainConfig
     from fmmodel.predict import predict, read_predictions
     from fmmodel.train import train
@@ -102,12 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     for modality in ("both", "video", "current"):
         run = os.path.join(work, f"run-{modality}")
         shutil.rmtree(run, ignore_errors=True)
-        tc = TrainConfig.with_defaults(
+        window = WindowParams.reference(modality, stride=args.stride, frames=args.frames_per_clip,
+                                        frame_step=args.frame_step, current_seconds=args.current_seconds,
+                                        current_rows=args.current_rows)
+        tc = TrainConfig(
             store, run, task="cls", modality=modality, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
             lr_step_epoch=max(1, int(args.epochs * 2 / 3)), workers=args.workers, threads=args.threads,
-            device=args.device, seed=args.seed, preprocessing="normalized", stride=args.stride, model=model,
-            frames=args.frames_per_clip, frame_step=args.frame_step, current_seconds=args.current_seconds,
-            current_rows=args.current_rows)
+            device=args.device, seed=args.seed, preprocessing="normalized", model=model, window=window)
         t = time.perf_counter()
         train(tc, progress=False)
         timings[modality] = time.perf_counter() - t

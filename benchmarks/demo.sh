@@ -35,11 +35,11 @@ step "4. train a small cross-modal classifier, evaluate it, write predictions"
 fmmodel train --store "$out/v1.zarr" --out "$out/run" --device cpu --workers 1 --threads 1 \
   --model-size tiny --model-opt width=32 --model-opt heads=2 --model-opt head_dim=16 \
   --model-opt mlp_dim=64 --model-opt depth=1 --epochs 8 --lr-step 6 --lr 1e-3 --batch-size 32 \
-  --frames 10 --frame-step 6 --current-seconds 30 --current-rows 60 --preprocessing normalized --quiet
+  --frames 10 --frame-step 6 --current-seconds 30 --current-rows 60 --preprocessing normalized --no-progress
 fmmodel evaluate --store "$out/v1.zarr" --checkpoint "$out/run/best.pt" --device cpu --workers 1 \
-  --out "$out/eval" --quiet
+  --out "$out/eval" --no-progress
 fmmodel predict --store "$out/v1.zarr" --checkpoint "$out/run/best.pt" --device cpu \
-  --out "$out/predictions.zarr" --quiet
+  --out "$out/predictions.zarr" --no-progress
 
 step "done"
 echo "synthetic data picture: $out/synth.png"

@@ -44,7 +44,8 @@ def build_store(path: str, frames: int, recordings: int, size: int, seed: int = 
     """
     from tqdm import tqdm
 
-    from fmdata import schema, store, synth
+    from fmdata import store, synth
+    from fmdata.store import schema
 
     cfg = cfg or synth.SynthConfig(height=size, width=size)
     plans = synth_plans(frames, recordings, cfg, seed)
@@ -116,10 +117,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from fmdata.store import open_store
+    from fmdata.derive import compute_stats
+    from fmdata.store import Location, open_store
     from fmmodel import distributed as dd
     from fmmodel.config import TrainConfig
-    from fmmodel.evaluate import autocast, make_dataset, model_inputs, resolve_precision, windows_for
+    from fmmodel.data import make_dataset, window_table_for
+    from fmmodel.inference import autocast, model_inputs, resolve_precision
+    from fmmodel.preprocessing import input_format
     from fmmodel.registry import build_model
     from fmmodel.sampling import make_loader
     from fmmodel.train import build_optimizer
@@ -130,22 +134,18 @@ def main(argv: list[str] | None = None) -> int:
         build_store(path, args.frames, args.recordings, args.size)
     build_s = time.perf_counter() - t0
     if args.preprocessing == "normalized":
-        from fmdata.stats import compute_stats
-
         compute_stats(path)
     device = dd.resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
-    cfg = TrainConfig.with_defaults(path, "unused", batch_size=args.batch_size, preprocessing=args.preprocessing)
-    root = open_store(path)
+    cfg = TrainConfig(path, "unused", batch_size=args.batch_size, preprocessing=args.preprocessing)
+    location = Location.parse(path)
+    root = open_store(location)
     t0 = time.perf_counter()
-    wt = windows_for(path, root, None, cfg.window_params())
+    wt = window_table_for(location, root, None, cfg.window)
     windows_s = time.perf_counter() - t0
     train_rows = np.flatnonzero(wt.column("split") == 0)
-    from fmmodel.train import subset
-
-    video_dtype = "uint8" if args.preprocessing == "reference" and device.type == "cuda" else "float32"
-    ds = make_dataset(path, subset(wt, train_rows), args.preprocessing, augment=True, seed=0, modality="both",
-                      task="cls", video_dtype=video_dtype)
+    ds = make_dataset(location, wt.subset(train_rows), input_format(args.preprocessing, device), augment=True, seed=0,
+                      modality="both", task="cls")
     loader = make_loader(ds, args.batch_size, args.workers, shuffle=True, seed=0, drop_last=True,
                          pin_memory=device.type == "cuda")
     torch.manual_seed(0)

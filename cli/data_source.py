@@ -2,69 +2,64 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 
-from fmcli.errors import DataError, user_errors
+from fmdata.sources import LAYOUT_V1, format_report, inspect_path
+from fmdata.sources.layouts import LAYOUTS
+from fmdata.synth import EVENT_PROFILES, synthesize
+from fmdata.synth.writers import STORAGES
+
+from .errors import DataError, user_errors
+from .options import json_option, overwrite_option, progress_flag, progress_option
 
 
 @click.command("synth")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--layout", type=click.Choice(["v1", "v2"]), default="v1", show_default=True,
+@click.option("--layout", type=click.Choice(LAYOUTS), default=LAYOUT_V1, show_default=True,
               help="v1: one MATLAB file per recording (a folder of them when --recordings > 1); "
                    "v2: the folder layout (videos/, currents/, timestamps/, train.json, test.json).")
-@click.option("--storage", type=click.Choice(["matlab", "contiguous", "v7"]), default="matlab", show_default=True,
+@click.option("--storage", type=click.Choice(STORAGES), default="matlab", show_default=True,
               help="matlab: v7.3 chunked with deflate 3 as MATLAB writes; contiguous: v7.3 uncompressed; "
                    "v7: the older non-HDF5 format (small files only).")
-@click.option("--recordings", default=1, show_default=True, help="Recordings (1..99).")
-@click.option("--frames", default=2000, show_default=True, help="Frames per recording.")
+@click.option("--recordings", type=int, default=1, show_default=True, help="Recordings (1..99).")
+@click.option("--frames", type=int, default=2000, show_default=True, help="Frames per recording.")
 @click.option("--size", default="64", show_default=True, help="Frame size H or HxW in pixels.")
-@click.option("--fps", default=25.0, show_default=True, help="Frames per second.")
-@click.option("--seed", default=0, show_default=True, help="Random seed; the same seed writes the same bytes.")
-@click.option("--events", type=click.Choice(["standard", "dense"]), default="standard", show_default=True,
+@click.option("--fps", type=float, default=25.0, show_default=True, help="Frames per second.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Random seed; the same seed writes the same bytes.")
+@click.option("--events", type=click.Choice(sorted(EVENT_PROFILES)), default="standard", show_default=True,
               help="Anomaly profile: dense packs shorter, more frequent hot spots into short recordings.")
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (only once the new output is complete).")
+@overwrite_option
 @click.option("--preview", type=click.Path(path_type=Path), default=None,
               help="Also draw frames, masks and current of the first recording to this PNG.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@json_option
+@progress_option
 @user_errors
 def synth_command(out: Path, layout: str, storage: str, recordings: int, frames: int, size: str, fps: float,
-                  seed: int, events: str, overwrite: bool, preview: Path | None, as_json: bool, progress: bool | None) -> None:
+                  seed: int, events: str, overwrite: bool, preview: Path | None, as_json: bool,
+                  progress: bool | None) -> None:
     """Write synthetic FMF recordings to OUT in the users' exact file formats."""
-    from fmdata.synth_write import synthesize
-
     result = synthesize(out, layout=layout, storage=storage, recordings=recordings, frames=frames, size=size,
                         fps=fps, seed=seed, overwrite=overwrite, preview=preview, events=events,
-                        progress=sys.stderr.isatty() if progress is None else progress)
+                        progress=progress_flag(progress))
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return
-    rate = result.frames / result.seconds if result.seconds > 0 else float("inf")
-    click.echo(f"wrote {result.frames} frames ({layout}, {storage}) to {result.out} in {result.seconds:.1f} s "
-               f"({rate:,.0f} frames/s)")
-    for f in result.files:
-        click.echo(f"  {f}")
-    if preview is not None:
-        click.echo(f"preview: {preview}")
+    click.echo(result.summary())
 
 
 @click.command("inspect")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option
 @click.option("--check", is_flag=True, help="Also read every variable once to find corrupt data.")
 @user_errors
 def inspect_command(path: Path, as_json: bool, check: bool) -> None:
     """Show what a MAT file, a folder of V1 files or a V2 folder holds: format, variables
     (MATLAB class, MATLAB-order shape, storage, size), recordings. Exits 1 when a V2 folder has problems."""
-    from fmdata.inspect import format_report, inspect_path
-
     report = inspect_path(path, check=check)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
     if report.get("problems"):
         raise DataError(f"{path}: {len(report['problems'])} problem(s) found")
 
-
-COMMANDS: list[click.Command] = [synth_command, inspect_command]

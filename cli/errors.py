@@ -1,39 +1,62 @@
-"""Turn the packages' error types into click errors: one line, non-zero exit, no traceback."""
+"""Turn the packages' errors into click errors: one line, no traceback, the right exit code.
+
+Exit codes: 1 for data problems (bad files, stores, checkpoints; failed checks), 2 for usage
+errors (an option's value out of range: the library error's ``field`` names the parameter, and
+it is reported under the option the user typed), 130 when interrupted.
+"""
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+import sys
+from collections.abc import Callable
+from typing import IO, Any, TypeVar
 
 import click
 
-from fmdata.errors import FmDataError
+from fmdata.errors import FmfError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class DataError(click.ClickException):
-    """Exit code 2 is click's usage error; data problems exit with 1 (verify failures too)."""
+    """A data problem: exit code 1 (click keeps 2 for usage errors)."""
 
     exit_code = 1
 
 
-def _model_error_type() -> tuple[type[BaseException], ...]:
-    try:  # fmmodel needs torch; fmdata commands must work without it
-        from fmmodel.errors import FmModelError
-    except ImportError:
-        return ()
-    return (FmModelError,)
+class OptionError(click.BadParameter):
+    """A value out of range for an option: exit code 2, shown as one line (no usage block)."""
+
+    def __init__(self, message: str, param: click.Parameter) -> None:
+        super().__init__(message, param=param)
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        # click's own show() prints the usage block too (three more lines): the message is enough
+        click.echo(f"Error: {self.format_message()}", file=file or sys.stderr)
 
 
-def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorator for click commands: FmDataError / FmModelError / OSError become one-line errors."""
+def _parameter(field: str | None) -> click.Parameter | None:
+    """The current command's parameter that the library's ``field`` names, if there is one."""
+    ctx = click.get_current_context(silent=True)
+    if field is None or ctx is None:
+        return None
+    return next((p for p in ctx.command.params if p.name == field), None)
+
+
+def user_errors(fn: F) -> F:
+    """Decorator for click commands: library errors and OSErrors become one-line errors."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (FmDataError, *_model_error_type()) as exc:
+        except FmfError as exc:  # FmDataError, FmModelError
+            param = _parameter(exc.field)
+            if param is not None:
+                raise OptionError(str(exc), param) from None
             raise DataError(str(exc)) from None
         except OSError as exc:
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
             raise DataError(f"{where}{exc.strerror or exc}") from None
 
-    return wrapper
+    return wrapper  # type: ignore[return-value]

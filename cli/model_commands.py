@@ -8,12 +8,42 @@ from typing import Any
 
 import click
 
-from fmcli.errors import user_errors
+from fmdata.store import Location, WindowParams
+from fmmodel import protocol
+from fmmodel.checkpoint import CHECKPOINT_FORMATS
+from fmmodel.config import TrainConfig
+from fmmodel.evaluate import evaluate
+from fmmodel.model_config import SIZES
+from fmmodel.predict import predict
+from fmmodel.preprocessing import PREPROCESSING_REFERENCE, PREPROCESSINGS
+from fmmodel.registry import VARIANTS
+from fmmodel.report import format_report
+from fmmodel.train import resume_run, train
 
-DEVICE = click.Choice(["auto", "cpu", "cuda"])
-PRECISION = click.Choice(["bf16", "fp32"])
-FORMAT = click.Choice(["auto", "toolkit", "reference"])
-SPLIT = click.Choice(["test", "train", "all"])
+from .errors import user_errors
+from .options import (
+    STORE,
+    batch_size_option,
+    device_options,
+    json_option,
+    loader_workers_option,
+    overwrite_option,
+    progress_flag,
+    progress_option,
+    stack,
+    window_options,
+)
+
+checkpoint_options = stack(
+    click.option("--checkpoint", required=True, type=click.Path(),
+                 help="A toolkit checkpoint (best.pt, last.pt) or the authors' state_dict (.pth)."),
+    click.option("--format", "fmt", type=click.Choice(CHECKPOINT_FORMATS), default="auto", show_default=True,
+                 help="Checkpoint format: toolkit, reference (the authors' key names), or auto (by content)."),
+    click.option("--variant", type=click.Choice(sorted(VARIANTS)), default=None,
+                 help="Model variant of a reference checkpoint (default: from its key names)."),
+    click.option("--windows", default=None, metavar="NAME",
+                 help="Stored window table (default: windows built as the checkpoint says)."),
+)
 
 
 def _parse_model_opts(opts: tuple[str, ...]) -> dict[str, Any]:
@@ -29,73 +59,76 @@ def _parse_model_opts(opts: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
-
-
 def _rank0() -> bool:
     """Under torchrun every process runs the command; only rank 0 prints the summary."""
     return os.environ.get("RANK", "0") == "0"
 
 
 @click.command("train")
-@click.option("--store", help="FMF Zarr store (path or URL). Not needed with --resume.")
-@click.option("--windows", help="Stored window table name (fmdata windows); default: build windows now.")
-@click.option("--task", type=click.Choice(["cls", "seg"]), default="cls", show_default=True)
-@click.option("--modality", type=click.Choice(["both", "video", "current"]), default="both", show_default=True)
-@click.option("--epochs", type=int, default=None, help="Epochs (default 30; with --resume: extend the run to this many).")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--lr", type=float, default=5e-4, show_default=True)
-@click.option("--lr-step", "lr_step_epoch", type=int, default=20, show_default=True,
-              help="Multiply the learning rate by 0.1 every this many epochs.")
-@click.option("--workers", type=int, default=2, show_default=True, help="Data-loader worker processes.")
+@click.option("--store", type=STORE, default=None, help="FMF Zarr store (path or URL). Not needed with --resume.")
+@click.option("--windows", default=None, metavar="NAME",
+              help="Stored window table (fmdata windows); default: build windows now from the window options.")
+@click.option("--task", type=click.Choice(protocol.TASKS), default="cls", show_default=True,
+              help="cls: one label per window; seg: a mask of the labelled frame.")
+@click.option("--modality", type=click.Choice(protocol.MODALITIES), default="both", show_default=True,
+              help="Inputs: both (cross-modal), video or current.")
+@click.option("--epochs", type=int, default=None,
+              help=f"Epochs (default {protocol.EPOCHS}; with --resume: extend the run to this many).")
+@batch_size_option
+@click.option("--lr", type=float, default=protocol.LR, show_default=True, help="Learning rate.")
+@click.option("--lr-step", "lr_step_epoch", type=int, default=protocol.LR_STEP_EPOCH, show_default=True,
+              help=f"Multiply the learning rate by {protocol.LR_GAMMA:g} every this many epochs.")
+@loader_workers_option
 @click.option("--threads", type=int, default=None, help="CPU threads of the training process (torch).")
-@click.option("--device", type=DEVICE, default="auto", show_default=True)
-@click.option("--precision", type=PRECISION, default=None, help="Default: bf16 on CUDA, fp32 on the CPU.")
+@device_options
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights, order and flips.")
 @click.option("--out", "out", type=click.Path(), default=None,
               help="Run folder (default runs/<task>-<modality>-<time>).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-@click.option("--preprocessing", type=click.Choice(["reference", "normalized"]), default="reference",
+@click.option("--preprocessing", type=click.Choice(PREPROCESSINGS), default=PREPROCESSING_REFERENCE,
               show_default=True, help="reference: raw 0..255 video and amperes, transposed frames as the "
                                       "authors' loader; normalized: training-split statistics (fmdata stats).")
-@click.option("--val-fraction", type=float, default=0.1, show_default=True,
+@click.option("--val-fraction", type=float, default=protocol.VAL_FRACTION, show_default=True,
               help="Share of each recording's training block (its end) held out for validation.")
-@click.option("--model-size", type=click.Choice(["reference", "small", "tiny"]), default="reference",
-              show_default=True)
+@click.option("--model-size", type=click.Choice(sorted(SIZES)), default="reference", show_default=True,
+              help="Named FmFormer size.")
 @click.option("--model-opt", multiple=True, metavar="KEY=VALUE", help="Override an FmFormer size, e.g. depth=2.")
-@click.option("--frames", type=int, default=None, help="Clip frames (default 10; video-only 8).")
-@click.option("--frame-step", type=int, default=None, help="Clip frame step (default 18; video-only 19).")
-@click.option("--current-seconds", type=float, default=None, help="Current history in seconds (default 120).")
-@click.option("--current-rows", type=int, default=None, help="Current rows per window (default 240).")
-@click.option("--policy", type=click.Choice(["reference", "strict"]), default=None, help="Window policy.")
-@click.option("--stride", type=int, default=None, help="Keep every n-th window (default 1).")
+@window_options
 @click.option("--max-steps", "max_steps_per_epoch", type=int, default=None, help="Cap on batches per epoch.")
 @click.option("--balanced", is_flag=True, help="Class-balanced sampling.")
 @click.option("--no-hflip", is_flag=True, help="Switch off the horizontal-flip augmentation.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@progress_option
 @user_errors
-def train_cmd(store: str | None, out: str | None, resume: bool, model_size: str, model_opt: tuple[str, ...],
-              no_hflip: bool, quiet: bool, task: str, modality: str, compile_: bool, **options: Any) -> None:
+def train_cmd(store: Location | None, windows: str | None, task: str, modality: str, epochs: int | None,
+              batch_size: int, lr: float, lr_step_epoch: int, workers: int, threads: int | None, device: str,
+              precision: str | None, compile_: bool, seed: int, out: str | None, resume: bool, preprocessing: str,
+              val_fraction: float, model_size: str, model_opt: tuple[str, ...], frames: int | None,
+              frame_step: int | None, current_seconds: float | None, current_rows: int | None,
+              stride: int | None, policy: str | None, max_steps_per_epoch: int | None, balanced: bool,
+              no_hflip: bool, progress: bool | None) -> None:
     """Train an FmFormer on STORE (reference protocol by default: Adam, lr 5e-4, x0.1 at epoch 20,
     30 epochs, batch 64, horizontal flip). Validation holds out the end of each recording's training
     block; the test split is never touched. Multi-GPU: torchrun --nproc-per-node N $(which fmmodel) train ..."""
-    from fmmodel.config import TrainConfig
-    from fmmodel.train import resume_run, train
-
     if resume:
         if not out:
             raise click.UsageError("--resume needs --out RUN_DIR")
-        result = resume_run(out, epochs=options["epochs"], progress=not quiet)
+        result = resume_run(out, epochs=epochs, progress=progress_flag(progress))
     else:
-        if not store:
+        if store is None:
             raise click.UsageError("--store is required (unless --resume)")
         out = out or os.path.join("runs", f"{task}-{modality}-{_dt.datetime.now():%Y%m%d-%H%M%S}")
-        model = {"size": model_size, **_parse_model_opts(model_opt)}
-        cfg = TrainConfig.with_defaults(store, out, task=task, modality=modality, model=model, hflip=not no_hflip,
-                                        compile=compile_, **options)
-        result = train(cfg, progress=not quiet)
+        window = WindowParams.reference(modality, frames=frames, frame_step=frame_step,
+                                        current_seconds=current_seconds, current_rows=current_rows, stride=stride,
+                                        policy=policy)
+        cfg = TrainConfig(store=str(store), out=out, windows=windows, task=task, modality=modality,
+                          epochs=protocol.EPOCHS if epochs is None else epochs, batch_size=batch_size, lr=lr,
+                          lr_step_epoch=lr_step_epoch, hflip=not no_hflip, preprocessing=preprocessing,
+                          workers=workers, threads=threads, device=device, precision=precision, compile=compile_,
+                          seed=seed, val_fraction=val_fraction, max_steps_per_epoch=max_steps_per_epoch,
+                          balanced=balanced, window=window,
+                          model={"size": model_size, **_parse_model_opts(model_opt)})
+        result = train(cfg, progress=progress_flag(progress))
     if result.history and _rank0():
         click.echo(f"run folder: {result.run_dir}\n  checkpoints: {result.best} (best), {result.last} (last)\n"
                    f"  metrics: {os.path.join(result.run_dir, 'metrics.csv')}, TensorBoard: "
@@ -103,68 +136,57 @@ def train_cmd(store: str | None, out: str | None, resume: bool, model_size: str,
 
 
 @click.command("evaluate")
-@click.option("--store", required=True, help="FMF Zarr store (path or URL).")
-@click.option("--checkpoint", required=True, type=click.Path(), help="Toolkit checkpoint or the authors' state_dict.")
-@click.option("--format", "fmt", type=FORMAT, default="auto", show_default=True)
-@click.option("--variant", default=None, help="Reference checkpoints: vicu_cls, vicu_seg, video_cls, current_cls "
-                                              "(default: from the key names).")
-@click.option("--split", type=SPLIT, default="test", show_default=True)
-@click.option("--windows", default=None, help="Stored window table (default: built as the checkpoint says).")
+@click.option("--store", type=STORE, required=True, help="FMF Zarr store (path or URL).")
+@checkpoint_options
+@click.option("--split", type=click.Choice(protocol.SPLITS), default="test", show_default=True,
+              help="Windows to score (all: train and test).")
 @click.option("--out", type=click.Path(), default=None, help="Folder for report.json and the pictures.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True)
-@click.option("--device", type=DEVICE, default="auto", show_default=True)
-@click.option("--precision", type=PRECISION, default=None)
-@click.option("--examples", type=int, default=8, show_default=True, help="Example frames in examples.png.")
-@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
-@click.option("--quiet", is_flag=True)
+@batch_size_option
+@loader_workers_option
+@device_options
+@click.option("--examples", type=click.IntRange(min=0), default=8, show_default=True,
+              help="Example frames in examples.png.")
+@json_option
+@progress_option
 @user_errors
-def evaluate_cmd(store: str, checkpoint: str, fmt: str, variant: str | None, split: str, windows: str | None,
-                 out: str | None, batch_size: int, workers: int, device: str, precision: str | None,
-                 examples: int, as_json: bool, quiet: bool) -> None:
+def evaluate_cmd(store: Location, checkpoint: str, fmt: str, variant: str | None, windows: str | None, split: str,
+                 out: str | None, batch_size: int, workers: int, device: str, precision: str | None, examples: int,
+                 as_json: bool, progress: bool | None) -> None:
     """Score CHECKPOINT on STORE's test split: class level (accuracy, F1, precision, recall, FDR, MDR,
     AUROC, AP, confusion matrix), pixel level for segmenters (pixel accuracy, mean pixel accuracy,
     mIoU, pixel AUROC/AP), FPS; overall and per recording."""
-    from fmmodel.evaluate import evaluate
-    from fmmodel.report import format_report
-
     report = evaluate(store, checkpoint, fmt=fmt, variant=variant, split=split, windows=windows, out=out,
                       batch_size=batch_size, workers=workers, device=device, precision=precision,
-                      examples=examples, progress=not quiet)
+                      examples=examples, progress=progress_flag(progress))
     if not _rank0():
         return
-    if as_json:
-        _echo_json(report)
-    else:
-        click.echo(format_report(report))
+    click.echo(json.dumps(report, indent=2, default=str) if as_json else format_report(report))
 
 
 @click.command("predict")
-@click.option("--store", required=True, help="FMF Zarr store (path or URL).")
-@click.option("--checkpoint", required=True, type=click.Path())
-@click.option("--out", required=True, type=click.Path(), help="Output Zarr v3 store (OUT.zarr).")
-@click.option("--format", "fmt", type=FORMAT, default="auto", show_default=True)
-@click.option("--variant", default=None)
-@click.option("--split", type=SPLIT, default="all", show_default=True)
-@click.option("--windows", default=None)
+@click.option("--store", type=STORE, required=True, help="FMF Zarr store (path or URL).")
+@checkpoint_options
+@click.option("--out", required=True, type=click.Path(), help="Output Zarr v3 store (OUT.zarr, a local path).")
+@click.option("--split", type=click.Choice(protocol.SPLITS), default="all", show_default=True,
+              help="Windows to predict (all: train and test).")
 @click.option("--video", type=click.Path(), default=None, help="Also write an overlay video (MP4).")
-@click.option("--video-max-frames", type=int, default=1500, show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True)
-@click.option("--device", type=DEVICE, default="auto", show_default=True)
-@click.option("--precision", type=PRECISION, default=None)
-@click.option("--quiet", is_flag=True)
+@click.option("--video-max-frames", type=click.IntRange(min=1), default=1500, show_default=True,
+              help="Labelled frames drawn in the video at most (evenly spread).")
+@overwrite_option
+@batch_size_option
+@loader_workers_option
+@device_options
+@progress_option
 @user_errors
-def predict_cmd(quiet: bool, **kw: Any) -> None:
+def predict_cmd(store: Location, checkpoint: str, fmt: str, variant: str | None, windows: str | None, out: str,
+                split: str, video: str | None, video_max_frames: int, overwrite: bool, batch_size: int, workers: int,
+                device: str, precision: str | None, progress: bool | None) -> None:
     """Write per-window class probabilities (and predicted masks of segmentation models), aligned to
     each window's labelled frame, into a Zarr v3 store; optionally an overlay video."""
-    from fmmodel.predict import predict
-
-    s = predict(kw.pop("store"), kw.pop("checkpoint"), kw.pop("out"), progress=not quiet, **kw)
+    s = predict(store, checkpoint, out, fmt=fmt, variant=variant, split=split, windows=windows,
+                batch_size=batch_size, workers=workers, device=device, precision=precision, overwrite=overwrite,
+                video=video, video_max_frames=video_max_frames, progress=progress_flag(progress))
     if _rank0():
         click.echo(f"wrote {s['windows']:,} window predictions ({s['variant']}) to {s['out']}"
                    + (f"; video: {s['video']}" if s.get("video") else ""))
 
-
-COMMANDS: list = [train_cmd, evaluate_cmd, predict_cmd]

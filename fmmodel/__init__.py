@@ -1,6 +1,14 @@
-"""fmmodel: the FmFormer model family, a lazy torch dataset over FMF stores, training and evaluation."""
-from fmmodel.errors import FmModelError
+"""fmmodel: the FmFormer model family, the torch data path over FMF stores, training and evaluation.
 
-__version__ = "0.1.0"
+Modules, from the bottom: the model (:mod:`~fmmodel.model_config`, :mod:`~fmmodel.layers`,
+:mod:`~fmmodel.fmformer`, :mod:`~fmmodel.registry`), checkpoints (:mod:`~fmmodel.checkpoint`,
+:mod:`~fmmodel.reference_keys`), the data path (:mod:`~fmmodel.preprocessing`,
+:mod:`~fmmodel.dataset`, :mod:`~fmmodel.batches`, :mod:`~fmmodel.sampling`,
+:mod:`~fmmodel.data`), scoring (:mod:`~fmmodel.metrics`, :mod:`~fmmodel.inference`,
+:mod:`~fmmodel.report`) and the commands (:mod:`~fmmodel.train`, :mod:`~fmmodel.evaluate`,
+:mod:`~fmmodel.predict`). docs/architecture.md has the picture.
+"""
+from fmdata import __version__
+from fmmodel.errors import FmModelError
 
 __all__ = ["FmModelError", "__version__"]

@@ -1,4 +1,4 @@
-"""Checkpoints: the authors' key names <-> ours, reference state_dicts, and the toolkit's own checkpoint format.
+"""Checkpoints: reading the authors' state_dicts, and the toolkit's own checkpoint format.
 
 Two formats are read:
 - ``reference``: a flat state_dict with the authors' key names, as their released ``state_dict_vicu_cls.pth``
@@ -6,7 +6,7 @@ Two formats are read:
 - ``toolkit``: what ``save_checkpoint`` writes: ``{"format", "format_version", "meta", "state_dict", "extra"}``
   holding plain tensors and plain types only, written atomically (temp file + ``os.replace``).
 Everything is loaded with ``torch.load(weights_only=True)``; a file that needs a pickled object is refused.
-The authors' names appear only in the key tables below.
+Renaming between the authors' keys and ours is :mod:`fmmodel.reference_keys`.
 """
 from __future__ import annotations
 
@@ -14,180 +14,30 @@ import contextlib
 import os
 import pickle
 import re
-import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fmdata.store.atomic import atomic_file
 from fmmodel.errors import FmModelError
-from fmmodel.fmformer import FmFormerConfig
-from fmmodel.registry import build_model, get_variant, variant_config
+from fmmodel.model_config import FmFormerConfig
+from fmmodel.preprocessing import ORIENTATION_REFERENCE, ORIENTATIONS, PREPROCESSING_REFERENCE
+from fmmodel.reference_keys import (
+    detect_reference_variant,
+    from_reference_state_dict,
+    infer_reference_config,
+    to_reference_state_dict,
+)
+from fmmodel.registry import build_model, get_variant, model_info, unwrap_model
 
 FORMAT_NAME = "fmf-toolkit-checkpoint"
 FORMAT_VERSION = 1
-ORIENTATIONS = ("reference", "true")  # reference: frames transposed (W, H) as the authors' loader feeds them
-
-# ----------------------------------------------------------------------------------------------------------
-# key tables: (our prefix or full name, the authors' prefix or full name); a trailing "." marks a prefix
-
-
-def _embed(ours: str, theirs: str, first: int) -> list[tuple[str, str]]:
-    """A tokenizer's LayerNorm -> Linear -> LayerNorm sits at Sequential indices first, first+1, first+2."""
-    return [(f"{ours}.{a}.", f"{theirs}.{first + i}.") for i, a in enumerate(("norm_in", "proj", "norm_out"))]
-
-
-def _attn(ours: str, theirs: str) -> list[tuple[str, str]]:
-    return [(f"{ours}.norm.", f"{theirs}.norm."), (f"{ours}.qkv.", f"{theirs}.to_qkv."),
-            (f"{ours}.proj.", f"{theirs}.to_out.0.")]
-
-
-def _mlp(ours: str, theirs: str) -> list[tuple[str, str]]:
-    return [(f"{ours}.norm.", f"{theirs}.0."), (f"{ours}.fc1.", f"{theirs}.1."), (f"{ours}.fc2.", f"{theirs}.4.")]
-
-
-def _video_tokens(cls_name: str, pos_name: str, embed_name: str) -> list[tuple[str, str]]:
-    return [("video_embed.cls_token", cls_name), ("video_embed.pos_embed", pos_name),
-            *_embed("video_embed.patch_embed", embed_name, 1),
-            ("video_embed.dilated_pos_embed", "get_additional_tokens.pos_embedding"),
-            *_embed("video_embed.dilated_embed", "get_additional_tokens.to_patch_embedding", 1)]
-
-
-def _current_tokens(cls_name: str, pos_name: str, embed_name: str) -> list[tuple[str, str]]:
-    return [("current_embed.cls_token", cls_name), ("current_embed.pos_embed", pos_name),
-            *_embed("current_embed.embed", embed_name, 0)]
-
-
-def _up_stage(ours: str, theirs: str) -> list[tuple[str, str]]:
-    return [(f"{ours}.up.", f"{theirs}.0."), (f"{ours}.refine.norm.", f"{theirs}.1.bn1."),
-            (f"{ours}.refine.conv.", f"{theirs}.1.conv1.")]
-
-
-def key_rules(variant: str, cfg: FmFormerConfig) -> list[tuple[str, str]]:
-    """(ours, reference) name pairs for every parameter/buffer group of a variant with these sizes."""
-    get_variant(variant)
-    rules: list[tuple[str, str]] = []
-    single = variant in ("video_cls", "current_cls")
-    for i in range(cfg.depth):
-        layer = f"transformer.layers.{i}"
-        if single:
-            rules += _attn(f"blocks.{i}.attn", f"{layer}.0") + _mlp(f"blocks.{i}.mlp", f"{layer}.1.net")
-            continue
-        rules += _attn(f"blocks.{i}.video_attn", f"{layer}.0.stream1")
-        rules += _attn(f"blocks.{i}.current_attn", f"{layer}.0.stream2")
-        cross = f"{layer}.0.cross_attn"
-        rules += [(f"blocks.{i}.cross_attn.{ours}.", f"{cross}.{theirs}.") for ours, theirs in (
-            ("video_norm", "norm1"), ("current_norm", "norm2"), ("video_qkv", "to_qkv1"),
-            ("current_qkv", "to_qkv2"), ("video_proj", "to_out1.0"), ("current_proj", "to_out2.0"))]
-        rules += _mlp(f"blocks.{i}.video_mlp", f"{layer}.1.ff1.net")
-        rules += _mlp(f"blocks.{i}.current_mlp", f"{layer}.1.ff2.net")
-    if variant == "video_cls":
-        rules += _video_tokens("cls_token", "pos_embedding.pe", "to_patch_embedding")
-        rules += [("head.norm.", "head.mlp_head1.0."), ("head.fc.", "head.mlp_head1.1."),
-                  ("spare_head.norm.", "head.mlp_head2.0."), ("spare_head.fc.", "head.mlp_head2.1.")]
-    elif variant == "current_cls":
-        rules += _current_tokens("cls_token", "pos_embedding", "to_patch_embedding")
-        rules += [("norm.", "transformer.norm."), ("head.", "mlp_head.")]
-    else:
-        rules += _video_tokens("cls_token1", "pos_embedding1", "to_patch_embedding1")
-        rules += _current_tokens("cls_token2", "pos_embedding2", "to_patch_embedding2")
-    if variant == "vicu_cls":
-        rules += [("head.video.norm.", "head.mlp_head1.0."), ("head.video.fc.", "head.mlp_head1.1."),
-                  ("head.current.norm.", "head.mlp_head2.0."), ("head.current.fc.", "head.mlp_head2.1.")]
-    elif variant == "vicu_seg":
-        rules += [("head.patch_proj.", "head.de_patch_embedding.1."),
-                  ("head.dilated_proj.", "head.de_patch_embedding_dilated.1."),
-                  ("head.classifier.", "head.decode_out."), *_up_stage("head.dilated_up", "head.decode_dilated")]
-        for j in range(len(cfg.decoder_channels)):
-            rules += _up_stage(f"head.stages.{j}", f"head.decode{j + 1}")
-    return rules
-
-
-def _rename(keys: list[str], pairs: list[tuple[str, str]], what: str) -> dict[str, str]:
-    """Old name -> new name by the first matching (old, new) pair; FmModelError listing unmatched keys."""
-    out, unmatched = {}, []
-    for key in keys:
-        for old, new in pairs:
-            if key == old or (old.endswith(".") and key.startswith(old)):
-                out[key] = new + key[len(old):]
-                break
-        else:
-            unmatched.append(key)
-    if unmatched:
-        raise FmModelError(f"{what}: expected known parameter names, got {len(unmatched)} unknown, "
-                           f"e.g. {unmatched[:5]}")
-    return out
-
-
-def to_reference_state_dict(state_dict: Mapping[str, Tensor], variant: str,
-                            cfg: FmFormerConfig) -> dict[str, Tensor]:
-    """Our state_dict -> the authors' key names (same tensors)."""
-    names = _rename(list(state_dict), key_rules(variant, cfg), f"{variant} state_dict")
-    return {names[k]: v for k, v in state_dict.items()}
-
-
-def from_reference_state_dict(state_dict: Mapping[str, Tensor], variant: str,
-                              cfg: FmFormerConfig) -> dict[str, Tensor]:
-    """The authors' state_dict -> our key names (same tensors)."""
-    pairs = [(theirs, ours) for ours, theirs in key_rules(variant, cfg)]
-    names = _rename(list(state_dict), pairs, f"reference {variant} state_dict")
-    return {names[k]: v for k, v in state_dict.items()}
-
-
-def detect_reference_variant(state_dict: Mapping[str, Any]) -> str:
-    """Which variant a reference state_dict belongs to, from its key names."""
-    keys = set(state_dict)
-    if "cls_token1" in keys:
-        return "vicu_seg" if any(k.startswith("head.decode") for k in keys) else "vicu_cls"
-    if "pos_embedding.pe" in keys:
-        return "video_cls"
-    if "mlp_head.weight" in keys:
-        return "current_cls"
-    raise FmModelError(f"expected a reference FmFormer state_dict, got keys like {sorted(keys)[:5]}")
-
-
-def infer_reference_config(state_dict: Mapping[str, Tensor], variant: str, *,
-                           image_size: int | tuple[int, int] = 64, heads: int = 3) -> FmFormerConfig:
-    """The sizes a reference state_dict was built with. Frames follow from the number of position
-    embeddings at the given image size; the head split cannot be read from shapes, so it is given."""
-    try:
-        return _infer_config({k: tuple(v.shape) for k, v in state_dict.items()}, variant, image_size, heads)
-    except (ValueError, StopIteration, KeyError, IndexError) as exc:
-        raise FmModelError(f"expected a complete reference {variant} state_dict, got one without "
-                           f"{exc or type(exc).__name__}") from None
-
-
-def _infer_config(shapes: dict[str, tuple[int, ...]], variant: str, image_size: int | tuple[int, int],
-                  heads: int) -> FmFormerConfig:
-    depth = 1 + max(int(m.group(1)) for k in shapes if (m := re.match(r"transformer\.layers\.(\d+)\.", k)))
-    qkv = next(s for k, s in shapes.items() if k.endswith("to_qkv.weight") or k.endswith("to_qkv1.weight"))
-    mlp = next(s for k, s in shapes.items() if re.search(r"\.1\.(ff1\.)?net\.1\.weight$", k))
-    sizes: dict[str, Any] = {"width": qkv[1], "depth": depth, "heads": heads, "head_dim": qkv[0] // 3 // heads,
-                              "mlp_dim": mlp[0], "image_size": image_size}
-    cfg = variant_config(variant, **sizes)
-    if variant != "current_cls":
-        pos = shapes["pos_embedding1" if variant.startswith("vicu") else "pos_embedding.pe"]
-        per_step = (cfg.image_size[0] // cfg.patch[1]) * (cfg.image_size[1] // cfg.patch[2])
-        sizes["frames"] = (pos[1] - 1) // per_step * cfg.patch[0]
-        sizes["dilated_tokens"] = "get_additional_tokens.pos_embedding" in shapes
-    if variant != "video_cls":
-        sizes["current_rows"] = shapes["pos_embedding2" if variant.startswith("vicu") else "pos_embedding"][1] - 1
-    if variant == "vicu_seg":
-        n = sum(1 for k in shapes if re.fullmatch(r"head\.decode\d+\.0\.weight", k))
-        sizes["decoder_channels"] = tuple(shapes[f"head.decode{j + 1}.0.weight"][1] for j in range(n))
-        sizes["num_classes"] = shapes["head.decode_out.weight"][0]
-    else:
-        out = {"current_cls": "mlp_head.weight"}.get(variant, "head.mlp_head1.1.weight")
-        sizes["num_classes"] = shapes[out][0]
-    return variant_config(variant, **sizes)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# reading files
-
+CHECKPOINT_FORMATS = ("auto", "toolkit", "reference")  # what load_model accepts: by content, or one of both
 
 def _weights_only_load(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
     """torch.load with weights_only=True; every failure becomes one FmModelError line naming the file."""
@@ -238,25 +88,15 @@ def _strip_wrappers(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain module under torch.compile (``_orig_mod``) and DDP (``module``) wrappers."""
-    while True:
-        inner = getattr(model, "_orig_mod", None)
-        if inner is None and isinstance(model, nn.parallel.DistributedDataParallel):
-            inner = model.module
-        if inner is None:
-            return model
-        model = inner
-
-
 def _load_into(model: nn.Module, state_dict: Mapping[str, Tensor],
                where: str | os.PathLike[str] | None) -> nn.Module:
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())[:400]
-        raise FmModelError(f"expected a state_dict matching {model.variant} "
-                           f"{model.config.to_dict()}, got: {detail}", where) from None
+        info = model_info(model)
+        raise FmModelError(f"expected a state_dict matching {info.variant} {info.config.to_dict()}, got: {detail}",
+                           where) from None
     return model
 
 
@@ -264,9 +104,9 @@ def load_reference_model(source: str | os.PathLike[str] | Mapping[str, Tensor], 
                          config: FmFormerConfig | None = None) -> nn.Module:
     """A model (eval mode, CPU) holding a reference state_dict, from a path (.pth/.npz) or a mapping.
     The variant is detected from the key names and the sizes from the shapes unless given."""
-    is_path = isinstance(source, (str, os.PathLike))
-    sd = read_reference_state_dict(source) if is_path else _strip_wrappers(dict(source))
-    with _naming(source if is_path else None):
+    path = source if isinstance(source, (str, os.PathLike)) else None
+    sd = read_reference_state_dict(path) if path is not None else _strip_wrappers(dict(source))  # type: ignore[arg-type]
+    with _naming(path):
         variant = variant or detect_reference_variant(sd)
         cfg = config or infer_reference_config(sd, variant)
         model = build_model(variant, cfg)
@@ -284,8 +124,7 @@ def _naming(path: str | os.PathLike[str] | None) -> Iterator[None]:
         raise FmModelError(str(exc), path) from None
 
 
-# ----------------------------------------------------------------------------------------------------------
-# the toolkit's own format
+# ---- the toolkit's own format ---------------------------------------------------------------------------
 
 
 @dataclass
@@ -300,7 +139,7 @@ class ModelMeta:
     variant: str
     config: FmFormerConfig
     orientation: str = "true"
-    preprocessing: dict[str, Any] = field(default_factory=lambda: {"name": "reference"})
+    preprocessing: dict[str, Any] = field(default_factory=lambda: {"name": PREPROCESSING_REFERENCE})
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -356,16 +195,8 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """torch.save into a temp file beside ``path``, fsync, then os.replace: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        torch.save(obj, tmp)
     return path
 
 
@@ -383,8 +214,9 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, orientati
     state_dicts, epoch, RNG tensors...); anything that would need pickling is an FmModelError before writing.
     """
     inner = unwrap_model(model)
-    meta = ModelMeta(inner.variant, inner.config, orientation, dict(preprocessing) if isinstance(
-        preprocessing, Mapping) else preprocessing, {"torch": str(torch.__version__), **(info or {})})
+    about = model_info(inner)
+    prep = dict(preprocessing) if isinstance(preprocessing, Mapping) else {"name": preprocessing}
+    meta = ModelMeta(about.variant, about.config, orientation, prep, {"torch": str(torch.__version__), **(info or {})})
     payload = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "meta": meta.to_dict(),
                "state_dict": model_state_dict(inner), "extra": dict(extra or {})}
     _check_plain(payload, "checkpoint")
@@ -430,8 +262,8 @@ def load_model(path: str | os.PathLike[str], *, format: str = "auto", variant: s
     A reference model's meta says orientation "reference" and preprocessing "reference": the authors'
     loader fed frames transposed, as float 0..255, and raw amperes.
     """
-    if format not in ("auto", "toolkit", "reference"):
-        raise FmModelError(f"expected format auto, toolkit or reference, got {format!r}", path)
+    if format not in CHECKPOINT_FORMATS:
+        raise FmModelError(f"expected a checkpoint format in {CHECKPOINT_FORMATS}, got {format!r}", path, field="fmt")
     if Path(path).suffix == ".npz":  # the fixtures: reference arrays under state/<name>
         payload: Any = read_reference_state_dict(path)
     else:
@@ -447,20 +279,20 @@ def load_model(path: str | os.PathLike[str], *, format: str = "auto", variant: s
                            path)
     with _naming(path):
         model = load_reference_model(payload, variant, config)
-    meta = ModelMeta(model.variant, model.config, "reference", {"name": "reference"},
+    about = model_info(model)
+    meta = ModelMeta(about.variant, about.config, ORIENTATION_REFERENCE, {"name": PREPROCESSING_REFERENCE},
                      {"source": os.fspath(path), "format": "reference"})
     return model.to(device), meta
 
 
 def export_reference(path: str | os.PathLike[str], model: nn.Module) -> Path:
     """Write the model as the authors would: a plain state_dict with their key names (atomic)."""
-    inner = unwrap_model(model)
-    return atomic_torch_save(to_reference_state_dict(model_state_dict(inner), inner.variant, inner.config), path)
+    about = model_info(model)
+    return atomic_torch_save(to_reference_state_dict(model_state_dict(model), about.variant, about.config), path)
 
 
 __all__ = [
-    "FORMAT_NAME", "FORMAT_VERSION", "ORIENTATIONS", "key_rules", "to_reference_state_dict",
-    "from_reference_state_dict", "detect_reference_variant", "infer_reference_config", "read_reference_state_dict",
-    "unwrap_model", "load_reference_model", "ModelMeta", "Checkpoint", "atomic_torch_save", "model_state_dict",
-    "save_checkpoint", "load_checkpoint", "model_from_checkpoint", "load_model", "export_reference",
+    "FORMAT_NAME", "FORMAT_VERSION", "CHECKPOINT_FORMATS", "read_reference_state_dict", "load_reference_model", "ModelMeta",
+    "Checkpoint", "atomic_torch_save", "model_state_dict", "save_checkpoint", "load_checkpoint",
+    "model_from_checkpoint", "load_model", "export_reference",
 ]

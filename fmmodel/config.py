@@ -1,10 +1,12 @@
 """The resolved training configuration: every choice a run made, as one JSON-able dataclass.
 
-``fmmodel train`` resolves command-line options against the reference protocol's defaults
-(fmf-benchmark.md §5: batch 64, lr 5e-4, x0.1 at epoch 20, 30 epochs, Adam, horizontal flip,
-cross-entropy) and writes the result as ``config.json`` in the run folder; ``--resume`` reads it
-back with :meth:`TrainConfig.from_dict`, which refuses unknown keys so that a typo in a
-hand-edited file is not silently ignored.
+``fmmodel train`` fills a :class:`TrainConfig` from its options, whose defaults are the
+reference protocol's (:mod:`fmmodel.protocol`: batch 64, lr 5e-4, x0.1 at epoch 20, 30 epochs,
+Adam, horizontal flip, cross-entropy) and whose windows are a
+:class:`~fmdata.store.window_table.WindowParams` (the reference windows of the modality unless
+given). The trainer writes it as ``config.json`` in the run folder; ``--resume`` reads it back
+with :meth:`TrainConfig.from_dict`, which refuses unknown keys so that a typo in a hand-edited
+file is not silently ignored.
 """
 from __future__ import annotations
 
@@ -14,60 +16,26 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from fmdata.errors import FmDataError
+from fmdata.store.atomic import replace_text
+from fmdata.store.window_table import WindowParams
+from fmmodel import protocol
 from fmmodel.errors import FmModelError
-
-TASKS = ("cls", "seg")
-MODALITIES = ("both", "video", "current")
-PRECISIONS = ("bf16", "fp32")
-DEVICES = ("auto", "cpu", "cuda")
-PREPROCESSINGS = ("reference", "normalized")
-POLICIES = ("reference", "strict")
-
-# (task, modality) -> FmFormer variant name (fmmodel.fmformer)
-VARIANTS: dict[tuple[str, str], str] = {
-    ("cls", "both"): "vicu_cls",
-    ("seg", "both"): "vicu_seg",
-    ("cls", "video"): "video_cls",
-    ("cls", "current"): "current_cls",
-}
-
-# The reference's clip shapes: cross-modal 10 frames step 18 (its test command), video-only 8
-# frames step 19. A current-only model ignores the clip; it keeps the cross-modal windows so that
-# the three modalities are scored on the same labelled frames.
-DEFAULT_CLIP: dict[str, tuple[int, int]] = {"both": (10, 18), "video": (8, 19), "current": (10, 18)}
-
-
-def variant_for(task: str, modality: str) -> str:
-    """Return the FmFormer variant for a task and modality; FmModelError for unsupported pairs."""
-    try:
-        return VARIANTS[(task, modality)]
-    except KeyError:
-        pairs = ", ".join(f"{t}/{m}" for t, m in VARIANTS)
-        raise FmModelError(f"expected one of the task/modality pairs {pairs}, got {task}/{modality}") from None
-
-
-@dataclass
-class WindowSpec:
-    """How windows are built when no stored table is named (see ``fmdata windows``)."""
-
-    frames: int = 10
-    frame_step: int = 18
-    current_rows: int = 240
-    current_seconds: float = 120.0
-    policy: str = "reference"
-    stride: int = 1
+from fmmodel.preprocessing import PREPROCESSING_REFERENCE, PREPROCESSINGS
+from fmmodel.registry import variant_for
 
 
 @dataclass
 class TrainConfig:
     """Everything a training run needs; ``to_dict`` is what ``config.json`` holds.
 
-    ``model`` holds FmFormer size overrides (e.g. ``{"depth": 2, "dim": 32}``), passed to
-    ``fmmodel.fmformer.build_model``. ``val_fraction`` is the share of each recording's training
+    ``model`` holds FmFormer size overrides (e.g. ``{"size": "tiny", "depth": 2}``), passed to
+    ``fmmodel.registry.build_model``. ``val_fraction`` is the share of each recording's training
     block (its last labelled frames) held out for validation; ``validation`` is filled in by the
     trainer with what it actually held out. ``max_steps_per_epoch`` caps an epoch (demos and
     benchmarks); None runs every window. ``threads`` sets torch's CPU threads in the training
-    process (None keeps torch's default; 1 is fastest on a small, shared CPU).
+    process (None keeps torch's default; 1 is fastest on a small, shared CPU). ``window`` is
+    replaced by the parameters of the table the run trains on.
     """
 
     store: str
@@ -75,26 +43,26 @@ class TrainConfig:
     windows: str | None = None
     task: str = "cls"
     modality: str = "both"
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 5e-4
-    lr_step_epoch: int = 20
-    lr_gamma: float = 0.1
-    optimizer: str = "adam"
+    epochs: int = protocol.EPOCHS
+    batch_size: int = protocol.BATCH_SIZE
+    lr: float = protocol.LR
+    lr_step_epoch: int = protocol.LR_STEP_EPOCH
+    lr_gamma: float = protocol.LR_GAMMA
+    optimizer: str = protocol.OPTIMIZER
     weight_decay: float = 0.0
-    hflip: bool = True
-    preprocessing: str = "reference"
+    hflip: bool = protocol.HFLIP
+    preprocessing: str = PREPROCESSING_REFERENCE
     workers: int = 2
     threads: int | None = None
     device: str = "auto"
     precision: str | None = None
     compile: bool = False
     seed: int = 0
-    val_fraction: float = 0.1
+    val_fraction: float = protocol.VAL_FRACTION
     eval_batch_size: int | None = None
     max_steps_per_epoch: int | None = None
     balanced: bool = False
-    window: WindowSpec = field(default_factory=WindowSpec)
+    window: WindowParams = field(default_factory=WindowParams)
     model: dict[str, Any] = field(default_factory=dict)
     variant: str = ""
     validation: dict[str, Any] = field(default_factory=dict)
@@ -102,65 +70,45 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.window, dict):
-            self.window = WindowSpec(**self.window)
+            self.window = _window_from_dict(self.window)
         self.check()
         if not self.variant:
-            self.variant = variant_for(self.task, self.modality)
+            self.variant = variant_for(self.modality, self.task)
 
     def check(self) -> None:
-        """Raise FmModelError naming the first option that is out of range."""
-        def need(ok: bool, what: str, got: Any) -> None:
+        """Raise FmModelError naming the first parameter whose value is out of range."""
+        def need(ok: bool, name: str, what: str, got: Any) -> None:
             if not ok:
-                raise FmModelError(f"expected {what}, got {got!r}")
+                raise FmModelError(f"expected {what}, got {got!r}", field=name)
 
-        need(self.task in TASKS, f"--task in {TASKS}", self.task)
-        need(self.modality in MODALITIES, f"--modality in {MODALITIES}", self.modality)
-        variant_for(self.task, self.modality)
-        need(self.device in DEVICES, f"--device in {DEVICES}", self.device)
-        need(self.precision is None or self.precision in PRECISIONS, f"--precision in {PRECISIONS}", self.precision)
-        need(self.preprocessing in PREPROCESSINGS, f"--preprocessing in {PREPROCESSINGS}", self.preprocessing)
-        need(self.optimizer in ("adam", "adamw", "sgd"), "--optimizer adam, adamw or sgd", self.optimizer)
-        need(self.epochs >= 1, "--epochs >= 1", self.epochs)
-        need(self.batch_size >= 1, "--batch-size >= 1", self.batch_size)
-        need(self.lr > 0, "--lr > 0", self.lr)
-        need(self.workers >= 0, "--workers >= 0", self.workers)
-        need(self.threads is None or self.threads >= 1, "--threads >= 1", self.threads)
-        need(0.0 <= self.val_fraction < 1.0, "--val-fraction in [0, 1)", self.val_fraction)
-        need(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "--max-steps >= 1",
-             self.max_steps_per_epoch)
-        w = self.window
-        need(w.frames >= 1 and w.frame_step >= 1, "clip frames and frame step >= 1", (w.frames, w.frame_step))
-        need(w.current_rows >= 1 and w.current_seconds > 0, "current rows >= 1 and seconds > 0",
-             (w.current_rows, w.current_seconds))
-        need(w.policy in POLICIES, f"--policy in {POLICIES}", w.policy)
-        need(w.stride >= 1, "--stride >= 1", w.stride)
-
-    @classmethod
-    def with_defaults(cls, store: str, out: str, task: str = "cls", modality: str = "both",
-                      **options: Any) -> "TrainConfig":
-        """Build a config from the options a user gave (None means "use the default").
-
-        Window options (``frames``, ``frame_step``, ``current_rows``, ``current_seconds``,
-        ``policy``, ``stride``) may be given flat; the clip shape defaults per modality.
-        """
-        frames, step = DEFAULT_CLIP.get(modality, DEFAULT_CLIP["both"])
-        wkw: dict[str, Any] = {"frames": frames, "frame_step": step}
-        for name in ("frames", "frame_step", "current_rows", "current_seconds", "policy", "stride"):
-            if options.get(name) is not None:
-                wkw[name] = options[name]
-            options.pop(name, None)
-        kw = {k: v for k, v in options.items() if v is not None}
-        unknown = set(kw) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise FmModelError(f"expected training options, got unknown {sorted(unknown)}")
-        return cls(store=store, out=out, task=task, modality=modality, window=WindowSpec(**wkw), **kw)
+        need(self.task in protocol.TASKS, "task", f"a task in {protocol.TASKS}", self.task)
+        need(self.modality in protocol.MODALITIES, "modality", f"a modality in {protocol.MODALITIES}", self.modality)
+        variant_for(self.modality, self.task)
+        need(self.device in protocol.DEVICES, "device", f"a device in {protocol.DEVICES}", self.device)
+        need(self.precision is None or self.precision in protocol.PRECISIONS, "precision",
+             f"a precision in {protocol.PRECISIONS}", self.precision)
+        need(self.preprocessing in PREPROCESSINGS, "preprocessing", f"a preprocessing in {PREPROCESSINGS}",
+             self.preprocessing)
+        need(self.optimizer in protocol.OPTIMIZERS, "optimizer", f"an optimizer in {protocol.OPTIMIZERS}",
+             self.optimizer)
+        need(self.epochs >= 1, "epochs", "epochs >= 1", self.epochs)
+        need(self.batch_size >= 1, "batch_size", "a batch size >= 1", self.batch_size)
+        need(self.eval_batch_size is None or self.eval_batch_size >= 1, "eval_batch_size",
+             "an evaluation batch size >= 1", self.eval_batch_size)
+        need(self.lr > 0, "lr", "a learning rate > 0", self.lr)
+        need(self.lr_step_epoch >= 1, "lr_step_epoch", "a learning-rate step >= 1 epoch", self.lr_step_epoch)
+        need(self.workers >= 0, "workers", "loader workers >= 0", self.workers)
+        need(self.threads is None or self.threads >= 1, "threads", "threads >= 1", self.threads)
+        need(0.0 <= self.val_fraction < 1.0, "val_fraction", "a validation fraction in [0, 1)", self.val_fraction)
+        need(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "max_steps_per_epoch",
+             "at most >= 1 steps per epoch", self.max_steps_per_epoch)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the configuration as a JSON-able dict."""
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Build from :meth:`to_dict` output; FmModelError on unknown or missing keys."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
@@ -169,29 +117,14 @@ class TrainConfig:
         missing = {"store", "out"} - set(d)
         if missing:
             raise FmModelError(f"expected training config keys {sorted(missing)}, got none")
-        d = dict(d)
-        if isinstance(d.get("window"), dict):
-            wnames = {f.name for f in dataclasses.fields(WindowSpec)}
-            bad = set(d["window"]) - wnames
-            if bad:
-                raise FmModelError(f"expected window keys {sorted(wnames)}, got unknown {sorted(bad)}")
-            d["window"] = WindowSpec(**d["window"])
         return cls(**d)
 
-    def window_params(self) -> dict[str, Any]:
-        """Return the window-building parameters as ``fmdata.windows`` takes them."""
-        return dataclasses.asdict(self.window)
-
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the config as JSON to ``path`` atomically (temporary file, then rename)."""
-        tmp = f"{os.fspath(path)}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(self.to_dict(), fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
+        """Write the config as JSON to ``path`` atomically (temporary file, fsync, rename)."""
+        replace_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "TrainConfig":
+    def load(cls, path: str | os.PathLike[str]) -> TrainConfig:
         """Read a config written by :meth:`save`; FmModelError when it is not one."""
         try:
             with open(path, encoding="utf-8") as fh:
@@ -204,3 +137,15 @@ class TrainConfig:
             return cls.from_dict(d)
         except (FmModelError, TypeError) as exc:
             raise FmModelError(str(exc), path) from None
+
+
+def _window_from_dict(d: dict[str, Any]) -> WindowParams:
+    """The window parameters of a config file; FmModelError for unknown keys or values out of range."""
+    known = {f.name for f in dataclasses.fields(WindowParams)}
+    bad = set(d) - known
+    if bad:
+        raise FmModelError(f"expected window keys {sorted(known)}, got unknown {sorted(bad)}")
+    try:
+        return WindowParams.from_dict(d)
+    except FmDataError as exc:
+        raise FmModelError(exc.message, field=exc.field) from None

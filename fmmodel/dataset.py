@@ -1,78 +1,59 @@
 """The lazy torch dataset over an FMF store and a window table.
 
-One item is one row of a window table (``fmdata.window_table``): the clip frames, the labelled
-frame's mask and class label, and the current rows of that window, read from the store. An item
-is a row lookup plus slices; the heavy lifting (which chunks to decode, how) is in
-:mod:`fmmodel.reader`. The dataset implements ``__getitems__``, so a DataLoader fetches a whole
-batch with one vectorised read per array; :func:`collate_windows` then passes the ready batch
-through without copying (``fmmodel.sampling.make_loader`` wires this up; how batches travel
-from workers is in :mod:`fmmodel.batches`).
+One item is one row of a window table (:mod:`fmdata.store.window_table`): the clip frames, the
+labelled frame's mask and class label, and the current rows of that window, read from the store.
+An item is a row lookup plus slices; the heavy lifting (which chunks to decode, how) is in
+:mod:`fmdata.store.row_reader`. The dataset implements ``__getitems__``, so a DataLoader fetches
+a whole batch with one vectorised read per array; :func:`collate_windows` then passes the ready
+batch through without copying (``fmmodel.sampling.make_loader`` wires this up; how batches
+travel from workers is in :mod:`fmmodel.batches`).
 
-Preprocessing:
-- ``reference``: video as float 0..255, current as raw amperes, frames in the orientation the
-  authors' loader feeds its model (every frame transposed, (W, H); the mask too; the flip reverses
-  the last axis, MATLAB's H). The released checkpoint expects exactly this.
-- ``normalized``: true orientation (H, W); video and current standardised with the training-split
-  statistics that ``fmdata stats`` stores in the store; the flip reverses the last axis (W).
-
-``orientation`` names what an instance delivers ("reference" or "true"); trainers record it in
-their checkpoints. Stores are opened lazily in the process that reads (each DataLoader worker
-opens its own); pickling the dataset never carries an open handle.
+Preprocessing (:mod:`fmmodel.preprocessing`): ``reference`` (0..255 video, raw amperes, frames
+transposed as the authors' loader feeds them) or ``normalized`` (true orientation, training-split
+statistics). ``orientation`` names what an instance delivers ("reference" or "true"); trainers
+record it in their checkpoints. Stores are opened lazily in the process that reads (each
+DataLoader worker opens its own); pickling the dataset never carries an open handle.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
+import numcodecs.blosc
 import numpy as np
 import torch
 import torch.utils.data
 
-from fmdata import schema
 from fmdata.errors import FmDataError
-from fmdata.window_table import WindowTable, read_window_table
+from fmdata.store import schema
+from fmdata.store.access import open_store, read_meta
+from fmdata.store.location import Location, LocationLike
+from fmdata.store.row_reader import READER_MODES, AxisReader, open_axis_reader
+from fmdata.store.window_table import WindowTable, current_row_offsets, read_window_table
 from fmmodel.batches import SharedRing, WindowBatch, allocate_batch, collate_windows
 from fmmodel.errors import FmModelError
-from fmmodel.reader import READER_MODES, AxisReader, local_root, open_axis_reader
+from fmmodel.preprocessing import (
+    ORIENTATION_REFERENCE,
+    PREPROCESSING_REFERENCE,
+    PREPROCESSINGS,
+    VIDEO_DTYPES,
+    input_format,
+    read_normalization,
+)
+from fmmodel.protocol import MODALITIES
 
-PREPROCESSING = ("reference", "normalized")
-MODALITIES = ("both", "video", "current")
 TARGETS = ("cls", "seg", "both")
-VIDEO_DTYPES = ("float32", "uint8")
-ORIENTATION_REFERENCE = "reference"  # frames transposed: item axes (..., W, H)
-ORIENTATION_TRUE = "true"  # item axes (..., H, W)
 SPLIT_CODES = {name: code for code, name in schema.SPLIT_NAMES.items()}
 _MIB = 1 << 20
 
-
-def read_normalization(attrs: dict[str, Any], where: str) -> dict[str, np.ndarray]:
-    """Return {video_mean, video_std, current_mean, current_std} (float64, 3 each) from store attributes.
-
-    Reads the attribute ``schema.ATTR_STATS`` written by ``fmdata stats``; FmModelError when it is
-    absent or lacks a key.
-    """
-    stats = attrs.get(schema.ATTR_STATS)
-    if not isinstance(stats, dict):
-        raise FmModelError("expected normalisation statistics (run `fmdata stats STORE`), got none", where)
-    norm = stats.get("normalization", stats)
-    out = {}
-    for key in ("video_mean", "video_std", "current_mean", "current_std"):
-        value = norm.get(key)
-        arr = None if value is None else np.asarray(value, dtype=np.float64).reshape(-1)
-        if arr is None or arr.size != 3 or not np.all(np.isfinite(arr)):
-            raise FmModelError(f"expected statistic {key!r} with 3 finite values, got {value!r}", where)
-        if key.endswith("_std") and np.any(arr <= 0):
-            raise FmModelError(f"expected a positive {key!r}, got {value!r}", where)
-        out[key] = arr
-    return out
+__all__ = ["FmfWindowDataset", "WindowBatch", "collate_windows", "TARGETS"]
 
 
 class FmfWindowDataset(torch.utils.data.Dataset):
     """Training/evaluation samples of an FMF store, one per window-table row.
 
     Args:
-        store: store path or fsspec URL (opened lazily per process).
+        store: the store's Location (or a path / fsspec URL; opened lazily per process).
         windows: the name of a window table in the store (``fmdata windows --name``) or a WindowTable.
         preprocessing: "reference" or "normalized" (see module docstring).
         augment: horizontal flip with p=0.5 of clip and mask together, decided by (seed, epoch, window).
@@ -86,7 +67,6 @@ class FmfWindowDataset(torch.utils.data.Dataset):
         reader: "auto" (fast local reader where the layout allows, else zarr), "fast" or "zarr".
         cache_mb: byte budget (MiB, per process) of decoded chunks kept for the current array, and
             for frame arrays whose chunks hold several frames.
-        storage_options: fsspec options for remote stores.
 
     Items are dicts of tensors: ``clip`` (3, T, H', W') float32 (or uint8), ``current`` (R, 3)
     float32, ``mask`` (H', W') uint8, ``label``/``recording``/``frame``/``window`` int64 scalars and
@@ -95,28 +75,27 @@ class FmfWindowDataset(torch.utils.data.Dataset):
     target "cls".
     """
 
-    def __init__(self, store: str | os.PathLike[str], windows: str | WindowTable, *,
-                 preprocessing: str = "reference", augment: bool = False, seed: int = 0,
+    def __init__(self, store: LocationLike, windows: str | WindowTable, *,
+                 preprocessing: str = PREPROCESSING_REFERENCE, augment: bool = False, seed: int = 0,
                  modality: str = "both", target: str = "both", split: str | None = None,
                  rows: np.ndarray | Sequence[int] | None = None, video_dtype: str = "float32",
-                 reader: str = "auto", cache_mb: float = 64, storage_options: dict | None = None) -> None:
-        for name, value, allowed in (("preprocessing", preprocessing, PREPROCESSING),
+                 reader: str = "auto", cache_mb: float = 64) -> None:
+        for name, value, allowed in (("preprocessing", preprocessing, PREPROCESSINGS),
                                      ("modality", modality, MODALITIES), ("target", target, TARGETS),
                                      ("video_dtype", video_dtype, VIDEO_DTYPES), ("reader", reader, READER_MODES)):
             if value not in allowed:
-                raise FmModelError(f"expected {name} in {allowed}, got {value!r}")
-        if video_dtype == "uint8" and preprocessing != "reference":
-            raise FmModelError("expected video_dtype 'float32' with normalized preprocessing, got 'uint8'")
-        self.store = os.fspath(store)
+                raise FmModelError(f"expected {name} in {allowed}, got {value!r}", field=name)
+        if video_dtype == "uint8" and preprocessing != PREPROCESSING_REFERENCE:
+            raise FmModelError("expected video_dtype 'float32' with normalized preprocessing, got 'uint8'",
+                               field="video_dtype")
+        self.location = Location.parse(store)
+        self.store = str(self.location)
         self.preprocessing, self.augment, self.seed = preprocessing, bool(augment), int(seed)
         self.modality, self.target, self.video_dtype = modality, target, video_dtype
         self.reader_mode, self.cache_bytes = reader, int(cache_mb * _MIB)
-        self.storage_options = storage_options
-        self.orientation = ORIENTATION_REFERENCE if preprocessing == "reference" else ORIENTATION_TRUE
-
-        from fmdata.store import open_store, read_meta  # parent-side metadata only; workers reopen
-        try:
-            root = open_store(self.store, "r", storage_options=storage_options)
+        self.orientation = input_format(preprocessing).orientation
+        try:  # parent-side metadata only; workers reopen
+            root = open_store(self.location)
             meta = read_meta(root, self.store)
             table = windows if isinstance(windows, WindowTable) else read_window_table(root, windows)
         except FmDataError as exc:
@@ -257,12 +236,15 @@ class FmfWindowDataset(torch.utils.data.Dataset):
         flips = self.flips(idx)
         batch = self._allocate(len(idx))
         views = {k: v.numpy() for k, v in batch.tensors.items()}
-        if "clip" in views:
-            self._read_clips(readers[schema.VIDEO], idx, flips, views["clip"])
-        if "current" in views:
-            self._read_current(readers[schema.CURRENT], idx, views["current"])
-        if "mask" in views:
-            self._read_masks(readers[schema.MASK], idx, flips, views["mask"])
+        try:
+            if "clip" in views:
+                self._read_clips(readers[schema.VIDEO], idx, flips, views["clip"])
+            if "current" in views:
+                self._read_current(readers[schema.CURRENT], idx, views["current"])
+            if "mask" in views:
+                self._read_masks(readers[schema.MASK], idx, flips, views["mask"])
+        except FmDataError as exc:  # a damaged store, found while reading: one line naming where
+            raise FmModelError(str(exc)) from None
         views["label"][:] = self._label[idx]
         views["recording"][:] = self._recording[idx]
         views["frame"][:] = self._frame[idx]
@@ -287,7 +269,6 @@ class FmfWindowDataset(torch.utils.data.Dataset):
     def _open(self) -> dict[str, AxisReader]:
         if self._readers is None:
             if torch.utils.data.get_worker_info() is not None:
-                import numcodecs.blosc
                 numcodecs.blosc.use_threads = False  # one decode thread per worker process
                 if self.reuse_buffers > 0:
                     self._ring = SharedRing(self.reuse_buffers)
@@ -299,16 +280,18 @@ class FmfWindowDataset(torch.utils.data.Dataset):
             if self.target != "cls":
                 names.append(schema.MASK)
             root = None
-            if self.reader_mode == "zarr" or local_root(self.store) is None:
-                from fmdata.store import open_store
-                root = open_store(self.store, "r", storage_options=self.storage_options)
+            if self.reader_mode == "zarr" or self.location.local_path is None:
+                root = open_store(self.location)
             readers: dict[str, AxisReader] = {}
-            for name in names:
-                # Decoded chunks are cached where a chunk serves several windows: the current
-                # array always, frame arrays only when a chunk holds more than one frame.
-                readers[name] = open_axis_reader(self.store, name, mode=self.reader_mode,
-                                                 cache_bytes=self.cache_bytes, cache_single_rows=name == schema.CURRENT,
-                                                 storage_options=self.storage_options, root=root)
+            try:
+                for name in names:
+                    # Decoded chunks are cached where a chunk serves several windows: the current
+                    # array always, frame arrays only when a chunk holds more than one frame.
+                    readers[name] = open_axis_reader(self.location, name, mode=self.reader_mode,
+                                                     cache_bytes=self.cache_bytes,
+                                                     cache_single_rows=name == schema.CURRENT, root=root)
+            except FmDataError as exc:
+                raise FmModelError(str(exc)) from None
             self._readers = readers
         return self._readers
 
@@ -371,9 +354,7 @@ class FmfWindowDataset(torch.utils.data.Dataset):
         """Offsets (from ``current_start``) of the rows a window of ``n`` current rows is read as."""
         offsets = self._offsets.get(n)
         if offsets is None:
-            # The reference's index resampling on window-local rows, exactly (the same rule as
-            # fmdata.windows.current_row_indices): rows repeat when n < current_rows.
-            offsets = np.linspace(0, n - 1, self.current_rows).astype(np.int32).astype(np.int64)
+            offsets = current_row_offsets(n, self.current_rows)
             if len(self._offsets) < 4096:
                 self._offsets[n] = offsets
         return offsets

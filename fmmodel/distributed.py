@@ -5,7 +5,8 @@ Multi-GPU runs are started by ``torchrun`` (or any launcher that sets ``RANK``, 
 the CPU (tests run two CPU processes). Only rank 0 logs, writes files and shows progress bars.
 
 Evaluation shards windows with :class:`ShardSampler` (rank r takes windows r, r+W, r+2W, ...)
-WITHOUT the padding that ``DistributedSampler`` adds, so no window is scored twice (pitfalls.md);
+WITHOUT the padding that ``DistributedSampler`` adds, so no window is scored twice (a padded
+sampler repeats windows, which metrics would count twice);
 :class:`fmmodel.metrics.MetricSet` also drops repeated window keys as a second guard.
 """
 from __future__ import annotations
@@ -13,8 +14,8 @@ from __future__ import annotations
 import datetime
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from fmmodel.errors import FmModelError
+from fmmodel.registry import unwrap_model
 
 
 @dataclass(frozen=True)
@@ -52,11 +54,11 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise FmModelError("expected a CUDA device for --device cuda, got none (use --device cpu)")
+            raise FmModelError("expected a CUDA device, got none (use the CPU)", field="device")
         return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
     if name == "cpu":
         return torch.device("cpu")
-    raise FmModelError(f"expected --device auto, cpu or cuda, got {name!r}")
+    raise FmModelError(f"expected a device auto, cpu or cuda, got {name!r}", field="device")
 
 
 def env_world() -> tuple[int, int, int]:
@@ -149,22 +151,9 @@ def all_reduce_sum(ctx: DistContext, values: list[float]) -> list[float]:
     return t.cpu().tolist()
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """Return the plain module inside DDP and/or ``torch.compile`` wrappers (for saving)."""
-    inner = model
-    for _ in range(4):
-        if isinstance(inner, torch.nn.parallel.DistributedDataParallel):
-            inner = inner.module
-        elif hasattr(inner, "_orig_mod"):
-            inner = inner._orig_mod
-        else:
-            break
-    return inner
-
-
 def params_digest(model: torch.nn.Module) -> float:
     """Return a float64 fingerprint of the parameters (for cross-rank equality checks)."""
     total = torch.zeros((), dtype=torch.float64)
-    for i, p in enumerate(unwrap(model).parameters()):
+    for i, p in enumerate(unwrap_model(model).parameters()):
         total += (p.detach().double().cpu().flatten() * (1.0 + (i % 7) * 1e-3)).sum()
     return float(total)

@@ -1,12 +1,12 @@
-"""The single error type of fmmodel ("<where>: expected X, got Y"); fmcli turns it into an exit code."""
+"""The single error type of fmmodel; fmcli turns it into one line and an exit code.
+
+It shares its base (``path``, ``field``, "expected X, got Y" messages) with fmdata's error:
+see :mod:`fmdata.errors`.
+"""
 from __future__ import annotations
 
-import os
+from fmdata.errors import FmfError
 
 
-class FmModelError(Exception):
+class FmModelError(FmfError):
     """A user-facing model problem: bad checkpoint, bad configuration, unusable device."""
-
-    def __init__(self, message: str, path: str | os.PathLike[str] | None = None) -> None:
-        self.path = None if path is None else os.fspath(path)
-        super().__init__(f"{self.path}: {message}" if self.path else message)

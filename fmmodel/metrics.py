@@ -1,9 +1,9 @@
 """Class- and pixel-level anomaly metrics (torchmetrics), overall and per recording.
 
-Conventions (they follow the benchmark's reference test script, fmf-benchmark.md §5):
+Conventions (they follow the benchmark's reference test script, docs/reference-protocol.md, "Metrics"):
 - Everything is fed PROBABILITIES of the abnormal class (softmax of the model's two logits),
   never logits: torchmetrics' binary metrics would silently apply a sigmoid to a batch with any
-  value outside [0, 1] (pitfalls.md). Targets are integer tensors.
+  value outside [0, 1]. Targets are integer tensors.
 - A window is predicted abnormal when its probability is >= 0.5 (the arg-max of two classes).
 - Class level: accuracy, F1, precision, recall, FDR = FP / (FP + TN), MDR = FN / (TP + FN), AUROC
   and AP (exact, micro-averaged over all windows), and the confusion matrix [[TN, FP], [FN, TP]].
@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,8 +43,8 @@ from torchmetrics.classification import (
 )
 
 from fmmodel.errors import FmModelError
+from fmmodel.protocol import THRESHOLD
 
-THRESHOLD = 0.5
 DEFAULT_PIXEL_THRESHOLDS = 201  # 0, 0.005, ..., 1: constant-size state per recording
 
 
@@ -93,12 +94,13 @@ def class_scores(prob: torch.Tensor, target: torch.Tensor) -> dict[str, Any]:
     out: dict[str, Any] = {"n": n}
     if n == 0:
         return out
-    local = {"sync_on_compute": False}  # records are already gathered from every rank
+    # sync_on_compute=False: records are already gathered from every rank
     coll = MetricCollection({
-        "accuracy": BinaryAccuracy(threshold=THRESHOLD, **local), "f1": BinaryF1Score(threshold=THRESHOLD, **local),
-        "precision": BinaryPrecision(threshold=THRESHOLD, **local),
-        "recall": BinaryRecall(threshold=THRESHOLD, **local),
-        "confusion": BinaryConfusionMatrix(threshold=THRESHOLD, **local),
+        "accuracy": BinaryAccuracy(threshold=THRESHOLD, sync_on_compute=False),
+        "f1": BinaryF1Score(threshold=THRESHOLD, sync_on_compute=False),
+        "precision": BinaryPrecision(threshold=THRESHOLD, sync_on_compute=False),
+        "recall": BinaryRecall(threshold=THRESHOLD, sync_on_compute=False),
+        "confusion": BinaryConfusionMatrix(threshold=THRESHOLD, sync_on_compute=False),
     }, compute_groups=False)
     coll.update(prob, target)
     res = _quiet(coll.compute)
@@ -156,13 +158,13 @@ def pixel_scores_from_confusion(cm: np.ndarray) -> dict[str, Any]:
 
 
 def _pixel_collection(thresholds: int) -> MetricCollection:
-    local = {"sync_on_compute": False}  # MetricSet syncs explicitly, in a fixed order on every rank
+    # sync_on_compute=False: MetricSet syncs explicitly, in a fixed order on every rank
     return MetricCollection({
-        "confusion": BinaryConfusionMatrix(threshold=THRESHOLD, **local),
-        "auroc": BinaryAUROC(thresholds=thresholds, **local),
-        "ap": BinaryAveragePrecision(thresholds=thresholds, **local),
-        "roc": BinaryROC(thresholds=thresholds, **local),
-        "pr": BinaryPrecisionRecallCurve(thresholds=thresholds, **local),
+        "confusion": BinaryConfusionMatrix(threshold=THRESHOLD, sync_on_compute=False),
+        "auroc": BinaryAUROC(thresholds=thresholds, sync_on_compute=False),
+        "ap": BinaryAveragePrecision(thresholds=thresholds, sync_on_compute=False),
+        "roc": BinaryROC(thresholds=thresholds, sync_on_compute=False),
+        "pr": BinaryPrecisionRecallCurve(thresholds=thresholds, sync_on_compute=False),
     }, compute_groups=[["confusion"], ["auroc", "ap", "roc", "pr"]])
 
 
@@ -272,24 +274,29 @@ class MetricSet:
         return self._curves
 
 
+def _metric(coll: MetricCollection, name: str) -> Any:
+    """One metric of a collection (typed as Any: torchmetrics' states are set dynamically)."""
+    return coll[name]
+
+
 def _pixel_count(coll: MetricCollection) -> int:
-    return int(coll["confusion"].confmat.sum())
+    return int(_metric(coll, "confusion").confmat.sum())
 
 
 def _curves(coll: MetricCollection) -> dict[str, np.ndarray]:
-    fpr, tpr, _ = _quiet(coll["roc"].compute)
-    precision, recall, _ = _quiet(coll["pr"].compute)
+    fpr, tpr, _ = _quiet(_metric(coll, "roc").compute)
+    precision, recall, _ = _quiet(_metric(coll, "pr").compute)
     return {"fpr": fpr.cpu().numpy(), "tpr": tpr.cpu().numpy(),
             "precision": precision.cpu().numpy(), "recall": recall.cpu().numpy()}
 
 
 def _pixel_result(coll: MetricCollection) -> dict[str, Any]:
-    cm = coll["confusion"].confmat.cpu().numpy()
+    cm = _metric(coll, "confusion").confmat.cpu().numpy()
     out = pixel_scores_from_confusion(cm)
     positives, negatives = int(cm[1].sum()), int(cm[0].sum())
-    out["auroc"] = float(_quiet(coll["auroc"].compute)) if positives and negatives else None
-    out["ap"] = float(_quiet(coll["ap"].compute)) if positives else None
-    out["auc_thresholds"] = int(coll["auroc"].thresholds.numel())
+    out["auroc"] = float(_quiet(_metric(coll, "auroc").compute)) if positives and negatives else None
+    out["ap"] = float(_quiet(_metric(coll, "ap").compute)) if positives else None
+    out["auc_thresholds"] = int(_metric(coll, "auroc").thresholds.numel())
     return out
 
 

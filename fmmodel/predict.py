@@ -23,18 +23,25 @@ predictions over the frames as an MP4 (OpenCV).
 from __future__ import annotations
 
 import os
-import shutil
+from collections.abc import Iterator
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import zarr
 from torch.utils.data import DataLoader, Sampler
 
-from fmdata import schema
+from fmdata.store import schema
+from fmdata.store.access import open_store, read_meta
+from fmdata.store.atomic import atomic_file, place, remove_tree
+from fmdata.store.location import Location, LocationLike
 from fmmodel import distributed as dd
 from fmmodel.errors import FmModelError
-from fmmodel.evaluate import SPLITS, prepare, resolve_precision, run_inference
+from fmmodel.inference import prepare, resolve_precision, run_inference
+from fmmodel.preprocessing import ORIENTATION_REFERENCE
+from fmmodel.protocol import SPLITS, THRESHOLD
+from fmmodel.sampling import make_loader
 
 ATTR_PREDICTIONS = "fmf_predictions"
 WINDOW_CHUNK = 4096  # rows per chunk of the 1-D arrays; rank blocks align to it
@@ -49,7 +56,7 @@ class BlockSampler(Sampler[int]):
     def __init__(self, start: int, stop: int) -> None:
         self.start, self.stop = int(start), int(stop)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[int]:
         return iter(range(self.start, self.stop))
 
     def __len__(self) -> int:
@@ -65,6 +72,7 @@ def block_of(n: int, rank: int, world: int, align: int = WINDOW_CHUNK) -> tuple[
 
 
 def _temp_path(out: str) -> str:
+    # a fixed name (not a fresh temp name): every rank must find the folder rank 0 created
     head, tail = os.path.split(os.path.abspath(out))
     return os.path.join(head, f".{tail}.partial")
 
@@ -97,10 +105,10 @@ class _Writer:
         # copies: loader batches may live in reused shared buffers, and rows wait here until a flush
         rows = {"frame": batch["frame"].numpy().copy(), "recording": batch["recording"].numpy().astype(np.int32),
                 "label": batch["label"].numpy().astype(np.uint8), "prob": np.stack([1 - p, p], axis=1),
-                "pred": (p >= 0.5).astype(np.uint8)}
+                "pred": (p >= THRESHOLD).astype(np.uint8)}
         if self.seg and pixel_prob is not None:
-            m = (pixel_prob.detach() >= 0.5).to(torch.uint8).cpu().numpy()
-            rows["mask_pred"] = np.swapaxes(m, 1, 2) if self.orientation == "reference" else m
+            m = (pixel_prob.detach() >= THRESHOLD).to(torch.uint8).cpu().numpy()
+            rows["mask_pred"] = np.swapaxes(m, 1, 2) if self.orientation == ORIENTATION_REFERENCE else m
         for k, v in rows.items():
             self.buf.setdefault(k, []).append(v)
         self.pos += len(p)
@@ -116,7 +124,7 @@ class _Writer:
         self.flushed = self.pos
 
 
-def predict(store: str, checkpoint: str, out: str, *, fmt: str = "auto", variant: str | None = None,
+def predict(store: LocationLike, checkpoint: str, out: str, *, fmt: str = "auto", variant: str | None = None,
             split: str = "all", windows: str | None = None, batch_size: int = 64, workers: int = 2,
             device: str = "auto", precision: str | None = None, overwrite: bool = False,
             video: str | None = None, video_max_frames: int = 1500, progress: bool = True) -> dict[str, Any]:
@@ -126,45 +134,41 @@ def predict(store: str, checkpoint: str, out: str, *, fmt: str = "auto", variant
     with the predictions drawn over (at most ``video_max_frames``) labelled frames.
     """
     if split not in SPLITS:
-        raise FmModelError(f"expected --split in {SPLITS}, got {split!r}")
-    from fmdata.remote import is_url
-
-    if is_url(out):  # the staging folder + rename below is local-only; refuse rather than write "s3:/..."
+        raise FmModelError(f"expected a split in {SPLITS}, got {split!r}", field="split")
+    if Location.parse(out).is_url:  # the staging folder + rename below is local-only; refuse rather than write "s3:/..."
         raise FmModelError("expected a local path for the predictions store, got a URL "
                            "(write locally, then copy)", out)
     if os.path.exists(out) and not overwrite:
         raise FmModelError("exists; pass --overwrite to replace it", out)
     if video and os.path.exists(video) and not overwrite:
         raise FmModelError("exists; pass --overwrite to replace it", video)
+    location = Location.parse(store)
     ctx = dd.setup(device)
     try:
-        p = prepare(store, checkpoint, fmt=fmt, variant=variant, split=split, windows=windows, ctx=ctx,
+        p = prepare(location, checkpoint, fmt=fmt, variant=variant, split=split, windows=windows, ctx=ctx,
                     batch_size=batch_size, workers=workers)
-        ds, meta, task = p["dataset"], p["meta"], p["task"]
+        ds, meta, task = p.dataset, p.meta, p.task
         n = len(ds)
         seg = task == "seg"
         tmp = _temp_path(out)
-        attrs = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "store": store,
+        attrs = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "store": str(location),
                  "checkpoint": os.fspath(checkpoint), "variant": meta.variant, "task": task,
                  "split": split, "windows": windows, "orientation_of_masks": "true",
-                 "window_params": {k: v for k, v in p["params"].items() if isinstance(v, (int, float, str))},
-                 "threshold": 0.5}
+                 "window_params": {k: v for k, v in p.params.items() if isinstance(v, (int, float, str))},
+                 "threshold": THRESHOLD}
         if ctx.is_main:
-            if os.path.exists(tmp):
-                shutil.rmtree(tmp)  # our own leftover from an interrupted run
-            _create(tmp, n, tuple(p["store_meta"].__dict__[k] for k in ("height", "width")) if seg else None, attrs)
+            remove_tree(tmp)  # our own leftover from an interrupted run
+            _create(tmp, n, (p.store_meta.height, p.store_meta.width) if seg else None, attrs)
             # split column straight from the table (windows are in table order)
-            zarr.open_group(tmp, mode="r+")["split"][:] = p["table"].column("split").astype(np.int8)
+            zarr.open_group(tmp, mode="r+")["split"][:] = p.table.column("split").astype(np.int8)
         dd.barrier(ctx)
         start, stop = block_of(n, ctx.rank, ctx.world_size)
-        from fmmodel.sampling import make_loader
-
         loader: DataLoader = make_loader(ds, batch_size, workers, sampler=BlockSampler(start, stop),
                                          pin_memory=ctx.device.type == "cuda", persistent_workers=False)
         writer = _Writer(tmp, start, seg, meta.orientation)
         prec = resolve_precision(precision, ctx.device)
-        res = run_inference(p["model"], loader, ctx, task=task, precision=prec,
-                            recordings=p["store_meta"].n_recordings, progress=progress, keep=writer.add,
+        res = run_inference(p.model, loader, ctx, task=task, precision=prec,
+                            recordings=p.store_meta.n_recordings, progress=progress, keep=writer.add,
                             desc="predict")
         writer.flush()
         if writer.flushed != stop:
@@ -175,14 +179,12 @@ def predict(store: str, checkpoint: str, out: str, *, fmt: str = "auto", variant
             root = zarr.open_group(tmp, mode="r+")
             root.attrs[ATTR_PREDICTIONS] = {**attrs, "complete": True, "windows_count": n,
                                             "summary": res["metrics"]["overall"]["class"]}
-            if os.path.exists(out):
-                shutil.rmtree(out) if os.path.isdir(out) else os.remove(out)
-            os.replace(tmp, out)
+            place(tmp, out)
         dd.barrier(ctx)
         summary = {"out": out, "windows": n, "task": task, "variant": meta.variant, "fps": res["fps"],
                    "metrics": res["metrics"]["overall"]}
         if video and ctx.is_main:
-            summary["video"] = write_overlay_video(store, out, video, max_frames=video_max_frames)
+            summary["video"] = write_overlay_video(location, out, video, max_frames=video_max_frames)
         return summary
     finally:
         dd.teardown(ctx)
@@ -200,20 +202,16 @@ def read_predictions(path: str) -> zarr.Group:
     return root
 
 
-def write_overlay_video(store: str, predictions: str, video: str, *, max_frames: int = 1500, scale: int = 4,
+def write_overlay_video(store: LocationLike, predictions: str, video: str, *, max_frames: int = 1500, scale: int = 4,
                         fps: float | None = None) -> str:
     """Write an MP4 of the labelled frames with the true mask (green outline), the predicted mask
     (red, segmentation models) and the abnormal probability; return the path.
 
     At most ``max_frames`` windows are drawn, evenly spread over the predictions.
     """
-    import cv2
-
-    from fmdata.store import open_store, read_meta
-
     pred = read_predictions(predictions)
     root = open_store(store)
-    meta = read_meta(root, store)
+    meta = read_meta(root, str(store))
     frames = np.asarray(pred["frame"][:])
     if not len(frames):
         raise FmModelError("expected predictions to draw, got none", predictions)
@@ -224,30 +222,30 @@ def write_overlay_video(store: str, predictions: str, video: str, *, max_frames:
     has_mask = "mask_pred" in pred
     h, w = meta.height * scale, meta.width * scale
     bar = 22
-    tmp = f"{video}.partial.mp4"
-    writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), float(fps or min(meta.fps, 25.0)), (w, h + bar))
-    if not writer.isOpened():
-        raise FmModelError("expected OpenCV to open an MP4 writer, got none", video)
-    try:
-        for i in pick.tolist():
-            f = int(frames[i])
-            img = cv2.resize(np.asarray(root[schema.VIDEO][f]), (w, h), interpolation=cv2.INTER_NEAREST)
-            img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
-            true = cv2.resize(np.asarray(root[schema.MASK][f]), (w, h), interpolation=cv2.INTER_NEAREST)
-            if has_mask:
-                pm = cv2.resize(np.asarray(pred["mask_pred"][i]), (w, h), interpolation=cv2.INTER_NEAREST)
-                tint = img.copy()
-                tint[pm.astype(bool)] = (0, 0, 255)
-                img = cv2.addWeighted(img, 0.6, tint, 0.4, 0)
-            contours, _ = cv2.findContours(true.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-            cv2.drawContours(img, contours, -1, (0, 255, 0), 1)
-            canvas = np.zeros((h + bar, w, 3), np.uint8)
-            canvas[bar:] = img
-            colour = (0, 0, 255) if prob[i] >= 0.5 else (200, 200, 200)
-            text = f"rec {recs[i]} frame {f}  p={prob[i]:.2f}  true={labels[i]}"
-            cv2.putText(canvas, text, (4, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
-            writer.write(canvas)
-    finally:
-        writer.release()
-    os.replace(tmp, video)
+    with atomic_file(video, suffix=".mp4") as tmp:  # OpenCV picks the container by the extension
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps or min(meta.fps, 25.0)),
+                                 (w, h + bar))
+        if not writer.isOpened():
+            raise FmModelError("expected OpenCV to open an MP4 writer, got none", video)
+        try:
+            for i in pick.tolist():
+                f = int(frames[i])
+                img = cv2.resize(np.asarray(root[schema.VIDEO][f]), (w, h), interpolation=cv2.INTER_NEAREST)
+                img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+                true = cv2.resize(np.asarray(root[schema.MASK][f]), (w, h), interpolation=cv2.INTER_NEAREST)
+                if has_mask:
+                    pm = cv2.resize(np.asarray(pred["mask_pred"][i]), (w, h), interpolation=cv2.INTER_NEAREST)
+                    tint = img.copy()
+                    tint[pm.astype(bool)] = (0, 0, 255)
+                    img = cv2.addWeighted(img, 0.6, tint, 0.4, 0)
+                contours, _ = cv2.findContours(true.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+                cv2.drawContours(img, contours, -1, (0, 255, 0), 1)
+                canvas = np.zeros((h + bar, w, 3), np.uint8)
+                canvas[bar:] = img
+                colour = (0, 0, 255) if prob[i] >= THRESHOLD else (200, 200, 200)
+                text = f"rec {recs[i]} frame {f}  p={prob[i]:.2f}  true={labels[i]}"
+                cv2.putText(canvas, text, (4, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
+                writer.write(canvas)
+        finally:
+            writer.release()
     return video

@@ -1,13 +1,19 @@
-"""Build FmFormer models by variant name: the one place that knows which class and default sizes a variant has."""
+"""The model variants: the one table of which class, task, inputs and default sizes each has.
+
+Every other module asks here: the trainer (``variant_for(modality, task)``), checkpoints
+(``build_model``), evaluation (``get_variant(name).modality``). :func:`unwrap_model` gives the
+plain module under ``torch.compile`` and DDP wrappers.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
 from fmmodel.errors import FmModelError
-from fmmodel.fmformer import CurrentFmFormer, FmFormer, FmFormerConfig, VideoFmFormer, named_config
+from fmmodel.fmformer import CurrentFmFormer, FmFormer, VideoFmFormer
+from fmmodel.model_config import FmFormerConfig, named_config
 
 
 @dataclass(frozen=True)
@@ -38,18 +44,18 @@ VARIANTS: dict[str, Variant] = {
 
 
 def variant_for(modality: str, task: str) -> str:
-    """The variant name for a trainer's --modality both|video|current and --task cls|seg."""
+    """The variant name for a modality ("both", "video", "current") and a task ("cls", "seg")."""
     for v in VARIANTS.values():
         if v.modality == modality and v.task == task:
             return v.name
-    pairs = sorted((v.modality, v.task) for v in VARIANTS.values())
-    raise FmModelError(f"model: expected (modality, task) from {pairs}, got ({modality!r}, {task!r})")
+    pairs = ", ".join(f"{v.modality}/{v.task}" for v in VARIANTS.values())
+    raise FmModelError(f"expected a modality/task pair from {pairs}, got {modality}/{task}", field="task")
 
 
 def get_variant(name: str) -> Variant:
     """The Variant record for a name; FmModelError naming the known ones otherwise."""
     if name not in VARIANTS:
-        raise FmModelError(f"model: expected a variant from {sorted(VARIANTS)}, got {name!r}")
+        raise FmModelError(f"expected a model variant from {sorted(VARIANTS)}, got {name!r}", field="variant")
     return VARIANTS[name]
 
 
@@ -75,4 +81,34 @@ def build_model(variant: str, config: FmFormerConfig | None = None, *, size: str
     return CurrentFmFormer(cfg)
 
 
-__all__ = ["Variant", "VARIANTS", "variant_for", "get_variant", "variant_config", "build_model"]
+@dataclass(frozen=True)
+class ModelInfo:
+    """What every model the registry builds says about itself (typed; modules carry them untyped)."""
+
+    variant: str
+    task: str
+    inputs: tuple[str, ...]
+    config: FmFormerConfig
+
+
+def model_info(model: nn.Module) -> ModelInfo:
+    """Return the variant, task, inputs and config of ``model`` (wrappers looked through)."""
+    inner = unwrap_model(model)
+    return ModelInfo(variant=str(inner.variant), task=str(inner.task),
+                     inputs=tuple(cast(tuple[str, ...], inner.inputs)),
+                     config=cast(FmFormerConfig, inner.config))
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module under torch.compile (``_orig_mod``) and DDP (``module``) wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None and isinstance(model, nn.parallel.DistributedDataParallel):
+            inner = model.module
+        if inner is None:
+            return model
+        model = inner
+
+
+__all__ = ["Variant", "VARIANTS", "variant_for", "get_variant", "variant_config", "build_model", "ModelInfo",
+           "model_info", "unwrap_model"]

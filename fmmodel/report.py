@@ -9,10 +9,17 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
+import matplotlib
 import numpy as np
+
+from fmdata.store.atomic import replace_text
+
+matplotlib.use("Agg")  # files only, never a window; before pyplot is imported
+import matplotlib.pyplot as plt
 
 REPORT_JSON = "report.json"
 ROC_PNG = "roc.png"
@@ -35,15 +42,6 @@ class Example:
     frame: int
 
 
-def _plt():  # import lazily: matplotlib is slow to import and not needed for training
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _jsonable(x: Any) -> Any:
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}
@@ -61,11 +59,7 @@ def _jsonable(x: Any) -> Any:
 
 def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
     """Write ``data`` as indented JSON atomically (NaN/inf become null)."""
-    tmp = f"{os.fspath(path)}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(_jsonable(data), fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
+    replace_text(path, json.dumps(_jsonable(data), indent=2) + "\n")
 
 
 def plot_curves(path: str, curves: dict[str, dict[str, np.ndarray] | None], kind: str,
@@ -75,7 +69,6 @@ def plot_curves(path: str, curves: dict[str, dict[str, np.ndarray] | None], kind
     ``curves`` maps a level name ("class", "pixel") to {"fpr","tpr","precision","recall"} or None;
     ``scores`` maps the same names to AUROC / AP for the legend.
     """
-    plt = _plt()
     fig, ax = plt.subplots(figsize=(4.6, 4.2), dpi=110)
     drawn = 0
     for name, c in curves.items():
@@ -110,7 +103,6 @@ def plot_curves(path: str, curves: dict[str, dict[str, np.ndarray] | None], kind
 
 def plot_confusions(path: str, matrices: dict[str, list[list[int]] | None]) -> None:
     """Draw each 2x2 confusion matrix [[TN, FP], [FN, TP]] (rows true, columns predicted)."""
-    plt = _plt()
     items = [(k, np.asarray(v)) for k, v in matrices.items() if v is not None]
     fig, axes = plt.subplots(1, max(len(items), 1), figsize=(3.6 * max(len(items), 1), 3.4), dpi=110)
     axes = np.atleast_1d(axes)
@@ -147,7 +139,6 @@ def _outline(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int]) -
 
 def plot_examples(path: str, examples: Sequence[Example]) -> None:
     """Draw example frames: the frame, its true mask (green outline) and predicted mask (red)."""
-    plt = _plt()
     n = max(len(examples), 1)
     has_pred = any(e.pred_mask is not None for e in examples)
     cols = 3 if has_pred else 2

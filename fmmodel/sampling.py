@@ -12,8 +12,10 @@ from __future__ import annotations
 import abc
 import functools
 import multiprocessing
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
+import numcodecs.blosc
 import numpy as np
 import torch
 import torch.utils.data
@@ -101,7 +103,6 @@ def worker_init(worker_id: int, reuse_buffers: int = 0, zero_copy: bool = False)
     unpickles them, unless ``zero_copy`` (for loaders that pin, which copy anyway).
     """
     torch.set_num_threads(1)
-    import numcodecs.blosc
     numcodecs.blosc.use_threads = False
     info = torch.utils.data.get_worker_info()
     if reuse_buffers and info is not None and isinstance(info.dataset, FmfWindowDataset):

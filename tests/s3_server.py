@@ -22,8 +22,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -90,7 +91,7 @@ def running_s3_server(startup_timeout: float = 20.0) -> Iterator[S3Server]:
                 break
             except (urllib.error.URLError, ConnectionError, OSError):
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"moto server did not answer on {endpoint} within {startup_timeout} s")
+                    raise RuntimeError(f"moto server did not answer on {endpoint} within {startup_timeout} s") from None
                 time.sleep(0.05)
         yield S3Server(endpoint=endpoint, pid=proc.pid)
     finally:

@@ -1,20 +1,26 @@
 """Checkpoints: the authors' fixtures reproduce, key names round-trip, toolkit checkpoints are safe and exact."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from fmmodel.checkpoint import (FORMAT_NAME, detect_reference_variant, export_reference, load_checkpoint,
-                                load_model, load_reference_model, read_reference_state_dict, save_checkpoint,
-                                to_reference_state_dict)
+from fmmodel.checkpoint import (
+    FORMAT_NAME,
+    export_reference,
+    load_checkpoint,
+    load_model,
+    load_reference_model,
+    read_reference_state_dict,
+    save_checkpoint,
+)
 from fmmodel.errors import FmModelError
+from fmmodel.reference_keys import detect_reference_variant, to_reference_state_dict
 from fmmodel.registry import build_model
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official-fmformer"
+from runs import FIXTURES, needs_fixtures
+
 VARIANTS = ["vicu_cls", "vicu_seg", "video_cls", "current_cls"]
-needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"reference fixtures not found at {FIXTURES}")
 
 
 def _fixture(variant):

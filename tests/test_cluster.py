@@ -6,14 +6,12 @@ import shutil
 import numpy as np
 import pytest
 
-from fmdata import cluster, schema
+from fmdata.compute import dask_cluster as cluster
+from fmdata.derive import compute_labels, compute_stats, make_windows
 from fmdata.errors import FmDataError
-from fmdata.labels import compute_labels
-from fmdata.stats import compute_stats
-from fmdata.store import open_store
-from fmdata.window_table import read_window_table
-from fmdata.windows import WindowParams, make_windows
-from helpers_stores import recording, write_store
+from fmdata.store import WindowParams, open_store, read_window_table, schema
+
+from builders import recording, write_store
 
 
 def test_labels_windows_stats_on_a_local_cluster_equal_the_threaded_run(tmp_path, capfd):
@@ -25,17 +23,17 @@ def test_labels_windows_stats_on_a_local_cluster_equal_the_threaded_run(tmp_path
     quiet = cluster.DaskOptions(progress=False)
     compute_labels(local, options=quiet)
     make_windows(local, "s", params, options=quiet)
-    want = compute_stats(local, windows="s", options=quiet)
+    want = compute_stats(local, windows="s", options=quiet).to_dict()
 
     with cluster.dask_runner(cluster.DaskOptions(workers=2, memory_limit="400MiB")) as runner:
         assert runner.client is not None and runner.n_workers == 2
         workers = runner.client.scheduler_info()["workers"].values()
         assert all(w["nthreads"] == 1 for w in workers)
         on_cluster = cluster.DaskOptions(scheduler=runner.client.scheduler.address, progress=True)
-        out = compute_labels(dist, options=on_cluster)
+        out = compute_labels(dist, options=on_cluster).to_dict()
         assert out["status"] == "computed" and out["scheduler"].startswith("scheduler tcp://")
         make_windows(dist, "s", params, options=on_cluster)
-        got = compute_stats(dist, windows="s", options=on_cluster)
+        got = compute_stats(dist, windows="s", options=on_cluster).to_dict()
     assert "labels: 100%" in capfd.readouterr().err  # the futures-driven progress bar ran to the end
 
     a, b = open_store(local), open_store(dist)
@@ -49,10 +47,12 @@ def test_labels_windows_stats_on_a_local_cluster_equal_the_threaded_run(tmp_path
 
 
 def test_options_are_checked():
-    with pytest.raises(FmDataError, match="either --workers or --scheduler"):
+    with pytest.raises(FmDataError, match="either local workers or a scheduler address") as err:
         cluster.DaskOptions(workers=2, scheduler="tcp://127.0.0.1:8786")
-    with pytest.raises(FmDataError, match="--workers >= 1"):
+    assert err.value.field == "scheduler"
+    with pytest.raises(FmDataError, match="at least 1 worker") as err:
         cluster.DaskOptions(workers=0)
+    assert err.value.field == "workers"
 
 
 def test_an_unreachable_scheduler_is_one_clear_error():

@@ -15,16 +15,20 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fmdata import convert as conv
-from fmdata import matfile, schema, store, synth_write
-from fmdata.checksums import block_checksum, read_checksums
+from fmdata import store, synth
+from fmdata.convert import convert, driver, verify
+from fmdata.convert.ledger import LEDGER_PREFIX
+from fmdata.convert.plan import CURRENT_AXIS, CURRENT_UNIT_ARRAYS, FRAME_AXIS, FRAME_UNIT_ARRAYS, plan_conversion
 from fmdata.errors import FmDataError
-from fmdata.shard_writer import ShardWriter
-from fmdata.sources import RecordingSource, VarSpec
-from fmdata.verify import verify
-from helpers_convert import leftovers, read_v1_independently, read_v2_independently, v1_arrays, write_v1, write_v2
+from fmdata.sources import RecordingSource, VarSpec, matinfo, open_sources
+from fmdata.store import Location, schema
+from fmdata.store.checksums import block_checksum, read_checksums
+from fmdata.store.layout import SHARD_BYTES_MAX, default_chunking, override_chunking
+from fmdata.store.shard_writer import ShardWriter
 
-SOURCE_ARRAYS = conv.FRAME_UNIT_ARRAYS + conv.CURRENT_UNIT_ARRAYS
+from builders import leftovers, read_v1_independently, read_v2_independently, v1_arrays, write_v1, write_v2
+
+SOURCE_ARRAYS = FRAME_UNIT_ARRAYS + CURRENT_UNIT_ARRAYS
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +44,7 @@ def test_v1_and_v2_convert_losslessly_with_aligned_indices(mixed, tmp_path):
     d, sources = mixed
     out = tmp_path / "s.zarr"
     # chunk 3 / shard 12: shards straddle recording boundaries and the last shard is short
-    report = conv.convert(sources, out, workers=2, chunk_frames=3, shard_frames=12, progress=False)
+    report = convert(sources, out, workers=2, chunk_frames=3, shard_frames=12, progress=False)
     assert (report.n_recordings, report.n_frames, report.units_resumed) == (3, 50 + 29 + 40, 0)
     root = store.open_store(out)
     meta = store.read_meta(root)
@@ -72,7 +76,7 @@ def test_v1_and_v2_convert_losslessly_with_aligned_indices(mixed, tmp_path):
     assert [(i.name, i.layout, i.n_frames) for i in infos] == [("first", "v1", 50), ("r1", "v2", 29), ("r2", "v2", 40)]
     assert infos[0].source_path == sources[0] and infos[0].source_bytes == os.path.getsize(sources[0])
     assert infos[0].source_storage["variables"]["video"] == json.loads(json.dumps(
-        matfile.describe(sources[0]).variable("video").to_dict()))
+        matinfo.describe(sources[0]).variable("video").to_dict()))
     assert infos[1].source_storage["format"] == "7.3" and set(infos[1].source_storage["variables"]) == {"data", "label"}
     for name in SOURCE_ARRAYS:
         arr = root[name]
@@ -89,7 +93,7 @@ def test_v1_and_v2_convert_losslessly_with_aligned_indices(mixed, tmp_path):
 def test_store_opens_with_plain_zarr_and_xarray(mixed, tmp_path):
     xr = pytest.importorskip("xarray")
     out = tmp_path / "x.zarr"
-    conv.convert(mixed[1][:1], out, workers=1, progress=False)
+    convert(mixed[1][:1], out, workers=1, progress=False)
     ds = xr.open_zarr(out, consolidated=False)
     assert ds[schema.VIDEO].dims == ("frame", "y", "x", "channel") and ds.sizes["frame"] == 50
     assert ds[schema.CURRENT].dims == ("sample", "phase")
@@ -98,16 +102,16 @@ def test_store_opens_with_plain_zarr_and_xarray(mixed, tmp_path):
 
 
 def test_default_chunking_suits_short_windows_and_bounds_shard_memory():
-    c = conv.default_chunking(64, 64)
+    c = default_chunking(64, 64)
     assert (c.chunk_frames, c.shard_frames) == (1, 256)
-    big = conv.default_chunking(720, 1280)
-    assert big.shard_frames * 720 * 1280 * 3 <= conv.SHARD_BYTES_MAX and big.shard_frames >= 1
-    assert conv.override_chunking(c, chunk_frames=3).shard_frames == 258  # rounded up to a multiple
-    assert conv.override_chunking(c, shard_frames=64).shard_frames == 64
-    with pytest.raises(FmDataError, match="multiple of chunk frames"):
-        conv.override_chunking(c, chunk_frames=4, shard_frames=6)
+    big = default_chunking(720, 1280)
+    assert big.shard_frames * 720 * 1280 * 3 <= SHARD_BYTES_MAX and big.shard_frames >= 1
+    assert override_chunking(c, chunk_frames=3).shard_frames == 258  # rounded up to a multiple
+    assert override_chunking(c, shard_frames=64).shard_frames == 64
+    with pytest.raises(FmDataError, match="multiple of the frames per chunk"):
+        override_chunking(c, chunk_frames=4, shard_frames=6)
     with pytest.raises(FmDataError, match="positive"):
-        conv.override_chunking(c, chunk_frames=0)
+        override_chunking(c, chunk_frames=0)
 
 
 def test_shard_writer_output_reads_back_with_stock_zarr(tmp_path):
@@ -139,14 +143,14 @@ def _fake_source(n: int, m: int) -> RecordingSource:
        per_shard=st.integers(1, 8), current_chunk=st.integers(1, 50))
 def test_units_cover_every_row_once_on_whole_shards(lengths, chunk, per_shard, current_chunk):
     recs = [_fake_source(n, n // 2 + 1) for n in lengths]
-    plan = conv.plan_conversion(recs, store.Chunking(chunk, chunk * per_shard, current_chunk))
-    for axis, total, block in ((conv.FRAME_AXIS, plan.n_frames, chunk * per_shard),
-                               (conv.CURRENT_AXIS, plan.n_current, current_chunk)):
+    plan = plan_conversion(recs, store.Chunking(chunk, chunk * per_shard, current_chunk))
+    for axis, total, block in ((FRAME_AXIS, plan.n_frames, chunk * per_shard),
+                               (CURRENT_AXIS, plan.n_current, current_chunk)):
         units = [u for u in plan.units if u.axis == axis]
         assert units[0].start == 0 and units[-1].stop == total
         assert all(u.stop == v.start for u, v in zip(units, units[1:]))
         assert all(u.start % block == 0 and (u.stop % block == 0 or u.stop == total) for u in units)
-        offsets = plan.frame_offsets if axis == conv.FRAME_AXIS else plan.current_offsets
+        offsets = plan.frame_offsets if axis == FRAME_AXIS else plan.current_offsets
         for u in units:
             assert u.pieces[0].global_start == u.start and u.pieces[-1].global_stop == u.stop
             for p in u.pieces:
@@ -157,34 +161,34 @@ def test_units_cover_every_row_once_on_whole_shards(lengths, chunk, per_shard, c
 def test_existing_outputs_and_leftover_partials_need_to_be_named(mixed, tmp_path):
     src = mixed[1][:1]
     out = tmp_path / "o.zarr"
-    conv.convert(src, out, workers=1, progress=False)
+    convert(src, out, workers=1, progress=False)
     before = (out / "zarr.json").read_bytes()
     with pytest.raises(FmDataError, match="exists; pass --overwrite"):
-        conv.convert(src, out, workers=1, progress=False)
+        convert(src, out, workers=1, progress=False)
     assert (out / "zarr.json").read_bytes() == before
-    conv.convert(src, out, workers=1, overwrite=True, progress=False, chunk_frames=2)
+    convert(src, out, workers=1, overwrite=True, progress=False, chunk_frames=2)
     assert store.open_store(out)[schema.VIDEO].chunks[0] == 2 and leftovers(out) == ["o.zarr"]
     folder = tmp_path / "notastore"
     folder.mkdir()
     (folder / "keep.txt").write_text("user data")
     with pytest.raises(FmDataError, match="not a Zarr store"):
-        conv.convert(src, folder, workers=1, overwrite=True, progress=False)
+        convert(src, folder, workers=1, overwrite=True, progress=False)
     assert (folder / "keep.txt").read_text() == "user data"
     partial = tmp_path / ".p.zarr.partial-abc"
     partial.mkdir()
     with pytest.raises(FmDataError, match="--resume to continue it or --overwrite"):
-        conv.convert(src, tmp_path / "p.zarr", workers=1, progress=False)
+        convert(src, tmp_path / "p.zarr", workers=1, progress=False)
 
 
 def _ledger_entries(tmp_path: Path, name: str) -> int:
     parts = [p for p in tmp_path.iterdir() if p.name.startswith(f".{name}.partial-")]
-    return len(os.listdir(parts[0] / conv.LEDGER_PREFIX)) if parts and (parts[0] / conv.LEDGER_PREFIX).exists() else 0
+    return len(os.listdir(parts[0] / LEDGER_PREFIX)) if parts and (parts[0] / LEDGER_PREFIX).exists() else 0
 
 
 @pytest.fixture(scope="module")
 def synth_v1(tmp_path_factory):
     path = tmp_path_factory.mktemp("synth") / "rec.mat"
-    return synth_write.write_v1(path, frames=2000, size=32, seed=7)
+    return synth.write_v1(path, frames=2000, size=32, seed=7)
 
 
 def test_a_killed_conversion_resumes_to_the_same_store(synth_v1, tmp_path):
@@ -203,11 +207,11 @@ def test_a_killed_conversion_resumes_to_the_same_store(synth_v1, tmp_path):
     with pytest.raises(FmDataError, match="incomplete"):
         store.open_store(partial)
     done = _ledger_entries(tmp_path, "k.zarr")
-    report = conv.convert([str(synth_v1)], out, workers=2, shard_frames=32, resume=True, progress=False)
+    report = convert([str(synth_v1)], out, workers=2, shard_frames=32, resume=True, progress=False)
     assert 2 <= report.units_resumed <= done < report.units
     assert verify(out, workers=1, progress=False).ok
     ref = tmp_path / "ref.zarr"
-    conv.convert([str(synth_v1)], ref, workers=1, shard_frames=32, progress=False)
+    convert([str(synth_v1)], ref, workers=1, shard_frames=32, progress=False)
     a, b = store.open_store(out), store.open_store(ref)
     for name in SOURCE_ARRAYS:
         np.testing.assert_array_equal(a[name][:], b[name][:], err_msg=name)
@@ -218,14 +222,14 @@ def test_a_killed_conversion_resumes_to_the_same_store(synth_v1, tmp_path):
 def test_resume_refuses_changed_sources(tmp_path):
     src = write_v1(tmp_path / "a.mat", v1_arrays(40, 4, 4, seed=2))
     out = tmp_path / "r.zarr"
-    plan = conv.plan_conversion(conv.open_sources([str(src)]))
+    plan = plan_conversion(open_sources([str(src)]))
     staging = tmp_path / ".r.zarr.partial-test"
-    conv._create(str(staging), plan, None)  # as an interrupted run leaves it
+    driver._create(Location.parse(staging), plan)  # as an interrupted run leaves it
     write_v1(src, v1_arrays(40, 4, 4, seed=3))  # the source changes meanwhile
     with pytest.raises(FmDataError, match="same sources"):
-        conv.convert([str(src)], out, workers=1, resume=True, progress=False)
+        convert([str(src)], out, workers=1, resume=True, progress=False)
     assert staging.exists()  # kept: the user decides (--overwrite starts again)
-    conv.convert([str(src)], out, workers=1, overwrite=True, progress=False)
+    convert([str(src)], out, workers=1, overwrite=True, progress=False)
     assert leftovers(out) == ["r.zarr"]
 
 

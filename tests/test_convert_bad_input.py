@@ -6,8 +6,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -15,7 +15,8 @@ import scipy.io
 from click.testing import CliRunner
 
 from fmcli.fmdata_main import main
-from helpers_convert import leftovers, v1_arrays, write_v1, write_v2
+
+from builders import leftovers, v1_arrays, write_v1, write_v2
 
 N, H, W = 60, 5, 7
 SCIPY_DATA = Path(scipy.io.__file__).parent / "matlab" / "tests" / "data"
@@ -28,11 +29,12 @@ def run_convert(sources: list[str], out: Path, *extra: str):
     return result
 
 
-def assert_one_clear_line(result, *fragments: str) -> str:
+def assert_one_clear_line(result, *fragments: str, exit_code: int = 1) -> str:
+    """One line, no traceback, the exit code of a data problem (1) or a usage error (2)."""
     text = result.output.strip()
     if os.environ.get("FMF_SHOW_MESSAGES"):
         print("\nMESSAGE:", text)
-    assert result.exit_code == 1, text
+    assert result.exit_code == exit_code, text
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     assert "Traceback" not in text and len(text.splitlines()) == 1, text
     for f in fragments:
@@ -251,9 +253,10 @@ def test_output_paths_that_exist_or_cannot_be_written(tmp_path):
 def test_bad_options_and_missing_sources(tmp_path):
     src = _v1(tmp_path)
     assert_one_clear_line(run_convert(src, tmp_path / "a.zarr", "--chunk-frames", "4", "--shard-frames", "6"),
-                          "multiple of chunk frames (4), got 6")
+                          "--shard-frames", "multiple of the frames per chunk (4), got 6", exit_code=2)
     assert_one_clear_line(run_convert([str(tmp_path / "gone.mat")], tmp_path / "b.zarr"), "gone.mat", "nothing there")
-    assert_one_clear_line(run_convert(src, tmp_path / "c.zarr", "--fps", "0"), "positive frame rate")
+    assert_one_clear_line(run_convert(src, tmp_path / "c.zarr", "--fps", "0"), "--fps", "positive frame rate",
+                          exit_code=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rec.mat"]
 
 

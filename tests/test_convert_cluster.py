@@ -12,12 +12,14 @@ import dask
 import numpy as np
 import pytest
 
-from fmdata import convert as conv
-from fmdata import remote, schema, store, synth_write
-from fmdata.checksums import read_checksums
-from fmdata.convert_cluster import ClusterRunner, convert_on_cluster
+from fmdata import store, synth
+from fmdata.convert import ClusterRunner, convert, convert_on_cluster, verify
+from fmdata.convert.plan import plan_conversion
 from fmdata.errors import FmDataError
-from fmdata.verify import verify
+from fmdata.sources import open_sources
+from fmdata.store import Location, schema
+from fmdata.store.checksums import read_checksums
+
 from s3_server import DUMMY_ENV
 
 SHARD = 32  # small shards: many units, several per worker
@@ -28,9 +30,9 @@ S3_SHARD = 128  # on S3 every shard is an HTTP request: fewer, still 5 units
 def sources(tmp_path_factory) -> list[str]:
     """Two V1 MAT files (MATLAB-like chunking) and a V2 folder with two recordings."""
     d = tmp_path_factory.mktemp("src")
-    a = synth_write.write_v1(d / "a.mat", frames=230, size=(20, 24), seed=1)
-    b = synth_write.write_v1(d / "b.mat", frames=101, size=(20, 24), seed=2, index=1)
-    v2 = synth_write.write_v2(d / "v2", recordings=2, frames=90, size=(20, 24), seed=3)
+    a = synth.write_v1(d / "a.mat", frames=230, size=(20, 24), seed=1)
+    b = synth.write_v1(d / "b.mat", frames=101, size=(20, 24), seed=2, index=1)
+    v2 = synth.write_v2(d / "v2", recordings=2, frames=90, size=(20, 24), seed=3)
     return [str(a), str(b), str(v2)]
 
 
@@ -55,7 +57,7 @@ def local_stores(sources, tmp_path_factory) -> dict[int, str]:
     out = {}
     for shard in (SHARD, S3_SHARD):
         out[shard] = str(tmp_path_factory.mktemp("local") / f"local{shard}.zarr")
-        conv.convert(sources, out[shard], workers=1, shard_frames=shard, progress=False)
+        convert(sources, out[shard], workers=1, shard_frames=shard, progress=False)
     return out
 
 
@@ -111,10 +113,10 @@ def test_interrupted_cluster_conversion_resumes_without_redoing_units(sources, c
     bucket = request.getfixturevalue("s3_bucket") if where == "s3" else None
     out = str(tmp_path / "r.zarr") if bucket is None else bucket.url("sets/r.zarr")
     shard = SHARD if where == "disk" else S3_SHARD
-    opts = remote.storage_options_for(out)
+    target = Location.parse(out)  # resolved here, on the client: the workers get its options with every task
     with pytest.raises(FmDataError, match="finished units are kept.*--resume"):
-        conv.convert(sources, out, workers=2, shard_frames=shard, progress=False, storage_options=opts,
-                     runner=_LosesConnection(client, after=3))
+        convert(sources, target, workers=2, shard_frames=shard, progress=False,
+                runner=_LosesConnection(client, after=3))
     with pytest.raises(FmDataError, match="incomplete|expected an FMF Zarr store"):
         store.open_store(out)  # nothing that looks complete is left behind
     report = convert_on_cluster(sources, out, client, resume=True, shard_frames=shard, progress=False)
@@ -132,11 +134,11 @@ def test_workers_that_cannot_see_the_store_or_sources_are_one_clear_error(source
     # a source that differs on the workers from what the client planned with
     copy = tmp_path / "a.mat"
     copy.write_bytes(open(sources[0], "rb").read())
-    plan = conv.plan_conversion(conv.open_sources([str(copy)]), store.Chunking(1, SHARD))
+    plan = plan_conversion(open_sources([str(copy)]), store.Chunking(1, SHARD))
     with open(copy, "ab") as f:
         f.write(b"\0" * 10)
     with pytest.raises(FmDataError, match=rf"{copy}: expected \d+ bytes as on the client, got \d+"):
-        ClusterRunner(client).check_visibility([(u, str(tmp_path / "x.zarr"), None) for u in plan.units])
+        ClusterRunner(client).check_visibility([(u, Location.parse(tmp_path / "x.zarr")) for u in plan.units])
 
 
 def test_an_unreachable_scheduler_is_one_clear_error(sources, tmp_path):
@@ -178,5 +180,5 @@ def test_the_convert_command_runs_on_a_scheduler_address(sources, client, local_
     _assert_same_store(out, local_stores[SHARD])
     both = CliRunner().invoke(main, ["convert", *sources, str(tmp_path / "x.zarr"), "--scheduler", address,
                                      "--workers", "2"])
-    assert both.exit_code == 1 and "got both" in both.output
+    assert both.exit_code == 2 and "got both" in both.output
     assert not os.path.exists(tmp_path / "x.zarr")

@@ -13,14 +13,14 @@ import pytest
 import torch
 import zarr
 
-from fmdata import schema
-from fmdata.store import Chunking
+from fmdata.errors import FmDataError
+from fmdata.store import Chunking, schema
+from fmdata.store.row_reader import LocalAxisReader, ZarrAxisReader, open_axis_reader
 from fmmodel.dataset import FmfWindowDataset, WindowBatch, collate_windows
 from fmmodel.errors import FmModelError
-from fmmodel.reader import LocalAxisReader, ZarrAxisReader, open_axis_reader
 from fmmodel.sampling import ClassBalancedSampler, ShuffleSampler, make_loader, set_loader_epoch
 
-from helpers_dataset import build_window_table, make_store, synthetic_recording
+from builders import clip_window_table, make_store, synthetic_recording
 
 H, W = 12, 20  # not square, so that a wrong transpose cannot pass
 T, STEP, ROWS, SPAN = 4, 5, 16, 40
@@ -35,7 +35,7 @@ def recordings():
 
 @pytest.fixture(scope="module")
 def table(recordings):
-    return build_window_table(recordings, frames=T, step=STEP, current_rows=ROWS, current_span=SPAN)
+    return clip_window_table(recordings, frames=T, step=STEP, current_rows=ROWS, current_span=SPAN)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_normalized_items_use_stored_stats_and_true_orientation(store):
 
 def test_normalized_without_stats_is_a_clear_error(tmp_path, recordings, table):
     path = make_store(tmp_path / "nostats.zarr", recordings[:1],
-                      table=build_window_table(recordings[:1], frames=T, step=STEP, current_rows=ROWS))
+                      table=clip_window_table(recordings[:1], frames=T, step=STEP, current_rows=ROWS))
     with pytest.raises(FmModelError, match="fmdata stats"):
         FmfWindowDataset(path, "w", preprocessing="normalized")
 
@@ -176,7 +176,7 @@ def test_fast_reader_equals_zarr_reader(store, name):
     for index in (rng.integers(0, n, 300), np.sort(rng.choice(n, 50, replace=False)), np.array([n - 1, 0, n - 1])):
         np.testing.assert_array_equal(fast.take(index), slow.take(index))
         np.testing.assert_array_equal(fast.take(index), root[name][:][index])
-    with pytest.raises(FmModelError):
+    with pytest.raises(FmDataError):
         fast.take(np.array([n]))
 
 
@@ -301,15 +301,15 @@ def test_corrupt_shard_index_is_detected(tmp_path, recordings, table):
         f.seek(-10, os.SEEK_END)
         f.write(b"\xff\x00\xff")
     ds = FmfWindowDataset(path, "w")
-    with pytest.raises(FmModelError, match="crc32c"):
+    with pytest.raises(FmModelError, match="CRC-32C"):
         ds.__getitems__([0])
 
 
 def test_remote_style_url_reads_through_zarr(tmp_path, recordings, table):
     url = "memory://fmf-dataset-test/s.zarr"
-    make_store(url, recordings[:1], table=build_window_table(recordings[:1], frames=T, step=STEP,
+    make_store(url, recordings[:1], table=clip_window_table(recordings[:1], frames=T, step=STEP,
                                                              current_rows=ROWS, current_span=SPAN))
-    local = make_store(tmp_path / "l.zarr", recordings[:1], table=build_window_table(
+    local = make_store(tmp_path / "l.zarr", recordings[:1], table=clip_window_table(
         recordings[:1], frames=T, step=STEP, current_rows=ROWS, current_span=SPAN))
     remote = FmfWindowDataset(url, "w")
     a, b = batch_of(remote, range(30)), batch_of(FmfWindowDataset(local, "w"), range(30))
@@ -334,9 +334,9 @@ def test_samplers_are_deterministic_and_balanced():
 
 def test_tables_and_stats_from_fmdata_derivations(tmp_path, recordings):
     """The dataset over what `fmdata windows` and `fmdata stats` write (V1 and 2 Hz V2 currents)."""
-    from fmdata.cluster import DaskOptions
-    from fmdata.stats import compute_stats
-    from fmdata.windows import WindowParams, current_row_indices, make_windows
+    from fmdata.compute import DaskOptions
+    from fmdata.derive import compute_stats, make_windows
+    from fmdata.store import WindowParams, current_row_indices
 
     v2 = synthetic_recording(260, H, W, seed=3, name="v2", current_hz=2.0)
     path = make_store(tmp_path / "derived.zarr", [recordings[1], v2])

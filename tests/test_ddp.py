@@ -13,8 +13,11 @@ import torch.multiprocessing as mp
 
 from fmmodel import distributed as dd
 from fmmodel.evaluate import evaluate
+from fmmodel.registry import build_model
 from fmmodel.train import train
-from helpers_model import cached_store, quick_config
+
+from builders import cached_store
+from runs import quick_config
 
 
 def _free_port() -> int:
@@ -69,7 +72,6 @@ def test_two_gloo_ranks_train_identical_weights_and_score_each_window_once(tmp_p
     cfg = json.load(open(run / "config.json"))
     assert cfg["runtime"]["world_size"] == 2
     torch.manual_seed(init.seed)
-    from fmmodel.registry import build_model
 
     fresh = build_model("vicu_cls", size="tiny", **{k: v for k, v in init.model.items() if k != "size"},
                         frames=10, image_size=(32, 32), current_rows=32).state_dict()

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from fmdata import schema
-from fmdata.store import open_store
-from fmdata.window_table import read_window_table
+from fmdata.derive import build_window_table, load_index
+from fmdata.store import WindowParams, open_store, read_window_table, schema
 from fmmodel.errors import FmModelError
 from fmmodel.evaluate import evaluate
 from fmmodel.train import train
-from helpers_model import cached_store, learned_run, quick_config, store64_with_table
 
-FIXTURES = pathlib.Path("/work/shared/fixtures/official-fmformer")
+from builders import cached_store, store64_with_table
+from runs import FIXTURES, learned_run, quick_config
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -30,7 +30,6 @@ def _fmmodel(*args):
 
 def _test_windows(store, report):
     """Number of test-split windows the evaluator should have scored (stride 1, its parameters)."""
-    from fmdata.windows import WindowParams, build_window_table, load_index
 
     p = report["windows"]["params"]
     wp = WindowParams(**{k: p[k] for k in ("frames", "frame_step", "current_seconds", "current_rows", "policy")})
@@ -42,7 +41,7 @@ def test_evaluate_cli_writes_report_and_pictures(tmp_path_factory, tmp_path):
     run, store = learned_run(tmp_path_factory)
     out = tmp_path / "eval"
     r = _fmmodel("evaluate", "--store", store, "--checkpoint", os.path.join(run, "best.pt"), "--out", str(out),
-                 "--workers", "0", "--device", "cpu", "--quiet")
+                 "--workers", "0", "--device", "cpu", "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "class level" in r.stdout and str(out / "report.json") in r.stdout
     report = json.load(open(out / "report.json"))
@@ -93,7 +92,7 @@ def test_reference_checkpoint_evaluates_with_reference_inputs(store64, tmp_path)
     # a stored reference-shaped table (10 frames step 18, 240 rows over 120 s), every 10th window
     r = _fmmodel("evaluate", "--store", store64, "--checkpoint", str(ckpt), "--format", "reference",
                  "--windows", "ref10", "--out", str(tmp_path / "ev"), "--workers", "0", "--device", "cpu",
-                 "--quiet", "--batch-size", "16")
+                 "--no-progress", "--batch-size", "16")
     assert r.returncode == 0, r.stderr
     report = json.load(open(tmp_path / "ev" / "report.json"))
     assert report["variant"] == "vicu_cls" and report["orientation"] == "reference"

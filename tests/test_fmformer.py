@@ -1,20 +1,22 @@
-"""FmFormer modules: sizes and parameter counts of §4, token layout, heads, and GPU-training readiness."""
+"""FmFormer modules: sizes and parameter counts (docs/reference-protocol.md, "Model"), token layout, heads,
+and GPU-training readiness."""
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fmmodel.checkpoint import to_reference_state_dict
 from fmmodel.errors import FmModelError
-from fmmodel.fmformer import (FmFormerConfig, ResidualUnit, VideoPatchEmbed, _tokens_to_map, count_parameters,
-                              named_config)
+from fmmodel.fmformer import count_parameters
+from fmmodel.layers import ResidualUnit, VideoPatchEmbed, _tokens_to_map
+from fmmodel.model_config import FmFormerConfig, named_config
+from fmmodel.reference_keys import to_reference_state_dict
 from fmmodel.registry import VARIANTS, build_model, variant_for
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official-fmformer"
+from runs import FIXTURES
+
 PAPER_COUNTS = {"vicu_cls": 1_923_466, "vicu_seg": 2_419_848, "video_cls": 776_836, "current_cls": 693_512}
 
 
@@ -152,9 +154,9 @@ def test_named_sizes_variants_and_bad_configs():
         FmFormerConfig(frames=7)
     with pytest.raises(FmModelError, match="dilation"):
         FmFormerConfig(image_size=(64, 72))
-    with pytest.raises(FmModelError, match="expected a variant"):
+    with pytest.raises(FmModelError, match="expected a model variant"):
         build_model("vicu_det")
-    with pytest.raises(FmModelError, match=r"\('video', 'seg'\)"):
+    with pytest.raises(FmModelError, match="got video/seg"):
         variant_for("video", "seg")
     with pytest.raises(FmModelError, match="expected a current tensor"):
         build_model("current_cls", size="tiny")(video=torch.zeros(1, 3, 10, 64, 64))

@@ -12,7 +12,7 @@ import scipy.io
 from click.testing import CliRunner
 
 from fmcli.fmdata_main import main
-from fmdata import synth_write
+from fmdata import synth
 
 SCIPY_DATA = Path(scipy.io.__file__).parent / "matlab" / "tests" / "data"
 
@@ -33,12 +33,12 @@ def assert_one_line_error(result, *needles):
 
 @pytest.fixture(scope="module")
 def v1_file(tmp_path_factory):
-    return synth_write.write_v1(tmp_path_factory.mktemp("v1") / "rec.mat", frames=260, size=(24, 32), seed=1)
+    return synth.write_v1(tmp_path_factory.mktemp("v1") / "rec.mat", frames=260, size=(24, 32), seed=1)
 
 
 @pytest.fixture(scope="module")
 def v2_folder(tmp_path_factory):
-    return synth_write.write_v2(tmp_path_factory.mktemp("v2") / "pixel-level", recordings=2, frames=240,
+    return synth.write_v2(tmp_path_factory.mktemp("v2") / "pixel-level", recordings=2, frames=240,
                                 size=16, seed=2)
 
 
@@ -129,8 +129,9 @@ def test_inspect_v2_folder_with_missing_and_extra_pieces_exits_1(tmp_path, v2_fo
     (broken / "timestamps" / "batch_09.csv").write_text("timestamp\n")
     result = run("inspect", broken)
     assert result.exit_code == 1
-    assert "problem: currents/batch_02.csv: missing" in result.output
-    assert "problem: timestamps/: files without a video: ['batch_09.csv']" in result.output
+    assert "problem: currents/batch_02.csv: expected this file for its video, got none" in result.output
+    assert ("problem: timestamps/batch_09.csv: expected only files named after videos/*.mat in timestamps/, "
+            "got an extra file") in result.output
     assert result.output.strip().splitlines()[-1] == f"Error: {broken}: 2 problem(s) found"
     (broken / "train.json").write_text("{not json")
     assert "train.json: expected JSON" in run("inspect", broken).output
@@ -186,7 +187,7 @@ def test_synth_writes_every_layout_and_storage(tmp_path):
     assert summary["frames"] == 60 and [Path(f).name for f in summary["files"]] == [
         "batch_01.mat", "batch_02.mat", "batch_03.mat"]
     # recording i of a set is the same recording as --recordings 1 would write for index i
-    synth_write.write_v1(tmp_path / "alone.mat", frames=20, size=12, storage="contiguous")
+    synth.write_v1(tmp_path / "alone.mat", frames=20, size=12, storage="contiguous")
     with h5py.File(tmp_path / "set" / "batch_01.mat", "r") as a, h5py.File(tmp_path / "alone.mat", "r") as b:
         np.testing.assert_array_equal(a["video"][...], b["video"][...])
     r = run("synth", tmp_path / "v2", "--layout", "v2", "--storage", "v7", "--frames", 30, "--size", 8,
@@ -209,7 +210,7 @@ def test_synth_bad_input_is_one_line_and_leaves_nothing(tmp_path):
     assert_one_line_error(run("synth", tmp_path / "s.mat", "--recordings", 0), "--recordings")
     assert_one_line_error(run("synth", tmp_path / "s.mat", "--fps", 0), "fps")
     big = run("synth", tmp_path / "s.mat", "--storage", "v7", "--size", "2048", "--frames", 200)
-    assert_one_line_error(big, "2^31", "--storage matlab")
+    assert_one_line_error(big, "2^31", "--storage", "storage 'matlab'")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "exists.mat"]
 
 

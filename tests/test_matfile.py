@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import scipy.io
 
-from fmdata import matfile
 from fmdata.errors import FmDataError
+from fmdata.sources import matinfo
+from fmdata.synth import matwriter
 
 SCIPY_DATA = Path(scipy.io.__file__).parent / "matlab" / "tests" / "data"
 CREATED = dt.datetime(2023, 5, 10, 21, 33, 27)
@@ -33,7 +34,7 @@ def _scipy_file(name):
     ("test_mat4_le_floats.mat", "4"),
 ])
 def test_sniff_format_reads_the_header_of_matlab_written_files(name, fmt):
-    assert matfile.sniff_format(_scipy_file(name)) == fmt
+    assert matinfo.sniff_format(_scipy_file(name)) == fmt
 
 
 def test_sniff_format_says_none_for_other_files(tmp_path):
@@ -41,13 +42,13 @@ def test_sniff_format_says_none_for_other_files(tmp_path):
     (tmp_path / "empty.mat").write_bytes(b"")
     (tmp_path / "zeros.mat").write_bytes(bytes(1024))
     for name in ("notes.txt", "empty.mat", "zeros.mat"):
-        assert matfile.sniff_format(tmp_path / name) is None
+        assert matinfo.sniff_format(tmp_path / name) is None
     with pytest.raises(FmDataError, match="folder"):
-        matfile.sniff_format(tmp_path)
+        matinfo.sniff_format(tmp_path)
 
 
 def test_describe_matlab_written_v73_file():
-    info = matfile.describe(_scipy_file("testhdf5_7.4_GLNX86.mat"))
+    info = matinfo.describe(_scipy_file("testhdf5_7.4_GLNX86.mat"))
     assert info.format == "7.3" and info.header.startswith("MATLAB 7.0 MAT-file")
     v = info.variable("testdouble")
     with h5py.File(info.path, "r") as f:
@@ -62,7 +63,7 @@ def test_describe_matlab_written_v73_file():
                                   "testbool_8_WIN64.mat", "testmatrix_4.2c_SOL2.mat"])
 def test_describe_v5_and_v4_files_agree_with_scipy(name):
     path = _scipy_file(name)
-    info = matfile.describe(path)
+    info = matinfo.describe(path)
     whos = scipy.io.whosmat(path)
     assert [(v.name, v.shape, v.matlab_class) for v in info.variables] == [(n, tuple(s), c) for n, s, c in whos]
     data = scipy.io.loadmat(path)
@@ -80,7 +81,7 @@ def test_describe_v5_and_v4_files_agree_with_scipy(name):
 def test_describe_scipy_corrupt_files_raise_or_describe_without_crashing(name):
     path = _scipy_file(name)
     try:
-        info = matfile.describe(path)
+        info = matinfo.describe(path)
     except FmDataError as exc:
         assert str(path) in str(exc) and "\n" not in str(exc)
     else:  # corrupt data payloads can leave the headers intact: then the description stands
@@ -89,15 +90,15 @@ def test_describe_scipy_corrupt_files_raise_or_describe_without_crashing(name):
 
 def test_describe_refuses_truncated_hdf5(tmp_path):
     src = tmp_path / "whole.mat"
-    matfile.write_mat73(src, {"x": np.arange(40000, dtype=np.float64).reshape(200, 200)}, created=CREATED)
+    matwriter.write_mat73(src, {"x": np.arange(40000, dtype=np.float64).reshape(200, 200)}, created=CREATED)
     cut = tmp_path / "cut.mat"
     cut.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
-    assert matfile.sniff_format(cut) == "7.3"
+    assert matinfo.sniff_format(cut) == "7.3"
     with pytest.raises(FmDataError, match="truncated or corrupt"):
-        matfile.describe(cut)
+        matinfo.describe(cut)
     (tmp_path / "text.mat").write_text("hello")
     with pytest.raises(FmDataError, match="unknown file type"):
-        matfile.describe(tmp_path / "text.mat")
+        matinfo.describe(tmp_path / "text.mat")
 
 
 # ---- writing v7.3 -------------------------------------------------------------------------------
@@ -113,7 +114,7 @@ def _arrays(n, h=20, w=12, seed=0):
 
 def _write_streamed(path, arrays, storage, block):
     n = arrays["video"].shape[-1]
-    with matfile.MatWriter(path, storage=storage, created=CREATED) as w:
+    with matwriter.MatWriter(path, storage=storage, created=CREATED) as w:
         video = w.create("video", arrays["video"].shape, "uint8")
         label = w.create("label", arrays["label"].shape, "logical")
         current = w.create("current", arrays["current"].shape, "double")
@@ -165,7 +166,7 @@ def test_v73_writer_round_trips_through_h5py_mat73_and_hdf5storage(tmp_path, sto
 def test_describe_reports_what_the_writer_chose(tmp_path):
     path = tmp_path / "rec.mat"
     _write_streamed(path, _arrays(1000, 64, 64), "matlab", 100)
-    info = matfile.describe(path)
+    info = matinfo.describe(path)
     assert info.format == "7.3" and info.header.startswith("MATLAB 7.3 MAT-file, Platform: GLNXA64")
     video = info.variable("video")
     assert video.shape == (64, 64, 3, 1000) and video.matlab_class == "uint8" and video.layout == "chunked"
@@ -178,35 +179,35 @@ def test_describe_reports_what_the_writer_chose(tmp_path):
 
 
 def test_matlab_chunks_cap_near_64k_and_prefer_whole_frames():
-    assert matfile.matlab_chunks((100000, 3, 64, 64), 1) == (4, 3, 64, 64)
-    assert matfile.matlab_chunks((100000, 3), 8) == (1563, 3)
-    big = matfile.matlab_chunks((50, 3, 256, 256), 1)  # one frame is 192 KiB: chunks split the frame
+    assert matwriter.matlab_chunks((100000, 3, 64, 64), 1) == (4, 3, 64, 64)
+    assert matwriter.matlab_chunks((100000, 3), 8) == (1563, 3)
+    big = matwriter.matlab_chunks((50, 3, 256, 256), 1)  # one frame is 192 KiB: chunks split the frame
     assert big[0] == 1 and np.prod(big) <= 64 * 1024
-    assert matfile.matlab_chunks((10, 10), 8) == (10, 10)
+    assert matwriter.matlab_chunks((10, 10), 8) == (10, 10)
 
 
 def test_single_frame_drops_trailing_singleton_like_matlab(tmp_path):
     path = tmp_path / "one.mat"
     frame = np.random.default_rng(1).integers(0, 256, (16, 8, 3, 1), dtype=np.uint8)
-    with matfile.MatWriter(path, created=CREATED) as w:
+    with matwriter.MatWriter(path, created=CREATED) as w:
         w.create("video", frame.shape, "uint8").write(frame)
     with h5py.File(path, "r") as f:
         assert f["video"].shape == (3, 8, 16)
-    assert matfile.describe(path).variable("video").shape == (16, 8, 3)
+    assert matinfo.describe(path).variable("video").shape == (16, 8, 3)
     np.testing.assert_array_equal(mat73.loadmat(path)["video"], frame[..., 0])
 
 
 def test_writer_rejects_bad_blocks_and_deletes_unfinished_files(tmp_path):
     path = tmp_path / "bad.mat"
     with pytest.raises(FmDataError, match="expected blocks of shape"):
-        with matfile.MatWriter(path, created=CREATED) as w:
+        with matwriter.MatWriter(path, created=CREATED) as w:
             w.create("video", (4, 4, 3, 10), "uint8").write(np.zeros((4, 5, 3, 2), np.uint8))
     assert not path.exists()
     with pytest.raises(FmDataError, match="frames within"):
-        with matfile.MatWriter(path, created=CREATED) as w:
+        with matwriter.MatWriter(path, created=CREATED) as w:
             w.create("video", (4, 4, 3, 10), "uint8").write(np.zeros((4, 4, 3, 4), np.uint8), 8)
     with pytest.raises(FmDataError, match="MATLAB class"):
-        with matfile.MatWriter(path, created=CREATED) as w:
+        with matwriter.MatWriter(path, created=CREATED) as w:
             w.create("x", (2, 2), "quaternion")
     assert not path.exists()
 
@@ -221,14 +222,14 @@ def test_same_input_same_bytes(tmp_path):
 # ---- writing v7 ---------------------------------------------------------------------------------
 def test_v7_writer_is_readable_by_scipy_and_keeps_logical(tmp_path):
     arrays = _arrays(50)
-    path = matfile.write_v7(tmp_path / "old.mat", arrays, created=CREATED)
-    assert matfile.sniff_format(path) == "5"
+    path = matwriter.write_v7(tmp_path / "old.mat", arrays, created=CREATED)
+    assert matinfo.sniff_format(path) == "5"
     assert path.read_bytes()[:116].decode().startswith("MATLAB 5.0 MAT-file, Platform: GLNXA64, Created on: Wed May 10")
     data = scipy.io.loadmat(path)
     np.testing.assert_array_equal(data["video"], arrays["video"])
     np.testing.assert_array_equal(data["label"], arrays["label"])  # scipy hands logical back as uint8
-    info = matfile.describe(path)
+    info = matinfo.describe(path)
     assert info.variable("label").matlab_class == "logical"
     assert {v.layout for v in info.variables} == {"compressed"}
-    again = matfile.write_v7(tmp_path / "again.mat", arrays, created=CREATED)
+    again = matwriter.write_v7(tmp_path / "again.mat", arrays, created=CREATED)
     assert again.read_bytes() == path.read_bytes()

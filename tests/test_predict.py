@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -11,16 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from fmdata import schema
-from fmdata.store import open_store
+from fmdata.store import open_store, schema
 from fmmodel.checkpoint import load_reference_model
 from fmmodel.errors import FmModelError
 from fmmodel.evaluate import evaluate
 from fmmodel.predict import predict, read_predictions
 from fmmodel.train import train
-from helpers_model import cached_store, learned_run, quick_config, store64_with_table
 
-FIXTURES = pathlib.Path("/work/shared/fixtures/official-fmformer")
+from builders import cached_store, store64_with_table
+from runs import FIXTURES, learned_run, quick_config
 
 
 def _fmmodel(*args):
@@ -32,7 +30,7 @@ def test_class_predictions_align_with_frames_and_agree_with_evaluate(tmp_path_fa
     run, store = learned_run(tmp_path_factory)
     out = tmp_path / "pred.zarr"
     r = _fmmodel("predict", "--store", store, "--checkpoint", os.path.join(run, "last.pt"), "--out", str(out),
-                 "--split", "test", "--workers", "0", "--device", "cpu", "--quiet")
+                 "--split", "test", "--workers", "0", "--device", "cpu", "--no-progress")
     assert r.returncode == 0, r.stderr
     pred = read_predictions(str(out))
     assert pred["prob"].metadata.dimension_names == ("window", "class")

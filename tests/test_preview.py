@@ -7,14 +7,12 @@ import pytest
 from click.testing import CliRunner
 
 from fmcli.fmdata_main import main
-from fmdata import schema
-from fmdata.cluster import DaskOptions
+from fmdata.compute import DaskOptions
+from fmdata.derive import make_windows, render_preview
 from fmdata.errors import FmDataError
-from fmdata.preview import render_preview
-from fmdata.store import open_store
-from fmdata.window_table import read_window_table
-from fmdata.windows import WindowParams, make_windows
-from helpers_stores import recording, write_store
+from fmdata.store import WindowParams, open_store, read_window_table, schema
+
+from builders import recording, write_store
 
 
 @pytest.fixture()
@@ -36,13 +34,13 @@ def _yellow_pixels(img_bgr: np.ndarray) -> int:
 def test_png_shows_the_clip_with_the_mask_outlined(dark_store, tmp_path):
     out = str(tmp_path / "p.png")
     r = render_preview(dark_store, 100, out, recording=0, params=WindowParams(frames=4, frame_step=5,
-                                                                              current_seconds=2))
+                                                                              current_seconds=2)).to_dict()
     assert r["clip"] == [85, 90, 95, 100] and r["label"] == 1 and r["current_rows"] == [51, 101]
     img = cv2.imread(out)
     assert img is not None and img.shape[0] > 300 and img.shape[1] > 600
     assert _yellow_pixels(img) > 20
     quiet = render_preview(dark_store, 60, str(tmp_path / "q.png"), recording="v1-1",
-                           params=WindowParams(frames=4, frame_step=5, current_seconds=2))
+                           params=WindowParams(frames=4, frame_step=5, current_seconds=2)).to_dict()
     assert quiet["label"] == 0 and _yellow_pixels(cv2.imread(str(tmp_path / "q.png"))) == 0
 
 
@@ -51,7 +49,7 @@ def test_preview_of_a_stored_window_uses_that_table(dark_store, tmp_path):
     make_windows(dark_store, "w", p, options=DaskOptions(progress=False))
     table = read_window_table(open_store(dark_store), "w")
     row = table.table[table.column("frame") == 120 + 30][0]  # recording 1, local frame 30
-    r = render_preview(dark_store, 30, str(tmp_path / "w.png"), recording=1, windows="w")
+    r = render_preview(dark_store, 30, str(tmp_path / "w.png"), recording=1, windows="w").to_dict()
     assert r["frame"] == 150 and r["clip"] == [int(c) - 120 for c in row[6:]]
     assert r["current_rows"] == [int(row[4]), int(row[5])]
     gap_frame = 120 + int(np.flatnonzero(open_store(dark_store)[schema.SPLIT][120:] == schema.SPLIT_NONE)[0])
@@ -61,7 +59,7 @@ def test_preview_of_a_stored_window_uses_that_table(dark_store, tmp_path):
 
 def test_mp4_plays_every_frame_from_the_clip_start(dark_store, tmp_path):
     out = str(tmp_path / "c.mp4")
-    r = render_preview(dark_store, 100, out, recording=0, params=WindowParams(frames=4, frame_step=5))
+    r = render_preview(dark_store, 100, out, recording=0, params=WindowParams(frames=4, frame_step=5)).to_dict()
     assert r["frames_written"] == 16
     cap = cv2.VideoCapture(out)
     frames = []
@@ -74,17 +72,20 @@ def test_mp4_plays_every_frame_from_the_clip_start(dark_store, tmp_path):
     assert _yellow_pixels(frames[-1]) > 10 and _yellow_pixels(frames[0]) == 0
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--frame", "999"], "expected --frame in 0..279, got 999"),
-    (["--frame", "5", "--recording", "nope"], "expected --recording as an id 0..1 or a name"),
-    (["--frame", "170", "--recording", "1"], "expected --frame in 0..159 (recording 1 has 160 frames), got 170"),
-    (["--frame", "5", "--out", "x.gif"], "expected --out ending in .png or .mp4"),
-    (["--frame", "5", "--windows", "absent"], "expected a window table named 'absent'"),
+@pytest.mark.parametrize("args,message,code", [
+    (["--frame", "999"], "Invalid value for '--frame': expected a frame in 0..279, got 999", 2),
+    (["--frame", "5", "--recording", "nope"], "Invalid value for '--recording': expected a recording id 0..1 or a name",
+     2),
+    (["--frame", "170", "--recording", "1"],
+     "Invalid value for '--frame': expected a frame in 0..159 (recording 1 has 160 frames), got 170", 2),
+    (["--frame", "5", "--out", "x.gif"], "Invalid value for '--out': x.gif: expected a file name ending in .png or .mp4",
+     2),
+    (["--frame", "5", "--windows", "absent"], "expected a window table named 'absent'", 1),
 ])
-def test_bad_input_is_one_line_and_exit_1(dark_store, args, message, tmp_path, monkeypatch):
+def test_bad_input_is_one_line_and_exit_code(dark_store, args, message, code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     res = CliRunner().invoke(main, ["preview", dark_store, *args])
-    assert res.exit_code == 1, res.output
+    assert res.exit_code == code, res.output
     assert message in res.output and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1
 

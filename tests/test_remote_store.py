@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import zarr
 
-from fmdata import remote, schema, store
+from fmdata import store
 from fmdata.errors import FmDataError
-from fmdata.window_table import WindowTable, read_window_table, window_columns, write_window_table
+from fmdata.store import Location, schema
+from fmdata.store.window_table import WindowTable, read_window_table, window_columns, write_window_table
 
 
 def _recording(n: int, m: int, seed: int, h: int = 8, w: int = 6) -> store.RecordingArrays:
@@ -78,7 +79,8 @@ def test_store_round_trip_at_url_keeps_every_element(location):
 
 def test_s3_store_really_lives_on_the_server_as_shards(s3_bucket):
     url = s3_bucket.url("a/b.zarr")
-    store.write_store_from_arrays(url, RECS, fps=25.0, chunking=CHUNKING, storage_options=s3_bucket.storage_options)
+    explicit = Location.parse(url, s3_bucket.storage_options)
+    store.write_store_from_arrays(explicit, RECS, fps=25.0, chunking=CHUNKING)
     keys = s3_bucket.keys()
     assert "a/b.zarr/zarr.json" in keys
     # 64 frames in shards of 32 frames: 2 video shard objects, each a whole shard
@@ -87,7 +89,7 @@ def test_s3_store_really_lives_on_the_server_as_shards(s3_bucket):
     root_doc = json.loads(s3_bucket.server.filesystem().cat(f"{s3_bucket.name}/a/b.zarr/zarr.json"))
     assert root_doc["attributes"][schema.ATTR_STORE]["complete"] is True
     # explicit options and options from the environment reach the same store
-    _assert_store_equals_recs(store.open_store(url, storage_options=s3_bucket.storage_options))
+    _assert_store_equals_recs(store.open_store(explicit))
     _assert_store_equals_recs(store.open_store(url))
 
 
@@ -110,7 +112,7 @@ def test_store_written_through_the_environment_is_read_by_another_process(s3_buc
     """A CLI or worker process gets the endpoint from FMF_S3_ENDPOINT alone."""
     url = s3_bucket.url("x.zarr")
     store.write_store_from_arrays(url, RECS, fps=25.0, chunking=CHUNKING)
-    code = ("import sys, numpy as np; from fmdata import store, schema; "
+    code = ("import sys, numpy as np; from fmdata import store; from fmdata.store import schema; "
             "r = store.open_store(sys.argv[1]); print(int(r[schema.VIDEO][:].astype(np.int64).sum()))")
     env = {**os.environ, **s3_bucket.env}
     env.pop("AWS_ENDPOINT_URL")
@@ -119,7 +121,7 @@ def test_store_written_through_the_environment_is_read_by_another_process(s3_buc
 
 
 def _half_written(url: str, with_meta: bool) -> zarr.Group:
-    root = zarr.open_group(store=remote.zarr_store(url, "w"), mode="w-", zarr_format=3)
+    root = Location.parse(url).open_group("w-")
     store.create_arrays(root, 64, 8, 8, 6, 2, CHUNKING)
     root[schema.VIDEO][:32] = _expected()[schema.VIDEO][:32]
     if with_meta:
@@ -134,32 +136,32 @@ def test_half_written_remote_store_never_looks_complete(s3_bucket, with_meta):
     with pytest.raises(FmDataError, match="incomplete" if with_meta else "expected attribute"):
         store.open_store(url)
     if with_meta:  # the commit marker, written last, makes it visible
-        remote.set_complete(root, True)
+        store.set_complete(root, True)
         assert store.read_meta(store.open_store(url)).complete
 
 
 def test_remove_store_marks_incomplete_before_deleting(s3_bucket):
     url = s3_bucket.url("old.zarr")
     store.write_store_from_arrays(url, RECS, fps=25.0, chunking=CHUNKING)
-    assert remote.mark_incomplete(url)
+    assert Location.parse(url).mark_incomplete()
     # a delete that stopped half-way leaves a store that readers refuse
     fs = s3_bucket.server.filesystem()
     for key in [k for k in s3_bucket.keys() if "/c/" in k][:3]:
         fs.rm(f"{s3_bucket.name}/{key}")
     with pytest.raises(FmDataError, match="incomplete"):
         store.open_store(url)
-    remote.remove_store(url)
-    assert not remote.exists(url)
+    Location.parse(url).remove()
+    assert not Location.parse(url).exists()
     assert s3_bucket.keys() == []
 
 
 def test_missing_remote_stores_give_one_clear_error(s3_bucket):
     with pytest.raises(FmDataError, match=r"s3://.*/nothing.zarr: expected a Zarr v3 group"):
         store.open_store(s3_bucket.url("nothing.zarr"))
-    assert not remote.exists(s3_bucket.url("nothing.zarr"))
+    assert not Location.parse(s3_bucket.url("nothing.zarr")).exists()
     with pytest.raises(FmDataError, match="expected an existing bucket 'no-such-bucket'"):
-        remote.check_writable_parent("s3://no-such-bucket/x.zarr")
-    remote.check_writable_parent(s3_bucket.url("new.zarr"))
+        Location.parse("s3://no-such-bucket/x.zarr").check_writable_parent()
+    Location.parse(s3_bucket.url("new.zarr")).check_writable_parent()
     with pytest.raises(FmDataError, match="memory://nowhere.zarr: expected a Zarr v3 group"):
         store.open_store("memory://nowhere.zarr")
 
@@ -167,36 +169,37 @@ def test_missing_remote_stores_give_one_clear_error(s3_bucket):
 def test_storage_options_precedence(monkeypatch):
     for k in ("FMF_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "FMF_STORAGE_OPTIONS"):
         monkeypatch.delenv(k, raising=False)
-    assert remote.storage_options_for("s3://b/x.zarr") == {}
+    assert Location.parse("s3://b/x.zarr").storage_options == {}
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
-    assert remote.storage_options_for("s3://b/x.zarr") == {"endpoint_url": "http://127.0.0.1:1"}
+    assert Location.parse("s3://b/x.zarr").storage_options == {"endpoint_url": "http://127.0.0.1:1"}
     monkeypatch.setenv("FMF_S3_ENDPOINT", "http://127.0.0.1:2")
-    assert remote.storage_options_for("s3://b/x.zarr") == {"endpoint_url": "http://127.0.0.1:2"}
-    assert remote.storage_options_for("gs://b/x.zarr") == {}  # S3 endpoints only for s3://
+    assert Location.parse("s3://b/x.zarr").storage_options == {"endpoint_url": "http://127.0.0.1:2"}
+    assert Location.parse("gs://b/x.zarr").storage_options == {}  # S3 endpoints only for s3://
     monkeypatch.setenv("FMF_STORAGE_OPTIONS", '{"anon": true, "endpoint_url": "http://127.0.0.1:3"}')
-    assert remote.storage_options_for("s3://b/x.zarr") == {"endpoint_url": "http://127.0.0.1:3", "anon": True}
-    assert remote.storage_options_for("s3://b/x.zarr", {"anon": False}) == {
+    assert Location.parse("s3://b/x.zarr").storage_options == {"endpoint_url": "http://127.0.0.1:3", "anon": True}
+    assert Location.parse("s3://b/x.zarr", {"anon": False}).storage_options == {
         "endpoint_url": "http://127.0.0.1:3", "anon": False}
-    assert remote.storage_options_for("/local/x.zarr") == {}
+    assert Location.parse("/local/x.zarr").storage_options == {}
     monkeypatch.setenv("FMF_STORAGE_OPTIONS", "[1, 2]")
     with pytest.raises(FmDataError, match="FMF_STORAGE_OPTIONS: expected a JSON object, got list"):
-        remote.storage_options_for("s3://b/x.zarr")
+        Location.parse("s3://b/x.zarr")
 
 
 def test_staging_and_publish(tmp_path, s3_bucket):
     final = tmp_path / "out.zarr"
-    staging = remote.staging_location(final)
-    assert os.path.dirname(staging) == str(tmp_path) and os.path.basename(staging).startswith(".out.zarr.partial-")
+    staging = Location.parse(final).staging()
+    assert os.path.dirname(str(staging)) == str(tmp_path)
+    assert os.path.basename(str(staging)).startswith(".out.zarr.partial-")
     store.write_store_from_arrays(staging, RECS, fps=25.0, chunking=CHUNKING)
     assert not final.exists()
-    remote.publish(staging, final)
+    Location.parse(final).publish(staging)
     _assert_store_equals_recs(store.open_store(final))
-    url = s3_bucket.url("inplace.zarr")
-    assert remote.staging_location(url) == url
+    url = Location.parse(s3_bucket.url("inplace.zarr"))
+    assert url.staging() == url
     with pytest.raises(FmDataError, match="written in place"):
-        remote.publish(url + ".tmp", url)
-    assert remote.join(url, "windows", "a") == url + "/windows/a"
-    assert remote.split_url("S3://b/k") == ("s3", "b/k") and remote.split_url("/p") == ("file", "/p")
+        url.publish(Location.parse(str(url) + ".tmp"))
+    assert str(url.join("windows", "a")) == str(url) + "/windows/a"
+    assert Location.parse("S3://b/k").protocol == "s3" and Location.parse("/p").protocol == "file"
 
 
 def _invoke(main, *args: str) -> str:
@@ -212,9 +215,9 @@ def test_every_command_takes_an_s3_url(s3_bucket, tmp_path):
     pytest.importorskip("torch")
     from fmcli.fmdata_main import main as fmdata_main
     from fmcli.fmmodel_main import main as fmmodel_main
-    from fmdata import synth_write
+    from fmdata import synth
 
-    src = synth_write.write_v1(tmp_path / "src.mat", frames=500, size=16, seed=4)
+    src = synth.write_v1(tmp_path / "src.mat", frames=500, size=16, seed=4)
     url = s3_bucket.url("runs/s.zarr")
     assert "500 frames" in _invoke(fmdata_main, "convert", src, url, "--workers", "1", "--shard-frames", "128",
                                    "--no-progress")
@@ -234,13 +237,13 @@ def test_every_command_takes_an_s3_url(s3_bucket, tmp_path):
             "--workers", "0", "--device", "cpu", "--model-size", "tiny", "--max-steps", "2", "--out", run)
     assert (run / "last.pt").exists()
     _invoke(fmmodel_main, "evaluate", "--store", url, "--checkpoint", run / "last.pt", "--windows", "w",
-            "--workers", "0", "--device", "cpu", "--out", tmp_path / "ev", "--quiet")
+            "--workers", "0", "--device", "cpu", "--out", tmp_path / "ev", "--no-progress")
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     n_test = int((read_window_table(root, "w").column("split") == schema.SPLIT_TEST).sum())
     assert report["metrics"]["overall"]["class"]["n"] == n_test > 0
     pred = tmp_path / "pred.zarr"
     _invoke(fmmodel_main, "predict", "--store", url, "--checkpoint", run / "last.pt", "--windows", "w",
-            "--workers", "0", "--device", "cpu", "--out", pred, "--quiet")
+            "--workers", "0", "--device", "cpu", "--out", pred, "--no-progress")
     from fmmodel.predict import read_predictions
 
     assert read_predictions(str(pred))["frame"].shape == (len(read_window_table(root, "w")),)
@@ -248,10 +251,10 @@ def test_every_command_takes_an_s3_url(s3_bucket, tmp_path):
 
 def test_missing_credentials_are_one_line_errors(s3_bucket, tmp_path):
     """A fresh CLI process without credentials: one line, exit 1, for a store and for an output."""
-    from fmdata import synth_write
+    from fmdata import synth
 
     store.write_store_from_arrays(s3_bucket.url("s.zarr"), RECS, fps=25.0, chunking=CHUNKING)
-    src = synth_write.write_v1(tmp_path / "src.mat", frames=20, size=8, seed=1)
+    src = synth.write_v1(tmp_path / "src.mat", frames=20, size=8, seed=1)
     env = {k: v for k, v in os.environ.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE")}
     env.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_CONFIG_FILE=str(tmp_path / "none"))
     code = "import sys; from fmcli.fmdata_main import main; main(sys.argv[1:], prog_name='fmdata')"

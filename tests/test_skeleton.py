@@ -5,8 +5,9 @@ import sys
 import numpy as np
 import pytest
 
-from fmdata import schema, store
+from fmdata import store
 from fmdata.errors import FmDataError
+from fmdata.store import schema
 
 
 @pytest.mark.parametrize("prog", ["fmdata", "fmmodel"])
@@ -19,7 +20,7 @@ def test_console_scripts_answer_help_and_version(prog):
 
 
 def test_fmdata_imports_without_torch():
-    code = ("import sys, fmdata, fmdata.store, fmdata.schema, fmcli.fmdata_main; "
+    code = ("import sys, fmdata, fmdata.store, fmdata.store.schema, fmcli.fmdata_main; "
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)")
     subprocess.run([sys.executable, "-c", code], check=True)
 

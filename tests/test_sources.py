@@ -7,9 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fmdata import schema
-from fmdata.sources import RecordingReader, aligned_ranges, open_sources
-from helpers_convert import read_v1_independently, read_v2_independently, v1_arrays, write_v1, write_v2
+from fmdata.sources import RecordingReader, open_reader, open_sources
+from fmdata.sources.hdf5_chunks import aligned_ranges, direct_chunks
+from fmdata.store import schema
+
+from builders import read_v1_independently, read_v2_independently, v1_arrays, write_v1, write_v2
 
 
 def _read_all(rd: RecordingReader, n: int, h: int, w: int, piece: int = 7) -> dict[str, np.ndarray]:
@@ -30,7 +32,7 @@ def test_v1_reader_gives_store_orientation_like_an_independent_h5py_read(tmp_pat
     assert (src.name, src.layout, src.n_frames, src.height, src.width, src.n_current) == ("rec", "v1", n, h, w, n)
     assert src.video.frame_chunk > 1  # MATLAB-like chunks span several frames: reads must align to them
     ref = read_v1_independently(path)
-    with RecordingReader(src, block_frames=16) as rd:
+    with open_reader(src, block_frames=16) as rd:
         got = _read_all(rd, n, h, w)
         np.testing.assert_array_equal(rd.frame_time(0, 5), np.arange(5) / 25.0)
         np.testing.assert_array_equal(rd.frame_current_end(10, 13), [11, 12, 13])
@@ -46,7 +48,7 @@ def test_v1_reader_agrees_with_a_matlab_file_library(tmp_path):
     path = write_v1(tmp_path / "rec.mat", arrays)
     m = hdf5storage.loadmat(str(path))  # MATLAB order, as MATLAB itself shows the variables
     (src,) = open_sources([str(path)])
-    with RecordingReader(src) as rd:
+    with open_reader(src) as rd:
         got = _read_all(rd, n, h, w)
     for i in (0, 17, n - 1):
         np.testing.assert_array_equal(got[schema.VIDEO][i], m["video"][:, :, :, i])
@@ -60,14 +62,14 @@ def test_other_storages_read_the_same(tmp_path, storage):
     arrays = v1_arrays(n, h, w, seed=5)
     ref_path = write_v1(tmp_path / "ref.mat", arrays)
     if storage == "v7":
-        from fmdata import matfile
+        from fmdata.synth import matwriter
 
-        path = matfile.write_v7(tmp_path / "rec.mat", arrays)
+        path = matwriter.write_v7(tmp_path / "rec.mat", arrays)
     else:
         path = write_v1(tmp_path / "rec.mat", arrays, storage="contiguous")
     (src,), (ref,) = open_sources([str(path)]), open_sources([str(ref_path)])
     assert src.mat_format == ("5" if storage == "v7" else "7.3")
-    with RecordingReader(src, 8) as a, RecordingReader(ref, 8) as b:
+    with open_reader(src, 8) as a, open_reader(ref, 8) as b:
         got, want = _read_all(a, n, h, w), _read_all(b, n, h, w)
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
@@ -80,7 +82,7 @@ def test_a_single_frame_recording_whose_frame_axis_matlab_dropped(tmp_path):
         assert f["video"].shape == (3, 6, 4) and f["label"].shape == (6, 4)  # trailing singleton dropped
     (src,) = open_sources([str(path)])
     assert src.n_frames == 1 and src.video.dropped
-    with RecordingReader(src) as rd:
+    with open_reader(src) as rd:
         got = _read_all(rd, 1, 4, 6)
     np.testing.assert_array_equal(got[schema.VIDEO][0], arrays["video"][:, :, :, 0])
     np.testing.assert_array_equal(got[schema.MASK][0], arrays["label"][:, :, 0])
@@ -93,7 +95,7 @@ def test_v2_folder_times_splits_and_current_index(tmp_path):
     a = recs[0]
     ref = read_v2_independently(folder, "a")
     assert a.origin == "2023-05-10T21:33:27" and a.n_current == len(ref["current"])
-    with RecordingReader(a) as rd:
+    with open_reader(a) as rd:
         got = _read_all(rd, a.n_frames, a.height, a.width)
         frame_time = rd.frame_time(0, a.n_frames)
         current_time = rd.current_time(0, a.n_current)
@@ -126,7 +128,6 @@ def test_aligned_ranges_cover_once_and_end_on_the_chunk_grid(start, length, chun
 def test_direct_chunk_reads_equal_h5py_reads(tmp_path, chunks, shuffle):
     """Raw-chunk reads (libdeflate) give what h5py gives: chunks that split frames, edge chunks,
     chunks never written (fill value); other filter pipelines fall back to h5py."""
-    from fmdata.sources import direct_chunks
 
     data = np.random.default_rng(0).integers(0, 256, (10, 3, 9, 11), dtype=np.uint8)
     with h5py.File(tmp_path / "d.h5", "w") as f:

@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from fmdata import block_reader, schema, stats
-from fmdata.cluster import DaskOptions
-from fmdata.store import open_store
-from fmdata.windows import WindowParams, make_windows
-from helpers_stores import recording, split_from_runs, write_store
+from fmdata.compute import DaskOptions
+from fmdata.derive import make_windows, stats
+from fmdata.store import WindowParams, block_reader, open_store, schema
+
+from builders import recording, split_from_runs, write_store
 
 QUIET = DaskOptions(progress=False)
 
@@ -30,7 +30,7 @@ def test_stats_equal_numpy(tmp_path, monkeypatch, block_bytes):
     recs = [recording("v1", 90, 1), recording("v2", 120, 2, lead=6, gap_prob=0.2),
             recording("v1", 40, 3, split=split_from_runs([(1, 20), (0, 20)]))]
     path = write_store(tmp_path / "s.zarr", recs)
-    s = stats.compute_stats(path, options=QUIET)
+    s = stats.compute_stats(path, options=QUIET).to_dict()
     split = np.concatenate([r.split for r in recs])
     mask = np.concatenate([r.mask for r in recs])
     video = np.concatenate([r.video for r in recs])
@@ -64,9 +64,9 @@ def test_stats_equal_numpy(tmp_path, monkeypatch, block_bytes):
 def test_stats_are_reused_until_forced_and_window_balance_is_reported(tmp_path):
     recs = [recording("v2", 150, 7, lead=10)]
     path = write_store(tmp_path / "s.zarr", recs)
-    assert stats.compute_stats(path, options=QUIET)["normalization_status"] == "computed"
+    assert stats.compute_stats(path, options=QUIET).normalization_status == "computed"
     make_windows(path, "w", WindowParams(frames=3, frame_step=4, current_seconds=4, current_rows=8), options=QUIET)
-    s = stats.compute_stats(path, windows="w", options=QUIET)
+    s = stats.compute_stats(path, windows="w", options=QUIET).to_dict()
     assert s["normalization_status"] == "up to date"
     w = s["windows"]
     lab = (recs[0].mask == 1).any(axis=(1, 2))
@@ -75,7 +75,7 @@ def test_stats_are_reused_until_forced_and_window_balance_is_reported(tmp_path):
                                     "normal": int((~lab[train]).sum()),
                                     "abnormal_share": pytest.approx(lab[train].mean())}
     assert w["recordings"][0]["windows"] == w["windows"] == int((recs[0].split != -1).sum())
-    assert stats.compute_stats(path, force=True, options=QUIET)["normalization_status"] == "computed"
+    assert stats.compute_stats(path, force=True, options=QUIET).normalization_status == "computed"
     text = stats.format_stats(s)
     for word in ("split", "train", "test", "recording", "windows 'w'", "video R", "current A (A)", "fmf_stats"):
         assert word in text
@@ -84,7 +84,7 @@ def test_stats_are_reused_until_forced_and_window_balance_is_reported(tmp_path):
 def test_a_store_without_training_frames_reports_and_stores_no_normalisation(tmp_path):
     recs = [recording("v1", 30, 8, split=split_from_runs([(1, 30)]))]
     path = write_store(tmp_path / "s.zarr", recs)
-    s = stats.compute_stats(path, options=QUIET)
+    s = stats.compute_stats(path, options=QUIET).to_dict()
     assert s["normalization"] is None and s["normalization_status"] == "no training frames"
     assert s["splits"]["train"]["abnormal_frame_share"] is None
     assert schema.ATTR_STATS not in open_store(path).attrs

@@ -11,21 +11,22 @@ import numpy as np
 import pytest
 import torch
 
-from fmdata import schema
-from fmdata.store import open_store, read_offsets
-from fmdata.windows import WindowParams, build_window_table, load_index
+from fmdata.derive import build_window_table, ensure_labels, load_index
+from fmdata.store import WindowParams, open_store, read_offsets, schema
 from fmmodel.checkpoint import load_checkpoint
 from fmmodel.config import TrainConfig
 from fmmodel.errors import FmModelError
 from fmmodel.evaluate import evaluate
-from fmmodel.train import holdout_split, resume_run, train
-from helpers_model import SMALL_WINDOWS, cached_store, learned_run, quick_config
+from fmmodel.holdout import holdout_split
+from fmmodel.train import resume_run, train
+
+from builders import cached_store
+from runs import SMALL_WINDOWS, learned_run, quick_config
 
 
 def test_holdout_is_a_tail_block_of_training_windows_with_no_shared_input(tmp_path_factory):
     path = cached_store(tmp_path_factory)
     root = open_store(path)
-    from fmdata.labels import ensure_labels
 
     ensure_labels(path)
     root = open_store(path)
@@ -56,15 +57,15 @@ def test_holdout_is_a_tail_block_of_training_windows_with_no_shared_input(tmp_pa
 
 
 def test_config_round_trip_and_unknown_keys():
-    cfg = TrainConfig.with_defaults("s.zarr", "run", task="seg", modality="both", epochs=3, frames=4,
-                                    model={"size": "tiny"})
+    cfg = TrainConfig("s.zarr", "run", task="seg", modality="both", epochs=3, window=WindowParams.reference(
+        "both", frames=4), model={"size": "tiny"})
     again = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg and again.variant == "vicu_seg" and again.window.frames == 4
-    assert TrainConfig.with_defaults("s", "r", modality="video").window.frames == 8
+    assert TrainConfig("s", "r", modality="video", window=WindowParams.reference("video")).window.frames == 8
     with pytest.raises(FmModelError, match="unknown"):
         TrainConfig.from_dict({**cfg.to_dict(), "learning_rate": 1.0})
-    with pytest.raises(FmModelError, match="task/modality"):
-        TrainConfig.with_defaults("s", "r", task="seg", modality="current")
+    with pytest.raises(FmModelError, match="modality/task"):
+        TrainConfig("s", "r", task="seg", modality="current")
 
 
 def test_it_learns_and_leaves_a_complete_run_folder(tmp_path_factory):

@@ -8,12 +8,13 @@ import sys
 import pytest
 import zarr
 
-from fmdata import convert as conv
-from fmdata import remote, schema, store
+from fmdata import store
+from fmdata.convert import convert, verify
 from fmdata.errors import FmDataError
-from fmdata.shard_writer import ShardWriter
-from fmdata.verify import verify
-from helpers_convert import v1_arrays, write_v1, write_v2
+from fmdata.store import schema
+from fmdata.store.shard_writer import ShardWriter
+
+from builders import v1_arrays, write_v1, write_v2
 
 FMDATA = os.path.join(os.path.dirname(sys.executable), "fmdata")
 
@@ -24,7 +25,7 @@ def converted(tmp_path_factory):
     v1 = write_v1(d / "a.mat", v1_arrays(60, 5, 7, seed=11))
     v2 = write_v2(d / "v2", {"b": 25}, h=5, w=7)
     out = d / "good.zarr"
-    conv.convert([str(v1), str(v2)], out, workers=1, shard_frames=8, progress=False)
+    convert([str(v1), str(v2)], out, workers=1, shard_frames=8, progress=False)
     return d, [str(v1), str(v2)], out
 
 
@@ -99,7 +100,7 @@ def test_different_sources_and_missing_checksums_are_reported(converted, tmp_pat
 def test_an_incomplete_store_is_one_clear_error(converted, tmp_path):
     _, _, good = converted
     half = _copy(good, tmp_path / "half.zarr")
-    remote.set_complete(zarr.open_group(half, mode="r+"), False)
+    store.set_complete(zarr.open_group(half, mode="r+"), False)
     with pytest.raises(FmDataError, match="incomplete"):
         verify(half, progress=False)
     res = subprocess.run([FMDATA, "verify", str(half)], capture_output=True, text=True)

@@ -3,10 +3,15 @@ import numpy as np
 import pytest
 import zarr
 
-from fmdata import schema
 from fmdata.errors import FmDataError
-from fmdata.window_table import (WindowTable, list_window_tables, read_window_table, window_columns,
-                                 write_window_table)
+from fmdata.store import schema
+from fmdata.store.window_table import (
+    WindowTable,
+    list_window_tables,
+    read_window_table,
+    window_columns,
+    write_window_table,
+)
 
 
 def test_round_trip_keeps_rows_columns_and_params(tmp_path):

@@ -6,16 +6,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fmdata import schema
+from fmdata.derive import build_window_table, make_windows
+from fmdata.derive.windows import window_for_frame
 from fmdata.errors import FmDataError
-from fmdata.store import open_store
-from fmdata.window_table import read_window_table
-from fmdata.windows import WindowParams, build_window_table, current_row_indices, make_windows, window_for_frame
-from helpers_stores import frame_index, recording, split_from_runs, write_store
+from fmdata.store import WindowParams, current_row_indices, open_store, read_window_table, schema
+
+from builders import frame_index, recording, split_from_runs, write_store
 
 
 def reference_sample(rec, f: int, frames: int, step: int, seconds: int, rows: int):
-    """The reference sampler of fmf-benchmark.md section 3, one sample at a time, written plainly.
+    """The reference sampler (docs/reference-protocol.md, "Samples"), one sample at a time, written plainly.
 
     Only the start-of-recording clip is deterministic (clamped to frame 0) instead of random.
     Returns (clip frame indices, current row indices), local to the recording.
@@ -75,7 +75,7 @@ def test_v1_current_window_covers_the_last_seconds_and_clamps_at_the_start():
 @st.composite
 def recordings_and_params(draw):
     recs = []
-    for k in range(draw(st.integers(1, 3))):
+    for _ in range(draw(st.integers(1, 3))):
         runs = draw(st.lists(st.tuples(st.sampled_from([0, 1, -1]), st.integers(1, 60)), min_size=1, max_size=5))
         split = split_from_runs(runs)
         layout = draw(st.sampled_from(["v1", "v2"]))
@@ -167,28 +167,29 @@ def test_make_windows_stores_the_table_and_is_idempotent(tmp_path):
     recs = [recording("v2", 150, 21, lead=8), recording("v1", 90, 22)]
     path = write_store(tmp_path / "s.zarr", recs)
     p = WindowParams(frames=4, frame_step=5, current_seconds=6, current_rows=12)
-    out = make_windows(path, "w", p, options=_quiet())
+    out = make_windows(path, "w", p, options=_quiet()).to_dict()
     assert out["status"] == "written"
     root = open_store(path)
     stored = read_window_table(root, "w")
     np.testing.assert_array_equal(stored.table, build_window_table(frame_index(recs), p).table)
     assert stored.params["policy"] == "reference" and stored.current_rows == 12
-    assert make_windows(path, "w", p, options=_quiet())["status"] == "up to date"
+    assert make_windows(path, "w", p, options=_quiet()).status == "up to date"
     with pytest.raises(FmDataError, match="other parameters"):
         make_windows(path, "w", WindowParams(frames=3), options=_quiet())
-    assert make_windows(path, "w", WindowParams(frames=3), force=True, options=_quiet())["status"] == "written"
+    assert make_windows(path, "w", WindowParams(frames=3), force=True, options=_quiet()).status == "written"
     assert read_window_table(open_store(path), "w").clip.shape[1] == 3
 
 
 @pytest.mark.parametrize("kw", [{"frames": 0}, {"frame_step": 0}, {"current_seconds": 0.0},
                                 {"current_rows": 0}, {"stride": 0}, {"policy": "random"}])
 def test_bad_parameters_are_one_clear_error(kw):
-    with pytest.raises(FmDataError, match="expected --"):
+    with pytest.raises(FmDataError, match="expected ") as err:
         WindowParams(**kw)
+    assert err.value.field == next(iter(kw))  # the command line names its option from this
 
 
 def _quiet():
-    from fmdata.cluster import DaskOptions
+    from fmdata.compute import DaskOptions
 
     return DaskOptions(progress=False)
 
@@ -205,6 +206,6 @@ def test_cli_windows_reports_counts_and_rejects_bad_options(tmp_path):
     table = read_window_table(open_store(path), "t")
     assert f"{len(table):,} windows (strict)" in ok.output and table.params["policy"] == "strict"
     bad = CliRunner().invoke(main, ["windows", path, "--name", "t", "--stride", "0"])
-    assert bad.exit_code == 1 and "expected --stride >= 1, got 0" in bad.output
+    assert bad.exit_code == 2 and "Invalid value for '--stride': expected a stride >= 1, got 0" in bad.output
     clash = CliRunner().invoke(main, ["windows", path, "--name", "t"])
     assert clash.exit_code == 1 and "pass --force to replace it" in clash.output

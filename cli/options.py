@@ -1,0 +1,104 @@
+"""Options shared by the commands, declared once: the same idea is spelled the same everywhere.
+
+A store argument or option is parsed into a :class:`fmdata.store.Location` here, at the
+boundary, so that the library receives it resolved (fsspec options from the environment
+included). Option names are the library's parameter names with dashes, so that a library error
+about a parameter (``FmDataError.field``) names the option the user typed (see
+:mod:`fmcli.errors`).
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from fmdata.errors import FmDataError
+from fmdata.store import Location
+from fmdata.store.schema import WINDOW_POLICIES
+from fmdata.store.window_table import REFERENCE_CURRENT_ROWS, REFERENCE_CURRENT_SECONDS
+from fmmodel.protocol import DEVICES, PRECISIONS
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class LocationType(click.ParamType):
+    """A store given as a local path or an fsspec URL (s3://, gs://, memory://, file://)."""
+
+    name = "store"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Location:
+        if isinstance(value, Location):
+            return value
+        try:
+            return Location.parse(value)
+        except FmDataError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+STORE = LocationType()
+
+
+def stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    """Apply several option decorators as one (listed top to bottom as they appear in --help)."""
+    def apply(fn: F) -> F:
+        for d in reversed(decorators):
+            fn = d(fn)
+        return fn
+    return apply
+
+
+def progress_flag(value: bool | None) -> bool:
+    """Resolve ``--progress/--no-progress``: unset means "when stderr is a terminal"."""
+    return sys.stderr.isatty() if value is None else value
+
+
+progress_option = click.option(
+    "--progress/--no-progress", default=None,
+    help="Show a progress bar with rate and ETA (default: when stderr is a terminal).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+force_option = click.option("--force", is_flag=True, help="Recompute and replace what is already there.")
+overwrite_option = click.option(
+    "--overwrite", is_flag=True, help="Replace an existing output (only once the new one is complete).")
+
+# Where Dask work runs: fmdata labels / windows / stats.
+dask_options = stack(
+    click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
+                 help="Start a local cluster of N single-threaded worker processes for this command. Without "
+                      "--workers or --scheduler, Dask uses threads in this process."),
+    click.option("--scheduler", metavar="ADDRESS", default=None,
+                 help="Run on an existing dask.distributed cluster (e.g. tcp://host:8786); its workers must reach "
+                      "the store by the same path or URL."),
+    click.option("--memory-limit", default="auto", show_default=True, metavar="SIZE",
+                 help="Memory limit per local worker process (e.g. 2GiB)."),
+)
+
+# How windows are built: fmdata windows / preview, fmmodel train. Unset values take the reference
+# windows of the model's modality (fmdata.store.window_table.WindowParams.reference).
+window_options = stack(
+    click.option("--frames", type=int, default=None,
+                 help="Frames per clip (default: 10; 8 for video-only models)."),
+    click.option("--frame-step", type=int, default=None,
+                 help="Frames between clip frames (default: 18; 19 for video-only models)."),
+    click.option("--current-seconds", type=float, default=None,
+                 help=f"Seconds of current history per window (default: {REFERENCE_CURRENT_SECONDS:g})."),
+    click.option("--current-rows", type=int, default=None,
+                 help=f"Current rows each window is resampled to (default: {REFERENCE_CURRENT_ROWS})."),
+    click.option("--stride", type=int, default=None, help="Keep every N-th window of each split block (default: 1)."),
+    click.option("--policy", type=click.Choice(WINDOW_POLICIES), default=None,
+                 help="reference (default): the authors' sampler, deterministic at recording starts; strict: every "
+                      "frame and current row inside the labelled frame's split block (no leakage)."),
+)
+
+# Where and how a model runs: fmmodel train / evaluate / predict.
+device_options = stack(
+    click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+                 help="Where the model runs (auto: CUDA when available)."),
+    click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+                 help="Arithmetic precision (default: bf16 on CUDA, fp32 on the CPU)."),
+)
+loader_workers_option = click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+                                     help="Data-loader worker processes (0: load in the main process).")
+batch_size_option = click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+                                 help="Windows per batch.")

@@ -1,0 +1,283 @@
+"""Convert FMF sources (V1 MAT files, V2 folders) into a store of format v1, streaming and in parallel.
+
+The work is cut into **units** (:mod:`fmdata.convert.plan`), each a pure function call
+``convert_unit(unit, location)`` (:mod:`fmdata.convert.units`) that reads its rows from the
+sources by path, writes whole shards and returns the CRC-32C of every block it wrote. Units
+never share a shard, so any number of processes (or dask.distributed tasks, see
+:mod:`fmdata.convert.cluster`) can run them in any order.
+
+The driver, :func:`convert`:
+
+1. validates every source up front (:func:`fmdata.sources.open_sources`);
+2. creates the store in a hidden staging sibling (``.<name>.partial-<id>``; URLs are written in
+   place) with ``complete=False``, the recording provenance and the conversion plan;
+3. runs the units in this process and ``workers - 1`` spawned ones
+   (:func:`fmdata.compute.run_parallel`), recording each finished unit's checksums in the
+   store's ledger (:mod:`fmdata.convert.ledger`), so ``--resume`` skips finished units after a
+   crash or a kill;
+4. gathers the checksums into each array's ``fmf_checksums`` attribute, drops the ledger, sets
+   ``complete=True`` last and renames the staging folder onto the output.
+
+Bad input raises :class:`FmDataError` and removes the staging store; an interruption keeps it
+for ``--resume``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any
+
+import zarr
+from tqdm.auto import tqdm
+
+from fmdata import __version__
+from fmdata.compute.processes import UnitRunner, resolve_workers, run_parallel
+from fmdata.convert.ledger import Ledger
+from fmdata.convert.plan import (
+    CURRENT_UNIT_ARRAYS,
+    FRAME_AXIS,
+    FRAME_UNIT_ARRAYS,
+    ConversionPlan,
+    UnitResult,
+    WorkUnit,
+    plan_conversion,
+)
+from fmdata.convert.units import close_cached, convert_unit
+from fmdata.errors import FmDataError
+from fmdata.sources import DEFAULT_FPS, open_sources
+from fmdata.store import schema
+from fmdata.store.access import read_meta
+from fmdata.store.atomic import is_temporary
+from fmdata.store.checksums import block_checksum, checksum_attr
+from fmdata.store.layout import Chunking, create_arrays, default_chunking, override_chunking
+from fmdata.store.location import Location, LocationLike, set_complete
+
+ATTR_CONVERT = "fmf_convert"  # root attribute: the conversion plan (sources, chunking), for --resume
+
+
+@dataclass
+class ConvertReport:
+    """What :func:`convert` did: where, how much, how long, and what a resume skipped."""
+
+    store: str
+    n_recordings: int
+    n_frames: int
+    n_current: int
+    units: int
+    units_resumed: int
+    workers: int
+    seconds: float
+    source_bytes: int
+    store_bytes: int
+    chunking: Chunking
+
+    def summary(self) -> str:
+        """Return a one-paragraph human summary."""
+        resumed = f", {self.units_resumed} of {self.units} units already done" if self.units_resumed else ""
+        ratio = self.store_bytes / self.source_bytes if self.source_bytes else float("nan")
+        return (f"wrote {self.store}: {self.n_recordings} recording(s), {self.n_frames} frames, "
+                f"{self.n_current} current rows in {self.seconds:.1f} s with {self.workers} worker(s){resumed}; "
+                f"store {self.store_bytes / 1e6:.1f} MB = {ratio:.2f} x source {self.source_bytes / 1e6:.1f} MB")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the report as a JSON-able dict."""
+        d = {k: v for k, v in vars(self).items() if k != "chunking"}
+        d["chunking"] = self.chunking.to_dict()
+        return d
+
+
+def _tree_bytes(path: str) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(dirpath, f))
+            except OSError:
+                pass
+    return total
+
+
+def _is_zarr_store(location: Location) -> bool:
+    return location.join("zarr.json").exists()
+
+
+def _is_partial(location: Location) -> bool:
+    """True when ``location`` holds an FMF store whose writer has not finished."""
+    try:
+        root = zarr.open_group(store=location.zarr_store("r"), mode="r", zarr_format=3)
+        return not read_meta(root, str(location)).complete
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError, FmDataError):
+        return False
+
+
+def _create(staging: Location, plan: ConversionPlan) -> zarr.Group:
+    root = staging.open_group("w-")
+    first = plan.recordings[0]
+    meta = schema.StoreMeta(n_frames=plan.n_frames, n_current=plan.n_current, n_recordings=len(plan.recordings),
+                            height=first.height, width=first.width, fps=plan.fps, complete=False,
+                            created_by=f"fmdata {__version__} convert")
+    root.attrs.update({schema.ATTR_STORE: meta.to_dict(),
+                       schema.ATTR_RECORDINGS: [r.info().to_dict() for r in plan.recordings],
+                       ATTR_CONVERT: plan.signature()})
+    create_arrays(root, plan.n_frames, plan.n_current, first.height, first.width, len(plan.recordings),
+                  plan.chunking)
+    root[schema.RECORDING_FRAME_OFFSETS][:] = plan.frame_offsets
+    root[schema.RECORDING_CURRENT_OFFSETS][:] = plan.current_offsets
+    return root
+
+
+def _open_partial(staging: Location, plan: ConversionPlan) -> zarr.Group:
+    try:
+        root = zarr.open_group(store=staging.zarr_store("r+"), mode="r+", zarr_format=3)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError):
+        raise FmDataError("expected an interrupted conversion to resume, got an unreadable folder; "
+                          "remove it or use --overwrite", str(staging)) from None
+    if root.attrs.get(ATTR_CONVERT) != json.loads(json.dumps(plan.signature())):
+        raise FmDataError("expected the interrupted conversion to use the same sources (unchanged) and chunking, "
+                          "got different ones; use --overwrite to start again", str(staging))
+    return root
+
+
+def _finalise(root: zarr.Group, results: dict[str, UnitResult]) -> None:
+    """Move checksums from the ledger into array attributes, drop the ledger, set complete last."""
+    by_array: dict[str, dict[int, int]] = {}
+    for res in results.values():
+        for name, pairs in res.checksums.items():
+            by_array.setdefault(name, {}).update(dict(pairs))
+    for name in FRAME_UNIT_ARRAYS + CURRENT_UNIT_ARRAYS:
+        arr = root[name]
+        block = int(arr.metadata.chunk_grid.chunk_shape[0])
+        n = -(-arr.shape[0] // block)
+        got = by_array.get(name, {})
+        missing = [i for i in range(n) if i not in got]
+        if missing:
+            raise AssertionError(f"{name}: blocks {missing[:5]} were never written")
+        arr.update_attributes({schema.ATTR_CHECKSUMS: checksum_attr(block, [got[i] for i in range(n)])})
+    for name in (schema.RECORDING_FRAME_OFFSETS, schema.RECORDING_CURRENT_OFFSETS):
+        arr = root[name]
+        arr.update_attributes({schema.ATTR_CHECKSUMS: checksum_attr(arr.shape[0], [block_checksum(arr[:])])})
+    Ledger(root).clear()
+    if isinstance(root.store, zarr.storage.LocalStore):  # temp files of writers killed mid-write
+        for dirpath, _, files in os.walk(root.store.root):
+            for f in files:
+                if is_temporary(f):
+                    os.unlink(os.path.join(dirpath, f))
+    set_complete(root, True)
+
+
+def _run_units(units: list[WorkUnit], staging: Location, workers: int, ledger: Ledger,
+               results: dict[str, UnitResult], bar: Any, runner: UnitRunner | None) -> None:
+    def done(res: UnitResult) -> None:
+        ledger.record(res)
+        results[res.key] = res
+        if res.axis == FRAME_AXIS:
+            bar.update(res.rows)
+
+    args = [(u, staging) for u in units]
+    if runner is not None:
+        runner(convert_unit, args, done)
+    else:
+        run_parallel(convert_unit, args, workers, done)
+
+
+def convert(sources: Sequence[str | os.PathLike[str]], out: LocationLike, *, workers: int | None = None,
+            overwrite: bool = False, resume: bool = False, chunking: Chunking | None = None,
+            chunk_frames: int | None = None, shard_frames: int | None = None,
+            fps: float = DEFAULT_FPS, progress: bool = True, runner: UnitRunner | None = None) -> ConvertReport:
+    """Convert ``sources`` (V1 MAT files and/or V2 folders, in order) into a new store at ``out``.
+
+    ``workers`` processes run the units: this one and ``workers - 1`` spawned children (default:
+    the CPU count; a script that calls this with more than one worker needs the usual
+    ``if __name__ == "__main__":`` guard of spawned multiprocessing). ``overwrite`` replaces an
+    existing store (only a Zarr store; the old one stays until the new one is complete);
+    ``resume`` continues an interrupted conversion into ``out`` without redoing finished units.
+    ``chunking`` defaults to :func:`fmdata.store.layout.default_chunking`; ``chunk_frames`` /
+    ``shard_frames`` override its frame-axis lengths. ``fps`` is the V1 frame rate; ``progress``
+    shows a tqdm bar (frames/s, ETA). ``runner`` runs the units elsewhere (a dask cluster, see
+    :mod:`fmdata.convert.cluster`) instead of local processes. Returns a :class:`ConvertReport`.
+    Raises FmDataError for bad sources or output paths, removing the partial store; an
+    interruption (lost workers, Ctrl-C) keeps finished units for ``resume``.
+    """
+    t0 = time.perf_counter()
+    target = Location.parse(out)
+    workers = resolve_workers(workers)
+    recs = open_sources([os.fspath(s) for s in sources], fps)
+    chunking = override_chunking(chunking or default_chunking(recs[0].height, recs[0].width), chunk_frames,
+                                 shard_frames)
+    plan = plan_conversion(recs, chunking, fps)
+    exists = target.exists()
+    resume_in_place = target.is_url and exists and resume and _is_partial(target)
+    if exists and not overwrite and not resume_in_place:
+        raise FmDataError("expected a new output path, got one that exists; pass --overwrite to replace it", str(target))
+    if exists and not _is_zarr_store(target):
+        raise FmDataError("refusing to replace something that is not a Zarr store", str(target))
+    target.check_writable_parent()
+    partials = target.partials()
+    staging: Location | None = None
+    root: zarr.Group | None = None
+    if target.is_url:
+        if resume_in_place:
+            staging, root = target, _open_partial(target, plan)
+        elif exists:
+            target.remove()
+    elif partials and resume:
+        staging = partials[-1]
+        root = _open_partial(staging, plan)
+        for other in partials[:-1]:
+            other.remove()
+    elif partials and not overwrite:
+        raise FmDataError(f"expected no interrupted conversion into this path, got {partials[-1]}; "
+                          f"pass --resume to continue it or --overwrite to start again", str(target))
+    else:
+        for other in partials:
+            other.remove()
+    if root is None:
+        staging = target.staging()
+        try:
+            root = _create(staging, plan)
+        except OSError as exc:
+            _discard(staging)
+            raise FmDataError(f"expected to create the store, got {exc.strerror or exc}", str(target)) from None
+    assert staging is not None
+    ledger = Ledger(root)
+    results = ledger.load()
+    todo = [u for u in plan.units if u.key not in results]
+    done_frames = sum(r.rows for r in results.values() if r.axis == FRAME_AXIS)
+    bar = tqdm(total=plan.n_frames, initial=done_frames, unit="frame", unit_scale=True, desc="convert",
+               disable=not progress, dynamic_ncols=True, smoothing=0.1)
+    try:
+        if not read_meta(root, str(staging)).complete:
+            _run_units(todo, staging, workers, ledger, results, bar, runner)
+            _finalise(root, results)
+    except FmDataError:
+        _discard(staging)
+        raise
+    except (OSError, BrokenProcessPool) as exc:
+        raise FmDataError(f"conversion stopped ({exc.__class__.__name__}: {exc}); finished units are kept in "
+                          f"{staging}: run again with --resume", str(target)) from None
+    except KeyboardInterrupt:
+        raise FmDataError(f"interrupted; finished units are kept in {staging}: run again with --resume",
+                          str(target)) from None
+    finally:
+        bar.close()
+        close_cached()
+    if exists and not target.is_url:
+        target.remove()
+    target.publish(staging)
+    local = target.local_path
+    return ConvertReport(
+        store=str(target), n_recordings=len(recs), n_frames=plan.n_frames, n_current=plan.n_current,
+        units=len(plan.units), units_resumed=len(plan.units) - len(todo), workers=workers,
+        seconds=time.perf_counter() - t0, source_bytes=sum(r.source_bytes for r in recs),
+        store_bytes=_tree_bytes(local) if local else 0, chunking=plan.chunking)
+
+
+def _discard(staging: Location) -> None:
+    try:
+        staging.remove()
+    except (OSError, FmDataError):
+        pass

@@ -1,0 +1,148 @@
+"""The plan of a conversion: its recordings, offsets, chunking and the work units that cover it.
+
+A unit covers rows [start, stop) of one store axis ("frame" or "sample") on whole write blocks
+(shards of frames; chunks of current rows) and knows which part of which recording fills them
+(its pieces). The plan depends only on the data and the chunking, never on where or how many
+units run, so a resumed conversion finds the same units. :mod:`fmdata.convert.units` runs one.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fmdata.errors import FmDataError
+from fmdata.sources import DEFAULT_FPS, RecordingSource
+from fmdata.store import schema
+from fmdata.store.layout import Chunking, default_chunking
+
+FRAME_AXIS = "frame"
+CURRENT_AXIS = "sample"
+UNIT_BYTES = 32 << 20  # source bytes (uncompressed) per frame unit: few units, bounded memory
+MIN_UNITS = 8  # split small inputs into at least this many frame units (both cores busy)
+FRAME_UNIT_ARRAYS = (schema.VIDEO, schema.MASK, schema.SPLIT, schema.RECORDING, schema.FRAME_TIME,
+                     schema.FRAME_CURRENT_END)
+CURRENT_UNIT_ARRAYS = (schema.CURRENT, schema.CURRENT_TIME)
+
+
+# ---- plan -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Piece:
+    """The part of one recording that a unit covers: local rows [local_start, local_stop).
+
+    ``global_start`` is the store row of ``local_start``; ``current_base`` is the store's current
+    row of the recording's local current row 0 (to make ``frame_current_end`` global).
+    """
+
+    source: RecordingSource
+    recording: int
+    local_start: int
+    local_stop: int
+    global_start: int
+    current_base: int
+
+    @property
+    def global_stop(self) -> int:
+        """Store row one past the piece's last row."""
+        return self.global_start + self.local_stop - self.local_start
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """Rows [start, stop) of one axis ("frame" or "sample") of the store, from its pieces."""
+
+    axis: str
+    index: int
+    start: int
+    stop: int
+    pieces: tuple[Piece, ...]
+
+    @property
+    def key(self) -> str:
+        """Stable name of the unit (its ledger entry)."""
+        return f"{'f' if self.axis == FRAME_AXIS else 'c'}{self.index:07d}"
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    """What a unit returns: its key, rows written and CRC-32C per written block and array."""
+
+    key: str
+    axis: str
+    rows: int
+    checksums: dict[str, list[tuple[int, int]]]
+
+
+@dataclass
+class ConversionPlan:
+    """Recordings, offsets, chunking and the list of units of one conversion."""
+
+    recordings: list[RecordingSource]
+    chunking: Chunking
+    fps: float
+    frame_offsets: np.ndarray
+    current_offsets: np.ndarray
+    unit_frames: int
+    units: list[WorkUnit] = field(default_factory=list)
+
+    @property
+    def n_frames(self) -> int:
+        """Frames in the store."""
+        return int(self.frame_offsets[-1])
+
+    @property
+    def n_current(self) -> int:
+        """Current rows in the store."""
+        return int(self.current_offsets[-1])
+
+    def signature(self) -> dict[str, Any]:
+        """Return what must not change between a conversion and its resumption (JSON-able)."""
+        return {"sources": [[list(fp) for fp in r.fingerprint] for r in self.recordings],
+                "names": [r.name for r in self.recordings],
+                "chunking": self.chunking.to_dict(),
+                "fps": self.fps, "unit_frames": self.unit_frames}
+
+
+def _pieces(recs: Sequence[RecordingSource], offsets: np.ndarray, current_offsets: np.ndarray,
+            start: int, stop: int, axis: str) -> tuple[Piece, ...]:
+    out = []
+    for r, rec in enumerate(recs):
+        lo, hi = max(start, int(offsets[r])), min(stop, int(offsets[r + 1]))
+        if lo < hi:
+            out.append(Piece(rec, r, lo - int(offsets[r]), hi - int(offsets[r]), lo, int(current_offsets[r])))
+    return tuple(out)
+
+
+def plan_conversion(recordings: Sequence[RecordingSource], chunking: Chunking | None = None,
+                    fps: float = DEFAULT_FPS) -> ConversionPlan:
+    """Return the conversion plan for validated ``recordings``: offsets and the work units.
+
+    Frame units cover whole shards (``unit_frames`` a multiple of the shard length, about
+    32 MiB of source each); current units cover one current chunk. The plan depends only on
+    the data and the chunking, never on the number of workers, so a resumed conversion finds
+    the same units.
+    """
+    recs = list(recordings)
+    if not recs:
+        raise FmDataError("expected at least one recording, got none")
+    h, w = recs[0].height, recs[0].width
+    chunking = chunking or default_chunking(h, w)
+    f_off = np.concatenate([[0], np.cumsum([r.n_frames for r in recs])]).astype(np.int64)
+    c_off = np.concatenate([[0], np.cumsum([r.n_current for r in recs])]).astype(np.int64)
+    block = chunking.write_block
+    n = int(f_off[-1])
+    n_blocks = -(-n // block)
+    per_unit = max(1, UNIT_BYTES // (block * h * w * 4))
+    per_unit = max(1, min(per_unit, -(-n_blocks // MIN_UNITS)))
+    unit_frames = per_unit * block
+    plan = ConversionPlan(recs, chunking, float(fps), f_off, c_off, unit_frames)
+    for i, a in enumerate(range(0, n, unit_frames)):
+        b = min(n, a + unit_frames)
+        plan.units.append(WorkUnit(FRAME_AXIS, i, a, b, _pieces(recs, f_off, c_off, a, b, FRAME_AXIS)))
+    m = int(c_off[-1])
+    for i, a in enumerate(range(0, m, chunking.current_chunk)):
+        b = min(m, a + chunking.current_chunk)
+        plan.units.append(WorkUnit(CURRENT_AXIS, i, a, b, _pieces(recs, c_off, c_off, a, b, CURRENT_AXIS)))
+    return plan

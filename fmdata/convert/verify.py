@@ -1,0 +1,279 @@
+"""Verify a store: recompute every recorded checksum and, given the sources, compare every element.
+
+:func:`verify` returns a :class:`VerifyReport` listing :class:`Problem` records (array, axis,
+row range, what is wrong); it raises FmDataError only when the store cannot be opened at all.
+The store is read through stock zarr (not the converter's shard writer), so a passing verify
+also shows that zarr reads back what the converter wrote. The work runs in units of whole
+blocks in worker processes, like the conversion.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zarr
+from tqdm.auto import tqdm
+
+from fmdata.compute.processes import resolve_workers, run_parallel
+from fmdata.convert.plan import (
+    CURRENT_AXIS,
+    CURRENT_UNIT_ARRAYS,
+    FRAME_AXIS,
+    FRAME_UNIT_ARRAYS,
+    WorkUnit,
+    plan_conversion,
+)
+from fmdata.convert.units import close_cached, expected_current_block, expected_frame_block, frame_streams
+from fmdata.errors import FmDataError
+from fmdata.sources import open_sources
+from fmdata.store import schema
+from fmdata.store.access import open_store, read_meta, read_offsets, read_recordings
+from fmdata.store.checksums import block_checksum, n_blocks, read_checksums
+from fmdata.store.layout import DEFAULT_SHARD_FRAMES, Chunking
+from fmdata.store.location import Location, LocationLike
+
+VERIFY_UNIT_BLOCKS = 8
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing that does not hold: ``array`` rows [start, stop) along ``axis``, and what.
+
+    ``kind`` is "checksum" (decoded block differs from its recorded CRC-32C), "elements"
+    (``elements`` values in ``rows`` rows differ from the sources, the first at row ``first``),
+    "unreadable" (the block cannot be decoded, or its source cannot be read) or "structure"
+    (layout, metadata or recordings; no row range). ``detail`` says more.
+    """
+
+    array: str
+    axis: str
+    start: int
+    stop: int
+    kind: str
+    detail: str = ""
+    elements: int = 0
+    rows: int = 0
+    first: int = -1
+
+    def __str__(self) -> str:
+        where = f" {self.axis}s {self.start}..{self.stop - 1}" if self.stop > self.start else ""
+        if self.kind == "checksum":
+            what = "checksum differs from the one recorded"
+        elif self.kind == "elements":
+            what = (f"{self.elements} element(s) in {self.rows} {self.axis}(s) differ from the source "
+                    f"(first at {self.axis} {self.first})")
+        elif self.kind == "unreadable":
+            what = f"cannot be read ({self.detail})"
+        else:
+            what = self.detail
+        return f"{self.array}{where}: {what}"
+
+
+@dataclass
+class VerifyReport:
+    """The outcome of :func:`verify`: ``ok`` when no problem was found."""
+
+    store: str
+    problems: list[Problem] = field(default_factory=list)
+    blocks_checked: int = 0
+    compared_with_sources: bool = False
+    n_frames: int = 0
+    n_current: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when every checksum (and every compared element) holds."""
+        return not self.problems
+
+    def summary(self) -> str:
+        """Return a readable report: one line when all holds, one line per problem otherwise."""
+        what = "checksums and every element equal the sources" if self.compared_with_sources else "checksums match"
+        if self.ok:
+            return (f"OK {self.store}: {self.n_frames} frames, {self.n_current} current rows, "
+                    f"{self.blocks_checked} blocks; {what} ({self.seconds:.1f} s)")
+        lines = [f"FAILED {self.store}: {len(self.problems)} problem(s)"]
+        lines += [f"  {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def _units_without_sources(n_frames: int, frame_block: int, n_current: int, current_block: int) -> list[WorkUnit]:
+    units = []
+    step = frame_block * VERIFY_UNIT_BLOCKS
+    for i, a in enumerate(range(0, n_frames, step)):
+        units.append(WorkUnit(FRAME_AXIS, i, a, min(n_frames, a + step), ()))
+    for i, a in enumerate(range(0, n_current, current_block)):
+        units.append(WorkUnit(CURRENT_AXIS, i, a, min(n_current, a + current_block), ()))
+    return units
+
+
+def _compare(name: str, axis: str, start: int, got: np.ndarray, want: np.ndarray) -> Problem | None:
+    if got.shape != want.shape:
+        return Problem(name, axis, start, start + len(got), "structure",
+                       f"shape {got.shape} differs from the source's {want.shape}")
+    same = (got == want) | (np.isnan(got) & np.isnan(want)) if got.dtype.kind == "f" else got == want
+    if same.all():
+        return None
+    bad_rows = ~same.reshape(len(same), -1).all(axis=1)
+    return Problem(name, axis, start, start + len(got), "elements", elements=int((~same).sum()),
+                   rows=int(bad_rows.sum()), first=start + int(np.argmax(bad_rows)))
+
+
+def verify_unit(unit: WorkUnit, location: Location) -> tuple[int, int, list[Problem]]:
+    """Check one unit's blocks: recompute their CRC-32C and, when the unit has source pieces,
+    compare every element with the sources. Returns (frames covered, blocks checked, problems)."""
+    root = location.open_group("r")
+    names = FRAME_UNIT_ARRAYS if unit.axis == FRAME_AXIS else CURRENT_UNIT_ARRAYS
+    arrays = {n: root[n] for n in names}
+    recorded = {n: read_checksums(a) for n, a in arrays.items()}
+    block = int(arrays[names[0]].metadata.chunk_grid.chunk_shape[0])
+    problems: list[Problem] = []
+    checked = 0
+    streams: Any = None
+    if unit.pieces and unit.axis == FRAME_AXIS:
+        streams = frame_streams(unit, block)
+    h, w = (arrays[schema.VIDEO].shape[1:3] if unit.axis == FRAME_AXIS else (0, 0))
+    for s0 in range(unit.start, unit.stop, block):
+        s1 = min(s0 + block, unit.stop)
+        want: dict[str, np.ndarray] | None = None
+        if unit.pieces:
+            try:
+                want = (expected_frame_block(streams, s0, s1, h, w) if unit.axis == FRAME_AXIS
+                        else expected_current_block(unit.pieces, s0, s1, DEFAULT_SHARD_FRAMES))
+            except FmDataError as exc:
+                problems.append(Problem("sources", unit.axis, s0, s1, "unreadable", str(exc)))
+                unit = WorkUnit(unit.axis, unit.index, unit.start, unit.stop, ())
+        for n in names:
+            checked += 1
+            try:
+                got = arrays[n][s0:s1]
+            except Exception as exc:  # a damaged shard: any decoding error is the finding
+                problems.append(Problem(n, unit.axis, s0, s1, "unreadable", f"{exc.__class__.__name__}: {exc}"[:200]))
+                continue
+            rec = recorded[n]
+            if rec is not None:
+                rows, values = rec
+                b = s0 // rows
+                if rows != block or b >= len(values):
+                    problems.append(Problem(n, unit.axis, s0, s1, "structure", "no checksum recorded for this block"))
+                elif block_checksum(got, schema.DTYPES[n]) != values[b]:
+                    problems.append(Problem(n, unit.axis, s0, s1, "checksum"))
+            if want is not None:
+                p = _compare(n, unit.axis, s0, got, want[n])
+                if p is not None:
+                    problems.append(p)
+    return (unit.stop - unit.start if unit.axis == FRAME_AXIS else 0), checked, problems
+
+
+def _merge(problems: list[Problem]) -> list[Problem]:
+    """Merge adjacent problems of one array and kind into one row range (counts add up)."""
+    out: list[Problem] = []
+    for p in sorted(problems, key=lambda q: (q.array, q.start, q.kind)):
+        last = out[-1] if out else None
+        if (last and p.kind in ("checksum", "elements") and last.array == p.array and last.kind == p.kind
+                and last.stop == p.start):
+            out[-1] = Problem(p.array, p.axis, last.start, p.stop, p.kind, elements=last.elements + p.elements,
+                              rows=last.rows + p.rows, first=last.first)
+        else:
+            out.append(p)
+    return out
+
+
+def _structure(root: zarr.Group, meta: schema.StoreMeta) -> list[Problem]:
+    """Check array presence, dtypes, dims, lengths, offsets and checksum attributes."""
+    problems = []
+    rows = {**{n: meta.n_frames for n in FRAME_UNIT_ARRAYS}, **{n: meta.n_current for n in CURRENT_UNIT_ARRAYS},
+            schema.RECORDING_FRAME_OFFSETS: meta.n_recordings + 1,
+            schema.RECORDING_CURRENT_OFFSETS: meta.n_recordings + 1}
+    for name, n in rows.items():
+        try:
+            arr = root[name]
+        except KeyError:
+            problems.append(Problem(name, "", 0, 0, "structure", "array missing"))
+            continue
+        if not isinstance(arr, zarr.Array):
+            problems.append(Problem(name, "", 0, 0, "structure", "expected an array, got a group"))
+            continue
+        if str(arr.dtype) != schema.DTYPES[name]:
+            problems.append(Problem(name, "", 0, 0, "structure", f"expected dtype {schema.DTYPES[name]}, got {arr.dtype}"))
+        if tuple(arr.metadata.dimension_names or ()) != schema.DIMS[name]:
+            problems.append(Problem(name, "", 0, 0, "structure", f"expected dimension names {schema.DIMS[name]}, "
+                                                    f"got {arr.metadata.dimension_names}"))
+        if arr.shape[0] != n:
+            problems.append(Problem(name, "", 0, 0, "structure", f"expected {n} rows, got {arr.shape[0]}"))
+        rec = read_checksums(arr)
+        if rec is None:
+            problems.append(Problem(name, "", 0, 0, "structure", "no checksums recorded"))
+        elif len(rec[1]) != n_blocks(arr.shape[0], rec[0]):
+            problems.append(Problem(name, "", 0, 0, "structure", f"expected {n_blocks(arr.shape[0], rec[0])} checksums, "
+                                                    f"got {len(rec[1])}"))
+    if problems:
+        return problems
+    for name, total in ((schema.RECORDING_FRAME_OFFSETS, meta.n_frames),
+                        (schema.RECORDING_CURRENT_OFFSETS, meta.n_current)):
+        off = np.asarray(root[name][:])
+        rec = read_checksums(root[name])
+        if rec is not None and block_checksum(off, schema.DTYPES[name]) != rec[1][0]:
+            problems.append(Problem(name, "recording_edge", 0, len(off), "checksum"))
+        if off[0] != 0 or off[-1] != total or (np.diff(off) < 0).any():
+            problems.append(Problem(name, "recording_edge", 0, len(off), "structure",
+                                    f"expected offsets rising from 0 to {total}, got {off.tolist()}"))
+    return problems
+
+
+def verify(location: LocationLike, sources: Sequence[str | os.PathLike[str]] = (), *,
+           workers: int | None = None, progress: bool = True) -> VerifyReport:
+    """Verify the store at ``store_location``; with ``sources``, compare every element to them.
+
+    ``sources`` are the V1 files / V2 folders it was converted from, in the same order.
+    Returns a :class:`VerifyReport` (``ok`` False with precise problems when anything differs).
+    Raises FmDataError when the store cannot be opened or the sources are unreadable.
+    """
+    t0 = time.perf_counter()
+    loc = Location.parse(location)
+    workers = resolve_workers(workers)
+    root = open_store(loc)
+    meta = read_meta(root, str(loc))
+    report = VerifyReport(store=str(loc), n_frames=meta.n_frames, n_current=meta.n_current)
+    report.problems.extend(_structure(root, meta))
+    if report.problems:
+        report.seconds = time.perf_counter() - t0
+        return report
+    frame_block = int(root[schema.VIDEO].metadata.chunk_grid.chunk_shape[0])
+    current_block = int(root[schema.CURRENT].metadata.chunk_grid.chunk_shape[0])
+    units = _units_without_sources(meta.n_frames, frame_block, meta.n_current, current_block)
+    if sources:
+        recs = open_sources([os.fspath(s) for s in sources], meta.fps)
+        f_off, c_off = read_offsets(root)
+        got = [(r.name, r.n_frames, r.n_current) for r in recs]
+        have = [(i.name, int(f_off[k + 1] - f_off[k]), int(c_off[k + 1] - c_off[k]))
+                for k, i in enumerate(read_recordings(root))]
+        if got != have:
+            report.problems.append(Problem("recordings", "", 0, 0, "structure",
+                                           f"store holds (name, frames, current rows) {have}, sources give {got}"))
+            report.seconds = time.perf_counter() - t0
+            return report
+        chunking = Chunking(chunk_frames=int(root[schema.VIDEO].metadata.codecs[0].chunk_shape[0]),
+                                  shard_frames=frame_block, current_chunk=current_block)
+        units = plan_conversion(recs, chunking, meta.fps).units
+        report.compared_with_sources = True
+    bar = tqdm(total=meta.n_frames, unit="frame", unit_scale=True, desc="verify", disable=not progress,
+               dynamic_ncols=True)
+
+    def on_result(res: tuple[int, int, list[Problem]]) -> None:
+        bar.update(res[0])
+        report.blocks_checked += res[1]
+        report.problems.extend(res[2])
+
+    try:
+        run_parallel(verify_unit, [(u, loc) for u in units], workers, on_result)
+    finally:
+        bar.close()
+        close_cached()
+    report.problems = _merge(report.problems)
+    report.seconds = time.perf_counter() - t0
+    return report

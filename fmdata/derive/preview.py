@@ -1,0 +1,250 @@
+"""``fmdata preview``: a picture (PNG) or a short video (MP4) of one window of a store.
+
+The PNG shows the clip's frames, oldest first, with the mask outlined (cv2 contours, yellow) and
+the labelled frame framed in red, above the three current phases over the window's current rows
+with the labelled frame's time and the clip frames' times marked. The MP4 plays every frame from
+the clip's first to the labelled frame (only the clip frames when that span exceeds
+``MAX_VIDEO_FRAMES``) at the store's fps, with the mask outline and a current strip whose red
+line follows the frame's time.
+
+The window comes from a stored table (``windows``) or is built on the fly with the
+``reference`` policy and the given parameters. Reads only the frames and rows it shows.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import zarr
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from fmdata.derive.windows import load_index, window_for_frame
+from fmdata.errors import FmDataError
+from fmdata.store import schema
+from fmdata.store.access import open_store, read_meta, read_recordings
+from fmdata.store.location import Location, LocationLike
+from fmdata.store.window_table import WindowParams, current_row_indices, read_window_table
+
+MAX_VIDEO_FRAMES = 1000
+OUTLINE_RGB = (255, 255, 0)
+PHASE_COLOURS = ("tab:blue", "tab:orange", "tab:green")
+
+
+def resolve_frame(root: zarr.Group, frame: int, recording: str | int | None) -> tuple[int, int]:
+    """Return (global frame, recording id) for ``frame`` (global, or local to ``recording``).
+
+    ``recording`` is a recording id or name. FmDataError when either is out of range.
+    """
+    f_off = np.asarray(root[schema.RECORDING_FRAME_OFFSETS][:], np.int64)
+    n_rec = len(f_off) - 1
+    if recording is None:
+        if not 0 <= frame < f_off[-1]:
+            raise FmDataError(f"expected a frame in 0..{f_off[-1] - 1}, got {frame}", field="frame")
+        return int(frame), int(np.searchsorted(f_off, frame, side="right") - 1)
+    names = [r.name for r in read_recordings(root)]
+    if str(recording) in names:
+        r = names.index(str(recording))
+    elif str(recording).lstrip("-").isdigit() and 0 <= int(recording) < n_rec:
+        r = int(recording)
+    else:
+        raise FmDataError(f"expected a recording id 0..{n_rec - 1} or a name in {names}, got {recording!r}",
+                          field="recording")
+    n = int(f_off[r + 1] - f_off[r])
+    if not 0 <= frame < n:
+        raise FmDataError(f"expected a frame in 0..{n - 1} (recording {r} has {n} frames), got {frame}",
+                          field="frame")
+    return int(f_off[r] + frame), r
+
+
+def _window_row(root: zarr.Group, g: int, windows: str | None, params: WindowParams) -> tuple[np.ndarray, tuple, int]:
+    """Return (table row, columns, current_rows) of the window ending at global frame ``g``."""
+    if windows:
+        wt = read_window_table(root, windows)
+        hit = np.flatnonzero(wt.column("frame") == g)
+        if not len(hit):
+            raise FmDataError(f"expected frame {g} in window table {windows!r}, got no window there (its split "
+                              "is none, the strict policy dropped it, or the stride skipped it)")
+        return wt.table[hit[0]], wt.columns, wt.current_rows
+    wt = window_for_frame(load_index(root, require_labels=False), g, params)
+    return wt.table[0], wt.columns, params.current_rows
+
+
+def _take(arr: zarr.Array, idx: np.ndarray) -> np.ndarray:
+    """Read rows ``idx`` (may repeat) of ``arr`` with one orthogonal selection."""
+    uniq, inverse = np.unique(idx, return_inverse=True)
+    return np.asarray(arr.oindex[uniq])[inverse]
+
+
+def outlined(frame: np.ndarray, mask: np.ndarray, scale: int) -> np.ndarray:
+    """Return the RGB frame enlarged ``scale`` times (nearest) with the mask's outline drawn."""
+    big = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    m = cv2.resize((mask == 1).astype(np.uint8), None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    big = np.ascontiguousarray(big)
+    cv2.drawContours(big, contours, -1, OUTLINE_RGB, max(1, scale // 2))
+    return big
+
+
+def _load(loc: Location, frame: int, recording: str | int | None, windows: str | None,
+          params: WindowParams) -> dict[str, Any]:
+    root = open_store(loc)
+    meta = read_meta(root, str(loc))
+    g, r = resolve_frame(root, frame, recording)
+    row, columns, rows = _window_row(root, g, windows, params)
+    col = {c: int(row[i]) for i, c in enumerate(columns)}
+    clip = row[len(schema.WINDOW_COLUMNS):].astype(np.int64)
+    start, stop = col["current_start"], col["current_stop"]
+    f_off = np.asarray(root[schema.RECORDING_FRAME_OFFSETS][:], np.int64)
+    names = [x.name for x in read_recordings(root)]
+    return {"root": root, "meta": meta, "frame": g, "recording": r, "local": g - int(f_off[r]),
+            "rec_first": int(f_off[r]), "name": names[r] if r < len(names) else str(r), "clip": clip,
+            "split": col["split"], "start": start, "stop": stop, "rows": rows,
+            "video": _take(root[schema.VIDEO], clip), "mask": _take(root[schema.MASK], clip),
+            "clip_time": _take(root[schema.FRAME_TIME], clip),
+            "current": np.asarray(root[schema.CURRENT][start:stop]),
+            "current_time": np.asarray(root[schema.CURRENT_TIME][start:stop]),
+            "source": f"table {windows!r}" if windows else "reference window built on the fly"}
+
+
+def _plot_current(ax: Any, w: dict[str, Any], t0: float, marks: bool = True) -> None:
+    t = w["current_time"] - t0
+    for i, ph in enumerate(schema.PHASES):
+        ax.plot(t, w["current"][:, i], color=PHASE_COLOURS[i], lw=1.0, label=f"phase {ph}")
+    if marks:
+        for ct in np.unique(w["clip_time"] - t0):
+            ax.axvline(ct, color="0.6", lw=0.8, ls=":")
+        ax.axvline(0.0, color="red", lw=1.5, label="labelled frame")
+    ax.set_ylabel("current (A)")
+    ax.margins(x=0.01)
+
+
+def _png(w: dict[str, Any], out: str) -> None:
+    n = len(w["clip"])
+    h, wd = w["video"].shape[1:3]
+    scale = max(1, 192 // max(h, wd))
+    fig = Figure(figsize=(max(8.0, 1.5 * n), 5.6), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(2, n, height_ratios=[1.0, 1.2])
+    for i in range(n):
+        ax = fig.add_subplot(grid[0, i])
+        ax.imshow(outlined(w["video"][i], w["mask"][i], scale), interpolation="nearest")
+        ax.set_xticks([]), ax.set_yticks([])
+        abnormal = bool((w["mask"][i] == 1).any())
+        ax.set_title(f"{int(w['clip'][i]) - w['rec_first']}\n{'abnormal' if abnormal else 'normal'}", fontsize=8,
+                     color="red" if abnormal else "black")
+        if i == n - 1:
+            for s in ax.spines.values():
+                s.set_edgecolor("red")
+                s.set_linewidth(3)
+    ax = fig.add_subplot(grid[1, :])
+    t0 = float(w["clip_time"][-1])
+    _plot_current(ax, w, t0)
+    n_rows = w["stop"] - w["start"]
+    ax.set_xlabel(f"seconds relative to the labelled frame ({n_rows} current rows, read as {w['rows']}; "
+                  f"dotted: clip frames)")
+    ax.legend(loc="upper left", fontsize=8, ncols=4)
+    label = "abnormal" if (w["mask"][-1] == 1).any() else "normal"
+    fig.suptitle(f"recording {w['recording']} ({w['name']}), frame {w['local']} (global {w['frame']}), "
+                 f"split {schema.SPLIT_NAMES.get(w['split'], w['split'])}, {label}; {w['source']}; "
+                 f"yellow: mask outline", fontsize=9)
+    fig.savefig(out)
+
+
+def _strip(w: dict[str, Any], width: int, height: int) -> tuple[np.ndarray, Any]:
+    """Render the current traces as an RGB image; return it and a time -> pixel column function."""
+    fig = Figure(figsize=(width / 100, height / 100), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.1, 0.12, 0.88, 0.84))
+    t0 = float(w["clip_time"][-1])
+    _plot_current(ax, w, t0, marks=False)
+    ax.tick_params(labelsize=6)
+    ax.yaxis.label.set_fontsize(6)
+    canvas.draw()
+    img = np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    to_px = lambda t: int(round(ax.transData.transform((t - t0, 0.0))[0]))
+    return img, to_px
+
+
+def _mp4(w: dict[str, Any], out: str) -> int:
+    root, first, last = w["root"], int(w["clip"][0]), w["frame"]
+    idx = np.arange(first, last + 1) if last - first + 1 <= MAX_VIDEO_FRAMES else w["clip"]
+    video, mask = _take(root[schema.VIDEO], idx), _take(root[schema.MASK], idx)
+    times = _take(root[schema.FRAME_TIME], idx)
+    h, wd = video.shape[1:3]
+    scale = max(1, 320 // max(h, wd))
+    fw, fh = wd * scale + (wd * scale) % 2, h * scale + (h * scale) % 2
+    strip, to_px = _strip(w, fw, 120)
+    writer = cv2.VideoWriter(out, cv2.VideoWriter_fourcc(*"mp4v"), float(w["meta"].fps or 25.0), (fw, fh + 120))
+    if not writer.isOpened():
+        raise FmDataError("expected a writable MP4 file (OpenCV's mp4v writer), got a failure to open it", out)
+    try:
+        for k, g in enumerate(idx):
+            img = np.zeros((fh + 120, fw, 3), np.uint8)
+            img[:h * scale, :wd * scale] = outlined(video[k], mask[k], scale)
+            img[fh:] = strip
+            x = to_px(float(times[k]))
+            cv2.line(img, (x, fh), (x, fh + 119), (255, 0, 0), 1)
+            tag = "abnormal" if (mask[k] == 1).any() else "normal"
+            cv2.putText(img, f"frame {int(g) - w['rec_first']} {tag}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                        (255, 255, 255), 1, cv2.LINE_AA)
+            writer.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()
+    return len(idx)
+
+
+@dataclass(frozen=True)
+class PreviewReport:
+    """What :func:`render_preview` drew: the file, the window (global and local frame, clip frames
+    local to the recording, current rows), its label and split, and for MP4 the frames written."""
+
+    out: str
+    frame: int
+    recording: int
+    local_frame: int
+    clip: list[int]
+    current_rows: list[int]
+    current_rows_read: list[int]
+    label: int
+    split: str
+    frames_written: int | None = None
+
+    def summary(self) -> str:
+        """Return the one-line human summary."""
+        what = f"{self.frames_written} video frames" if self.frames_written is not None else "picture"
+        return (f"{self.out}: {what} of recording {self.recording} frame {self.local_frame} "
+                f"({self.split}, {'abnormal' if self.label else 'normal'}); clip frames {self.clip}, "
+                f"current rows {self.current_rows[0]}..{self.current_rows[1] - 1}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the report as a JSON-able dict."""
+        return asdict(self)
+
+
+def render_preview(location: LocationLike, frame: int, out: str, *, recording: str | int | None = None,
+                   windows: str | None = None, params: WindowParams = WindowParams()) -> PreviewReport:
+    """Write a preview of the window ending at ``frame`` to ``out`` (.png picture or .mp4 video).
+
+    ``frame`` is global, or local to ``recording`` (id or name) when given. ``windows`` names a
+    stored window table; otherwise a reference window with ``params`` is built.
+    """
+    ext = os.path.splitext(out)[1].lower()
+    if ext not in (".png", ".mp4"):
+        raise FmDataError(f"expected a file name ending in .png or .mp4, got {ext or 'no extension'!r}", out,
+                          field="out")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise FmDataError("expected an existing folder for the preview, got none", parent, field="out")
+    w = _load(Location.parse(location), frame, recording, windows, params)
+    written = _mp4(w, out) if ext == ".mp4" else None
+    if ext == ".png":
+        _png(w, out)
+    return PreviewReport(out=out, frame=w["frame"], recording=w["recording"], local_frame=w["local"],
+                         clip=[int(c) - w["rec_first"] for c in w["clip"]], current_rows=[w["start"], w["stop"]],
+                         current_rows_read=current_row_indices(w["start"], w["stop"], w["rows"])[[0, -1]].tolist(),
+                         label=int((w["mask"][-1] == 1).any()),
+                         split=schema.SPLIT_NAMES.get(w["split"], str(w["split"])), frames_written=written)

@@ -1,0 +1,289 @@
+"""``fmdata windows``: build window tables (one row per training sample), vectorised.
+
+A window for labelled frame ``f`` of recording ``r`` holds the clip ``f - (frames-1)*step, ...,
+f - step, f`` and the current rows ``[current_start, current_stop)`` (global rows of one
+recording). Readers resample those rows to ``current_rows`` with
+:func:`fmdata.store.window_table.current_row_offsets`.
+Everything here is numpy over the frame-level 1-D arrays and the recording offsets: no per-window
+search, no randomness. ``docs/derivations.md`` states the rules; the short version:
+
+Current rows. ``current_stop`` is ``frame_current_end[f]``: one past the last row at or before
+the frame's time. Where a recording's current timestamps are whole seconds (layout V2, 2 Hz rows
+with 1 s timestamps) the window holds the rows of the last ``ceil(current_seconds)`` *distinct*
+timestamps up to and including the last one at or before ``f`` (the reference's rule). Otherwise
+(layout V1, one row per frame) it holds the rows whose time lies in
+``(t_last - current_seconds, t_last]``. If no row of the recording is at or before ``f``'s time
+(current starts after the video), ``reference`` uses the recording's first second (first row).
+
+Policies.
+``reference``: every frame of a split gets a window; the clip is clamped to the recording's first
+frame where it would reach before it (the reference code swaps such frames for random later
+ones instead); current windows are cut at the recording's start and index-resampled.
+``strict``: a window is kept only when its whole clip and its whole current history (full
+``current_seconds``) lie in the contiguous block of frames of one split of one recording that
+holds ``f``. A current row belongs to the first frame that sees it (the first frame whose time is
+at or after the row's), so train and test windows never share a frame or a current row.
+
+``stride`` keeps every ``stride``-th kept window of each block, starting with the block's first.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+
+from fmdata import __version__
+from fmdata.compute.dask_cluster import DaskOptions
+from fmdata.derive.labels import ensure_labels, expected_provenance, labels_up_to_date, read_labels
+from fmdata.errors import FmDataError
+from fmdata.store import schema
+from fmdata.store.access import open_store, read_offsets
+from fmdata.store.location import Location, LocationLike
+from fmdata.store.provenance import reconsolidate
+from fmdata.store.window_table import (
+    WindowParams,
+    WindowTable,
+    list_window_tables,
+    read_window_table,
+    window_columns,
+    write_window_table,
+)
+
+RULE_SECONDS = "distinct-seconds"
+RULE_SPAN = "time-span"
+
+
+@dataclass(frozen=True)
+class WindowsReport:
+    """What :func:`make_windows` did: ``status`` "written" or "up to date", counts per split, params."""
+
+    store: str
+    name: str
+    status: str
+    windows: int
+    splits: dict[str, dict[str, int]]
+    params: dict[str, Any]
+
+    def summary(self) -> str:
+        """Return the one-line human summary."""
+        parts = ", ".join(f"{k} {v['windows']:,} ({v['abnormal']:,} abnormal)" for k, v in self.splits.items())
+        return (f"{self.store}: windows/{self.name} {self.status}: {self.windows:,} windows "
+                f"({self.params['policy']}): {parts}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the report as a JSON-able dict."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FrameIndex:
+    """The small 1-D arrays a window table is computed from (all global indices).
+
+    ``split``/``recording``/``frame_current_end``/``frame_label``: (n_frames,);
+    ``frame_offsets``/``current_offsets``: (R + 1,); ``current_time``: (n_current,).
+    """
+
+    split: np.ndarray
+    recording: np.ndarray
+    frame_current_end: np.ndarray
+    frame_label: np.ndarray
+    frame_offsets: np.ndarray
+    current_offsets: np.ndarray
+    current_time: np.ndarray
+
+    @property
+    def n_frames(self) -> int:
+        """Return the number of frames."""
+        return int(self.frame_offsets[-1])
+
+
+def load_index(root: zarr.Group, require_labels: bool = True) -> FrameIndex:
+    """Read the frame-level arrays of an open store.
+
+    Labels must be up to date unless ``require_labels`` is False, in which case missing labels
+    read as 0 (used by previews, which take a frame's label from its mask).
+    """
+    f_off, c_off = read_offsets(root)
+    if require_labels or labels_up_to_date(root):
+        frame_label, _ = read_labels(root)
+    else:
+        frame_label = np.zeros(int(f_off[-1]), np.uint8)
+    return FrameIndex(
+        split=np.asarray(root[schema.SPLIT][:], np.int8),
+        recording=np.asarray(root[schema.RECORDING][:], np.int64),
+        frame_current_end=np.asarray(root[schema.FRAME_CURRENT_END][:], np.int64),
+        frame_label=frame_label, frame_offsets=f_off, current_offsets=c_off,
+        current_time=np.asarray(root[schema.CURRENT_TIME][:], np.float64))
+
+
+def _check(ix: FrameIndex) -> None:
+    n, m = ix.n_frames, int(ix.current_offsets[-1])
+    if len(ix.split) != n or len(ix.current_time) != m:
+        raise FmDataError(f"expected frame arrays of length {n} and current arrays of length {m}, "
+                          f"got {len(ix.split)} and {len(ix.current_time)}")
+    same_rec = np.ones(max(m - 1, 0), bool)
+    edges = ix.current_offsets[1:-1] - 1
+    same_rec[edges[(edges >= 0) & (edges < m - 1)]] = False
+    if np.any(np.diff(ix.current_time)[same_rec] < 0):
+        raise FmDataError("expected current_time non-decreasing within each recording, got a step back")
+    lo, hi = ix.current_offsets[ix.recording], ix.current_offsets[ix.recording + 1]
+    bad = np.flatnonzero((ix.frame_current_end < lo) | (ix.frame_current_end > hi))
+    if len(bad):
+        raise FmDataError(f"expected frame_current_end inside each frame's recording, got {len(bad)} frames "
+                          f"outside (first: frame {bad[0]})")
+
+
+def current_rules(ix: FrameIndex) -> list[str]:
+    """Return each recording's current rule: distinct-seconds (whole-second times) or time-span."""
+    rules = []
+    for r in range(len(ix.current_offsets) - 1):
+        t = ix.current_time[ix.current_offsets[r]:ix.current_offsets[r + 1]]
+        rules.append(RULE_SECONDS if len(t) and np.all(t == np.floor(t)) else RULE_SPAN)
+    return rules
+
+
+def _blocks(ix: FrameIndex) -> tuple[np.ndarray, np.ndarray]:
+    """Return (block id per frame, first frame per block): runs of one split of one recording."""
+    change = np.ones(ix.n_frames, bool)
+    change[1:] = (ix.recording[1:] != ix.recording[:-1]) | (ix.split[1:] != ix.split[:-1])
+    return np.cumsum(change) - 1, np.flatnonzero(change)
+
+
+def _current_ranges(ix: FrameIndex, f: np.ndarray, params: WindowParams,
+                    rules: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return (start, stop, fallback, want_start) per window frame ``f``.
+
+    ``fallback``: no row at or before the frame (first second used); ``want_start``: the first row
+    a full history would need (may lie before the recording: then it is < the recording's start).
+    """
+    c_off, ct = ix.current_offsets, ix.current_time
+    rec = ix.recording[f]
+    lo, hi = c_off[rec], c_off[rec + 1]
+    if np.any(hi <= lo):
+        empty = sorted(set(rec[hi <= lo].tolist()))
+        raise FmDataError(f"expected current rows in every recording with windows, got none in recording(s) {empty}")
+    stop = ix.frame_current_end[f].copy()
+    fallback = stop <= lo
+    start = np.empty_like(stop)
+    want = np.empty_like(stop)
+    # Distinct-timestamp ids over all rows; a recording's start always opens a new id.
+    new = np.ones(len(ct), bool)
+    new[1:] = ct[1:] != ct[:-1]
+    new[c_off[:-1][np.diff(c_off) > 0]] = True
+    ids = np.cumsum(new) - 1
+    first_row = np.flatnonzero(new)
+    n_sec = int(math.ceil(params.current_seconds))
+    for r, rule in enumerate(rules):
+        sel = np.flatnonzero(rec == r)
+        if not len(sel):
+            continue
+        r_lo, r_hi = int(c_off[r]), int(c_off[r + 1])
+        if rule == RULE_SECONDS:
+            first_id = ids[r_lo]
+            stop[sel[fallback[sel]]] = first_row[first_id + 1] if first_id + 1 < len(first_row) else len(ct)
+            last_id = ids[stop[sel] - 1]
+            want_id = last_id - (n_sec - 1)
+            start[sel] = first_row[np.maximum(want_id, first_id)]
+            want[sel] = np.where(want_id >= first_id, first_row[np.maximum(want_id, 0)], r_lo - 1)
+        else:
+            stop[sel[fallback[sel]]] = r_lo + 1
+            t_last = ct[stop[sel] - 1]
+            start[sel] = r_lo + np.searchsorted(ct[r_lo:r_hi], t_last - params.current_seconds, side="right")
+            # full history: some row of the recording lies at or before the window's left edge
+            want[sel] = np.where(start[sel] > r_lo, start[sel], r_lo - 1)
+    return start, stop, fallback, want
+
+
+def _windows_at(ix: FrameIndex, f: np.ndarray, params: WindowParams, rules: list[str]) -> np.ndarray:
+    """Return the table rows (before stride) of the windows ending at frames ``f`` under ``params``."""
+    block_of, block_first = _blocks(ix)
+    rec = ix.recording[f]
+    rec_first = ix.frame_offsets[rec]
+    offsets = (params.frames - 1 - np.arange(params.frames)) * params.frame_step  # oldest first
+    clip = f[:, None] - offsets[None, :]
+    start, stop, fallback, want = _current_ranges(ix, f, params, rules)
+    if params.policy == "reference":
+        clip = np.maximum(clip, rec_first[:, None])
+    else:
+        b_first = block_first[block_of[f]]
+        # the block's current rows: those that no frame before the block has seen
+        c_lo = np.where(b_first > rec_first, ix.frame_current_end[np.maximum(b_first - 1, 0)],
+                        ix.current_offsets[rec])
+        keep = (clip[:, 0] >= b_first) & ~fallback & (want >= c_lo)
+        f, rec, clip, start, stop = f[keep], rec[keep], clip[keep], start[keep], stop[keep]
+    cols = [f, rec, ix.split[f], ix.frame_label[f], start, stop]
+    return np.concatenate([np.stack(cols, axis=1).astype(np.int64), clip.astype(np.int64)], axis=1)
+
+
+def _apply_stride(ix: FrameIndex, table: np.ndarray, stride: int) -> np.ndarray:
+    """Keep every ``stride``-th row of each split block, starting with the block's first."""
+    if stride == 1 or not len(table):
+        return table
+    block_of, _ = _blocks(ix)
+    b = block_of[table[:, 0]]
+    first = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
+    rank = np.arange(len(b)) - np.repeat(first, np.diff(np.r_[first, len(b)]))
+    return table[rank % stride == 0]
+
+
+def build_window_table(ix: FrameIndex, params: WindowParams) -> WindowTable:
+    """Return the window table of ``params`` over the frames described by ``ix``.
+
+    Every frame whose split is train or test is a candidate labelled frame; the policy decides
+    which candidates keep a window (see the module docstring).
+    """
+    _check(ix)
+    rules = current_rules(ix)
+    f = np.flatnonzero(ix.split != schema.SPLIT_NONE)
+    table = _apply_stride(ix, _windows_at(ix, f, params, rules), params.stride)
+    meta = {**params.to_dict(), "current_rules": rules, "toolkit_version": __version__}
+    return WindowTable(table=table, columns=window_columns(params.frames), params=meta)
+
+
+def window_for_frame(ix: FrameIndex, frame: int, params: WindowParams) -> WindowTable:
+    """Return the one-row table of the ``reference`` window ending at global ``frame`` (any split).
+
+    Used by ``fmdata preview`` when no stored table is named.
+    """
+    if not 0 <= frame < ix.n_frames:
+        raise FmDataError(f"expected a frame in 0..{ix.n_frames - 1}, got {frame}")
+    _check(ix)
+    ref = WindowParams(**{**params.to_dict(), "policy": "reference", "stride": 1})
+    table = _windows_at(ix, np.array([frame], np.int64), ref, current_rules(ix))
+    return WindowTable(table=table, columns=window_columns(ref.frames), params=ref.to_dict())
+
+
+def make_windows(location: LocationLike, name: str, params: WindowParams = WindowParams(), *, force: bool = False,
+                 options: DaskOptions = DaskOptions()) -> WindowsReport:
+    """Build the window table ``name`` for the store at ``location`` and store it as ``windows/<name>``.
+
+    Computes frame labels first when they are missing (with Dask, per ``options``). A table of
+    the same name built with the same parameters from the same labels is left alone (status
+    "up to date"); one with other parameters is replaced only with ``force``.
+    """
+    loc = Location.parse(location)
+    ensure_labels(loc, options)
+    root = open_store(loc, "r+")
+    wanted = {**params.to_dict(), "labels": expected_provenance(root)["derived_from"]}
+    if name in list_window_tables(root) and not force:
+        old = read_window_table(root, name)
+        if {k: old.params.get(k) for k in wanted} == wanted:
+            return _report(loc, old, name, "up to date")
+        raise FmDataError(f"window table {name!r} exists with other parameters; pass --force to replace it", str(loc))
+    wt = build_window_table(load_index(root), params)
+    wt = WindowTable(wt.table, wt.columns, {**wt.params, "labels": wanted["labels"]})
+    write_window_table(root, name, wt, overwrite=True)
+    reconsolidate(root)
+    return _report(loc, wt, name, "written")
+
+
+def _report(loc: Location, wt: WindowTable, name: str, status: str) -> WindowsReport:
+    split, label = wt.column("split"), wt.column("label")
+    per_split = {schema.SPLIT_NAMES[s]: {"windows": int(np.count_nonzero(split == s)),
+                                         "abnormal": int(np.count_nonzero((split == s) & (label == 1)))}
+                 for s in (schema.SPLIT_TRAIN, schema.SPLIT_TEST)}
+    return WindowsReport(store=str(loc), name=name, status=status, windows=len(wt), splits=per_split,
+                         params={k: wt.params.get(k) for k in WindowParams().to_dict()})

@@ -1,0 +1,34 @@
+"""The store layer: the ground floor of fmdata and the one owner of every store concept.
+
+Format v1 as code (:mod:`~fmdata.store.schema`), where a store lives
+(:class:`~fmdata.store.location.Location`), how its arrays are laid out
+(:mod:`~fmdata.store.layout`) and encoded (the shard codec :mod:`~fmdata.store.shards`, with its
+writer and the block and row readers), checksums, provenance, window tables and their
+parameters, and atomic placement of outputs (:mod:`~fmdata.store.atomic`). Nothing here imports
+any other part of fmdata but its errors. The facade names what most callers need; the modules
+hold the rest.
+"""
+from fmdata.store import schema
+from fmdata.store.access import open_store, read_meta, read_offsets, read_recordings
+from fmdata.store.block_reader import BlockReader, block_frames, block_ranges
+from fmdata.store.in_memory import RecordingArrays, write_store_from_arrays
+from fmdata.store.layout import Chunking, create_arrays
+from fmdata.store.location import Location, LocationLike, set_complete
+from fmdata.store.row_reader import LocalAxisReader, ZarrAxisReader, open_axis_reader
+from fmdata.store.shard_writer import ShardWriter
+from fmdata.store.window_table import (
+                                       WindowParams,
+                                       WindowTable,
+                                       current_row_indices,
+                                       list_window_tables,
+                                       read_window_table,
+                                       write_window_table,
+)
+
+__all__ = [
+    "schema", "open_store", "read_meta", "read_offsets", "read_recordings", "BlockReader", "block_frames",
+    "block_ranges", "RecordingArrays", "write_store_from_arrays", "Chunking", "create_arrays", "Location",
+    "LocationLike", "set_complete", "LocalAxisReader", "ZarrAxisReader", "open_axis_reader", "ShardWriter",
+    "WindowParams", "WindowTable", "current_row_indices", "list_window_tables", "read_window_table",
+    "write_window_table",
+]

@@ -1,0 +1,166 @@
+"""Atomic placement of local files and folders: readers see the old version or the new one, never half.
+
+Every local output of the toolkit that a reader could open while it is being written (run
+configs, checkpoints, reports, synthetic recordings, shards, prediction stores) goes through
+here: it is written under a hidden temporary name beside its final path (same folder, so the
+rename never crosses file systems), optionally fsync'ed, and moved into place with
+``os.replace``. A crash or kill leaves at most a hidden ``.<name>.partial-*`` / ``.tmp`` file
+that no reader opens.
+
+``durable=True`` (the default) fsyncs the data before the rename, so that after a power loss
+the path holds the old or the complete new content. Writers of many small pieces that commit
+a whole later (store shards, whose store only counts once its ``complete`` flag is written)
+pass ``durable=False``: a kill cannot tear a rename, and an fsync per shard costs more than
+the shard's encoding.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from fmdata.errors import FmDataError
+
+_IOV_MAX = 512  # pieces per writev call: safely below every platform's IOV_MAX
+_TEMP_NAME = re.compile(r"^\..+\.(tmp|partial|old)-\d+-[0-9a-f]{8}(\.\w+)?$")
+
+
+def temp_sibling(path: str | os.PathLike[str], tag: str = "partial", suffix: str = "") -> Path:
+    """Return an unused hidden name beside ``path`` (``.<name>.<tag>-<pid>-<random><suffix>``); nothing
+    is created. ``suffix`` keeps an extension for writers that choose a format by it (video files)."""
+    p = Path(path)
+    return p.with_name(f".{p.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+
+
+def is_temporary(name: str) -> bool:
+    """True for a file name that :func:`temp_sibling` makes (left behind only by a killed writer)."""
+    return bool(_TEMP_NAME.match(name))
+
+
+def write_pieces(path: str | os.PathLike[str], pieces: Iterable[bytes | memoryview], *, durable: bool = False) -> None:
+    """Write ``pieces`` back to back into a new file at ``path`` (gathered writes, no joined copy)."""
+    parts = list(pieces)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for i in range(0, len(parts), _IOV_MAX):
+            group = parts[i:i + _IOV_MAX]
+            done, total = os.writev(fd, group), sum(len(p) for p in group)
+            if done < total:  # a short write: finish the rest plainly
+                rest = b"".join(group)[done:]
+                while rest:
+                    rest = rest[os.write(fd, rest):]
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_file(path: str | os.PathLike[str], pieces: Iterable[bytes | memoryview], *, durable: bool = True) -> Path:
+    """Atomically replace (or create) the file ``path`` with the concatenation of ``pieces``; return it."""
+    target = Path(path)
+    tmp = temp_sibling(target, "tmp")
+    try:
+        write_pieces(tmp, pieces, durable=durable)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def replace_text(path: str | os.PathLike[str], text: str, *, durable: bool = True) -> Path:
+    """Atomically replace (or create) the text file ``path`` (UTF-8); return it."""
+    return replace_file(path, [text.encode("utf-8")], durable=durable)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str], *, durable: bool = True, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` for a writer that needs a file name (h5py, torch.save,
+    OpenCV; ``suffix`` ends the temporary name); on a clean exit it is fsync'ed (``durable``) and
+    moved onto ``path``, on an error removed."""
+    target = Path(path)
+    tmp = temp_sibling(target, "tmp", suffix)
+    try:
+        yield tmp
+        if durable:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_tree(path: str | os.PathLike[str]) -> None:
+    """Remove a file, a link or a folder tree at ``path`` (nothing there is fine)."""
+    p = Path(path)
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
+def place(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
+    """Move the finished file or folder ``tmp`` onto ``path``; what ``path`` held is removed only after.
+
+    The old content is first renamed aside (``.<name>.old-*``), so that at every moment ``path``
+    holds the old or the new output, and the old one is deleted last.
+    """
+    target = Path(path)
+    trash = None
+    if target.exists() or target.is_symlink():
+        trash = temp_sibling(target, "old")
+        os.replace(target, trash)
+    os.replace(tmp, target)
+    if trash is not None:
+        remove_tree(trash)
+
+
+def prepare_target(path: str | os.PathLike[str], overwrite: bool) -> Path:
+    """Check that an output can be written at ``path``: new (or ``overwrite``), parent creatable and
+    writable. Creates missing parent folders; returns the path. FmDataError otherwise."""
+    out = Path(path)
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise FmDataError("expected a new output path, got one that already exists (pass --overwrite to replace it)",
+                          out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise FmDataError("expected a folder to write into, got a path through a file", out) from None
+    except OSError as exc:
+        raise FmDataError(f"cannot create the parent folder: {exc.strerror or exc}", out) from None
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise FmDataError(f"expected a writable folder, got {out.parent} without write permission", out)
+    return out
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], *, folder: bool, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a hidden temporary file or folder beside ``path``; on a clean exit it replaces ``path``.
+
+    An existing ``path`` is refused unless ``overwrite`` (and then kept until the new output is
+    complete, see :func:`place`). On any error the temporary output is removed; OSErrors become
+    one-line FmDataErrors naming ``path``.
+    """
+    out = prepare_target(path, overwrite)
+    tmp = temp_sibling(out)
+    try:
+        if folder:
+            tmp.mkdir()
+        else:
+            tmp.touch(exist_ok=False)
+    except OSError as exc:
+        raise FmDataError(f"cannot write here: {exc.strerror or exc}", out) from None
+    try:
+        yield tmp
+        place(tmp, out)
+    except OSError as exc:
+        remove_tree(tmp)
+        raise FmDataError(f"cannot write: {exc.strerror or exc}", out) from None
+    except BaseException:
+        remove_tree(tmp)
+        raise

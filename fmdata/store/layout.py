@@ -1,0 +1,143 @@
+"""How a new store lays out its arrays: chunking, codecs, and the empty arrays of format v1.
+
+Defaults suit random reads of short frame windows: a chunk is one frame (a 10-frame clip with
+step 18 touches 10 different frames anyway), shards group many frames into one file (one write
+unit each). The codecs were chosen by measurement (docs/store-format.md); every one is stock
+blosc, readable with zarr + numcodecs.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import zarr
+from zarr.codecs import BloscCodec, BloscShuffle
+
+from fmdata.errors import FmDataError
+from fmdata.store import schema
+
+DEFAULT_CHUNK_FRAMES = 1
+DEFAULT_SHARD_FRAMES = 256
+DEFAULT_CURRENT_CHUNK = 65536
+SHARD_BYTES_MAX = 4 << 20  # default shard: at most this much uncompressed video
+
+# Video codec (docs/store-format.md, benchmarks/bench_convert.py layout): bit-shuffling whole RGB
+# pixels (typesize 3) before zstd makes one-frame chunks smaller than MATLAB's deflate-3 source
+# (0.97 x) at about 250 MB/s encode and ~35 us decode per 64x64 frame.
+VIDEO_CLEVEL = 1
+VIDEO_TYPESIZE = 3
+
+
+def _compressor(shuffle: BloscShuffle, level: int = 3, typesize: int | None = None) -> BloscCodec:
+    return BloscCodec(cname="zstd", clevel=level, shuffle=shuffle, typesize=typesize)
+
+
+def codecs_for(name: str) -> dict[str, Any]:
+    """Return ``create_array`` keyword arguments (compressors) for array ``name``.
+
+    Masks (0/1 bytes) are bit-shuffled, which packs eight pixels per byte before zstd; numeric
+    series are byte-shuffled; video is bit-shuffled per RGB pixel (blosc typesize 3), which
+    measured smaller than plain zstd and than MATLAB's deflate (see docs/store-format.md).
+    """
+    if name == schema.MASK:
+        return {"compressors": [_compressor(BloscShuffle.bitshuffle)]}
+    if name == schema.VIDEO:
+        return {"compressors": [_compressor(BloscShuffle.bitshuffle, VIDEO_CLEVEL, VIDEO_TYPESIZE)]}
+    return {"compressors": [_compressor(BloscShuffle.shuffle)]}
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """Chunk and shard lengths along the frame axis (and the chunk length of the current axis)."""
+
+    chunk_frames: int = DEFAULT_CHUNK_FRAMES
+    shard_frames: int | None = DEFAULT_SHARD_FRAMES
+    current_chunk: int = DEFAULT_CURRENT_CHUNK
+
+    def __post_init__(self) -> None:
+        if self.chunk_frames < 1:
+            raise FmDataError(f"expected frames per chunk >= 1, got {self.chunk_frames}", field="chunk_frames")
+        if self.shard_frames is not None and (self.shard_frames < self.chunk_frames
+                                              or self.shard_frames % self.chunk_frames):
+            raise FmDataError(f"expected frames per shard to be a multiple of the frames per chunk "
+                              f"({self.chunk_frames}), got {self.shard_frames}", field="shard_frames")
+        if self.current_chunk < 1:
+            raise FmDataError(f"expected current rows per chunk >= 1, got {self.current_chunk}",
+                              field="current_chunk")
+
+    @property
+    def write_block(self) -> int:
+        """Frames per independent write unit (a whole shard, or a whole chunk if unsharded)."""
+        return self.shard_frames or self.chunk_frames
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the chunking as a JSON-able dict."""
+        return {"chunk_frames": self.chunk_frames, "shard_frames": self.shard_frames,
+                "current_chunk": self.current_chunk}
+
+
+def default_chunking(height: int, width: int) -> Chunking:
+    """Return the default chunking for frames of ``height`` x ``width``.
+
+    One frame per chunk (random windows read only the frames they need) and shards of
+    ``DEFAULT_SHARD_FRAMES`` frames, halved until a shard holds at most 4 MiB of video (so a
+    writer holds little memory at high resolutions). See docs/store-format.md.
+    """
+    shard = DEFAULT_SHARD_FRAMES
+    while shard > 1 and shard * height * width * 3 > SHARD_BYTES_MAX:
+        shard //= 2
+    return Chunking(chunk_frames=DEFAULT_CHUNK_FRAMES if shard >= DEFAULT_CHUNK_FRAMES else 1,
+                    shard_frames=shard, current_chunk=DEFAULT_CURRENT_CHUNK)
+
+
+def override_chunking(base: Chunking, chunk_frames: int | None = None, shard_frames: int | None = None) -> Chunking:
+    """Return ``base`` with the given frame-axis lengths replaced.
+
+    A chunk length alone keeps the shard length when it is a multiple, else rounds the shard
+    up to the next multiple. Raises FmDataError for lengths below one or inconsistent pairs.
+    """
+    if chunk_frames is None and shard_frames is None:
+        return base
+    for name, v in (("chunk_frames", chunk_frames), ("shard_frames", shard_frames)):
+        if v is not None and v < 1:
+            raise FmDataError(f"expected a positive number of frames, got {v}", field=name)
+    chunk = chunk_frames or base.chunk_frames
+    shard = shard_frames if shard_frames is not None else -(-(base.shard_frames or chunk) // chunk) * chunk
+    return Chunking(chunk_frames=chunk, shard_frames=shard, current_chunk=base.current_chunk)
+
+
+def create_frame_array(root: zarr.Group, name: str, n_frames: int, frame_shape: Sequence[int],
+                       chunking: Chunking, overwrite: bool = False) -> zarr.Array:
+    """Create frame-axis array ``name`` (dtype and dims from the schema) and return it."""
+    shape = (n_frames, *frame_shape)
+    chunks = (chunking.chunk_frames, *frame_shape)
+    shards = None if chunking.shard_frames is None else (chunking.shard_frames, *frame_shape)
+    return root.create_array(
+        name, shape=shape, dtype=schema.DTYPES[name], chunks=chunks, shards=shards,
+        dimension_names=schema.DIMS[name], fill_value=0, overwrite=overwrite, **codecs_for(name))
+
+
+def create_arrays(root: zarr.Group, n_frames: int, n_current: int, height: int, width: int,
+                  n_recordings: int, chunking: Chunking = Chunking(), overwrite: bool = False) -> None:
+    """Create every source array of format v1 (empty) in ``root``.
+
+    Per-frame 1-D arrays use the video's shard length as their chunk, so that a writer that
+    covers whole video shards also covers whole chunks of every other frame array.
+    """
+    create_frame_array(root, schema.VIDEO, n_frames, (height, width, 3), chunking, overwrite)
+    create_frame_array(root, schema.MASK, n_frames, (height, width), chunking, overwrite)
+    block = chunking.write_block
+    for name in (schema.SPLIT, schema.RECORDING, schema.FRAME_TIME, schema.FRAME_CURRENT_END):
+        root.create_array(name, shape=(n_frames,), dtype=schema.DTYPES[name], chunks=(block,),
+                          dimension_names=schema.DIMS[name], fill_value=0, overwrite=overwrite,
+                          **codecs_for(name))
+    root.create_array(schema.CURRENT, shape=(n_current, 3), dtype=schema.DTYPES[schema.CURRENT],
+                      chunks=(chunking.current_chunk, 3), dimension_names=schema.DIMS[schema.CURRENT],
+                      fill_value=0.0, overwrite=overwrite, **codecs_for(schema.CURRENT))
+    root.create_array(schema.CURRENT_TIME, shape=(n_current,), dtype=schema.DTYPES[schema.CURRENT_TIME],
+                      chunks=(chunking.current_chunk,), dimension_names=schema.DIMS[schema.CURRENT_TIME],
+                      fill_value=0.0, overwrite=overwrite, **codecs_for(schema.CURRENT_TIME))
+    for name in (schema.RECORDING_FRAME_OFFSETS, schema.RECORDING_CURRENT_OFFSETS):
+        root.create_array(name, shape=(n_recordings + 1,), dtype="int64", chunks=(n_recordings + 1,),
+                          dimension_names=schema.DIMS[name], fill_value=0, overwrite=overwrite)

@@ -1,0 +1,178 @@
+"""Store format v1: the names, axes, dtypes and metadata of an FMF Zarr store, as code.
+
+Everything that reads or writes a store takes its array names and axis order from here; the
+prose version is ``docs/store-format.md``. One Zarr v3 group per dataset:
+
+Frame axis (every array shares axis 0, length ``n_frames``; recordings are concatenated):
+    ``video``            (frame, y, x, channel) uint8  RGB in true image orientation (MATLAB (H, W))
+    ``mask``             (frame, y, x)          uint8  0 normal, 1 abnormal
+    ``split``            (frame,)               int8   SPLIT_TRAIN / SPLIT_TEST / SPLIT_NONE
+    ``recording``        (frame,)               int32  recording id 0..R-1
+    ``frame_time``       (frame,)               float64 seconds since the recording's origin
+    ``frame_current_end``(frame,)               int64  global current row one past the last row
+                                                       at or before the frame's time
+Current axis (native rate, recordings concatenated):
+    ``current``          (sample, phase)        float64 amperes, phases A, B, C
+    ``current_time``     (sample,)              float64 seconds since the recording's origin
+Recording axis (cumulative boundaries, length R + 1):
+    ``recording_frame_offsets``   (recording_edge,) int64  frames of recording r: [o[r], o[r+1])
+    ``recording_current_offsets`` (recording_edge,) int64  current rows of recording r
+Derived (written by ``fmdata labels``; frame axis):
+    ``frame_label``      (frame,) uint8  1 when any mask pixel is 1
+    ``abnormal_pixels``  (frame,) int32  number of mask pixels equal to 1
+Window tables (written by ``fmdata windows``): ``windows/<name>``, (window, field) int64 with the
+column names in the array attribute ``columns`` (WINDOW_COLUMNS followed by ``clip_00`` ...).
+
+Root attributes: ``fmf_store`` (StoreMeta.to_dict()), ``fmf_recordings`` (list of
+RecordingInfo.to_dict()), ``fmf_stats`` (normalisation statistics, written by ``fmdata stats``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from fmdata.errors import FmDataError
+
+FORMAT_NAME = "fmf-store"
+FORMAT_VERSION = 1
+
+# ---- attribute keys -------------------------------------------------------------------------
+ATTR_STORE = "fmf_store"
+ATTR_RECORDINGS = "fmf_recordings"
+ATTR_STATS = "fmf_stats"
+ATTR_PROVENANCE = "fmf_provenance"  # on derived arrays: what they were computed from
+ATTR_CHECKSUMS = "fmf_checksums"  # on source arrays: checksum per shard
+
+# ---- array names ----------------------------------------------------------------------------
+VIDEO = "video"
+MASK = "mask"
+SPLIT = "split"
+RECORDING = "recording"
+FRAME_TIME = "frame_time"
+FRAME_CURRENT_END = "frame_current_end"
+CURRENT = "current"
+CURRENT_TIME = "current_time"
+RECORDING_FRAME_OFFSETS = "recording_frame_offsets"
+RECORDING_CURRENT_OFFSETS = "recording_current_offsets"
+FRAME_LABEL = "frame_label"
+ABNORMAL_PIXELS = "abnormal_pixels"
+WINDOWS_GROUP = "windows"
+
+# ---- axes (Zarr dimension_names, which xarray reads) ----------------------------------------
+DIMS: dict[str, tuple[str, ...]] = {
+    VIDEO: ("frame", "y", "x", "channel"),
+    MASK: ("frame", "y", "x"),
+    SPLIT: ("frame",),
+    RECORDING: ("frame",),
+    FRAME_TIME: ("frame",),
+    FRAME_CURRENT_END: ("frame",),
+    CURRENT: ("sample", "phase"),
+    CURRENT_TIME: ("sample",),
+    RECORDING_FRAME_OFFSETS: ("recording_edge",),
+    RECORDING_CURRENT_OFFSETS: ("recording_edge",),
+    FRAME_LABEL: ("frame",),
+    ABNORMAL_PIXELS: ("frame",),
+}
+
+DTYPES: dict[str, str] = {
+    VIDEO: "uint8",
+    MASK: "uint8",
+    SPLIT: "int8",
+    RECORDING: "int32",
+    FRAME_TIME: "float64",
+    FRAME_CURRENT_END: "int64",
+    CURRENT: "float64",
+    CURRENT_TIME: "float64",
+    RECORDING_FRAME_OFFSETS: "int64",
+    RECORDING_CURRENT_OFFSETS: "int64",
+    FRAME_LABEL: "uint8",
+    ABNORMAL_PIXELS: "int32",
+}
+
+FRAME_ARRAYS = (VIDEO, MASK, SPLIT, RECORDING, FRAME_TIME, FRAME_CURRENT_END)
+CURRENT_ARRAYS = (CURRENT, CURRENT_TIME)
+SOURCE_ARRAYS = FRAME_ARRAYS + CURRENT_ARRAYS + (RECORDING_FRAME_OFFSETS, RECORDING_CURRENT_OFFSETS)
+DERIVED_FRAME_ARRAYS = (FRAME_LABEL, ABNORMAL_PIXELS)
+
+# ---- split codes ----------------------------------------------------------------------------
+SPLIT_TRAIN = 0
+SPLIT_TEST = 1
+SPLIT_NONE = -1
+SPLIT_NAMES = {SPLIT_TRAIN: "train", SPLIT_TEST: "test", SPLIT_NONE: "none"}
+
+PHASES = ("A", "B", "C")
+
+# ---- window tables --------------------------------------------------------------------------
+# Leading columns of every window table; clip frame columns clip_00.. follow (oldest first, the
+# labelled frame last). Current rows of a window are [current_start, current_stop) (global rows),
+# index-resampled to the table's ``current_rows`` attribute by the reader.
+WINDOW_COLUMNS = ("frame", "recording", "split", "label", "current_start", "current_stop")
+WINDOW_POLICIES = ("reference", "strict")
+
+
+def clip_column(i: int) -> str:
+    """Return the window-table column name of clip frame ``i`` (0 = oldest)."""
+    return f"clip_{i:02d}"
+
+
+@dataclass(frozen=True)
+class StoreMeta:
+    """Store-level metadata, kept in the root attribute ``fmf_store``.
+
+    ``complete`` is set last by the writer; readers refuse stores where it is false.
+    """
+
+    n_frames: int
+    n_current: int
+    n_recordings: int
+    height: int
+    width: int
+    fps: float
+    complete: bool = False
+    format: str = FORMAT_NAME
+    version: int = FORMAT_VERSION
+    created_by: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the metadata as a JSON-able dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StoreMeta:
+        """Build from a dict written by :meth:`to_dict`; raise FmDataError on another format."""
+        if d.get("format") != FORMAT_NAME:
+            raise FmDataError(f"expected store format {FORMAT_NAME!r}, got {d.get('format')!r}")
+        if d.get("version") != FORMAT_VERSION:
+            raise FmDataError(f"expected store format version {FORMAT_VERSION}, got {d.get('version')!r}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass(frozen=True)
+class RecordingInfo:
+    """Provenance of one recording: where it came from and how the source stored it.
+
+    ``source_storage`` describes each source variable (class, MATLAB shape, layout, chunks,
+    filters), as ``fmdata inspect`` reports it. ``origin`` is the wall-clock time (ISO 8601,
+    or "" when the source has none) that ``frame_time``/``current_time`` count from.
+    """
+
+    name: str
+    source_path: str
+    source_bytes: int
+    layout: str  # "v1" or "v2"
+    n_frames: int
+    n_current: int
+    origin: str = ""
+    source_storage: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the provenance as a JSON-able dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RecordingInfo:
+        """Build from a dict written by :meth:`to_dict`."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})

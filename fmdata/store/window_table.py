@@ -1,0 +1,203 @@
+"""Window tables: one row per training sample, stored as ``windows/<name>`` in a store.
+
+A table is a (window, field) int64 Zarr array. Its columns are ``schema.WINDOW_COLUMNS``
+followed by one ``clip_XX`` column per clip frame (oldest first, the labelled frame last); all
+frame and current indices are global (store-wide). The parameters that built it
+(:class:`WindowParams`) sit in the array's attributes, so a reader knows, e.g., how many current
+rows a window resamples to. A window's current rows ``[current_start, current_stop)`` are read
+as ``current_rows`` rows by the reference's index resampling (:func:`current_row_offsets`), the
+one rule every reader uses. ``fmdata.derive.windows`` builds tables; this module defines,
+stores and loads them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zarr
+
+from fmdata.errors import FmDataError
+from fmdata.store import schema
+
+# The reference protocol's windows (docs/reference-protocol.md, "Samples"): the cross-modal model
+# reads 10 frames step 18 and the last 120 s of current as 240 rows; the video-only model 8
+# frames step 19. A current-only model keeps the cross-modal windows, so that the three
+# modalities are scored on the same labelled frames.
+REFERENCE_CLIPS: dict[str, tuple[int, int]] = {"both": (10, 18), "video": (8, 19), "current": (10, 18)}
+REFERENCE_CURRENT_SECONDS = 120.0
+REFERENCE_CURRENT_ROWS = 240
+
+
+@dataclass(frozen=True)
+class WindowParams:
+    """How a window table is built: clip frames and step, current history, stride, policy.
+
+    The defaults are the reference cross-modal windows; :meth:`reference` gives them per
+    modality. ``to_dict``/``from_dict`` are what tables and run configs store.
+    """
+
+    frames: int = REFERENCE_CLIPS["both"][0]
+    frame_step: int = REFERENCE_CLIPS["both"][1]
+    current_seconds: float = REFERENCE_CURRENT_SECONDS
+    current_rows: int = REFERENCE_CURRENT_ROWS
+    stride: int = 1
+    policy: str = "reference"
+
+    def __post_init__(self) -> None:
+        checks = [(self.frames >= 1, "frames", "clip frames >= 1", self.frames),
+                  (self.frame_step >= 1, "frame_step", "a frame step >= 1", self.frame_step),
+                  (self.current_seconds > 0 and math.isfinite(self.current_seconds), "current_seconds",
+                   "current seconds > 0", self.current_seconds),
+                  (self.current_rows >= 1, "current_rows", "current rows >= 1", self.current_rows),
+                  (self.stride >= 1, "stride", "a stride >= 1", self.stride),
+                  (self.policy in schema.WINDOW_POLICIES, "policy", f"a policy in {schema.WINDOW_POLICIES}",
+                   self.policy)]
+        for ok, name, what, got in checks:
+            if not ok:
+                raise FmDataError(f"expected {what}, got {got!r}", field=name)
+
+    @classmethod
+    def reference(cls, modality: str = "both", **overrides: Any) -> WindowParams:
+        """Return the reference windows of a model ``modality`` ("both", "video", "current"), with
+        ``overrides`` (None values are ignored) applied."""
+        if modality not in REFERENCE_CLIPS:
+            raise FmDataError(f"expected a modality in {tuple(REFERENCE_CLIPS)}, got {modality!r}", field="modality")
+        frames, step = REFERENCE_CLIPS[modality]
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls(**{"frames": frames, "frame_step": step, **given})
+
+    @classmethod
+    def for_clip(cls, frames: int, **overrides: Any) -> WindowParams:
+        """Return the reference windows of a model reading clips of ``frames`` frames (its step from
+        the reference clips of that length, else the cross-modal step), with ``overrides`` applied."""
+        step = next((s for f, s in REFERENCE_CLIPS.values() if f == frames), REFERENCE_CLIPS["both"][1])
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls(**{"frames": frames, "frame_step": step, **given})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the parameters as a JSON-able dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WindowParams:
+        """Build from a dict holding (at least) the parameters; other keys are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        for k in ("frames", "frame_step", "current_rows", "stride"):
+            if k in kw:
+                kw[k] = int(kw[k])
+        if "current_seconds" in kw:
+            kw["current_seconds"] = float(kw["current_seconds"])
+        return cls(**kw)
+
+
+def current_row_offsets(n: int, rows: int) -> np.ndarray:
+    """Return the offsets (from a window's first current row) of the ``rows`` rows a window of
+    ``n`` current rows is read as (int64).
+
+    The reference's index resampling, ``np.linspace(0, n-1, rows).astype(int32)``: rows repeat
+    when ``n < rows`` and are thinned when ``n > rows``.
+    """
+    if n < 1:
+        raise FmDataError(f"expected a non-empty current range, got {n} rows")
+    return np.linspace(0, n - 1, rows).astype(np.int32).astype(np.int64)
+
+
+def current_row_indices(start: int, stop: int, rows: int) -> np.ndarray:
+    """Return the ``rows`` global current rows a window ``[start, stop)`` is read as (int64).
+
+    :func:`current_row_offsets` shifted by ``start``. For ``rows=240`` this equals
+    ``np.linspace(start, stop-1, rows).astype(int)`` (tested); for other row counts use this
+    function, which never differs from the reference by rounding.
+    """
+    if int(stop) - int(start) < 1:
+        raise FmDataError(f"expected a non-empty current range, got [{start}, {stop})")
+    return int(start) + current_row_offsets(int(stop) - int(start), rows)
+
+
+@dataclass(frozen=True)
+class WindowTable:
+    """An in-memory window table.
+
+    ``table`` is int64 (n_windows, n_columns); ``columns`` names its columns; ``params`` holds
+    the building parameters (at least ``frames``, ``frame_step``, ``current_rows``,
+    ``current_seconds``, ``policy``, ``stride``).
+    """
+
+    table: np.ndarray
+    columns: tuple[str, ...]
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.table.ndim != 2 or self.table.shape[1] != len(self.columns):
+            raise FmDataError(f"expected a table with {len(self.columns)} columns, got shape {self.table.shape}")
+        if tuple(self.columns[:len(schema.WINDOW_COLUMNS)]) != schema.WINDOW_COLUMNS:
+            raise FmDataError(f"expected leading columns {schema.WINDOW_COLUMNS}, got {self.columns}")
+
+    def __len__(self) -> int:
+        return int(self.table.shape[0])
+
+    def column(self, name: str) -> np.ndarray:
+        """Return one column (a view) by name."""
+        return self.table[:, self.columns.index(name)]
+
+    @property
+    def clip(self) -> np.ndarray:
+        """Return the clip frame indices, (n_windows, frames), oldest first."""
+        start = len(schema.WINDOW_COLUMNS)
+        return self.table[:, start:]
+
+    @property
+    def current_rows(self) -> int:
+        """Return the number of current rows each window is resampled to."""
+        return int(self.params["current_rows"])
+
+    def subset(self, rows: np.ndarray) -> WindowTable:
+        """Return the table restricted to ``rows`` (indices or a boolean mask), same columns and params."""
+        return WindowTable(table=self.table[rows], columns=self.columns, params=dict(self.params))
+
+
+def window_columns(frames: int) -> tuple[str, ...]:
+    """Return the full column tuple of a table whose clips have ``frames`` frames."""
+    return schema.WINDOW_COLUMNS + tuple(schema.clip_column(i) for i in range(frames))
+
+
+def write_window_table(root: zarr.Group, name: str, wt: WindowTable, overwrite: bool = False) -> zarr.Array:
+    """Store ``wt`` as ``windows/<name>`` in an open (writable) store; return the array."""
+    if not name or "/" in name:
+        raise FmDataError(f"expected a window table name without '/', got {name!r}", field="name")
+    group = root.require_group(schema.WINDOWS_GROUP)
+    if name in group and not overwrite:
+        raise FmDataError(f"window table {name!r} exists; pass --force to replace it")
+    rows = max(len(wt), 1)
+    arr = group.create_array(
+        name, shape=wt.table.shape, dtype="int64", chunks=(min(rows, 65536), wt.table.shape[1]),
+        dimension_names=("window", "field"), fill_value=0, overwrite=True)
+    if len(wt):
+        arr[:] = wt.table
+    # The column names go in last: a table interrupted while filling has none and is refused.
+    arr.attrs.update({"columns": list(wt.columns), "params": wt.params})
+    return arr
+
+
+def list_window_tables(root: zarr.Group) -> list[str]:
+    """Return the names of the window tables in a store (sorted)."""
+    if schema.WINDOWS_GROUP not in root:
+        return []
+    return sorted(name for name, _ in root[schema.WINDOWS_GROUP].arrays())
+
+
+def read_window_table(root: zarr.Group, name: str) -> WindowTable:
+    """Load ``windows/<name>`` from an open store; FmDataError if it is absent."""
+    names = list_window_tables(root)
+    if name not in names:
+        raise FmDataError(f"expected a window table named {name!r}, got {names or 'none'} "
+                          f"(build one with `fmdata windows STORE --name {name}`)")
+    arr = root[schema.WINDOWS_GROUP][name]
+    if "columns" not in arr.attrs:
+        raise FmDataError(f"window table {name!r} is incomplete (its writer did not finish); rebuild it with --force")
+    table = np.asarray(arr[:], dtype=np.int64) if arr.shape[0] else np.zeros(arr.shape, np.int64)
+    return WindowTable(table=table, columns=tuple(arr.attrs["columns"]), params=dict(arr.attrs.get("params", {})))

@@ -1,0 +1,29 @@
+"""The reference protocol's constants, in one place (docs/reference-protocol.md, "Protocol").
+
+The authors' training recipe (batch 64, Adam, lr 5e-4 times 0.1 at epoch 20, 30 epochs,
+cross-entropy, horizontal flip) and the vocabulary the toolkit's commands share: modalities,
+tasks, splits to score, devices, precisions, the decision threshold. The reference windows
+(10 frames step 18 and 120 s of current as 240 rows; video-only 8 frames step 19) are data
+facts and live with the window tables, in :mod:`fmdata.store.window_table`.
+"""
+from __future__ import annotations
+
+MODALITIES = ("both", "video", "current")
+TASKS = ("cls", "seg")
+SPLITS = ("test", "train", "all")  # which windows evaluate / predict score ("all": train and test)
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("bf16", "fp32")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+# the authors' training recipe
+EPOCHS = 30
+BATCH_SIZE = 64
+LR = 5e-4
+LR_STEP_EPOCH = 20
+LR_GAMMA = 0.1
+OPTIMIZER = "adam"  # not published; a public third-party training script uses Adam
+HFLIP = True
+
+# the toolkit's choices where the authors published none
+VAL_FRACTION = 0.1  # tail of each recording's training block held out for validation
+THRESHOLD = 0.5  # abnormal when the softmax probability of class 1 reaches this
