@@ -5,26 +5,34 @@ BIN := $(VENV)/bin
 # torch is pinned here (not in setup.cfg) so that a fresh machine takes the CPU build from local disk.
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+LINT_PATHS := fmdata fmmodel cli tests benchmarks
 
-.PHONY: venv test demo bench clean
+.PHONY: venv lint test demo bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_PIN)"
-	$(BIN)/pip install -q -e ".[model,test,s3]"
+	$(BIN)/pip install -q -e ".[model,test,s3,lint]"
 	touch $(STAMP)
 
 venv: $(STAMP)
 
-test: $(STAMP)
+# ruff (lint and import order), mypy (types), import-linter (the layers of docs/architecture.md)
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
+
+test: lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash benchmarks/demo.sh demo-out
 
+# the benchmarks whose figures docs/performance.md records; QUICK=1 runs their small proof sizes
 bench: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" bash benchmarks/run_all.sh bench-out
+	PATH="$(CURDIR)/$(BIN):$$PATH" QUICK=$(QUICK) bash benchmarks/run_all.sh bench-out
 
 clean:
 	rm -rf $(VENV) demo-out bench-out
