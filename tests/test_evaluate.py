@@ -18,7 +18,7 @@ from fmmodel.evaluate import evaluate
 from fmmodel.train import train
 
 from builders import cached_store, store64_with_table
-from runs import FIXTURES, learned_run, quick_config
+from runs import FIXTURES, learned_run, needs_fixtures, quick_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -87,6 +87,7 @@ def store64(tmp_path_factory):
     return store64_with_table(tmp_path_factory)
 
 
+@needs_fixtures
 def test_reference_checkpoint_evaluates_with_reference_inputs(store64, tmp_path):
     ckpt = _reference_pth(tmp_path)
     # a stored reference-shaped table (10 frames step 18, 240 rows over 120 s), every 10th window

@@ -18,7 +18,7 @@ from fmmodel.predict import predict, read_predictions
 from fmmodel.train import train
 
 from builders import cached_store, store64_with_table
-from runs import FIXTURES, learned_run, quick_config
+from runs import FIXTURES, learned_run, needs_fixtures, quick_config
 
 
 def _fmmodel(*args):
@@ -119,6 +119,7 @@ def test_segmentation_masks_come_back_in_store_orientation_with_a_video(tmp_path
     assert n == min(40, summary["windows"]) and shape[1] == 48 * 4 and shape[0] > 32 * 4
 
 
+@needs_fixtures
 def test_reference_checkpoint_predictions_match_a_by_hand_reference_forward(tmp_path_factory, tmp_path):
     store = store64_with_table(tmp_path_factory)
     with np.load(FIXTURES / "vicu_cls.npz") as z:
