@@ -1,4 +1,4 @@
-"""Convert FMF sources (V1 MAT files, V2 folders) into a store of format v1, streaming and in parallel.
+"""Convert FMF sources (V1 MAT files, V2 folders) into a store (format version 2), streaming and in parallel.
 
 The work is cut into **units** (:mod:`fmdata.convert.plan`), each a pure function call
 ``convert_unit(unit, location)`` (:mod:`fmdata.convert.units`) that reads its rows from the
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
@@ -154,6 +155,12 @@ def _recover(target: Location) -> None:
                 break
     for stale in leftovers(path):
         remove_tree(stale)
+    # abandoned partial stores renamed aside to be deleted: ..<name>.partial-<id>.old-<pid>-<hex>
+    head, tail = os.path.split(os.path.abspath(path).rstrip(os.sep))
+    trash = re.compile(rf"^\.\.{re.escape(tail)}\.partial-.+\.old-\d+-[0-9a-f]{{8}}$")
+    for name in os.listdir(head):
+        if trash.match(name):
+            remove_tree(os.path.join(head, name))
 
 
 def _is_complete(location: Location) -> bool:

@@ -45,6 +45,7 @@ from fmdata.store.checksums import (
 )
 from fmdata.store.layout import DEFAULT_SHARD_FRAMES, Chunking
 from fmdata.store.location import Location, LocationLike
+from fmdata.store.lock import reading
 
 VERIFY_UNIT_BLOCKS = 8
 
@@ -292,7 +293,8 @@ def verify(location: LocationLike, sources: Sequence[str | os.PathLike[str]] = (
     if report.problems:
         report.seconds = time.perf_counter() - t0
         return report
-    derived, report.notes, report.blocks_checked = _derived(root)
+    with reading(root):  # a derived array being switched in is read whole, old or new
+        derived, report.notes, report.blocks_checked = _derived(root)
     report.problems.extend(derived)
     frame_block = int(root[schema.VIDEO].metadata.chunk_grid.chunk_shape[0])
     current_block = int(root[schema.CURRENT].metadata.chunk_grid.chunk_shape[0])

@@ -2,7 +2,7 @@
 
 ``open_store`` takes a :class:`~fmdata.store.location.Location` or anything
 ``Location.parse`` accepts (a local path, an fsspec URL). It refuses what is not an FMF store of
-format v1 and, unless told otherwise, a store whose writer never finished.
+format (versions 1 and 2) and, unless told otherwise, a store whose writer never finished.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""How a new store lays out its arrays: chunking, codecs, and the empty arrays of format v1.
+"""How a new store lays out its arrays: chunking, codecs, and the empty arrays of the store format.
 
 Defaults suit random reads of short frame windows: a chunk is one frame (a 10-frame clip with
 step 18 touches 10 different frames anyway), shards group many frames into one file (one write

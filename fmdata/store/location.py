@@ -16,7 +16,7 @@ Completion on object stores (the decision, and why)
 ----------------------------------------------------
 Object stores have no rename: "rename" is copy-then-delete of every object, which doubles the
 traffic of a conversion (hundreds of GB at 100x the public set) and is still not atomic. So a
-store at a URL is written **in place** and made visible by the commit marker that format v1
+store at a URL is written **in place** and made visible by the commit marker that the format
 already has: ``StoreMeta.complete`` in the root ``zarr.json``. A writer writes the root
 attributes with ``complete=False`` first, then every array and checksum, then ``complete=True``
 LAST, as one PUT of the root ``zarr.json`` (atomic on S3 and its clones). ``open_store`` refuses

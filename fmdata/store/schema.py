@@ -1,4 +1,4 @@
-"""Store format v1: the names, axes, dtypes and metadata of an FMF Zarr store, as code.
+"""The store format (version 2; version 1 readable): the names, axes, dtypes and metadata of an FMF Zarr store, as code.
 
 Everything that reads or writes a store takes its array names and axis order from here; the
 prose version is ``docs/store-format.md``. One Zarr v3 group per dataset:
