@@ -7,7 +7,8 @@ sample of the reference window table in random order, batches of 64):
   float32 clips), in-process and through ``make_loader`` with 1 and 2 workers; with workers also
   as ``dataset-fresh`` (a new shared-memory buffer per batch, as torch's default collate does)
   and ``dataset-gpu`` (what the trainer asks for on CUDA: uint8 clips, zero-copy buffers);
-  ``dataset-zarr`` reads through zarr-python instead of the fast reader.
+  ``dataset-zarr`` reads through zarr-python instead of the fast reader; ``dataset-nocheck`` turns
+  the per-chunk CRC-32C checks off (``checksums=False``), to measure what they cost.
 * ``h5py``: (a) the same windows read lazily with h5py straight from the V1 MAT file that
   ``fmdata synth`` writes with MATLAB-like storage (deflate 3, chunks near 64 KiB), one strided
   hyperslab per clip, the same item layout, the same DataLoader settings.
@@ -179,7 +180,7 @@ def measure(kind: str, mat: str, store: str, rows: list[int], workers: int, vari
         # variant: "" (make_loader's defaults on a machine without CUDA), "zarr" (zarr-python
         # reader), "gpu" (what the trainer asks for on CUDA: uint8 clips, and the zero-copy buffers
         # make_loader uses when it pins), "fresh" (a new shared buffer per batch, as torch's
-        # default collate does).
+        # default collate does), "nocheck" (the defaults without the CRC-32C checks).
         import functools
 
         from fmmodel.sampling import worker_init
@@ -187,7 +188,7 @@ def measure(kind: str, mat: str, store: str, rows: list[int], workers: int, vari
             rows = rows[:max(BATCH * 4, len(rows) // 8)]
         ds = FmfWindowDataset(store, "bench", preprocessing="reference", rows=np.asarray(rows),
                               reader="zarr" if variant == "zarr" else "auto",
-                              video_dtype="uint8" if variant == "gpu" else "float32")
+                              video_dtype="uint8" if variant == "gpu" else "float32", checksums=variant != "nocheck")
         extra = {"worker_init_fn": functools.partial(worker_init, reuse_buffers=0)} if variant == "fresh" else {}
         loader = make_loader(ds, BATCH, workers, prefetch_factor=4, zero_copy=variant == "gpu", **extra)
         out = _time_loader(loader, len(rows))
@@ -230,6 +231,41 @@ def measure(kind: str, mat: str, store: str, rows: list[int], workers: int, vari
     out.update(kind=kind + (f"-{variant}" if variant else ""), workers=workers, peak_rss_mib=_rss_mib(),
                start_rss_mib=rss0)
     return out
+
+
+def checksum_cost(store: str, rows: np.ndarray, reps: int = 5) -> dict[str, Any]:
+    """CPU seconds of the reads behind ``rows``' windows (clip frames, labelled masks, current rows) with
+    the CRC-32C checks on and off, alternating in this process ``reps`` times; medians and the cost.
+
+    Separate loader processes (``dataset`` against ``dataset-nocheck``) differ by more than the
+    checks cost on a busy machine; alternating the same reads in one process measures the reads
+    alone, the part the checks can slow (an upper bound of their share of a window).
+    """
+    from fmdata.store import open_store, read_window_table
+    from fmdata.store.row_reader import LocalAxisReader
+    from fmdata.store.window_table import current_row_indices
+
+    wt = read_window_table(open_store(store), "bench")
+    tab = wt.table[np.asarray(rows)]
+    clip = tab[:, len(wt.columns) - FRAMES:].reshape(-1)
+    frames = tab[:, wt.columns.index("frame")]
+    cur = np.concatenate([current_row_indices(a, b, CURRENT_ROWS) for a, b in
+                          tab[:, [wt.columns.index("current_start"), wt.columns.index("current_stop")]]])
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(reps):
+        for check in (True, False):
+            readers = [LocalAxisReader(os.path.join(store, name), checksums=check, cache_bytes=64 << 20,
+                                       cache_single_rows=name == "current") for name in ("video", "mask", "current")]
+            for r, index in zip(readers, (clip[:50], frames[:50], cur[:50])):  # open files, read indexes
+                r.take(index)
+            t0 = time.process_time()
+            for r, index in zip(readers, (clip, frames, cur)):
+                r.take(index)
+            times[check].append(time.process_time() - t0)
+    on, off = float(np.median(times[True])), float(np.median(times[False]))
+    return {"windows": int(len(tab)), "reps": reps, "cpu_s_with": on, "cpu_s_without": off,
+            "windows_per_cpu_s_with": len(tab) / on, "windows_per_cpu_s_without": len(tab) / off,
+            "cost": on / off - 1}
 
 
 def run_child(kind: str, mat: str, store: str, rows: np.ndarray, workers: int, folder: str,
@@ -275,7 +311,7 @@ def main() -> None:
         entry: dict[str, Any] = {"mat_mib": os.path.getsize(mat) / 2**20, "windows": int(len(rows)), "runs": []}
         plan = [("dataset", 0, ""), ("load-all", 0, "")]
         if n == sizes[-1]:  # throughput comparisons on the largest store
-            plan = ([("dataset", w, v) for w in workers for v in (("", "fresh", "gpu") if w else ("",))]
+            plan = ([("dataset", w, v) for w in workers for v in (("", "nocheck", "fresh", "gpu") if w else ("", "nocheck"))]
                     + [("h5py", w, "") for w in workers] + [("dataset", 0, "zarr"), ("load-all", 0, "")])
         for kind, w, variant in plan:
             r = run_child(kind, mat, store, rows, w, a.out, variant)
@@ -286,6 +322,9 @@ def main() -> None:
             print(f"  {r['kind']:15s} workers={w}: {r['windows_per_s']:7.0f} windows/s wall, "
                   f"{r['cpu_windows_per_s']:7.0f} per CPU-second, peak RSS {r['peak_rss_mib']:.0f} MiB{extra}", flush=True)
         results["sizes"][str(n)] = entry
+    c = results["checksum_cost"] = checksum_cost(store, rows)
+    print(f"checksums, reads alone (one process, {c['reps']} alternations): {c['windows_per_cpu_s_with']:.0f} windows "
+          f"per CPU-second with, {c['windows_per_cpu_s_without']:.0f} without: {100 * c['cost']:+.1f}% CPU", flush=True)
     report(results, workers)
     with open(os.path.join(a.out, "bench_dataset.json"), "w") as f:
         json.dump(results, f, indent=1)
@@ -311,6 +350,15 @@ def report(results: dict[str, Any], workers: list[int]) -> None:
             print(f"{kind:13s} workers={w}: {row['wall']:.0f}/s wall vs h5py {row['h5py_wall']:.0f}/s "
                   f"({row['speedup_wall']:.1f}x); per worker CPU-second {row['per_worker_cpu']:.0f} vs "
                   f"{row['h5py_per_worker_cpu']:.0f} ({row['speedup_cpu']:.1f}x)")
+    for w in workers:  # what the checksum checks cost: the same loader with and without them
+        on, off = runs.get(("dataset", w)), runs.get(("dataset-nocheck", w))
+        if on and off:
+            row = {"workers": w, "kind": "checksum-cost", "wall": 1 - on["windows_per_s"] / off["windows_per_s"],
+                   "cpu": 1 - on["cpu_windows_per_s"] / off["cpu_windows_per_s"]}
+            summary.append(row)
+            print(f"checksums     workers={w}: {on['windows_per_s']:.0f}/s with, {off['windows_per_s']:.0f}/s without "
+                  f"({100 * row['wall']:+.1f}% wall); per CPU-second {on['cpu_windows_per_s']:.0f} vs "
+                  f"{off['cpu_windows_per_s']:.0f} ({100 * row['cpu']:+.1f}%)")
     for n in sizes:
         e = results["sizes"][n]
         ds = [r for r in e["runs"] if r["kind"] == "dataset" and r["workers"] == 0][0]

@@ -43,7 +43,7 @@ def convert_command(sources: tuple[Path, ...], out: Location, workers: int | Non
                     overwrite: bool, resume: bool, chunk_frames: int | None, shard_frames: int | None, fps: float,
                     progress: bool | None, as_json: bool) -> None:
     """Convert SOURCES (V1 MAT files, one recording each, and/or V2 folders, one recording per
-    video) into a new Zarr store OUT (store format v1, see docs/store-format.md); recordings are
+    video) into a new Zarr store OUT (store format v2, see docs/store-format.md); recordings are
     concatenated in the order given."""
     report = run_conversion(sources, out, scheduler=scheduler, workers=workers, overwrite=overwrite, resume=resume,
                             chunk_frames=chunk_frames, shard_frames=shard_frames, fps=fps,

@@ -67,6 +67,9 @@ class FmfWindowDataset(torch.utils.data.Dataset):
         reader: "auto" (fast local reader where the layout allows, else zarr), "fast" or "zarr".
         cache_mb: byte budget (MiB, per process) of decoded chunks kept for the current array, and
             for frame arrays whose chunks hold several frames.
+        checksums: check every chunk read against its stored CRC-32C (the default; a mismatch or a
+            missing shard is an FmModelError naming the array and frames). False only to measure
+            what the checks cost (benchmarks/bench_dataset.py).
 
     Items are dicts of tensors: ``clip`` (3, T, H', W') float32 (or uint8), ``current`` (R, 3)
     float32, ``mask`` (H', W') uint8, ``label``/``recording``/``frame``/``window`` int64 scalars and
@@ -79,7 +82,7 @@ class FmfWindowDataset(torch.utils.data.Dataset):
                  preprocessing: str = PREPROCESSING_REFERENCE, augment: bool = False, seed: int = 0,
                  modality: str = "both", target: str = "both", split: str | None = None,
                  rows: np.ndarray | Sequence[int] | None = None, video_dtype: str = "float32",
-                 reader: str = "auto", cache_mb: float = 64) -> None:
+                 reader: str = "auto", cache_mb: float = 64, checksums: bool = True) -> None:
         for name, value, allowed in (("preprocessing", preprocessing, PREPROCESSINGS),
                                      ("modality", modality, MODALITIES), ("target", target, TARGETS),
                                      ("video_dtype", video_dtype, VIDEO_DTYPES), ("reader", reader, READER_MODES)):
@@ -92,7 +95,7 @@ class FmfWindowDataset(torch.utils.data.Dataset):
         self.store = str(self.location)
         self.preprocessing, self.augment, self.seed = preprocessing, bool(augment), int(seed)
         self.modality, self.target, self.video_dtype = modality, target, video_dtype
-        self.reader_mode, self.cache_bytes = reader, int(cache_mb * _MIB)
+        self.reader_mode, self.cache_bytes, self.checksums = reader, int(cache_mb * _MIB), bool(checksums)
         self.orientation = input_format(preprocessing).orientation
         try:  # parent-side metadata only; workers reopen
             root = open_store(self.location)
@@ -289,7 +292,8 @@ class FmfWindowDataset(torch.utils.data.Dataset):
                     # array always, frame arrays only when a chunk holds more than one frame.
                     readers[name] = open_axis_reader(self.location, name, mode=self.reader_mode,
                                                      cache_bytes=self.cache_bytes,
-                                                     cache_single_rows=name == schema.CURRENT, root=root)
+                                                     cache_single_rows=name == schema.CURRENT, root=root,
+                                                     checksums=self.checksums)
             except FmDataError as exc:
                 raise FmModelError(str(exc)) from None
             self._readers = readers

@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from fmdata.errors import FmDataError
 from fmdata.store import schema
+from fmdata.store.checksums import check_attribute
 from fmmodel.errors import FmModelError
 
 PREPROCESSING_REFERENCE = "reference"
@@ -57,11 +59,15 @@ def read_normalization(attrs: dict[str, Any], where: str) -> dict[str, np.ndarra
     """Return {video_mean, video_std, current_mean, current_std} (float64, 3 each) from store attributes.
 
     Reads the attribute ``schema.ATTR_STATS`` written by ``fmdata stats``; FmModelError when it is
-    absent or lacks a key.
+    absent, lacks a key or does not match its stored CRC-32C.
     """
     stats = attrs.get(schema.ATTR_STATS)
     if not isinstance(stats, dict):
         raise FmModelError("expected normalisation statistics (run `fmdata stats STORE`), got none", where)
+    try:
+        check_attribute(stats, schema.ATTR_STATS, where)
+    except FmDataError as exc:
+        raise FmModelError(exc.message, where) from None
     norm = stats.get("normalization", stats)
     out = {}
     for key in ("video_mean", "video_std", "current_mean", "current_std"):

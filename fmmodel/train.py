@@ -14,6 +14,7 @@ run's state), :func:`fit_epoch` (one epoch of training, then validation) and :fu
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import time
@@ -27,9 +28,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from fmdata.errors import FmDataError
 from fmdata.store import schema
 from fmdata.store.access import open_store, read_meta, read_offsets
+from fmdata.store.checksums import read_checked
 from fmdata.store.location import Location
+from fmdata.store.lock import writer_lock
 from fmdata.store.window_table import WindowParams
 from fmmodel import checkpoint as ckpt_io
 from fmmodel import distributed as dd
@@ -110,9 +114,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     """
     ctx = dd.setup(cfg.device)
     try:
-        _prepare_run_dir(cfg, ctx)
-        dd.barrier(ctx)
-        return _train(ctx, cfg, False, progress)
+        with run_lock(cfg.out, ctx):
+            _prepare_run_dir(cfg, ctx)
+            dd.barrier(ctx)
+            return _train(ctx, cfg, False, progress)
     finally:
         dd.teardown(ctx)
 
@@ -133,9 +138,26 @@ def resume_run(run_dir: str, epochs: int | None = None, progress: bool = True) -
         cfg.epochs = epochs
     ctx = dd.setup(cfg.device)
     try:
-        return _train(ctx, cfg, True, progress)
+        with run_lock(run_dir, ctx):
+            return _train(ctx, cfg, True, progress)
     finally:
         dd.teardown(ctx)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str, ctx: dd.DistContext) -> Iterator[None]:
+    """Rank 0 holds the run folder's writer lock (``.<run>.lock`` beside it) while the run writes:
+    a second ``train`` or ``--resume`` into the same folder fails at once, naming the first."""
+    if not ctx.is_main:
+        yield
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(run_dir)), exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(writer_lock(run_dir, "fmmodel train", what="run folder"))
+        except FmDataError as exc:
+            raise FmModelError(exc.message, exc.path) from None
+        yield
 
 
 def _train(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool) -> TrainResult:
@@ -177,7 +199,7 @@ def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool) -> Run:
     meta = read_meta(root, cfg.store)
     wt = window_table_for(location, root, cfg.windows, cfg.window, ctx)
     frame_offsets, _ = read_offsets(root)
-    fce = np.asarray(root[schema.FRAME_CURRENT_END][:], np.int64)
+    fce = np.asarray(read_checked(root[schema.FRAME_CURRENT_END], cfg.store), np.int64)
     tr_rows, va_rows, vinfo = holdout_split(wt, fce, frame_offsets, cfg.val_fraction)
     if len(tr_rows) == 0:
         raise FmModelError(f"expected training windows after holding out validation, got none ({vinfo['recordings']});"

@@ -1,4 +1,4 @@
-"""Convert FMF sources (V1 MAT files, V2 folders) into a store of format v1, streaming and in parallel.
+"""Convert FMF sources (V1 MAT files, V2 folders) into a store (format version 2), streaming and in parallel.
 
 The work is cut into **units** (:mod:`fmdata.convert.plan`), each a pure function call
 ``convert_unit(unit, location)`` (:mod:`fmdata.convert.units`) that reads its rows from the
@@ -16,7 +16,14 @@ The driver, :func:`convert`:
    store's ledger (:mod:`fmdata.convert.ledger`), so ``--resume`` skips finished units after a
    crash or a kill;
 4. gathers the checksums into each array's ``fmf_checksums`` attribute, drops the ledger, sets
-   ``complete=True`` last and renames the staging folder onto the output.
+   ``complete=True`` last and renames the staging folder onto the output (an old store there is
+   renamed aside first and deleted last, :func:`fmdata.store.atomic.place`).
+
+All of it runs under the output's writer lock (:mod:`fmdata.store.lock`): a second writer of the
+same OUT fails at once, naming the first. Holding it, the driver first repairs what a killed
+writer left: an old store renamed aside while OUT is missing is moved back, other hidden
+leftovers are deleted. OUT that is a symbolic link is refused (a store is replaced by renaming,
+which would replace the link, not the store it points to).
 
 Bad input raises :class:`FmDataError` and removes the staging store; an interruption keeps it
 for ``--resume``.
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
@@ -48,15 +56,18 @@ from fmdata.convert.plan import (
 )
 from fmdata.convert.units import close_cached, convert_unit
 from fmdata.errors import FmDataError
-from fmdata.sources import DEFAULT_FPS, open_sources
+from fmdata.sources import DEFAULT_FPS, RecordingSource, open_sources
 from fmdata.store import schema
 from fmdata.store.access import read_meta
-from fmdata.store.atomic import is_temporary
+from fmdata.store.atomic import is_temporary, leftovers, remove_tree
 from fmdata.store.checksums import block_checksum, checksum_attr
 from fmdata.store.layout import Chunking, create_arrays, default_chunking, override_chunking
 from fmdata.store.location import Location, LocationLike, set_complete
+from fmdata.store.lock import writer_lock
 
 ATTR_CONVERT = "fmf_convert"  # root attribute: the conversion plan (sources, chunking), for --resume
+# root attribute of a partial store started with --overwrite: --resume then finishes the replacement
+ATTR_REPLACES = "fmf_convert_replaces"
 
 
 @dataclass
@@ -114,7 +125,53 @@ def _is_partial(location: Location) -> bool:
         return False
 
 
-def _create(staging: Location, plan: ConversionPlan) -> zarr.Group:
+def _refuse_link(target: Location) -> None:
+    """Raise FmDataError when OUT is itself a symbolic link (to a store, or dangling)."""
+    real = target.link_target()
+    if real is None:
+        return
+    if not os.path.exists(real):
+        raise FmDataError(f"expected OUT to be a new path or a store, got a symbolic link to {real}, which does "
+                          f"not exist; remove the link or give another path", str(target))
+    raise FmDataError(f"expected OUT to be the store's own path, got a symbolic link to {real}; a store is "
+                      f"replaced by renaming, which would replace the link and not the store: give {real} itself",
+                      str(target))
+
+
+def _recover(target: Location) -> None:
+    """Repair what a writer killed while replacing or removing the local store ``target`` left behind.
+
+    Called with the writer lock held. An old store renamed aside while ``target`` is missing (a
+    kill between the two renames of a replacement) is complete: it is moved back. Every other
+    hidden ``.old-``/``.tmp-`` sibling is a half-deleted leftover and is deleted.
+    """
+    path = target.local_path
+    if path is None:
+        return
+    if not os.path.lexists(path):
+        for old in leftovers(path, ("old",)):
+            if old.is_dir() and _is_complete(Location(str(old))):
+                os.replace(old, path)
+                break
+    for stale in leftovers(path):
+        remove_tree(stale)
+    # abandoned partial stores renamed aside to be deleted: ..<name>.partial-<id>.old-<pid>-<hex>
+    head, tail = os.path.split(os.path.abspath(path).rstrip(os.sep))
+    trash = re.compile(rf"^\.\.{re.escape(tail)}\.partial-.+\.old-\d+-[0-9a-f]{{8}}$")
+    for name in os.listdir(head):
+        if trash.match(name):
+            remove_tree(os.path.join(head, name))
+
+
+def _is_complete(location: Location) -> bool:
+    try:
+        root = zarr.open_group(store=location.zarr_store("r"), mode="r", zarr_format=3)
+        return read_meta(root, str(location)).complete
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError, FmDataError):
+        return False
+
+
+def _create(staging: Location, plan: ConversionPlan, replaces: bool = False) -> zarr.Group:
     root = staging.open_group("w-")
     first = plan.recordings[0]
     meta = schema.StoreMeta(n_frames=plan.n_frames, n_current=plan.n_current, n_recordings=len(plan.recordings),
@@ -122,7 +179,7 @@ def _create(staging: Location, plan: ConversionPlan) -> zarr.Group:
                             created_by=f"fmdata {__version__} convert")
     root.attrs.update({schema.ATTR_STORE: meta.to_dict(),
                        schema.ATTR_RECORDINGS: [r.info().to_dict() for r in plan.recordings],
-                       ATTR_CONVERT: plan.signature()})
+                       ATTR_CONVERT: plan.signature(), **({ATTR_REPLACES: True} if replaces else {})})
     create_arrays(root, plan.n_frames, plan.n_current, first.height, first.width, len(plan.recordings),
                   plan.chunking)
     root[schema.RECORDING_FRAME_OFFSETS][:] = plan.frame_offsets
@@ -161,6 +218,8 @@ def _finalise(root: zarr.Group, results: dict[str, UnitResult]) -> None:
         arr = root[name]
         arr.update_attributes({schema.ATTR_CHECKSUMS: checksum_attr(arr.shape[0], [block_checksum(arr[:])])})
     Ledger(root).clear()
+    if ATTR_REPLACES in root.attrs:
+        del root.attrs[ATTR_REPLACES]
     if isinstance(root.store, zarr.storage.LocalStore):  # temp files of writers killed mid-write
         for dirpath, _, files in os.walk(root.store.root):
             for f in files:
@@ -194,24 +253,42 @@ def convert(sources: Sequence[str | os.PathLike[str]], out: LocationLike, *, wor
     the CPU count; a script that calls this with more than one worker needs the usual
     ``if __name__ == "__main__":`` guard of spawned multiprocessing). ``overwrite`` replaces an
     existing store (only a Zarr store; the old one stays until the new one is complete);
-    ``resume`` continues an interrupted conversion into ``out`` without redoing finished units.
+    ``resume`` continues an interrupted conversion into ``out`` without redoing finished units
+    (a store at ``out`` already complete from the same sources and chunking is left as it is).
     ``chunking`` defaults to :func:`fmdata.store.layout.default_chunking`; ``chunk_frames`` /
     ``shard_frames`` override its frame-axis lengths. ``fps`` is the V1 frame rate; ``progress``
     shows a tqdm bar (frames/s, ETA). ``runner`` runs the units elsewhere (a dask cluster, see
     :mod:`fmdata.convert.cluster`) instead of local processes. Returns a :class:`ConvertReport`.
-    Raises FmDataError for bad sources or output paths, removing the partial store; an
+    Raises FmDataError for bad sources or output paths (OUT a symbolic link included), removing
+    the partial store, and when another process is writing ``out`` (it names that process); an
     interruption (lost workers, Ctrl-C) keeps finished units for ``resume``.
     """
     t0 = time.perf_counter()
     target = Location.parse(out)
+    _refuse_link(target)
     workers = resolve_workers(workers)
     recs = open_sources([os.fspath(s) for s in sources], fps)
     chunking = override_chunking(chunking or default_chunking(recs[0].height, recs[0].width), chunk_frames,
                                  shard_frames)
     plan = plan_conversion(recs, chunking, fps)
+    if target.local_path is not None:  # the lock file goes beside OUT: say first if that folder is unusable
+        target.check_writable_parent()
+    with writer_lock(target, "fmdata convert"):
+        _recover(target)
+        return _convert_into(target, plan, recs, workers, overwrite, resume, progress, runner, t0)
+
+
+def _convert_into(target: Location, plan: ConversionPlan, recs: list[RecordingSource], workers: int, overwrite: bool,
+                  resume: bool, progress: bool, runner: UnitRunner | None, t0: float) -> ConvertReport:
+    """The conversion proper, run with the writer lock of ``target`` held (see :func:`convert`)."""
     exists = target.exists()
+    if exists and resume and not target.is_url and not target.partials() and _finished(target, plan):
+        # a run killed after its store was in place (while the old one was being deleted): done
+        return _report(target, plan, recs, workers, len(plan.units), t0)
     resume_in_place = target.is_url and exists and resume and _is_partial(target)
-    if exists and not overwrite and not resume_in_place:
+    # --resume of an interrupted --overwrite finishes the replacement it was making
+    finish_replacing = resume and not target.is_url and bool(target.partials()) and _replaces(target.partials()[-1])
+    if exists and not overwrite and not resume_in_place and not finish_replacing:
         raise FmDataError("expected a new output path, got one that exists; pass --overwrite to replace it", str(target))
     if exists and not _is_zarr_store(target):
         raise FmDataError("refusing to replace something that is not a Zarr store", str(target))
@@ -238,7 +315,7 @@ def convert(sources: Sequence[str | os.PathLike[str]], out: LocationLike, *, wor
     if root is None:
         staging = target.staging()
         try:
-            root = _create(staging, plan)
+            root = _create(staging, plan, replaces=overwrite and exists)
         except OSError as exc:
             _discard(staging)
             raise FmDataError(f"expected to create the store, got {exc.strerror or exc}", str(target)) from None
@@ -265,15 +342,38 @@ def convert(sources: Sequence[str | os.PathLike[str]], out: LocationLike, *, wor
     finally:
         bar.close()
         close_cached()
-    if exists and not target.is_url:
-        target.remove()
     target.publish(staging)
+    return _report(target, plan, recs, workers, len(plan.units) - len(todo), t0)
+
+
+def _report(target: Location, plan: ConversionPlan, recs: list[RecordingSource], workers: int, resumed: int,
+            t0: float) -> ConvertReport:
     local = target.local_path
     return ConvertReport(
         store=str(target), n_recordings=len(recs), n_frames=plan.n_frames, n_current=plan.n_current,
-        units=len(plan.units), units_resumed=len(plan.units) - len(todo), workers=workers,
+        units=len(plan.units), units_resumed=resumed, workers=workers,
         seconds=time.perf_counter() - t0, source_bytes=sum(r.source_bytes for r in recs),
         store_bytes=_tree_bytes(local) if local else 0, chunking=plan.chunking)
+
+
+def _replaces(partial: Location) -> bool:
+    """True when the partial store was started by ``--overwrite`` of an existing store, or is complete
+    (then only its placement over the old store was interrupted)."""
+    try:
+        root = zarr.open_group(store=partial.zarr_store("r"), mode="r", zarr_format=3)
+        return bool(root.attrs.get(ATTR_REPLACES)) or read_meta(root, str(partial)).complete
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError, FmDataError):
+        return False
+
+
+def _finished(target: Location, plan: ConversionPlan) -> bool:
+    """True when ``target`` holds a complete store converted with this very plan."""
+    try:
+        root = zarr.open_group(store=target.zarr_store("r"), mode="r", zarr_format=3)
+        return (read_meta(root, str(target)).complete
+                and root.attrs.get(ATTR_CONVERT) == json.loads(json.dumps(plan.signature())))
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError, FmDataError):
+        return False
 
 
 def _discard(staging: Location) -> None:

@@ -2,6 +2,9 @@
 
 :func:`verify` returns a :class:`VerifyReport` listing :class:`Problem` records (array, axis,
 row range, what is wrong); it raises FmDataError only when the store cannot be opened at all.
+Derived data is checked too: ``frame_label``, ``abnormal_pixels`` and every window table against
+their recorded block checksums, the statistics attribute against its CRC-32C; derived data
+written before format 2 has none, which the report notes without failing.
 The store is read through stock zarr (not the converter's shard writer), so a passing verify
 also shows that zarr reads back what the converter wrote. The work runs in units of whole
 blocks in worker processes, like the conversion.
@@ -32,9 +35,17 @@ from fmdata.errors import FmDataError
 from fmdata.sources import open_sources
 from fmdata.store import schema
 from fmdata.store.access import open_store, read_meta, read_offsets, read_recordings
-from fmdata.store.checksums import block_checksum, n_blocks, read_checksums
+from fmdata.store.checksums import (
+    attribute_checksum,
+    axis_name,
+    block_checksum,
+    n_blocks,
+    read_checksums,
+    recorded_checksums,
+)
 from fmdata.store.layout import DEFAULT_SHARD_FRAMES, Chunking
 from fmdata.store.location import Location, LocationLike
+from fmdata.store.lock import reading
 
 VERIFY_UNIT_BLOCKS = 8
 
@@ -79,6 +90,7 @@ class VerifyReport:
 
     store: str
     problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     blocks_checked: int = 0
     compared_with_sources: bool = False
     n_frames: int = 0
@@ -93,12 +105,13 @@ class VerifyReport:
     def summary(self) -> str:
         """Return a readable report: one line when all holds, one line per problem otherwise."""
         what = "checksums and every element equal the sources" if self.compared_with_sources else "checksums match"
+        notes = [f"  note: {n}" for n in self.notes]
         if self.ok:
-            return (f"OK {self.store}: {self.n_frames} frames, {self.n_current} current rows, "
-                    f"{self.blocks_checked} blocks; {what} ({self.seconds:.1f} s)")
+            return "\n".join([f"OK {self.store}: {self.n_frames} frames, {self.n_current} current rows, "
+                              f"{self.blocks_checked} blocks; {what} ({self.seconds:.1f} s)", *notes])
         lines = [f"FAILED {self.store}: {len(self.problems)} problem(s)"]
         lines += [f"  {p}" for p in self.problems]
-        return "\n".join(lines)
+        return "\n".join(lines + notes)
 
 
 def _units_without_sources(n_frames: int, frame_block: int, n_current: int, current_block: int) -> list[WorkUnit]:
@@ -225,6 +238,43 @@ def _structure(root: zarr.Group, meta: schema.StoreMeta) -> list[Problem]:
     return problems
 
 
+def _derived(root: zarr.Group) -> tuple[list[Problem], list[str], int]:
+    """Check the derived arrays and the statistics attribute; return (problems, notes, blocks checked)."""
+    problems: list[Problem] = []
+    notes: list[str] = []
+    checked = 0
+    arrays = [(n, root[n]) for n in schema.DERIVED_FRAME_ARRAYS if n in root]
+    if schema.WINDOWS_GROUP in root:
+        arrays += [(f"{schema.WINDOWS_GROUP}/{n}", a) for n, a in root[schema.WINDOWS_GROUP].arrays()]
+    for path, arr in arrays:
+        axis, n = axis_name(arr), int(arr.shape[0])
+        try:
+            data = np.asarray(arr[:])
+        except Exception as exc:  # a damaged chunk: zarr's crc32c codec or the decoder says so
+            problems.append(Problem(path, axis, 0, n, "unreadable", f"{exc.__class__.__name__}: {exc}"[:200]))
+            continue
+        sums = recorded_checksums(arr.attrs, n)
+        if sums is None:
+            if schema.ATTR_CHECKSUMS in arr.attrs:
+                problems.append(Problem(path, "", 0, 0, "structure", "checksums recorded in a form that is not one"))
+            else:
+                notes.append(f"{path}: no checksums recorded (written before store format 2; not checked)")
+            continue
+        rows = sums[0]
+        for b, want in enumerate(sums[1]):
+            checked += 1
+            if block_checksum(data[b * rows:(b + 1) * rows]) != want:
+                problems.append(Problem(path, axis, b * rows, min((b + 1) * rows, n), "checksum"))
+    stats = root.attrs.get(schema.ATTR_STATS)
+    if isinstance(stats, dict):
+        if "checksum" not in stats:
+            notes.append(f"{schema.ATTR_STATS}: no checksum recorded (written before store format 2; not checked)")
+        elif attribute_checksum(stats) != stats["checksum"]:
+            problems.append(Problem(schema.ATTR_STATS, "", 0, 0, "checksum"))
+        checked += 1
+    return problems, notes, checked
+
+
 def verify(location: LocationLike, sources: Sequence[str | os.PathLike[str]] = (), *,
            workers: int | None = None, progress: bool = True) -> VerifyReport:
     """Verify the store at ``store_location``; with ``sources``, compare every element to them.
@@ -243,6 +293,9 @@ def verify(location: LocationLike, sources: Sequence[str | os.PathLike[str]] = (
     if report.problems:
         report.seconds = time.perf_counter() - t0
         return report
+    with reading(root):  # a derived array being switched in is read whole, old or new
+        derived, report.notes, report.blocks_checked = _derived(root)
+    report.problems.extend(derived)
     frame_block = int(root[schema.VIDEO].metadata.chunk_grid.chunk_shape[0])
     current_block = int(root[schema.CURRENT].metadata.chunk_grid.chunk_shape[0])
     units = _units_without_sources(meta.n_frames, frame_block, meta.n_current, current_block)

@@ -6,10 +6,13 @@ MATLAB ``sum(label,[1,2]) > 0.5``). The results are two derived frame-axis array
 what they were computed from (array, shape, checksums), with which rule and toolkit version.
 
 Work is one Dask task per block of whole mask shards (about 16 MiB); each task reads its block
-with :class:`fmdata.block_reader.BlockReader` (zarr's own per-chunk path is ~10x slower on
-one-frame chunks), counts, and writes whole chunks of both outputs (the output chunk equals the
-block), so no two tasks ever touch the same chunk. Provenance is written last: a run that dies
-part-way leaves arrays without provenance, which count as missing and are recomputed.
+with :class:`fmdata.store.block_reader.BlockReader` (zarr's own per-chunk path is ~10x slower on
+one-frame chunks; every block is checked against its checksums as it is read) and returns its
+per-frame counts (4 bytes a frame). The driver writes both outputs whole through
+:func:`fmdata.store.derived.write_derived`: built aside with their checksums and provenance, then
+switched in together, so a reader (another process) sees the old labels or the new ones, never a
+torn or missing array. Writing holds the store's writer lock; readers hold its switch lock while
+they read (:func:`read_labels`, :func:`labels_up_to_date`).
 """
 from __future__ import annotations
 
@@ -27,7 +30,10 @@ from fmdata.errors import FmDataError
 from fmdata.store import schema
 from fmdata.store.access import open_store, read_meta
 from fmdata.store.block_reader import BlockReader, block_frames, block_ranges
+from fmdata.store.checksums import read_checked
+from fmdata.store.derived import DerivedArray, write_derived
 from fmdata.store.location import Location, LocationLike
+from fmdata.store.lock import reading, writer_lock
 from fmdata.store.provenance import array_fingerprint, matches, reconsolidate
 
 # Bump when the rule or the output layout changes: older derived arrays then count as stale.
@@ -68,8 +74,7 @@ def expected_provenance(root: zarr.Group) -> dict[str, Any]:
             "algorithm": LABELS_ALGORITHM}
 
 
-def labels_up_to_date(root: zarr.Group) -> bool:
-    """Return True when both label arrays exist, are complete and match the store's mask."""
+def _up_to_date(root: zarr.Group) -> bool:
     expected = expected_provenance(root)
     n = root[schema.MASK].shape[0]
     for name in schema.DERIVED_FRAME_ARRAYS:
@@ -80,15 +85,24 @@ def labels_up_to_date(root: zarr.Group) -> bool:
     return True
 
 
+def labels_up_to_date(root: zarr.Group) -> bool:
+    """Return True when both label arrays exist, are complete and match the store's mask."""
+    with reading(root):
+        return _up_to_date(root)
+
+
 def read_labels(root: zarr.Group) -> tuple[np.ndarray, np.ndarray]:
     """Return (frame_label uint8, abnormal_pixels int32), each (n_frames,), from an open store.
 
-    Raises FmDataError when they are missing or stale (run ``fmdata labels``).
+    Both come from one version (read under the store's switch lock) and are checked against
+    their checksums. Raises FmDataError when they are missing or stale (run ``fmdata labels``)
+    or damaged.
     """
-    if not labels_up_to_date(root):
-        raise FmDataError("expected up-to-date frame labels, got none or stale ones (run `fmdata labels STORE`)")
-    return (np.asarray(root[schema.FRAME_LABEL][:], np.uint8),
-            np.asarray(root[schema.ABNORMAL_PIXELS][:], np.int32))
+    with reading(root):
+        if not _up_to_date(root):
+            raise FmDataError("expected up-to-date frame labels, got none or stale ones (run `fmdata labels STORE`)")
+        return (np.asarray(read_checked(root[schema.FRAME_LABEL]), np.uint8),
+                np.asarray(read_checked(root[schema.ABNORMAL_PIXELS]), np.int32))
 
 
 def count_abnormal(mask_block: np.ndarray) -> np.ndarray:
@@ -97,43 +111,34 @@ def count_abnormal(mask_block: np.ndarray) -> np.ndarray:
     return np.count_nonzero(flat == 1, axis=1).astype(np.int32)
 
 
-def _label_block(reader: BlockReader, start: int, stop: int, label_arr: zarr.Array,
-                 count_arr: zarr.Array) -> tuple[int, int, int]:
-    """Dask task: count mask rows [start, stop), write whole output chunks; return (frames, abnormal, pixels)."""
-    chunk = label_arr.chunks[0]
-    # Writes must cover whole chunks: two tasks writing into one chunk lose each other's data.
-    assert start % chunk == 0 and (stop % chunk == 0 or stop == label_arr.shape[0]), (start, stop, chunk)
-    counts = count_abnormal(reader.read(start, stop))
-    label = (counts > 0).astype(np.uint8)
-    count_arr[start:stop] = counts
-    label_arr[start:stop] = label
-    return int(len(counts)), int(label.sum()), int(counts.sum(dtype=np.int64))
+def _label_block(reader: BlockReader, start: int, stop: int) -> np.ndarray:
+    """Dask task: count the abnormal pixels of mask rows [start, stop) (int32 per frame)."""
+    return count_abnormal(reader.read(start, stop))
 
 
 def _compute(loc: Location, root: zarr.Group, runner: Runner) -> LabelsReport:
     mask = root[schema.MASK]
     n = int(mask.shape[0])
     block = block_frames(mask)
-    outputs = {}
-    for name in schema.DERIVED_FRAME_ARRAYS:
-        outputs[name] = root.create_array(
-            name, shape=(n,), dtype=schema.DTYPES[name], chunks=(max(1, min(block, n)),),
-            dimension_names=schema.DIMS[name], fill_value=0, overwrite=True)
     reader = BlockReader(mask)
     ranges = block_ranges(n, block)
-    tasks = [delayed(_label_block, pure=False)(reader, a, b, outputs[schema.FRAME_LABEL],
-                                               outputs[schema.ABNORMAL_PIXELS]) for a, b in ranges]
+    tasks = [delayed(_label_block, pure=False)(reader, a, b) for a, b in ranges]
     t0 = time.perf_counter()
     parts = runner.compute(tasks, desc="labels", weights=[b - a for a, b in ranges], unit="frame")
     seconds = time.perf_counter() - t0
-    frames, abnormal, pixels = (int(sum(p[i] for p in parts)) for i in range(3))
+    counts = np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
+    label = (counts > 0).astype(np.uint8)
     prov = {**expected_provenance(root), "toolkit_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "scheduler": runner.description}
-    for arr in outputs.values():
-        arr.attrs[schema.ATTR_PROVENANCE] = prov
+    chunk = max(1, min(block, n))
+    write_derived(root, [DerivedArray(schema.FRAME_LABEL, label, chunk, schema.DIMS[schema.FRAME_LABEL],
+                                      {schema.ATTR_PROVENANCE: prov}),
+                         DerivedArray(schema.ABNORMAL_PIXELS, counts, chunk, schema.DIMS[schema.ABNORMAL_PIXELS],
+                                      {schema.ATTR_PROVENANCE: prov})], "fmdata labels")
     reconsolidate(root)
-    return LabelsReport(store=str(loc), status="computed", frames=frames, abnormal_frames=abnormal,
-                        abnormal_pixels=pixels, seconds=seconds, scheduler=runner.description)
+    return LabelsReport(store=str(loc), status="computed", frames=n, abnormal_frames=int(label.sum()),
+                        abnormal_pixels=int(counts.sum(dtype=np.int64)), seconds=seconds,
+                        scheduler=runner.description)
 
 
 def compute_labels(location: LocationLike, *, force: bool = False, options: DaskOptions = DaskOptions(),
@@ -147,13 +152,20 @@ def compute_labels(location: LocationLike, *, force: bool = False, options: Dask
     root = open_store(loc, "r+")
     read_meta(root, str(loc))
     if not force and labels_up_to_date(root):
-        frame_label, counts = read_labels(root)
-        return LabelsReport(store=str(loc), status="up to date", frames=int(len(frame_label)),
-                            abnormal_frames=int(frame_label.sum()), abnormal_pixels=int(counts.sum(dtype=np.int64)))
-    if runner is not None:
-        return _compute(loc, root, runner)
-    with dask_runner(options, preload=WORKER_MODULES) as new_runner:
-        return _compute(loc, root, new_runner)
+        return _up_to_date_report(loc, root)
+    with writer_lock(loc, "fmdata labels"):
+        if not force and labels_up_to_date(root):  # another writer finished them meanwhile
+            return _up_to_date_report(loc, root)
+        if runner is not None:
+            return _compute(loc, root, runner)
+        with dask_runner(options, preload=WORKER_MODULES) as new_runner:
+            return _compute(loc, root, new_runner)
+
+
+def _up_to_date_report(loc: Location, root: zarr.Group) -> LabelsReport:
+    frame_label, counts = read_labels(root)
+    return LabelsReport(store=str(loc), status="up to date", frames=int(len(frame_label)),
+                        abnormal_frames=int(frame_label.sum()), abnormal_pixels=int(counts.sum(dtype=np.int64)))
 
 
 def ensure_labels(location: LocationLike, options: DaskOptions = DaskOptions(), runner: Runner | None = None) -> bool:

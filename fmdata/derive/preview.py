@@ -25,7 +25,8 @@ from matplotlib.figure import Figure
 from fmdata.derive.windows import load_index, window_for_frame
 from fmdata.errors import FmDataError
 from fmdata.store import schema
-from fmdata.store.access import open_store, read_meta, read_recordings
+from fmdata.store.access import open_store, read_meta, read_offsets, read_recordings
+from fmdata.store.checksums import axis_name, damaged
 from fmdata.store.location import Location, LocationLike
 from fmdata.store.window_table import WindowParams, current_row_indices, read_window_table
 
@@ -39,7 +40,7 @@ def resolve_frame(root: zarr.Group, frame: int, recording: str | int | None) -> 
 
     ``recording`` is a recording id or name. FmDataError when either is out of range.
     """
-    f_off = np.asarray(root[schema.RECORDING_FRAME_OFFSETS][:], np.int64)
+    f_off, _ = read_offsets(root)
     n_rec = len(f_off) - 1
     if recording is None:
         if not 0 <= frame < f_off[-1]:
@@ -74,9 +75,14 @@ def _window_row(root: zarr.Group, g: int, windows: str | None, params: WindowPar
 
 
 def _take(arr: zarr.Array, idx: np.ndarray) -> np.ndarray:
-    """Read rows ``idx`` (may repeat) of ``arr`` with one orthogonal selection."""
+    """Read rows ``idx`` (may repeat) of ``arr`` with one orthogonal selection; a chunk that fails its
+    CRC-32C (or cannot be decoded) is the one-line error naming the array and rows."""
     uniq, inverse = np.unique(idx, return_inverse=True)
-    return np.asarray(arr.oindex[uniq])[inverse]
+    try:
+        return np.asarray(arr.oindex[uniq])[inverse]
+    except Exception as exc:  # zarr's crc32c codec (ValueError), or a decoder failing on damaged bytes
+        raise damaged(arr.path, axis_name(arr), int(uniq[0]), int(uniq[-1]) + 1,
+                      f"expected decodable chunks, got {exc.__class__.__name__}: {str(exc)[:120]}") from None
 
 
 def outlined(frame: np.ndarray, mask: np.ndarray, scale: int) -> np.ndarray:
@@ -98,15 +104,15 @@ def _load(loc: Location, frame: int, recording: str | int | None, windows: str |
     col = {c: int(row[i]) for i, c in enumerate(columns)}
     clip = row[len(schema.WINDOW_COLUMNS):].astype(np.int64)
     start, stop = col["current_start"], col["current_stop"]
-    f_off = np.asarray(root[schema.RECORDING_FRAME_OFFSETS][:], np.int64)
+    f_off, _ = read_offsets(root)
     names = [x.name for x in read_recordings(root)]
     return {"root": root, "meta": meta, "frame": g, "recording": r, "local": g - int(f_off[r]),
             "rec_first": int(f_off[r]), "name": names[r] if r < len(names) else str(r), "clip": clip,
             "split": col["split"], "start": start, "stop": stop, "rows": rows,
             "video": _take(root[schema.VIDEO], clip), "mask": _take(root[schema.MASK], clip),
             "clip_time": _take(root[schema.FRAME_TIME], clip),
-            "current": np.asarray(root[schema.CURRENT][start:stop]),
-            "current_time": np.asarray(root[schema.CURRENT_TIME][start:stop]),
+            "current": _take(root[schema.CURRENT], np.arange(start, stop)),
+            "current_time": _take(root[schema.CURRENT_TIME], np.arange(start, stop)),
             "source": f"table {windows!r}" if windows else "reference window built on the fly"}
 
 

@@ -11,12 +11,16 @@ the video and current chunks:
   training current rows. A current row belongs to the first frame that sees it (the first frame
   at or after its time); rows of training frames are training rows.
 
-They are stored in the root attribute ``fmf_stats`` for the trainer, with their provenance, and
-reused while the video, current and split stay the same (``force`` recomputes).
+They are stored in the root attribute ``fmf_stats`` for the trainer, with their provenance and
+the CRC-32C of their content (checked by every reader and by ``fmdata verify``), and reused while
+the video, current and split stay the same (``force`` recomputes). Writing them (or the labels
+they need) holds the store's writer lock; a summary of a store whose statistics and labels are
+up to date writes nothing and takes no lock.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from dataclasses import dataclass, fields
 from typing import Any
@@ -31,7 +35,9 @@ from fmdata.derive.labels import WORKER_MODULES, ensure_labels, labels_up_to_dat
 from fmdata.store import schema
 from fmdata.store.access import open_store, read_meta, read_offsets, read_recordings
 from fmdata.store.block_reader import BlockReader, block_frames, block_ranges
+from fmdata.store.checksums import attribute_checksum, check_attribute, read_checked
 from fmdata.store.location import Location, LocationLike
+from fmdata.store.lock import writer_lock
 from fmdata.store.provenance import array_fingerprint, matches, reconsolidate, values_digest
 from fmdata.store.window_table import read_window_table
 
@@ -216,26 +222,30 @@ def compute_stats(location: LocationLike, *, windows: str | None = None, force: 
     """
     loc = Location.parse(location)
     root = open_store(loc)
-    split = np.asarray(root[schema.SPLIT][:], np.int8)
-    fce = np.asarray(root[schema.FRAME_CURRENT_END][:], np.int64)
+    split = np.asarray(read_checked(root[schema.SPLIT], str(loc)), np.int8)
+    fce = np.asarray(read_checked(root[schema.FRAME_CURRENT_END], str(loc)), np.int64)
     stored = root.attrs.get(schema.ATTR_STATS)
+    if isinstance(stored, dict):
+        check_attribute(stored, schema.ATTR_STATS, str(loc))
     expected = _norm_provenance(root, split, fce)
     has_train = bool((split == schema.SPLIT_TRAIN).any())
     old = stored.get("provenance") if isinstance(stored, dict) else None
     fresh = matches(old, expected) and not force
     need_dask = (has_train and not fresh) or not labels_up_to_date(root)
     status, norm = "no training frames", None
-    with dask_runner(options, preload=WORKER_MODULES) if need_dask else contextlib.nullcontext() as runner:
+    with (writer_lock(loc, "fmdata stats") if need_dask else contextlib.nullcontext(),
+          dask_runner(options, preload=WORKER_MODULES) if need_dask else contextlib.nullcontext() as runner):
         ensure_labels(loc, options, runner)
-        root = open_store(loc, "r+")
-        recording = np.asarray(root[schema.RECORDING][:], np.int64)
+        root = open_store(loc, "r+" if need_dask else "r")
+        recording = np.asarray(read_checked(root[schema.RECORDING], str(loc)), np.int64)
         if has_train and fresh:
-            status, norm = "up to date", {k: v for k, v in stored.items() if k != "provenance"}
+            status, norm = "up to date", {k: v for k, v in stored.items() if k not in ("provenance", "checksum")}
         elif has_train:
             assert runner is not None  # need_dask was true
             _, c_off = read_offsets(root)
             norm = _normalisation(root, split, recording, fce, c_off, runner)
-            root.attrs[schema.ATTR_STATS] = {**norm, "provenance": {**expected, "toolkit_version": __version__}}
+            value = json.loads(json.dumps({**norm, "provenance": {**expected, "toolkit_version": __version__}}))
+            root.attrs[schema.ATTR_STATS] = {**value, "checksum": attribute_checksum(value)}
             reconsolidate(root)
             status = "computed"
     return _summary(loc, root, split, recording, windows, norm, status)
@@ -247,7 +257,7 @@ def _summary(loc: Location, root: zarr.Group, split: np.ndarray, recording: np.n
     label, pixels = read_labels(root)
     f_off, c_off = read_offsets(root)
     infos = read_recordings(root)
-    frame_time = np.asarray(root[schema.FRAME_TIME][:], np.float64)
+    frame_time = np.asarray(read_checked(root[schema.FRAME_TIME], str(loc)), np.float64)
     fp = meta.height * meta.width
     recs = []
     for r in range(meta.n_recordings):

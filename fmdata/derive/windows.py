@@ -41,7 +41,9 @@ from fmdata.derive.labels import ensure_labels, expected_provenance, labels_up_t
 from fmdata.errors import FmDataError
 from fmdata.store import schema
 from fmdata.store.access import open_store, read_offsets
+from fmdata.store.checksums import read_checked
 from fmdata.store.location import Location, LocationLike
+from fmdata.store.lock import writer_lock
 from fmdata.store.provenance import reconsolidate
 from fmdata.store.window_table import (
     WindowParams,
@@ -112,11 +114,11 @@ def load_index(root: zarr.Group, require_labels: bool = True) -> FrameIndex:
     else:
         frame_label = np.zeros(int(f_off[-1]), np.uint8)
     return FrameIndex(
-        split=np.asarray(root[schema.SPLIT][:], np.int8),
-        recording=np.asarray(root[schema.RECORDING][:], np.int64),
-        frame_current_end=np.asarray(root[schema.FRAME_CURRENT_END][:], np.int64),
+        split=np.asarray(read_checked(root[schema.SPLIT]), np.int8),
+        recording=np.asarray(read_checked(root[schema.RECORDING]), np.int64),
+        frame_current_end=np.asarray(read_checked(root[schema.FRAME_CURRENT_END]), np.int64),
         frame_label=frame_label, frame_offsets=f_off, current_offsets=c_off,
-        current_time=np.asarray(root[schema.CURRENT_TIME][:], np.float64))
+        current_time=np.asarray(read_checked(root[schema.CURRENT_TIME]), np.float64))
 
 
 def _check(ix: FrameIndex) -> None:
@@ -273,10 +275,11 @@ def make_windows(location: LocationLike, name: str, params: WindowParams = Windo
         if {k: old.params.get(k) for k in wanted} == wanted:
             return _report(loc, old, name, "up to date")
         raise FmDataError(f"window table {name!r} exists with other parameters; pass --force to replace it", str(loc))
-    wt = build_window_table(load_index(root), params)
-    wt = WindowTable(wt.table, wt.columns, {**wt.params, "labels": wanted["labels"]})
-    write_window_table(root, name, wt, overwrite=True)
-    reconsolidate(root)
+    with writer_lock(loc, "fmdata windows"):
+        wt = build_window_table(load_index(root), params)
+        wt = WindowTable(wt.table, wt.columns, {**wt.params, "labels": wanted["labels"]})
+        write_window_table(root, name, wt, overwrite=True)
+        reconsolidate(root)
     return _report(loc, wt, name, "written")
 
 

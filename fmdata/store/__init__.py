@@ -1,12 +1,13 @@
 """The store layer: the ground floor of fmdata and the one owner of every store concept.
 
-Format v1 as code (:mod:`~fmdata.store.schema`), where a store lives
+The store format as code (:mod:`~fmdata.store.schema`), where a store lives
 (:class:`~fmdata.store.location.Location`), how its arrays are laid out
 (:mod:`~fmdata.store.layout`) and encoded (the shard codec :mod:`~fmdata.store.shards`, with its
 writer and the block and row readers), checksums, provenance, window tables and their
-parameters, and atomic placement of outputs (:mod:`~fmdata.store.atomic`). Nothing here imports
-any other part of fmdata but its errors. The facade names what most callers need; the modules
-hold the rest.
+parameters, atomic placement of outputs (:mod:`~fmdata.store.atomic`), one writer at a time
+(:mod:`~fmdata.store.lock`) and derived arrays switched in whole (:mod:`~fmdata.store.derived`).
+Nothing here imports any other part of fmdata but its errors. The facade names what most callers
+need; the modules hold the rest.
 """
 from fmdata.store import schema
 from fmdata.store.access import open_store, read_meta, read_offsets, read_recordings

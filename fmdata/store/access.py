@@ -2,7 +2,7 @@
 
 ``open_store`` takes a :class:`~fmdata.store.location.Location` or anything
 ``Location.parse`` accepts (a local path, an fsspec URL). It refuses what is not an FMF store of
-format v1 and, unless told otherwise, a store whose writer never finished.
+format (versions 1 and 2) and, unless told otherwise, a store whose writer never finished.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import zarr
 
 from fmdata.errors import FmDataError
 from fmdata.store import schema
+from fmdata.store.checksums import read_checked
 from fmdata.store.location import Location, LocationLike
 
 
@@ -54,6 +55,6 @@ def read_recordings(root: zarr.Group) -> list[schema.RecordingInfo]:
 
 
 def read_offsets(root: zarr.Group) -> tuple[np.ndarray, np.ndarray]:
-    """Return (frame_offsets, current_offsets), each int64 of length R + 1."""
-    return (np.asarray(root[schema.RECORDING_FRAME_OFFSETS][:], dtype=np.int64),
-            np.asarray(root[schema.RECORDING_CURRENT_OFFSETS][:], dtype=np.int64))
+    """Return (frame_offsets, current_offsets), each int64 of length R + 1, checked against their checksums."""
+    return (np.asarray(read_checked(root[schema.RECORDING_FRAME_OFFSETS]), dtype=np.int64),
+            np.asarray(read_checked(root[schema.RECORDING_CURRENT_OFFSETS]), dtype=np.int64))

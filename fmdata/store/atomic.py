@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from fmdata.errors import FmDataError
+from fmdata.store.failpoints import pause_point
 
 _IOV_MAX = 512  # pieces per writev call: safely below every platform's IOV_MAX
 _TEMP_NAME = re.compile(r"^\..+\.(tmp|partial|old)-\d+-[0-9a-f]{8}(\.\w+)?$")
@@ -96,27 +97,72 @@ def atomic_file(path: str | os.PathLike[str], *, durable: bool = True, suffix: s
 
 
 def remove_tree(path: str | os.PathLike[str]) -> None:
-    """Remove a file, a link or a folder tree at ``path`` (nothing there is fine)."""
+    """Remove a file, a link or a folder tree at ``path`` (nothing there is fine).
+
+    Callers remove only what nobody opens any more: a store or partial store is first renamed
+    aside (:func:`discard`), so a removal killed half-way leaves a hidden ``.old-`` name that no
+    reader or ``--resume`` takes for a store.
+    """
     p = Path(path)
     if p.is_dir() and not p.is_symlink():
+        for i, entry in enumerate(sorted(os.listdir(p))):
+            child = p / entry
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+            if i == 0:
+                pause_point("remove:partway")
         shutil.rmtree(p, ignore_errors=True)
     else:
         p.unlink(missing_ok=True)
+
+
+def discard(path: str | os.PathLike[str]) -> None:
+    """Remove the file or folder at ``path``: renamed aside first (one atomic step), then deleted."""
+    p = Path(path)
+    if not (p.exists() or p.is_symlink()):
+        return
+    trash = temp_sibling(p, "old")
+    os.replace(p, trash)
+    remove_tree(trash)
+
+
+def leftovers(path: str | os.PathLike[str], tags: tuple[str, ...] = ("old", "tmp")) -> list[Path]:
+    """Return the hidden siblings that killed writers of ``path`` left (``.<name>.<tag>-<pid>-<hex>``),
+    newest first. Only a writer that holds the output's lock may remove them."""
+    p = Path(path)
+    pattern = re.compile(rf"^\.{re.escape(p.name)}\.({'|'.join(tags)})-\d+-[0-9a-f]{{8}}(\.\w+)?$")
+    try:
+        found = [p.parent / n for n in os.listdir(p.parent) if pattern.match(n)]
+    except OSError:
+        return []
+
+    def mtime(q: Path) -> float:
+        try:
+            return q.lstat().st_mtime
+        except OSError:
+            return 0.0
+
+    return sorted(found, key=mtime, reverse=True)
 
 
 def place(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
     """Move the finished file or folder ``tmp`` onto ``path``; what ``path`` held is removed only after.
 
     The old content is first renamed aside (``.<name>.old-*``), so that at every moment ``path``
-    holds the old or the new output, and the old one is deleted last.
+    holds the old or the new output (or, for the instant between the two renames, the old one
+    sits complete beside it), and the old one is deleted last.
     """
     target = Path(path)
     trash = None
     if target.exists() or target.is_symlink():
         trash = temp_sibling(target, "old")
         os.replace(target, trash)
+        pause_point("place:old-aside")
     os.replace(tmp, target)
     if trash is not None:
+        pause_point("place:new-in")
         remove_tree(trash)
 
 

@@ -2,9 +2,13 @@
 
 Derivations scan whole arrays block by block. :class:`BlockReader` fetches each shard with one
 request through the array's own zarr store object (local folders and fsspec URLs alike) and
-decodes it with the shard codec (:mod:`fmdata.store.shards`) straight into the output, the
-shard index's CRC-32C checked. For layouts the codec does not handle, and for ranges that do
-not cover whole blocks, it reads through zarr, which returns identical arrays.
+decodes it with the shard codec (:mod:`fmdata.store.shards`) straight into the output, checking
+the shard index's CRC-32C, each chunk's CRC-32C (format 2) and the decoded block against the
+checksum the writer recorded (:mod:`fmdata.store.checksums`; every format). A shard file that
+is missing is an error unless the block's recorded checksum is that of an all-fill block (zarr
+leaves those unwritten). For layouts the codec does not handle, and for ranges that do not
+cover whole blocks, it reads through zarr, which returns identical arrays and checks the
+``crc32c`` codec only.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from fmdata.store.checksums import axis_name, check_block, damaged, fill_matches, recorded_checksums
 from fmdata.store.shards import ShardLayout, UnsupportedLayout, decode_shard
 
 # Dask blocks of a scan hold whole write units and about this many bytes.
@@ -59,6 +64,11 @@ class BlockReader:
         except UnsupportedLayout:
             self.layout = None
         self.fast = self.layout is not None
+        sums = recorded_checksums(array.attrs, self.shape[0])
+        self.sums = sums if sums is not None and sums[0] == self.block else None
+        self.axis = axis_name(array)
+        store = array.store_path.store
+        self.where = str(getattr(store, "root", None) or getattr(store, "path", "") or "") or None
 
     def _get(self, block: int) -> bytes | None:
         assert self.layout is not None
@@ -68,20 +78,31 @@ class BlockReader:
         return None if buf is None else buf.to_bytes()
 
     def _decode_block(self, block: int, out: np.ndarray) -> None:
-        """Decode write block ``block`` into ``out`` (its rows, the array's last block shorter)."""
+        """Decode write block ``block`` into ``out`` (its rows, the array's last block shorter), checked."""
         assert self.layout is not None
+        name, first = self.array.path, block * self.block
         data = self._get(block)
         if data is None:
+            if self.sums is not None and not fill_matches(self.sums, block, out.shape, self.dtype,
+                                                          self.layout.fill_value):
+                raise damaged(name, self.axis, first, first + len(out),
+                              f"expected the chunk file {self.layout.chunk_key(block)}, got none", self.where)
             out[...] = self.layout.fill_value
             return
-        decode_shard(self.layout, self._decode, data, out, f"{self.array.path} shard {block}")
+        decode_shard(self.layout, self._decode, data, out, f"{name} shard {block}", name=name, first_row=first,
+                     store=self.where)
+        check_block(out, block, self.sums, name, self.axis, self.where)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Return ``array[start:stop]``; direct decoding when both ends sit on block edges."""
         start, stop = int(start), int(min(stop, self.shape[0]))
         aligned = start % self.block == 0 and (stop % self.block == 0 or stop == self.shape[0])
         if not (self.fast and aligned):
-            return np.asarray(self.array[start:stop])
+            try:
+                return np.asarray(self.array[start:stop])
+            except Exception as exc:  # zarr's crc32c codec, or a decoder failing on damaged bytes
+                raise damaged(self.array.path, self.axis, start, stop, f"expected decodable chunks, got "
+                              f"{exc.__class__.__name__}: {str(exc)[:120]}", self.where) from None
         out = np.empty((stop - start, *self.shape[1:]), self.dtype)
         for b in range(start // self.block, -(-stop // self.block)):
             lo = b * self.block

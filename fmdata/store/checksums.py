@@ -1,18 +1,25 @@
-"""Checksums of store blocks: what the converter records and ``fmdata verify`` recomputes.
+"""Checksums of store blocks: what writers record, what readers check and ``fmdata verify`` recomputes.
 
-A checksum covers one write block of an array (a shard of frames, or a chunk of current
-rows): CRC-32C (Castagnoli, as in Zarr's ``crc32c`` codec, computed with ``google_crc32c``,
-a declared dependency) of the block's decoded elements in C order, little endian, in the
-store's dtype and orientation. Checksumming decoded values rather than file bytes means a
-verified store holds exactly the numbers that were written, whatever codec or storage sits
-underneath. The hardware CRC-32C runs at about 20 GB/s here (zlib's CRC-32: 3 GB/s).
+A checksum covers one write block of an array (a shard of frames, a chunk of current rows, a
+chunk of a derived array): CRC-32C (Castagnoli, as in Zarr's ``crc32c`` codec, computed with
+``google_crc32c``, a declared dependency) of the block's decoded elements in C order, little
+endian, in the store's dtype and orientation. Checksumming decoded values rather than file bytes
+means a verified store holds exactly the numbers that were written, whatever codec or storage
+sits underneath. The hardware CRC-32C runs at about 20 GB/s here (zlib's CRC-32: 3 GB/s).
 
-Each source array carries the attribute ``schema.ATTR_CHECKSUMS``::
+Each source array, and each derived array of format 2, carries the attribute
+``schema.ATTR_CHECKSUMS``::
 
     {"algorithm": "crc32c", "block_rows": 256, "values": [crc of rows 0..255, crc of 256..511, ...]}
+
+Readers check what they read against it (:func:`check_block`, :func:`read_checked`); a store
+without it (or with an unusable one) is read unchecked here, and ``fmdata verify`` reports it.
+The statistics attribute carries the CRC-32C of its canonical JSON (:func:`attribute_checksum`).
+Every failed check is one :class:`FmDataError` naming the array and its rows (:func:`damaged`).
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import google_crc32c
@@ -23,6 +30,7 @@ from fmdata.errors import FmDataError
 from fmdata.store import schema
 
 ALGORITHM = "crc32c"
+VERIFY_HINT = "the store is damaged; `fmdata verify STORE` lists every damaged block"
 
 
 def block_checksum(data: np.ndarray, dtype: str | np.dtype | None = None) -> int:
@@ -32,13 +40,19 @@ def block_checksum(data: np.ndarray, dtype: str | np.dtype | None = None) -> int
     return int(google_crc32c.value(flat))
 
 
+def block_checksums(data: np.ndarray, block_rows: int, dtype: str | np.dtype | None = None) -> list[int]:
+    """Return the CRC-32C of every block of ``block_rows`` rows of ``data`` (the last one shorter)."""
+    return [block_checksum(data[s:s + block_rows], dtype) for s in range(0, len(data), block_rows)]
+
+
 def checksum_attr(block_rows: int, values: list[int]) -> dict[str, Any]:
     """Return the attribute value recording ``values`` for blocks of ``block_rows`` rows."""
     return {"algorithm": ALGORITHM, "block_rows": int(block_rows), "values": [int(v) for v in values]}
 
 
 def read_checksums(array: zarr.Array) -> tuple[int, list[int]] | None:
-    """Return (block_rows, values) recorded on ``array``, or None when it has none."""
+    """Return (block_rows, values) recorded on ``array``, or None when it has none (strict: a malformed
+    attribute raises FmDataError; ``fmdata verify`` uses this)."""
     d = array.attrs.get(schema.ATTR_CHECKSUMS)
     if d is None:
         return None
@@ -47,6 +61,101 @@ def read_checksums(array: zarr.Array) -> tuple[int, list[int]] | None:
     return int(d["block_rows"]), [int(v) for v in d["values"]]
 
 
+def recorded_checksums(attrs: Any, rows: int) -> tuple[int, list[int]] | None:
+    """Return (block_rows, values) from an array's attributes when they cover its ``rows`` rows, else None.
+
+    Readers use this: an array without usable checksums (written before they existed, or with an
+    attribute that is not one) is read unchecked, and ``fmdata verify`` reports it.
+    """
+    d = attrs.get(schema.ATTR_CHECKSUMS) if hasattr(attrs, "get") else None
+    if not isinstance(d, dict) or d.get("algorithm") != ALGORITHM:
+        return None
+    try:
+        block_rows, values = int(d["block_rows"]), [int(v) for v in d["values"]]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if block_rows < 1 or len(values) != n_blocks(rows, block_rows):
+        return None
+    return block_rows, values
+
+
 def n_blocks(rows: int, block_rows: int) -> int:
     """Return how many blocks of ``block_rows`` cover ``rows`` rows."""
     return -(-rows // block_rows) if rows else 0
+
+
+def axis_name(array: zarr.Array) -> str:
+    """The name of axis 0 of ``array`` as messages use it ("frame", "sample", "window"...)."""
+    dims = array.metadata.dimension_names
+    return str(dims[0]) if dims and dims[0] else "row"
+
+
+def damaged(array: str, axis: str, start: int, stop: int, what: str, where: str | None = None) -> FmDataError:
+    """Return the one-line error for rows [start, stop) of ``array`` failing a check; ``what`` is
+    "expected X, got Y"; ``where`` names the store."""
+    rows = f"{axis} {start}" if stop - start == 1 else f"{axis}s {start}..{stop - 1}"
+    return FmDataError(f"{array} {rows}: {what} ({VERIFY_HINT})", where)
+
+
+def mismatch(array: str, axis: str, start: int, stop: int, where: str | None = None) -> FmDataError:
+    """The error for rows whose data does not match their stored CRC-32C."""
+    return damaged(array, axis, start, stop, "expected data matching its stored CRC-32C, got a mismatch", where)
+
+
+def check_block(data: np.ndarray, block: int, sums: tuple[int, list[int]] | None, array: str, axis: str,
+                where: str | None = None) -> None:
+    """Raise the one-line error unless ``data`` (write block number ``block``, decoded) matches its
+    recorded checksum in ``sums`` (None: nothing recorded, nothing to check)."""
+    if sums is None:
+        return
+    rows = sums[0]
+    if block_checksum(data) != sums[1][block]:
+        raise mismatch(array, axis, block * rows, block * rows + len(data), where)
+
+
+def fill_matches(sums: tuple[int, list[int]] | None, block: int, block_shape: tuple[int, ...], dtype: np.dtype,
+                 fill: Any) -> bool:
+    """True when write block ``block`` recorded the checksum of a block holding only ``fill``: a chunk
+    file left out for it is then legitimate (zarr leaves all-fill chunks unwritten). False when
+    nothing is recorded."""
+    if sums is None:
+        return False
+    return block_checksum(np.full(block_shape, fill, dtype)) == sums[1][block]
+
+
+def read_checked(array: zarr.Array, where: str | None = None) -> np.ndarray:
+    """Return all of ``array`` (read through zarr), every write block checked against its checksums.
+
+    A chunk that fails zarr's own ``crc32c`` codec check, and a block whose values differ from
+    its recorded checksum (a lost chunk file reads as fill values, so it differs too unless the
+    block held only fill values), raise the one-line error naming the array and rows.
+    """
+    axis = axis_name(array)
+    try:
+        data = np.asarray(array[:])
+    except Exception as exc:  # zarr's crc32c codec (ValueError) or a decoder failing on damaged bytes
+        raise damaged(array.path, axis, 0, array.shape[0],
+                      f"expected decodable chunks, got {exc.__class__.__name__}: {str(exc)[:120]}", where) from None
+    sums = recorded_checksums(array.attrs, int(array.shape[0]))
+    if sums is not None:
+        rows = sums[0]
+        for b, want in enumerate(sums[1]):
+            if block_checksum(data[b * rows:(b + 1) * rows]) != want:
+                raise mismatch(array.path, axis, b * rows, min((b + 1) * rows, len(data)), where)
+    return data
+
+
+def attribute_checksum(value: dict[str, Any]) -> int:
+    """Return the CRC-32C of a JSON attribute's canonical text (sorted keys), its ``checksum`` key left out."""
+    body = {k: v for k, v in value.items() if k != "checksum"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return int(google_crc32c.value(text.encode()))
+
+
+def check_attribute(value: dict[str, Any], name: str, where: str | None = None) -> None:
+    """Raise the one-line error when a JSON attribute's recorded ``checksum`` does not match its content
+    (an attribute without one, written before format 2, is accepted)."""
+    want = value.get("checksum")
+    if want is not None and attribute_checksum(value) != want:
+        raise FmDataError(f"attribute {name}: expected content matching its stored CRC-32C, got a mismatch "
+                          f"({VERIFY_HINT})", where)

@@ -1,9 +1,12 @@
-"""How a new store lays out its arrays: chunking, codecs, and the empty arrays of format v1.
+"""How a new store lays out its arrays: chunking, codecs, and the empty arrays of the store format.
 
 Defaults suit random reads of short frame windows: a chunk is one frame (a 10-frame clip with
 step 18 touches 10 different frames anyway), shards group many frames into one file (one write
 unit each). The codecs were chosen by measurement (docs/store-format.md); every one is stock
-blosc, readable with zarr + numcodecs.
+blosc, readable with zarr + numcodecs. Format 2 ends every chunk's codec chain with Zarr's
+``crc32c`` codec: each chunk carries the CRC-32C of its encoded bytes, which stock zarr and the
+toolkit's shard codec check on every read (``chunk_crc=False`` gives format 1's chains, for
+tests of stores written before it).
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import zarr
-from zarr.codecs import BloscCodec, BloscShuffle
+from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
 
 from fmdata.errors import FmDataError
 from fmdata.store import schema
@@ -33,18 +36,26 @@ def _compressor(shuffle: BloscShuffle, level: int = 3, typesize: int | None = No
     return BloscCodec(cname="zstd", clevel=level, shuffle=shuffle, typesize=typesize)
 
 
-def codecs_for(name: str) -> dict[str, Any]:
+def codecs_for(name: str, chunk_crc: bool = True) -> dict[str, Any]:
     """Return ``create_array`` keyword arguments (compressors) for array ``name``.
 
     Masks (0/1 bytes) are bit-shuffled, which packs eight pixels per byte before zstd; numeric
     series are byte-shuffled; video is bit-shuffled per RGB pixel (blosc typesize 3), which
-    measured smaller than plain zstd and than MATLAB's deflate (see docs/store-format.md).
+    measured smaller than plain zstd and than MATLAB's deflate (see docs/store-format.md); the
+    recording offsets (a few bytes) are stored uncompressed in format 2 and with zarr's default
+    in format 1. ``chunk_crc`` appends the ``crc32c`` codec (format 2).
     """
+    if not chunk_crc and name in (schema.RECORDING_FRAME_OFFSETS, schema.RECORDING_CURRENT_OFFSETS):
+        return {}
     if name == schema.MASK:
-        return {"compressors": [_compressor(BloscShuffle.bitshuffle)]}
-    if name == schema.VIDEO:
-        return {"compressors": [_compressor(BloscShuffle.bitshuffle, VIDEO_CLEVEL, VIDEO_TYPESIZE)]}
-    return {"compressors": [_compressor(BloscShuffle.shuffle)]}
+        chain: list[Any] = [_compressor(BloscShuffle.bitshuffle)]
+    elif name == schema.VIDEO:
+        chain = [_compressor(BloscShuffle.bitshuffle, VIDEO_CLEVEL, VIDEO_TYPESIZE)]
+    elif name in (schema.RECORDING_FRAME_OFFSETS, schema.RECORDING_CURRENT_OFFSETS):
+        chain = []
+    else:
+        chain = [_compressor(BloscShuffle.shuffle)]
+    return {"compressors": chain + [Crc32cCodec()] if chunk_crc else chain}
 
 
 @dataclass(frozen=True)
@@ -108,36 +119,39 @@ def override_chunking(base: Chunking, chunk_frames: int | None = None, shard_fra
 
 
 def create_frame_array(root: zarr.Group, name: str, n_frames: int, frame_shape: Sequence[int],
-                       chunking: Chunking, overwrite: bool = False) -> zarr.Array:
+                       chunking: Chunking, overwrite: bool = False, chunk_crc: bool = True) -> zarr.Array:
     """Create frame-axis array ``name`` (dtype and dims from the schema) and return it."""
     shape = (n_frames, *frame_shape)
     chunks = (chunking.chunk_frames, *frame_shape)
     shards = None if chunking.shard_frames is None else (chunking.shard_frames, *frame_shape)
     return root.create_array(
         name, shape=shape, dtype=schema.DTYPES[name], chunks=chunks, shards=shards,
-        dimension_names=schema.DIMS[name], fill_value=0, overwrite=overwrite, **codecs_for(name))
+        dimension_names=schema.DIMS[name], fill_value=0, overwrite=overwrite, **codecs_for(name, chunk_crc))
 
 
 def create_arrays(root: zarr.Group, n_frames: int, n_current: int, height: int, width: int,
-                  n_recordings: int, chunking: Chunking = Chunking(), overwrite: bool = False) -> None:
-    """Create every source array of format v1 (empty) in ``root``.
+                  n_recordings: int, chunking: Chunking = Chunking(), overwrite: bool = False,
+                  chunk_crc: bool = True) -> None:
+    """Create every source array of the store format (empty) in ``root``.
 
     Per-frame 1-D arrays use the video's shard length as their chunk, so that a writer that
-    covers whole video shards also covers whole chunks of every other frame array.
+    covers whole video shards also covers whole chunks of every other frame array. ``chunk_crc``
+    False gives format 1's codec chains (no per-chunk CRC-32C).
     """
-    create_frame_array(root, schema.VIDEO, n_frames, (height, width, 3), chunking, overwrite)
-    create_frame_array(root, schema.MASK, n_frames, (height, width), chunking, overwrite)
+    create_frame_array(root, schema.VIDEO, n_frames, (height, width, 3), chunking, overwrite, chunk_crc)
+    create_frame_array(root, schema.MASK, n_frames, (height, width), chunking, overwrite, chunk_crc)
     block = chunking.write_block
     for name in (schema.SPLIT, schema.RECORDING, schema.FRAME_TIME, schema.FRAME_CURRENT_END):
         root.create_array(name, shape=(n_frames,), dtype=schema.DTYPES[name], chunks=(block,),
                           dimension_names=schema.DIMS[name], fill_value=0, overwrite=overwrite,
-                          **codecs_for(name))
+                          **codecs_for(name, chunk_crc))
     root.create_array(schema.CURRENT, shape=(n_current, 3), dtype=schema.DTYPES[schema.CURRENT],
                       chunks=(chunking.current_chunk, 3), dimension_names=schema.DIMS[schema.CURRENT],
-                      fill_value=0.0, overwrite=overwrite, **codecs_for(schema.CURRENT))
+                      fill_value=0.0, overwrite=overwrite, **codecs_for(schema.CURRENT, chunk_crc))
     root.create_array(schema.CURRENT_TIME, shape=(n_current,), dtype=schema.DTYPES[schema.CURRENT_TIME],
                       chunks=(chunking.current_chunk,), dimension_names=schema.DIMS[schema.CURRENT_TIME],
-                      fill_value=0.0, overwrite=overwrite, **codecs_for(schema.CURRENT_TIME))
+                      fill_value=0.0, overwrite=overwrite, **codecs_for(schema.CURRENT_TIME, chunk_crc))
     for name in (schema.RECORDING_FRAME_OFFSETS, schema.RECORDING_CURRENT_OFFSETS):
         root.create_array(name, shape=(n_recordings + 1,), dtype="int64", chunks=(n_recordings + 1,),
-                          dimension_names=schema.DIMS[name], fill_value=0, overwrite=overwrite)
+                          dimension_names=schema.DIMS[name], fill_value=0, overwrite=overwrite,
+                          **codecs_for(name, chunk_crc))

@@ -16,7 +16,7 @@ Completion on object stores (the decision, and why)
 ----------------------------------------------------
 Object stores have no rename: "rename" is copy-then-delete of every object, which doubles the
 traffic of a conversion (hundreds of GB at 100x the public set) and is still not atomic. So a
-store at a URL is written **in place** and made visible by the commit marker that format v1
+store at a URL is written **in place** and made visible by the commit marker that the format
 already has: ``StoreMeta.complete`` in the root ``zarr.json``. A writer writes the root
 attributes with ``complete=False`` first, then every array and checksum, then ``complete=True``
 LAST, as one PUT of the root ``zarr.json`` (atomic on S3 and its clones). ``open_store`` refuses
@@ -24,8 +24,12 @@ a store whose flag is false, so an interrupted remote conversion never looks com
 ``--resume`` continues it in place. Replacing a store first flips the old store's flag to false
 (:meth:`Location.mark_incomplete`), then deletes it (:meth:`Location.remove`).
 
-Local paths keep the stronger scheme: build in a hidden temporary sibling, then ``os.replace``.
-:meth:`Location.staging` and :meth:`Location.publish` give the one rule for both kinds.
+Local paths keep the stronger scheme: build in a hidden temporary sibling, then ``os.replace``;
+an old store is renamed aside before the new one takes its place and deleted last, and removing
+a store (or a partial one) renames it aside first, so that a kill at any moment leaves either a
+complete store at the path or a hidden ``.old-`` folder that nothing mistakes for one
+(:mod:`fmdata.store.atomic`). :meth:`Location.staging` and :meth:`Location.publish` give the one
+rule for both kinds.
 
 ``memory://`` lives inside one process: fine for tests and notebooks, invisible to Dask
 workers in other processes.
@@ -44,6 +48,7 @@ import zarr.storage
 
 from fmdata.errors import FmDataError
 from fmdata.store import schema
+from fmdata.store.atomic import discard, place
 
 ENV_STORAGE_OPTIONS = "FMF_STORAGE_OPTIONS"
 ENV_S3_ENDPOINT = "FMF_S3_ENDPOINT"
@@ -275,7 +280,15 @@ class Location:
             if staging.text != self.text:
                 raise FmDataError(f"expected a URL store to be written in place, got staging {staging}", self.text)
             return
-        os.replace(str(staging), path)
+        place(str(staging), path)  # an old store here is moved aside first and deleted last
+
+    def link_target(self) -> str | None:
+        """Return where a local path that is itself a symbolic link points (its real path), else None."""
+        path = self.local_path
+        if path is None:
+            return None
+        path = path.rstrip(os.sep) or path
+        return os.path.realpath(path) if os.path.islink(path) else None
 
     def mark_incomplete(self) -> bool:
         """Flip the ``complete`` flag of the store here to False; False when there is no FMF store."""
@@ -289,7 +302,12 @@ class Location:
         return True
 
     def remove(self) -> None:
-        """Delete the store here; a partial delete never looks complete (the flag goes first)."""
+        """Delete the store here; a partial delete never looks complete (local: renamed aside first;
+        URL: the flag goes first)."""
+        path = self.local_path
+        if path is not None:
+            discard(path)
+            return
         if not self.exists():
             return
         self.mark_incomplete()

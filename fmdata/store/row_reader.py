@@ -8,6 +8,13 @@ shard's index once (and keeps it), fetches exactly the inner chunks a request ne
 ``os.pread`` and decodes them into the caller's buffer. Layouts the codec does not handle, and
 remote stores, are read through zarr by :class:`ZarrAxisReader`, which returns identical arrays.
 
+Checks on every read (docs/store-format.md, "What readers check"): each chunk's CRC-32C when
+the array has the ``crc32c`` codec (format 2), each shard index's CRC-32C, and, where a chunk is
+a whole write block (unsharded arrays such as ``current``), the decoded values against the
+writer's recorded checksum. A missing shard or chunk file is an error unless the recorded
+checksum says the block held only fill values. Failures are one FmDataError naming the array
+and its rows.
+
 Readers hold open file descriptors: create them inside the process that uses them (the torch
 dataset does so lazily in each worker) and never pickle them.
 """
@@ -23,8 +30,9 @@ import zarr
 
 from fmdata.errors import FmDataError
 from fmdata.store.access import open_store
+from fmdata.store.checksums import axis_name, check_block, damaged, fill_matches, recorded_checksums
 from fmdata.store.location import Location, LocationLike
-from fmdata.store.shards import EMPTY, ShardLayout, UnsupportedLayout, decode_index
+from fmdata.store.shards import EMPTY, ChunkChecksumError, ShardLayout, UnsupportedLayout, decode_index
 
 READER_MODES = ("auto", "fast", "zarr")
 
@@ -104,13 +112,14 @@ class LocalAxisReader:
     consecutive windows share most frames. Shard indexes (16 bytes per inner chunk) are kept for
     the ``max_shards`` most recently used shards, open files for the ``max_files`` most recent.
     ``cache_single_rows=False`` skips the cache when a chunk holds a single row (random frame
-    reads then gain nothing from it).
+    reads then gain nothing from it). ``checksums=False`` skips the checksum checks (only to
+    measure what they cost; see the module docstring for what they are).
     """
 
     kind = "fast"
 
     def __init__(self, array_dir: str, cache_bytes: int = 0, *, cache_single_rows: bool = True,
-                 max_shards: int = 4096, max_files: int = 64) -> None:
+                 max_shards: int = 4096, max_files: int = 64, checksums: bool = True) -> None:
         path = os.path.join(array_dir, "zarr.json")
         try:
             with open(path, "rb") as f:
@@ -118,8 +127,14 @@ class LocalAxisReader:
         except (OSError, ValueError) as exc:
             raise UnsupportedLayout(f"{path}: {exc}") from None
         self.layout = ShardLayout.from_metadata(meta)
-        self._decode = self.layout.decoder()
+        self._decode = self.layout.decoder(check_crc=checksums)
         self.dir = array_dir
+        self.name = os.path.basename(os.path.normpath(array_dir))
+        self._store_dir = os.path.dirname(os.path.normpath(array_dir))
+        sums = recorded_checksums(meta.get("attributes") or {}, self.layout.shape[0]) if checksums else None
+        # the writer's checksums cover outer chunks (shards, or chunks when unsharded)
+        self._sums = sums if sums is not None and sums[0] == self.layout.outer_rows else None
+        self._check_decoded = self._sums is not None and not self.layout.sharded
         self.shape = self.layout.shape
         self.dtype = self.layout.dtype
         self._row_shape = self.shape[1:]
@@ -145,6 +160,7 @@ class LocalAxisReader:
             return idx or None
         f = self._file(shard)
         if f.fd is None:
+            self._check_missing(shard)
             self._index.put(shard, ())
             return None
         size = self.layout.index_nbytes
@@ -157,12 +173,33 @@ class LocalAxisReader:
     def _where(self, outer_chunk: int) -> str:
         return os.path.join(self.dir, *self.layout.chunk_key(outer_chunk).split("/"))
 
+    def _check_missing(self, outer: int) -> None:
+        """Raise unless outer chunk ``outer``, whose file is missing, recorded the checksum of an
+        all-fill block (zarr leaves such chunks unwritten; the toolkit's writer writes every shard)."""
+        if self._sums is None:
+            return
+        start, stop = self.layout.outer_range(outer)
+        if not fill_matches(self._sums, outer, (stop - start, *self._row_shape), self.dtype, self.layout.fill_value):
+            raise damaged(self.name, self.layout.axis, start, stop,
+                          f"expected the chunk file {self.layout.chunk_key(outer)}, got none", self._store_dir)
+
+    def _damaged_chunk(self, chunk: int, exc: Exception) -> FmDataError:
+        """The one-line error for decode unit ``chunk`` that failed its CRC-32C or could not be decoded."""
+        start = chunk * self.layout.inner_rows
+        what = (str(exc) if isinstance(exc, ChunkChecksumError)
+                else f"expected a decodable chunk, got {exc.__class__.__name__}: {str(exc)[:120]}")
+        return damaged(self.name, self.layout.axis, start, min(start + self.layout.inner_rows, self.shape[0]), what,
+                       self._store_dir)
+
     def _chunk_bytes(self, chunk: int) -> bytes | None:
         """Return the encoded bytes of decode unit ``chunk`` (None: never written, i.e. fill value)."""
         lay = self.layout
         if not lay.sharded:
             f = self._file(chunk)
-            return None if f.fd is None else os.pread(f.fd, f.size, 0)
+            if f.fd is None:
+                self._check_missing(chunk)
+                return None
+            return os.pread(f.fd, f.size, 0)
         shard, j = divmod(chunk, lay.chunks_per_shard)
         idx = self._shard_index(shard)
         if idx is None:
@@ -187,9 +224,12 @@ class LocalAxisReader:
             return
         try:
             self._decode(buf, dest)
-        except Exception as exc:  # corrupt or truncated chunk: name it
-            raise FmDataError(f"expected a decodable chunk {chunk}, got {exc.__class__.__name__}: {exc}",
-                               self.dir) from None
+        except Exception as exc:  # a CRC mismatch, or a corrupt or truncated chunk: name it
+            raise self._damaged_chunk(chunk, exc) from None
+        if self._check_decoded:  # an unsharded chunk is a whole write block: check its values too
+            rows = min(self.layout.inner_rows, self.shape[0] - chunk * self.layout.inner_rows)
+            check_block(dest.reshape(self._chunk_shape)[:rows], chunk, self._sums, self.name, self.layout.axis,
+                        self._store_dir)
 
     def _chunk(self, chunk: int) -> np.ndarray:
         """Return decode unit ``chunk`` as an array of the chunk shape (from the cache when held)."""
@@ -222,9 +262,8 @@ class LocalAxisReader:
                 continue
             try:
                 decode(os.pread(fd, idx[1][j], idx[0][j]), out[k])
-            except Exception as exc:  # corrupt or truncated chunk: name it
-                raise FmDataError(f"expected a decodable chunk {i}, got {exc.__class__.__name__}: {exc}",
-                                   self._where(shard)) from None
+            except Exception as exc:  # a CRC mismatch, or a corrupt or truncated chunk: name it
+                raise self._damaged_chunk(i, exc) from None
 
     # -- rows -------------------------------------------------------------------------------
     def take(self, index: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -293,18 +332,24 @@ class ZarrAxisReader:
             raise FmDataError(f"expected rows in [0, {self.shape[0]}), got {index.min()}..{index.max()}")
         unique, inverse = np.unique(index, return_inverse=True)
         sel = (unique,) + (slice(None),) * (len(self.shape) - 1)
-        data = np.asarray(self.array.get_orthogonal_selection(sel))
+        try:
+            data = np.asarray(self.array.get_orthogonal_selection(sel))
+        except Exception as exc:  # zarr's crc32c codec (ValueError), or a decoder failing on damaged bytes
+            raise damaged(self.array.path, axis_name(self.array), int(unique[0]), int(unique[-1]) + 1,
+                          f"expected decodable chunks, got {exc.__class__.__name__}: {str(exc)[:120]}") from None
         return data if unique.size == index.size and np.all(inverse == np.arange(index.size)) else data[inverse]
 
 
 def open_axis_reader(location: LocationLike, name: str, *, mode: str = "auto",
-                     cache_bytes: int = 0, cache_single_rows: bool = True, root: zarr.Group | None = None) -> AxisReader:
+                     cache_bytes: int = 0, cache_single_rows: bool = True, root: zarr.Group | None = None,
+                     checksums: bool = True) -> AxisReader:
     """Return a reader of array ``name`` of the store at ``location``.
 
     ``mode``: "fast" requires :class:`LocalAxisReader` (FmDataError when the layout does not
     allow it), "zarr" always uses zarr, "auto" takes the fast reader where possible. ``root``
     (an open zarr group) saves re-opening the store for the zarr reader. ``cache_bytes`` and
-    ``cache_single_rows`` configure the fast reader's decoded-chunk cache.
+    ``cache_single_rows`` configure the fast reader's decoded-chunk cache; ``checksums=False``
+    turns its checks off (only to measure their cost; zarr always checks the ``crc32c`` codec).
     """
     if mode not in READER_MODES:
         raise FmDataError(f"expected a reader mode in {READER_MODES}, got {mode!r}", field="reader")
@@ -315,7 +360,7 @@ def open_axis_reader(location: LocationLike, name: str, *, mode: str = "auto",
         if local is not None:
             try:
                 return LocalAxisReader(os.path.join(local, name), cache_bytes=cache_bytes,
-                                       cache_single_rows=cache_single_rows)
+                                       cache_single_rows=cache_single_rows, checksums=checksums)
             except UnsupportedLayout as exc:
                 reason = str(exc)
         if mode == "fast":

@@ -1,4 +1,4 @@
-"""Store format v1: the names, axes, dtypes and metadata of an FMF Zarr store, as code.
+"""The store format (version 2; version 1 readable): the names, axes, dtypes and metadata of an FMF Zarr store, as code.
 
 Everything that reads or writes a store takes its array names and axis order from here; the
 prose version is ``docs/store-format.md``. One Zarr v3 group per dataset:
@@ -35,14 +35,18 @@ from typing import Any
 from fmdata.errors import FmDataError
 
 FORMAT_NAME = "fmf-store"
-FORMAT_VERSION = 1
+# Version 2 adds a CRC-32C to every chunk (Zarr's ``crc32c`` codec, last in each chunk's codec
+# chain) and checksums to derived arrays and statistics; version-1 stores stay readable
+# (docs/store-format.md says what is checked on read in each).
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 # ---- attribute keys -------------------------------------------------------------------------
 ATTR_STORE = "fmf_store"
 ATTR_RECORDINGS = "fmf_recordings"
 ATTR_STATS = "fmf_stats"
 ATTR_PROVENANCE = "fmf_provenance"  # on derived arrays: what they were computed from
-ATTR_CHECKSUMS = "fmf_checksums"  # on source arrays: checksum per shard
+ATTR_CHECKSUMS = "fmf_checksums"  # on source and derived arrays: CRC-32C per write block
 
 # ---- array names ----------------------------------------------------------------------------
 VIDEO = "video"
@@ -143,8 +147,9 @@ class StoreMeta:
         """Build from a dict written by :meth:`to_dict`; raise FmDataError on another format."""
         if d.get("format") != FORMAT_NAME:
             raise FmDataError(f"expected store format {FORMAT_NAME!r}, got {d.get('format')!r}")
-        if d.get("version") != FORMAT_VERSION:
-            raise FmDataError(f"expected store format version {FORMAT_VERSION}, got {d.get('version')!r}")
+        if d.get("version") not in READABLE_VERSIONS:
+            raise FmDataError(f"expected store format version {' or '.join(map(str, READABLE_VERSIONS))}, "
+                              f"got {d.get('version')!r}")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 

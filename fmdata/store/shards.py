@@ -11,7 +11,9 @@ specification of the layouts the toolkit writes:
 * a regular chunk grid whose chunks span every axis but the first (a chunk holds whole rows:
   frames, or current samples);
 * chunk bytes: the ``bytes`` codec (little endian), then at most one compressor (blosc, zstd or
-  gzip; the toolkit writes blosc);
+  gzip; the toolkit writes blosc), then optionally the ``crc32c`` codec: the CRC-32C of the
+  encoded bytes appended as four little-endian bytes (format 2 writes it; every decode checks it
+  and raises :class:`ChunkChecksumError` on a mismatch);
 * optionally inside one ``sharding_indexed`` codec: the encoded inner chunks back to back, and an
   index of (offset, nbytes) uint64 pairs in C order over the inner chunks, little endian, at the
   end (or start) of the shard, followed by its CRC-32C when the index codecs say ``crc32c``. An
@@ -34,6 +36,7 @@ import numpy as np
 import zarr
 
 from fmdata.errors import FmDataError
+from fmdata.store.checksums import damaged
 
 EMPTY = 2**64 - 1  # index entry (offset and size) of an inner chunk that was never written
 INDEX_ENTRY_BYTES = 16  # (offset, nbytes), two little-endian uint64
@@ -49,13 +52,19 @@ class UnsupportedLayout(FmDataError):
     """The array's layout is outside what this codec handles; read (or write) it through zarr."""
 
 
+class ChunkChecksumError(ValueError):
+    """An encoded chunk's bytes do not match the CRC-32C stored with them (callers name the rows)."""
+
+
 @dataclass(frozen=True)
 class ShardLayout:
     """Where the bytes of an array's rows are, parsed from its Zarr v3 metadata.
 
     ``outer_rows``: axis-0 length of a chunk-grid chunk (a shard when ``sharded``);
     ``inner_rows``: axis-0 length of the unit that is encoded (the inner chunk when sharded).
-    ``compressor``: the compressor's codec dict (name and configuration), or None for raw bytes.
+    ``compressor``: the compressor's codec dict (name and configuration), or None for raw bytes;
+    ``chunk_crc``: each encoded chunk ends with its CRC-32C (the ``crc32c`` codec); ``axis``: the
+    name of axis 0 (for messages).
     """
 
     shape: tuple[int, ...]
@@ -69,6 +78,8 @@ class ShardLayout:
     key_prefix: str
     separator: str
     compressor: dict[str, Any] | None
+    chunk_crc: bool = False
+    axis: str = "row"
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any]) -> ShardLayout:
@@ -114,10 +125,12 @@ class ShardLayout:
             sharded, crc = True, index_codecs == ["bytes", "crc32c"]
             at_start = conf.get("index_location", "end") == "start"
             codecs = list(conf["codecs"])
-        compressor = _chunk_codecs(codecs, dtype)
+        compressor, chunk_crc = _chunk_codecs(codecs, dtype)
+        dims = meta.get("dimension_names") or []
         return cls(shape=shape, dtype=dtype, fill_value=_fill(meta.get("fill_value")), outer_rows=outer[0],
                    inner_rows=inner[0], sharded=sharded, index_at_start=at_start, index_has_crc=crc,
-                   key_prefix=prefix, separator=sep, compressor=compressor)
+                   key_prefix=prefix, separator=sep, compressor=compressor, chunk_crc=chunk_crc,
+                   axis=str(dims[0]) if dims and dims[0] else "row")
 
     @classmethod
     def of_array(cls, array: zarr.Array) -> ShardLayout:
@@ -164,8 +177,28 @@ class ShardLayout:
         return 0 if self.index_at_start else shard_nbytes - self.index_nbytes
 
     # ---- codecs -------------------------------------------------------------------------------
-    def decoder(self) -> Decoder:
-        """Return ``decode(encoded, dest)`` that fills ``dest`` (one inner chunk) from its bytes."""
+    def decoder(self, check_crc: bool = True) -> Decoder:
+        """Return ``decode(encoded, dest)`` that fills ``dest`` (one inner chunk) from its bytes.
+
+        With the ``crc32c`` codec it first checks the chunk's CRC-32C (ChunkChecksumError on a
+        mismatch); ``check_crc=False`` only strips it (to measure what the check costs).
+        """
+        base = self._plain_decoder()
+        if not self.chunk_crc:
+            return base
+
+        def decode(buf: Any, dest: np.ndarray) -> None:
+            if len(buf) < CRC_BYTES:
+                raise ChunkChecksumError(f"expected a chunk with its CRC-32C, got {len(buf)} bytes")
+            # bytes (a pread) slice fastest as bytes; views (a shard in memory) without a copy
+            body = buf[:-CRC_BYTES] if isinstance(buf, bytes) else np.frombuffer(buf, np.uint8)[:-CRC_BYTES]
+            if check_crc and google_crc32c.value(body) != int.from_bytes(buf[-CRC_BYTES:], "little"):
+                raise ChunkChecksumError("expected chunk bytes matching their stored CRC-32C, got a mismatch")
+            base(body, dest)
+
+        return decode
+
+    def _plain_decoder(self) -> Decoder:
         if self.compressor is None:
             return _raw_decode
         name = self.compressor.get("name")
@@ -194,22 +227,33 @@ class ShardLayout:
         def encode(chunk: np.ndarray) -> bytes:
             return numcodecs.blosc.compress(chunk, cname, clevel, shuffle, blocksize, typesize)
 
-        return encode
+        if not self.chunk_crc:
+            return encode
+
+        def encode_with_crc(chunk: np.ndarray) -> bytes:
+            body = encode(chunk)
+            return body + int(google_crc32c.value(body)).to_bytes(CRC_BYTES, "little")
+
+        return encode_with_crc
 
 
-def _chunk_codecs(codecs: list[dict[str, Any]], dtype: np.dtype) -> dict[str, Any] | None:
-    """Check a ``[bytes, <one compressor>?]`` chain; return the compressor dict (None: raw bytes)."""
+def _chunk_codecs(codecs: list[dict[str, Any]], dtype: np.dtype) -> tuple[dict[str, Any] | None, bool]:
+    """Check a ``[bytes, <one compressor>?, crc32c?]`` chain; return (the compressor dict or None for
+    raw bytes, whether chunks end with their CRC-32C)."""
     if not codecs or codecs[0].get("name") != "bytes":
         raise UnsupportedLayout(f"expected a 'bytes' codec first, got {codecs[:1]}")
     endian = (codecs[0].get("configuration") or {}).get("endian", "little")
     if dtype.itemsize > 1 and endian != "little":
         raise UnsupportedLayout(f"expected little-endian bytes, got {endian!r}")
     rest = codecs[1:]
+    crc = bool(rest) and rest[-1].get("name") == "crc32c"
+    if crc:
+        rest = rest[:-1]
     if len(rest) > 1:
         raise UnsupportedLayout(f"expected at most one compressor, got {[c.get('name') for c in rest]}")
     if rest and rest[0].get("name") not in ("blosc", "zstd", "gzip"):
         raise UnsupportedLayout(f"expected blosc, zstd or gzip, got {rest[0].get('name')!r}")
-    return dict(rest[0]) if rest else None
+    return (dict(rest[0]) if rest else None), crc
 
 
 def _fill(value: Any) -> Any:
@@ -297,30 +341,45 @@ def encode_shard(layout: ShardLayout, encode: Encoder, data: np.ndarray) -> list
     return pieces + encode_index(index, layout)
 
 
-def decode_shard(layout: ShardLayout, decode: Decoder, raw: Any, out: np.ndarray, where: str) -> None:
-    """Decode one outer chunk's bytes ``raw`` into ``out`` (its rows; the array's last one shorter)."""
+def decode_shard(layout: ShardLayout, decode: Decoder, raw: Any, out: np.ndarray, where: str, *,
+                 name: str = "", first_row: int = 0, store: str | None = None) -> None:
+    """Decode one outer chunk's bytes ``raw`` into ``out`` (its rows; the array's last one shorter).
+
+    ``where`` names the shard in index errors; a chunk that fails its CRC-32C or cannot be decoded
+    raises the one-line error naming array ``name`` and its rows (``first_row`` is ``out``'s first
+    row in the array; ``store`` names the store).
+    """
     raw = memoryview(raw)
     scratch: np.ndarray | None = None
+    cl = layout.inner_rows
+
+    def run(buf: Any, dest: np.ndarray, lo: int, n: int) -> None:
+        try:
+            decode(buf, dest)
+        except Exception as exc:  # a CRC mismatch, or a decoder failing on damaged bytes
+            what = (str(exc) if isinstance(exc, ChunkChecksumError)
+                    else f"expected a decodable chunk, got {exc.__class__.__name__}: {str(exc)[:120]}")
+            raise damaged(name or where, layout.axis, first_row + lo, first_row + lo + n, what, store) from None
+
     if not layout.sharded:
-        if len(out) == layout.inner_rows:
-            decode(raw, out)
+        if len(out) == cl:
+            run(raw, out, 0, len(out))
         else:
             scratch = np.empty(layout.inner_shape, layout.dtype)
-            decode(raw, scratch)
+            run(raw, scratch, 0, len(out))
             out[...] = scratch[:len(out)]
         return
     at = layout.index_offset(len(raw))
     index = decode_index(raw[at:at + layout.index_nbytes], layout, where)
-    cl = layout.inner_rows
     for i in range(-(-len(out) // cl)):
         rows = out[i * cl:(i + 1) * cl]
         off, size = int(index[i, 0]), int(index[i, 1])
         if off == EMPTY:
             rows[...] = layout.fill_value
         elif len(rows) == cl:
-            decode(raw[off:off + size], rows)
+            run(raw[off:off + size], rows, i * cl, len(rows))
         else:  # the array's last inner chunk is stored full size, padded
             if scratch is None:
                 scratch = np.empty(layout.inner_shape, layout.dtype)
-            decode(raw[off:off + size], scratch)
+            run(raw[off:off + size], scratch, i * cl, len(rows))
             rows[...] = scratch[:len(rows)]

@@ -21,6 +21,9 @@ import zarr
 
 from fmdata.errors import FmDataError
 from fmdata.store import schema
+from fmdata.store.checksums import read_checked
+from fmdata.store.derived import DerivedArray, write_derived
+from fmdata.store.lock import reading
 
 # The reference protocol's windows (docs/reference-protocol.md, "Samples"): the cross-modal model
 # reads 10 frames step 18 and the last 120 s of current as 240 rows; the video-only model 8
@@ -166,38 +169,42 @@ def window_columns(frames: int) -> tuple[str, ...]:
 
 
 def write_window_table(root: zarr.Group, name: str, wt: WindowTable, overwrite: bool = False) -> zarr.Array:
-    """Store ``wt`` as ``windows/<name>`` in an open (writable) store; return the array."""
+    """Store ``wt`` as ``windows/<name>`` in an open (writable) store; return the array.
+
+    Written aside with its checksums and switched in (:func:`fmdata.store.derived.write_derived`):
+    a reader sees the old table or the new one, never a half-written one.
+    """
     if not name or "/" in name:
         raise FmDataError(f"expected a window table name without '/', got {name!r}", field="name")
-    group = root.require_group(schema.WINDOWS_GROUP)
-    if name in group and not overwrite:
+    if name in list_window_tables(root) and not overwrite:
         raise FmDataError(f"window table {name!r} exists; pass --force to replace it")
     rows = max(len(wt), 1)
-    arr = group.create_array(
-        name, shape=wt.table.shape, dtype="int64", chunks=(min(rows, 65536), wt.table.shape[1]),
-        dimension_names=("window", "field"), fill_value=0, overwrite=True)
-    if len(wt):
-        arr[:] = wt.table
-    # The column names go in last: a table interrupted while filling has none and is refused.
-    arr.attrs.update({"columns": list(wt.columns), "params": wt.params})
-    return arr
+    table = np.ascontiguousarray(wt.table, dtype=np.int64)
+    # the column names are part of the new version: a table without them is refused by readers
+    write_derived(root, [DerivedArray(f"{schema.WINDOWS_GROUP}/{name}", table, min(rows, 65536), ("window", "field"),
+                                      {"columns": list(wt.columns), "params": wt.params})], "fmdata windows")
+    return root[schema.WINDOWS_GROUP][name]
 
 
 def list_window_tables(root: zarr.Group) -> list[str]:
     """Return the names of the window tables in a store (sorted)."""
-    if schema.WINDOWS_GROUP not in root:
-        return []
-    return sorted(name for name, _ in root[schema.WINDOWS_GROUP].arrays())
+    with reading(root):
+        if schema.WINDOWS_GROUP not in root:
+            return []
+        return sorted(name for name, _ in root[schema.WINDOWS_GROUP].arrays())
 
 
 def read_window_table(root: zarr.Group, name: str) -> WindowTable:
-    """Load ``windows/<name>`` from an open store; FmDataError if it is absent."""
+    """Load ``windows/<name>`` from an open store, checked against its checksums; FmDataError if it is
+    absent, unfinished or damaged."""
     names = list_window_tables(root)
     if name not in names:
         raise FmDataError(f"expected a window table named {name!r}, got {names or 'none'} "
                           f"(build one with `fmdata windows STORE --name {name}`)")
-    arr = root[schema.WINDOWS_GROUP][name]
-    if "columns" not in arr.attrs:
-        raise FmDataError(f"window table {name!r} is incomplete (its writer did not finish); rebuild it with --force")
-    table = np.asarray(arr[:], dtype=np.int64) if arr.shape[0] else np.zeros(arr.shape, np.int64)
-    return WindowTable(table=table, columns=tuple(arr.attrs["columns"]), params=dict(arr.attrs.get("params", {})))
+    with reading(root):
+        arr = root[schema.WINDOWS_GROUP][name]
+        if "columns" not in arr.attrs:
+            raise FmDataError(f"window table {name!r} is incomplete (its writer did not finish); rebuild it with --force")
+        table = np.asarray(read_checked(arr), dtype=np.int64) if arr.shape[0] else np.zeros(arr.shape, np.int64)
+        columns, params = tuple(arr.attrs["columns"]), dict(arr.attrs.get("params", {}))
+    return WindowTable(table=table, columns=columns, params=params)
