@@ -35,7 +35,10 @@ class TrainConfig:
     trainer with what it actually held out. ``max_steps_per_epoch`` caps an epoch (demos and
     benchmarks); None runs every window. ``threads`` sets torch's CPU threads in the training
     process (None keeps torch's default; 1 is fastest on a small, shared CPU). ``window`` is
-    replaced by the parameters of the table the run trains on.
+    replaced by the parameters of the table the run trains on. ``store`` is made absolute when a
+    run starts; ``data`` is filled in by the trainer with what the run was trained on (the store's
+    location and fingerprint, the window table's fingerprint: :mod:`fmmodel.run_data`), which
+    ``--resume`` checks.
     """
 
     store: str
@@ -67,6 +70,7 @@ class TrainConfig:
     variant: str = ""
     validation: dict[str, Any] = field(default_factory=dict)
     runtime: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.window, dict):

@@ -25,8 +25,8 @@ from fmdata import __version__
 from fmdata.compute.dask_cluster import DaskOptions, Runner, dask_runner
 from fmdata.errors import FmDataError
 from fmdata.store import schema
-from fmdata.store.access import open_store, read_meta
-from fmdata.store.block_reader import BlockReader, block_frames, block_ranges
+from fmdata.store.access import open_store, read_meta, store_writable
+from fmdata.store.block_reader import BlockReader, block_frames, block_ranges, read_rows
 from fmdata.store.location import Location, LocationLike
 from fmdata.store.provenance import array_fingerprint, matches, reconsolidate
 
@@ -87,8 +87,8 @@ def read_labels(root: zarr.Group) -> tuple[np.ndarray, np.ndarray]:
     """
     if not labels_up_to_date(root):
         raise FmDataError("expected up-to-date frame labels, got none or stale ones (run `fmdata labels STORE`)")
-    return (np.asarray(root[schema.FRAME_LABEL][:], np.uint8),
-            np.asarray(root[schema.ABNORMAL_PIXELS][:], np.int32))
+    return (np.asarray(read_rows(root[schema.FRAME_LABEL]), np.uint8),
+            np.asarray(read_rows(root[schema.ABNORMAL_PIXELS]), np.int32))
 
 
 def count_abnormal(mask_block: np.ndarray) -> np.ndarray:
@@ -136,20 +136,32 @@ def _compute(loc: Location, root: zarr.Group, runner: Runner) -> LabelsReport:
                         abnormal_pixels=pixels, seconds=seconds, scheduler=runner.description)
 
 
+def require_writable(location: Location, what: str = "frame labels") -> None:
+    """Raise FmDataError when the store at ``location`` is read-only: ``what`` is missing or stale
+    and cannot be stored; the message says what to run where the store is writable."""
+    if not store_writable(location):
+        raise FmDataError(f"expected up-to-date {what} or a writable store to compute them, got neither (the store "
+                          f"is read-only): run `fmdata labels {location}` where it is writable", str(location))
+
+
 def compute_labels(location: LocationLike, *, force: bool = False, options: DaskOptions = DaskOptions(),
                    runner: Runner | None = None) -> LabelsReport:
     """Compute and store ``frame_label`` and ``abnormal_pixels`` for the store at ``location``.
 
-    A no-op (status "up to date") when current labels exist, unless ``force``. ``runner``
-    reuses an open Dask runner; otherwise one is started from ``options``.
+    A no-op (status "up to date") when current labels exist, unless ``force``: it then only
+    reads, so it works on a read-only store. ``runner`` reuses an open Dask runner; otherwise
+    one is started from ``options``. Raises FmDataError when labels must be computed and the
+    store is read-only.
     """
     loc = Location.parse(location)
-    root = open_store(loc, "r+")
+    root = open_store(loc)
     read_meta(root, str(loc))
     if not force and labels_up_to_date(root):
         frame_label, counts = read_labels(root)
         return LabelsReport(store=str(loc), status="up to date", frames=int(len(frame_label)),
                             abnormal_frames=int(frame_label.sum()), abnormal_pixels=int(counts.sum(dtype=np.int64)))
+    require_writable(loc)
+    root = open_store(loc, "r+")
     if runner is not None:
         return _compute(loc, root, runner)
     with dask_runner(options, preload=WORKER_MODULES) as new_runner:

@@ -27,10 +27,10 @@ from dask import delayed
 
 from fmdata import __version__
 from fmdata.compute.dask_cluster import DaskOptions, Runner, dask_runner
-from fmdata.derive.labels import WORKER_MODULES, ensure_labels, labels_up_to_date, read_labels
+from fmdata.derive.labels import WORKER_MODULES, ensure_labels, labels_up_to_date, read_labels, require_writable
 from fmdata.store import schema
-from fmdata.store.access import open_store, read_meta, read_offsets, read_recordings
-from fmdata.store.block_reader import BlockReader, block_frames, block_ranges
+from fmdata.store.access import open_store, read_meta, read_offsets, read_recordings, store_writable
+from fmdata.store.block_reader import BlockReader, block_frames, block_ranges, read_rows
 from fmdata.store.location import Location, LocationLike
 from fmdata.store.provenance import array_fingerprint, matches, reconsolidate, values_digest
 from fmdata.store.window_table import read_window_table
@@ -43,8 +43,8 @@ SPLITS = (schema.SPLIT_TRAIN, schema.SPLIT_TEST, schema.SPLIT_NONE)
 class StatsReport:
     """What :func:`compute_stats` found: the store's summary per split and recording, a window
     table's class balance (``windows``, when asked), and the training-split normalisation
-    statistics (``normalization``; ``normalization_status`` "computed", "up to date" or
-    "no training frames")."""
+    statistics (``normalization``; ``normalization_status`` "computed", "up to date", "no
+    training frames" or, on a read-only store, "computed, not stored (read-only store)")."""
 
     store: str
     frames: int
@@ -212,12 +212,18 @@ def compute_stats(location: LocationLike, *, windows: str | None = None, force: 
     """Summarise the store at ``location`` and store its training-split normalisation statistics.
 
     Computes frame labels first if needed. ``windows`` names a window table to summarise.
-    Normalisation statistics are recomputed only when the data changed or ``force``.
+    Normalisation statistics are recomputed only when the data changed or ``force``. On a
+    read-only store nothing is written: up-to-date results are read, missing statistics are
+    computed and reported but not stored (status "computed, not stored (read-only store)"), and
+    missing labels are an FmDataError saying what to run.
     """
     loc = Location.parse(location)
     root = open_store(loc)
-    split = np.asarray(root[schema.SPLIT][:], np.int8)
-    fce = np.asarray(root[schema.FRAME_CURRENT_END][:], np.int64)
+    writable = store_writable(loc)
+    if not writable and not labels_up_to_date(root):
+        require_writable(loc)
+    split = np.asarray(read_rows(root[schema.SPLIT]), np.int8)
+    fce = np.asarray(read_rows(root[schema.FRAME_CURRENT_END]), np.int64)
     stored = root.attrs.get(schema.ATTR_STATS)
     expected = _norm_provenance(root, split, fce)
     has_train = bool((split == schema.SPLIT_TRAIN).any())
@@ -227,17 +233,20 @@ def compute_stats(location: LocationLike, *, windows: str | None = None, force: 
     status, norm = "no training frames", None
     with dask_runner(options, preload=WORKER_MODULES) if need_dask else contextlib.nullcontext() as runner:
         ensure_labels(loc, options, runner)
-        root = open_store(loc, "r+")
-        recording = np.asarray(root[schema.RECORDING][:], np.int64)
+        root = open_store(loc, "r+" if writable and has_train and not fresh else "r")
+        recording = np.asarray(read_rows(root[schema.RECORDING]), np.int64)
         if has_train and fresh:
             status, norm = "up to date", {k: v for k, v in stored.items() if k != "provenance"}
         elif has_train:
             assert runner is not None  # need_dask was true
             _, c_off = read_offsets(root)
             norm = _normalisation(root, split, recording, fce, c_off, runner)
-            root.attrs[schema.ATTR_STATS] = {**norm, "provenance": {**expected, "toolkit_version": __version__}}
-            reconsolidate(root)
-            status = "computed"
+            if writable:
+                root.attrs[schema.ATTR_STATS] = {**norm, "provenance": {**expected, "toolkit_version": __version__}}
+                reconsolidate(root)
+                status = "computed"
+            else:
+                status = "computed, not stored (read-only store)"
     return _summary(loc, root, split, recording, windows, norm, status)
 
 
@@ -247,7 +256,7 @@ def _summary(loc: Location, root: zarr.Group, split: np.ndarray, recording: np.n
     label, pixels = read_labels(root)
     f_off, c_off = read_offsets(root)
     infos = read_recordings(root)
-    frame_time = np.asarray(root[schema.FRAME_TIME][:], np.float64)
+    frame_time = np.asarray(read_rows(root[schema.FRAME_TIME]), np.float64)
     fp = meta.height * meta.width
     recs = []
     for r in range(meta.n_recordings):
@@ -313,8 +322,9 @@ def format_stats(s: dict[str, Any]) -> str:
     if not n:
         out.append(f"normalisation: {s['normalization_status']}")
         return "\n".join(out)
+    kept = "" if "not stored" in s["normalization_status"] else f"; stored in attribute {schema.ATTR_STATS!r}"
     out.append(f"normalisation ({s['normalization_status']}; train split: {n['frames']:,} frames, "
-               f"{n['current_rows']:,} current rows; stored in attribute {schema.ATTR_STATS!r})")
+               f"{n['current_rows']:,} current rows{kept})")
     num = lambda v: "-" if v is None else f"{v:,.2f}"
     rows = [[f"video {c}", num(m), num(sd), "", ""] for c, m, sd in zip("RGB", n["video_mean"], n["video_std"])]
     if n["current_rows"]:

@@ -40,12 +40,14 @@ from fmdata.compute.dask_cluster import DaskOptions
 from fmdata.derive.labels import ensure_labels, expected_provenance, labels_up_to_date, read_labels
 from fmdata.errors import FmDataError
 from fmdata.store import schema
-from fmdata.store.access import open_store, read_offsets
+from fmdata.store.access import open_store, read_offsets, store_writable
+from fmdata.store.block_reader import read_rows
 from fmdata.store.location import Location, LocationLike
 from fmdata.store.provenance import reconsolidate
 from fmdata.store.window_table import (
     WindowParams,
     WindowTable,
+    check_table_name,
     list_window_tables,
     read_window_table,
     window_columns,
@@ -112,11 +114,11 @@ def load_index(root: zarr.Group, require_labels: bool = True) -> FrameIndex:
     else:
         frame_label = np.zeros(int(f_off[-1]), np.uint8)
     return FrameIndex(
-        split=np.asarray(root[schema.SPLIT][:], np.int8),
-        recording=np.asarray(root[schema.RECORDING][:], np.int64),
-        frame_current_end=np.asarray(root[schema.FRAME_CURRENT_END][:], np.int64),
+        split=np.asarray(read_rows(root[schema.SPLIT]), np.int8),
+        recording=np.asarray(read_rows(root[schema.RECORDING]), np.int64),
+        frame_current_end=np.asarray(read_rows(root[schema.FRAME_CURRENT_END]), np.int64),
         frame_label=frame_label, frame_offsets=f_off, current_offsets=c_off,
-        current_time=np.asarray(root[schema.CURRENT_TIME][:], np.float64))
+        current_time=np.asarray(read_rows(root[schema.CURRENT_TIME]), np.float64))
 
 
 def _check(ix: FrameIndex) -> None:
@@ -265,16 +267,21 @@ def make_windows(location: LocationLike, name: str, params: WindowParams = Windo
     "up to date"); one with other parameters is replaced only with ``force``.
     """
     loc = Location.parse(location)
+    check_table_name(name)
     ensure_labels(loc, options)
-    root = open_store(loc, "r+")
+    root = open_store(loc)
     wanted = {**params.to_dict(), "labels": expected_provenance(root)["derived_from"]}
     if name in list_window_tables(root) and not force:
         old = read_window_table(root, name)
         if {k: old.params.get(k) for k in wanted} == wanted:
             return _report(loc, old, name, "up to date")
         raise FmDataError(f"window table {name!r} exists with other parameters; pass --force to replace it", str(loc))
+    if not store_writable(loc):
+        raise FmDataError(f"expected a writable store to store windows/{name}, got a read-only one: run "
+                          "`fmdata windows` where the store is writable", str(loc))
     wt = build_window_table(load_index(root), params)
     wt = WindowTable(wt.table, wt.columns, {**wt.params, "labels": wanted["labels"]})
+    root = open_store(loc, "r+")
     write_window_table(root, name, wt, overwrite=True)
     reconsolidate(root)
     return _report(loc, wt, name, "written")

@@ -13,6 +13,7 @@ import zarr
 
 from fmdata.errors import FmDataError
 from fmdata.store import schema
+from fmdata.store.block_reader import read_rows
 from fmdata.store.location import Location, LocationLike
 
 
@@ -37,6 +38,14 @@ def open_store(location: LocationLike, mode: str = "r", *, require_complete: boo
     return root
 
 
+def store_writable(location: LocationLike) -> bool:
+    """Return False when the local store at ``location`` cannot be written (a read-only folder or
+    file system); True otherwise (URLs: a refused write reports itself)."""
+    loc = Location.parse(location)
+    path = loc.local_path
+    return path is None or os.access(path, os.W_OK)
+
+
 def read_meta(root: zarr.Group, where: str = "store") -> schema.StoreMeta:
     """Return the StoreMeta of an open root group; FmDataError if the attribute is missing."""
     d = root.attrs.get(schema.ATTR_STORE)
@@ -55,5 +64,5 @@ def read_recordings(root: zarr.Group) -> list[schema.RecordingInfo]:
 
 def read_offsets(root: zarr.Group) -> tuple[np.ndarray, np.ndarray]:
     """Return (frame_offsets, current_offsets), each int64 of length R + 1."""
-    return (np.asarray(root[schema.RECORDING_FRAME_OFFSETS][:], dtype=np.int64),
-            np.asarray(root[schema.RECORDING_CURRENT_OFFSETS][:], dtype=np.int64))
+    return (np.asarray(read_rows(root[schema.RECORDING_FRAME_OFFSETS]), dtype=np.int64),
+            np.asarray(read_rows(root[schema.RECORDING_CURRENT_OFFSETS]), dtype=np.int64))

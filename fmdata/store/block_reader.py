@@ -13,6 +13,7 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from fmdata.errors import FmDataError
 from fmdata.store.shards import ShardLayout, UnsupportedLayout, decode_shard
 
 # Dask blocks of a scan hold whole write units and about this many bytes.
@@ -81,9 +82,20 @@ class BlockReader:
         start, stop = int(start), int(min(stop, self.shape[0]))
         aligned = start % self.block == 0 and (stop % self.block == 0 or stop == self.shape[0])
         if not (self.fast and aligned):
-            return np.asarray(self.array[start:stop])
+            return read_rows(self.array, start, stop)
         out = np.empty((stop - start, *self.shape[1:]), self.dtype)
         for b in range(start // self.block, -(-stop // self.block)):
             lo = b * self.block
             self._decode_block(b, out[lo - start:min(lo + self.block, stop) - start])
         return out
+
+
+def read_rows(array: zarr.Array, start: int | None = None, stop: int | None = None) -> np.ndarray:
+    """Return ``array[start:stop]`` through zarr; FmDataError naming the array when a chunk does not
+    decode (zarr passes the compressor's own error up: a corrupt store)."""
+    try:
+        return np.asarray(array[start:stop])
+    except Exception as exc:  # blosc, zstd, gzip and zarr each raise their own types for corrupt chunks
+        detail = str(exc).strip().splitlines()
+        raise FmDataError(f"expected decodable chunks, got corrupt data ({type(exc).__name__}"
+                          f"{': ' + detail[0] if detail else ''}; corrupt store)", array.path or "array") from None

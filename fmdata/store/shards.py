@@ -298,15 +298,19 @@ def encode_shard(layout: ShardLayout, encode: Encoder, data: np.ndarray) -> list
 
 
 def decode_shard(layout: ShardLayout, decode: Decoder, raw: Any, out: np.ndarray, where: str) -> None:
-    """Decode one outer chunk's bytes ``raw`` into ``out`` (its rows; the array's last one shorter)."""
+    """Decode one outer chunk's bytes ``raw`` into ``out`` (its rows; the array's last one shorter).
+
+    Raises FmDataError naming ``where`` and the inner chunk when the bytes do not decode (a
+    corrupt store: the compressor's own error is in the message).
+    """
     raw = memoryview(raw)
     scratch: np.ndarray | None = None
     if not layout.sharded:
         if len(out) == layout.inner_rows:
-            decode(raw, out)
+            _decode_checked(decode, raw, out, where, 0)
         else:
             scratch = np.empty(layout.inner_shape, layout.dtype)
-            decode(raw, scratch)
+            _decode_checked(decode, raw, scratch, where, 0)
             out[...] = scratch[:len(out)]
         return
     at = layout.index_offset(len(raw))
@@ -318,9 +322,18 @@ def decode_shard(layout: ShardLayout, decode: Decoder, raw: Any, out: np.ndarray
         if off == EMPTY:
             rows[...] = layout.fill_value
         elif len(rows) == cl:
-            decode(raw[off:off + size], rows)
+            _decode_checked(decode, raw[off:off + size], rows, where, i)
         else:  # the array's last inner chunk is stored full size, padded
             if scratch is None:
                 scratch = np.empty(layout.inner_shape, layout.dtype)
-            decode(raw[off:off + size], scratch)
+            _decode_checked(decode, raw[off:off + size], scratch, where, i)
             rows[...] = scratch[:len(rows)]
+
+
+def _decode_checked(decode: Decoder, buf: Any, dest: np.ndarray, where: str, inner: int) -> None:
+    try:
+        decode(buf, dest)
+    except Exception as exc:  # blosc, zstd and gzip each raise their own types for corrupt bytes
+        detail = str(exc).strip().splitlines()
+        raise FmDataError(f"expected a decodable inner chunk {inner}, got corrupt bytes ({type(exc).__name__}"
+                          f"{': ' + detail[0] if detail else ''}; corrupt store)", where) from None
