@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,7 +100,7 @@ class TrainConfig:
         need(self.batch_size >= 1, "batch_size", "a batch size >= 1", self.batch_size)
         need(self.eval_batch_size is None or self.eval_batch_size >= 1, "eval_batch_size",
              "an evaluation batch size >= 1", self.eval_batch_size)
-        need(self.lr > 0, "lr", "a learning rate > 0", self.lr)
+        need(self.lr > 0 and math.isfinite(self.lr), "lr", "a finite learning rate > 0", self.lr)
         need(self.lr_step_epoch >= 1, "lr_step_epoch", "a learning-rate step >= 1 epoch", self.lr_step_epoch)
         need(self.workers >= 0, "workers", "loader workers >= 0", self.workers)
         need(self.threads is None or self.threads >= 1, "threads", "threads >= 1", self.threads)

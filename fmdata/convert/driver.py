@@ -208,7 +208,8 @@ def convert(sources: Sequence[str | os.PathLike[str]], out: LocationLike, *, wor
     """
     t0 = time.perf_counter()
     target = Location.parse(out)
-    workers = resolve_workers(workers, in_process=target.in_process)
+    # a runner runs the units elsewhere (a cluster: its own error if it cannot reach the store)
+    workers = resolve_workers(workers, in_process=target.in_process and runner is None)
     recs = open_sources([os.fspath(s) for s in sources], fps, mask_nonzero=mask_nonzero)
     chunking = override_chunking(chunking or default_chunking(recs[0].height, recs[0].width), chunk_frames,
                                  shard_frames)

@@ -306,34 +306,38 @@ def decode_shard(layout: ShardLayout, decode: Decoder, raw: Any, out: np.ndarray
     raw = memoryview(raw)
     scratch: np.ndarray | None = None
     if not layout.sharded:
-        if len(out) == layout.inner_rows:
-            _decode_checked(decode, raw, out, where, 0)
-        else:
-            scratch = np.empty(layout.inner_shape, layout.dtype)
-            _decode_checked(decode, raw, scratch, where, 0)
-            out[...] = scratch[:len(out)]
+        try:
+            if len(out) == layout.inner_rows:
+                decode(raw, out)
+            else:
+                scratch = np.empty(layout.inner_shape, layout.dtype)
+                decode(raw, scratch)
+                out[...] = scratch[:len(out)]
+        except Exception as exc:  # blosc, zstd and gzip each raise their own types for corrupt bytes
+            raise _undecodable(exc, where, 0) from None
         return
     at = layout.index_offset(len(raw))
     index = decode_index(raw[at:at + layout.index_nbytes], layout, where)
     cl = layout.inner_rows
-    for i in range(-(-len(out) // cl)):
-        rows = out[i * cl:(i + 1) * cl]
-        off, size = int(index[i, 0]), int(index[i, 1])
-        if off == EMPTY:
-            rows[...] = layout.fill_value
-        elif len(rows) == cl:
-            _decode_checked(decode, raw[off:off + size], rows, where, i)
-        else:  # the array's last inner chunk is stored full size, padded
-            if scratch is None:
-                scratch = np.empty(layout.inner_shape, layout.dtype)
-            _decode_checked(decode, raw[off:off + size], scratch, where, i)
-            rows[...] = scratch[:len(rows)]
-
-
-def _decode_checked(decode: Decoder, buf: Any, dest: np.ndarray, where: str, inner: int) -> None:
-    try:
-        decode(buf, dest)
+    i = 0
+    try:  # one try around the loop: no cost per inner chunk
+        for i in range(-(-len(out) // cl)):
+            rows = out[i * cl:(i + 1) * cl]
+            off, size = int(index[i, 0]), int(index[i, 1])
+            if off == EMPTY:
+                rows[...] = layout.fill_value
+            elif len(rows) == cl:
+                decode(raw[off:off + size], rows)
+            else:  # the array's last inner chunk is stored full size, padded
+                if scratch is None:
+                    scratch = np.empty(layout.inner_shape, layout.dtype)
+                decode(raw[off:off + size], scratch)
+                rows[...] = scratch[:len(rows)]
     except Exception as exc:  # blosc, zstd and gzip each raise their own types for corrupt bytes
-        detail = str(exc).strip().splitlines()
-        raise FmDataError(f"expected a decodable inner chunk {inner}, got corrupt bytes ({type(exc).__name__}"
-                          f"{': ' + detail[0] if detail else ''}; corrupt store)", where) from None
+        raise _undecodable(exc, where, i) from None
+
+
+def _undecodable(exc: Exception, where: str, inner: int) -> FmDataError:
+    detail = str(exc).strip().splitlines()
+    return FmDataError(f"expected a decodable inner chunk {inner}, got corrupt bytes ({type(exc).__name__}"
+                       f"{': ' + detail[0] if detail else ''}; corrupt store)", where)
