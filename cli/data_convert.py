@@ -36,18 +36,21 @@ workers_option = click.option("--workers", type=click.IntRange(min=1), default=N
                    "large frames).")
 @click.option("--fps", type=float, default=DEFAULT_FPS, show_default=True,
               help="Frame rate of V1 files (they have no timestamps).")
+@click.option("--mask-nonzero", is_flag=True,
+              help="Store every mask value above 0 as 1, as the authors' loader reads masks (default: refuse values "
+                   "other than 0 and 1). Recorded in the store; verify --source reads the sources the same way.")
 @progress_option
 @json_option
 @user_errors
 def convert_command(sources: tuple[Path, ...], out: Location, workers: int | None, scheduler: str | None,
                     overwrite: bool, resume: bool, chunk_frames: int | None, shard_frames: int | None, fps: float,
-                    progress: bool | None, as_json: bool) -> None:
+                    mask_nonzero: bool, progress: bool | None, as_json: bool) -> None:
     """Convert SOURCES (V1 MAT files, one recording each, and/or V2 folders, one recording per
     video) into a new Zarr store OUT (store format v2, see docs/store-format.md); recordings are
     concatenated in the order given."""
     report = run_conversion(sources, out, scheduler=scheduler, workers=workers, overwrite=overwrite, resume=resume,
                             chunk_frames=chunk_frames, shard_frames=shard_frames, fps=fps,
-                            progress=progress_flag(progress))
+                            progress=progress_flag(progress), mask_nonzero=mask_nonzero)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.summary())
 
 

@@ -16,7 +16,7 @@ from .options import json_option, overwrite_option, progress_flag, progress_opti
 
 
 @click.command("synth")
-@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path())  # a str: a trailing "/" (a folder) must survive
 @click.option("--layout", type=click.Choice(LAYOUTS), default=LAYOUT_V1, show_default=True,
               help="v1: one MATLAB file per recording (a folder of them when --recordings > 1); "
                    "v2: the folder layout (videos/, currents/, timestamps/, train.json, test.json).")
@@ -37,10 +37,11 @@ from .options import json_option, overwrite_option, progress_flag, progress_opti
 @json_option
 @progress_option
 @user_errors
-def synth_command(out: Path, layout: str, storage: str, recordings: int, frames: int, size: str, fps: float,
+def synth_command(out: str, layout: str, storage: str, recordings: int, frames: int, size: str, fps: float,
                   seed: int, events: str, overwrite: bool, preview: Path | None, as_json: bool,
                   progress: bool | None) -> None:
-    """Write synthetic FMF recordings to OUT in the users' exact file formats."""
+    """Write synthetic FMF recordings to OUT in the users' exact file formats (V1: one MAT file,
+    or a folder of them when OUT ends with / or --recordings > 1; V2: a folder)."""
     result = synthesize(out, layout=layout, storage=storage, recordings=recordings, frames=frames, size=size,
                         fps=fps, seed=seed, overwrite=overwrite, preview=preview, events=events,
                         progress=progress_flag(progress))

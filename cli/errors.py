@@ -2,11 +2,15 @@
 
 Exit codes: 1 for data problems (bad files, stores, checkpoints; failed checks), 2 for usage
 errors (an option's value out of range: the library error's ``field`` names the parameter, and
-it is reported under the option the user typed), 130 when interrupted.
+it is reported under the option the user typed), 130 when interrupted (Ctrl-C, SIGINT; with
+what to run to continue where the command can resume). Anything else a command raises is a
+bug or a failure the library does not know yet: it is still one line (its type and message)
+and exit code 1; ``FMF_TRACEBACK=1`` in the environment shows the traceback instead.
 """
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import IO, Any, TypeVar
@@ -16,12 +20,20 @@ import click
 from fmdata.errors import FmfError
 
 F = TypeVar("F", bound=Callable[..., Any])
+ENV_TRACEBACK = "FMF_TRACEBACK"
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a command stopped by Ctrl-C
 
 
 class DataError(click.ClickException):
     """A data problem: exit code 1 (click keeps 2 for usage errors)."""
 
     exit_code = 1
+
+
+class InterruptedExit(click.ClickException):
+    """Ctrl-C: exit code 130, with what to run to continue when the command can resume."""
+
+    exit_code = EXIT_INTERRUPTED
 
 
 class OptionError(click.BadParameter):
@@ -43,13 +55,20 @@ def _parameter(field: str | None) -> click.Parameter | None:
     return next((p for p in ctx.command.params if p.name == field), None)
 
 
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
 def user_errors(fn: F) -> F:
-    """Decorator for click commands: library errors and OSErrors become one-line errors."""
+    """Decorator for click commands: every failure becomes one line and an exit code (module docstring)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # click's own usage errors and exits
         except FmfError as exc:  # FmDataError, FmModelError
             param = _parameter(exc.field)
             if param is not None:
@@ -58,5 +77,13 @@ def user_errors(fn: F) -> F:
         except OSError as exc:
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
             raise DataError(f"{where}{exc.strerror or exc}") from None
+        except KeyboardInterrupt as exc:  # fmdata.errors.Interrupted says how to resume
+            raise InterruptedExit(_one_line(str(exc)) or "interrupted") from None
+        except Exception as exc:
+            if os.environ.get(ENV_TRACEBACK):
+                raise
+            detail = _one_line(str(exc))
+            raise DataError(f"unexpected {type(exc).__name__}{': ' + detail if detail else ''} "
+                            f"({ENV_TRACEBACK}=1 shows where)") from None
 
     return wrapper  # type: ignore[return-value]

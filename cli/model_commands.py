@@ -65,7 +65,8 @@ def _rank0() -> bool:
 
 
 @click.command("train")
-@click.option("--store", type=STORE, default=None, help="FMF Zarr store (path or URL). Not needed with --resume.")
+@click.option("--store", type=STORE, default=None,
+              help="FMF Zarr store (path or URL). With --resume: only when the run's store moved (same data).")
 @click.option("--windows", default=None, metavar="NAME",
               help="Stored window table (fmdata windows); default: build windows now from the window options.")
 @click.option("--task", type=click.Choice(protocol.TASKS), default="cls", show_default=True,
@@ -93,7 +94,8 @@ def _rank0() -> bool:
               help="Share of each recording's training block (its end) held out for validation.")
 @click.option("--model-size", type=click.Choice(sorted(SIZES)), default="reference", show_default=True,
               help="Named FmFormer size.")
-@click.option("--model-opt", multiple=True, metavar="KEY=VALUE", help="Override an FmFormer size, e.g. depth=2.")
+@click.option("--model-opt", "model", multiple=True, metavar="KEY=VALUE",
+              help="Override an FmFormer size, e.g. depth=2.")
 @window_options
 @click.option("--max-steps", "max_steps_per_epoch", type=int, default=None, help="Cap on batches per epoch.")
 @click.option("--balanced", is_flag=True, help="Class-balanced sampling.")
@@ -103,7 +105,7 @@ def _rank0() -> bool:
 def train_cmd(store: Location | None, windows: str | None, task: str, modality: str, epochs: int | None,
               batch_size: int, lr: float, lr_step_epoch: int, workers: int, threads: int | None, device: str,
               precision: str | None, compile_: bool, seed: int, out: str | None, resume: bool, preprocessing: str,
-              val_fraction: float, model_size: str, model_opt: tuple[str, ...], frames: int | None,
+              val_fraction: float, model_size: str, model: tuple[str, ...], frames: int | None,
               frame_step: int | None, current_seconds: float | None, current_rows: int | None,
               stride: int | None, policy: str | None, max_steps_per_epoch: int | None, balanced: bool,
               no_hflip: bool, progress: bool | None) -> None:
@@ -113,7 +115,7 @@ def train_cmd(store: Location | None, windows: str | None, task: str, modality: 
     if resume:
         if not out:
             raise click.UsageError("--resume needs --out RUN_DIR")
-        result = resume_run(out, epochs=epochs, progress=progress_flag(progress))
+        result = resume_run(out, epochs=epochs, progress=progress_flag(progress), store=store)
     else:
         if store is None:
             raise click.UsageError("--store is required (unless --resume)")
@@ -127,7 +129,7 @@ def train_cmd(store: Location | None, windows: str | None, task: str, modality: 
                           workers=workers, threads=threads, device=device, precision=precision, compile=compile_,
                           seed=seed, val_fraction=val_fraction, max_steps_per_epoch=max_steps_per_epoch,
                           balanced=balanced, window=window,
-                          model={"size": model_size, **_parse_model_opts(model_opt)})
+                          model={"size": model_size, **_parse_model_opts(model)})
         result = train(cfg, progress=progress_flag(progress))
     if result.history and _rank0():
         click.echo(f"run folder: {result.run_dir}\n  checkpoints: {result.best} (best), {result.last} (last)\n"
@@ -146,18 +148,22 @@ def train_cmd(store: Location | None, windows: str | None, task: str, modality: 
 @device_options
 @click.option("--examples", type=click.IntRange(min=0), default=8, show_default=True,
               help="Example frames in examples.png.")
+@click.option("--protocol", type=click.Choice(protocol.EVAL_PROTOCOLS), default=None,
+              help="How samples and pixel metrics are counted: toolkit (every test frame; mIoU over the classes "
+                   "present) or reference (the authors': a current-only model scores one sample per test second; "
+                   "mIoU keeps an absent class as 0). Default: reference for a checkpoint in the authors' format.")
 @json_option
 @progress_option
 @user_errors
 def evaluate_cmd(store: Location, checkpoint: str, fmt: str, variant: str | None, windows: str | None, split: str,
                  out: str | None, batch_size: int, workers: int, device: str, precision: str | None, examples: int,
-                 as_json: bool, progress: bool | None) -> None:
+                 protocol: str | None, as_json: bool, progress: bool | None) -> None:
     """Score CHECKPOINT on STORE's test split: class level (accuracy, F1, precision, recall, FDR, MDR,
     AUROC, AP, confusion matrix), pixel level for segmenters (pixel accuracy, mean pixel accuracy,
     mIoU, pixel AUROC/AP), FPS; overall and per recording."""
     report = evaluate(store, checkpoint, fmt=fmt, variant=variant, split=split, windows=windows, out=out,
                       batch_size=batch_size, workers=workers, device=device, precision=precision,
-                      examples=examples, progress=progress_flag(progress))
+                      examples=examples, progress=progress_flag(progress), protocol=protocol)
     if not _rank0():
         return
     click.echo(json.dumps(report, indent=2, default=str) if as_json else format_report(report))

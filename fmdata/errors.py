@@ -30,3 +30,11 @@ class FmfError(Exception):
 
 class FmDataError(FmfError):
     """A user-facing data problem: bad input file, bad store, bad parameter value."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during a command that can continue later: what to run to continue.
+
+    A KeyboardInterrupt, so that code which stops on Ctrl-C still stops; ``str(err)`` says what
+    was kept and how to resume (e.g. "run again with --resume"). fmcli prints it and exits 130.
+    """

@@ -14,6 +14,8 @@ import contextlib
 import os
 import pickle
 import re
+import warnings
+import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,26 +42,63 @@ FORMAT_VERSION = 1
 CHECKPOINT_FORMATS = ("auto", "toolkit", "reference")  # what load_model accepts: by content, or one of both
 
 def _weights_only_load(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
-    """torch.load with weights_only=True; every failure becomes one FmModelError line naming the file."""
+    """torch.load with weights_only=True; every failure becomes one FmModelError line naming the file.
+
+    The line says what is wrong: "truncated" (a zip checkpoint without its end, or a legacy one
+    cut short), "refused: contains executable Python objects (pickle)", or that the bytes are no
+    checkpoint at all. torch's warnings about the file do not reach the user: the error says it.
+    """
+    truncated = _truncation(path)
+    if truncated:
+        raise FmModelError(f"expected a PyTorch checkpoint file, got a truncated one ({truncated})", path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except OSError:
-        raise  # missing or unreadable file: the caller's OSError handling names it
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise FmModelError("expected a checkpoint file, got nothing there", path) from None
+    except IsADirectoryError:
+        raise FmModelError("expected a checkpoint file, got a folder", path) from None
+    except PermissionError as exc:
+        raise FmModelError(f"expected a readable checkpoint file, got {exc.strerror or exc}", path) from None
     except pickle.UnpicklingError as exc:
         text = str(exc)
         found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
         if found:
-            raise FmModelError("expected a checkpoint of plain tensors and plain types (torch.load with "
-                               f"weights_only=True), got a pickled Python object (it needs {found.group(1)}); "
-                               "refusing to unpickle it because that can run arbitrary code", path) from None
+            raise FmModelError("expected a checkpoint of plain tensors and plain types, got a pickled Python object "
+                               f"that needs {found.group(1)}: refused: contains executable Python objects (pickle), "
+                               "which torch.load(weights_only=True) does not run", path) from None
         detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
-        reason = detail.group(1) if detail else text.splitlines()[0]
+        reason = detail.group(1) if detail else (text.splitlines() or [""])[0]
         raise FmModelError(f"expected a PyTorch checkpoint file, got unreadable data ({reason[:160]})",
                            path) from None
     except Exception as exc:  # a corrupt or foreign file fails in many ways inside torch.load
-        first = (str(exc).splitlines() or [""])[0][:160] or "an empty or truncated file"
-        raise FmModelError(f"expected a PyTorch checkpoint file, got {type(exc).__name__}: {first}",
-                           path) from None
+        first = (str(exc).splitlines() or [""])[0][:160]
+        if isinstance(exc, EOFError) or "unexpected EOF" in first or "EOF" in type(exc).__name__:
+            raise FmModelError(f"expected a PyTorch checkpoint file, got a truncated one (it ends early: "
+                               f"{first or 'end of file'})", path) from None
+        raise FmModelError(f"expected a PyTorch checkpoint file, got corrupt or foreign data "
+                           f"({type(exc).__name__}{': ' + first if first else ''})", path) from None
+
+
+_ZIP_LOCAL_HEADER = b"PK\x03\x04"
+
+
+def _truncation(path: str | os.PathLike[str]) -> str | None:
+    """Say how the file at ``path`` is cut short (empty; a zip checkpoint without its central
+    directory), or return None (complete as far as the container shows, or not readable here:
+    torch.load then reports it)."""
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return "an empty file (0 bytes)"
+        with open(path, "rb") as fh:
+            zipped = fh.read(4) == _ZIP_LOCAL_HEADER
+        if zipped and not zipfile.is_zipfile(path):
+            return f"{size:,} bytes of a zip checkpoint without its end (the central directory)"
+    except OSError:
+        return None
+    return None
 
 
 def read_reference_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:

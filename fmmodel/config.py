@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +36,10 @@ class TrainConfig:
     trainer with what it actually held out. ``max_steps_per_epoch`` caps an epoch (demos and
     benchmarks); None runs every window. ``threads`` sets torch's CPU threads in the training
     process (None keeps torch's default; 1 is fastest on a small, shared CPU). ``window`` is
-    replaced by the parameters of the table the run trains on.
+    replaced by the parameters of the table the run trains on. ``store`` is made absolute when a
+    run starts; ``data`` is filled in by the trainer with what the run was trained on (the store's
+    location and fingerprint, the window table's fingerprint: :mod:`fmmodel.run_data`), which
+    ``--resume`` checks.
     """
 
     store: str
@@ -67,6 +71,7 @@ class TrainConfig:
     variant: str = ""
     validation: dict[str, Any] = field(default_factory=dict)
     runtime: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.window, dict):
@@ -95,7 +100,7 @@ class TrainConfig:
         need(self.batch_size >= 1, "batch_size", "a batch size >= 1", self.batch_size)
         need(self.eval_batch_size is None or self.eval_batch_size >= 1, "eval_batch_size",
              "an evaluation batch size >= 1", self.eval_batch_size)
-        need(self.lr > 0, "lr", "a learning rate > 0", self.lr)
+        need(self.lr > 0 and math.isfinite(self.lr), "lr", "a finite learning rate > 0", self.lr)
         need(self.lr_step_epoch >= 1, "lr_step_epoch", "a learning-rate step >= 1 epoch", self.lr_step_epoch)
         need(self.workers >= 0, "workers", "loader workers >= 0", self.workers)
         need(self.threads is None or self.threads >= 1, "threads", "threads >= 1", self.threads)

@@ -13,7 +13,8 @@ import numpy as np
 import zarr
 from torch.utils.data import DataLoader
 
-from fmdata.derive.labels import ensure_labels, labels_up_to_date
+from fmdata.compute.dask_cluster import DaskOptions
+from fmdata.derive.labels import ensure_labels, labels_up_to_date, require_writable
 from fmdata.derive.windows import build_window_table, load_index
 from fmdata.errors import FmDataError
 from fmdata.store import schema
@@ -25,17 +26,19 @@ from fmmodel.checkpoint import ModelMeta
 from fmmodel.dataset import FmfWindowDataset
 from fmmodel.errors import FmModelError
 from fmmodel.model_config import FmFormerConfig
-from fmmodel.preprocessing import InputFormat
-from fmmodel.protocol import SPLITS
+from fmmodel.preprocessing import ORIENTATION_REFERENCE, InputFormat
+from fmmodel.protocol import CURRENT_SECOND_FRAMES, SPLITS
+from fmmodel.registry import get_variant
 from fmmodel.sampling import make_loader
 
 
 def window_table_for(location: Location, root: zarr.Group, name: str | None, params: WindowParams,
-                     ctx: dd.DistContext | None = None) -> WindowTable:
+                     ctx: dd.DistContext | None = None, progress: bool = False) -> WindowTable:
     """Return the stored table ``name``, or (name None) a table built now from ``params``.
 
     Building needs frame labels; when the store lacks them, rank 0 computes them first (as
-    ``fmdata labels`` would, writing the derived arrays into the store).
+    ``fmdata labels`` would, writing the derived arrays into the store; with a progress bar when
+    ``progress``). On a read-only store that is an FmModelError saying what to run.
     """
     try:
         if name:
@@ -43,13 +46,14 @@ def window_table_for(location: Location, root: zarr.Group, name: str | None, par
         ctx = ctx or dd.DistContext()
         if not labels_up_to_date(root):
             if ctx.is_main:
+                require_writable(location)
                 dd.log(ctx, f"{location}: computing frame labels first (fmdata labels)")
-                ensure_labels(location)
+                ensure_labels(location, DaskOptions(progress=progress))
             dd.barrier(ctx)
             root = open_store(location)
         return build_window_table(load_index(root), params)
     except FmDataError as exc:
-        raise FmModelError(str(exc), str(location)) from None
+        raise FmModelError(exc.message, exc.path or str(location), field=exc.field) from None
 
 
 def checkpoint_window_params(meta: ModelMeta) -> WindowParams:
@@ -69,6 +73,19 @@ def check_windows_fit(table: WindowTable, model_cfg: FmFormerConfig, where: str)
                            f"(the model's), got {frames} frames and {rows} rows", where)
 
 
+def check_frames_fit(meta: ModelMeta, height: int, width: int, checkpoint: str, where: str) -> None:
+    """Raise FmModelError when a video model expects frames of another size than the store's
+    ``height`` x ``width``; the message names the checkpoint and says both sizes (H x W, as the
+    store holds them). A current-only model reads no frames and always fits."""
+    if "video" not in get_variant(meta.variant).inputs:
+        return
+    rows, cols = meta.config.image_size  # as fed to the model: (W, H) under the reference orientation
+    want = (cols, rows) if meta.orientation == ORIENTATION_REFERENCE else (rows, cols)
+    if want != (height, width):
+        raise FmModelError(f"expects {want[0]}x{want[1]} frames (its model's input): expected a store of "
+                           f"{want[0]}x{want[1]} frames, got {height}x{width} frames in {where}", checkpoint)
+
+
 def select_split(table: WindowTable, split: str) -> np.ndarray:
     """Return the table rows of ``split`` ("test", "train" or "all": both splits)."""
     s = table.column("split")
@@ -79,6 +96,31 @@ def select_split(table: WindowTable, split: str) -> np.ndarray:
     if split == "all":
         return np.flatnonzero(s != schema.SPLIT_NONE)
     raise FmModelError(f"expected a split in {SPLITS}, got {split!r}", field="split")
+
+
+def per_second_samples(table: WindowTable, frame_time: np.ndarray, frame_label: np.ndarray,
+                       frame_offsets: np.ndarray) -> WindowTable:
+    """Return the authors' current-only samples of ``table``: one per distinct second.
+
+    Their CurrentDataset (docs/reference-protocol.md, "Metrics") takes, per recording and split,
+    each distinct timestamp second of the table's labelled frames in order of first appearance;
+    the sample is the window of that second's first frame (its current ends at that second) and
+    is abnormal when any of the ``CURRENT_SECOND_FRAMES`` (25) frames from that frame on (within
+    the recording) is. ``frame_time`` (seconds), ``frame_label`` (0/1) are the store's per-frame
+    arrays, ``frame_offsets`` its recording offsets. The table must be in frame order.
+    """
+    if not len(table):
+        return table
+    f, rec, split = table.column("frame"), table.column("recording"), table.column("split")
+    second = np.floor(np.asarray(frame_time, np.float64)[f]).astype(np.int64)
+    _, first = np.unique(np.stack([rec, split, second], axis=1), axis=0, return_index=True)
+    first = np.sort(first)  # order of first appearance
+    start = f[first]
+    stop = np.minimum(start + CURRENT_SECOND_FRAMES, np.asarray(frame_offsets, np.int64)[rec[first] + 1])
+    abnormal = np.concatenate([[0], np.cumsum(np.asarray(frame_label, np.int64) != 0)])
+    out = table.table[first].copy()
+    out[:, table.columns.index("label")] = (abnormal[stop] - abnormal[start] > 0).astype(np.int64)
+    return WindowTable(table=out, columns=table.columns, params={**table.params, "samples": "per second"})
 
 
 def make_dataset(location: Location, table: WindowTable, fmt: InputFormat, *, augment: bool, seed: int,

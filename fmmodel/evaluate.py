@@ -19,7 +19,7 @@ from fmdata.store import schema
 from fmdata.store.location import Location, LocationLike
 from fmmodel import distributed as dd
 from fmmodel.inference import Inference, autocast, model_inputs, prepare, resolve_precision, run_inference
-from fmmodel.metrics import probabilities, summary_line
+from fmmodel.metrics import pixel_scores_from_confusion, probabilities, summary_line
 from fmmodel.preprocessing import ORIENTATION_REFERENCE
 from fmmodel.protocol import THRESHOLD
 from fmmodel.report import Example, write_report
@@ -63,26 +63,50 @@ def _examples(p: Inference, records: dict[str, np.ndarray], k: int, device: torc
     return out
 
 
+_SAMPLES = {"toolkit": "one per test window (every test frame), labelled by its frame",
+            "reference": "one per distinct test second of each recording (the authors' current-only "
+                         "protocol), abnormal when any of the 25 frames from that second's first frame is"}
+_MIOU = {"toolkit": "dataset-wide 2x2 confusion matrix, mean over the classes that occur in target or prediction",
+         "reference": "dataset-wide 2x2 confusion matrix, mean over both classes, denominators + 1e-5 (the "
+                      "authors' rule: a class absent from target and prediction scores 0)"}
+
+
+def _reference_pixel_scores(metrics: dict[str, Any]) -> None:
+    """Recompute every pixel entry's accuracy, mean accuracy and mIoU by the authors' rule, in place."""
+    entries = [metrics["overall"], *metrics["recordings"].values()]
+    for entry in entries:
+        pixel = entry.get("pixel")
+        if pixel and pixel.get("confusion") is not None and pixel.get("pixels"):
+            pixel.update(pixel_scores_from_confusion(np.asarray(pixel["confusion"]), rule="reference"))
+
+
 def evaluate(store: LocationLike, checkpoint: str, *, fmt: str = "auto", variant: str | None = None, split: str = "test",
              windows: str | None = None, out: str | None = None, batch_size: int = 64, workers: int = 2,
              device: str = "auto", precision: str | None = None, examples: int = 8,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, protocol: str | None = None) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``store``; return the report dict (and write it under ``out``).
 
     ``fmt``: "auto", "toolkit" or "reference" (the authors' state_dict; ``variant`` names it when
-    its keys are ambiguous). The report holds metrics overall and per recording, FPS, what was
-    evaluated, and (with ``out``) the paths of report.json and the pictures.
+    its keys are ambiguous). ``protocol`` says how samples and pixel metrics are counted
+    (``fmmodel.protocol.EVAL_PROTOCOLS``; docs/training.md): "toolkit" (every test frame its own
+    sample; mIoU over the classes that occur) or "reference" (the authors' test scripts: a
+    current-only model scores one sample per distinct test second; mIoU keeps a class absent from
+    target and prediction as 0); None (default): "reference" for a checkpoint read in the authors'
+    format, else "toolkit". The report holds metrics overall and per recording, FPS, the protocol,
+    what was evaluated, and (with ``out``) the paths of report.json and the pictures.
     """
     location = Location.parse(store)
     ctx = dd.setup(device)
     try:
         p = prepare(location, checkpoint, fmt=fmt, variant=variant, split=split, windows=windows, ctx=ctx,
-                    batch_size=batch_size, workers=workers)
+                    batch_size=batch_size, workers=workers, progress=progress, protocol=protocol)
         prec = resolve_precision(precision, ctx.device)
         res = run_inference(p.model, p.loader, ctx, task=p.task, precision=prec,
                             recordings=p.store_meta.n_recordings, progress=progress)
         names = p.recording_names
         metrics = res["metrics"]
+        if p.protocol == "reference":
+            _reference_pixel_scores(metrics)
         for rid, entry in metrics["recordings"].items():
             entry["name"] = names[int(rid)] if int(rid) < len(names) else str(rid)
         meta = p.meta
@@ -90,6 +114,7 @@ def evaluate(store: LocationLike, checkpoint: str, *, fmt: str = "auto", variant
             "store": str(location), "checkpoint": os.fspath(checkpoint), "format": meta.info.get("format", "toolkit"),
             "variant": meta.variant, "task": p.task, "modality": p.modality, "split": split,
             "orientation": meta.orientation, "preprocessing": meta.preprocessing.get("name"),
+            "protocol": p.protocol,
             "windows": {"name": windows, "count": res["windows"],
                         "params": {k: v for k, v in p.params.items() if isinstance(v, (int, float, str))}},
             "device": str(ctx.device), "world_size": ctx.world_size, "precision": prec,
@@ -99,7 +124,8 @@ def evaluate(store: LocationLike, checkpoint: str, *, fmt: str = "auto", variant
                 "probabilities": "softmax of the two logits; threshold 0.5",
                 "class_score_of_seg_models": "max pixel probability of the labelled frame",
                 "auroc": "micro-averaged over all windows (class) / all pixels (pixel, binned)",
-                "miou": "dataset-wide 2x2 confusion matrix, mean over both classes (nan-mean)",
+                "samples": _SAMPLES[p.protocol if p.modality == "current" else "toolkit"],
+                "miou": _MIOU[p.protocol],
                 "fdr": "FP/(FP+TN)", "mdr": "FN/(TP+FN)",
                 "fps": "windows / wall time of the whole loop incl. data loading",
             },

@@ -21,18 +21,23 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from fmdata.derive.labels import read_labels
 from fmdata.errors import FmDataError
-from fmdata.store.access import open_store, read_meta, read_recordings
+from fmdata.store import schema
+from fmdata.store.access import open_store, read_meta, read_offsets, read_recordings
+from fmdata.store.checksums import read_checked
 from fmdata.store.location import Location
 from fmdata.store.schema import StoreMeta
 from fmdata.store.window_table import WindowParams, WindowTable
 from fmmodel import distributed as dd
 from fmmodel.checkpoint import CHECKPOINT_FORMATS, ModelMeta, load_model
 from fmmodel.data import (
+    check_frames_fit,
     check_windows_fit,
     checkpoint_window_params,
     make_dataset,
     make_eval_loader,
+    per_second_samples,
     select_split,
     window_table_for,
 )
@@ -40,7 +45,7 @@ from fmmodel.dataset import FmfWindowDataset
 from fmmodel.errors import FmModelError
 from fmmodel.metrics import MetricSet, class_curves, probabilities, window_probability_from_mask
 from fmmodel.preprocessing import PREPROCESSING_REFERENCE, input_format
-from fmmodel.protocol import PRECISIONS
+from fmmodel.protocol import EVAL_PROTOCOLS, PRECISIONS
 from fmmodel.registry import get_variant, model_info
 
 
@@ -173,11 +178,22 @@ class Inference:
     store_meta: StoreMeta
     recording_names: list[str]
     root: zarr.Group
+    protocol: str = "toolkit"
 
 
 def prepare(location: Location, checkpoint: str, *, fmt: str, variant: str | None, split: str, windows: str | None,
-            ctx: dd.DistContext, batch_size: int, workers: int) -> Inference:
-    """Load the model, windows, dataset and loader that an evaluation or prediction needs."""
+            ctx: dd.DistContext, batch_size: int, workers: int, progress: bool = False,
+            protocol: str | None = "toolkit") -> Inference:
+    """Load the model, windows, dataset and loader that an evaluation or prediction needs
+    (``progress``: a bar while frame labels are computed first, when the store lacks them).
+
+    ``protocol`` (``fmmodel.protocol.EVAL_PROTOCOLS``) decides the samples: "toolkit" one per
+    window of the split; "reference" the authors' for current-only models, one per distinct test
+    second (:func:`fmmodel.data.per_second_samples`); None: "reference" for a checkpoint read in
+    the authors' format, else "toolkit". The resolved name is ``Inference.protocol``.
+    """
+    if protocol is not None and protocol not in EVAL_PROTOCOLS:
+        raise FmModelError(f"expected a protocol in {EVAL_PROTOCOLS}, got {protocol!r}", field="protocol")
     model, meta = load_for_inference(checkpoint, fmt, variant, ctx.device)
     try:
         root = open_store(location)
@@ -186,13 +202,24 @@ def prepare(location: Location, checkpoint: str, *, fmt: str, variant: str | Non
         raise FmModelError(str(exc)) from None
     task = model_info(model).task
     modality = get_variant(meta.variant).modality
+    check_frames_fit(meta, smeta.height, smeta.width, checkpoint, str(location))
     params: WindowParams = checkpoint_window_params(meta)
-    table = window_table_for(location, root, windows, params, ctx)
+    table = window_table_for(location, root, windows, params, ctx, progress=progress)
     check_windows_fit(table, meta.config, f"{location} (windows {windows or 'built from the checkpoint'})")
     rows = select_split(table, split)
     if not len(rows):
         raise FmModelError(f"expected windows in split {split!r}, got none", str(location))
     sub = table.subset(rows)
+    if protocol is None:
+        protocol = "reference" if meta.info.get("format") == "reference" else "toolkit"
+    if protocol == "reference" and modality == "current":
+        try:
+            frame_label, _ = read_labels(root)
+            frame_offsets, _ = read_offsets(root)
+            frame_time = read_checked(root[schema.FRAME_TIME], str(location))
+        except FmDataError as exc:
+            raise FmModelError(exc.message, exc.path or str(location)) from None
+        sub = per_second_samples(sub, frame_time, frame_label, frame_offsets)
     fmt_in = input_format(meta.preprocessing.get("name", PREPROCESSING_REFERENCE), ctx.device)
     if fmt_in.orientation != meta.orientation:
         raise FmModelError(f"expected inputs in the checkpoint's orientation {meta.orientation!r}, but "
@@ -202,4 +229,4 @@ def prepare(location: Location, checkpoint: str, *, fmt: str, variant: str | Non
     names = [r.name for r in read_recordings(root)]
     return Inference(model=model, meta=meta, task=task, modality=modality, table=sub, dataset=ds, loader=loader,
                      params=dict(table.params) if windows else params.to_dict(), store_meta=smeta,
-                     recording_names=names, root=root)
+                     recording_names=names, root=root, protocol=protocol)

@@ -11,10 +11,13 @@ Conventions (they follow the benchmark's reference test script, docs/reference-p
   windows only, never with pixels.
 - Pixel level: one dataset-wide 2x2 confusion matrix over every labelled-frame pixel; pixel
   accuracy = trace / total; mean pixel accuracy = mean over classes of the per-class recall;
-  mIoU = mean over BOTH classes (normal and abnormal) of TP_c / (TP_c + FP_c + FN_c). A class
-  absent from both target and prediction has no IoU and is left out of the mean (nan-mean, as
-  the reference computes it). Pixel AUROC and AP use binned torchmetrics states
-  (``thresholds=int``): constant memory however many pixels are seen.
+  mIoU = mean over BOTH classes (normal and abnormal) of TP_c / (TP_c + FP_c + FN_c). Two rules
+  for a class absent from both target and prediction (:func:`pixel_scores_from_confusion`):
+  the toolkit's (the default) leaves it out of the means, as it has no IoU; the reference's
+  (``rule="reference"``, what ``evaluate --protocol reference`` reports) adds 1e-5 to every
+  denominator, so that class scores 0 and stays in the means: confusion [[10000, 0], [0, 0]]
+  gives mIoU 1.0 by the toolkit's rule and 0.5 by the reference's. Pixel AUROC and AP use
+  binned torchmetrics states (``thresholds=int``): constant memory however many pixels are seen.
 - Under DDP every rank accumulates its own shard; :meth:`MetricSet.compute` gathers the class
   records (dropping repeated windows by their key, so a padded sampler cannot count a window
   twice) and sums the pixel states, then returns identical results on every rank.
@@ -43,7 +46,7 @@ from torchmetrics.classification import (
 )
 
 from fmmodel.errors import FmModelError
-from fmmodel.protocol import THRESHOLD
+from fmmodel.protocol import EVAL_PROTOCOLS, PIXEL_EPS, THRESHOLD
 
 DEFAULT_PIXEL_THRESHOLDS = 201  # 0, 0.005, ..., 1: constant-size state per recording
 
@@ -130,15 +133,32 @@ def class_curves(prob: torch.Tensor, target: torch.Tensor) -> dict[str, np.ndarr
     return {"fpr": fpr.numpy(), "tpr": tpr.numpy(), "precision": precision.numpy(), "recall": recall.numpy()}
 
 
-def pixel_scores_from_confusion(cm: np.ndarray) -> dict[str, Any]:
+def pixel_scores_from_confusion(cm: np.ndarray, rule: str = "toolkit") -> dict[str, Any]:
     """Return pixel accuracy, mean pixel accuracy and mIoU of a 2x2 [[TN, FP], [FN, TP]] matrix.
 
-    Rows are the true class, columns the predicted class. Per-class values that are undefined
-    (0 / 0) are left out of the means; a mean with nothing left is None.
+    Rows are the true class, columns the predicted class. ``rule`` "toolkit": per-class values
+    that are undefined (0 / 0, a class absent from target and prediction) are left out of the
+    means, and a mean with nothing left is None. ``rule`` "reference": as the authors' metric,
+    every denominator carries +1e-5 (``fmmodel.protocol.PIXEL_EPS``), so such a class scores 0
+    and stays in the means.
     """
+    if rule not in EVAL_PROTOCOLS:
+        raise FmModelError(f"expected a pixel metric rule in {EVAL_PROTOCOLS}, got {rule!r}", field="protocol")
     cm = np.asarray(cm, dtype=np.float64)
     total = cm.sum()
     diag = np.diag(cm)
+    if rule == "reference":
+        class_acc = diag / (cm.sum(axis=1) + PIXEL_EPS)
+        iou = diag / (cm.sum(axis=1) + cm.sum(axis=0) - diag + PIXEL_EPS)
+        return {
+            "pixel_accuracy": float(diag.sum() / (total + PIXEL_EPS)),
+            "mean_pixel_accuracy": float(class_acc.mean()),
+            "miou": float(iou.mean()),
+            "iou": [float(x) for x in iou],
+            "pixels": int(total),
+            "confusion": cm.astype(np.int64).tolist(),
+            "rule": rule,
+        }
     with np.errstate(invalid="ignore", divide="ignore"):
         class_acc = diag / cm.sum(axis=1)
         iou = diag / (cm.sum(axis=1) + cm.sum(axis=0) - diag)
@@ -154,6 +174,7 @@ def pixel_scores_from_confusion(cm: np.ndarray) -> dict[str, Any]:
         "iou": [None if math.isnan(x) else float(x) for x in iou],
         "pixels": int(total),
         "confusion": cm.astype(np.int64).tolist(),
+        "rule": rule,
     }
 
 

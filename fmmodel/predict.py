@@ -146,7 +146,7 @@ def predict(store: LocationLike, checkpoint: str, out: str, *, fmt: str = "auto"
     ctx = dd.setup(device)
     try:
         p = prepare(location, checkpoint, fmt=fmt, variant=variant, split=split, windows=windows, ctx=ctx,
-                    batch_size=batch_size, workers=workers)
+                    batch_size=batch_size, workers=workers, progress=progress)
         ds, meta, task = p.dataset, p.meta, p.task
         n = len(ds)
         seg = task == "seg"

@@ -14,6 +14,15 @@ SPLITS = ("test", "train", "all")  # which windows evaluate / predict score ("al
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("bf16", "fp32")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+# How evaluate counts samples and pixel metrics (docs/reference-protocol.md, "Metrics"; docs/training.md):
+# toolkit: every test frame is a sample with its own label; mIoU and mean pixel accuracy average the
+# classes that occur (a class absent from target and prediction is left out).
+# reference: the authors' test scripts: a current-only model scores one sample per distinct test
+# second (abnormal when any of CURRENT_SECOND_FRAMES frames from that second's first is); pixel
+# metrics add PIXEL_EPS to every denominator, so an absent class scores 0 and stays in the means.
+EVAL_PROTOCOLS = ("toolkit", "reference")
+CURRENT_SECOND_FRAMES = 25
+PIXEL_EPS = 1e-5
 
 # the authors' training recipe
 EPOCHS = 30

@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import functools
 import multiprocessing
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
+from fmdata.errors import FmfError
 from fmmodel.dataset import FmfWindowDataset, collate_windows
 from fmmodel.errors import FmModelError
 
@@ -119,7 +121,7 @@ def make_loader(dataset: FmfWindowDataset, batch_size: int, workers: int = 0, *,
                 sampler: torch.utils.data.Sampler | None = None, num_replicas: int = 1, rank: int = 0,
                 pin_memory: bool | None = None, prefetch_factor: int = 4, persistent_workers: bool = True,
                 context: str | None = None, zero_copy: bool | None = None,
-                **kwargs: Any) -> torch.utils.data.DataLoader:
+                **kwargs: Any) -> WindowLoader:
     """Return a DataLoader over ``dataset`` with batched fetches and safe worker settings.
 
     ``shuffle`` uses a ShuffleSampler, ``balanced`` a ClassBalancedSampler (both seeded with
@@ -157,10 +159,51 @@ def make_loader(dataset: FmfWindowDataset, batch_size: int, workers: int = 0, *,
                        worker_init_fn=functools.partial(worker_init, reuse_buffers=prefetch_factor + 2,
                                                         zero_copy=bool(zero_copy)))
     options.update(kwargs)
-    return torch.utils.data.DataLoader(
+    return WindowLoader(
         dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
         collate_fn=collate_windows, drop_last=drop_last,
         pin_memory=pin, **options)
+
+
+class WindowLoader(torch.utils.data.DataLoader):
+    """A DataLoader whose workers' errors arrive as the worker raised them: one line.
+
+    torch re-raises an exception from a worker process as the same type whose message is
+    "Caught X in DataLoader worker process N." followed by the worker's whole traceback; the
+    toolkit's own errors (FmDataError, FmModelError) are turned back into their one line here.
+    """
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]  # a generator over torch's iterator
+        return _one_line_errors(super().__iter__())
+
+
+def _one_line_errors(batches: Iterator[Any]) -> Iterator[Any]:
+    try:
+        yield from batches
+    except FmfError as exc:
+        original = worker_error_line(str(exc))
+        if original is None:
+            raise
+        # stop the workers now: the traceback keeps this iterator alive until the interpreter
+        # exits, whose clean-up then warns about the workers' leaked semaphores
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        raise type(exc)(original, field=exc.field) from None
+
+
+_WORKER_ERROR = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.")
+_LAST_LINE = re.compile(r"^[\w.]+: (.+)$")
+
+
+def worker_error_line(text: str) -> str | None:
+    """Return the original message of an error torch re-raised from a DataLoader worker (None if
+    ``text`` is not such a message): the last line of the worker's traceback, without its type."""
+    if not _WORKER_ERROR.match(text):
+        return None
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    found = _LAST_LINE.match(lines[-1].strip()) if lines else None
+    return found.group(1) if found else None
 
 
 def set_loader_epoch(loader: torch.utils.data.DataLoader, epoch: int) -> None:

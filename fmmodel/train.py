@@ -28,11 +28,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from fmdata.errors import FmDataError
+from fmdata.errors import FmDataError, Interrupted
 from fmdata.store import schema
 from fmdata.store.access import open_store, read_meta, read_offsets
 from fmdata.store.checksums import read_checked
-from fmdata.store.location import Location
+from fmdata.store.location import Location, LocationLike
 from fmdata.store.lock import writer_lock
 from fmdata.store.window_table import WindowParams
 from fmmodel import checkpoint as ckpt_io
@@ -44,6 +44,7 @@ from fmmodel.holdout import holdout_split
 from fmmodel.inference import autocast, model_inputs, resolve_precision, run_inference
 from fmmodel.preprocessing import input_format
 from fmmodel.registry import build_model, model_info, unwrap_model
+from fmmodel.run_data import absolute_store, check_same_store, check_same_windows, store_identity, windows_identity
 from fmmodel.sampling import make_loader, set_loader_epoch
 
 CONFIG_JSON = "config.json"
@@ -112,6 +113,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     Under ``torchrun`` every process calls this; rank 0 writes the run folder. Raises
     FmModelError for unusable options, stores or run folders (an existing, non-empty one included).
     """
+    cfg.store = absolute_store(cfg.store)
     ctx = dd.setup(cfg.device)
     try:
         with run_lock(cfg.out, ctx):
@@ -122,16 +124,25 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         dd.teardown(ctx)
 
 
-def resume_run(run_dir: str, epochs: int | None = None, progress: bool = True) -> TrainResult:
+def resume_run(run_dir: str, epochs: int | None = None, progress: bool = True,
+               store: LocationLike | None = None) -> TrainResult:
     """Continue the run in ``run_dir`` from its ``last.pt`` (model, optimizer, scheduler, epoch, RNG).
 
     ``epochs`` extends (or shortens) the planned number of epochs; everything else comes from the
-    run's ``config.json``. A run that already finished its epochs returns at once.
+    run's ``config.json``. ``store`` gives the store's new location when it moved (its data must
+    be the same). Raises FmModelError when the store or the window table differ from what the run
+    recorded (:mod:`fmmodel.run_data`). A run that already finished its epochs returns at once.
     """
     if not os.path.exists(os.path.join(run_dir, LAST)):
         raise FmModelError(f"expected a run folder with {LAST} to resume, got none", run_dir)
     cfg = TrainConfig.load(os.path.join(run_dir, CONFIG_JSON))
     cfg.out = run_dir
+    if store is not None:
+        cfg.store = absolute_store(str(Location.parse(store)))
+    where = Location.parse(cfg.store)
+    if store is None and not where.is_url and not os.path.exists(where.local_path or cfg.store):
+        raise FmModelError(f"expected the run's store at {cfg.store}, got nothing there; if it moved, give its new "
+                           "location with --store (with --resume)", run_dir)
     if epochs is not None:
         if epochs < 1:
             raise FmModelError(f"expected epochs >= 1, got {epochs}", field="epochs")
@@ -161,16 +172,27 @@ def run_lock(run_dir: str, ctx: dd.DistContext) -> Iterator[None]:
 
 
 def _train(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool) -> TrainResult:
-    run = build(ctx, cfg, resume)
     try:
-        for epoch in range(run.start_epoch, cfg.epochs):
-            row = fit_epoch(run, epoch, progress)
-            save_epoch(run, epoch, row)
-    finally:
-        if run.writer is not None:
-            run.writer.close()
+        run = build(ctx, cfg, resume)
+        try:
+            for epoch in range(run.start_epoch, cfg.epochs):
+                row = fit_epoch(run, epoch, progress)
+                save_epoch(run, epoch, row)
+        finally:
+            if run.writer is not None:
+                run.writer.close()
+    except KeyboardInterrupt:
+        raise Interrupted(_resume_hint(cfg.out)) from None
     return TrainResult(run_dir=cfg.out, last=run.last_path, best=run.best_path, history=run.history,
                        model=run.model, config=cfg)
+
+
+def _resume_hint(out: str) -> str:
+    """What an interrupted run left, and the command that continues it."""
+    if os.path.exists(os.path.join(out, LAST)):
+        return (f"{out}: interrupted; the last finished epoch is in {LAST}: `fmmodel train --out {out} --resume` "
+                "continues from it")
+    return f"{out}: interrupted before the first epoch finished; nothing to resume (start the run again)"
 
 
 def _prepare_run_dir(cfg: TrainConfig, ctx: dd.DistContext) -> None:
@@ -197,7 +219,12 @@ def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool) -> Run:
     location = Location.parse(cfg.store)
     root = open_store(location)
     meta = read_meta(root, cfg.store)
+    if resume:
+        check_same_store(cfg.data, location, root, cfg.out)
     wt = window_table_for(location, root, cfg.windows, cfg.window, ctx)
+    if resume:
+        check_same_windows(cfg.data, cfg.runtime, wt, cfg.out)
+    cfg.data = {**store_identity(location, root), **windows_identity(cfg.windows, wt)}
     frame_offsets, _ = read_offsets(root)
     fce = np.asarray(read_checked(root[schema.FRAME_CURRENT_END], cfg.store), np.int64)
     tr_rows, va_rows, vinfo = holdout_split(wt, fce, frame_offsets, cfg.val_fraction)
@@ -215,8 +242,11 @@ def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool) -> Run:
     h, w = train_ds.item_frame_shape  # (W, H) under the reference orientation
     model_overrides = {k: v for k, v in cfg.model.items() if k != "size"}
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
-    model = build_model(cfg.variant, size=cfg.model.get("size", "reference"), frames=cfg.window.frames,
-                        image_size=(h, w), current_rows=cfg.window.current_rows, **model_overrides)
+    try:
+        model = build_model(cfg.variant, size=cfg.model.get("size", "reference"), frames=cfg.window.frames,
+                            image_size=(h, w), current_rows=cfg.window.current_rows, **model_overrides)
+    except FmModelError as exc:  # a size override out of range is a usage error of that option
+        raise FmModelError(exc.message, exc.path, field="model" if model_overrides else exc.field) from None
     cfg.validation = vinfo
     cfg.runtime = {"world_size": ctx.world_size, "device": str(device.type), "precision": precision,
                    "store_frames": meta.n_frames, "windows_total": len(wt),

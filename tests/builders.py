@@ -30,6 +30,8 @@ import h5py
 import numpy as np
 
 from fmdata import store, synth
+from fmdata.compute import DaskOptions
+from fmdata.convert import convert
 from fmdata.derive import FrameIndex, compute_stats, make_windows
 from fmdata.store import schema
 from fmdata.store.window_table import WindowParams, WindowTable, list_window_tables, window_columns, write_window_table
@@ -215,6 +217,32 @@ def store64_with_table(tmp_path_factory) -> str:
         make_windows(path, "ref10", WindowParams(stride=10))
         make_windows(path, "short", WindowParams(frames=4, stride=10))
     return path
+
+
+# Short windows for 16x16 stores of a few hundred frames: 4 frames step 2, 10 s of current as 20 rows.
+SHORT_WINDOWS = WindowParams(frames=4, frame_step=2, current_seconds=10.0, current_rows=20)
+
+
+def converted_store(tmp_path_factory, name: str = "converted16", frames: int = 1200, size: int = 16) -> str:
+    """A store converted by ``fmdata convert`` from a synthetic V1 file (dense events), with labels
+    and the window table "w" (SHORT_WINDOWS), built once per session; copy it before changing it."""
+    folder = tmp_path_factory.getbasetemp() / name
+    path = folder / "store.zarr"
+    if not (path / "zarr.json").exists():
+        folder.mkdir(exist_ok=True)
+        src = synth.write_v1(folder / "rec.mat", frames=frames, size=size, seed=5, events="dense")
+        convert([str(src)], str(path), workers=1, progress=False)
+        make_windows(str(path), "w", SHORT_WINDOWS, options=DaskOptions(progress=False))
+    return str(path)
+
+
+def corrupt_file(path: str | os.PathLike[str], start: float = 0.1, stop: float = 0.5) -> None:
+    """Flip every 7th byte between fractions ``start`` and ``stop`` of a file (a shard's inner
+    chunks lie before its index, at the end): what a bad disk or a bad copy does."""
+    data = bytearray(Path(path).read_bytes())
+    for i in range(int(len(data) * start), int(len(data) * stop), 7):
+        data[i] ^= 0xFF
+    Path(path).write_bytes(bytes(data))
 
 
 # ---- window tables ---------------------------------------------------------------------------------

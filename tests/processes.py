@@ -1,10 +1,13 @@
-"""Real ``fmdata``/``fmmodel`` processes for the reliability tests: stopped at a named point, then
-killed, raced or let go on.
+"""The console scripts as a user runs them: real ``fmdata``/``fmmodel`` processes, their exit codes
+and their stderr; stopped at a named point, then killed, interrupted, raced or let go on.
 
-``start`` runs a command line in a session of its own with ``FMF_PAUSE_AT`` naming the points
-where it stops itself (:mod:`fmdata.store.failpoints`); ``stopped`` waits until it has; ``kill``,
-``resume`` and ``run`` do the rest. ``blocked_on_lock`` waits until a process waits for a
-``flock`` (Linux ``/proc/locks``), to show that a reader really waited for a writer.
+``run([FMDATA, "stats", store])`` runs an installed script of this environment to the end;
+``one_line_error`` checks the README's promise about it: a failure is one line on stderr, no
+traceback, and the given exit code. ``start`` runs a command line in a session of its own without
+waiting (for signals), with ``FMF_PAUSE_AT`` naming the points where it stops itself
+(:mod:`fmdata.store.failpoints`); ``stopped`` waits until it has; ``kill`` and ``resume`` do the
+rest. ``blocked_on_lock`` waits until a process waits for a ``flock`` (Linux ``/proc/locks``), to
+show that a reader really waited for a writer.
 """
 from __future__ import annotations
 
@@ -18,8 +21,15 @@ from collections.abc import Sequence
 from fmdata.store.failpoints import ENV_PAUSE_AT
 
 BIN = os.path.dirname(sys.executable)
-FMDATA = os.path.join(BIN, "fmdata")
-FMMODEL = os.path.join(BIN, "fmmodel")
+
+
+def script(name: str) -> str:
+    """The path of an installed console script (fmdata, fmmodel) of this environment."""
+    return os.path.join(BIN, name)
+
+
+FMDATA = script("fmdata")
+FMMODEL = script("fmmodel")
 
 
 def _env(pause_at: str | None) -> dict[str, str]:
@@ -62,9 +72,11 @@ def kill(proc: subprocess.Popen) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
-def run(args: Sequence[str]) -> subprocess.CompletedProcess:
-    """Run ``args`` to the end (no pause point); return its code and output."""
-    return subprocess.run([str(a) for a in args], env=_env(None), capture_output=True, text=True, timeout=600)
+def run(args: Sequence[object], *, env: dict[str, str] | None = None, cwd: str | None = None,
+        timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``args`` to the end (no pause point; ``env`` added to this environment); return its code and output."""
+    return subprocess.run([str(a) for a in args], env={**_env(None), **(env or {})}, cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def one_line(text: str) -> str:
@@ -72,6 +84,17 @@ def one_line(text: str) -> str:
     lines = text.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in text, text
     return lines[0]
+
+
+def one_line_error(result: subprocess.CompletedProcess, code: int, *needles: str) -> str:
+    """Assert ``result`` failed with exit ``code`` and one stderr line ("Error: ...") holding every needle;
+    return that line."""
+    assert result.returncode == code, (result.returncode, result.stderr)
+    line = one_line(result.stderr)
+    assert line.startswith("Error: "), result.stderr
+    for needle in needles:
+        assert needle in line, (needle, line)
+    return line
 
 
 def blocked_on_lock(proc: subprocess.Popen) -> None:

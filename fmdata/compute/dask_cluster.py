@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import dask
+import dask.utils
 import zarr
 from dask.callbacks import Callback
 from tqdm.auto import tqdm
@@ -54,6 +55,24 @@ class DaskOptions:
             raise FmDataError("expected either local workers or a scheduler address, got both", field="scheduler")
         if self.workers is not None and self.workers < 1:
             raise FmDataError(f"expected at least 1 worker, got {self.workers}", field="workers")
+        _check_memory_limit(self.memory_limit)
+
+
+def _check_memory_limit(value: str | int) -> None:
+    """Raise FmDataError (field memory_limit) unless ``value`` is one that dask.distributed reads:
+    "auto", a number of bytes, a share of the machine's memory (0..1), or a size like "2GiB"."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        try:
+            number = float(dask.utils.parse_bytes(str(value)))
+        except (TypeError, ValueError):
+            number = -1.0
+    if not number >= 0:
+        raise FmDataError(f"expected a memory limit like 2GiB, 4e9 (bytes), 0.5 (of the machine) or auto, "
+                          f"got {value!r}", field="memory_limit")
 
 
 def _prepare_worker(modules: Sequence[str]) -> None:
@@ -162,11 +181,13 @@ def dask_runner(options: DaskOptions = DaskOptions(), preload: Sequence[str] = (
     # Our tasks are independent blocks with tiny results: hand every worker its whole queue up
     # front instead of one task at a time, so a busy client process (the LocalCluster's
     # scheduler runs in it) never leaves workers idle between tasks.
+    # Workers log a failed task with its traceback (ERROR); the client re-raises the task's own
+    # one-line error, so their logs stay quiet below CRITICAL.
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
                           "distributed.scheduler.worker-saturation": float("inf")}):
         cluster = LocalCluster(n_workers=options.workers, threads_per_worker=1, processes=True,
                                memory_limit=options.memory_limit, dashboard_address=":0",
-                               silence_logs=logging.ERROR)
+                               silence_logs=logging.CRITICAL)
     try:
         client = Client(cluster)
         try:

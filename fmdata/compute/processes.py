@@ -79,10 +79,17 @@ def _in_this_process(fn: Callable[..., Any], a: tuple) -> Any:
         numcodecs.blosc.use_threads = saved
 
 
-def resolve_workers(workers: int | None) -> int:
-    """Return ``workers``, or the CPU count when None; FmDataError for fewer than one."""
+def resolve_workers(workers: int | None, *, in_process: bool = False) -> int:
+    """Return ``workers``, or the CPU count when None; FmDataError for fewer than one.
+
+    ``in_process``: the data lives in this process only (a ``memory://`` store), so the work runs
+    here: None gives 1, and more than one worker is an FmDataError (other processes cannot see it).
+    """
     if workers is None:
-        return os.cpu_count() or 1
+        return 1 if in_process else (os.cpu_count() or 1)
     if workers < 1:
         raise FmDataError(f"expected at least 1 worker process, got {workers}", field="workers")
+    if in_process and workers > 1:
+        raise FmDataError(f"expected 1 worker process for a store that lives in this process (memory://: other "
+                          f"processes cannot see it), got {workers}", field="workers")
     return int(workers)

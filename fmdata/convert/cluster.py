@@ -168,7 +168,7 @@ class ClusterRunner:
 def convert_on_cluster(sources: Sequence[str | os.PathLike[str]], out: LocationLike, scheduler: str | Client, *,
                        overwrite: bool = False, resume: bool = False, chunk_frames: int | None = None,
                        shard_frames: int | None = None, fps: float = DEFAULT_FPS, progress: bool = True,
-                       connect_timeout: str = "10s") -> ConvertReport:
+                       connect_timeout: str = "10s", mask_nonzero: bool = False) -> ConvertReport:
     """Convert ``sources`` into ``out`` with the units running on a dask.distributed cluster.
 
     ``scheduler`` is an address ("tcp://host:8786") or an open ``distributed.Client``. Sources
@@ -184,7 +184,8 @@ def convert_on_cluster(sources: Sequence[str | os.PathLike[str]], out: LocationL
     def run(client: Client) -> ConvertReport:
         runner = ClusterRunner(client)
         return convert(sources, target, workers=max(1, runner.n_workers), runner=runner, overwrite=overwrite,
-                       resume=resume, chunk_frames=chunk_frames, shard_frames=shard_frames, fps=fps, progress=progress)
+                       resume=resume, chunk_frames=chunk_frames, shard_frames=shard_frames, fps=fps, progress=progress,
+                       mask_nonzero=mask_nonzero)
 
     if not isinstance(scheduler, str):
         return run(scheduler)
@@ -196,7 +197,7 @@ def convert_on_cluster(sources: Sequence[str | os.PathLike[str]], out: LocationL
 def run_conversion(sources: Sequence[str | os.PathLike[str]], out: LocationLike, *, scheduler: str | None = None,
                    workers: int | None = None, overwrite: bool = False, resume: bool = False,
                    chunk_frames: int | None = None, shard_frames: int | None = None, fps: float = DEFAULT_FPS,
-                   progress: bool = True) -> ConvertReport:
+                   progress: bool = True, mask_nonzero: bool = False) -> ConvertReport:
     """Convert on a dask.distributed cluster when ``scheduler`` is given, else in local processes.
 
     The single entry point of ``fmdata convert``: ``workers`` (local process count) and
@@ -208,6 +209,7 @@ def run_conversion(sources: Sequence[str | os.PathLike[str]], out: LocationLike,
             raise FmDataError("expected either local worker processes or a scheduler address, got both",
                               field="scheduler")
         return convert_on_cluster(sources, out, scheduler, overwrite=overwrite, resume=resume,
-                                  chunk_frames=chunk_frames, shard_frames=shard_frames, fps=fps, progress=progress)
+                                  chunk_frames=chunk_frames, shard_frames=shard_frames, fps=fps, progress=progress,
+                                  mask_nonzero=mask_nonzero)
     return convert(sources, out, workers=workers, overwrite=overwrite, resume=resume, chunk_frames=chunk_frames,
-                   shard_frames=shard_frames, fps=fps, progress=progress)
+                   shard_frames=shard_frames, fps=fps, progress=progress, mask_nonzero=mask_nonzero)

@@ -55,7 +55,7 @@ from fmdata.convert.plan import (
     plan_conversion,
 )
 from fmdata.convert.units import close_cached, convert_unit
-from fmdata.errors import FmDataError
+from fmdata.errors import FmDataError, Interrupted
 from fmdata.sources import DEFAULT_FPS, RecordingSource, open_sources
 from fmdata.store import schema
 from fmdata.store.access import read_meta
@@ -246,7 +246,8 @@ def _run_units(units: list[WorkUnit], staging: Location, workers: int, ledger: L
 def convert(sources: Sequence[str | os.PathLike[str]], out: LocationLike, *, workers: int | None = None,
             overwrite: bool = False, resume: bool = False, chunking: Chunking | None = None,
             chunk_frames: int | None = None, shard_frames: int | None = None,
-            fps: float = DEFAULT_FPS, progress: bool = True, runner: UnitRunner | None = None) -> ConvertReport:
+            fps: float = DEFAULT_FPS, progress: bool = True, runner: UnitRunner | None = None,
+            mask_nonzero: bool = False) -> ConvertReport:
     """Convert ``sources`` (V1 MAT files and/or V2 folders, in order) into a new store at ``out``.
 
     ``workers`` processes run the units: this one and ``workers - 1`` spawned children (default:
@@ -258,7 +259,10 @@ def convert(sources: Sequence[str | os.PathLike[str]], out: LocationLike, *, wor
     ``chunking`` defaults to :func:`fmdata.store.layout.default_chunking`; ``chunk_frames`` /
     ``shard_frames`` override its frame-axis lengths. ``fps`` is the V1 frame rate; ``progress``
     shows a tqdm bar (frames/s, ETA). ``runner`` runs the units elsewhere (a dask cluster, see
-    :mod:`fmdata.convert.cluster`) instead of local processes. Returns a :class:`ConvertReport`.
+    :mod:`fmdata.convert.cluster`) instead of local processes. ``mask_nonzero`` stores every mask
+    value above 0 as 1, as the authors' loader reads masks (by default any value other than 0 or
+    1 is refused); the store's recordings record it, and ``verify`` reads the sources the same
+    way. Returns a :class:`ConvertReport`.
     Raises FmDataError for bad sources or output paths (OUT a symbolic link included), removing
     the partial store, and when another process is writing ``out`` (it names that process); an
     interruption (lost workers, Ctrl-C) keeps finished units for ``resume``.
@@ -266,8 +270,9 @@ def convert(sources: Sequence[str | os.PathLike[str]], out: LocationLike, *, wor
     t0 = time.perf_counter()
     target = Location.parse(out)
     _refuse_link(target)
-    workers = resolve_workers(workers)
-    recs = open_sources([os.fspath(s) for s in sources], fps)
+    # a runner runs the units elsewhere (a cluster: its own error if it cannot reach the store)
+    workers = resolve_workers(workers, in_process=target.in_process and runner is None)
+    recs = open_sources([os.fspath(s) for s in sources], fps, mask_nonzero=mask_nonzero)
     chunking = override_chunking(chunking or default_chunking(recs[0].height, recs[0].width), chunk_frames,
                                  shard_frames)
     plan = plan_conversion(recs, chunking, fps)
@@ -337,8 +342,8 @@ def _convert_into(target: Location, plan: ConversionPlan, recs: list[RecordingSo
         raise FmDataError(f"conversion stopped ({exc.__class__.__name__}: {exc}); finished units are kept in "
                           f"{staging}: run again with --resume", str(target)) from None
     except KeyboardInterrupt:
-        raise FmDataError(f"interrupted; finished units are kept in {staging}: run again with --resume",
-                          str(target)) from None
+        raise Interrupted(f"{target}: interrupted; finished units are kept in {staging}: run the same command "
+                          "with --resume to continue") from None
     finally:
         bar.close()
         close_cached()

@@ -99,10 +99,13 @@ class ConversionPlan:
 
     def signature(self) -> dict[str, Any]:
         """Return what must not change between a conversion and its resumption (JSON-able)."""
-        return {"sources": [[list(fp) for fp in r.fingerprint] for r in self.recordings],
-                "names": [r.name for r in self.recordings],
-                "chunking": self.chunking.to_dict(),
-                "fps": self.fps, "unit_frames": self.unit_frames}
+        sig = {"sources": [[list(fp) for fp in r.fingerprint] for r in self.recordings],
+               "names": [r.name for r in self.recordings],
+               "chunking": self.chunking.to_dict(),
+               "fps": self.fps, "unit_frames": self.unit_frames}
+        if any(r.mask_nonzero for r in self.recordings):  # absent otherwise: older ledgers stay resumable
+            sig["mask_nonzero"] = [r.mask_nonzero for r in self.recordings]
+        return sig
 
 
 def _pieces(recs: Sequence[RecordingSource], offsets: np.ndarray, current_offsets: np.ndarray,

@@ -11,6 +11,7 @@ blocks in worker processes, like the conversion.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -285,7 +286,7 @@ def verify(location: LocationLike, sources: Sequence[str | os.PathLike[str]] = (
     """
     t0 = time.perf_counter()
     loc = Location.parse(location)
-    workers = resolve_workers(workers)
+    workers = resolve_workers(workers, in_process=loc.in_process)
     root = open_store(loc)
     meta = read_meta(root, str(loc))
     report = VerifyReport(store=str(loc), n_frames=meta.n_frames, n_current=meta.n_current)
@@ -301,10 +302,14 @@ def verify(location: LocationLike, sources: Sequence[str | os.PathLike[str]] = (
     units = _units_without_sources(meta.n_frames, frame_block, meta.n_current, current_block)
     if sources:
         recs = open_sources([os.fspath(s) for s in sources], meta.fps)
+        infos = read_recordings(root)
+        # read the sources as the conversion did: masks above 0 as 1 where it was asked to
+        if len(recs) == len(infos):
+            recs = [dataclasses.replace(r, mask_nonzero=i.mask_nonzero) for r, i in zip(recs, infos)]
         f_off, c_off = read_offsets(root)
         got = [(r.name, r.n_frames, r.n_current) for r in recs]
         have = [(i.name, int(f_off[k + 1] - f_off[k]), int(c_off[k + 1] - c_off[k]))
-                for k, i in enumerate(read_recordings(root))]
+                for k, i in enumerate(infos)]
         if got != have:
             report.problems.append(Problem("recordings", "", 0, 0, "structure",
                                            f"store holds (name, frames, current rows) {have}, sources give {got}"))

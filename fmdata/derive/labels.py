@@ -28,7 +28,7 @@ from fmdata import __version__
 from fmdata.compute.dask_cluster import DaskOptions, Runner, dask_runner
 from fmdata.errors import FmDataError
 from fmdata.store import schema
-from fmdata.store.access import open_store, read_meta
+from fmdata.store.access import open_store, read_meta, store_writable
 from fmdata.store.block_reader import BlockReader, block_frames, block_ranges
 from fmdata.store.checksums import read_checked
 from fmdata.store.derived import DerivedArray, write_derived
@@ -141,19 +141,31 @@ def _compute(loc: Location, root: zarr.Group, runner: Runner) -> LabelsReport:
                         scheduler=runner.description)
 
 
+def require_writable(location: Location, what: str = "frame labels") -> None:
+    """Raise FmDataError when the store at ``location`` is read-only: ``what`` is missing or stale
+    and cannot be stored; the message says what to run where the store is writable."""
+    if not store_writable(location):
+        raise FmDataError(f"expected up-to-date {what} or a writable store to compute them, got neither (the store "
+                          f"is read-only): run `fmdata labels {location}` where it is writable", str(location))
+
+
 def compute_labels(location: LocationLike, *, force: bool = False, options: DaskOptions = DaskOptions(),
                    runner: Runner | None = None) -> LabelsReport:
     """Compute and store ``frame_label`` and ``abnormal_pixels`` for the store at ``location``.
 
-    A no-op (status "up to date") when current labels exist, unless ``force``. ``runner``
-    reuses an open Dask runner; otherwise one is started from ``options``.
+    A no-op (status "up to date") when current labels exist, unless ``force``: it then only
+    reads, so it works on a read-only store. ``runner`` reuses an open Dask runner; otherwise
+    one is started from ``options``. Raises FmDataError when labels must be computed and the
+    store is read-only.
     """
     loc = Location.parse(location)
-    root = open_store(loc, "r+")
+    root = open_store(loc)
     read_meta(root, str(loc))
     if not force and labels_up_to_date(root):
         return _up_to_date_report(loc, root)
+    require_writable(loc)
     with writer_lock(loc, "fmdata labels"):
+        root = open_store(loc, "r+")
         if not force and labels_up_to_date(root):  # another writer finished them meanwhile
             return _up_to_date_report(loc, root)
         if runner is not None:

@@ -15,7 +15,8 @@ They are stored in the root attribute ``fmf_stats`` for the trainer, with their 
 the CRC-32C of their content (checked by every reader and by ``fmdata verify``), and reused while
 the video, current and split stay the same (``force`` recomputes). Writing them (or the labels
 they need) holds the store's writer lock; a summary of a store whose statistics and labels are
-up to date writes nothing and takes no lock.
+up to date writes nothing and takes no lock, and neither does one of a read-only store (there,
+missing statistics are computed and reported but not stored).
 """
 from __future__ import annotations
 
@@ -31,9 +32,9 @@ from dask import delayed
 
 from fmdata import __version__
 from fmdata.compute.dask_cluster import DaskOptions, Runner, dask_runner
-from fmdata.derive.labels import WORKER_MODULES, ensure_labels, labels_up_to_date, read_labels
+from fmdata.derive.labels import WORKER_MODULES, ensure_labels, labels_up_to_date, read_labels, require_writable
 from fmdata.store import schema
-from fmdata.store.access import open_store, read_meta, read_offsets, read_recordings
+from fmdata.store.access import open_store, read_meta, read_offsets, read_recordings, store_writable
 from fmdata.store.block_reader import BlockReader, block_frames, block_ranges
 from fmdata.store.checksums import attribute_checksum, check_attribute, read_checked
 from fmdata.store.location import Location, LocationLike
@@ -49,8 +50,8 @@ SPLITS = (schema.SPLIT_TRAIN, schema.SPLIT_TEST, schema.SPLIT_NONE)
 class StatsReport:
     """What :func:`compute_stats` found: the store's summary per split and recording, a window
     table's class balance (``windows``, when asked), and the training-split normalisation
-    statistics (``normalization``; ``normalization_status`` "computed", "up to date" or
-    "no training frames")."""
+    statistics (``normalization``; ``normalization_status`` "computed", "up to date", "no
+    training frames" or, on a read-only store, "computed, not stored (read-only store)")."""
 
     store: str
     frames: int
@@ -218,10 +219,16 @@ def compute_stats(location: LocationLike, *, windows: str | None = None, force: 
     """Summarise the store at ``location`` and store its training-split normalisation statistics.
 
     Computes frame labels first if needed. ``windows`` names a window table to summarise.
-    Normalisation statistics are recomputed only when the data changed or ``force``.
+    Normalisation statistics are recomputed only when the data changed or ``force``. On a
+    read-only store nothing is written: up-to-date results are read, missing statistics are
+    computed and reported but not stored (status "computed, not stored (read-only store)"), and
+    missing labels are an FmDataError saying what to run.
     """
     loc = Location.parse(location)
     root = open_store(loc)
+    writable = store_writable(loc)
+    if not writable and not labels_up_to_date(root):
+        require_writable(loc)
     split = np.asarray(read_checked(root[schema.SPLIT], str(loc)), np.int8)
     fce = np.asarray(read_checked(root[schema.FRAME_CURRENT_END], str(loc)), np.int64)
     stored = root.attrs.get(schema.ATTR_STATS)
@@ -233,10 +240,11 @@ def compute_stats(location: LocationLike, *, windows: str | None = None, force: 
     fresh = matches(old, expected) and not force
     need_dask = (has_train and not fresh) or not labels_up_to_date(root)
     status, norm = "no training frames", None
-    with (writer_lock(loc, "fmdata stats") if need_dask else contextlib.nullcontext(),
+    # a read-only store is never locked: it is only read (labels up to date, checked above)
+    with (writer_lock(loc, "fmdata stats") if need_dask and writable else contextlib.nullcontext(),
           dask_runner(options, preload=WORKER_MODULES) if need_dask else contextlib.nullcontext() as runner):
         ensure_labels(loc, options, runner)
-        root = open_store(loc, "r+" if need_dask else "r")
+        root = open_store(loc, "r+" if writable and has_train and not fresh else "r")
         recording = np.asarray(read_checked(root[schema.RECORDING], str(loc)), np.int64)
         if has_train and fresh:
             status, norm = "up to date", {k: v for k, v in stored.items() if k not in ("provenance", "checksum")}
@@ -244,10 +252,13 @@ def compute_stats(location: LocationLike, *, windows: str | None = None, force: 
             assert runner is not None  # need_dask was true
             _, c_off = read_offsets(root)
             norm = _normalisation(root, split, recording, fce, c_off, runner)
-            value = json.loads(json.dumps({**norm, "provenance": {**expected, "toolkit_version": __version__}}))
-            root.attrs[schema.ATTR_STATS] = {**value, "checksum": attribute_checksum(value)}
-            reconsolidate(root)
-            status = "computed"
+            if writable:
+                value = json.loads(json.dumps({**norm, "provenance": {**expected, "toolkit_version": __version__}}))
+                root.attrs[schema.ATTR_STATS] = {**value, "checksum": attribute_checksum(value)}
+                reconsolidate(root)
+                status = "computed"
+            else:
+                status = "computed, not stored (read-only store)"
     return _summary(loc, root, split, recording, windows, norm, status)
 
 
@@ -323,8 +334,9 @@ def format_stats(s: dict[str, Any]) -> str:
     if not n:
         out.append(f"normalisation: {s['normalization_status']}")
         return "\n".join(out)
+    kept = "" if "not stored" in s["normalization_status"] else f"; stored in attribute {schema.ATTR_STATS!r}"
     out.append(f"normalisation ({s['normalization_status']}; train split: {n['frames']:,} frames, "
-               f"{n['current_rows']:,} current rows; stored in attribute {schema.ATTR_STATS!r})")
+               f"{n['current_rows']:,} current rows{kept})")
     num = lambda v: "-" if v is None else f"{v:,.2f}"
     rows = [[f"video {c}", num(m), num(sd), "", ""] for c, m, sd in zip("RGB", n["video_mean"], n["video_std"])]
     if n["current_rows"]:

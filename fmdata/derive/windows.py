@@ -40,7 +40,7 @@ from fmdata.compute.dask_cluster import DaskOptions
 from fmdata.derive.labels import ensure_labels, expected_provenance, labels_up_to_date, read_labels
 from fmdata.errors import FmDataError
 from fmdata.store import schema
-from fmdata.store.access import open_store, read_offsets
+from fmdata.store.access import open_store, read_offsets, store_writable
 from fmdata.store.checksums import read_checked
 from fmdata.store.location import Location, LocationLike
 from fmdata.store.lock import writer_lock
@@ -48,6 +48,7 @@ from fmdata.store.provenance import reconsolidate
 from fmdata.store.window_table import (
     WindowParams,
     WindowTable,
+    check_table_name,
     list_window_tables,
     read_window_table,
     window_columns,
@@ -267,17 +268,22 @@ def make_windows(location: LocationLike, name: str, params: WindowParams = Windo
     "up to date"); one with other parameters is replaced only with ``force``.
     """
     loc = Location.parse(location)
+    check_table_name(name)
     ensure_labels(loc, options)
-    root = open_store(loc, "r+")
+    root = open_store(loc)
     wanted = {**params.to_dict(), "labels": expected_provenance(root)["derived_from"]}
     if name in list_window_tables(root) and not force:
         old = read_window_table(root, name)
         if {k: old.params.get(k) for k in wanted} == wanted:
             return _report(loc, old, name, "up to date")
         raise FmDataError(f"window table {name!r} exists with other parameters; pass --force to replace it", str(loc))
+    if not store_writable(loc):
+        raise FmDataError(f"expected a writable store to store windows/{name}, got a read-only one: run "
+                          "`fmdata windows` where the store is writable", str(loc))
     with writer_lock(loc, "fmdata windows"):
         wt = build_window_table(load_index(root), params)
         wt = WindowTable(wt.table, wt.columns, {**wt.params, "labels": wanted["labels"]})
+        root = open_store(loc, "r+")
         write_window_table(root, name, wt, overwrite=True)
         reconsolidate(root)
     return _report(loc, wt, name, "written")

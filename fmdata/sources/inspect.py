@@ -52,7 +52,9 @@ def inspect_path(path: str | os.PathLike[str], *, check: bool = False) -> dict[s
         if not mats:
             raise FmDataError("expected a MAT file, a V2 folder (videos/, currents/, timestamps/, train.json, "
                               "test.json) or a folder of .mat files, got a folder with none of them", p)
-        return {"kind": "v1-folder", "path": str(p), "files": [_inspect_mat(m, check) for m in mats], "problems": []}
+        files = [_inspect_mat(m, check) for m in mats]
+        problems = [f"{os.path.basename(f['path'])}: {problem}" for f in files for problem in f["problems"]]
+        return {"kind": "v1-folder", "path": str(p), "files": files, "problems": problems}
     return _inspect_mat(p, check)
 
 
@@ -68,7 +70,8 @@ def _inspect_mat(p: Path, check: bool) -> dict[str, Any]:
     if video is not None:
         frames = video.shape[3] if len(video.shape) == 4 else 1
     report["frames"] = frames
-    if check:
+    report["problems"] = [problem for v in info.variables if (problem := v.problem())]
+    if check and not report["problems"]:
         report["checked"] = check_readable(p, info)
     return report
 
@@ -76,6 +79,10 @@ def _inspect_mat(p: Path, check: bool) -> dict[str, Any]:
 def check_readable(p: Path, info: matinfo.MatFileInfo | None = None) -> bool:
     """Read every variable of MAT file ``p`` once (HDF5: chunk by chunk); raise FmDataError if any fails."""
     info = info or matinfo.describe(p)
+    for v in info.variables:
+        problem = v.problem()
+        if problem:
+            raise FmDataError(problem, p)
     if info.format != "7.3":
         import scipy.io  # v5/v7 files only; scipy.io costs 0.2 s to import
 

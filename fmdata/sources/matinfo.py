@@ -94,10 +94,12 @@ def _looks_like_v4(head: bytes) -> bool:
 class VariableInfo:
     """One variable of a MAT file as stored; shapes and chunks in MATLAB order.
 
-    ``layout`` is compact / contiguous / chunked for v7.3 and compressed / uncompressed for v5
-    (v4 is always uncompressed). ``h5_shape``/``h5_chunks`` are the h5py-order views (None for
-    v4/v5). ``stored_bytes`` is what the variable occupies in the file, ``data_bytes`` its size
-    in memory.
+    ``layout`` is compact / contiguous / chunked (or sparse, or group for structs and cells) for
+    v7.3 and compressed / uncompressed for v5 (v4 is always uncompressed). A sparse matrix's
+    ``shape`` is its MATLAB shape and ``data_bytes`` the bytes of its non-zero values.
+    ``chunks_written``/``chunks_total`` count the chunks of a chunked v7.3 variable.
+    ``h5_shape``/``h5_chunks`` are the h5py-order views (None for v4/v5). ``stored_bytes`` is
+    what the variable occupies in the file, ``data_bytes`` its size in memory.
     """
 
     name: str
@@ -113,10 +115,33 @@ class VariableInfo:
     h5_chunks: tuple[int, ...] | None = None
     logical: bool = False
     empty: bool = False
+    chunks_written: int | None = None
+    chunks_total: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the record as a JSON-able dict (tuples become lists, as after a JSON round trip)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @property
+    def missing_chunks(self) -> int:
+        """Chunks of a chunked v7.3 variable that were never written (0 for a finished file).
+
+        MATLAB writes every chunk of a variable; an unwritten chunk reads as zeros without error,
+        so a file whose writer stopped (or that only declared its variables) looks valid to a
+        reader that does not count them.
+        """
+        if self.chunks_written is None or self.chunks_total is None:
+            return 0
+        return max(0, self.chunks_total - self.chunks_written)
+
+    def problem(self) -> str | None:
+        """One line saying what makes this variable unusable as stored (missing chunks), or None."""
+        missing = self.missing_chunks
+        if not missing:
+            return None
+        return (f"variable {self.name!r}: expected all {self.chunks_total:,} chunks written, got "
+                f"{self.chunks_written:,} ({missing:,} missing: an unfinished file, whose unwritten chunks "
+                "would read as zeros)")
 
 
 @dataclass
@@ -198,13 +223,35 @@ def _describe_dataset(name: str, ds: h5py.Dataset) -> VariableInfo:
         if len(shape) == 1:  # MATLAB always has two dimensions; a bare vector is a row
             shape = (1, shape[0])
     data_bytes = 0 if empty else int(ds.size) * ds.dtype.itemsize
+    written = total = None
+    if ds.chunks and not empty:
+        # counting chunks reads the chunk index only (no data): milliseconds for the benchmark's files
+        total = int(np.prod([-(-int(n) // int(c)) for n, c in zip(ds.shape, ds.chunks)], dtype=np.int64))
+        written = int(ds.id.get_num_chunks())
     return VariableInfo(
         name=name, matlab_class=cls, shape=shape, dtype=str(ds.dtype), layout=layout,
         stored_bytes=int(ds.id.get_storage_size()), data_bytes=data_bytes,
         chunks=tuple(reversed(ds.chunks)) if ds.chunks else None, filters=dataset_filters(ds),
         h5_shape=tuple(ds.shape), h5_chunks=tuple(ds.chunks) if ds.chunks else None,
         logical=cls == "logical",
-        empty=empty)
+        empty=empty, chunks_written=written, chunks_total=total)
+
+
+def _describe_sparse(name: str, group: h5py.Group) -> VariableInfo:
+    """A MATLAB sparse matrix: a group with ``MATLAB_sparse`` (its row count) holding ``data``
+    (the non-zero values), ``ir`` (their rows) and ``jc`` (column starts, one per column + 1)."""
+    cls = _attr_str(group, "MATLAB_class") or "double"
+    rows = int(np.asarray(group.attrs["MATLAB_sparse"]).ravel()[0])
+    jc = group.get("jc")
+    cols = max(int(jc.shape[0]) - 1, 0) if isinstance(jc, h5py.Dataset) and jc.shape else 0
+    parts = [group[k] for k in ("data", "ir", "jc") if isinstance(group.get(k), h5py.Dataset)]
+    data = group.get("data")
+    nonzero = int(data.size) if isinstance(data, h5py.Dataset) else 0
+    dtype = str(data.dtype) if isinstance(data, h5py.Dataset) else "float64"
+    return VariableInfo(name=name, matlab_class=cls, shape=(rows, cols), dtype=dtype, layout="sparse",
+                        stored_bytes=sum(int(d.id.get_storage_size()) for d in parts),
+                        data_bytes=nonzero * (data.dtype.itemsize if isinstance(data, h5py.Dataset) else 8),
+                        logical=cls == "logical")
 
 
 def _describe_hdf5(p: str) -> list[VariableInfo]:
@@ -216,6 +263,8 @@ def _describe_hdf5(p: str) -> list[VariableInfo]:
                     continue
                 if isinstance(obj, h5py.Dataset):
                     out.append(_describe_dataset(name, obj))
+                elif "MATLAB_sparse" in obj.attrs:
+                    out.append(_describe_sparse(name, obj))
                 else:
                     cls = _attr_str(obj, "MATLAB_class") or "struct"
                     out.append(VariableInfo(name=name, matlab_class=cls, shape=(1, 1), dtype="group",

@@ -19,7 +19,14 @@ import numpy as np
 from fmdata.errors import FmDataError
 from fmdata.sources.hdf5_chunks import DirectChunks, aligned_ranges, direct_chunks
 from fmdata.sources.layouts import LAYOUT_V2, v2_key
-from fmdata.sources.v2_text import read_currents, read_split_json, read_timestamps, seconds_since, split_codes
+from fmdata.sources.v2_text import (
+    parse_time,
+    read_currents,
+    read_split_json,
+    read_timestamps,
+    seconds_since,
+    split_codes,
+)
 from fmdata.sources.validate import RecordingSource, VarSpec
 
 
@@ -86,7 +93,7 @@ class RecordingReader(abc.ABC):
             raise
         except Exception as exc:  # h5py, zlib, libdeflate and scipy each raise their own types
             raise FmDataError(f"expected readable data in {spec.name!r} frames {a}..{b - 1}, got a corrupt or "
-                              f"unreadable chunk ({exc})", self.src.mat_path) from None
+                              f"unreadable chunk ({_reason(exc)})", self.src.mat_path) from None
 
     def _direct_chunks(self, name: str) -> DirectChunks | None:
         if name not in self._direct:
@@ -108,7 +115,7 @@ class RecordingReader(abc.ABC):
                     yield from direct.rows(start, stop)
                 except Exception as exc:  # h5py, zlib and libdeflate each raise their own types
                     raise FmDataError(f"expected readable data in {spec.name!r} frames {start}..{stop - 1}, got a "
-                                      f"corrupt or unreadable chunk ({exc})", self.src.mat_path) from None
+                                      f"corrupt or unreadable chunk ({_reason(exc)})", self.src.mat_path) from None
                 return
         for a, b in aligned_ranges(start, stop, spec.frame_chunk, self.block_frames):
             yield a, self._raw(spec, a, b)
@@ -119,9 +126,11 @@ class RecordingReader(abc.ABC):
         return FrameStream(self.blocks(self.src.video, start, stop), _copy_video)
 
     def mask_stream(self, start: int, stop: int) -> FrameStream:
-        """Return a stream of mask frames [start, stop) as (n, H, W) uint8; values other than 0/1 raise."""
-        name, path = self.src.mask.name, self.src.mat_path
-        blocks = ((a, _as_binary(raw, name, a, path)) for a, raw in self.blocks(self.src.mask, start, stop))
+        """Return a stream of mask frames [start, stop) as (n, H, W) uint8; values other than 0/1 raise,
+        unless the recording reads values above 0 as 1 (``RecordingSource.mask_nonzero``)."""
+        name, path, nonzero = self.src.mask.name, self.src.mat_path, self.src.mask_nonzero
+        blocks = ((a, _as_binary(raw, name, a, path, mask=True, nonzero=nonzero))
+                  for a, raw in self.blocks(self.src.mask, start, stop))
         return FrameStream(blocks, _copy_mask)
 
     # -- per layout
@@ -204,7 +213,7 @@ class V2Reader(RecordingReader):
         if self._times is None:
             frame_ts = read_timestamps(self.src.timestamps_csv)
             cur_ts, _ = read_currents(self.src.currents_csv)
-            origin = np.datetime64(self.src.origin, "us")
+            origin = parse_time(self.src.origin)
             self._times = (seconds_since(frame_ts, origin), seconds_since(cur_ts, origin),
                            np.searchsorted(cur_ts, frame_ts, side="right").astype(np.int64))
         return self._times
@@ -273,18 +282,38 @@ class FrameStream:
             self._pos += k
 
 
-def _as_binary(raw: np.ndarray, name: str, first: int, path: str) -> np.ndarray:
-    """Return ``raw`` as uint8 after checking every value is 0 or 1 (first frame index for errors)."""
+def _reason(exc: BaseException) -> str:
+    """An exception as one non-empty line (h5py's MemoryError, for one, has no message)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _as_binary(raw: np.ndarray, name: str, first: int, path: str, *, mask: bool = False,
+               nonzero: bool = False) -> np.ndarray:
+    """Return ``raw`` as uint8 after checking every value is 0 or 1 (first frame index for errors).
+
+    ``mask``: the values are a mask, whose refusal names the option that reads them otherwise.
+    With ``nonzero`` every value above 0 becomes 1, as the authors' loader reads masks; values
+    below 0 (and NaN) are still refused: neither rule gives them a meaning.
+    """
     if raw.dtype == np.bool_:
         return raw.view(np.uint8)
-    if raw.dtype == np.uint8:
+    if nonzero:
+        bad = (raw < 0) | np.isnan(raw) if raw.dtype.kind == "f" else (raw < 0)
+    elif raw.dtype == np.uint8:
         bad = raw > 1
     else:
         bad = (raw != 0) & (raw != 1)
     if bad.any():
         flat = int(np.argmax(bad.reshape(len(raw), -1).any(axis=1))) if raw.ndim > 1 else int(np.argmax(bad))
         value = raw[flat][bad[flat]].ravel()[0] if raw.ndim > 1 else raw[flat]
-        raise FmDataError(f"expected {name!r} values 0 or 1, got {value} at frame {first + flat}", path)
+        if nonzero:
+            raise FmDataError(f"expected {name!r} values of 0 or above (--mask-nonzero maps those above 0 to 1), "
+                              f"got {value} at frame {first + flat}", path)
+        hint = "; --mask-nonzero maps every value above 0 to 1, as the authors' loader does" if mask else ""
+        raise FmDataError(f"expected {name!r} values 0 or 1, got {value} at frame {first + flat}{hint}", path)
+    if nonzero:
+        return (raw > 0).view(np.uint8)
     return raw.astype(np.uint8, copy=False)
 
 

@@ -1,7 +1,11 @@
 """The text files of a V2 folder: split JSON lists, frame timestamps and 2 Hz current logs.
 
 Parsed strictly (one line naming the file, the line and the problem for anything off) and cached
-per process by (path, size, mtime): conversion workers re-read them by path, once each.
+per process by (path, size, mtime): conversion workers re-read them by path, once each. A CSV
+file's first line must be its header (a first line that holds data is refused, rather than lost).
+Timestamps are naive wall-clock times (``2023-05-10 21:33:27``) or carry a UTC offset on every
+line (``2023-05-10 21:33:27+08:00``, ``...Z``): those are parsed with their offset, as UTC
+instants, and the recording's origin keeps the offset of its first time.
 """
 from __future__ import annotations
 
@@ -9,11 +13,13 @@ import csv
 import functools
 import json
 import os
+import re
 from collections.abc import Iterator
 
 import numpy as np
 
 from fmdata.errors import FmDataError
+from fmdata.sources.layouts import V2_CURRENT_HEADER, V2_TIMESTAMP_HEADER
 from fmdata.store import schema
 
 
@@ -63,13 +69,21 @@ def split_codes(train: dict[str, list[int]], test: dict[str, list[int]], key: st
     return split
 
 
-def _rows(path: str, min_cols: int) -> Iterator[tuple[int, list[str]]]:
+def _rows(path: str, min_cols: int, example: str) -> Iterator[tuple[int, list[str]]]:
+    """Yield (line number, cells) of the data rows of a CSV file whose first line is a header.
+
+    A first line that reads as data (a timestamp in its first cell) is refused: taking it for the
+    header would silently drop the first row. ``example`` is the header line the message suggests.
+    """
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh)
             header = next(reader, None)
             if header is None:
                 raise FmDataError("expected a header row and data rows, got an empty file", path)
+            if header and _is_timestamp(header[0]):
+                raise FmDataError(f"expected a header row first (like {example!r}), got data at line 1 "
+                                  f"({','.join(header)[:60]!r}); add the header line, or the first row is lost", path)
             for row in reader:
                 if not row:
                     continue
@@ -81,17 +95,71 @@ def _rows(path: str, min_cols: int) -> Iterator[tuple[int, list[str]]]:
         raise FmDataError(f"expected CSV text, got unparsable content ({exc})", path) from None
 
 
-def _parse_times(texts: list[str], lines: list[int], path: str) -> np.ndarray:
+# A UTC offset after a time of day: "2023-05-10 21:33:27+08:00", "...T21:33:27-0500", "...Z".
+_ZONE = re.compile(r"(?<=\d:\d\d)(?:(?::\d\d)(?:\.\d+)?)?(Z|[+-]\d\d:?\d\d)$")
+
+
+def split_zone(text: str) -> tuple[str, int | None]:
+    """Return (the timestamp without its UTC offset, the offset in minutes or None when it has none)."""
+    t = text.strip()
+    found = _ZONE.search(t)
+    if found is None:
+        return t, None
+    zone = found.group(1)
+    naive = t[:found.start(1)]
+    if zone == "Z":
+        return naive, 0
+    digits = zone[1:].replace(":", "")
+    minutes = int(digits[:2]) * 60 + int(digits[2:])
+    return naive, minutes if zone[0] == "+" else -minutes
+
+
+def parse_time(text: str) -> np.datetime64:
+    """Return one timestamp as datetime64[us]: naive as written, or with a UTC offset as the UTC
+    instant (no numpy warning: the offset is applied here). ValueError when it is none."""
+    naive, zone = split_zone(text)
+    t = np.datetime64(naive, "us")
+    return t if zone is None else t - np.timedelta64(zone, "m")
+
+
+def _is_timestamp(text: str) -> bool:
     try:
-        ts = np.array([t.strip() for t in texts], dtype="datetime64[us]")
+        return not np.isnat(parse_time(text))
+    except ValueError:
+        return False
+
+
+def format_zone(minutes: int) -> str:
+    """Return a UTC offset in ISO 8601 form, e.g. +08:00."""
+    sign = "+" if minutes >= 0 else "-"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+def _parse_times(texts: list[str], lines: list[int], path: str) -> tuple[np.ndarray, int | None]:
+    """Return (timestamps datetime64[us], UTC offset in minutes of the first one or None).
+
+    Timestamps with a UTC offset are parsed with it, as UTC instants; the file must then give an
+    offset on every line (a mix of zoned and naive times has no common clock).
+    """
+    parts = [split_zone(t) for t in texts]
+    zones = [z for _, z in parts]
+    zoned = [z is not None for z in zones]
+    if any(zoned) and not all(zoned):
+        i = zoned.index(not zoned[0])
+        raise FmDataError(f"expected every timestamp with a UTC offset or none, got {texts[i].strip()!r} at line "
+                          f"{lines[i]} after {texts[0].strip()!r}", path)
+    try:
+        ts = np.array([t for t, _ in parts], dtype="datetime64[us]")
     except ValueError:
         for t, line in zip(texts, lines):
             try:
-                np.datetime64(t.strip(), "us")
+                parse_time(t)
             except ValueError:
                 raise FmDataError(f"expected a timestamp like 2023-05-10 21:33:27, got {t!r} at line {line}",
                                   path) from None
         raise
+    if all(zoned) and zones:
+        ts = ts - np.asarray(zones, dtype="timedelta64[m]")
     if np.isnat(ts).any():
         line = lines[int(np.argmax(np.isnat(ts)))]
         raise FmDataError(f"expected a timestamp, got an empty value at line {line}", path)
@@ -100,19 +168,28 @@ def _parse_times(texts: list[str], lines: list[int], path: str) -> np.ndarray:
         i = int(back[0]) + 1
         raise FmDataError(f"expected timestamps in order, got {iso(ts[i])} after {iso(ts[i - 1])} at line {lines[i]}",
                           path)
-    return ts
+    return ts, (zones[0] if zones else None)
 
 
 def read_timestamps(path: str) -> np.ndarray:
-    """Return the frame timestamps (datetime64[us]) of a V2 timestamps/<name>.csv."""
-    return _timestamps_cached(fingerprint(path))
+    """Return the frame timestamps (datetime64[us]) of a V2 timestamps/<name>.csv.
+
+    Timestamps with a UTC offset (``2023-05-10 21:33:27+08:00``) come back as UTC instants;
+    :func:`timestamps_zone` gives the offset.
+    """
+    return _timestamps_cached(fingerprint(path))[0]
+
+
+def timestamps_zone(path: str) -> int | None:
+    """Return the UTC offset (minutes) of a timestamps CSV's times, or None when they have none."""
+    return _timestamps_cached(fingerprint(path))[1]
 
 
 @functools.lru_cache(maxsize=4)
-def _timestamps_cached(key: tuple[str, int, int]) -> np.ndarray:
+def _timestamps_cached(key: tuple[str, int, int]) -> tuple[np.ndarray, int | None]:
     path = key[0]
     texts, lines = [], []
-    for line, row in _rows(path, 1):
+    for line, row in _rows(path, 1, V2_TIMESTAMP_HEADER):
         texts.append(row[0])
         lines.append(line)
     if not texts:
@@ -121,15 +198,22 @@ def _timestamps_cached(key: tuple[str, int, int]) -> np.ndarray:
 
 
 def read_currents(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Return (timestamps datetime64[us], currents (M, 3) float64) of a V2 currents/<name>.csv."""
-    return _currents_cached(fingerprint(path))
+    """Return (timestamps datetime64[us], currents (M, 3) float64) of a V2 currents/<name>.csv
+    (times with a UTC offset as UTC instants: :func:`currents_zone` gives the offset)."""
+    ts, cur, _ = _currents_cached(fingerprint(path))
+    return ts, cur
+
+
+def currents_zone(path: str) -> int | None:
+    """Return the UTC offset (minutes) of a currents CSV's times, or None when they have none."""
+    return _currents_cached(fingerprint(path))[2]
 
 
 @functools.lru_cache(maxsize=4)
-def _currents_cached(key: tuple[str, int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _currents_cached(key: tuple[str, int, int]) -> tuple[np.ndarray, np.ndarray, int | None]:
     path = key[0]
     texts, lines, values = [], [], []
-    for line, row in _rows(path, 4):
+    for line, row in _rows(path, 4, V2_CURRENT_HEADER):
         if len(row) != 4:
             raise FmDataError(f"expected 4 columns (timestamp, A, B, C), got {len(row)} at line {line}", path)
         texts.append(row[0])
@@ -145,12 +229,16 @@ def _currents_cached(key: tuple[str, int, int]) -> tuple[np.ndarray, np.ndarray]
     if bad.any():
         i = int(np.argmax(bad))
         raise FmDataError(f"expected finite current values, got {cur[i].tolist()} at line {lines[i]}", path)
-    return _parse_times(texts, lines, path), cur
+    ts, zone = _parse_times(texts, lines, path)
+    return ts, cur, zone
 
 
-def iso(t: np.datetime64) -> str:
-    """ISO 8601 text of a timestamp, without trailing zero fractions."""
-    return str(np.datetime_as_string(t, unit="auto"))
+def iso(t: np.datetime64, zone: int | None = None) -> str:
+    """ISO 8601 text of a timestamp, without trailing zero fractions; with ``zone`` (a UTC offset
+    in minutes) the UTC instant ``t`` is written as that zone's wall-clock time and offset."""
+    if zone is None:
+        return str(np.datetime_as_string(t, unit="auto"))
+    return str(np.datetime_as_string(t + np.timedelta64(zone, "m"), unit="auto")) + format_zone(zone)
 
 
 def seconds_since(ts: np.ndarray, origin: np.datetime64) -> np.ndarray:

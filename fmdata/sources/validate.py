@@ -10,6 +10,7 @@ inspect flags exactly what convert refuses.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +33,16 @@ from fmdata.sources.layouts import (
     v2_files,
     v2_key,
 )
-from fmdata.sources.v2_text import fingerprint, iso, read_currents, read_split_json, read_timestamps, split_codes
+from fmdata.sources.v2_text import (
+    currents_zone,
+    fingerprint,
+    iso,
+    read_currents,
+    read_split_json,
+    read_timestamps,
+    split_codes,
+    timestamps_zone,
+)
 from fmdata.store import schema
 
 
@@ -87,21 +97,25 @@ class RecordingSource:
     source_bytes: int = 0
     fingerprint: tuple[tuple[str, int, int], ...] = ()
     storage: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    mask_nonzero: bool = False
 
     def info(self) -> schema.RecordingInfo:
         """Return the provenance record written into the store for this recording."""
         return schema.RecordingInfo(name=self.name, source_path=self.path, source_bytes=self.source_bytes,
                                     layout=self.layout, n_frames=self.n_frames, n_current=self.n_current,
-                                    origin=self.origin, source_storage=self.storage)
+                                    origin=self.origin, source_storage=self.storage,
+                                    mask_nonzero=self.mask_nonzero)
 
 
 # ---- opening and validating ---------------------------------------------------------------------
-def open_sources(paths: list[str] | tuple[str, ...], fps: float = DEFAULT_FPS) -> list[RecordingSource]:
+def open_sources(paths: list[str] | tuple[str, ...], fps: float = DEFAULT_FPS, *,
+                 mask_nonzero: bool = False) -> list[RecordingSource]:
     """Validate every source path and return its recordings in order (V2 folders: by name).
 
-    ``fps`` is the frame rate of V1 files (they carry no timestamps). Raises FmDataError with
-    one line naming the file and the problem for anything that cannot be converted, and when
-    recordings disagree on frame size.
+    ``fps`` is the frame rate of V1 files (they carry no timestamps). ``mask_nonzero`` reads
+    every mask value above 0 as 1, as the authors' loader does (by default a value other than 0
+    or 1 is refused while reading). Raises FmDataError with one line naming the file and the
+    problem for anything that cannot be converted, and when recordings disagree on frame size.
     """
     if not paths:
         raise FmDataError("expected at least one source (V1 MAT file or V2 folder), got none")
@@ -116,6 +130,8 @@ def open_sources(paths: list[str] | tuple[str, ...], fps: float = DEFAULT_FPS) -
             out.append(_open_v1(p, fps))
         else:
             raise FmDataError("expected a V1 MAT file or a V2 folder, got nothing there", p)
+    if mask_nonzero:
+        out = [dataclasses.replace(r, mask_nonzero=True) for r in out]
     first = out[0]
     for r in out[1:]:
         if (r.height, r.width) != (first.height, first.width):
@@ -146,8 +162,14 @@ def _variable(info: matinfo.MatFileInfo, name: str) -> matinfo.VariableInfo:
             if v.dtype in ("group",) or v.matlab_class in ("struct", "cell", "char", "function_handle"):
                 raise FmDataError(f"expected variable {name!r} to be a numeric array, got MATLAB class "
                                   f"{v.matlab_class}", info.path)
+            if v.layout == "sparse":
+                raise FmDataError(f"expected variable {name!r} to be a full numeric array, got a sparse "
+                                  f"{v.matlab_class} matrix", info.path)
             if "(" in v.dtype or "[" in v.dtype or "complex" in v.dtype:
                 raise FmDataError(f"expected variable {name!r} to hold real numbers, got {v.dtype}", info.path)
+            problem = v.problem()
+            if problem:
+                raise FmDataError(problem, info.path)
             return v
     raise FmDataError(f"expected a variable {name!r}, got only {sorted(v.name for v in info.variables)}", info.path)
 
@@ -317,13 +339,18 @@ def _open_v2(folder: str, fps: float) -> list[RecordingSource]:
         if cur_ts[0] > frame_ts[0] or cur_ts[-1] < frame_ts[-1]:
             raise FmDataError(f"expected current rows covering the frames' time span {iso(frame_ts[0])} .. "
                               f"{iso(frame_ts[-1])}, got {iso(cur_ts[0])} .. {iso(cur_ts[-1])}", cur_csv)
+        zone, cur_zone = timestamps_zone(ts_csv), currents_zone(cur_csv)
+        if (zone is None) != (cur_zone is None):
+            raise FmDataError("expected frame and current timestamps both with a UTC offset or both without, got "
+                              f"{'an offset' if cur_zone is not None else 'none'} in {os.path.basename(cur_csv)} and "
+                              f"{'an offset' if zone is not None else 'none'} in {os.path.basename(ts_csv)}", cur_csv)
         origin = min(frame_ts[0], cur_ts[0])
         files = (mat, cur_csv, ts_csv)
         out.append(RecordingSource(
             name=name, layout=LAYOUT_V2, path=folder, mat_path=mat, mat_format=info.format, n_frames=n,
             height=h, width=w, n_current=len(cur_ts), video=video, mask=mask, currents_csv=cur_csv,
             timestamps_csv=ts_csv, train_json=train_json, test_json=test_json, fps=float(fps),
-            origin=iso(origin), source_bytes=sum(os.path.getsize(f) for f in files),
+            origin=iso(origin, zone), source_bytes=sum(os.path.getsize(f) for f in files),
             fingerprint=tuple(fingerprint(f) for f in files + (train_json, test_json)),
             storage={**_storage(info, tuple(V2_VARIABLES.values())),
                      "currents_csv": os.path.getsize(cur_csv), "timestamps_csv": os.path.getsize(ts_csv)}))

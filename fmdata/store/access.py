@@ -38,6 +38,14 @@ def open_store(location: LocationLike, mode: str = "r", *, require_complete: boo
     return root
 
 
+def store_writable(location: LocationLike) -> bool:
+    """Return False when the local store at ``location`` cannot be written (a read-only folder or
+    file system); True otherwise (URLs: a refused write reports itself)."""
+    loc = Location.parse(location)
+    path = loc.local_path
+    return path is None or os.access(path, os.W_OK)
+
+
 def read_meta(root: zarr.Group, where: str = "store") -> schema.StoreMeta:
     """Return the StoreMeta of an open root group; FmDataError if the attribute is missing."""
     d = root.attrs.get(schema.ATTR_STORE)

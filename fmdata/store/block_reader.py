@@ -17,7 +17,7 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from fmdata.store.checksums import axis_name, check_block, damaged, fill_matches, recorded_checksums
+from fmdata.store.checksums import axis_name, check_block, damaged, fill_matches, read_rows, recorded_checksums
 from fmdata.store.shards import ShardLayout, UnsupportedLayout, decode_shard
 
 # Dask blocks of a scan hold whole write units and about this many bytes.
@@ -98,13 +98,10 @@ class BlockReader:
         start, stop = int(start), int(min(stop, self.shape[0]))
         aligned = start % self.block == 0 and (stop % self.block == 0 or stop == self.shape[0])
         if not (self.fast and aligned):
-            try:
-                return np.asarray(self.array[start:stop])
-            except Exception as exc:  # zarr's crc32c codec, or a decoder failing on damaged bytes
-                raise damaged(self.array.path, self.axis, start, stop, f"expected decodable chunks, got "
-                              f"{exc.__class__.__name__}: {str(exc)[:120]}", self.where) from None
+            return read_rows(self.array, start, stop, self.where)
         out = np.empty((stop - start, *self.shape[1:]), self.dtype)
         for b in range(start // self.block, -(-stop // self.block)):
             lo = b * self.block
             self._decode_block(b, out[lo - start:min(lo + self.block, stop) - start])
         return out
+

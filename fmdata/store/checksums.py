@@ -123,25 +123,40 @@ def fill_matches(sums: tuple[int, list[int]] | None, block: int, block_shape: tu
     return block_checksum(np.full(block_shape, fill, dtype)) == sums[1][block]
 
 
+def undecodable(exc: Exception) -> str:
+    """Return "expected X, got Y" for a chunk that failed zarr's ``crc32c`` codec or its decoder
+    (blosc, zstd, gzip and zarr each raise their own types for damaged bytes)."""
+    lines = str(exc).strip().splitlines()
+    return f"expected decodable chunks, got {exc.__class__.__name__}: {lines[0][:120] if lines else ''}"
+
+
+def read_rows(array: zarr.Array, start: int | None = None, stop: int | None = None,
+              where: str | None = None) -> np.ndarray:
+    """Return ``array[start:stop]`` read through zarr, which checks the ``crc32c`` codec of every chunk
+    (format 2); a chunk that fails it or does not decode raises the one-line error naming the array
+    and rows. Recorded block checksums are not compared here (:func:`read_checked` does)."""
+    try:
+        return np.asarray(array[start:stop])
+    except Exception as exc:  # zarr's crc32c codec (ValueError) or a decoder failing on damaged bytes
+        lo, hi, _ = slice(start, stop).indices(int(array.shape[0]))
+        raise damaged(array.path, axis_name(array), lo, hi, undecodable(exc), where) from None
+
+
 def read_checked(array: zarr.Array, where: str | None = None) -> np.ndarray:
     """Return all of ``array`` (read through zarr), every write block checked against its checksums.
 
-    A chunk that fails zarr's own ``crc32c`` codec check, and a block whose values differ from
-    its recorded checksum (a lost chunk file reads as fill values, so it differs too unless the
-    block held only fill values), raise the one-line error naming the array and rows.
+    A chunk that fails zarr's own ``crc32c`` codec check or does not decode (:func:`read_rows`), and
+    a block whose values differ from its recorded checksum (a lost chunk file reads as fill values,
+    so it differs too unless the block held only fill values), raise the one-line error naming the
+    array and rows.
     """
-    axis = axis_name(array)
-    try:
-        data = np.asarray(array[:])
-    except Exception as exc:  # zarr's crc32c codec (ValueError) or a decoder failing on damaged bytes
-        raise damaged(array.path, axis, 0, array.shape[0],
-                      f"expected decodable chunks, got {exc.__class__.__name__}: {str(exc)[:120]}", where) from None
+    data = read_rows(array, where=where)
     sums = recorded_checksums(array.attrs, int(array.shape[0]))
     if sums is not None:
         rows = sums[0]
         for b, want in enumerate(sums[1]):
             if block_checksum(data[b * rows:(b + 1) * rows]) != want:
-                raise mismatch(array.path, axis, b * rows, min((b + 1) * rows, len(data)), where)
+                raise mismatch(array.path, axis_name(array), b * rows, min((b + 1) * rows, len(data)), where)
     return data
 
 

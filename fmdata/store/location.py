@@ -155,6 +155,11 @@ class Location:
         return is_url(self.text)
 
     @property
+    def in_process(self) -> bool:
+        """True for ``memory://``: the store lives in this process, unseen by any other one."""
+        return self.protocol == "memory"
+
+    @property
     def local_path(self) -> str | None:
         """The local file-system path of a plain path or ``file://`` URL, else None."""
         proto, path = _split(self.text)

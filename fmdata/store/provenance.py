@@ -45,3 +45,14 @@ def reconsolidate(root: zarr.Group) -> None:
     """Re-consolidate metadata after adding arrays, when the store uses consolidated metadata."""
     if getattr(root.metadata, "consolidated_metadata", None) is not None:
         zarr.consolidate_metadata(root.store)
+
+
+def store_fingerprint(root: zarr.Group) -> str:
+    """Return a digest of what a store holds: the fingerprints of its source arrays (video, mask,
+    current, times, split, recordings, offsets; their shapes and recorded checksums).
+
+    Equal for a copy or a moved store, different after any change of its data; derived arrays
+    (labels, window tables, statistics) do not enter it. Cheap: no data is read.
+    """
+    parts = [array_fingerprint(root[name]) for name in schema.SOURCE_ARRAYS]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()

@@ -30,7 +30,7 @@ import zarr
 
 from fmdata.errors import FmDataError
 from fmdata.store.access import open_store
-from fmdata.store.checksums import axis_name, check_block, damaged, fill_matches, recorded_checksums
+from fmdata.store.checksums import axis_name, check_block, damaged, fill_matches, recorded_checksums, undecodable
 from fmdata.store.location import Location, LocationLike
 from fmdata.store.shards import EMPTY, ChunkChecksumError, ShardLayout, UnsupportedLayout, decode_index
 
@@ -186,8 +186,7 @@ class LocalAxisReader:
     def _damaged_chunk(self, chunk: int, exc: Exception) -> FmDataError:
         """The one-line error for decode unit ``chunk`` that failed its CRC-32C or could not be decoded."""
         start = chunk * self.layout.inner_rows
-        what = (str(exc) if isinstance(exc, ChunkChecksumError)
-                else f"expected a decodable chunk, got {exc.__class__.__name__}: {str(exc)[:120]}")
+        what = str(exc) if isinstance(exc, ChunkChecksumError) else undecodable(exc)
         return damaged(self.name, self.layout.axis, start, min(start + self.layout.inner_rows, self.shape[0]), what,
                        self._store_dir)
 
@@ -336,7 +335,7 @@ class ZarrAxisReader:
             data = np.asarray(self.array.get_orthogonal_selection(sel))
         except Exception as exc:  # zarr's crc32c codec (ValueError), or a decoder failing on damaged bytes
             raise damaged(self.array.path, axis_name(self.array), int(unique[0]), int(unique[-1]) + 1,
-                          f"expected decodable chunks, got {exc.__class__.__name__}: {str(exc)[:120]}") from None
+                          undecodable(exc)) from None
         return data if unique.size == index.size and np.all(inverse == np.arange(index.size)) else data[inverse]
 
 

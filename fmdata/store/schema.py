@@ -160,7 +160,10 @@ class RecordingInfo:
 
     ``source_storage`` describes each source variable (class, MATLAB shape, layout, chunks,
     filters), as ``fmdata inspect`` reports it. ``origin`` is the wall-clock time (ISO 8601,
-    or "" when the source has none) that ``frame_time``/``current_time`` count from.
+    with the source's UTC offset when it gave one, or "" when the source has none) that
+    ``frame_time``/``current_time`` count from. ``mask_nonzero`` says that mask values above 0
+    were stored as 1, as the authors' loader reads them (``fmdata convert --mask-nonzero``);
+    otherwise every source mask value was 0 or 1.
     """
 
     name: str
@@ -171,6 +174,7 @@ class RecordingInfo:
     n_current: int
     origin: str = ""
     source_storage: dict[str, Any] = field(default_factory=dict)
+    mask_nonzero: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Return the provenance as a JSON-able dict."""

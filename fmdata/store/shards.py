@@ -36,7 +36,7 @@ import numpy as np
 import zarr
 
 from fmdata.errors import FmDataError
-from fmdata.store.checksums import damaged
+from fmdata.store.checksums import damaged, undecodable
 
 EMPTY = 2**64 - 1  # index entry (offset and size) of an inner chunk that was never written
 INDEX_ENTRY_BYTES = 16  # (offset, nbytes), two little-endian uint64
@@ -345,41 +345,43 @@ def decode_shard(layout: ShardLayout, decode: Decoder, raw: Any, out: np.ndarray
                  name: str = "", first_row: int = 0, store: str | None = None) -> None:
     """Decode one outer chunk's bytes ``raw`` into ``out`` (its rows; the array's last one shorter).
 
-    ``where`` names the shard in index errors; a chunk that fails its CRC-32C or cannot be decoded
-    raises the one-line error naming array ``name`` and its rows (``first_row`` is ``out``'s first
-    row in the array; ``store`` names the store).
+    ``where`` names the shard in index errors; a chunk that fails its CRC-32C (checked first) or
+    cannot be decoded (blosc, zstd and gzip each raise their own types for damaged bytes) raises
+    the one-line error naming array ``name`` and its rows (``first_row`` is ``out``'s first row in
+    the array; ``store`` names the store).
     """
     raw = memoryview(raw)
     scratch: np.ndarray | None = None
     cl = layout.inner_rows
-
-    def run(buf: Any, dest: np.ndarray, lo: int, n: int) -> None:
-        try:
-            decode(buf, dest)
-        except Exception as exc:  # a CRC mismatch, or a decoder failing on damaged bytes
-            what = (str(exc) if isinstance(exc, ChunkChecksumError)
-                    else f"expected a decodable chunk, got {exc.__class__.__name__}: {str(exc)[:120]}")
-            raise damaged(name or where, layout.axis, first_row + lo, first_row + lo + n, what, store) from None
-
-    if not layout.sharded:
-        if len(out) == cl:
-            run(raw, out, 0, len(out))
-        else:
-            scratch = np.empty(layout.inner_shape, layout.dtype)
-            run(raw, scratch, 0, len(out))
-            out[...] = scratch[:len(out)]
-        return
-    at = layout.index_offset(len(raw))
-    index = decode_index(raw[at:at + layout.index_nbytes], layout, where)
-    for i in range(-(-len(out) // cl)):
-        rows = out[i * cl:(i + 1) * cl]
-        off, size = int(index[i, 0]), int(index[i, 1])
-        if off == EMPTY:
-            rows[...] = layout.fill_value
-        elif len(rows) == cl:
-            run(raw[off:off + size], rows, i * cl, len(rows))
-        else:  # the array's last inner chunk is stored full size, padded
-            if scratch is None:
+    lo = 0  # first row of the chunk being decoded, for the error
+    try:  # one try around the whole shard: no cost per inner chunk
+        if not layout.sharded:
+            if len(out) == cl:
+                decode(raw, out)
+            else:
                 scratch = np.empty(layout.inner_shape, layout.dtype)
-            run(raw[off:off + size], scratch, i * cl, len(rows))
-            rows[...] = scratch[:len(rows)]
+                decode(raw, scratch)
+                out[...] = scratch[:len(out)]
+            return
+        at = layout.index_offset(len(raw))
+        index = decode_index(raw[at:at + layout.index_nbytes], layout, where)
+        for i in range(-(-len(out) // cl)):
+            lo = i * cl
+            rows = out[lo:lo + cl]
+            off, size = int(index[i, 0]), int(index[i, 1])
+            if off == EMPTY:
+                rows[...] = layout.fill_value
+            elif len(rows) == cl:
+                decode(raw[off:off + size], rows)
+            else:  # the array's last inner chunk is stored full size, padded
+                if scratch is None:
+                    scratch = np.empty(layout.inner_shape, layout.dtype)
+                decode(raw[off:off + size], scratch)
+                rows[...] = scratch[:len(rows)]
+    except FmDataError:  # the shard's index is damaged: decode_index named the shard
+        raise
+    except Exception as exc:  # a CRC mismatch, or a decoder failing on damaged bytes
+        what = str(exc) if isinstance(exc, ChunkChecksumError) else undecodable(exc)
+        n = min(cl, len(out) - lo)
+        raise damaged(name or where, layout.axis, first_row + lo, first_row + lo + n, what, store) from None
+

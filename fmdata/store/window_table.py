@@ -12,7 +12,10 @@ stores and loads them.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,9 +166,38 @@ class WindowTable:
         return WindowTable(table=self.table[rows], columns=self.columns, params=dict(self.params))
 
 
+def table_fingerprint(wt: WindowTable) -> str:
+    """Return a digest of a window table's samples: its columns, rows and window parameters.
+
+    Equal for the same windows wherever the table lives (a stored table, or one built again
+    from the same store and parameters); different when any window, label or parameter differs.
+    """
+    try:
+        params: dict[str, Any] = WindowParams.from_dict(wt.params).to_dict()  # 10 and 10.0 alike
+    except (FmDataError, TypeError, ValueError):
+        params = {k: wt.params.get(k) for k in WindowParams().to_dict()}
+    digest = hashlib.sha256(json.dumps({"columns": list(wt.columns), "params": params}, sort_keys=True).encode())
+    digest.update(np.ascontiguousarray(wt.table, dtype="<i8").tobytes())
+    return digest.hexdigest()
+
+
 def window_columns(frames: int) -> tuple[str, ...]:
     """Return the full column tuple of a table whose clips have ``frames`` frames."""
     return schema.WINDOW_COLUMNS + tuple(schema.clip_column(i) for i in range(frames))
+
+
+# A table's name is a folder name inside the store's windows/ group: letters, digits, "_", "-" and
+# "." (not first, so never "." or ".." nor a hidden folder), nothing a file system or URL reads
+# specially ("/", "\\", ":"), and never "zarr.json", the group's own metadata file.
+_TABLE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")
+
+
+def check_table_name(name: str) -> str:
+    """Return ``name`` if it can name a window table; FmDataError (field ``name``) otherwise."""
+    if not isinstance(name, str) or not _TABLE_NAME.fullmatch(name) or name.lower() == "zarr.json":
+        raise FmDataError("expected a window table name of letters, digits, '_', '-' and '.' (not first), "
+                          f"at most 100 characters and not 'zarr.json', got {name!r}", field="name")
+    return name
 
 
 def write_window_table(root: zarr.Group, name: str, wt: WindowTable, overwrite: bool = False) -> zarr.Array:
@@ -174,8 +206,7 @@ def write_window_table(root: zarr.Group, name: str, wt: WindowTable, overwrite: 
     Written aside with its checksums and switched in (:func:`fmdata.store.derived.write_derived`):
     a reader sees the old table or the new one, never a half-written one.
     """
-    if not name or "/" in name:
-        raise FmDataError(f"expected a window table name without '/', got {name!r}", field="name")
+    check_table_name(name)
     if name in list_window_tables(root) and not overwrite:
         raise FmDataError(f"window table {name!r} exists; pass --force to replace it")
     rows = max(len(wt), 1)

@@ -95,9 +95,10 @@ class SynthConfig:
     def validate(self) -> None:
         """Raise FmDataError when a knob is out of its sensible range."""
         if not (4 <= self.height <= 2048 and 4 <= self.width <= 2048):
-            raise FmDataError(f"expected a frame size between 4 and 2048 pixels, got {self.height}x{self.width}")
+            raise FmDataError(f"expected a frame size between 4 and 2048 pixels, got {self.height}x{self.width}",
+                              field="size")
         if not (0.1 <= self.fps <= 1000):
-            raise FmDataError(f"expected fps between 0.1 and 1000, got {self.fps}")
+            raise FmDataError(f"expected fps between 0.1 and 1000, got {self.fps}", field="fps")
         if not (0 < self.test_fraction < 1 and 0 <= self.guard_fraction < 1
                 and self.test_fraction + self.guard_fraction < 1):
             raise FmDataError(f"expected 0 < test_fraction, 0 <= guard_fraction, sum < 1, got "

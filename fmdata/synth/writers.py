@@ -381,7 +381,8 @@ def synthesize(out: str | os.PathLike[str], *, layout: str = LAYOUT_V1, storage:
                preview: str | os.PathLike[str] | None = None, events: str = "standard") -> SynthResult:
     """Write a synthetic dataset to ``out`` in ``layout`` "v1" or "v2"; return a :class:`SynthResult`.
 
-    V1 with one recording writes the file ``out``; V1 with several writes ``out/batch_01.mat``
+    V1 with one recording writes the file ``out`` (or ``out/batch_01.mat`` when ``out`` ends with a
+    path separator, as a folder does: ``raw/``); V1 with several writes ``out/batch_01.mat``
     ... ; V2 always writes the folder ``out``. ``preview`` names a PNG to draw of the first
     recording (frames, masks, current). ``events`` names a profile of synth.EVENT_PROFILES.
     """
@@ -399,7 +400,7 @@ def synthesize(out: str | os.PathLike[str], *, layout: str = LAYOUT_V1, storage:
         path = write_v2(out, recordings=recordings, frames=frames, size=size, fps=fps, seed=seed, storage=storage,
                         overwrite=overwrite, progress=progress, events=events)
         files = sorted(p for p in path.rglob("*") if p.is_file())
-    elif recordings == 1:
+    elif recordings == 1 and not os.fspath(out).endswith(("/", os.sep)):
         path = write_v1(out, frames=frames, size=size, fps=fps, seed=seed, storage=storage, overwrite=overwrite,
                         progress=progress, events=events)
         files = [path]

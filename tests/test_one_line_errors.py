@@ -1,0 +1,144 @@
+"""One line for every failure, the right exit code: corrupt stores and tables, mismatched and bad
+checkpoints, errors inside DataLoader workers, and usage errors of every command (issue 11, items 7,
+9 and 10). The scenarios run the installed commands as a user does, on real converted stores with
+real damage; the usage table goes through the same click entry points in this process."""
+import glob
+import os
+import shutil
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from fmcli.fmdata_main import main as fmdata_main
+from fmcli.fmmodel_main import main as fmmodel_main
+from fmdata.derive import make_windows
+from fmdata.errors import FmDataError
+from fmmodel.checkpoint import load_model, save_checkpoint
+from fmmodel.errors import FmModelError
+from fmmodel.predict import predict
+from fmmodel.registry import build_model
+from fmmodel.sampling import worker_error_line
+
+from builders import converted_store, corrupt_file
+from processes import FMDATA, FMMODEL, one_line_error, run
+
+TRAIN = ("--windows", "w", "--model-size", "tiny", "--epochs", "1", "--max-steps", "2", "--batch-size", "8",
+         "--device", "cpu", "--no-progress")
+
+
+@pytest.fixture(scope="module")
+def store16(tmp_path_factory):
+    return converted_store(tmp_path_factory)
+
+
+def _copy(store, tmp_path, name="s.zarr"):
+    out = str(tmp_path / name)
+    shutil.copytree(store, out)
+    return out
+
+
+def test_corrupt_video_is_one_line_in_stats_and_inside_dataloader_workers(store16, tmp_path):
+    """blosc's RuntimeError in a Dask task (threads and a local cluster) and in a DataLoader worker
+    process reach the user as the one line that names the array, never a traceback."""
+    store = _copy(store16, tmp_path)
+    corrupt_file(sorted(glob.glob(os.path.join(store, "video", "c", "*", "0", "0", "0")))[0])
+    one_line_error(run([FMDATA, "stats", store, "--force", "--no-progress"]), 1, "video")
+    one_line_error(run([FMDATA, "stats", store, "--force", "--workers", "2", "--no-progress"]), 1, "video")
+    r = run([FMMODEL, "train", "--store", store, "--out", tmp_path / "run", "--workers", "1", *TRAIN])
+    line = one_line_error(r, 1, "video")
+    assert "DataLoader worker" not in line and "Caught" not in line
+
+
+def test_corrupt_window_table_is_one_line(store16, tmp_path):
+    store = _copy(store16, tmp_path)
+    corrupt_file(os.path.join(store, "windows", "w", "c", "0", "0"), 0.2, 0.8)
+    r = run([FMMODEL, "train", "--store", store, "--out", tmp_path / "run", "--workers", "0", *TRAIN])
+    one_line_error(r, 1, "windows/w", "the store is damaged")
+
+
+def test_worker_error_line_unwraps_torch_reraise():
+    text = ("Caught FmDataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+            '  File "x.py", line 1, in f\nfmdata.errors.FmDataError: /s.zarr: video frame 3: expected decodable chunks, got X')
+    assert worker_error_line(text) == "/s.zarr: video frame 3: expected decodable chunks, got X"
+    assert worker_error_line("/s.zarr: expected a store, got none") is None
+
+
+def test_checkpoint_for_other_frames_says_both_sizes(store16, tmp_path):
+    ckpt = tmp_path / "ck32.pt"
+    model = build_model("vicu_cls", size="tiny", image_size=(32, 32), frames=4, current_rows=20)
+    save_checkpoint(ckpt, model, orientation="true", preprocessing="normalized")
+    r = run([FMMODEL, "evaluate", "--store", store16, "--checkpoint", ckpt, "--device", "cpu", "--workers", "0"])
+    one_line_error(r, 1, str(ckpt), "expects 32x32 frames", "16x16")
+    with pytest.raises(FmModelError, match="expects 32x32 frames.*got 16x16 frames"):
+        predict(store16, str(ckpt), str(tmp_path / "p.zarr"), device="cpu", workers=0, progress=False)
+
+
+def test_checkpoint_errors_name_the_file_and_what_is_wrong(store16, tmp_path):
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, build_model("current_cls", size="tiny"), orientation="true", preprocessing="reference")
+    data = good.read_bytes()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(data[: len(data) // 2])
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"w": torch.zeros(1000)}, legacy, _use_new_zipfile_serialization=False)
+    legacy.write_bytes(legacy.read_bytes()[:2000])
+    for path in (cut, empty, legacy):
+        with pytest.raises(FmModelError, match=rf"{path.name}: expected a PyTorch checkpoint file, got a truncated"):
+            load_model(path)
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": torch.nn.Linear(2, 2)}, evil)  # a pickled module: needs code to load
+    refused = r"evil\.pt: expected a checkpoint of plain tensors.*refused: contains executable Python objects \(pickle\)"
+    with pytest.raises(FmModelError, match=refused):
+        load_model(evil)
+    # the command: the same line on stderr and nothing else (no torch warning)
+    r = run([FMMODEL, "evaluate", "--store", store16, "--checkpoint", cut, "--device", "cpu"])
+    one_line_error(r, 1, str(cut), "truncated")
+
+
+def _invoke(main, *args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+USAGE = [
+    (fmdata_main, ("convert", "{src}", "{tmp}/a.zarr", "--fps", "0"), "--fps"),
+    (fmdata_main, ("convert", "{src}", "{tmp}/a.zarr", "--chunk-frames", "0"), "--chunk-frames"),
+    (fmdata_main, ("convert", "{src}", "{tmp}/a.zarr", "--workers", "-3"), "--workers"),
+    (fmdata_main, ("convert", "{src}", "memory://u11/a.zarr", "--workers", "2"), "--workers"),
+    (fmdata_main, ("verify", "{store}", "--workers", "0"), "--workers"),
+    (fmdata_main, ("synth", "{tmp}/syn", "--fps", "0"), "--fps"),
+    (fmdata_main, ("synth", "{tmp}/syn", "--size", "2"), "--size"),
+    (fmdata_main, ("labels", "{store}", "--workers", "0"), "--workers"),
+    (fmdata_main, ("stats", "{store}", "--workers", "1", "--memory-limit", "lots"), "--memory-limit"),
+    (fmdata_main, ("windows", "{store}", "--name", "a\\b"), "--name"),
+    (fmdata_main, ("windows", "{store}", "--name", ".."), "--name"),
+    (fmdata_main, ("windows", "{store}", "--name", "."), "--name"),
+    (fmdata_main, ("windows", "{store}", "--name", "zarr.json"), "--name"),
+    (fmdata_main, ("windows", "{store}", "--name", "w", "--frames", "0"), "--frames"),
+    (fmdata_main, ("preview", "{store}", "--frame", "-1"), "--frame"),
+    (fmmodel_main, ("train", "--store", "{store}", "--out", "{tmp}/r", "--workers", "-3"), "--workers"),
+    (fmmodel_main, ("train", "--store", "{store}", "--out", "{tmp}/r", "--epochs", "0"), "--epochs"),
+    (fmmodel_main, ("train", "--store", "{store}", "--out", "{tmp}/r", "--windows", "w", "--model-opt", "depth=0",
+                    "--device", "cpu", "--workers", "0"), "--model-opt"),
+    (fmmodel_main, ("evaluate", "--store", "{store}", "--checkpoint", "x.pt", "--batch-size", "0"), "--batch-size"),
+    (fmmodel_main, ("evaluate", "--store", "{store}", "--checkpoint", "x.pt", "--protocol", "other"), "--protocol"),
+]
+
+
+def test_usage_errors_exit_2_with_one_line_naming_the_option(store16, tmp_path):
+    src = os.path.join(os.path.dirname(store16), "rec.mat")
+    for main, args, option in USAGE:
+        args = [a.format(src=src, tmp=tmp_path, store=store16) for a in args]
+        r = _invoke(main, *args)
+        errors = [line for line in r.output.splitlines() if line.startswith("Error: ")]
+        assert r.exit_code == 2 and "Traceback" not in r.output, (args, r.output)
+        # one error line naming the option (click's own range checks add its usage line above it)
+        assert len(errors) == 1 and option in errors[0], (args, r.output)
+    # the library says which parameter: the command line maps it to the option
+    with pytest.raises(FmDataError) as err:
+        make_windows(store16, "..")
+    assert err.value.field == "name"
+    # and the real command agrees on the exit code
+    one_line_error(run([FMDATA, "convert", src, tmp_path / "b.zarr", "--fps", "0"]), 2, "--fps")
