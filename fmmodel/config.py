@@ -22,7 +22,7 @@ from fmdata.store.window_table import WindowParams
 from fmmodel import protocol
 from fmmodel.errors import FmModelError
 from fmmodel.preprocessing import PREPROCESSING_REFERENCE, PREPROCESSINGS
-from fmmodel.registry import variant_for
+from fmmodel.registry import resolve_variant, variant_for
 
 
 @dataclass
@@ -74,6 +74,8 @@ class TrainConfig:
         self.check()
         if not self.variant:
             self.variant = variant_for(self.modality, self.task)
+        else:  # a named model (built-in or a user's) must agree with the run's inputs and task
+            resolve_variant(self.variant, modality=self.modality, task=self.task)
 
     def check(self) -> None:
         """Raise FmModelError naming the first parameter whose value is out of range."""
@@ -83,7 +85,6 @@ class TrainConfig:
 
         need(self.task in protocol.TASKS, "task", f"a task in {protocol.TASKS}", self.task)
         need(self.modality in protocol.MODALITIES, "modality", f"a modality in {protocol.MODALITIES}", self.modality)
-        variant_for(self.modality, self.task)
         need(self.device in protocol.DEVICES, "device", f"a device in {protocol.DEVICES}", self.device)
         need(self.precision is None or self.precision in protocol.PRECISIONS, "precision",
              f"a precision in {protocol.PRECISIONS}", self.precision)

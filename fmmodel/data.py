@@ -24,10 +24,10 @@ from fmmodel import distributed as dd
 from fmmodel.checkpoint import ModelMeta
 from fmmodel.dataset import FmfWindowDataset
 from fmmodel.errors import FmModelError
-from fmmodel.model_config import FmFormerConfig
 from fmmodel.preprocessing import InputFormat
 from fmmodel.protocol import SPLITS
 from fmmodel.sampling import make_loader
+from fmmodel.user_models import DataDescription
 
 
 def window_table_for(location: Location, root: zarr.Group, name: str | None, params: WindowParams,
@@ -56,16 +56,17 @@ def checkpoint_window_params(meta: ModelMeta) -> WindowParams:
     """Return the windows a checkpoint's model expects: those recorded in its info, completed by the
     reference windows of its clip length; every window (stride 1)."""
     recorded = dict(meta.info.get("window", {})) if isinstance(meta.info, dict) else {}
-    base = WindowParams.for_clip(meta.config.frames, current_rows=meta.config.current_rows).to_dict()
+    data = meta.description
+    base = WindowParams.for_clip(data.clip_frames, current_rows=data.current_rows).to_dict()
     return WindowParams.from_dict({**base, **recorded, "stride": 1})
 
 
-def check_windows_fit(table: WindowTable, model_cfg: FmFormerConfig, where: str) -> None:
+def check_windows_fit(table: WindowTable, data: DataDescription, where: str) -> None:
     """Raise FmModelError when a window table's clip length or current rows differ from the model's."""
     frames = int(table.clip.shape[1])
-    rows = int(table.params.get("current_rows", model_cfg.current_rows))
-    if frames != model_cfg.frames or rows != model_cfg.current_rows:
-        raise FmModelError(f"expected windows of {model_cfg.frames} frames and {model_cfg.current_rows} current rows "
+    rows = int(table.params.get("current_rows", data.current_rows))
+    if frames != data.clip_frames or rows != data.current_rows:
+        raise FmModelError(f"expected windows of {data.clip_frames} frames and {data.current_rows} current rows "
                            f"(the model's), got {frames} frames and {rows} rows", where)
 
 

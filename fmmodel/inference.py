@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +41,7 @@ from fmmodel.errors import FmModelError
 from fmmodel.metrics import MetricSet, class_curves, probabilities, window_probability_from_mask
 from fmmodel.preprocessing import PREPROCESSING_REFERENCE, input_format
 from fmmodel.protocol import PRECISIONS
-from fmmodel.registry import get_variant, model_info
+from fmmodel.registry import model_info
 
 
 def resolve_precision(precision: str | None, device: torch.device) -> str:
@@ -144,13 +144,15 @@ def run_inference(model: nn.Module, loader: DataLoader, ctx: dd.DistContext, *, 
     }
 
 
-def load_for_inference(checkpoint: str, fmt: str, variant: str | None, device: torch.device) -> tuple[nn.Module, ModelMeta]:
-    """Return (model on ``device`` in eval mode, ModelMeta) from a toolkit or reference checkpoint."""
+def load_for_inference(checkpoint: str, fmt: str, variant: str | None, device: torch.device,
+                       trusted: Sequence[str] = ()) -> tuple[nn.Module, ModelMeta]:
+    """Return (model on ``device`` in eval mode, ModelMeta) from a toolkit or reference checkpoint;
+    ``trusted`` names users' models whose factory may be imported (``--model``)."""
     if fmt not in CHECKPOINT_FORMATS:
         raise FmModelError(f"expected a checkpoint format in {CHECKPOINT_FORMATS}, got {fmt!r}", field="fmt")
     if not os.path.exists(checkpoint):
         raise FmModelError("expected a checkpoint file, got nothing there", checkpoint)
-    model, meta = load_model(checkpoint, format=fmt, variant=variant, device="cpu")
+    model, meta = load_model(checkpoint, format=fmt, variant=variant, device="cpu", trusted=trusted)
     return model.to(device).eval(), meta
 
 
@@ -176,19 +178,18 @@ class Inference:
 
 
 def prepare(location: Location, checkpoint: str, *, fmt: str, variant: str | None, split: str, windows: str | None,
-            ctx: dd.DistContext, batch_size: int, workers: int) -> Inference:
+            ctx: dd.DistContext, batch_size: int, workers: int, trusted: Sequence[str] = ()) -> Inference:
     """Load the model, windows, dataset and loader that an evaluation or prediction needs."""
-    model, meta = load_for_inference(checkpoint, fmt, variant, ctx.device)
+    model, meta = load_for_inference(checkpoint, fmt, variant, ctx.device, trusted)
     try:
         root = open_store(location)
         smeta = read_meta(root, str(location))
     except FmDataError as exc:
         raise FmModelError(str(exc)) from None
-    task = model_info(model).task
-    modality = get_variant(meta.variant).modality
+    task, modality = meta.description.task, meta.description.modality
     params: WindowParams = checkpoint_window_params(meta)
     table = window_table_for(location, root, windows, params, ctx)
-    check_windows_fit(table, meta.config, f"{location} (windows {windows or 'built from the checkpoint'})")
+    check_windows_fit(table, meta.description, f"{location} (windows {windows or 'built from the checkpoint'})")
     rows = select_split(table, split)
     if not len(rows):
         raise FmModelError(f"expected windows in split {split!r}, got none", str(location))

@@ -39,8 +39,9 @@ from fmmodel.errors import FmModelError
 from fmmodel.holdout import holdout_split
 from fmmodel.inference import autocast, model_inputs, resolve_precision, run_inference
 from fmmodel.preprocessing import input_format
-from fmmodel.registry import build_model, model_info, unwrap_model
+from fmmodel.registry import build_model, model_info, resolve_variant, unwrap_model
 from fmmodel.sampling import make_loader, set_loader_epoch
+from fmmodel.user_models import DataDescription
 
 CONFIG_JSON = "config.json"
 LAST = "last.pt"
@@ -190,16 +191,13 @@ def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool) -> Run:
                             modality=cfg.modality, task=cfg.task)
     val_ds = (make_dataset(location, wt.subset(va_rows), fmt, augment=False, seed=cfg.seed, modality=cfg.modality,
                            task=cfg.task) if len(va_rows) else None)
-    h, w = train_ds.item_frame_shape  # (W, H) under the reference orientation
-    model_overrides = {k: v for k, v in cfg.model.items() if k != "size"}
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
-    model = build_model(cfg.variant, size=cfg.model.get("size", "reference"), frames=cfg.window.frames,
-                        image_size=(h, w), current_rows=cfg.window.current_rows, **model_overrides)
+    model = build_run_model(cfg, train_ds.item_frame_shape)
     cfg.validation = vinfo
     cfg.runtime = {"world_size": ctx.world_size, "device": str(device.type), "precision": precision,
                    "store_frames": meta.n_frames, "windows_total": len(wt),
                    "window_params_used": {k: v for k, v in wt.params.items() if isinstance(v, (int, float, str))},
-                   "orientation": fmt.orientation, "model_config": model_info(model).config.to_dict()}
+                   "orientation": fmt.orientation, "model_config": _sizes(model)}
     if ctx.is_main:
         cfg.save(os.path.join(cfg.out, CONFIG_JSON))
     loader = make_loader(train_ds, cfg.batch_size, cfg.workers, shuffle=not cfg.balanced, balanced=cfg.balanced,
@@ -224,6 +222,27 @@ def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool) -> Run:
             run.net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)
     run.writer = _summary_writer(os.path.join(cfg.out, TB_DIR)) if ctx.is_main else None
     return run
+
+
+def build_run_model(cfg: TrainConfig, frame_size: tuple[int, int]) -> nn.Module:
+    """Build the run's model (built-in FmFormer or a user's model) for frames of ``frame_size`` as
+    delivered (rows, cols) and the run's windows; ``cfg.model`` holds the size (built-ins) or the
+    options passed to a user's factory."""
+    variant = resolve_variant(cfg.variant, modality=cfg.modality, task=cfg.task)
+    options = {k: v for k, v in cfg.model.items() if k != "size"}
+    if variant.builtin:
+        return build_model(variant, size=cfg.model.get("size", "reference"), frames=cfg.window.frames,
+                           image_size=frame_size, current_rows=cfg.window.current_rows, **options)
+    data = DataDescription(task=cfg.task, modality=cfg.modality, frame_size=frame_size, clip_frames=cfg.window.frames,
+                           current_rows=cfg.window.current_rows, options=options)
+    return build_model(variant, description=data)
+
+
+def _sizes(model: nn.Module) -> dict[str, Any]:
+    """What config.json records of the model: FmFormer sizes, or the data a user's model was built for."""
+    info = model_info(model)
+    return info.config.to_dict() if info.config is not None else {"data": info.description.to_dict(),
+                                                                    "source": info.source and info.source.to_dict()}
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
