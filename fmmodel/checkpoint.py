@@ -34,7 +34,7 @@ from fmmodel.reference_keys import (
     to_reference_state_dict,
 )
 from fmmodel.registry import Variant, build_model, builtin_description, get_variant, model_info, unwrap_model
-from fmmodel.user_models import DataDescription, ModelSource
+from fmmodel.user_models import DataDescription, ModelSource, find_source
 
 FORMAT_NAME = "fmf-toolkit-checkpoint"
 FORMAT_VERSION = 1
@@ -283,9 +283,12 @@ def model_from_checkpoint(ckpt: Checkpoint, where: str | os.PathLike[str] = "che
     meta = ckpt.meta
     if meta.source is None:
         return _load_into(build_model(meta.variant, meta.config), ckpt.state_dict, where)
-    if not meta.source.entry_point and meta.source.name not in trusted and meta.source.spec not in trusted:
+    # a name counts when it is the recorded one or names the same code (a path relative to another folder)
+    named = meta.source.name in trusted or any(s is not None and s.spec == meta.source.spec
+                                               for s in map(find_source, trusted))
+    if not (meta.source.entry_point or named):
         raise FmModelError(f"refused: the checkpoint's model comes from {meta.source.spec} (not an installed model); "
-                           f"pass --model {meta.source.name} to import that code", where, field="model")
+                           f"pass --model {meta.source.name} to import that code", where, field="trusted")
     variant = Variant(meta.variant, meta.description.modality, meta.description.task, meta.description.inputs,
                       source=meta.source)
     return _load_into(build_model(variant, description=meta.description), ckpt.state_dict, where)

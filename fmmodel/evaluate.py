@@ -10,6 +10,7 @@ Under ``torchrun`` every rank scores its own share and rank 0 writes the report.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -66,18 +67,19 @@ def _examples(p: Inference, records: dict[str, np.ndarray], k: int, device: torc
 def evaluate(store: LocationLike, checkpoint: str, *, fmt: str = "auto", variant: str | None = None, split: str = "test",
              windows: str | None = None, out: str | None = None, batch_size: int = 64, workers: int = 2,
              device: str = "auto", precision: str | None = None, examples: int = 8,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, trusted: Sequence[str] = ()) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``store``; return the report dict (and write it under ``out``).
 
     ``fmt``: "auto", "toolkit" or "reference" (the authors' state_dict; ``variant`` names it when
-    its keys are ambiguous). The report holds metrics overall and per recording, FPS, what was
-    evaluated, and (with ``out``) the paths of report.json and the pictures.
+    its keys are ambiguous). ``trusted`` names users' models whose factory the checkpoint may import.
+    The report holds metrics overall and per recording, FPS, what was evaluated, and (with ``out``)
+    the paths of report.json and the pictures.
     """
     location = Location.parse(store)
     ctx = dd.setup(device)
     try:
         p = prepare(location, checkpoint, fmt=fmt, variant=variant, split=split, windows=windows, ctx=ctx,
-                    batch_size=batch_size, workers=workers)
+                    batch_size=batch_size, workers=workers, trusted=trusted)
         prec = resolve_precision(precision, ctx.device)
         res = run_inference(p.model, p.loader, ctx, task=p.task, precision=prec,
                             recordings=p.store_meta.n_recordings, progress=progress)

@@ -23,7 +23,7 @@ predictions over the frames as an MP4 (OpenCV).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import cv2
@@ -127,7 +127,8 @@ class _Writer:
 def predict(store: LocationLike, checkpoint: str, out: str, *, fmt: str = "auto", variant: str | None = None,
             split: str = "all", windows: str | None = None, batch_size: int = 64, workers: int = 2,
             device: str = "auto", precision: str | None = None, overwrite: bool = False,
-            video: str | None = None, video_max_frames: int = 1500, progress: bool = True) -> dict[str, Any]:
+            video: str | None = None, video_max_frames: int = 1500, progress: bool = True,
+            trusted: Sequence[str] = ()) -> dict[str, Any]:
     """Write the predictions of ``checkpoint`` for the windows of ``split`` into ``out``; return a summary.
 
     ``split``: "all" (train and test windows), "test" or "train". ``video``: also write an MP4
@@ -146,7 +147,7 @@ def predict(store: LocationLike, checkpoint: str, out: str, *, fmt: str = "auto"
     ctx = dd.setup(device)
     try:
         p = prepare(location, checkpoint, fmt=fmt, variant=variant, split=split, windows=windows, ctx=ctx,
-                    batch_size=batch_size, workers=workers)
+                    batch_size=batch_size, workers=workers, trusted=trusted)
         ds, meta, task = p.dataset, p.meta, p.task
         n = len(ds)
         seg = task == "seg"

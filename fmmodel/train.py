@@ -41,7 +41,7 @@ from fmmodel.inference import autocast, model_inputs, resolve_precision, run_inf
 from fmmodel.preprocessing import input_format
 from fmmodel.registry import build_model, model_info, resolve_variant, unwrap_model
 from fmmodel.sampling import make_loader, set_loader_epoch
-from fmmodel.user_models import DataDescription
+from fmmodel.user_models import DataDescription, check_output
 
 CONFIG_JSON = "config.json"
 LAST = "last.pt"
@@ -86,6 +86,7 @@ class Run:
     orientation: str
     preprocessing: dict[str, Any]
     steps_per_epoch: int
+    num_classes: int = 2
     start_epoch: int = 0
     best_score: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -212,7 +213,8 @@ def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool) -> Run:
               orientation=fmt.orientation,
               preprocessing={"name": cfg.preprocessing, "normalization": train_ds.describe().get("normalization")},
               steps_per_epoch=(len(loader) if cfg.max_steps_per_epoch is None
-                               else min(len(loader), cfg.max_steps_per_epoch)))
+                               else min(len(loader), cfg.max_steps_per_epoch)),
+              num_classes=model_info(model).description.num_classes)
     if resume:
         _restore(run)
     if cfg.compile:
@@ -316,6 +318,8 @@ def fit_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
         target = _target(batch, cfg.task, device)
         with autocast(device, run.precision):
             logits = run.net(**inputs)
+            if step == 0:  # a user's model may break the contract; say so before the loss does
+                check_output(logits, target, run.num_classes, cfg.variant)
             loss = run.loss_fn(logits.float(), target)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()

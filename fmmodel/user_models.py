@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from fmmodel.errors import FmModelError
@@ -178,3 +179,13 @@ def _module_from_file(path: str) -> Any:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def check_output(output: Any, target: torch.Tensor, num_classes: int, model: str) -> None:
+    """Raise FmModelError unless ``output`` holds logits for ``target``: (B, classes) for class
+    labels (B,), (B, classes, H, W) for masks (B, H, W), as FmFormer returns them."""
+    expected = (int(target.shape[0]), num_classes, *(int(s) for s in target.shape[1:]))
+    got = tuple(int(s) for s in output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+    if got != expected:
+        raise FmModelError(f"expected model {model!r} to return logits of shape {expected} (batch, classes"
+                           f"{', rows, cols' if target.dim() == 3 else ''}), got {got}", field="model")
