@@ -11,6 +11,7 @@ COMMANDS = {
     "train": ".model_commands:train_cmd",
     "evaluate": ".model_commands:evaluate_cmd",
     "predict": ".model_commands:predict_cmd",
+    "bench-data": ".model_bench:bench_data_cmd",
 }
 
 

@@ -13,12 +13,13 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+from dask.utils import parse_bytes
 
 from fmdata.errors import FmDataError
 from fmdata.store import Location
 from fmdata.store.schema import WINDOW_POLICIES
 from fmdata.store.window_table import REFERENCE_CURRENT_ROWS, REFERENCE_CURRENT_SECONDS
-from fmmodel.protocol import DEVICES, PRECISIONS
+from fmmodel.protocol import DATA_PATHS, DEVICES, PRECISIONS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,6 +39,23 @@ class LocationType(click.ParamType):
 
 
 STORE = LocationType()
+
+
+class ByteSize(click.ParamType):
+    """A size in bytes: a number with an optional unit (``8GiB``, ``500MB``, ``2e9``), parsed by dask."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return int(parse_bytes(str(value)))
+        except ValueError:
+            self.fail(f"expected a size such as 8GiB or 500MB, got {value!r}", param, ctx)
+
+
+BYTES = ByteSize()
 
 
 def stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
@@ -102,3 +120,14 @@ loader_workers_option = click.option("--workers", type=click.IntRange(min=0), de
                                      help="Data-loader worker processes (0: load in the main process).")
 batch_size_option = click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
                                  help="Windows per batch.")
+
+# How batches are made: fmmodel train / evaluate / predict / bench-data (fmmodel.data_path).
+data_option = click.option(
+    "--data", type=click.Choice(DATA_PATHS), default="auto", show_default=True,
+    help="resident: load the windows' frames onto the device once and gather every batch there; lazy: decode "
+         "every batch from the store in --workers processes; auto: resident when it fits --resident-budget.")
+resident_budget_option = click.option(
+    "--resident-budget", type=BYTES, default=None, metavar="SIZE",
+    help="Most memory --data auto may hold resident (e.g. 8GiB; default: half the free GPU memory, or half the "
+         "available RAM on the CPU).")
+data_options = stack(data_option, resident_budget_option)
