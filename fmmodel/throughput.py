@@ -42,9 +42,10 @@ class DataPathReport:
     preprocessing: str
     video_dtype: str
     items: int
+    passes: int
     batches: int
     seconds: float
-    windows_per_s: float
+    windows_per_s: float  # over every timed pass
     cpu_seconds: float
     windows_per_cpu_s: float | None
     warmup_seconds: float
@@ -61,7 +62,7 @@ class DataPathReport:
         per_cpu = "n/a" if self.windows_per_cpu_s is None else f"{self.windows_per_cpu_s:,.0f}"
         lines = [f"{self.windows_per_s:,.0f} windows/s ({per_cpu} per CPU-second) on the {self.path} data path, "
                  f"{self.device}: {self.items:,} windows of {self.store} ({self.windows}, split {self.split or 'all'}) "
-                 f"in {self.batches} batches of {self.batch_size}, {self.preprocessing} preprocessing, "
+                 f"x {self.passes} pass(es) in {self.batches} batches of {self.batch_size}, {self.preprocessing} preprocessing, "
                  f"{self.video_dtype} clips, {self.workers} worker(s), {self.threads} thread(s)"]
         if self.path == "resident":
             loaded = self.data.get("resident", [{}])[0]
@@ -102,15 +103,19 @@ def measure_data_path(store: LocationLike, windows: str, *, data: str = "lazy", 
                       batch_size: int = 64, split: str | None = "train", rows: np.ndarray | None = None,
                       limit: int | None = None, seed: int = 0, preprocessing: str = PREPROCESSING_REFERENCE,
                       video_dtype: str | None = None, device: str = "auto", resident_budget: int | None = None,
-                      threads: int | None = None, progress: bool = False) -> DataPathReport:
+                      threads: int | None = None, passes: int = 1, progress: bool = False) -> DataPathReport:
     """Time the data path alone over the windows of table ``windows`` of ``store``; return the report.
 
     ``split`` keeps one split's windows (None: all); ``rows`` then picks some of them, or ``limit``
     a seeded random sample of that many. ``data`` ("lazy", "resident", "auto"), ``workers`` and
     ``resident_budget`` choose the path as training does; ``video_dtype`` defaults to what the
     trainer uses on ``device`` (uint8 on CUDA with the reference preprocessing, else float32).
-    ``threads`` sets torch's CPU threads in this process. Raises FmModelError for bad values.
+    ``threads`` sets torch's CPU threads in this process; ``passes`` timed passes follow the
+    warm-up (more of them steady the CPU-time figure of a fast path). Raises FmModelError for bad
+    values.
     """
+    if passes < 1:
+        raise FmModelError(f"expected passes >= 1, got {passes}", field="passes")
     if limit is not None and limit < 1:
         raise FmModelError(f"expected limit >= 1 windows, got {limit}", field="limit")
     if threads is not None:
@@ -148,11 +153,15 @@ def measure_data_path(store: LocationLike, windows: str, *, data: str = "lazy", 
     warm, _, _ = one_pass(0)
     me = psutil.Process()
     cpu0 = _cpu_seconds(me)
-    seconds, n, batches = one_pass(1)
+    seconds = 0.0
+    n = batches = 0
+    for epoch in range(1, passes + 1):
+        dt, k, b = one_pass(epoch)
+        seconds, n, batches = seconds + dt, n + k, batches + b
     cpu = _cpu_seconds(me) - cpu0
     return DataPathReport(
         store=str(location), windows=windows, split=split, path=choice.path, device=str(ctx.device),
-        workers=choice.workers, batch_size=batch_size, preprocessing=preprocessing, video_dtype=dtype, items=n,
-        batches=batches, seconds=seconds, windows_per_s=n / seconds if seconds > 0 else float("inf"),
+        workers=choice.workers, batch_size=batch_size, preprocessing=preprocessing, video_dtype=dtype, items=len(ds),
+        passes=passes, batches=batches, seconds=seconds, windows_per_s=n / seconds if seconds > 0 else float("inf"),
         cpu_seconds=cpu, windows_per_cpu_s=n / cpu if cpu > 0 else None, warmup_seconds=warm,
         threads=torch.get_num_threads(), peak_rss_mib=_peak_rss_mib(), data=choice.to_dict())
