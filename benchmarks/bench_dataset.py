@@ -272,6 +272,44 @@ def measure(kind: str, mat: str, store: str, rows: list[int], workers: int, vari
     return out
 
 
+def mask_layouts(frames: int = 40000, size: int = 64, batches: int = 200, seed: int = 0) -> dict[str, float]:
+    """Milliseconds per batch of 64 to gather (and flip half of) masks held as bytes or packed bits.
+
+    The measurement behind the resident path's mask layout: ``frames`` random 0/1 masks of
+    ``size`` x ``size``, one torch thread, the gather and unpack that fmmodel.resident runs.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(seed)
+    masks = torch.from_numpy((rng.random((frames, size, size)) < 0.1).astype(np.uint8))
+    packed = torch.from_numpy(np.packbits(masks.numpy().reshape(frames, -1), axis=1))
+    shifts = torch.arange(7, -1, -1, dtype=torch.uint8)
+    picks = [torch.from_numpy(rng.integers(0, frames, BATCH)) for _ in range(batches)]
+    flips = [torch.from_numpy(np.flatnonzero(rng.random(BATCH) < 0.5)) for _ in range(batches)]
+
+    def flip(m: torch.Tensor, pos: torch.Tensor) -> None:
+        words = m.view(BATCH, -1).view(torch.int64)
+        words.index_copy_(0, pos, m.index_select(0, pos).flip(-1).contiguous().view(len(pos), -1).view(torch.int64))
+
+    def as_bytes(i: int) -> None:
+        flip(masks.index_select(0, picks[i]), flips[i])
+
+    def as_bits(i: int) -> None:
+        p = packed.index_select(0, picks[i])
+        flip(((p.unsqueeze(-1) >> shifts) & 1).view(BATCH, size, size), flips[i])
+
+    out = {}
+    for name, fn in (("bytes", as_bytes), ("bits", as_bits)):
+        fn(0)
+        c0 = time.process_time()
+        for i in range(batches):
+            fn(i)
+        out[f"{name}_ms_per_batch"] = (time.process_time() - c0) / batches * 1e3
+    out.update(bytes_per_mask=size * size, packed_bytes_per_mask=size * size // 8)
+    return out
+
+
 def run_child(kind: str, mat: str, store: str, rows: np.ndarray, workers: int, folder: str,
               variant: str = "") -> dict[str, Any]:
     """Run :func:`measure` in a fresh interpreter (so peak RSS is that measurement's own)."""
@@ -337,6 +375,9 @@ def main() -> None:
             print(f"  {label:22s} workers={w}: {r['windows_per_s']:7.0f} windows/s wall, "
                   f"{r['cpu_windows_per_s']:7.0f} per CPU-second, peak RSS {r['peak_rss_mib']:.0f} MiB{extra}", flush=True)
         results["sizes"][str(n)] = entry
+    results["mask_layouts"] = m = mask_layouts()
+    print(f"masks, batch of 64 (64x64, one thread, half flipped): bytes {m['bytes_ms_per_batch']:.2f} ms, packed bits "
+          f"{m['bits_ms_per_batch']:.2f} ms (8x less memory)")
     report(results, workers)
     with open(os.path.join(a.out, "bench_dataset.json"), "w") as f:
         json.dump(results, f, indent=1)

@@ -107,7 +107,7 @@ class DataChoice:
             seconds = sum(r["load_seconds"] for r in self.resident)
             used = [r["device_bytes_allocated"] for r in self.resident]
             mem = (f"; device memory allocated {_gib(sum(used))}" if all(u is not None for u in used) else "")
-            line += f"; loaded {_gib(self.need_bytes)} onto {self.device} in {seconds:.1f} s{mem}"
+            line += f"; loaded {_gib(self.need_bytes)} onto {self.device} in {seconds:.1f} s{mem}; no loader workers"
         return line
 
 
