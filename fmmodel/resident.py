@@ -96,12 +96,15 @@ class ResidentPlan:
         frames = np.unique(ds.clip_frames[pick]) if video else empty
         masks = np.unique(ds.labelled_frames[pick]) if ds.target != "cls" else empty
         rows = empty
+        lengths = 0
         if ds.modality != "video":
             starts, stops = ds.current_ranges
             rows = _covered_rows(starts[pick], stops[pick])
+            lengths = int(np.unique(stops[pick] - starts[pick]).size)  # rows of the resampling table
         per_item = (ds.frames if video else 0) + 8  # clip slots, mask slot, current start and length, 4 fields
+        index = n_items * per_item + lengths * ds.current_rows + (0 if items is None else len(ds))
         nbytes = {"video": int(frames.size) * 3 * x * y, "mask": int(masks.size) * _packed_bytes(x * y),
-                  "current": int(rows.size) * 3 * 4, "index": n_items * per_item * _INDEX_BYTES}
+                  "current": int(rows.size) * 3 * 4, "index": index * _INDEX_BYTES}
         return cls(items=items, n_items=n_items, frames=frames, mask_frames=masks, current_rows=rows, nbytes=nbytes)
 
 
@@ -110,9 +113,8 @@ def _covered_rows(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
     if not len(starts):
         return np.zeros(0, np.int64)
     lo, hi = int(starts.min()), int(stops.max())
-    edges = np.zeros(hi - lo + 1, np.int64)
-    np.add.at(edges, starts - lo, 1)
-    np.add.at(edges, stops - lo, -1)
+    # +1 where a range opens, -1 where one closes: a row is covered where the running sum is positive
+    edges = np.bincount(starts - lo, minlength=hi - lo + 1) - np.bincount(stops - lo, minlength=hi - lo + 1)
     return np.flatnonzero(np.cumsum(edges[:-1]) > 0).astype(np.int64) + lo
 
 
@@ -171,6 +173,7 @@ class ResidentWindows:
         self._video: torch.Tensor | None = None  # (frames * 3, x * y) uint8 (or int64 words)
         self._mask: torch.Tensor | None = None  # (mask frames, ceil(x * y / 8)) uint8, packed bits
         self._current: torch.Tensor | None = None  # (rows, 3) float32, preprocessed
+        self._channels = torch.arange(3, device=self.device).view(1, 3, 1)
         self._scale: torch.Tensor | None = None
         self._shift: torch.Tensor | None = None
         if ds.norm is not None and ds.modality != "current":
@@ -321,7 +324,7 @@ class ResidentWindows:
         out: dict[str, torch.Tensor] = {}
         if self._video is not None:
             slots = self._clip_slot[r]  # (n, T)
-            planes = (slots.unsqueeze(1) * 3 + torch.arange(3, device=self.device).view(1, 3, 1)).reshape(-1)
+            planes = (slots.unsqueeze(1) * 3 + self._channels).reshape(-1)  # (n, 3, T): plane of frame t, channel c
             clip = self._video.index_select(0, planes).view(torch.uint8).view(n, 3, ds.frames, x, y)
             _flip_items(clip, flip_positions)
             if ds.video_dtype == "float32":
@@ -374,9 +377,9 @@ class ResidentLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        # A DataLoader draws its workers' base seed from the global generator at every pass; doing
-        # the same keeps the global random stream (and so anything random in training) as the lazy
-        # path leaves it.
+        # A DataLoader draws a base seed for its workers from the global generator whenever it makes
+        # an iterator (every pass without persistent workers); drawing the same here keeps the global
+        # random stream, and so anything random in a training step, as the lazy path leaves it.
         torch.empty((), dtype=torch.int64).random_()
         order = sampler_indices(self.sampler, len(self.dataset))
         held = self.windows.plan.items
