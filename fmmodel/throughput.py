@@ -67,9 +67,9 @@ class DataPathReport:
         if self.path == "resident":
             loaded = self.data.get("resident", [{}])[0]
             dev = loaded.get("device_bytes_allocated")
-            lines.append(f"  resident load: {loaded.get('total_bytes', 0) / 2**30:.2f} GiB in "
+            lines.append(f"  resident load: {loaded.get('total_bytes', 0) / 2**20:,.1f} MiB in "
                          f"{loaded.get('load_seconds', 0.0):.1f} s"
-                         + ("" if dev is None else f"; device memory allocated {dev / 2**30:.2f} GiB"))
+                         + ("" if dev is None else f"; device memory allocated {dev / 2**20:,.1f} MiB"))
         lines.append(f"  timed pass {self.seconds:.2f} s, CPU {self.cpu_seconds:.2f} s (this process and its "
                      f"workers); warm-up pass {self.warmup_seconds:.2f} s; peak RSS {self.peak_rss_mib:,.0f} MiB")
         return "\n".join(lines)
