@@ -12,6 +12,7 @@ COMMANDS = {
     "evaluate": ".model_commands:evaluate_cmd",
     "predict": ".model_commands:predict_cmd",
     "benchmark": ".model_benchmark:benchmark_cmd",
+    "bench-data": ".model_bench:bench_data_cmd",
 }
 
 

@@ -36,7 +36,8 @@ BENCHMARK_VARIANTS = "vicu_cls,video_cls,current_cls,vicu_seg"
 @progress_option
 @user_errors
 def benchmark_cmd(store: Location, models: list[str], seeds: list[int], policy: str, out: str, epochs: int,
-                  batch_size: int, lr: float, lr_step_epoch: int, workers: int, threads: int | None, device: str,
+                  batch_size: int, lr: float, lr_step_epoch: int, workers: int, data: str,
+                  resident_budget: int | None, threads: int | None, device: str,
                   precision: str | None, preprocessing: str, val_fraction: float, model_size: str,
                   model_opt: dict[str, Any], frames: int | None, frame_step: int | None,
                   current_seconds: float | None, current_rows: int | None, stride: int | None,
@@ -49,7 +50,8 @@ def benchmark_cmd(store: Location, models: list[str], seeds: list[int], policy: 
     --model-opt keys it knows."""
     settings = BenchmarkSettings(
         epochs=epochs, batch_size=batch_size, lr=lr, lr_step_epoch=lr_step_epoch, preprocessing=preprocessing,
-        val_fraction=val_fraction, workers=workers, threads=threads, device=device, precision=precision,
+        val_fraction=val_fraction, workers=workers, data=data, resident_budget=resident_budget, threads=threads,
+        device=device, precision=precision,
         max_steps_per_epoch=max_steps_per_epoch, balanced=balanced, hflip=not no_hflip,
         model={"size": model_size, **model_opt}, frames=frames, frame_step=frame_step,
         current_seconds=current_seconds, current_rows=current_rows, stride=stride)

@@ -24,6 +24,7 @@ from .options import (
     POLICY_HELP,
     STORE,
     batch_size_option,
+    data_options,
     device_options,
     json_option,
     loader_workers_option,
@@ -78,8 +79,8 @@ def _rank0() -> bool:
 @progress_option
 @user_errors
 def train_cmd(store: Location | None, windows: str | None, model: str | None, task: str | None, modality: str | None,
-              epochs: int | None,
-              batch_size: int, lr: float, lr_step_epoch: int, workers: int, threads: int | None, device: str,
+              epochs: int | None, batch_size: int, lr: float, lr_step_epoch: int, workers: int, data: str,
+              resident_budget: int | None, threads: int | None, device: str,
               precision: str | None, compile_: bool, seed: int, out: str | None, resume: bool, preprocessing: str,
               val_fraction: float, model_size: str, model_opt: dict[str, Any], frames: int | None,
               frame_step: int | None, current_seconds: float | None, current_rows: int | None,
@@ -105,8 +106,9 @@ def train_cmd(store: Location | None, windows: str | None, model: str | None, ta
                           modality=variant.modality,
                           epochs=protocol.EPOCHS if epochs is None else epochs, batch_size=batch_size, lr=lr,
                           lr_step_epoch=lr_step_epoch, hflip=not no_hflip, preprocessing=preprocessing,
-                          workers=workers, threads=threads, device=device, precision=precision, compile=compile_,
-                          seed=seed, val_fraction=val_fraction, max_steps_per_epoch=max_steps_per_epoch,
+                          workers=workers, data=data, resident_budget=resident_budget, threads=threads,
+                          device=device, precision=precision, compile=compile_, seed=seed,
+                          val_fraction=val_fraction, max_steps_per_epoch=max_steps_per_epoch,
                           balanced=balanced, window=window,
                           model={"size": model_size, **model_opt})
         result = train(cfg, progress=progress_flag(progress))
@@ -124,6 +126,7 @@ def train_cmd(store: Location | None, windows: str | None, model: str | None, ta
 @click.option("--out", type=click.Path(), default=None, help="Folder for report.json and the pictures.")
 @batch_size_option
 @loader_workers_option
+@data_options
 @device_options
 @click.option("--examples", type=click.IntRange(min=0), default=8, show_default=True,
               help="Example frames in examples.png.")
@@ -131,16 +134,16 @@ def train_cmd(store: Location | None, windows: str | None, model: str | None, ta
 @progress_option
 @user_errors
 def evaluate_cmd(store: Location, checkpoint: str, fmt: str, variant: str | None, windows: str | None,
-                 trusted: tuple[str, ...], split: str,
-                 out: str | None, batch_size: int, workers: int, device: str, precision: str | None, examples: int,
-                 as_json: bool, progress: bool | None) -> None:
+                 trusted: tuple[str, ...], split: str, out: str | None, batch_size: int, workers: int, data: str,
+                 resident_budget: int | None, device: str, precision: str | None, examples: int, as_json: bool,
+                 progress: bool | None) -> None:
     """Score CHECKPOINT on STORE's test split: class level (accuracy, F1, precision, recall, FDR, MDR,
     AUROC, AP, confusion matrix), pixel level for segmenters (pixel accuracy, mean pixel accuracy,
     mIoU, pixel AUROC/AP), FPS; overall and per recording."""
     report = evaluate(store, checkpoint, fmt=fmt, variant=variant, split=split, windows=windows, out=out,
                       trusted=trusted,
                       batch_size=batch_size, workers=workers, device=device, precision=precision,
-                      examples=examples, progress=progress_flag(progress))
+                      examples=examples, data=data, resident_budget=resident_budget, progress=progress_flag(progress))
     if not _rank0():
         return
     click.echo(json.dumps(report, indent=2, default=str) if as_json else format_report(report))
@@ -158,18 +161,21 @@ def evaluate_cmd(store: Location, checkpoint: str, fmt: str, variant: str | None
 @overwrite_option
 @batch_size_option
 @loader_workers_option
+@data_options
 @device_options
 @progress_option
 @user_errors
 def predict_cmd(store: Location, checkpoint: str, fmt: str, variant: str | None, windows: str | None,
                 trusted: tuple[str, ...], out: str,
                 split: str, video: str | None, video_max_frames: int, overwrite: bool, batch_size: int, workers: int,
-                device: str, precision: str | None, progress: bool | None) -> None:
+                data: str, resident_budget: int | None, device: str, precision: str | None,
+                progress: bool | None) -> None:
     """Write per-window class probabilities (and predicted masks of segmentation models), aligned to
     each window's labelled frame, into a Zarr v3 store; optionally an overlay video."""
     s = predict(store, checkpoint, out, fmt=fmt, variant=variant, split=split, windows=windows, trusted=trusted,
                 batch_size=batch_size, workers=workers, device=device, precision=precision, overwrite=overwrite,
-                video=video, video_max_frames=video_max_frames, progress=progress_flag(progress))
+                video=video, video_max_frames=video_max_frames, data=data, resident_budget=resident_budget,
+                progress=progress_flag(progress))
     if _rank0():
         click.echo(f"wrote {s['windows']:,} window predictions ({s['variant']}) to {s['out']}"
                    + (f"; video: {s['video']}" if s.get("video") else ""))

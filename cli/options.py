@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+from dask.utils import parse_bytes
 
 from fmdata.errors import FmDataError
 from fmdata.store import Location
@@ -22,7 +23,7 @@ from fmdata.store.window_table import REFERENCE_CURRENT_ROWS, REFERENCE_CURRENT_
 from fmmodel import protocol
 from fmmodel.model_config import SIZES
 from fmmodel.preprocessing import PREPROCESSING_REFERENCE, PREPROCESSINGS
-from fmmodel.protocol import DEVICES, PRECISIONS
+from fmmodel.protocol import DATA_PATHS, DEVICES, PRECISIONS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -61,6 +62,21 @@ class CommaList(click.ParamType):
         if not items:
             self.fail(f"expected at least one {self.name}, got {value!r}", param, ctx)
         return items
+class ByteSize(click.ParamType):
+    """A size in bytes: a number with an optional unit (``8GiB``, ``500MB``, ``2e9``), parsed by dask."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return int(parse_bytes(str(value)))
+        except ValueError:
+            self.fail(f"expected a size such as 8GiB or 500MB, got {value!r}", param, ctx)
+
+
+BYTES = ByteSize()
 
 
 def stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
@@ -128,6 +144,16 @@ loader_workers_option = click.option("--workers", type=click.IntRange(min=0), de
 batch_size_option = click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
                                  help="Windows per batch.")
 
+# How batches are made: fmmodel train / evaluate / predict / bench-data (fmmodel.data_path).
+data_option = click.option(
+    "--data", type=click.Choice(DATA_PATHS), default="auto", show_default=True,
+    help="resident: load the windows' frames onto the device once and gather every batch there; lazy: decode "
+         "every batch from the store in --workers processes; auto: resident when it fits --resident-budget.")
+resident_budget_option = click.option(
+    "--resident-budget", type=BYTES, default=None, metavar="SIZE",
+    help="Most memory --data auto may hold resident (e.g. 8GiB; default: half the free GPU memory, or half the "
+         "available RAM on the CPU).")
+data_options = stack(data_option, resident_budget_option)
 
 
 def _model_opts(ctx: click.Context, param: click.Parameter, opts: tuple[str, ...]) -> dict[str, Any]:
@@ -151,6 +177,7 @@ training_options = stack(
     click.option("--lr-step", "lr_step_epoch", type=int, default=protocol.LR_STEP_EPOCH, show_default=True,
                  help=f"Multiply the learning rate by {protocol.LR_GAMMA:g} every this many epochs."),
     loader_workers_option,
+    data_options,
     click.option("--threads", type=int, default=None, help="CPU threads of the training process (torch)."),
     device_options,
     click.option("--preprocessing", type=click.Choice(PREPROCESSINGS), default=PREPROCESSING_REFERENCE,

@@ -57,6 +57,8 @@ class BenchmarkSettings:
     preprocessing: str = PREPROCESSING_REFERENCE
     val_fraction: float = protocol.VAL_FRACTION
     workers: int = 2
+    data: str = "auto"
+    resident_budget: int | None = None
     threads: int | None = None
     device: str = "auto"
     precision: str | None = None
@@ -138,7 +140,8 @@ def run_benchmark(store: LocationLike, *, models: Sequence[str], seeds: Sequence
             store=str(location), out=folder, variant=v.name, task=v.task, modality=v.modality,
             epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
             lr_step_epoch=settings.lr_step_epoch, preprocessing=settings.preprocessing,
-            val_fraction=settings.val_fraction, workers=settings.workers, threads=settings.threads,
+            val_fraction=settings.val_fraction, workers=settings.workers, data=settings.data,
+            resident_budget=settings.resident_budget, threads=settings.threads,
             device=settings.device, precision=settings.precision, seed=cell.seed,
             max_steps_per_epoch=settings.max_steps_per_epoch, balanced=settings.balanced, hflip=settings.hflip,
             window=settings.window(v.modality, cell.policy), model=dict(settings.model))
@@ -146,7 +149,8 @@ def run_benchmark(store: LocationLike, *, models: Sequence[str], seeds: Sequence
                                                    f"seed {cell.seed}")] += 1
         if not os.path.exists(os.path.join(folder, REPORT)):
             evaluate(location, os.path.join(folder, BEST), split="test", out=os.path.join(folder, "eval"),
-                     batch_size=settings.batch_size, workers=settings.workers, device=settings.device,
+                     batch_size=settings.batch_size, workers=settings.workers, data=settings.data,
+                     resident_budget=settings.resident_budget, device=settings.device,
                      precision=settings.precision, examples=0, progress=False, trusted=[cell.model])
     table = write_table(out, cells, reports={c: _read(cell_folder(out, c.model, c.policy, c.seed)) for c in cells},
                         settings=settings.to_dict())
@@ -185,7 +189,8 @@ def _identity(cfg: TrainConfig) -> dict[str, Any]:
     """What must match for a run folder to belong to a cell: everything but where and how fast it
     runs, and the epochs (a resume may extend them)."""
     d = cfg.to_dict()
-    for key in ("out", "epochs", "validation", "runtime", "workers", "device", "precision", "threads"):
+    for key in ("out", "epochs", "validation", "runtime", "workers", "data", "resident_budget", "device", "precision",
+                "threads"):
         d.pop(key, None)
     return json.loads(json.dumps(d, default=str))
 

@@ -34,8 +34,11 @@ class TrainConfig:
     block (its last labelled frames) held out for validation; ``validation`` is filled in by the
     trainer with what it actually held out. ``max_steps_per_epoch`` caps an epoch (demos and
     benchmarks); None runs every window. ``threads`` sets torch's CPU threads in the training
-    process (None keeps torch's default; 1 is fastest on a small, shared CPU). ``window`` is
-    replaced by the parameters of the table the run trains on.
+    process (None keeps torch's default; 1 is fastest on a small, shared CPU). ``data`` is the
+    data path ("auto", "resident", "lazy"; :mod:`fmmodel.data_path`) and ``resident_budget`` the
+    bytes ``auto`` may hold resident (None: its default share of free memory); the path taken is
+    recorded in ``runtime["data"]``. ``window`` is replaced by the parameters of the table the run
+    trains on.
     """
 
     store: str
@@ -53,6 +56,8 @@ class TrainConfig:
     hflip: bool = protocol.HFLIP
     preprocessing: str = PREPROCESSING_REFERENCE
     workers: int = 2
+    data: str = "auto"
+    resident_budget: int | None = None
     threads: int | None = None
     device: str = "auto"
     precision: str | None = None
@@ -99,6 +104,9 @@ class TrainConfig:
         need(self.lr > 0, "lr", "a learning rate > 0", self.lr)
         need(self.lr_step_epoch >= 1, "lr_step_epoch", "a learning-rate step >= 1 epoch", self.lr_step_epoch)
         need(self.workers >= 0, "workers", "loader workers >= 0", self.workers)
+        need(self.data in protocol.DATA_PATHS, "data", f"a data path in {protocol.DATA_PATHS}", self.data)
+        need(self.resident_budget is None or self.resident_budget >= 0, "resident_budget",
+             "a resident budget >= 0 bytes", self.resident_budget)
         need(self.threads is None or self.threads >= 1, "threads", "threads >= 1", self.threads)
         need(0.0 <= self.val_fraction < 1.0, "val_fraction", "a validation fraction in [0, 1)", self.val_fraction)
         need(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "max_steps_per_epoch",

@@ -4,14 +4,13 @@ The trainer, ``evaluate`` and ``predict`` all get their windows and datasets her
 checkpoint is always scored on windows built the way it was trained: :func:`window_table_for`
 reads a stored table or builds one from :class:`~fmdata.store.window_table.WindowParams`
 (computing frame labels first when the store lacks them), :func:`checkpoint_window_params`
-recovers a checkpoint's windows, :func:`make_dataset` and :func:`make_eval_loader` wrap the lazy
-dataset.
+recovers a checkpoint's windows, :func:`make_dataset` wraps them in the lazy dataset (which
+:mod:`fmmodel.data_path` turns into batches, lazily or resident).
 """
 from __future__ import annotations
 
 import numpy as np
 import zarr
-from torch.utils.data import DataLoader
 
 from fmdata.derive.labels import ensure_labels, labels_up_to_date
 from fmdata.derive.windows import build_window_table, load_index
@@ -26,7 +25,6 @@ from fmmodel.dataset import FmfWindowDataset
 from fmmodel.errors import FmModelError
 from fmmodel.preprocessing import InputFormat
 from fmmodel.protocol import SPLITS
-from fmmodel.sampling import make_loader
 from fmmodel.user_models import DataDescription
 
 
@@ -88,10 +86,3 @@ def make_dataset(location: Location, table: WindowTable, fmt: InputFormat, *, au
     target = "seg" if task in ("seg", "both") else "cls"
     return FmfWindowDataset(location, table, preprocessing=fmt.preprocessing, augment=augment, seed=seed,
                             modality=modality, target=target, video_dtype=fmt.video_dtype)
-
-
-def make_eval_loader(ds: FmfWindowDataset, batch_size: int, workers: int, ctx: dd.DistContext) -> DataLoader:
-    """Return an evaluation loader: in order, this rank's unpadded share of ``ds``."""
-    sampler = dd.ShardSampler(len(ds), ctx.rank, ctx.world_size)
-    return make_loader(ds, batch_size, workers, sampler=sampler, pin_memory=ctx.device.type == "cuda",
-                       persistent_workers=False)

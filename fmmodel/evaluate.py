@@ -66,20 +66,23 @@ def _examples(p: Inference, records: dict[str, np.ndarray], k: int, device: torc
 
 def evaluate(store: LocationLike, checkpoint: str, *, fmt: str = "auto", variant: str | None = None, split: str = "test",
              windows: str | None = None, out: str | None = None, batch_size: int = 64, workers: int = 2,
-             device: str = "auto", precision: str | None = None, examples: int = 8,
-             progress: bool = True, trusted: Sequence[str] = ()) -> dict[str, Any]:
+             device: str = "auto", precision: str | None = None, examples: int = 8, data: str = "auto",
+             resident_budget: int | None = None, progress: bool = True, trusted: Sequence[str] = ()) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``store``; return the report dict (and write it under ``out``).
 
     ``fmt``: "auto", "toolkit" or "reference" (the authors' state_dict; ``variant`` names it when
     its keys are ambiguous). ``trusted`` names users' models whose factory the checkpoint may import.
-    The report holds metrics overall and per recording, FPS, what was evaluated, and (with ``out``)
-    the paths of report.json and the pictures.
+    ``data`` ("auto", "resident", "lazy") and ``resident_budget`` (bytes) choose the data path
+    (:mod:`fmmodel.data_path`). The report holds metrics overall and per recording, FPS (the
+    scoring loop; a resident load is timed apart, under ``data``), what was evaluated, the data
+    path, and (with ``out``) the paths of report.json and the pictures.
     """
     location = Location.parse(store)
     ctx = dd.setup(device)
     try:
         p = prepare(location, checkpoint, fmt=fmt, variant=variant, split=split, windows=windows, ctx=ctx,
-                    batch_size=batch_size, workers=workers, trusted=trusted)
+                    batch_size=batch_size, workers=workers, data=data, resident_budget=resident_budget,
+                    progress=progress, trusted=trusted)
         prec = resolve_precision(precision, ctx.device)
         res = run_inference(p.model, p.loader, ctx, task=p.task, precision=prec,
                             recordings=p.store_meta.n_recordings, progress=progress)
@@ -95,7 +98,7 @@ def evaluate(store: LocationLike, checkpoint: str, *, fmt: str = "auto", variant
             "windows": {"name": windows, "count": res["windows"],
                         "params": {k: v for k, v in p.params.items() if isinstance(v, (int, float, str))}},
             "device": str(ctx.device), "world_size": ctx.world_size, "precision": prec,
-            "fps": res["fps"], "model_fps": res["model_fps"], "seconds": res["seconds"],
+            "fps": res["fps"], "model_fps": res["model_fps"], "seconds": res["seconds"], "data": p.data,
             "metrics": metrics,
             "conventions": {
                 "probabilities": "softmax of the two logits; threshold 0.5",

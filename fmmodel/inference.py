@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import zarr
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import Sampler
 from tqdm import tqdm
 
 from fmdata.errors import FmDataError
@@ -28,14 +28,8 @@ from fmdata.store.schema import StoreMeta
 from fmdata.store.window_table import WindowParams, WindowTable
 from fmmodel import distributed as dd
 from fmmodel.checkpoint import CHECKPOINT_FORMATS, ModelMeta, load_model
-from fmmodel.data import (
-    check_windows_fit,
-    checkpoint_window_params,
-    make_dataset,
-    make_eval_loader,
-    select_split,
-    window_table_for,
-)
+from fmmodel.data import check_windows_fit, checkpoint_window_params, make_dataset, select_split, window_table_for
+from fmmodel.data_path import BatchRequest, BatchSource, open_batches
 from fmmodel.dataset import FmfWindowDataset
 from fmmodel.errors import FmModelError
 from fmmodel.metrics import MetricSet, class_curves, probabilities, window_probability_from_mask
@@ -81,7 +75,7 @@ def _outputs(logits: torch.Tensor, task: str) -> tuple[torch.Tensor, torch.Tenso
 
 
 @torch.no_grad()
-def run_inference(model: nn.Module, loader: DataLoader, ctx: dd.DistContext, *, task: str, precision: str,
+def run_inference(model: nn.Module, loader: BatchSource, ctx: dd.DistContext, *, task: str, precision: str,
                   recordings: int, loss_fn: Callable | None = None, progress: bool = False,
                   keep: Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None], None] | None = None,
                   desc: str = "evaluate") -> dict[str, Any]:
@@ -161,7 +155,8 @@ class Inference:
     """What scoring a checkpoint on a store needs, loaded by :func:`prepare`.
 
     ``params`` describes the windows (the stored table's parameters, or those built from the
-    checkpoint); ``table`` holds only the chosen split's windows, in table order.
+    checkpoint); ``table`` holds only the chosen split's windows, in table order. ``loader`` gives
+    this rank's windows in order, on the data path ``data`` describes (:mod:`fmmodel.data_path`).
     """
 
     model: nn.Module
@@ -170,16 +165,26 @@ class Inference:
     modality: str
     table: WindowTable
     dataset: FmfWindowDataset
-    loader: DataLoader
+    loader: BatchSource
     params: dict[str, Any]
     store_meta: StoreMeta
     recording_names: list[str]
     root: zarr.Group
+    data: dict[str, Any]
 
 
 def prepare(location: Location, checkpoint: str, *, fmt: str, variant: str | None, split: str, windows: str | None,
-            ctx: dd.DistContext, batch_size: int, workers: int, trusted: Sequence[str] = ()) -> Inference:
-    """Load the model, windows, dataset and loader that an evaluation or prediction needs."""
+            ctx: dd.DistContext, batch_size: int, workers: int, data: str = "auto",
+            resident_budget: int | None = None, progress: bool = False,
+            sampler: Callable[[int, dd.DistContext], Sampler] | None = None,
+            trusted: Sequence[str] = ()) -> Inference:
+    """Load the model, windows, dataset and batch source that an evaluation or prediction needs.
+
+    ``sampler(n, ctx)`` gives this rank's share of the ``n`` windows (default: every
+    ``world_size``-th window, :class:`fmmodel.distributed.ShardSampler`). ``data``,
+    ``resident_budget`` and ``workers`` choose the data path (:func:`fmmodel.data_path.open_batches`).
+    ``trusted`` names users' models whose factory the checkpoint may import.
+    """
     model, meta = load_for_inference(checkpoint, fmt, variant, ctx.device, trusted)
     try:
         root = open_store(location)
@@ -199,8 +204,10 @@ def prepare(location: Location, checkpoint: str, *, fmt: str, variant: str | Non
         raise FmModelError(f"expected inputs in the checkpoint's orientation {meta.orientation!r}, but "
                            f"preprocessing {fmt_in.preprocessing!r} delivers {fmt_in.orientation!r}", checkpoint)
     ds = make_dataset(location, sub, fmt_in, augment=False, seed=0, modality=modality, task=task)
-    loader = make_eval_loader(ds, batch_size, workers, ctx)
+    share = (sampler or (lambda n, c: dd.ShardSampler(n, c.rank, c.world_size)))(len(ds), ctx)
+    (loader,), choice = open_batches([BatchRequest(ds, batch_size, share, evaluation=True)], data=data,
+                                     budget=resident_budget, workers=workers, ctx=ctx, progress=progress)
     names = [r.name for r in read_recordings(root)]
     return Inference(model=model, meta=meta, task=task, modality=modality, table=sub, dataset=ds, loader=loader,
                      params=dict(table.params) if windows else params.to_dict(), store_meta=smeta,
-                     recording_names=names, root=root)
+                     recording_names=names, root=root, data=choice.to_dict())

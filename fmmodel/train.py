@@ -24,7 +24,6 @@ from typing import Any, cast
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from fmdata.store import schema
@@ -34,13 +33,14 @@ from fmdata.store.window_table import WindowParams
 from fmmodel import checkpoint as ckpt_io
 from fmmodel import distributed as dd
 from fmmodel.config import TrainConfig
-from fmmodel.data import make_dataset, make_eval_loader, window_table_for
+from fmmodel.data import make_dataset, window_table_for
+from fmmodel.data_path import BatchRequest, BatchSource, open_batches
 from fmmodel.errors import FmModelError
 from fmmodel.holdout import holdout_split
 from fmmodel.inference import autocast, model_inputs, resolve_precision, run_inference
 from fmmodel.preprocessing import input_format
 from fmmodel.registry import build_model, model_info, resolve_variant, unwrap_model
-from fmmodel.sampling import make_loader, set_loader_epoch
+from fmmodel.sampling import make_sampler, set_loader_epoch
 from fmmodel.user_models import DataDescription, check_output
 
 CONFIG_JSON = "config.json"
@@ -80,8 +80,8 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     loss_fn: nn.Module
-    loader: DataLoader
-    val_loader: DataLoader | None
+    loader: BatchSource
+    val_loader: BatchSource | None
     n_recordings: int
     orientation: str
     preprocessing: dict[str, Any]
@@ -141,7 +141,7 @@ def resume_run(run_dir: str, epochs: int | None = None, progress: bool = True) -
 
 
 def _train(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool) -> TrainResult:
-    run = build(ctx, cfg, resume)
+    run = build(ctx, cfg, resume, progress)
     try:
         for epoch in range(run.start_epoch, cfg.epochs):
             row = fit_epoch(run, epoch, progress)
@@ -167,9 +167,10 @@ def _prepare_run_dir(cfg: TrainConfig, ctx: dd.DistContext) -> None:
 # ---- build -------------------------------------------------------------------------------------
 
 
-def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool) -> Run:
-    """Build a run: windows and hold-out, datasets and loaders, model and optimizer; with ``resume``
-    the state of ``last.pt``. Rank 0 writes the resolved ``config.json``."""
+def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool = False) -> Run:
+    """Build a run: windows and hold-out, datasets and their batch sources (lazy or resident,
+    :mod:`fmmodel.data_path`), model and optimizer; with ``resume`` the state of ``last.pt``.
+    Rank 0 writes the resolved ``config.json``; ``progress`` shows the resident load's bar."""
     device = ctx.device
     precision = resolve_precision(cfg.precision, device)
     if cfg.threads:
@@ -199,13 +200,18 @@ def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool) -> Run:
                    "store_frames": meta.n_frames, "windows_total": len(wt),
                    "window_params_used": {k: v for k, v in wt.params.items() if isinstance(v, (int, float, str))},
                    "orientation": fmt.orientation, "model_config": _sizes(model)}
+    sampler = make_sampler(train_ds, shuffle=not cfg.balanced, balanced=cfg.balanced, seed=cfg.seed,
+                           num_replicas=ctx.world_size, rank=ctx.rank)
+    requests = [BatchRequest(train_ds, cfg.batch_size, sampler)]
+    if val_ds is not None:
+        requests.append(BatchRequest(val_ds, cfg.eval_batch_size or cfg.batch_size,
+                                     dd.ShardSampler(len(val_ds), ctx.rank, ctx.world_size), evaluation=True))
+    sources, choice = open_batches(requests, data=cfg.data, budget=cfg.resident_budget, workers=cfg.workers,
+                                   ctx=ctx, progress=progress)
+    cfg.runtime["data"] = choice.to_dict()
     if ctx.is_main:
         cfg.save(os.path.join(cfg.out, CONFIG_JSON))
-    loader = make_loader(train_ds, cfg.batch_size, cfg.workers, shuffle=not cfg.balanced, balanced=cfg.balanced,
-                         seed=cfg.seed, num_replicas=ctx.world_size, rank=ctx.rank,
-                         pin_memory=device.type == "cuda")
-    val_loader = (make_eval_loader(val_ds, cfg.eval_batch_size or cfg.batch_size, cfg.workers, ctx)
-                  if val_ds is not None else None)
+    loader, val_loader = sources[0], (sources[1] if val_ds is not None else None)
     model.to(device)
     opt, sched = build_optimizer(model, cfg)
     run = Run(ctx=ctx, cfg=cfg, precision=precision, model=model, net=model, optimizer=opt, scheduler=sched,
@@ -282,7 +288,7 @@ def _summary_writer(path: str) -> Any:
 # ---- fit ---------------------------------------------------------------------------------------
 
 
-def timed_batches(loader: DataLoader) -> Iterator[tuple[Any, float]]:
+def timed_batches(loader: BatchSource) -> Iterator[tuple[Any, float]]:
     """Yield (batch, seconds spent blocked waiting for it) from ``loader``."""
     it = iter(loader)
     while True:
