@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch is pinned here (not in setup.cfg) so that a fresh machine takes the CPU build from local disk.
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
-LINT_PATHS := fmdata fmmodel cli tests benchmarks
+LINT_PATHS := fmdata fmmodel cli tests benchmarks examples
 
 .PHONY: venv lint test demo bench clean
 

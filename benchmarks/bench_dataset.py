@@ -14,6 +14,13 @@ sample of the reference window table in random order, batches of 64):
   hyperslab per clip, the same item layout, the same DataLoader settings.
 * ``load-all``: (b) the reference approach: read whole recordings into RAM first (its load time and
   peak RSS), then slice windows from memory.
+* ``path-lazy`` / ``path-resident``: the data path alone as ``fmmodel bench-data`` measures it
+  (:func:`fmmodel.throughput.measure_data_path`, one torch thread, batches as the trainer gets
+  them, flips on): the lazy path with 0, 1 and 2 workers against the resident path, each for uint8
+  clips (what the GPU path takes) and float32 reference clips. "Per CPU-second" counts every
+  process involved (the main process and its workers).
+* ``resident-load``: :class:`fmmodel.resident.ResidentWindows` loading every window of the table
+  (clips, masks, current): load time, resident bytes and the process's peak RSS, at each size.
 
 Each measurement runs in its own process (peak RSS is that process's plus its workers'). Every
 loader gets one untimed warm-up pass over the windows (worker start-up, page cache); the timed
@@ -21,6 +28,9 @@ pass is the second. Memory is measured at several store sizes (``--scales``): th
 RSS should stay flat while load-all grows with the data.
 
     .venv/bin/python benchmarks/bench_dataset.py --frames 20000 --windows 4000 --out bench-out/dataset
+    .venv/bin/python benchmarks/bench_dataset.py --suite paths --frames 270000 --scales 0.148,1 --out bench-out/dataset
+
+``--suite paths`` runs only the data-path comparison, the resident loads and load-all.
 """
 from __future__ import annotations
 
@@ -226,8 +236,38 @@ def measure(kind: str, mat: str, store: str, rows: list[int], workers: int, vari
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         out = {"load_s": load, "seconds": dt, "windows_per_s": len(tab) / dt, "cpu_windows_per_s": len(tab) / cpu,
                "loaded_mib": (video.nbytes + label.nbytes + current.nbytes) / 2**20}
+    elif kind == "path":
+        from fmmodel.throughput import measure_data_path
+
+        # variant: "<lazy|resident>-<uint8|float32>"
+        data, dtype = variant.split("-")
+        # the resident path is fast: several passes (at least 20,000 windows) steady its CPU time
+        passes = max(1, -(-20000 // len(rows))) if data == "resident" else 1
+        report = measure_data_path(store, "bench", data=data, workers=workers, batch_size=BATCH, split=None,
+                                   rows=np.asarray(rows), video_dtype=dtype, device="cpu", threads=1, passes=passes)
+        out = {"seconds": report.seconds, "windows_per_s": report.windows_per_s, "cpu_seconds": report.cpu_seconds,
+               "cpu_windows_per_s": report.windows_per_cpu_s, "warmup_s": report.warmup_seconds,
+               "load_s": (report.data["resident"][0]["load_seconds"] if report.data["resident"] else None),
+               "passes": passes}
+        kind = f"path-{data}"
+    elif kind == "resident-load":
+        from fmmodel.dataset import FmfWindowDataset
+        from fmmodel.resident import ResidentWindows
+
+        ds = FmfWindowDataset(store, "bench", preprocessing="reference", video_dtype="uint8")
+        t0, c0 = time.perf_counter(), time.process_time()
+        windows = ResidentWindows.load(ds, "cpu")
+        info = windows.describe()
+        out = {"load_s": time.perf_counter() - t0, "load_cpu_s": time.process_time() - c0, "windows": len(ds),
+               "frames": info["frames"], "resident_mib": info["total_bytes"] / 2**20,
+               "resident_parts_mib": {k: v / 2**20 for k, v in info["bytes"].items()},
+               "windows_per_s": float("nan"), "cpu_windows_per_s": float("nan")}
     else:
         raise ValueError(kind)
+    if kind.startswith("path-"):
+        out.update(kind=kind, video_dtype=variant.split("-")[1], workers=workers, peak_rss_mib=_rss_mib(),
+                   start_rss_mib=rss0)
+        return out
     out.update(kind=kind + (f"-{variant}" if variant else ""), workers=workers, peak_rss_mib=_rss_mib(),
                start_rss_mib=rss0)
     return out
@@ -266,6 +306,42 @@ def checksum_cost(store: str, rows: np.ndarray, reps: int = 5) -> dict[str, Any]
     return {"windows": int(len(tab)), "reps": reps, "cpu_s_with": on, "cpu_s_without": off,
             "windows_per_cpu_s_with": len(tab) / on, "windows_per_cpu_s_without": len(tab) / off,
             "cost": on / off - 1}
+def mask_layouts(frames: int = 40000, size: int = 64, batches: int = 200, seed: int = 0) -> dict[str, float]:
+    """Milliseconds per batch of 64 to gather (and flip half of) masks held as bytes or packed bits.
+
+    The measurement behind the resident path's mask layout: ``frames`` random 0/1 masks of
+    ``size`` x ``size``, one torch thread, the gather and unpack that fmmodel.resident runs.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(seed)
+    masks = torch.from_numpy((rng.random((frames, size, size)) < 0.1).astype(np.uint8))
+    packed = torch.from_numpy(np.packbits(masks.numpy().reshape(frames, -1), axis=1))
+    shifts = torch.arange(7, -1, -1, dtype=torch.uint8)
+    picks = [torch.from_numpy(rng.integers(0, frames, BATCH)) for _ in range(batches)]
+    flips = [torch.from_numpy(np.flatnonzero(rng.random(BATCH) < 0.5)) for _ in range(batches)]
+
+    def flip(m: torch.Tensor, pos: torch.Tensor) -> None:
+        words = m.view(BATCH, -1).view(torch.int64)
+        words.index_copy_(0, pos, m.index_select(0, pos).flip(-1).contiguous().view(len(pos), -1).view(torch.int64))
+
+    def as_bytes(i: int) -> None:
+        flip(masks.index_select(0, picks[i]), flips[i])
+
+    def as_bits(i: int) -> None:
+        p = packed.index_select(0, picks[i])
+        flip(((p.unsqueeze(-1) >> shifts) & 1).view(BATCH, size, size), flips[i])
+
+    out = {}
+    for name, fn in (("bytes", as_bytes), ("bits", as_bits)):
+        fn(0)
+        c0 = time.process_time()
+        for i in range(batches):
+            fn(i)
+        out[f"{name}_ms_per_batch"] = (time.process_time() - c0) / batches * 1e3
+    out.update(bytes_per_mask=size * size, packed_bytes_per_mask=size * size // 8)
+    return out
 
 
 def run_child(kind: str, mat: str, store: str, rows: np.ndarray, workers: int, folder: str,
@@ -289,6 +365,8 @@ def main() -> None:
     p.add_argument("--workers", type=str, default="0,1,2")
     p.add_argument("--out", default="bench-out/dataset")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--suite", choices=("all", "paths"), default="all",
+                   help="paths: only the data-path comparison, the resident loads and load-all")
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
@@ -309,22 +387,34 @@ def main() -> None:
         print(f"[{n} frames] prepared in {time.perf_counter() - t0:.1f}s; MAT {os.path.getsize(mat) / 2**20:.0f} MiB, "
               f"{len(rows)} windows", flush=True)
         entry: dict[str, Any] = {"mat_mib": os.path.getsize(mat) / 2**20, "windows": int(len(rows)), "runs": []}
-        plan = [("dataset", 0, ""), ("load-all", 0, "")]
+        paths = ([("path", w, f"lazy-{d}") for d in ("uint8", "float32") for w in workers]
+                 + [("path", 0, f"resident-{d}") for d in ("uint8", "float32")])
+        plan = [("resident-load", 0, ""), ("load-all", 0, "")]
+        if a.suite == "all":
+            plan.insert(0, ("dataset", 0, ""))
         if n == sizes[-1]:  # throughput comparisons on the largest store
-            plan = ([("dataset", w, v) for w in workers for v in (("", "nocheck", "fresh", "gpu") if w else ("", "nocheck"))]
-                    + [("h5py", w, "") for w in workers] + [("dataset", 0, "zarr"), ("load-all", 0, "")])
+            plan = paths + plan
+            if a.suite == "all":
+                plan = ([("dataset", w, v) for w in workers for v in (("", "nocheck", "fresh", "gpu") if w else ("", "nocheck"))]
+                        + [("h5py", w, "") for w in workers] + [("dataset", 0, "zarr")] + plan)
         for kind, w, variant in plan:
             r = run_child(kind, mat, store, rows, w, a.out, variant)
             entry["runs"].append(r)
-            extra = f", load {r['load_s']:.2f}s" if "load_s" in r else ""
+            extra = f", load {r['load_s']:.2f}s" if r.get("load_s") is not None else ""
+            if "resident_mib" in r:
+                extra += f", resident {r['resident_mib']:.0f} MiB over {r['frames']:,} frames"
             if r.get("worker_peak_rss_mib"):
                 extra += f", worker peak RSS {r['worker_peak_rss_mib']:.0f} MiB"
-            print(f"  {r['kind']:15s} workers={w}: {r['windows_per_s']:7.0f} windows/s wall, "
+            label = f"{r['kind']}{'-' + variant.split('-')[1] if kind == 'path' else ''}"
+            print(f"  {label:22s} workers={w}: {r['windows_per_s']:7.0f} windows/s wall, "
                   f"{r['cpu_windows_per_s']:7.0f} per CPU-second, peak RSS {r['peak_rss_mib']:.0f} MiB{extra}", flush=True)
         results["sizes"][str(n)] = entry
     c = results["checksum_cost"] = checksum_cost(store, rows)
     print(f"checksums, reads alone (one process, {c['reps']} alternations): {c['windows_per_cpu_s_with']:.0f} windows "
           f"per CPU-second with, {c['windows_per_cpu_s_without']:.0f} without: {100 * c['cost']:+.1f}% CPU", flush=True)
+    results["mask_layouts"] = m = mask_layouts()
+    print(f"masks, batch of 64 (64x64, one thread, half flipped): bytes {m['bytes_ms_per_batch']:.2f} ms, packed bits "
+          f"{m['bits_ms_per_batch']:.2f} ms (8x less memory)")
     report(results, workers)
     with open(os.path.join(a.out, "bench_dataset.json"), "w") as f:
         json.dump(results, f, indent=1)
@@ -359,13 +449,33 @@ def report(results: dict[str, Any], workers: list[int]) -> None:
             print(f"checksums     workers={w}: {on['windows_per_s']:.0f}/s with, {off['windows_per_s']:.0f}/s without "
                   f"({100 * row['wall']:+.1f}% wall); per CPU-second {on['cpu_windows_per_s']:.0f} vs "
                   f"{off['cpu_windows_per_s']:.0f} ({100 * row['cpu']:+.1f}%)")
+    paths = {(r["kind"], r["workers"], r.get("video_dtype")): r for r in results["sizes"][sizes[-1]]["runs"]
+             if r["kind"].startswith("path-")}
+    for dtype in ("uint8", "float32"):
+        res, lazy1 = paths.get(("path-resident", 0, dtype)), paths.get(("path-lazy", 1, dtype))
+        for w in workers:
+            lz = paths.get(("path-lazy", w, dtype))
+            if lz is not None:
+                print(f"data path, {dtype} clips: lazy workers={w} {lz['windows_per_s']:,.0f}/s wall, "
+                      f"{lz['cpu_windows_per_s']:,.0f} per CPU-second")
+        if res is not None:
+            ratio = res["cpu_windows_per_s"] / lazy1["cpu_windows_per_s"] if lazy1 else float("nan")
+            print(f"data path, {dtype} clips: resident {res['windows_per_s']:,.0f}/s wall, {res['cpu_windows_per_s']:,.0f} "
+                  f"per CPU-second = {ratio:.1f}x the lazy path per core (1 worker); load {res['load_s']:.1f}s")
+            summary.append({"kind": "resident-vs-lazy", "video_dtype": dtype, "per_core_ratio": ratio})
     for n in sizes:
         e = results["sizes"][n]
-        ds = [r for r in e["runs"] if r["kind"] == "dataset" and r["workers"] == 0][0]
+        ds = [r for r in e["runs"] if r["kind"] == "dataset" and r["workers"] == 0]
         la = [r for r in e["runs"] if r["kind"] == "load-all"][0]
-        print(f"{int(n):,} frames ({e['mat_mib']:.0f} MiB MAT): dataset peak RSS {ds['peak_rss_mib']:.0f} MiB "
-              f"(+{ds['peak_rss_mib'] - ds['start_rss_mib']:.0f} over start); load-all peak RSS "
-              f"{la['peak_rss_mib']:.0f} MiB (+{la['peak_rss_mib'] - la['start_rss_mib']:.0f}), load {la['load_s']:.1f}s")
+        rl = [r for r in e["runs"] if r["kind"] == "resident-load"][0]
+        line = f"{int(n):,} frames ({e['mat_mib']:.0f} MiB MAT): "
+        if ds:
+            line += (f"dataset peak RSS {ds[0]['peak_rss_mib']:.0f} MiB "
+                     f"(+{ds[0]['peak_rss_mib'] - ds[0]['start_rss_mib']:.0f} over start); ")
+        print(line + f"load-all peak RSS {la['peak_rss_mib']:.0f} MiB (+{la['peak_rss_mib'] - la['start_rss_mib']:.0f}), "
+              f"load {la['load_s']:.1f}s; resident load {rl['load_s']:.1f}s ({rl['load_cpu_s']:.1f} CPU s), "
+              f"{rl['resident_mib']:.0f} MiB resident, peak RSS {rl['peak_rss_mib']:.0f} MiB "
+              f"(+{rl['peak_rss_mib'] - rl['start_rss_mib']:.0f} over start)")
     results["summary"] = summary
 
 

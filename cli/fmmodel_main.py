@@ -11,6 +11,8 @@ COMMANDS = {
     "train": ".model_commands:train_cmd",
     "evaluate": ".model_commands:evaluate_cmd",
     "predict": ".model_commands:predict_cmd",
+    "benchmark": ".model_benchmark:benchmark_cmd",
+    "bench-data": ".model_bench:bench_data_cmd",
 }
 
 
@@ -18,4 +20,4 @@ COMMANDS = {
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(fmmodel.__version__, prog_name="fmmodel")
 def main() -> None:
-    """Train, evaluate and predict with the FmFormer cross-modal transformer on an FMF store."""
+    """Train, evaluate, predict and benchmark FmFormer (or your own models) on an FMF store."""

@@ -9,21 +9,22 @@ from typing import Any
 import click
 
 from fmdata.store import Location, WindowParams
+from fmdata.store.schema import WINDOW_POLICIES
 from fmmodel import protocol
 from fmmodel.checkpoint import CHECKPOINT_FORMATS
 from fmmodel.config import TrainConfig
 from fmmodel.evaluate import evaluate
-from fmmodel.model_config import SIZES
 from fmmodel.predict import predict
-from fmmodel.preprocessing import PREPROCESSING_REFERENCE, PREPROCESSINGS
-from fmmodel.registry import VARIANTS
+from fmmodel.registry import VARIANTS, choose_variant
 from fmmodel.report import format_report
 from fmmodel.train import resume_run, train
 
 from .errors import user_errors
 from .options import (
+    POLICY_HELP,
     STORE,
     batch_size_option,
+    data_options,
     device_options,
     json_option,
     loader_workers_option,
@@ -31,7 +32,7 @@ from .options import (
     progress_flag,
     progress_option,
     stack,
-    window_options,
+    training_options,
 )
 
 checkpoint_options = stack(
@@ -43,20 +44,10 @@ checkpoint_options = stack(
                  help="Model variant of a reference checkpoint (default: from its key names)."),
     click.option("--windows", default=None, metavar="NAME",
                  help="Stored window table (default: windows built as the checkpoint says)."),
+    click.option("--model", "trusted", multiple=True, metavar="MODEL",
+                 help="A user's model (module:name or file.py:name) whose code a checkpoint may import; installed "
+                      "models (entry points of group fmmodel.models) need not be named."),
 )
-
-
-def _parse_model_opts(opts: tuple[str, ...]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in opts:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--model-opt")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
 
 
 def _rank0() -> bool:
@@ -69,43 +60,30 @@ def _rank0() -> bool:
               help="FMF Zarr store (path or URL). With --resume: only when the run's store moved (same data).")
 @click.option("--windows", default=None, metavar="NAME",
               help="Stored window table (fmdata windows); default: build windows now from the window options.")
-@click.option("--task", type=click.Choice(protocol.TASKS), default="cls", show_default=True,
-              help="cls: one label per window; seg: a mask of the labelled frame.")
-@click.option("--modality", type=click.Choice(protocol.MODALITIES), default="both", show_default=True,
-              help="Inputs: both (cross-modal), video or current.")
+@click.option("--model", "model", default=None, metavar="MODEL",
+              help="The model: a variant (vicu_cls, vicu_seg, video_cls, current_cls), an installed model (entry "
+                   "point of group fmmodel.models) or a factory module:name / path/file.py:name "
+                   "(docs/custom-models.md). Default: the FmFormer variant of --task and --modality.")
+@click.option("--task", type=click.Choice(protocol.TASKS), default=None,
+              help="cls: one label per window (default); seg: a mask of the labelled frame.")
+@click.option("--modality", type=click.Choice(protocol.MODALITIES), default=None,
+              help="Inputs: both (cross-modal, default), video or current.")
 @click.option("--epochs", type=int, default=None,
               help=f"Epochs (default {protocol.EPOCHS}; with --resume: extend the run to this many).")
-@batch_size_option
-@click.option("--lr", type=float, default=protocol.LR, show_default=True, help="Learning rate.")
-@click.option("--lr-step", "lr_step_epoch", type=int, default=protocol.LR_STEP_EPOCH, show_default=True,
-              help=f"Multiply the learning rate by {protocol.LR_GAMMA:g} every this many epochs.")
-@loader_workers_option
-@click.option("--threads", type=int, default=None, help="CPU threads of the training process (torch).")
-@device_options
+@training_options
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights, order and flips.")
 @click.option("--out", "out", type=click.Path(), default=None,
               help="Run folder (default runs/<task>-<modality>-<time>).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-@click.option("--preprocessing", type=click.Choice(PREPROCESSINGS), default=PREPROCESSING_REFERENCE,
-              show_default=True, help="reference: raw 0..255 video and amperes, transposed frames as the "
-                                      "authors' loader; normalized: training-split statistics (fmdata stats).")
-@click.option("--val-fraction", type=float, default=protocol.VAL_FRACTION, show_default=True,
-              help="Share of each recording's training block (its end) held out for validation.")
-@click.option("--model-size", type=click.Choice(sorted(SIZES)), default="reference", show_default=True,
-              help="Named FmFormer size.")
-@click.option("--model-opt", "model", multiple=True, metavar="KEY=VALUE",
-              help="Override an FmFormer size, e.g. depth=2.")
-@window_options
-@click.option("--max-steps", "max_steps_per_epoch", type=int, default=None, help="Cap on batches per epoch.")
-@click.option("--balanced", is_flag=True, help="Class-balanced sampling.")
-@click.option("--no-hflip", is_flag=True, help="Switch off the horizontal-flip augmentation.")
+@click.option("--policy", type=click.Choice(WINDOW_POLICIES), default=None, help=f"Window policy: {POLICY_HELP}.")
 @progress_option
 @user_errors
-def train_cmd(store: Location | None, windows: str | None, task: str, modality: str, epochs: int | None,
-              batch_size: int, lr: float, lr_step_epoch: int, workers: int, threads: int | None, device: str,
+def train_cmd(store: Location | None, windows: str | None, model: str | None, task: str | None, modality: str | None,
+              epochs: int | None, batch_size: int, lr: float, lr_step_epoch: int, workers: int, data: str,
+              resident_budget: int | None, threads: int | None, device: str,
               precision: str | None, compile_: bool, seed: int, out: str | None, resume: bool, preprocessing: str,
-              val_fraction: float, model_size: str, model: tuple[str, ...], frames: int | None,
+              val_fraction: float, model_size: str, model_opt: dict[str, Any], frames: int | None,
               frame_step: int | None, current_seconds: float | None, current_rows: int | None,
               stride: int | None, policy: str | None, max_steps_per_epoch: int | None, balanced: bool,
               no_hflip: bool, progress: bool | None) -> None:
@@ -119,17 +97,21 @@ def train_cmd(store: Location | None, windows: str | None, task: str, modality: 
     else:
         if store is None:
             raise click.UsageError("--store is required (unless --resume)")
-        out = out or os.path.join("runs", f"{task}-{modality}-{_dt.datetime.now():%Y%m%d-%H%M%S}")
-        window = WindowParams.reference(modality, frames=frames, frame_step=frame_step,
+        variant = choose_variant(model, task=task, modality=modality)
+        out = out or os.path.join("runs", f"{variant.name.replace(':', '_').replace('/', '_')}-"
+                                          f"{_dt.datetime.now():%Y%m%d-%H%M%S}")
+        window = WindowParams.reference(variant.modality, frames=frames, frame_step=frame_step,
                                         current_seconds=current_seconds, current_rows=current_rows, stride=stride,
                                         policy=policy)
-        cfg = TrainConfig(store=str(store), out=out, windows=windows, task=task, modality=modality,
+        cfg = TrainConfig(store=str(store), out=out, windows=windows, variant=variant.name, task=variant.task,
+                          modality=variant.modality,
                           epochs=protocol.EPOCHS if epochs is None else epochs, batch_size=batch_size, lr=lr,
                           lr_step_epoch=lr_step_epoch, hflip=not no_hflip, preprocessing=preprocessing,
-                          workers=workers, threads=threads, device=device, precision=precision, compile=compile_,
-                          seed=seed, val_fraction=val_fraction, max_steps_per_epoch=max_steps_per_epoch,
+                          workers=workers, data=data, resident_budget=resident_budget, threads=threads,
+                          device=device, precision=precision, compile=compile_, seed=seed,
+                          val_fraction=val_fraction, max_steps_per_epoch=max_steps_per_epoch,
                           balanced=balanced, window=window,
-                          model={"size": model_size, **_parse_model_opts(model)})
+                          model={"size": model_size, **model_opt})
         result = train(cfg, progress=progress_flag(progress))
     if result.history and _rank0():
         click.echo(f"run folder: {result.run_dir}\n  checkpoints: {result.best} (best), {result.last} (last)\n"
@@ -145,6 +127,7 @@ def train_cmd(store: Location | None, windows: str | None, task: str, modality: 
 @click.option("--out", type=click.Path(), default=None, help="Folder for report.json and the pictures.")
 @batch_size_option
 @loader_workers_option
+@data_options
 @device_options
 @click.option("--examples", type=click.IntRange(min=0), default=8, show_default=True,
               help="Example frames in examples.png.")
@@ -155,15 +138,18 @@ def train_cmd(store: Location | None, windows: str | None, task: str, modality: 
 @json_option
 @progress_option
 @user_errors
-def evaluate_cmd(store: Location, checkpoint: str, fmt: str, variant: str | None, windows: str | None, split: str,
-                 out: str | None, batch_size: int, workers: int, device: str, precision: str | None, examples: int,
+def evaluate_cmd(store: Location, checkpoint: str, fmt: str, variant: str | None, windows: str | None,
+                 trusted: tuple[str, ...], split: str, out: str | None, batch_size: int, workers: int, data: str,
+                 resident_budget: int | None, device: str, precision: str | None, examples: int,
                  protocol: str | None, as_json: bool, progress: bool | None) -> None:
     """Score CHECKPOINT on STORE's test split: class level (accuracy, F1, precision, recall, FDR, MDR,
     AUROC, AP, confusion matrix), pixel level for segmenters (pixel accuracy, mean pixel accuracy,
     mIoU, pixel AUROC/AP), FPS; overall and per recording."""
     report = evaluate(store, checkpoint, fmt=fmt, variant=variant, split=split, windows=windows, out=out,
+                      trusted=trusted,
                       batch_size=batch_size, workers=workers, device=device, precision=precision,
-                      examples=examples, progress=progress_flag(progress), protocol=protocol)
+                      examples=examples, data=data, resident_budget=resident_budget, progress=progress_flag(progress),
+                      protocol=protocol)
     if not _rank0():
         return
     click.echo(json.dumps(report, indent=2, default=str) if as_json else format_report(report))
@@ -181,17 +167,21 @@ def evaluate_cmd(store: Location, checkpoint: str, fmt: str, variant: str | None
 @overwrite_option
 @batch_size_option
 @loader_workers_option
+@data_options
 @device_options
 @progress_option
 @user_errors
-def predict_cmd(store: Location, checkpoint: str, fmt: str, variant: str | None, windows: str | None, out: str,
+def predict_cmd(store: Location, checkpoint: str, fmt: str, variant: str | None, windows: str | None,
+                trusted: tuple[str, ...], out: str,
                 split: str, video: str | None, video_max_frames: int, overwrite: bool, batch_size: int, workers: int,
-                device: str, precision: str | None, progress: bool | None) -> None:
+                data: str, resident_budget: int | None, device: str, precision: str | None,
+                progress: bool | None) -> None:
     """Write per-window class probabilities (and predicted masks of segmentation models), aligned to
     each window's labelled frame, into a Zarr v3 store; optionally an overlay video."""
-    s = predict(store, checkpoint, out, fmt=fmt, variant=variant, split=split, windows=windows,
+    s = predict(store, checkpoint, out, fmt=fmt, variant=variant, split=split, windows=windows, trusted=trusted,
                 batch_size=batch_size, workers=workers, device=device, precision=precision, overwrite=overwrite,
-                video=video, video_max_frames=video_max_frames, progress=progress_flag(progress))
+                video=video, video_max_frames=video_max_frames, data=data, resident_budget=resident_budget,
+                progress=progress_flag(progress))
     if _rank0():
         click.echo(f"wrote {s['windows']:,} window predictions ({s['variant']}) to {s['out']}"
                    + (f"; video: {s['video']}" if s.get("video") else ""))

@@ -8,17 +8,22 @@ about a parameter (``FmDataError.field``) names the option the user typed (see
 """
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+from dask.utils import parse_bytes
 
 from fmdata.errors import FmDataError
 from fmdata.store import Location
 from fmdata.store.schema import WINDOW_POLICIES
 from fmdata.store.window_table import REFERENCE_CURRENT_ROWS, REFERENCE_CURRENT_SECONDS
-from fmmodel.protocol import DEVICES, PRECISIONS
+from fmmodel import protocol
+from fmmodel.model_config import SIZES
+from fmmodel.preprocessing import PREPROCESSING_REFERENCE, PREPROCESSINGS
+from fmmodel.protocol import DATA_PATHS, DEVICES, PRECISIONS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,6 +43,40 @@ class LocationType(click.ParamType):
 
 
 STORE = LocationType()
+
+
+class CommaList(click.ParamType):
+    """A comma-separated list ("vicu_cls,video_cls"; "0,1,2" with ``item=int``), empty items dropped."""
+
+    def __init__(self, item: Callable[[str], Any] = str, name: str = "list") -> None:
+        self.item = item
+        self.name = name
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[Any]:
+        if isinstance(value, list):
+            return value
+        try:
+            items = [self.item(v.strip()) for v in str(value).split(",") if v.strip()]
+        except ValueError:
+            self.fail(f"expected a comma-separated list of {self.name}, got {value!r}", param, ctx)
+        if not items:
+            self.fail(f"expected at least one {self.name}, got {value!r}", param, ctx)
+        return items
+class ByteSize(click.ParamType):
+    """A size in bytes: a number with an optional unit (``8GiB``, ``500MB``, ``2e9``), parsed by dask."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return int(parse_bytes(str(value)))
+        except ValueError:
+            self.fail(f"expected a size such as 8GiB or 500MB, got {value!r}", param, ctx)
+
+
+BYTES = ByteSize()
 
 
 def stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
@@ -76,7 +115,7 @@ dask_options = stack(
 
 # How windows are built: fmdata windows / preview, fmmodel train. Unset values take the reference
 # windows of the model's modality (fmdata.store.window_table.WindowParams.reference).
-window_options = stack(
+window_shape_options = stack(
     click.option("--frames", type=int, default=None,
                  help="Frames per clip (default: 10; 8 for video-only models)."),
     click.option("--frame-step", type=int, default=None,
@@ -86,10 +125,12 @@ window_options = stack(
     click.option("--current-rows", type=int, default=None,
                  help=f"Current rows each window is resampled to (default: {REFERENCE_CURRENT_ROWS})."),
     click.option("--stride", type=int, default=None, help="Keep every N-th window of each split block (default: 1)."),
-    click.option("--policy", type=click.Choice(WINDOW_POLICIES), default=None,
-                 help="reference (default): the authors' sampler, deterministic at recording starts; strict: every "
-                      "frame and current row inside the labelled frame's split block (no leakage)."),
 )
+POLICY_HELP = ("reference (default): the authors' sampler, deterministic at recording starts; strict: every frame and "
+               "current row inside the labelled frame's split block (no leakage)")
+window_options = stack(window_shape_options,
+                       click.option("--policy", type=click.Choice(WINDOW_POLICIES), default=None,
+                                    help=f"Window policy: {POLICY_HELP}."))
 
 # Where and how a model runs: fmmodel train / evaluate / predict.
 device_options = stack(
@@ -102,3 +143,54 @@ loader_workers_option = click.option("--workers", type=click.IntRange(min=0), de
                                      help="Data-loader worker processes (0: load in the main process).")
 batch_size_option = click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
                                  help="Windows per batch.")
+
+# How batches are made: fmmodel train / evaluate / predict / bench-data (fmmodel.data_path).
+data_option = click.option(
+    "--data", type=click.Choice(DATA_PATHS), default="auto", show_default=True,
+    help="resident: load the windows' frames onto the device once and gather every batch there; lazy: decode "
+         "every batch from the store in --workers processes; auto: resident when it fits --resident-budget.")
+resident_budget_option = click.option(
+    "--resident-budget", type=BYTES, default=None, metavar="SIZE",
+    help="Most memory --data auto may hold resident (e.g. 8GiB; default: half the free GPU memory, or half the "
+         "available RAM on the CPU).")
+data_options = stack(data_option, resident_budget_option)
+
+
+def _model_opts(ctx: click.Context, param: click.Parameter, opts: tuple[str, ...]) -> dict[str, Any]:
+    """``--model-opt KEY=VALUE`` pairs as a dict; values are JSON where they parse (2, 0.1, true), else text."""
+    out: dict[str, Any] = {}
+    for item in opts:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", ctx=ctx, param=param)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+# How a model is trained: fmmodel train / benchmark.
+training_options = stack(
+    batch_size_option,
+    click.option("--lr", type=float, default=protocol.LR, show_default=True, help="Learning rate."),
+    click.option("--lr-step", "lr_step_epoch", type=int, default=protocol.LR_STEP_EPOCH, show_default=True,
+                 help=f"Multiply the learning rate by {protocol.LR_GAMMA:g} every this many epochs."),
+    loader_workers_option,
+    data_options,
+    click.option("--threads", type=int, default=None, help="CPU threads of the training process (torch)."),
+    device_options,
+    click.option("--preprocessing", type=click.Choice(PREPROCESSINGS), default=PREPROCESSING_REFERENCE,
+                 show_default=True, help="reference: raw 0..255 video and amperes, transposed frames as the "
+                                         "authors' loader; normalized: training-split statistics (fmdata stats)."),
+    click.option("--val-fraction", type=float, default=protocol.VAL_FRACTION, show_default=True,
+                 help="Share of each recording's training block (its end) held out for validation."),
+    click.option("--model-size", type=click.Choice(sorted(SIZES)), default="reference", show_default=True,
+                 help="Named FmFormer size."),
+    click.option("--model-opt", multiple=True, metavar="KEY=VALUE", callback=_model_opts,
+                 help="Override an FmFormer size (e.g. depth=2), or pass an option to a user's model factory."),
+    window_shape_options,
+    click.option("--max-steps", "max_steps_per_epoch", type=int, default=None, help="Cap on batches per epoch."),
+    click.option("--balanced", is_flag=True, help="Class-balanced sampling."),
+    click.option("--no-hflip", is_flag=True, help="Switch off the horizontal-flip augmentation."),
+)

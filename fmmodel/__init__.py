@@ -4,9 +4,10 @@ Modules, from the bottom: the model (:mod:`~fmmodel.model_config`, :mod:`~fmmode
 :mod:`~fmmodel.fmformer`, :mod:`~fmmodel.registry`), checkpoints (:mod:`~fmmodel.checkpoint`,
 :mod:`~fmmodel.reference_keys`), the data path (:mod:`~fmmodel.preprocessing`,
 :mod:`~fmmodel.dataset`, :mod:`~fmmodel.batches`, :mod:`~fmmodel.sampling`,
-:mod:`~fmmodel.data`), scoring (:mod:`~fmmodel.metrics`, :mod:`~fmmodel.inference`,
-:mod:`~fmmodel.report`) and the commands (:mod:`~fmmodel.train`, :mod:`~fmmodel.evaluate`,
-:mod:`~fmmodel.predict`). docs/architecture.md has the picture.
+:mod:`~fmmodel.resident`, :mod:`~fmmodel.data_path`, :mod:`~fmmodel.data`), scoring
+(:mod:`~fmmodel.metrics`, :mod:`~fmmodel.inference`, :mod:`~fmmodel.report`) and the commands
+(:mod:`~fmmodel.train`, :mod:`~fmmodel.evaluate`, :mod:`~fmmodel.predict`,
+:mod:`~fmmodel.throughput`). docs/architecture.md has the picture.
 """
 from fmdata import __version__
 from fmmodel.errors import FmModelError

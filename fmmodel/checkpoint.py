@@ -16,7 +16,7 @@ import pickle
 import re
 import warnings
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,8 @@ from fmmodel.reference_keys import (
     infer_reference_config,
     to_reference_state_dict,
 )
-from fmmodel.registry import build_model, get_variant, model_info, unwrap_model
+from fmmodel.registry import Variant, build_model, builtin_description, get_variant, model_info, unwrap_model
+from fmmodel.user_models import DataDescription, ModelSource, find_source
 
 FORMAT_NAME = "fmf-toolkit-checkpoint"
 FORMAT_VERSION = 1
@@ -134,8 +135,8 @@ def _load_into(model: nn.Module, state_dict: Mapping[str, Tensor],
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())[:400]
         info = model_info(model)
-        raise FmModelError(f"expected a state_dict matching {info.variant} {info.config.to_dict()}, got: {detail}",
-                           where) from None
+        sizes = info.config.to_dict() if info.config is not None else info.description.to_dict()
+        raise FmModelError(f"expected a state_dict matching {info.variant} {sizes}, got: {detail}", where) from None
     return model
 
 
@@ -170,34 +171,56 @@ def _naming(path: str | os.PathLike[str] | None) -> Iterator[None]:
 class ModelMeta:
     """What a checkpoint says about its model: enough to rebuild it and to feed it the right inputs.
 
+    variant: a built-in variant name, or a user's model name (then ``source`` says where its factory
+    comes from and ``config`` is None).
     orientation: "reference" (frames transposed, (W, H), as the authors' loader feeds them) or "true" (H, W).
     preprocessing: plain dict, at least {"name": "reference" | "normalized"}, plus the statistics used.
     info: free plain values (toolkit and torch versions, epoch, metrics...).
+    data: what the model is fed (built-ins: derived from ``config``).
     """
 
     variant: str
-    config: FmFormerConfig
+    config: FmFormerConfig | None
     orientation: str = "true"
     preprocessing: dict[str, Any] = field(default_factory=lambda: {"name": PREPROCESSING_REFERENCE})
     info: dict[str, Any] = field(default_factory=dict)
+    data: DataDescription | None = None
+    source: ModelSource | None = None
 
     def __post_init__(self) -> None:
-        get_variant(self.variant)
+        if self.source is None:
+            get_variant(self.variant)
+            if self.config is None:
+                raise FmModelError(f"checkpoint meta: expected the sizes of built-in model {self.variant!r}, got none")
+            if self.data is None:
+                self.data = builtin_description(self.variant, self.config)
+        elif self.data is None:
+            raise FmModelError(f"checkpoint meta: expected the data description of model {self.variant!r}, got none")
         if self.orientation not in ORIENTATIONS:
             raise FmModelError(f"checkpoint meta: expected orientation in {ORIENTATIONS}, got {self.orientation!r}")
         if isinstance(self.preprocessing, str):
             self.preprocessing = {"name": self.preprocessing}
 
+    @property
+    def description(self) -> DataDescription:
+        """What the model is fed (task, modality, frame size, clip frames, current rows)."""
+        assert self.data is not None  # set by __post_init__
+        return self.data
+
     def to_dict(self) -> dict[str, Any]:
         """Plain types only."""
-        return {"variant": self.variant, "config": self.config.to_dict(), "orientation": self.orientation,
-                "preprocessing": dict(self.preprocessing), "info": dict(self.info)}
+        return {"variant": self.variant, "config": None if self.config is None else self.config.to_dict(),
+                "orientation": self.orientation, "preprocessing": dict(self.preprocessing), "info": dict(self.info),
+                "data": self.description.to_dict(), "source": None if self.source is None else self.source.to_dict()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelMeta:
-        return cls(variant=data["variant"], config=FmFormerConfig.from_dict(dict(data["config"])),
+        config = data.get("config")
+        return cls(variant=data["variant"], config=None if config is None else FmFormerConfig.from_dict(dict(config)),
                    orientation=data["orientation"], preprocessing=dict(data["preprocessing"]),
-                   info=dict(data.get("info", {})))
+                   info=dict(data.get("info", {})),
+                   data=DataDescription.from_dict(data["data"]) if data.get("data") else None,
+                   source=ModelSource.from_dict(data["source"]) if data.get("source") else None)
 
 
 @dataclass
@@ -255,7 +278,8 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, orientati
     inner = unwrap_model(model)
     about = model_info(inner)
     prep = dict(preprocessing) if isinstance(preprocessing, Mapping) else {"name": preprocessing}
-    meta = ModelMeta(about.variant, about.config, orientation, prep, {"torch": str(torch.__version__), **(info or {})})
+    meta = ModelMeta(about.variant, about.config, orientation, prep, {"torch": str(torch.__version__), **(info or {})},
+                     data=about.description, source=about.source)
     payload = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "meta": meta.to_dict(),
                "state_dict": model_state_dict(inner), "extra": dict(extra or {})}
     _check_plain(payload, "checkpoint")
@@ -287,19 +311,37 @@ def _checkpoint_from_payload(payload: Any, path: str | os.PathLike[str]) -> Chec
     return Checkpoint(meta, state_dict, dict(payload.get("extra", {})))
 
 
-def model_from_checkpoint(ckpt: Checkpoint, where: str | os.PathLike[str] = "checkpoint") -> nn.Module:
-    """Build the checkpoint's model on the CPU and load its weights (train mode)."""
-    return _load_into(build_model(ckpt.meta.variant, ckpt.meta.config), ckpt.state_dict, where)
+def model_from_checkpoint(ckpt: Checkpoint, where: str | os.PathLike[str] = "checkpoint",
+                          trusted: Sequence[str] = ()) -> nn.Module:
+    """Build the checkpoint's model on the CPU and load its weights (train mode).
+
+    A user's model is rebuilt by importing its factory, which runs that module's code: this
+    happens only for an installed model (an entry point of group fmmodel.models) or one whose
+    name is in ``trusted`` (``--model`` on the command line); otherwise FmModelError says what to pass.
+    """
+    meta = ckpt.meta
+    if meta.source is None:
+        return _load_into(build_model(meta.variant, meta.config), ckpt.state_dict, where)
+    # a name counts when it is the recorded one or names the same code (a path relative to another folder)
+    named = meta.source.name in trusted or any(s is not None and s.spec == meta.source.spec
+                                               for s in map(find_source, trusted))
+    if not (meta.source.entry_point or named):
+        raise FmModelError(f"refused: the checkpoint's model comes from {meta.source.spec} (not an installed model); "
+                           f"pass --model {meta.source.name} to import that code", where, field="trusted")
+    variant = Variant(meta.variant, meta.description.modality, meta.description.task, meta.description.inputs,
+                      source=meta.source)
+    return _load_into(build_model(variant, description=meta.description), ckpt.state_dict, where)
 
 
 def load_model(path: str | os.PathLike[str], *, format: str = "auto", variant: str | None = None,
-               config: FmFormerConfig | None = None,
-               device: str | torch.device = "cpu") -> tuple[nn.Module, ModelMeta]:
+               config: FmFormerConfig | None = None, device: str | torch.device = "cpu",
+               trusted: Sequence[str] = ()) -> tuple[nn.Module, ModelMeta]:
     """A ready model (eval mode, on ``device``) and its meta from a toolkit checkpoint or a reference state_dict.
 
     format: "toolkit", "reference" (the authors' key names, .pth or fixture .npz), or "auto" (by content).
     A reference model's meta says orientation "reference" and preprocessing "reference": the authors'
-    loader fed frames transposed, as float 0..255, and raw amperes.
+    loader fed frames transposed, as float 0..255, and raw amperes. ``trusted`` names users' models
+    whose factory may be imported (see :func:`model_from_checkpoint`).
     """
     if format not in CHECKPOINT_FORMATS:
         raise FmModelError(f"expected a checkpoint format in {CHECKPOINT_FORMATS}, got {format!r}", path, field="fmt")
@@ -309,7 +351,7 @@ def load_model(path: str | os.PathLike[str], *, format: str = "auto", variant: s
         payload = _weights_only_load(path, "cpu")
     if format == "toolkit" or (format == "auto" and _is_toolkit(payload)):
         ckpt = _checkpoint_from_payload(payload, path)
-        return model_from_checkpoint(ckpt, path).to(device).eval(), ckpt.meta
+        return model_from_checkpoint(ckpt, path, trusted).to(device).eval(), ckpt.meta
     if _is_toolkit(payload):
         raise FmModelError("expected a reference state_dict (the authors' key names), got a toolkit checkpoint; "
                            "use format toolkit or auto", path)
@@ -327,6 +369,9 @@ def load_model(path: str | os.PathLike[str], *, format: str = "auto", variant: s
 def export_reference(path: str | os.PathLike[str], model: nn.Module) -> Path:
     """Write the model as the authors would: a plain state_dict with their key names (atomic)."""
     about = model_info(model)
+    if about.config is None:
+        raise FmModelError(f"expected a built-in FmFormer to export with the authors' key names, got {about.variant!r}",
+                           path)
     return atomic_torch_save(to_reference_state_dict(model_state_dict(model), about.variant, about.config), path)
 
 

@@ -23,7 +23,7 @@ from fmdata.store.window_table import WindowParams
 from fmmodel import protocol
 from fmmodel.errors import FmModelError
 from fmmodel.preprocessing import PREPROCESSING_REFERENCE, PREPROCESSINGS
-from fmmodel.registry import variant_for
+from fmmodel.registry import resolve_variant, variant_for
 
 
 @dataclass
@@ -35,11 +35,13 @@ class TrainConfig:
     block (its last labelled frames) held out for validation; ``validation`` is filled in by the
     trainer with what it actually held out. ``max_steps_per_epoch`` caps an epoch (demos and
     benchmarks); None runs every window. ``threads`` sets torch's CPU threads in the training
-    process (None keeps torch's default; 1 is fastest on a small, shared CPU). ``window`` is
-    replaced by the parameters of the table the run trains on. ``store`` is made absolute when a
-    run starts; ``data`` is filled in by the trainer with what the run was trained on (the store's
-    location and fingerprint, the window table's fingerprint: :mod:`fmmodel.run_data`), which
-    ``--resume`` checks.
+    process (None keeps torch's default; 1 is fastest on a small, shared CPU). ``data`` is the
+    data path ("auto", "resident", "lazy"; :mod:`fmmodel.data_path`) and ``resident_budget`` the
+    bytes ``auto`` may hold resident (None: its default share of free memory); the path taken is
+    recorded in ``runtime["data"]``. ``window`` is replaced by the parameters of the table the run
+    trains on. ``store`` is made absolute when a run starts; ``trained_on`` is filled in by the trainer
+    with what the run was trained on (the store's location and fingerprint, the window table's
+    fingerprint: :mod:`fmmodel.run_data`), which ``--resume`` checks.
     """
 
     store: str
@@ -57,6 +59,8 @@ class TrainConfig:
     hflip: bool = protocol.HFLIP
     preprocessing: str = PREPROCESSING_REFERENCE
     workers: int = 2
+    data: str = "auto"
+    resident_budget: int | None = None
     threads: int | None = None
     device: str = "auto"
     precision: str | None = None
@@ -71,7 +75,7 @@ class TrainConfig:
     variant: str = ""
     validation: dict[str, Any] = field(default_factory=dict)
     runtime: dict[str, Any] = field(default_factory=dict)
-    data: dict[str, Any] = field(default_factory=dict)
+    trained_on: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.window, dict):
@@ -79,6 +83,8 @@ class TrainConfig:
         self.check()
         if not self.variant:
             self.variant = variant_for(self.modality, self.task)
+        else:  # a named model (built-in or a user's) must agree with the run's inputs and task
+            resolve_variant(self.variant, modality=self.modality, task=self.task)
 
     def check(self) -> None:
         """Raise FmModelError naming the first parameter whose value is out of range."""
@@ -88,7 +94,6 @@ class TrainConfig:
 
         need(self.task in protocol.TASKS, "task", f"a task in {protocol.TASKS}", self.task)
         need(self.modality in protocol.MODALITIES, "modality", f"a modality in {protocol.MODALITIES}", self.modality)
-        variant_for(self.modality, self.task)
         need(self.device in protocol.DEVICES, "device", f"a device in {protocol.DEVICES}", self.device)
         need(self.precision is None or self.precision in protocol.PRECISIONS, "precision",
              f"a precision in {protocol.PRECISIONS}", self.precision)
@@ -103,6 +108,9 @@ class TrainConfig:
         need(self.lr > 0 and math.isfinite(self.lr), "lr", "a finite learning rate > 0", self.lr)
         need(self.lr_step_epoch >= 1, "lr_step_epoch", "a learning-rate step >= 1 epoch", self.lr_step_epoch)
         need(self.workers >= 0, "workers", "loader workers >= 0", self.workers)
+        need(self.data in protocol.DATA_PATHS, "data", f"a data path in {protocol.DATA_PATHS}", self.data)
+        need(self.resident_budget is None or self.resident_budget >= 0, "resident_budget",
+             "a resident budget >= 0 bytes", self.resident_budget)
         need(self.threads is None or self.threads >= 1, "threads", "threads >= 1", self.threads)
         need(0.0 <= self.val_fraction < 1.0, "val_fraction", "a validation fraction in [0, 1)", self.val_fraction)
         need(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "max_steps_per_epoch",

@@ -4,14 +4,13 @@ The trainer, ``evaluate`` and ``predict`` all get their windows and datasets her
 checkpoint is always scored on windows built the way it was trained: :func:`window_table_for`
 reads a stored table or builds one from :class:`~fmdata.store.window_table.WindowParams`
 (computing frame labels first when the store lacks them), :func:`checkpoint_window_params`
-recovers a checkpoint's windows, :func:`make_dataset` and :func:`make_eval_loader` wrap the lazy
-dataset.
+recovers a checkpoint's windows, :func:`make_dataset` wraps them in the lazy dataset (which
+:mod:`fmmodel.data_path` turns into batches, lazily or resident).
 """
 from __future__ import annotations
 
 import numpy as np
 import zarr
-from torch.utils.data import DataLoader
 
 from fmdata.compute.dask_cluster import DaskOptions
 from fmdata.derive.labels import ensure_labels, labels_up_to_date, require_writable
@@ -25,11 +24,9 @@ from fmmodel import distributed as dd
 from fmmodel.checkpoint import ModelMeta
 from fmmodel.dataset import FmfWindowDataset
 from fmmodel.errors import FmModelError
-from fmmodel.model_config import FmFormerConfig
 from fmmodel.preprocessing import ORIENTATION_REFERENCE, InputFormat
 from fmmodel.protocol import CURRENT_SECOND_FRAMES, SPLITS
-from fmmodel.registry import get_variant
-from fmmodel.sampling import make_loader
+from fmmodel.user_models import DataDescription
 
 
 def window_table_for(location: Location, root: zarr.Group, name: str | None, params: WindowParams,
@@ -60,16 +57,17 @@ def checkpoint_window_params(meta: ModelMeta) -> WindowParams:
     """Return the windows a checkpoint's model expects: those recorded in its info, completed by the
     reference windows of its clip length; every window (stride 1)."""
     recorded = dict(meta.info.get("window", {})) if isinstance(meta.info, dict) else {}
-    base = WindowParams.for_clip(meta.config.frames, current_rows=meta.config.current_rows).to_dict()
+    data = meta.description
+    base = WindowParams.for_clip(data.clip_frames, current_rows=data.current_rows).to_dict()
     return WindowParams.from_dict({**base, **recorded, "stride": 1})
 
 
-def check_windows_fit(table: WindowTable, model_cfg: FmFormerConfig, where: str) -> None:
+def check_windows_fit(table: WindowTable, data: DataDescription, where: str) -> None:
     """Raise FmModelError when a window table's clip length or current rows differ from the model's."""
     frames = int(table.clip.shape[1])
-    rows = int(table.params.get("current_rows", model_cfg.current_rows))
-    if frames != model_cfg.frames or rows != model_cfg.current_rows:
-        raise FmModelError(f"expected windows of {model_cfg.frames} frames and {model_cfg.current_rows} current rows "
+    rows = int(table.params.get("current_rows", data.current_rows))
+    if frames != data.clip_frames or rows != data.current_rows:
+        raise FmModelError(f"expected windows of {data.clip_frames} frames and {data.current_rows} current rows "
                            f"(the model's), got {frames} frames and {rows} rows", where)
 
 
@@ -77,9 +75,9 @@ def check_frames_fit(meta: ModelMeta, height: int, width: int, checkpoint: str, 
     """Raise FmModelError when a video model expects frames of another size than the store's
     ``height`` x ``width``; the message names the checkpoint and says both sizes (H x W, as the
     store holds them). A current-only model reads no frames and always fits."""
-    if "video" not in get_variant(meta.variant).inputs:
+    if "video" not in meta.description.inputs:
         return
-    rows, cols = meta.config.image_size  # as fed to the model: (W, H) under the reference orientation
+    rows, cols = meta.description.frame_size  # as fed to the model: (W, H) under the reference orientation
     want = (cols, rows) if meta.orientation == ORIENTATION_REFERENCE else (rows, cols)
     if want != (height, width):
         raise FmModelError(f"expects {want[0]}x{want[1]} frames (its model's input): expected a store of "
@@ -129,10 +127,3 @@ def make_dataset(location: Location, table: WindowTable, fmt: InputFormat, *, au
     target = "seg" if task in ("seg", "both") else "cls"
     return FmfWindowDataset(location, table, preprocessing=fmt.preprocessing, augment=augment, seed=seed,
                             modality=modality, target=target, video_dtype=fmt.video_dtype)
-
-
-def make_eval_loader(ds: FmfWindowDataset, batch_size: int, workers: int, ctx: dd.DistContext) -> DataLoader:
-    """Return an evaluation loader: in order, this rank's unpadded share of ``ds``."""
-    sampler = dd.ShardSampler(len(ds), ctx.rank, ctx.world_size)
-    return make_loader(ds, batch_size, workers, sampler=sampler, pin_memory=ctx.device.type == "cuda",
-                       persistent_workers=False)

@@ -192,6 +192,16 @@ class FmfWindowDataset(torch.utils.data.Dataset):
         return self._window
 
     @property
+    def clip_frames(self) -> np.ndarray:
+        """Global clip frames of every item, (items, T) int64, oldest first (the labelled frame last)."""
+        return self._clip
+
+    @property
+    def current_ranges(self) -> tuple[np.ndarray, np.ndarray]:
+        """(start, stop) of every item's global current rows, int64 each; read as ``current_rows`` rows."""
+        return self._cur_start, self._cur_stop
+
+    @property
     def item_frame_shape(self) -> tuple[int, int]:
         """The (H', W') of clip frames and masks as delivered: (W, H) under reference orientation."""
         h, w = self.frame_shape

@@ -123,6 +123,10 @@ class ShardSampler(Sampler[int]):
     def __len__(self) -> int:
         return len(range(self.rank, self.n, self.world_size))
 
+    def indices(self) -> torch.Tensor:
+        """Return what iterating yields, as one int64 tensor."""
+        return torch.arange(self.rank, self.n, self.world_size, dtype=torch.int64)
+
 
 def all_gather_array(ctx: DistContext, arr: np.ndarray) -> np.ndarray:
     """Concatenate a 1-D numpy array over all ranks (rank order); lengths may differ."""

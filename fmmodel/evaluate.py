@@ -10,6 +10,7 @@ Under ``torchrun`` every rank scores its own share and rank 0 writes the report.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -82,8 +83,9 @@ def _reference_pixel_scores(metrics: dict[str, Any]) -> None:
 
 def evaluate(store: LocationLike, checkpoint: str, *, fmt: str = "auto", variant: str | None = None, split: str = "test",
              windows: str | None = None, out: str | None = None, batch_size: int = 64, workers: int = 2,
-             device: str = "auto", precision: str | None = None, examples: int = 8,
-             progress: bool = True, protocol: str | None = None) -> dict[str, Any]:
+             device: str = "auto", precision: str | None = None, examples: int = 8, data: str = "auto",
+             resident_budget: int | None = None, progress: bool = True, protocol: str | None = None,
+             trusted: Sequence[str] = ()) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``store``; return the report dict (and write it under ``out``).
 
     ``fmt``: "auto", "toolkit" or "reference" (the authors' state_dict; ``variant`` names it when
@@ -92,14 +94,18 @@ def evaluate(store: LocationLike, checkpoint: str, *, fmt: str = "auto", variant
     sample; mIoU over the classes that occur) or "reference" (the authors' test scripts: a
     current-only model scores one sample per distinct test second; mIoU keeps a class absent from
     target and prediction as 0); None (default): "reference" for a checkpoint read in the authors'
-    format, else "toolkit". The report holds metrics overall and per recording, FPS, the protocol,
-    what was evaluated, and (with ``out``) the paths of report.json and the pictures.
+    format, else "toolkit". ``data`` ("auto", "resident", "lazy") and ``resident_budget`` (bytes)
+    choose the data path (:mod:`fmmodel.data_path`). ``trusted`` names users' models whose factory
+    the checkpoint may import. The report holds metrics overall and per recording, FPS (the scoring
+    loop; a resident load is timed apart, under ``data``), the protocol, what was evaluated, the
+    data path, and (with ``out``) the paths of report.json and the pictures.
     """
     location = Location.parse(store)
     ctx = dd.setup(device)
     try:
         p = prepare(location, checkpoint, fmt=fmt, variant=variant, split=split, windows=windows, ctx=ctx,
-                    batch_size=batch_size, workers=workers, progress=progress, protocol=protocol)
+                    batch_size=batch_size, workers=workers, data=data, resident_budget=resident_budget,
+                    progress=progress, protocol=protocol, trusted=trusted)
         prec = resolve_precision(precision, ctx.device)
         res = run_inference(p.model, p.loader, ctx, task=p.task, precision=prec,
                             recordings=p.store_meta.n_recordings, progress=progress)
@@ -118,7 +124,7 @@ def evaluate(store: LocationLike, checkpoint: str, *, fmt: str = "auto", variant
             "windows": {"name": windows, "count": res["windows"],
                         "params": {k: v for k, v in p.params.items() if isinstance(v, (int, float, str))}},
             "device": str(ctx.device), "world_size": ctx.world_size, "precision": prec,
-            "fps": res["fps"], "model_fps": res["model_fps"], "seconds": res["seconds"],
+            "fps": res["fps"], "model_fps": res["model_fps"], "seconds": res["seconds"], "data": p.data,
             "metrics": metrics,
             "conventions": {
                 "probabilities": "softmax of the two logits; threshold 0.5",

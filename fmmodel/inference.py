@@ -11,21 +11,22 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import zarr
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import Sampler
 from tqdm import tqdm
 
 from fmdata.derive.labels import read_labels
 from fmdata.errors import FmDataError
 from fmdata.store import schema
 from fmdata.store.access import open_store, read_meta, read_offsets, read_recordings
-from fmdata.store.checksums import read_checked
+from fmdata.store.columns import read_column
 from fmdata.store.location import Location
 from fmdata.store.schema import StoreMeta
 from fmdata.store.window_table import WindowParams, WindowTable
@@ -36,17 +37,17 @@ from fmmodel.data import (
     check_windows_fit,
     checkpoint_window_params,
     make_dataset,
-    make_eval_loader,
     per_second_samples,
     select_split,
     window_table_for,
 )
+from fmmodel.data_path import BatchRequest, BatchSource, open_batches
 from fmmodel.dataset import FmfWindowDataset
 from fmmodel.errors import FmModelError
 from fmmodel.metrics import MetricSet, class_curves, probabilities, window_probability_from_mask
 from fmmodel.preprocessing import PREPROCESSING_REFERENCE, input_format
 from fmmodel.protocol import EVAL_PROTOCOLS, PRECISIONS
-from fmmodel.registry import get_variant, model_info
+from fmmodel.registry import model_info
 
 
 def resolve_precision(precision: str | None, device: torch.device) -> str:
@@ -86,7 +87,7 @@ def _outputs(logits: torch.Tensor, task: str) -> tuple[torch.Tensor, torch.Tenso
 
 
 @torch.no_grad()
-def run_inference(model: nn.Module, loader: DataLoader, ctx: dd.DistContext, *, task: str, precision: str,
+def run_inference(model: nn.Module, loader: BatchSource, ctx: dd.DistContext, *, task: str, precision: str,
                   recordings: int, loss_fn: Callable | None = None, progress: bool = False,
                   keep: Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None], None] | None = None,
                   desc: str = "evaluate") -> dict[str, Any]:
@@ -149,13 +150,15 @@ def run_inference(model: nn.Module, loader: DataLoader, ctx: dd.DistContext, *, 
     }
 
 
-def load_for_inference(checkpoint: str, fmt: str, variant: str | None, device: torch.device) -> tuple[nn.Module, ModelMeta]:
-    """Return (model on ``device`` in eval mode, ModelMeta) from a toolkit or reference checkpoint."""
+def load_for_inference(checkpoint: str, fmt: str, variant: str | None, device: torch.device,
+                       trusted: Sequence[str] = ()) -> tuple[nn.Module, ModelMeta]:
+    """Return (model on ``device`` in eval mode, ModelMeta) from a toolkit or reference checkpoint;
+    ``trusted`` names users' models whose factory may be imported (``--model``)."""
     if fmt not in CHECKPOINT_FORMATS:
         raise FmModelError(f"expected a checkpoint format in {CHECKPOINT_FORMATS}, got {fmt!r}", field="fmt")
     if not os.path.exists(checkpoint):
         raise FmModelError("expected a checkpoint file, got nothing there", checkpoint)
-    model, meta = load_model(checkpoint, format=fmt, variant=variant, device="cpu")
+    model, meta = load_model(checkpoint, format=fmt, variant=variant, device="cpu", trusted=trusted)
     return model.to(device).eval(), meta
 
 
@@ -164,7 +167,8 @@ class Inference:
     """What scoring a checkpoint on a store needs, loaded by :func:`prepare`.
 
     ``params`` describes the windows (the stored table's parameters, or those built from the
-    checkpoint); ``table`` holds only the chosen split's windows, in table order.
+    checkpoint); ``table`` holds only the chosen split's windows, in table order. ``loader`` gives
+    this rank's windows in order, on the data path ``data`` describes (:mod:`fmmodel.data_path`).
     """
 
     model: nn.Module
@@ -173,39 +177,46 @@ class Inference:
     modality: str
     table: WindowTable
     dataset: FmfWindowDataset
-    loader: DataLoader
+    loader: BatchSource
     params: dict[str, Any]
     store_meta: StoreMeta
     recording_names: list[str]
     root: zarr.Group
+    data: dict[str, Any]
     protocol: str = "toolkit"
 
 
 def prepare(location: Location, checkpoint: str, *, fmt: str, variant: str | None, split: str, windows: str | None,
-            ctx: dd.DistContext, batch_size: int, workers: int, progress: bool = False,
-            protocol: str | None = "toolkit") -> Inference:
-    """Load the model, windows, dataset and loader that an evaluation or prediction needs
-    (``progress``: a bar while frame labels are computed first, when the store lacks them).
+            ctx: dd.DistContext, batch_size: int, workers: int, data: str = "auto",
+            resident_budget: int | None = None, progress: bool = False, protocol: str | None = "toolkit",
+            sampler: Callable[[int, dd.DistContext], Sampler] | None = None,
+            trusted: Sequence[str] = ()) -> Inference:
+    """Load the model, windows, dataset and batch source that an evaluation or prediction needs
+    (``progress``: bars while frame labels are computed first, when the store lacks them, and
+    while a resident load runs).
 
     ``protocol`` (``fmmodel.protocol.EVAL_PROTOCOLS``) decides the samples: "toolkit" one per
     window of the split; "reference" the authors' for current-only models, one per distinct test
     second (:func:`fmmodel.data.per_second_samples`); None: "reference" for a checkpoint read in
     the authors' format, else "toolkit". The resolved name is ``Inference.protocol``.
+    ``sampler(n, ctx)`` gives this rank's share of the ``n`` windows (default: every
+    ``world_size``-th window, :class:`fmmodel.distributed.ShardSampler`). ``data``,
+    ``resident_budget`` and ``workers`` choose the data path (:func:`fmmodel.data_path.open_batches`).
+    ``trusted`` names users' models whose factory the checkpoint may import.
     """
     if protocol is not None and protocol not in EVAL_PROTOCOLS:
         raise FmModelError(f"expected a protocol in {EVAL_PROTOCOLS}, got {protocol!r}", field="protocol")
-    model, meta = load_for_inference(checkpoint, fmt, variant, ctx.device)
+    model, meta = load_for_inference(checkpoint, fmt, variant, ctx.device, trusted)
     try:
         root = open_store(location)
         smeta = read_meta(root, str(location))
     except FmDataError as exc:
         raise FmModelError(str(exc)) from None
-    task = model_info(model).task
-    modality = get_variant(meta.variant).modality
+    task, modality = meta.description.task, meta.description.modality
     check_frames_fit(meta, smeta.height, smeta.width, checkpoint, str(location))
     params: WindowParams = checkpoint_window_params(meta)
     table = window_table_for(location, root, windows, params, ctx, progress=progress)
-    check_windows_fit(table, meta.config, f"{location} (windows {windows or 'built from the checkpoint'})")
+    check_windows_fit(table, meta.description, f"{location} (windows {windows or 'built from the checkpoint'})")
     rows = select_split(table, split)
     if not len(rows):
         raise FmModelError(f"expected windows in split {split!r}, got none", str(location))
@@ -216,7 +227,7 @@ def prepare(location: Location, checkpoint: str, *, fmt: str, variant: str | Non
         try:
             frame_label, _ = read_labels(root)
             frame_offsets, _ = read_offsets(root)
-            frame_time = read_checked(root[schema.FRAME_TIME], str(location))
+            frame_time = read_column(root[schema.FRAME_TIME], np.float64, str(location))
         except FmDataError as exc:
             raise FmModelError(exc.message, exc.path or str(location)) from None
         sub = per_second_samples(sub, frame_time, frame_label, frame_offsets)
@@ -225,8 +236,10 @@ def prepare(location: Location, checkpoint: str, *, fmt: str, variant: str | Non
         raise FmModelError(f"expected inputs in the checkpoint's orientation {meta.orientation!r}, but "
                            f"preprocessing {fmt_in.preprocessing!r} delivers {fmt_in.orientation!r}", checkpoint)
     ds = make_dataset(location, sub, fmt_in, augment=False, seed=0, modality=modality, task=task)
-    loader = make_eval_loader(ds, batch_size, workers, ctx)
+    share = (sampler or (lambda n, c: dd.ShardSampler(n, c.rank, c.world_size)))(len(ds), ctx)
+    (loader,), choice = open_batches([BatchRequest(ds, batch_size, share, evaluation=True)], data=data,
+                                     budget=resident_budget, workers=workers, ctx=ctx, progress=progress)
     names = [r.name for r in read_recordings(root)]
     return Inference(model=model, meta=meta, task=task, modality=modality, table=sub, dataset=ds, loader=loader,
                      params=dict(table.params) if windows else params.to_dict(), store_meta=smeta,
-                     recording_names=names, root=root, protocol=protocol)
+                     recording_names=names, root=root, data=choice.to_dict(), protocol=protocol)

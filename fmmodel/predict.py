@@ -23,14 +23,14 @@ predictions over the frames as an MP4 (OpenCV).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
 import zarr
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Sampler
 
 from fmdata.store import schema
 from fmdata.store.access import open_store, read_meta
@@ -41,7 +41,6 @@ from fmmodel.errors import FmModelError
 from fmmodel.inference import prepare, resolve_precision, run_inference
 from fmmodel.preprocessing import ORIENTATION_REFERENCE
 from fmmodel.protocol import SPLITS, THRESHOLD
-from fmmodel.sampling import make_loader
 
 ATTR_PREDICTIONS = "fmf_predictions"
 WINDOW_CHUNK = 4096  # rows per chunk of the 1-D arrays; rank blocks align to it
@@ -61,6 +60,10 @@ class BlockSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
+
+    def indices(self) -> torch.Tensor:
+        """Return what iterating yields, as one int64 tensor."""
+        return torch.arange(self.start, max(self.start, self.stop), dtype=torch.int64)
 
 
 def block_of(n: int, rank: int, world: int, align: int = WINDOW_CHUNK) -> tuple[int, int]:
@@ -103,8 +106,9 @@ class _Writer:
     def add(self, batch: dict[str, torch.Tensor], prob: torch.Tensor, pixel_prob: torch.Tensor | None) -> None:
         p = prob.detach().float().cpu().numpy()
         # copies: loader batches may live in reused shared buffers, and rows wait here until a flush
-        rows = {"frame": batch["frame"].numpy().copy(), "recording": batch["recording"].numpy().astype(np.int32),
-                "label": batch["label"].numpy().astype(np.uint8), "prob": np.stack([1 - p, p], axis=1),
+        fields = {k: batch[k].cpu().numpy() for k in ("frame", "recording", "label")}  # resident batches: on the device
+        rows = {"frame": fields["frame"].copy(), "recording": fields["recording"].astype(np.int32),
+                "label": fields["label"].astype(np.uint8), "prob": np.stack([1 - p, p], axis=1),
                 "pred": (p >= THRESHOLD).astype(np.uint8)}
         if self.seg and pixel_prob is not None:
             m = (pixel_prob.detach() >= THRESHOLD).to(torch.uint8).cpu().numpy()
@@ -127,11 +131,15 @@ class _Writer:
 def predict(store: LocationLike, checkpoint: str, out: str, *, fmt: str = "auto", variant: str | None = None,
             split: str = "all", windows: str | None = None, batch_size: int = 64, workers: int = 2,
             device: str = "auto", precision: str | None = None, overwrite: bool = False,
-            video: str | None = None, video_max_frames: int = 1500, progress: bool = True) -> dict[str, Any]:
+            video: str | None = None, video_max_frames: int = 1500, data: str = "auto",
+            resident_budget: int | None = None, progress: bool = True,
+            trusted: Sequence[str] = ()) -> dict[str, Any]:
     """Write the predictions of ``checkpoint`` for the windows of ``split`` into ``out``; return a summary.
 
     ``split``: "all" (train and test windows), "test" or "train". ``video``: also write an MP4
-    with the predictions drawn over (at most ``video_max_frames``) labelled frames.
+    with the predictions drawn over (at most ``video_max_frames``) labelled frames. ``data`` and
+    ``resident_budget`` choose the data path (:mod:`fmmodel.data_path`); each rank holds the
+    windows of its own block.
     """
     if split not in SPLITS:
         raise FmModelError(f"expected a split in {SPLITS}, got {split!r}", field="split")
@@ -146,7 +154,9 @@ def predict(store: LocationLike, checkpoint: str, out: str, *, fmt: str = "auto"
     ctx = dd.setup(device)
     try:
         p = prepare(location, checkpoint, fmt=fmt, variant=variant, split=split, windows=windows, ctx=ctx,
-                    batch_size=batch_size, workers=workers, progress=progress)
+                    batch_size=batch_size, workers=workers, data=data, resident_budget=resident_budget,
+                    progress=progress, sampler=lambda n, c: BlockSampler(*block_of(n, c.rank, c.world_size)),
+                    trusted=trusted)
         ds, meta, task = p.dataset, p.meta, p.task
         n = len(ds)
         seg = task == "seg"
@@ -163,11 +173,9 @@ def predict(store: LocationLike, checkpoint: str, out: str, *, fmt: str = "auto"
             zarr.open_group(tmp, mode="r+")["split"][:] = p.table.column("split").astype(np.int8)
         dd.barrier(ctx)
         start, stop = block_of(n, ctx.rank, ctx.world_size)
-        loader: DataLoader = make_loader(ds, batch_size, workers, sampler=BlockSampler(start, stop),
-                                         pin_memory=ctx.device.type == "cuda", persistent_workers=False)
         writer = _Writer(tmp, start, seg, meta.orientation)
         prec = resolve_precision(precision, ctx.device)
-        res = run_inference(p.model, loader, ctx, task=task, precision=prec,
+        res = run_inference(p.model, p.loader, ctx, task=task, precision=prec,
                             recordings=p.store_meta.n_recordings, progress=progress, keep=writer.add,
                             desc="predict")
         writer.flush()
@@ -182,7 +190,7 @@ def predict(store: LocationLike, checkpoint: str, out: str, *, fmt: str = "auto"
             place(tmp, out)
         dd.barrier(ctx)
         summary = {"out": out, "windows": n, "task": task, "variant": meta.variant, "fps": res["fps"],
-                   "metrics": res["metrics"]["overall"]}
+                   "metrics": res["metrics"]["overall"], "data": p.data}
         if video and ctx.is_main:
             summary["video"] = write_overlay_video(location, out, video, max_frames=video_max_frames)
         return summary

@@ -2,7 +2,7 @@
 
 The authors' training recipe (batch 64, Adam, lr 5e-4 times 0.1 at epoch 20, 30 epochs,
 cross-entropy, horizontal flip) and the vocabulary the toolkit's commands share: modalities,
-tasks, splits to score, devices, precisions, the decision threshold. The reference windows
+tasks, splits to score, devices, precisions, data paths, the decision threshold. The reference windows
 (10 frames step 18 and 120 s of current as 240 rows; video-only 8 frames step 19) are data
 facts and live with the window tables, in :mod:`fmdata.store.window_table`.
 """
@@ -23,6 +23,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 EVAL_PROTOCOLS = ("toolkit", "reference")
 CURRENT_SECOND_FRAMES = 25
 PIXEL_EPS = 1e-5
+DATA_PATHS = ("auto", "resident", "lazy")  # how batches are made (fmmodel.data_path)
 
 # the authors' training recipe
 EPOCHS = 30

@@ -1,8 +1,11 @@
-"""The model variants: the one table of which class, task, inputs and default sizes each has.
+"""The models: the one table of built-in variants, users' models, and how to build either.
 
-Every other module asks here: the trainer (``variant_for(modality, task)``), checkpoints
-(``build_model``), evaluation (``get_variant(name).modality``). :func:`unwrap_model` gives the
-plain module under ``torch.compile`` and DDP wrappers.
+A model name is a built-in variant ("vicu_cls", "vicu_seg", "video_cls", "current_cls"), an
+installed model (an entry point of group ``fmmodel.models``) or a factory spec
+(``package.module:name``, ``path/file.py:name``); see :mod:`fmmodel.user_models`. Every other
+module asks here: the trainer (:func:`resolve_variant`, :func:`build_model`), checkpoints
+(:func:`build_model`, :func:`model_info`), evaluation (``Variant.modality``).
+:func:`unwrap_model` gives the plain module under ``torch.compile`` and DDP wrappers.
 """
 from __future__ import annotations
 
@@ -14,11 +17,14 @@ from torch import nn
 from fmmodel.errors import FmModelError
 from fmmodel.fmformer import CurrentFmFormer, FmFormer, VideoFmFormer
 from fmmodel.model_config import FmFormerConfig, named_config
+from fmmodel.protocol import MODALITIES, TASKS
+from fmmodel.user_models import INPUTS, DataDescription, ModelSource, find_source, installed_models, load_factory
 
 
 @dataclass(frozen=True)
 class Variant:
-    """A model variant: its inputs, its task, and the config fields it changes from the named size."""
+    """A model: its inputs, its task, the config fields a built-in changes from the named size,
+    and (users' models) where its factory comes from."""
 
     name: str
     modality: str  # "both" | "video" | "current"
@@ -26,6 +32,12 @@ class Variant:
     inputs: tuple[str, ...]
     defaults: tuple[tuple[str, Any], ...] = ()
     description: str = ""
+    source: ModelSource | None = None
+
+    @property
+    def builtin(self) -> bool:
+        """True for the FmFormer variants of the benchmark."""
+        return self.source is None
 
 
 VARIANTS: dict[str, Variant] = {
@@ -44,7 +56,7 @@ VARIANTS: dict[str, Variant] = {
 
 
 def variant_for(modality: str, task: str) -> str:
-    """The variant name for a modality ("both", "video", "current") and a task ("cls", "seg")."""
+    """The built-in variant for a modality ("both", "video", "current") and a task ("cls", "seg")."""
     for v in VARIANTS.values():
         if v.modality == modality and v.task == task:
             return v.name
@@ -53,27 +65,68 @@ def variant_for(modality: str, task: str) -> str:
 
 
 def get_variant(name: str) -> Variant:
-    """The Variant record for a name; FmModelError naming the known ones otherwise."""
+    """The built-in Variant of a name; FmModelError naming the known ones otherwise."""
     if name not in VARIANTS:
         raise FmModelError(f"expected a model variant from {sorted(VARIANTS)}, got {name!r}", field="variant")
     return VARIANTS[name]
 
 
+def resolve_variant(name: str, *, modality: str | None = None, task: str | None = None) -> Variant:
+    """Return the Variant of any model name: built-in, installed (entry point) or a factory spec.
+
+    ``modality`` and ``task`` complete a user's factory that does not declare them (a plain
+    callable; default both / cls); a built-in or a declared one must agree with them when they are
+    given. Raises FmModelError (field "model") for names that are none of these.
+    """
+    if name in VARIANTS:
+        v = VARIANTS[name]
+        for what, have, given in (("modality", v.modality, modality), ("task", v.task, task)):
+            if given and given != have:
+                raise FmModelError(f"expected {what} {have!r} for model {name!r}, got {given!r}", field=what)
+        return v
+    source = find_source(name)
+    if source is None:
+        known = sorted(VARIANTS) + installed_models()
+        raise FmModelError(f"expected a model from {known} or a factory module:name / file.py:name, got {name!r}",
+                           field="model")
+    factory = load_factory(source)
+    mod = factory.modality or modality or "both"
+    tsk = factory.task or task or "cls"
+    for what, declared, given in (("modality", factory.modality, modality), ("task", factory.task, task)):
+        if declared and given and declared != given:
+            raise FmModelError(f"expected {what} {declared!r} for model {name!r} (its declaration), got {given!r}",
+                               field=what)
+    if mod not in MODALITIES or tsk not in TASKS:
+        raise FmModelError(f"expected a modality in {MODALITIES} and a task in {TASKS}, got {mod!r}, {tsk!r}")
+    return Variant(name, mod, tsk, INPUTS[mod], (), factory.summary, source)
+
+
+def choose_variant(model: str | None, *, task: str | None = None, modality: str | None = None) -> Variant:
+    """The variant a training run asks for: ``model`` (any model name), or else the built-in of
+    ``modality`` (default both) and ``task`` (default cls)."""
+    if model is None:
+        return VARIANTS[variant_for(modality or "both", task or "cls")]
+    return resolve_variant(model, modality=modality, task=task)
+
+
 def variant_config(variant: str, size: str = "reference", **overrides: Any) -> FmFormerConfig:
-    """The config of a variant: named size, then the variant's defaults (video_cls: 8 frames), then overrides."""
+    """The config of a built-in: named size, then the variant's defaults (video_cls: 8 frames), then overrides."""
     return named_config(size, **{**dict(get_variant(variant).defaults), **overrides})
 
 
-def build_model(variant: str, config: FmFormerConfig | None = None, *, size: str = "reference",
-                **overrides: Any) -> nn.Module:
-    """A freshly initialised model of a variant ("vicu_cls", "vicu_seg", "video_cls", "current_cls").
+def build_model(variant: str | Variant, config: FmFormerConfig | None = None, *, size: str = "reference",
+                description: DataDescription | None = None, **overrides: Any) -> nn.Module:
+    """A freshly initialised model.
 
-    Takes either a full ``config`` (overrides then apply on top of it) or a named ``size`` plus overrides.
-    Every model is called as ``model(video=..., current=...)``; it has ``.config``, ``.variant``, ``.task``
-    and ``.inputs`` (the tensors it reads).
+    Built-in variants take either a full ``config`` (overrides then apply on top of it) or a
+    named ``size`` plus overrides. Users' models take the run's ``description`` (required) and
+    call their factory with it. Every model is called as ``model(video=..., current=...)``;
+    :func:`model_info` tells its variant, task, inputs and sizes.
     """
-    v = get_variant(variant)
-    cfg = replace(config, **overrides) if config is not None else variant_config(variant, size, **overrides)
+    v = variant if isinstance(variant, Variant) else resolve_variant(variant)
+    if not v.builtin:
+        return _build_user_model(v, description)
+    cfg = replace(config, **overrides) if config is not None else variant_config(v.name, size, **overrides)
     if v.modality == "both":
         return FmFormer(cfg, task=v.task)
     if v.modality == "video":
@@ -81,22 +134,52 @@ def build_model(variant: str, config: FmFormerConfig | None = None, *, size: str
     return CurrentFmFormer(cfg)
 
 
+def _build_user_model(v: Variant, description: DataDescription | None) -> nn.Module:
+    if description is None:
+        raise FmModelError(f"expected a data description to build model {v.name!r}, got none")
+    if (description.modality, description.task) != (v.modality, v.task):
+        raise FmModelError(f"expected data for {v.modality}/{v.task} to build {v.name!r}, got "
+                           f"{description.modality}/{description.task}")
+    assert v.source is not None
+    module = load_factory(v.source).build(description)
+    if not isinstance(module, nn.Module):
+        raise FmModelError(f"expected model factory {v.source.spec} to return an nn.Module, got "
+                           f"{type(module).__name__}", field="model")
+    module.fmf_info = ModelInfo(variant=v.name, task=v.task, inputs=v.inputs, config=None,  # type: ignore[assignment]
+                                description=description, source=v.source)
+    return module
+
+
 @dataclass(frozen=True)
 class ModelInfo:
-    """What every model the registry builds says about itself (typed; modules carry them untyped)."""
+    """What a model the registry builds says about itself: name, task, inputs it reads, the data
+    it is built for, and its FmFormer sizes (built-ins) or where its factory comes from (users')."""
 
     variant: str
     task: str
     inputs: tuple[str, ...]
-    config: FmFormerConfig
+    config: FmFormerConfig | None
+    description: DataDescription
+    source: ModelSource | None = None
+
+
+def builtin_description(variant: str, cfg: FmFormerConfig) -> DataDescription:
+    """The data a built-in variant with sizes ``cfg`` is built for."""
+    v = get_variant(variant)
+    return DataDescription(task=v.task, modality=v.modality, frame_size=cfg.image_size, clip_frames=cfg.frames,
+                           current_rows=cfg.current_rows, num_classes=cfg.num_classes)
 
 
 def model_info(model: nn.Module) -> ModelInfo:
-    """Return the variant, task, inputs and config of ``model`` (wrappers looked through)."""
+    """Return what ``model`` (wrappers looked through) says about itself."""
     inner = unwrap_model(model)
-    return ModelInfo(variant=str(inner.variant), task=str(inner.task),
-                     inputs=tuple(cast(tuple[str, ...], inner.inputs)),
-                     config=cast(FmFormerConfig, inner.config))
+    info = getattr(inner, "fmf_info", None)
+    if isinstance(info, ModelInfo):
+        return info
+    variant, cfg = str(inner.variant), cast(FmFormerConfig, inner.config)
+    return ModelInfo(variant=variant, task=str(inner.task),
+                     inputs=tuple(cast(tuple[str, ...], inner.inputs)), config=cfg,
+                     description=builtin_description(variant, cfg))
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -110,5 +193,5 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         model = inner
 
 
-__all__ = ["Variant", "VARIANTS", "variant_for", "get_variant", "variant_config", "build_model", "ModelInfo",
-           "model_info", "unwrap_model"]
+__all__ = ["Variant", "VARIANTS", "variant_for", "get_variant", "resolve_variant", "choose_variant",
+           "variant_config", "build_model", "ModelInfo", "builtin_description", "model_info", "unwrap_model"]

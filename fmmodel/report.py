@@ -137,18 +137,37 @@ def _outline(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int]) -
     return out
 
 
+CLASS_NAMES = ("normal", "abnormal")
+
+
+def example_captions(examples: Sequence[Example]) -> tuple[str, list[str]]:
+    """Return the example picture's heading and one title per example: what the model said
+    (class, probability) beside the truth, and what the outlines are (a predicted mask only for
+    models that predict one)."""
+    has_pred = any(e.pred_mask is not None for e in examples)
+    heading = ("outlines: green = true mask, red = predicted mask; p = predicted probability of abnormal"
+               if has_pred else
+               "outline: green = true mask; this model predicts a class only (p = its probability of abnormal, "
+               "abnormal when p >= 0.5)")
+    titles = [f"rec {e.recording} frame {e.frame}\ntrue {CLASS_NAMES[int(e.label)]}, predicted "
+              f"{CLASS_NAMES[int(e.prob >= 0.5)]} (p {e.prob:.2f})" for e in examples]
+    return heading, titles
+
+
 def plot_examples(path: str, examples: Sequence[Example]) -> None:
-    """Draw example frames: the frame, its true mask (green outline) and predicted mask (red)."""
+    """Draw example frames with :func:`example_captions`: the frame (true mask outlined in green,
+    a predicted mask in red), the true mask, and the predicted mask of a segmenter."""
     n = max(len(examples), 1)
     has_pred = any(e.pred_mask is not None for e in examples)
     cols = 3 if has_pred else 2
-    fig, axes = plt.subplots(n, cols, figsize=(2.3 * cols, 2.3 * n), dpi=110, squeeze=False)
-    for row, e in zip(axes, examples):
+    heading, titles = example_captions(examples)
+    fig, axes = plt.subplots(n, cols, figsize=(2.3 * cols, 2.3 * n + 0.4), dpi=110, squeeze=False)
+    for row, e, title in zip(axes, examples, titles):
         img = _outline(e.image, e.true_mask, (0, 255, 0))
         if e.pred_mask is not None:
             img = _outline(img, e.pred_mask, (255, 0, 0))
         row[0].imshow(img, interpolation="nearest")
-        row[0].set_title(f"rec {e.recording} frame {e.frame}\nlabel {e.label}, p(abn) {e.prob:.2f}", fontsize=7)
+        row[0].set_title(title, fontsize=7)
         row[1].imshow(e.true_mask, vmin=0, vmax=1, cmap="gray", interpolation="nearest")
         row[1].set_title("true mask", fontsize=7)
         if e.pred_mask is not None:
@@ -157,7 +176,7 @@ def plot_examples(path: str, examples: Sequence[Example]) -> None:
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("green: true mask outline, red: predicted", fontsize=8)
+    fig.suptitle(heading, fontsize=7, wrap=True)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

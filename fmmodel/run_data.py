@@ -1,6 +1,6 @@
 """What a training run was trained on, so that ``--resume`` continues on the same data or refuses.
 
-A run records in its ``config.json`` (``TrainConfig.data``) the absolute location of its store,
+A run records in its ``config.json`` (``TrainConfig.trained_on``) the absolute location of its store,
 the store's fingerprint (:func:`fmdata.store.provenance.store_fingerprint`: the source arrays'
 shapes and recorded checksums) and the window table's fingerprint
 (:func:`fmdata.store.window_table.table_fingerprint`: every window, label and window parameter).

@@ -53,7 +53,11 @@ class _EpochSampler(torch.utils.data.Sampler[int], abc.ABC):
         return order[:usable][self.rank::self.num_replicas]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self._part(self._order()).tolist())
+        return iter(self.indices().tolist())
+
+    def indices(self) -> torch.Tensor:
+        """Return this epoch's indices for this rank as one int64 tensor (what iterating yields)."""
+        return self._part(self._order())
 
     def __len__(self) -> int:
         return self._count() // self.num_replicas
@@ -116,6 +120,43 @@ def default_context() -> str:
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
+def make_sampler(dataset: FmfWindowDataset, *, shuffle: bool = False, balanced: bool = False, seed: int | None = None,
+                 num_replicas: int = 1, rank: int = 0) -> torch.utils.data.Sampler | None:
+    """Return the sampler of an epoch-wise loader over ``dataset``, or None for the items in order.
+
+    ``balanced`` gives a ClassBalancedSampler, ``shuffle`` a ShuffleSampler, both seeded with
+    ``seed`` (default: the dataset's seed) and partitioned by ``num_replicas``/``rank``; more than
+    one replica needs one of them.
+    """
+    seed = dataset.seed if seed is None else seed
+    if balanced:
+        return ClassBalancedSampler(dataset.labels, seed=seed, num_replicas=num_replicas, rank=rank)
+    if shuffle:
+        return ShuffleSampler(len(dataset), seed=seed, num_replicas=num_replicas, rank=rank)
+    if num_replicas > 1:
+        raise FmModelError("expected shuffle or balanced sampling (or a sampler) with num_replicas > 1, got none")
+    return None
+
+
+def sampler_indices(sampler: torch.utils.data.Sampler | None, n: int) -> np.ndarray:
+    """Return the indices one pass of ``sampler`` yields (int64), or ``range(n)`` for None.
+
+    Samplers with an ``indices()`` method (this module's and fmmodel.distributed's) give them as one
+    tensor; any other sampler is iterated.
+    """
+    if sampler is None:
+        return np.arange(n, dtype=np.int64)
+    indices = getattr(sampler, "indices", None)
+    if callable(indices):
+        return np.asarray(torch.as_tensor(indices()).numpy(), dtype=np.int64)
+    return np.fromiter(iter(sampler), dtype=np.int64)
+
+
+def epoch_dependent(sampler: torch.utils.data.Sampler | None) -> bool:
+    """True when ``sampler`` draws another order each epoch (so over time it may yield any item)."""
+    return isinstance(sampler, _EpochSampler)
+
+
 def make_loader(dataset: FmfWindowDataset, batch_size: int, workers: int = 0, *, shuffle: bool = False,
                 balanced: bool = False, seed: int | None = None, drop_last: bool = False,
                 sampler: torch.utils.data.Sampler | None = None, num_replicas: int = 1, rank: int = 0,
@@ -138,13 +179,9 @@ def make_loader(dataset: FmfWindowDataset, batch_size: int, workers: int = 0, *,
     """
     if batch_size < 1 or workers < 0:
         raise FmModelError(f"expected batch_size >= 1 and workers >= 0, got {batch_size} and {workers}")
-    seed = dataset.seed if seed is None else seed
-    if sampler is None and balanced:
-        sampler = ClassBalancedSampler(dataset.labels, seed=seed, num_replicas=num_replicas, rank=rank)
-    elif sampler is None and shuffle:
-        sampler = ShuffleSampler(len(dataset), seed=seed, num_replicas=num_replicas, rank=rank)
-    if sampler is None and num_replicas > 1:
-        raise FmModelError("expected shuffle or balanced sampling (or a sampler) with num_replicas > 1, got none")
+    if sampler is None:
+        sampler = make_sampler(dataset, shuffle=shuffle, balanced=balanced, seed=seed, num_replicas=num_replicas,
+                               rank=rank)
     pin = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
     if zero_copy is None:
         zero_copy = pin and torch.cuda.is_available()
@@ -206,8 +243,12 @@ def worker_error_line(text: str) -> str | None:
     return found.group(1) if found else None
 
 
-def set_loader_epoch(loader: torch.utils.data.DataLoader, epoch: int) -> None:
-    """Set ``epoch`` on the loader's dataset (flip decisions) and sampler (order); call before iterating."""
+def set_loader_epoch(loader: Any, epoch: int) -> None:
+    """Set ``epoch`` on the loader's dataset (flip decisions) and sampler (order); call before iterating.
+
+    ``loader`` is a DataLoader or anything else with ``dataset`` and ``sampler`` attributes (the
+    resident batches of fmmodel.resident).
+    """
     if hasattr(loader.dataset, "set_epoch"):
         loader.dataset.set_epoch(epoch)
     if hasattr(loader.sampler, "set_epoch"):

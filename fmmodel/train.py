@@ -25,27 +25,28 @@ from typing import Any, cast
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from fmdata.errors import FmDataError, Interrupted
 from fmdata.store import schema
 from fmdata.store.access import open_store, read_meta, read_offsets
-from fmdata.store.checksums import read_checked
+from fmdata.store.columns import read_column
 from fmdata.store.location import Location, LocationLike
 from fmdata.store.lock import writer_lock
 from fmdata.store.window_table import WindowParams
 from fmmodel import checkpoint as ckpt_io
 from fmmodel import distributed as dd
 from fmmodel.config import TrainConfig
-from fmmodel.data import make_dataset, make_eval_loader, window_table_for
+from fmmodel.data import make_dataset, window_table_for
+from fmmodel.data_path import BatchRequest, BatchSource, open_batches
 from fmmodel.errors import FmModelError
 from fmmodel.holdout import holdout_split
 from fmmodel.inference import autocast, model_inputs, resolve_precision, run_inference
 from fmmodel.preprocessing import input_format
-from fmmodel.registry import build_model, model_info, unwrap_model
+from fmmodel.registry import build_model, model_info, resolve_variant, unwrap_model
 from fmmodel.run_data import absolute_store, check_same_store, check_same_windows, store_identity, windows_identity
-from fmmodel.sampling import make_loader, set_loader_epoch
+from fmmodel.sampling import make_sampler, set_loader_epoch
+from fmmodel.user_models import DataDescription, check_output
 
 CONFIG_JSON = "config.json"
 LAST = "last.pt"
@@ -84,12 +85,13 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     loss_fn: nn.Module
-    loader: DataLoader
-    val_loader: DataLoader | None
+    loader: BatchSource
+    val_loader: BatchSource | None
     n_recordings: int
     orientation: str
     preprocessing: dict[str, Any]
     steps_per_epoch: int
+    num_classes: int = 2
     start_epoch: int = 0
     best_score: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -173,7 +175,7 @@ def run_lock(run_dir: str, ctx: dd.DistContext) -> Iterator[None]:
 
 def _train(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool) -> TrainResult:
     try:
-        run = build(ctx, cfg, resume)
+        run = build(ctx, cfg, resume, progress)
         try:
             for epoch in range(run.start_epoch, cfg.epochs):
                 row = fit_epoch(run, epoch, progress)
@@ -209,9 +211,10 @@ def _prepare_run_dir(cfg: TrainConfig, ctx: dd.DistContext) -> None:
 # ---- build -------------------------------------------------------------------------------------
 
 
-def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool) -> Run:
-    """Build a run: windows and hold-out, datasets and loaders, model and optimizer; with ``resume``
-    the state of ``last.pt``. Rank 0 writes the resolved ``config.json``."""
+def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool = False) -> Run:
+    """Build a run: windows and hold-out, datasets and their batch sources (lazy or resident,
+    :mod:`fmmodel.data_path`), model and optimizer; with ``resume`` the state of ``last.pt``.
+    Rank 0 writes the resolved ``config.json``; ``progress`` shows the resident load's bar."""
     device = ctx.device
     precision = resolve_precision(cfg.precision, device)
     if cfg.threads:
@@ -220,13 +223,13 @@ def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool) -> Run:
     root = open_store(location)
     meta = read_meta(root, cfg.store)
     if resume:
-        check_same_store(cfg.data, location, root, cfg.out)
+        check_same_store(cfg.trained_on, location, root, cfg.out)
     wt = window_table_for(location, root, cfg.windows, cfg.window, ctx)
     if resume:
-        check_same_windows(cfg.data, cfg.runtime, wt, cfg.out)
-    cfg.data = {**store_identity(location, root), **windows_identity(cfg.windows, wt)}
+        check_same_windows(cfg.trained_on, cfg.runtime, wt, cfg.out)
+    cfg.trained_on = {**store_identity(location, root), **windows_identity(cfg.windows, wt)}
     frame_offsets, _ = read_offsets(root)
-    fce = np.asarray(read_checked(root[schema.FRAME_CURRENT_END], cfg.store), np.int64)
+    fce = read_column(root[schema.FRAME_CURRENT_END], np.int64, cfg.store)
     tr_rows, va_rows, vinfo = holdout_split(wt, fce, frame_offsets, cfg.val_fraction)
     if len(tr_rows) == 0:
         raise FmModelError(f"expected training windows after holding out validation, got none ({vinfo['recordings']});"
@@ -239,26 +242,25 @@ def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool) -> Run:
                             modality=cfg.modality, task=cfg.task)
     val_ds = (make_dataset(location, wt.subset(va_rows), fmt, augment=False, seed=cfg.seed, modality=cfg.modality,
                            task=cfg.task) if len(va_rows) else None)
-    h, w = train_ds.item_frame_shape  # (W, H) under the reference orientation
-    model_overrides = {k: v for k, v in cfg.model.items() if k != "size"}
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
-    try:
-        model = build_model(cfg.variant, size=cfg.model.get("size", "reference"), frames=cfg.window.frames,
-                            image_size=(h, w), current_rows=cfg.window.current_rows, **model_overrides)
-    except FmModelError as exc:  # a size override out of range is a usage error of that option
-        raise FmModelError(exc.message, exc.path, field="model" if model_overrides else exc.field) from None
+    model = build_run_model(cfg, train_ds.item_frame_shape)
     cfg.validation = vinfo
     cfg.runtime = {"world_size": ctx.world_size, "device": str(device.type), "precision": precision,
                    "store_frames": meta.n_frames, "windows_total": len(wt),
                    "window_params_used": {k: v for k, v in wt.params.items() if isinstance(v, (int, float, str))},
-                   "orientation": fmt.orientation, "model_config": model_info(model).config.to_dict()}
+                   "orientation": fmt.orientation, "model_config": _sizes(model)}
+    sampler = make_sampler(train_ds, shuffle=not cfg.balanced, balanced=cfg.balanced, seed=cfg.seed,
+                           num_replicas=ctx.world_size, rank=ctx.rank)
+    requests = [BatchRequest(train_ds, cfg.batch_size, sampler)]
+    if val_ds is not None:
+        requests.append(BatchRequest(val_ds, cfg.eval_batch_size or cfg.batch_size,
+                                     dd.ShardSampler(len(val_ds), ctx.rank, ctx.world_size), evaluation=True))
+    sources, choice = open_batches(requests, data=cfg.data, budget=cfg.resident_budget, workers=cfg.workers,
+                                   ctx=ctx, progress=progress)
+    cfg.runtime["data"] = choice.to_dict()
     if ctx.is_main:
         cfg.save(os.path.join(cfg.out, CONFIG_JSON))
-    loader = make_loader(train_ds, cfg.batch_size, cfg.workers, shuffle=not cfg.balanced, balanced=cfg.balanced,
-                         seed=cfg.seed, num_replicas=ctx.world_size, rank=ctx.rank,
-                         pin_memory=device.type == "cuda")
-    val_loader = (make_eval_loader(val_ds, cfg.eval_batch_size or cfg.batch_size, cfg.workers, ctx)
-                  if val_ds is not None else None)
+    loader, val_loader = sources[0], (sources[1] if val_ds is not None else None)
     model.to(device)
     opt, sched = build_optimizer(model, cfg)
     run = Run(ctx=ctx, cfg=cfg, precision=precision, model=model, net=model, optimizer=opt, scheduler=sched,
@@ -266,7 +268,8 @@ def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool) -> Run:
               orientation=fmt.orientation,
               preprocessing={"name": cfg.preprocessing, "normalization": train_ds.describe().get("normalization")},
               steps_per_epoch=(len(loader) if cfg.max_steps_per_epoch is None
-                               else min(len(loader), cfg.max_steps_per_epoch)))
+                               else min(len(loader), cfg.max_steps_per_epoch)),
+              num_classes=model_info(model).description.num_classes)
     if resume:
         _restore(run)
     if cfg.compile:
@@ -276,6 +279,30 @@ def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool) -> Run:
             run.net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)
     run.writer = _summary_writer(os.path.join(cfg.out, TB_DIR)) if ctx.is_main else None
     return run
+
+
+def build_run_model(cfg: TrainConfig, frame_size: tuple[int, int]) -> nn.Module:
+    """Build the run's model (built-in FmFormer or a user's model) for frames of ``frame_size`` as
+    delivered (rows, cols) and the run's windows; ``cfg.model`` holds the size (built-ins) or the
+    options passed to a user's factory."""
+    variant = resolve_variant(cfg.variant, modality=cfg.modality, task=cfg.task)
+    options = {k: v for k, v in cfg.model.items() if k != "size"}
+    if variant.builtin:
+        try:
+            return build_model(variant, size=cfg.model.get("size", "reference"), frames=cfg.window.frames,
+                               image_size=frame_size, current_rows=cfg.window.current_rows, **options)
+        except FmModelError as exc:  # a size override out of range is a usage error of that option
+            raise FmModelError(exc.message, exc.path, field="model_opt" if options else exc.field) from None
+    data = DataDescription(task=cfg.task, modality=cfg.modality, frame_size=frame_size, clip_frames=cfg.window.frames,
+                           current_rows=cfg.window.current_rows, options=options)
+    return build_model(variant, description=data)
+
+
+def _sizes(model: nn.Module) -> dict[str, Any]:
+    """What config.json records of the model: FmFormer sizes, or the data a user's model was built for."""
+    info = model_info(model)
+    return info.config.to_dict() if info.config is not None else {"data": info.description.to_dict(),
+                                                                    "source": info.source and info.source.to_dict()}
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
@@ -313,7 +340,7 @@ def _summary_writer(path: str) -> Any:
 # ---- fit ---------------------------------------------------------------------------------------
 
 
-def timed_batches(loader: DataLoader) -> Iterator[tuple[Any, float]]:
+def timed_batches(loader: BatchSource) -> Iterator[tuple[Any, float]]:
     """Yield (batch, seconds spent blocked waiting for it) from ``loader``."""
     it = iter(loader)
     while True:
@@ -349,6 +376,8 @@ def fit_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
         target = _target(batch, cfg.task, device)
         with autocast(device, run.precision):
             logits = run.net(**inputs)
+            if step == 0:  # a user's model may break the contract; say so before the loss does
+                check_output(logits, target, run.num_classes, cfg.variant)
             loss = run.loss_fn(logits.float(), target)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -15,10 +15,11 @@ from fmdata.derive import build_window_table, load_index
 from fmdata.store import WindowParams, open_store, read_window_table, schema
 from fmmodel.errors import FmModelError
 from fmmodel.evaluate import evaluate
+from fmmodel.report import Example, example_captions
 from fmmodel.train import train
 
 from builders import cached_store, store64_with_table
-from runs import FIXTURES, learned_run, needs_fixtures, quick_config
+from runs import FIXTURES, LEARN_STORE, learned_run, needs_fixtures, quick_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -52,7 +53,8 @@ def test_evaluate_cli_writes_report_and_pictures(tmp_path_factory, tmp_path):
     assert sum(map(sum, c["confusion"])) == c["n"]
     per = report["metrics"]["recordings"]
     assert sum(e["class"]["n"] for e in per.values()) == c["n"]
-    assert all(e["name"].startswith("synth-") for e in per.values()) and len(per) == 6
+    assert all(e["name"].startswith("synth-") for e in per.values())
+    assert len(per) == LEARN_STORE["recordings"]
     for k in ("accuracy", "f1", "precision", "recall", "fdr", "mdr", "auroc", "ap"):
         assert 0.0 <= c[k] <= 1.0
     assert report["fps"] > 0 and report["split"] == "test" and report["orientation"] == "true"
@@ -129,3 +131,14 @@ def test_checkpoint_with_a_pickled_object_is_refused(store64, tmp_path):
     assert not marker.exists()
     with pytest.raises(FmModelError, match="none.pt"):
         evaluate(store64, str(tmp_path / "none.pt"), device="cpu", progress=False)
+
+
+def test_example_captions_say_what_each_picture_shows():
+    img, mask = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
+    cls = [Example(image=img, true_mask=mask, pred_mask=None, recording=0, frame=5, label=1, prob=0.2)]
+    heading, titles = example_captions(cls)
+    assert "predicts a class only" in heading and "red =" not in heading
+    assert titles == ["rec 0 frame 5\ntrue abnormal, predicted normal (p 0.20)"]
+    seg = [Example(image=img, true_mask=mask, pred_mask=mask, recording=1, frame=9, label=0, prob=0.7)]
+    heading, titles = example_captions(seg)
+    assert "red = predicted mask" in heading and titles[0].endswith("true normal, predicted abnormal (p 0.70)")

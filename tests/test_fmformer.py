@@ -154,7 +154,7 @@ def test_named_sizes_variants_and_bad_configs():
         FmFormerConfig(frames=7)
     with pytest.raises(FmModelError, match="dilation"):
         FmFormerConfig(image_size=(64, 72))
-    with pytest.raises(FmModelError, match="expected a model variant"):
+    with pytest.raises(FmModelError, match="expected a model from"):
         build_model("vicu_det")
     with pytest.raises(FmModelError, match="got video/seg"):
         variant_for("video", "seg")

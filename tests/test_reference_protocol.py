@@ -68,7 +68,7 @@ def test_current_only_model_per_second_under_reference_per_frame_otherwise(store
     r = CliRunner().invoke(fmmodel_main, ["evaluate", "--store", store16, "--checkpoint", str(authors_ckpt),
                                           "--device", "cpu", "--workers", "0", "--json", "--no-progress"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["metrics"]["overall"]["class"]["n"] == samples
+    assert json.loads(r.stdout)["metrics"]["overall"]["class"]["n"] == samples  # stderr: the data path's line
 
 
 def test_pixel_rule_for_a_class_absent_from_target_and_prediction():

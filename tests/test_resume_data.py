@@ -33,7 +33,7 @@ def trained_run(tmp_path_factory, tmp_path, monkeypatch):
 
 def test_run_records_absolute_store_and_fingerprints_and_resumes_from_anywhere(trained_run, tmp_path, monkeypatch):
     run_dir, store = trained_run
-    data = json.loads(open(os.path.join(run_dir, "config.json")).read())["data"]
+    data = json.loads(open(os.path.join(run_dir, "config.json")).read())["trained_on"]
     assert data["store"] == store and os.path.isabs(data["store"])
     assert len(data["store_fingerprint"]) == 64 and len(data["windows_fingerprint"]) == 64
     assert data["windows"] == "w" and data["windows_count"] > 0
@@ -46,7 +46,7 @@ def test_run_records_absolute_store_and_fingerprints_and_resumes_from_anywhere(t
 
 def test_resume_refuses_a_rebuilt_table(trained_run):
     run_dir, store = trained_run
-    before = json.loads(open(os.path.join(run_dir, "config.json")).read())["data"]["windows_count"]
+    before = json.loads(open(os.path.join(run_dir, "config.json")).read())["trained_on"]["windows_count"]
     make_windows(store, "w", WindowParams(**{**SHORT_WINDOWS.to_dict(), "policy": "strict"}), force=True)
     with pytest.raises(FmModelError, match=rf"window table 'w' this run was trained on \({before:,} windows"):
         resume_run(run_dir, epochs=2, progress=False)
@@ -75,4 +75,4 @@ def test_moved_store_is_used_with_store_and_a_different_one_refused(trained_run,
         resume_run(run_dir, epochs=2, progress=False, store=other)
     resumed = resume_run(run_dir, epochs=2, progress=False, store=moved)
     assert len(resumed.history) == 2
-    assert json.loads(open(os.path.join(run_dir, "config.json")).read())["data"]["store"] == moved
+    assert json.loads(open(os.path.join(run_dir, "config.json")).read())["trained_on"]["store"] == moved

@@ -30,7 +30,7 @@ from fmdata.errors import FmDataError
 from fmdata.store import schema
 from fmdata.store.access import open_store, read_meta, store_writable
 from fmdata.store.block_reader import BlockReader, block_frames, block_ranges
-from fmdata.store.checksums import read_checked
+from fmdata.store.columns import read_column
 from fmdata.store.derived import DerivedArray, write_derived
 from fmdata.store.location import Location, LocationLike
 from fmdata.store.lock import reading, writer_lock
@@ -101,8 +101,7 @@ def read_labels(root: zarr.Group) -> tuple[np.ndarray, np.ndarray]:
     with reading(root):
         if not _up_to_date(root):
             raise FmDataError("expected up-to-date frame labels, got none or stale ones (run `fmdata labels STORE`)")
-        return (np.asarray(read_checked(root[schema.FRAME_LABEL]), np.uint8),
-                np.asarray(read_checked(root[schema.ABNORMAL_PIXELS]), np.int32))
+        return read_column(root[schema.FRAME_LABEL], np.uint8), read_column(root[schema.ABNORMAL_PIXELS], np.int32)
 
 
 def count_abnormal(mask_block: np.ndarray) -> np.ndarray:

@@ -41,7 +41,7 @@ from fmdata.derive.labels import ensure_labels, expected_provenance, labels_up_t
 from fmdata.errors import FmDataError
 from fmdata.store import schema
 from fmdata.store.access import open_store, read_offsets, store_writable
-from fmdata.store.checksums import read_checked
+from fmdata.store.columns import read_column
 from fmdata.store.location import Location, LocationLike
 from fmdata.store.lock import writer_lock
 from fmdata.store.provenance import reconsolidate
@@ -115,11 +115,10 @@ def load_index(root: zarr.Group, require_labels: bool = True) -> FrameIndex:
     else:
         frame_label = np.zeros(int(f_off[-1]), np.uint8)
     return FrameIndex(
-        split=np.asarray(read_checked(root[schema.SPLIT]), np.int8),
-        recording=np.asarray(read_checked(root[schema.RECORDING]), np.int64),
-        frame_current_end=np.asarray(read_checked(root[schema.FRAME_CURRENT_END]), np.int64),
+        split=read_column(root[schema.SPLIT], np.int8), recording=read_column(root[schema.RECORDING], np.int64),
+        frame_current_end=read_column(root[schema.FRAME_CURRENT_END], np.int64),
         frame_label=frame_label, frame_offsets=f_off, current_offsets=c_off,
-        current_time=np.asarray(read_checked(root[schema.CURRENT_TIME]), np.float64))
+        current_time=read_column(root[schema.CURRENT_TIME], np.float64))
 
 
 def _check(ix: FrameIndex) -> None:

@@ -1,0 +1,220 @@
+"""``fmmodel benchmark``: the benchmark's comparison table in one command, resumable.
+
+Every (model, window policy, seed) is a cell with its own run folder under ``out``
+(``<model>/<policy>/seed-<k>``): trained as ``fmmodel train`` trains (the same
+:class:`~fmmodel.config.TrainConfig`, the settings given once for all cells), then scored on the
+test split by :func:`fmmodel.evaluate.evaluate`, whose report is kept as ``eval/report.json``.
+A cell whose report exists is skipped; a cell whose run stopped part-way is resumed from its
+``last.pt``; so the command can be re-run after a crash or with more seeds or models, and does
+no training that is already done. :mod:`fmmodel.benchmark_table` then writes ``table.md``,
+``table.json`` and ``table.png`` from the cells' reports.
+
+Models are any model names (:func:`fmmodel.registry.resolve_variant`): FmFormer variants, installed
+models, or factories named ``module:name`` / ``file.py:name``; each reads the reference windows of
+its modality unless the window settings say otherwise.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tqdm import tqdm
+
+from fmdata.errors import FmDataError
+from fmdata.store.location import Location, LocationLike
+from fmdata.store.lock import writer_lock
+from fmdata.store.schema import WINDOW_POLICIES
+from fmdata.store.window_table import WindowParams
+from fmmodel import protocol
+from fmmodel.benchmark_table import BenchmarkTable, Cell, label, write_table
+from fmmodel.checkpoint import load_checkpoint
+from fmmodel.config import TrainConfig
+from fmmodel.errors import FmModelError
+from fmmodel.evaluate import evaluate
+from fmmodel.preprocessing import PREPROCESSING_REFERENCE
+from fmmodel.registry import Variant, resolve_variant
+from fmmodel.train import BEST, CONFIG_JSON, LAST, resume_run, train
+
+REPORT = os.path.join("eval", "report.json")
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """The training and scoring settings every cell shares (the options of ``fmmodel train``).
+
+    Window fields left None take the reference windows of each model's modality; ``model``
+    holds the FmFormer size (``{"size": "tiny", "depth": 2}``) or a user's factory options.
+    """
+
+    epochs: int = protocol.EPOCHS
+    batch_size: int = protocol.BATCH_SIZE
+    lr: float = protocol.LR
+    lr_step_epoch: int = protocol.LR_STEP_EPOCH
+    preprocessing: str = PREPROCESSING_REFERENCE
+    val_fraction: float = protocol.VAL_FRACTION
+    workers: int = 2
+    data: str = "auto"
+    resident_budget: int | None = None
+    threads: int | None = None
+    device: str = "auto"
+    precision: str | None = None
+    max_steps_per_epoch: int | None = None
+    balanced: bool = False
+    hflip: bool = protocol.HFLIP
+    model: dict[str, Any] = field(default_factory=dict)
+    frames: int | None = None
+    frame_step: int | None = None
+    current_seconds: float | None = None
+    current_rows: int | None = None
+    stride: int | None = None
+
+    def window(self, modality: str, policy: str) -> WindowParams:
+        """The windows of a cell: the reference ones of ``modality``, these settings, ``policy``."""
+        return WindowParams.reference(modality, frames=self.frames, frame_step=self.frame_step,
+                                      current_seconds=self.current_seconds, current_rows=self.current_rows,
+                                      stride=self.stride, policy=policy)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BenchmarkReport:
+    """What :func:`run_benchmark` did: cells trained, resumed and skipped, and the table files."""
+
+    out: str
+    cells: int
+    trained: int
+    resumed: int
+    skipped: int
+    table: BenchmarkTable
+
+    def summary(self) -> str:
+        """Return the human summary: what ran, where the table is, and the table itself."""
+        return (f"{self.cells} cell(s): {self.trained} trained, {self.resumed} resumed, {self.skipped} already done\n"
+                f"table: {self.table.markdown_path}, {self.table.json_path}, {self.table.picture_path}\n\n"
+                f"{self.table.markdown}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only."""
+        return {"out": self.out, "cells": self.cells, "trained": self.trained, "resumed": self.resumed,
+                "skipped": self.skipped, "table": self.table.to_dict()}
+
+
+def cell_folder(out: str, model: str, policy: str, seed: int) -> str:
+    """The run folder of one cell: ``<out>/<model>/<policy>/seed-<seed>`` (model names made path-safe)."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model).strip("_") or "model"
+    return os.path.join(out, safe, policy, f"seed-{seed}")
+
+
+def run_benchmark(store: LocationLike, *, models: Sequence[str], seeds: Sequence[int], policies: Sequence[str],
+                  out: str, settings: BenchmarkSettings = BenchmarkSettings(), progress: bool = True) -> BenchmarkReport:
+    """Train and score every (model, policy, seed) cell not done yet, then write the table.
+
+    ``policies`` are window policies ("reference", "strict"). The benchmark folder ``out`` is held
+    by one process at a time (its writer lock). Raises FmModelError for unknown models or policies,
+    a folder another benchmark holds, or a run folder that is not a cell of this benchmark.
+    """
+    location = Location.parse(store)
+    if location.local_path is not None:  # the same store whatever the working directory of a re-run
+        location = Location.parse(os.path.abspath(location.local_path), location.storage_options)
+    if not models or not seeds or not policies:
+        raise FmModelError("expected at least one model, one seed and one policy, got none", field="models")
+    for p in policies:
+        if p not in WINDOW_POLICIES:
+            raise FmModelError(f"expected window policies from {WINDOW_POLICIES}, got {p!r}", field="policy")
+    try:
+        variants = {m: resolve_variant(m) for m in models}
+    except FmModelError as exc:  # a bad name in the list: the error is about ``models``
+        raise FmModelError(exc.message, exc.path, field="models") from None
+    cells = [Cell(model=m, policy=p, seed=int(s)) for m in models for p in policies for s in seeds]
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        try:  # one benchmark at a time in a folder: two would train the same cells and mix their tables
+            stack.enter_context(writer_lock(out, "fmmodel benchmark", what="benchmark folder"))
+        except FmDataError as exc:
+            raise FmModelError(exc.message, exc.path) from None
+        return _run_cells(location, cells, variants, out, settings, progress)
+
+
+def _run_cells(location: Location, cells: list[Cell], variants: dict[str, Variant], out: str,
+               settings: BenchmarkSettings, progress: bool) -> BenchmarkReport:
+    counts = {"trained": 0, "resumed": 0, "skipped": 0}
+    for i, cell in enumerate(tqdm(cells, desc="benchmark", unit="cell", disable=not progress, leave=False)):
+        folder = cell_folder(out, cell.model, cell.policy, cell.seed)
+        v = variants[cell.model]
+        cfg = TrainConfig(
+            store=str(location), out=folder, variant=v.name, task=v.task, modality=v.modality,
+            epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
+            lr_step_epoch=settings.lr_step_epoch, preprocessing=settings.preprocessing,
+            val_fraction=settings.val_fraction, workers=settings.workers, data=settings.data,
+            resident_budget=settings.resident_budget, threads=settings.threads,
+            device=settings.device, precision=settings.precision, seed=cell.seed,
+            max_steps_per_epoch=settings.max_steps_per_epoch, balanced=settings.balanced, hflip=settings.hflip,
+            window=settings.window(v.modality, cell.policy), model=dict(settings.model))
+        counts[_train_cell(cfg, progress, name=f"cell {i + 1}/{len(cells)} {label(cell.model)} {cell.policy} "
+                                                   f"seed {cell.seed}")] += 1
+        if not os.path.exists(os.path.join(folder, REPORT)):
+            evaluate(location, os.path.join(folder, BEST), split="test", out=os.path.join(folder, "eval"),
+                     batch_size=settings.batch_size, workers=settings.workers, data=settings.data,
+                     resident_budget=settings.resident_budget, device=settings.device,
+                     precision=settings.precision, examples=0, progress=False, trusted=[cell.model])
+    table = write_table(out, cells, reports={c: _read(cell_folder(out, c.model, c.policy, c.seed)) for c in cells},
+                        settings=settings.to_dict())
+    return BenchmarkReport(out=out, cells=len(cells), table=table, **counts)
+
+
+def _train_cell(cfg: TrainConfig, progress: bool, name: str) -> str:
+    """Bring one cell's run to its last epoch; return "trained", "resumed" or "skipped"; say which
+    on stderr under ``name`` (the epoch lines of training follow)."""
+    folder = cfg.out
+    last = os.path.join(folder, LAST)
+    if os.path.exists(last):
+        saved = TrainConfig.load(os.path.join(folder, CONFIG_JSON))
+        if _identity(saved) != _identity(cfg):
+            raise FmModelError("expected the run folder of this benchmark cell, got one trained with other settings "
+                               "(use another --out, or remove it)", folder)
+        done = len(saved_history(last))
+        if done >= cfg.epochs:
+            return "skipped"
+        print(f"{name}: resuming at epoch {done + 1} of {cfg.epochs} ({folder})", file=sys.stderr, flush=True)
+        resume_run(folder, epochs=cfg.epochs, progress=progress)
+        return "resumed"
+    if os.path.isdir(folder):  # killed before its first checkpoint: nothing worth keeping
+        shutil.rmtree(folder)
+    print(f"{name}: training ({folder})", file=sys.stderr, flush=True)
+    train(cfg, progress=progress)
+    return "trained"
+
+
+def saved_history(last: str) -> list[dict[str, Any]]:
+    """The per-epoch rows a run's ``last.pt`` holds."""
+    return list(load_checkpoint(last).extra.get("history", []))
+
+
+def _identity(cfg: TrainConfig) -> dict[str, Any]:
+    """What must match for a run folder to belong to a cell: everything but where and how fast it
+    runs, and the epochs (a resume may extend them)."""
+    d = cfg.to_dict()
+    for key in ("out", "epochs", "validation", "runtime", "trained_on", "workers", "data", "resident_budget", "device",
+                "precision", "threads"):
+        d.pop(key, None)
+    return json.loads(json.dumps(d, default=str))
+
+
+def _read(folder: str) -> dict[str, Any]:
+    with open(os.path.join(folder, REPORT), encoding="utf-8") as fh:
+        report: dict[str, Any] = json.load(fh)
+    history = saved_history(os.path.join(folder, LAST))
+    best = [r for r in history if r.get("best")]
+    report["validation"] = best[-1] if best else None
+    return report
+

@@ -1,0 +1,159 @@
+"""`fmmodel benchmark`: every (model, policy, seed) cell trained and scored once, a killed run
+completed by running it again, and a table whose numbers are those of `fmmodel evaluate`."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fmmodel.benchmark import BenchmarkSettings, cell_folder, run_benchmark
+from fmmodel.benchmark_table import TABLE_JSON, TABLE_MD, TABLE_PNG, label
+from fmmodel.errors import FmModelError
+
+from builders import cached_store
+
+EXAMPLE = str(Path(__file__).resolve().parents[1] / "examples" / "custom_model" / "tiny_models.py")
+CLIP_CNN = f"{EXAMPLE}:clip_cnn"
+MODELS = ["vicu_cls", CLIP_CNN]
+SEEDS = [0, 1]
+# tiny sizes, short windows (6 s of current: the validation gap stays short and strict test windows fit), a few steps per epoch
+SETTINGS = dict(epochs=3, batch_size=16, lr=1e-3, lr_step_epoch=3, workers=0, threads=1, device="cpu",
+                max_steps_per_epoch=2, val_fraction=0.1, preprocessing="normalized", frames=10, frame_step=6,
+                current_seconds=6.0, current_rows=40,
+                model={"size": "tiny", "width": 32, "heads": 2, "head_dim": 16, "mlp_dim": 64, "depth": 1})
+CLI_ARGS = ["--epochs", "3", "--batch-size", "16", "--lr", "1e-3", "--lr-step", "3", "--workers", "0",
+            "--threads", "1", "--device", "cpu", "--max-steps", "2", "--val-fraction", "0.1",
+            "--preprocessing", "normalized", "--frames", "10", "--frame-step", "6", "--current-seconds", "6",
+            "--current-rows", "40", "--model-size", "tiny", "--model-opt", "width=32", "--model-opt", "heads=2",
+            "--model-opt", "head_dim=16", "--model-opt", "mlp_dim=64", "--model-opt", "depth=1"]
+CLASS_KEYS = ("accuracy", "f1", "fdr", "mdr", "auroc", "ap")
+
+
+def _fmmodel(*args: str, **kw):
+    exe = os.path.join(os.path.dirname(sys.executable), "fmmodel")
+    return subprocess.run([exe, *args], capture_output=True, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def bench_store(tmp_path_factory) -> str:
+    return cached_store(tmp_path_factory, "bench-store", recordings=2, frames=1200, size=32, seed=4)
+
+
+@pytest.fixture(scope="module")
+def killed_and_rerun(bench_store, tmp_path_factory):
+    """Start the benchmark CLI, SIGKILL it once the second cell has saved its first epoch, run it
+    again; return (out folder, the first cell's last.pt mtime at the kill, the re-run's process)."""
+    out = tmp_path_factory.mktemp("bench") / "b"
+    exe = os.path.join(os.path.dirname(sys.executable), "fmmodel")
+    cmd = [exe, "benchmark", "--store", bench_store, "--variants", ",".join(MODELS), "--seeds", "0,1",
+           "--out", str(out), "--no-progress", *CLI_ARGS]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    second = Path(cell_folder(str(out), MODELS[0], "reference", 1)) / "last.pt"
+    deadline = time.monotonic() + 600
+    while not second.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    assert not (out / TABLE_JSON).exists()
+    first = Path(cell_folder(str(out), MODELS[0], "reference", 0)) / "last.pt"
+    stamp = first.stat().st_mtime_ns
+    rerun = subprocess.run([*cmd, "--json"], capture_output=True, text=True)
+    return out, stamp, rerun
+
+
+def test_a_killed_benchmark_completes_when_run_again(killed_and_rerun):
+    out, stamp, rerun = killed_and_rerun
+    assert rerun.returncode == 0, rerun.stderr
+    report = json.loads(rerun.stdout)
+    assert report["cells"] == 4 and report["skipped"] == 1 and report["resumed"] == 1 and report["trained"] == 2
+    assert re.search(r"cell 2/4 vicu_cls reference seed 1: resuming at epoch [23] of 3", rerun.stderr)
+    first = Path(cell_folder(str(out), MODELS[0], "reference", 0)) / "last.pt"
+    assert first.stat().st_mtime_ns == stamp  # the finished cell was not trained again
+    for name in (TABLE_MD, TABLE_JSON, TABLE_PNG):
+        assert (out / name).stat().st_size > 0
+    assert (out / TABLE_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = json.loads((out / TABLE_JSON).read_text())
+    assert {(c["model"], c["seed"]) for c in table["cells"]} == {(m, s) for m in MODELS for s in SEEDS}
+    md = (out / TABLE_MD).read_text()
+    assert "| tiny_models.py:clip_cnn | reference |" in md and "| vicu_cls | reference |" in md
+
+
+def test_a_second_invocation_does_no_training(killed_and_rerun, bench_store):
+    out, _, _ = killed_and_rerun
+    stamps = {m: os.stat(os.path.join(cell_folder(str(out), m, "reference", s), "last.pt")).st_mtime_ns
+              for m in MODELS for s in SEEDS}
+    report = run_benchmark(bench_store, models=MODELS, seeds=SEEDS, policies=["reference"], out=str(out),
+                           settings=BenchmarkSettings(**SETTINGS), progress=False)
+    assert (report.trained, report.resumed, report.skipped) == (0, 0, 4)
+    assert stamps == {m: os.stat(os.path.join(cell_folder(str(out), m, "reference", s), "last.pt")).st_mtime_ns
+                      for m in MODELS for s in SEEDS}
+
+
+def test_the_table_holds_the_numbers_of_evaluate_run_by_hand(killed_and_rerun, bench_store):
+    out, _, _ = killed_and_rerun
+    table = json.loads((out / TABLE_JSON).read_text())
+    rows = {r["model"]: r for r in table["rows"]}
+    for model in MODELS:
+        by_hand = []
+        for seed in SEEDS:
+            res = _fmmodel("evaluate", "--store", bench_store, "--checkpoint",
+                           os.path.join(cell_folder(str(out), model, "reference", seed), "best.pt"),
+                           "--model", model, "--workers", "0", "--device", "cpu", "--json", "--no-progress")
+            assert res.returncode == 0, res.stderr
+            by_hand.append(json.loads(res.stdout)["metrics"])
+        cells = {c["seed"]: c for c in table["cells"] if c["model"] == model}
+        for seed, metrics in zip(SEEDS, by_hand):
+            for key in CLASS_KEYS:
+                assert cells[seed]["test"][key] == pytest.approx(metrics["overall"]["class"][key], abs=1e-9), key
+            assert cells[seed]["test"]["n"] == metrics["overall"]["class"]["n"]
+        row = rows[model]
+        assert row["test_samples"] == by_hand[0]["overall"]["class"]["n"]
+        for key in CLASS_KEYS:
+            values = [m["overall"]["class"][key] for m in by_hand]
+            assert row["test"][key]["mean"] == pytest.approx(np.mean(values), abs=1e-9)
+            assert row["test"][key]["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-9)
+        for rid, rec in row["recordings"].items():
+            values = [m["recordings"][rid]["class"]["f1"] for m in by_hand]
+            assert rec["f1"]["mean"] == pytest.approx(np.mean(values), abs=1e-9)
+
+
+def test_both_policies_sit_side_by_side(bench_store, tmp_path):
+    report = run_benchmark(bench_store, models=["vicu_cls"], seeds=[0], policies=["reference", "strict"],
+                           out=str(tmp_path / "b"), settings=BenchmarkSettings(**{**SETTINGS, "epochs": 1}),
+                           progress=False)
+    assert [(r["model"], r["policy"]) for r in report.table.rows] == [("vicu_cls", "reference"),
+                                                                       ("vicu_cls", "strict")]
+    n = {r["policy"]: r["test_samples"] for r in report.table.rows}
+    assert n["strict"] < n["reference"]  # strict drops the test windows that reach into the guard
+    assert report.table.rows[0]["validation"]["val_f1"]["n"] == 1
+    assert "| vicu_cls | strict |" in report.table.markdown
+
+
+def test_a_folder_of_other_settings_is_refused(killed_and_rerun, bench_store):
+    out, _, _ = killed_and_rerun
+    with pytest.raises(FmModelError, match="trained with other settings"):
+        run_benchmark(bench_store, models=["vicu_cls"], seeds=[0], policies=["reference"], out=str(out),
+                      settings=BenchmarkSettings(**{**SETTINGS, "lr": 5e-4}), progress=False)
+
+
+def test_bad_lists_are_usage_errors(bench_store, tmp_path):
+    res = _fmmodel("benchmark", "--store", bench_store, "--seeds", "0,x", "--out", str(tmp_path / "b"))
+    assert res.returncode == 2 and "integer seeds" in res.stderr and "Traceback" not in res.stderr
+    res = _fmmodel("benchmark", "--store", bench_store, "--variants", "vicu_cls,nosuch", "--out",
+                   str(tmp_path / "b"))
+    assert res.returncode == 2 and "nosuch" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_labels_shorten_factory_files_only():
+    assert label(CLIP_CNN) == "tiny_models.py:clip_cnn"
+    assert label("vicu_cls") == "vicu_cls" and label("pkg.mod:f") == "pkg.mod:f"

@@ -1,0 +1,192 @@
+"""Users' models: factories named on the command line or installed as entry points are trained,
+evaluated and predicted like the built-ins; their checkpoints say where the code came from, and
+a checkpoint's code is imported only when the user names it or installed it."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from fmmodel.checkpoint import load_checkpoint
+from fmmodel.errors import FmModelError
+from fmmodel.evaluate import evaluate
+from fmmodel.predict import read_predictions
+from fmmodel.registry import build_model, installed_models, resolve_variant
+from fmmodel.train import train
+from fmmodel.user_models import DataDescription, ModelFactory
+
+from builders import cached_store
+from runs import quick_config
+
+EXAMPLE = str(Path(__file__).resolve().parents[1] / "examples" / "custom_model" / "tiny_models.py")
+QUICK = ["--epochs", "1", "--max-steps", "2", "--batch-size", "8", "--workers", "0", "--threads", "1",
+         "--device", "cpu", "--frames", "10", "--frame-step", "6", "--current-seconds", "30", "--current-rows", "60",
+         "--stride", "8", "--preprocessing", "normalized", "--no-progress"]
+
+# An installed model: a module and the dist-info of a distribution that declares it in group
+# fmmodel.models, as `pip install` of a package with that entry point leaves them.
+PLUGIN = textwrap.dedent('''
+    from torch import nn
+    from fmmodel.user_models import ModelFactory
+
+    class Pool(nn.Module):
+        def __init__(self, data):
+            super().__init__()
+            self.head = nn.Linear(3, data.num_classes)
+        def forward(self, video=None, current=None):
+            return self.head(current.mean(dim=1))
+
+    pooled_current = ModelFactory(build=Pool, modality="current", task="cls", summary="mean current, linear")
+''')
+
+
+def _fmmodel(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    exe = os.path.join(os.path.dirname(sys.executable), "fmmodel")
+    return subprocess.run([exe, *args], capture_output=True, text=True, env=env)
+
+
+@pytest.fixture(scope="module")
+def plugin_env(tmp_path_factory) -> dict[str, str]:
+    site = tmp_path_factory.mktemp("site")
+    (site / "fmf_plugin_demo.py").write_text(PLUGIN)
+    info = site / "fmf_plugin_demo-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fmf-plugin-demo\nVersion: 1.2.3\n")
+    (info / "entry_points.txt").write_text("[fmmodel.models]\npooled_current = fmf_plugin_demo:pooled_current\n")
+    return {**os.environ, "PYTHONPATH": str(site)}
+
+
+def test_a_factory_file_trains_evaluates_and_predicts_from_the_command_line(tmp_path_factory, tmp_path):
+    store = cached_store(tmp_path_factory)
+    spec = f"{EXAMPLE}:clip_cnn"
+    res = _fmmodel("train", "--store", store, "--model", spec, "--out", str(tmp_path / "run"), *QUICK)
+    assert res.returncode == 0, res.stderr
+    ck = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert ck.meta.config is None and ck.meta.source is not None and ck.meta.source.spec == spec
+    assert ck.meta.description.frame_size == (32, 32) and ck.meta.description.clip_frames == 10
+    assert ck.meta.description.current_rows == 60 and ck.meta.description.modality == "both"
+    # the checkpoint is plain data: torch's weights-only loader reads it, and it names no class
+    torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["variant"] == spec and cfg["runtime"]["model_config"]["source"]["spec"] == spec
+
+    refused = _fmmodel("evaluate", "--store", store, "--checkpoint", str(tmp_path / "run" / "best.pt"),
+                       "--workers", "0", "--device", "cpu", "--no-progress")
+    assert refused.returncode == 2, refused.stderr
+    assert "--model" in refused.stderr and "refused" in refused.stderr and "Traceback" not in refused.stderr
+
+    # named by another path to the same file (relative to another working directory): accepted
+    rel = os.path.relpath(EXAMPLE, tmp_path)
+    res = subprocess.run([os.path.join(os.path.dirname(sys.executable), "fmmodel"), "evaluate", "--store", store,
+                          "--checkpoint", "run/best.pt", "--model", f"{rel}:clip_cnn", "--workers", "0",
+                          "--device", "cpu", "--json", "--no-progress"], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    by_cli = json.loads(res.stdout)
+    by_api = evaluate(store, str(tmp_path / "run" / "best.pt"), trusted=[spec], workers=0, device="cpu",
+                      progress=False)
+    assert by_cli["metrics"]["overall"]["class"]["f1"] == by_api["metrics"]["overall"]["class"]["f1"]
+    assert by_api["variant"] == spec
+
+    res = _fmmodel("predict", "--store", store, "--checkpoint", str(tmp_path / "run" / "best.pt"), "--model", spec,
+                   "--out", str(tmp_path / "pred.zarr"), "--split", "test", "--workers", "0", "--device", "cpu",
+                   "--no-progress")
+    assert res.returncode == 0, res.stderr
+    pred = read_predictions(str(tmp_path / "pred.zarr"))
+    assert pred["prob"].shape[1] == 2 and pred["prob"].shape[0] == by_api["metrics"]["overall"]["class"]["n"]
+
+
+def test_an_installed_model_needs_no_naming(tmp_path_factory, tmp_path, plugin_env):
+    store = cached_store(tmp_path_factory)
+    res = _fmmodel("train", "--store", store, "--model", "pooled_current", "--out", str(tmp_path / "run"), *QUICK,
+                   env=plugin_env)
+    assert res.returncode == 0, res.stderr
+    res = _fmmodel("evaluate", "--store", store, "--checkpoint", str(tmp_path / "run" / "last.pt"), "--workers", "0",
+                   "--device", "cpu", "--json", "--no-progress", env=plugin_env)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["metrics"]["overall"]["class"]["n"] > 0
+    ck = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ck.meta.source is not None and ck.meta.source.entry_point
+    assert (ck.meta.source.name, ck.meta.source.spec, ck.meta.source.version) == (
+        "pooled_current", "fmf_plugin_demo:pooled_current", "1.2.3")
+    assert ck.meta.description.modality == "current"
+    # without the distribution the code is gone: one line that says what is missing
+    res = _fmmodel("evaluate", "--store", store, "--checkpoint", str(tmp_path / "run" / "last.pt"), "--workers", "0",
+                   "--device", "cpu", "--no-progress")
+    assert res.returncode != 0 and "fmf_plugin_demo" in res.stderr and "Traceback" not in res.stderr
+    assert "pooled_current" not in installed_models()  # this process never saw the plugin
+
+
+def test_the_factory_receives_the_runs_data_description(tmp_path_factory, tmp_path):
+    store = cached_store(tmp_path_factory)
+    seen: list[DataDescription] = []
+
+    def build(data: DataDescription) -> torch.nn.Module:
+        seen.append(data)
+        module = sys.modules["fmf_test_models"]
+        return module.Head(data)
+
+    module = type(sys)("fmf_test_models")
+    module.factory = ModelFactory(build=build, modality="video", task="cls")
+
+    class Head(torch.nn.Module):
+        def __init__(self, data: DataDescription) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(3, data.num_classes)
+
+        def forward(self, video=None, current=None):
+            return self.lin(video.mean(dim=(2, 3, 4)))
+
+    module.Head = Head
+    sys.modules["fmf_test_models"] = module
+    try:
+        cfg = quick_config(store, str(tmp_path / "run"), variant="fmf_test_models:factory", modality="video",
+                           model={"size": "reference", "width": 7}, frames=6)
+        result = train(cfg, progress=False)
+    finally:
+        del sys.modules["fmf_test_models"]
+    assert result.history
+    (data,) = seen
+    assert (data.task, data.modality, data.frame_size, data.clip_frames) == ("cls", "video", (32, 32), 6)
+    assert data.current_rows == 60 and data.options == {"width": 7}
+
+
+def test_a_model_with_the_wrong_output_is_stopped_with_one_line(tmp_path_factory, tmp_path):
+    store = cached_store(tmp_path_factory)
+    bad = tmp_path / "bad.py"
+    bad.write_text(textwrap.dedent('''
+        from torch import nn
+        class One(nn.Module):
+            def __init__(self, data):
+                super().__init__()
+                self.lin = nn.Linear(3, 1)
+            def forward(self, video=None, current=None):
+                return self.lin(current.mean(dim=1))
+        one_logit = lambda data: One(data)
+    '''))
+    res = _fmmodel("train", "--store", store, "--model", f"{bad}:one_logit", "--modality", "current",
+                   "--out", str(tmp_path / "run"), *QUICK)
+    assert res.returncode == 2, res.stderr
+    assert "expected model" in res.stderr and "(8, 2)" in res.stderr and "got (8, 1)" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = _fmmodel("train", "--store", store, "--model", f"{bad}:missing", "--out", str(tmp_path / "r2"), *QUICK)
+    assert res.returncode == 2 and "missing" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_declared_inputs_and_task_must_agree_with_the_run():
+    spec = f"{EXAMPLE}:current_gru"
+    v = resolve_variant(spec)
+    assert (v.modality, v.task, v.inputs) == ("current", "cls", ("current",))
+    with pytest.raises(FmModelError, match="expected modality 'current'"):
+        resolve_variant(spec, modality="both")
+    with pytest.raises(FmModelError, match="expected a data description"):
+        build_model(v)
+    model = build_model(v, description=DataDescription(task="cls", modality="current", frame_size=(32, 32),
+                                                       clip_frames=10, current_rows=60))
+    out = model(current=torch.randn(4, 60, 3))
+    assert out.shape == (4, 2)
