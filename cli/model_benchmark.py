@@ -49,12 +49,13 @@ def benchmark_cmd(store: Location, models: list[str], seeds: list[int], policy: 
     more seeds or models. Training options apply to every cell; a user's factory reads the
     --model-opt keys it knows."""
     settings = BenchmarkSettings(
-        epochs=epochs, batch_size=batch_size, lr=lr, lr_step_epoch=lr_step_epoch, preprocessing=preprocessing,
-        val_fraction=val_fraction, workers=workers, data=data, resident_budget=resident_budget, threads=threads,
-        device=device, precision=precision,
-        max_steps_per_epoch=max_steps_per_epoch, balanced=balanced, hflip=not no_hflip,
-        model={"size": model_size, **model_opt}, frames=frames, frame_step=frame_step,
-        current_seconds=current_seconds, current_rows=current_rows, stride=stride)
+        train=dict(epochs=epochs, batch_size=batch_size, lr=lr, lr_step_epoch=lr_step_epoch,
+                   preprocessing=preprocessing, val_fraction=val_fraction, workers=workers, data=data,
+                   resident_budget=resident_budget, threads=threads, device=device, precision=precision,
+                   max_steps_per_epoch=max_steps_per_epoch, balanced=balanced, hflip=not no_hflip,
+                   model={"size": model_size, **model_opt}),
+        window=dict(frames=frames, frame_step=frame_step, current_seconds=current_seconds, current_rows=current_rows,
+                    stride=stride))
     policies = list(WINDOW_POLICIES) if policy == "both" else [policy]
     report = run_benchmark(store, models=models, seeds=seeds, policies=policies, out=out, settings=settings,
                            progress=progress_flag(progress))

@@ -16,13 +16,15 @@ its modality unless the window settings say otherwise.
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import json
 import os
 import re
 import shutil
 import sys
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from tqdm import tqdm
@@ -32,58 +34,61 @@ from fmdata.store.location import Location, LocationLike
 from fmdata.store.lock import writer_lock
 from fmdata.store.schema import WINDOW_POLICIES
 from fmdata.store.window_table import WindowParams
-from fmmodel import protocol
 from fmmodel.benchmark_table import BenchmarkTable, Cell, label, write_table
 from fmmodel.checkpoint import load_checkpoint
 from fmmodel.config import TrainConfig
 from fmmodel.errors import FmModelError
 from fmmodel.evaluate import evaluate
-from fmmodel.preprocessing import PREPROCESSING_REFERENCE
 from fmmodel.registry import Variant, resolve_variant
 from fmmodel.train import BEST, CONFIG_JSON, LAST, resume_run, train
 
 REPORT = os.path.join("eval", "report.json")
+# what a benchmark may set of every cell's windows (the policy is each cell's own)
+WINDOW_SHAPE = tuple(f.name for f in dataclasses.fields(WindowParams) if f.name != "policy")
 
 
 @dataclass(frozen=True)
 class BenchmarkSettings:
-    """The training and scoring settings every cell shares (the options of ``fmmodel train``).
+    """The training and scoring settings every cell shares, in the terms of ``fmmodel train``.
 
-    Window fields left None take the reference windows of each model's modality; ``model``
-    holds the FmFormer size (``{"size": "tiny", "depth": 2}``) or a user's factory options.
+    ``train`` holds keyword arguments of :class:`~fmmodel.config.TrainConfig` (epochs, batch_size,
+    lr, preprocessing, val_fraction, workers, data, device, model...; its defaults for the rest);
+    a cell adds its store, folder, model, seed and windows. ``window`` holds keyword arguments of
+    :meth:`WindowParams.reference <fmdata.store.window_table.WindowParams.reference>` (frames,
+    frame_step, current_seconds, current_rows, stride); unset ones take the reference windows of
+    each model's modality. ``train["model"]`` holds the FmFormer size (``{"size": "tiny"}``) and
+    options a user's factory reads.
     """
 
-    epochs: int = protocol.EPOCHS
-    batch_size: int = protocol.BATCH_SIZE
-    lr: float = protocol.LR
-    lr_step_epoch: int = protocol.LR_STEP_EPOCH
-    preprocessing: str = PREPROCESSING_REFERENCE
-    val_fraction: float = protocol.VAL_FRACTION
-    workers: int = 2
-    data: str = "auto"
-    resident_budget: int | None = None
-    threads: int | None = None
-    device: str = "auto"
-    precision: str | None = None
-    max_steps_per_epoch: int | None = None
-    balanced: bool = False
-    hflip: bool = protocol.HFLIP
-    model: dict[str, Any] = field(default_factory=dict)
-    frames: int | None = None
-    frame_step: int | None = None
-    current_seconds: float | None = None
-    current_rows: int | None = None
-    stride: int | None = None
+    train: Mapping[str, Any] = field(default_factory=dict)
+    window: Mapping[str, Any] = field(default_factory=dict)
 
-    def window(self, modality: str, policy: str) -> WindowParams:
-        """The windows of a cell: the reference ones of ``modality``, these settings, ``policy``."""
-        return WindowParams.reference(modality, frames=self.frames, frame_step=self.frame_step,
-                                      current_seconds=self.current_seconds, current_rows=self.current_rows,
-                                      stride=self.stride, policy=policy)
+    def __post_init__(self) -> None:
+        cell_keys = {"store", "out", "variant", "task", "modality", "seed", "window", "windows"}
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        for key in self.train:
+            if key in cell_keys or key not in fields:
+                raise FmModelError(f"expected training settings from {sorted(fields - cell_keys)}, got {key!r}")
+        for key in self.window:
+            if key not in WINDOW_SHAPE:
+                raise FmModelError(f"expected window settings from {WINDOW_SHAPE}, got {key!r}")
+
+    def cell_config(self, *, store: str, out: str, variant: Variant, seed: int, policy: str) -> TrainConfig:
+        """The TrainConfig of one cell: these settings, the model's reference windows under ``policy``."""
+        window = WindowParams.reference(variant.modality, policy=policy, **dict(self.window))
+        return TrainConfig(store=store, out=out, variant=variant.name, task=variant.task, modality=variant.modality,
+                           seed=seed, window=window, **{k: copy.deepcopy(v) for k, v in self.train.items()})
+
+    def get(self, key: str) -> Any:
+        """A training setting, or TrainConfig's default for it."""
+        if key in self.train:
+            return self.train[key]
+        f = next(f for f in dataclasses.fields(TrainConfig) if f.name == key)
+        return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[operator]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only."""
-        return asdict(self)
+        return {"train": dict(self.train), "window": dict(self.window)}
 
 
 @dataclass(frozen=True)
@@ -116,13 +121,14 @@ def cell_folder(out: str, model: str, policy: str, seed: int) -> str:
 
 
 def run_benchmark(store: LocationLike, *, models: Sequence[str], seeds: Sequence[int], policies: Sequence[str],
-                  out: str, settings: BenchmarkSettings = BenchmarkSettings(), progress: bool = True) -> BenchmarkReport:
+                  out: str, settings: BenchmarkSettings | None = None, progress: bool = True) -> BenchmarkReport:
     """Train and score every (model, policy, seed) cell not done yet, then write the table.
 
     ``policies`` are window policies ("reference", "strict"). The benchmark folder ``out`` is held
     by one process at a time (its writer lock). Raises FmModelError for unknown models or policies,
     a folder another benchmark holds, or a run folder that is not a cell of this benchmark.
     """
+    settings = settings or BenchmarkSettings()
     location = Location.parse(store)
     if location.local_path is not None:  # the same store whatever the working directory of a re-run
         location = Location.parse(os.path.abspath(location.local_path), location.storage_options)
@@ -150,25 +156,18 @@ def _run_cells(location: Location, cells: list[Cell], variants: dict[str, Varian
     counts = {"trained": 0, "resumed": 0, "skipped": 0}
     for i, cell in enumerate(tqdm(cells, desc="benchmark", unit="cell", disable=not progress, leave=False)):
         folder = cell_folder(out, cell.model, cell.policy, cell.seed)
-        v = variants[cell.model]
-        cfg = TrainConfig(
-            store=str(location), out=folder, variant=v.name, task=v.task, modality=v.modality,
-            epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
-            lr_step_epoch=settings.lr_step_epoch, preprocessing=settings.preprocessing,
-            val_fraction=settings.val_fraction, workers=settings.workers, data=settings.data,
-            resident_budget=settings.resident_budget, threads=settings.threads,
-            device=settings.device, precision=settings.precision, seed=cell.seed,
-            max_steps_per_epoch=settings.max_steps_per_epoch, balanced=settings.balanced, hflip=settings.hflip,
-            window=settings.window(v.modality, cell.policy), model=dict(settings.model))
+        cfg = settings.cell_config(store=str(location), out=folder, variant=variants[cell.model], seed=cell.seed,
+                                   policy=cell.policy)
         counts[_train_cell(cfg, progress, name=f"cell {i + 1}/{len(cells)} {label(cell.model)} {cell.policy} "
                                                    f"seed {cell.seed}")] += 1
         if not os.path.exists(os.path.join(folder, REPORT)):
             evaluate(location, os.path.join(folder, BEST), split="test", out=os.path.join(folder, "eval"),
-                     batch_size=settings.batch_size, workers=settings.workers, data=settings.data,
-                     resident_budget=settings.resident_budget, device=settings.device,
-                     precision=settings.precision, examples=0, progress=False, trusted=[cell.model])
+                     batch_size=cfg.batch_size, workers=cfg.workers, data=cfg.data,
+                     resident_budget=cfg.resident_budget, device=cfg.device, precision=cfg.precision,
+                     examples=0, progress=False, trusted=[cell.model])
     table = write_table(out, cells, reports={c: _read(cell_folder(out, c.model, c.policy, c.seed)) for c in cells},
-                        settings=settings.to_dict())
+                        settings=settings.to_dict(), preprocessing=settings.get("preprocessing"),
+                        val_fraction=settings.get("val_fraction"))
     return BenchmarkReport(out=out, cells=len(cells), table=table, **counts)
 
 

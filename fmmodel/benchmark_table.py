@@ -114,9 +114,8 @@ def _markdown(rows: Sequence[Mapping[str, Any]], protocol: Mapping[str, Any]) ->
     lines = ["# Benchmark", "",
              f"Store `{protocol['store']}`; seeds {protocol['seeds']}; checkpoint format toolkit (each run's best "
              f"validation epoch), scored with the {protocol['evaluation']} evaluation protocol; preprocessing "
-             f"{protocol['preprocessing']}; validation: the last "
-             f"{protocol['val_fraction']:.0%} of each recording's training block, one window span away from the "
-             "training windows; test: every test window of the policy (stride 1). Windows per model: "
+             f"{protocol['preprocessing']}; validation: {_validation_text(protocol['val_fraction'])}; test: every "
+             "test window of the policy (stride 1). Windows per model: "
              + "; ".join(f"{label(m)}: {w}" for m, w in protocol["windows"].items()) + ".",
              "Values: mean ± sample standard deviation over seeds.", "",
              "## Test, overall", "",
@@ -135,6 +134,13 @@ def _markdown(rows: Sequence[Mapping[str, Any]], protocol: Mapping[str, Any]) ->
             lines.append(f"| {label(r['model'])} | {r['policy']} | {rec['name']} | {rec['test_samples']} | "
                          + " | ".join(_fmt(rec[k]) for k, _ in test_cols) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _validation_text(fraction: float) -> str:
+    if not fraction:
+        return "none (no hold-out: each run's last epoch is its checkpoint)"
+    return (f"the last {fraction:.0%} of each recording's training block, one window span away from the training "
+            "windows")
 
 
 def _picture(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -167,12 +173,12 @@ def _picture(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def write_table(out: str, cells: Sequence[Cell], *, reports: Mapping[Cell, Mapping[str, Any]],
-                settings: Mapping[str, Any]) -> BenchmarkTable:
+                settings: Mapping[str, Any], preprocessing: str, val_fraction: float) -> BenchmarkTable:
     """Aggregate the cells' ``reports`` and write table.md, table.json and table.png into ``out``."""
     rows = aggregate(cells, reports)
     first = {c.model: reports[c] for c in cells}
     protocol = {"store": next(iter(reports.values()))["store"], "seeds": sorted({c.seed for c in cells}),
-                "preprocessing": settings.get("preprocessing"), "val_fraction": settings.get("val_fraction", 0.0),
+                "preprocessing": preprocessing, "val_fraction": val_fraction,
                 "evaluation": next(iter(reports.values())).get("protocol", "toolkit"),
                 "windows": {m: _window_text(r["windows"]["params"]) for m, r in first.items()}}
     markdown = _markdown(rows, protocol)

@@ -145,9 +145,9 @@ def example_captions(examples: Sequence[Example]) -> tuple[str, list[str]]:
     (class, probability) beside the truth, and what the outlines are (a predicted mask only for
     models that predict one)."""
     has_pred = any(e.pred_mask is not None for e in examples)
-    heading = ("outlines: green = true mask, red = predicted mask; p = predicted probability of abnormal"
+    heading = ("outlines: green = true mask, red = predicted mask\np = predicted probability of abnormal"
                if has_pred else
-               "outline: green = true mask; this model predicts a class only (p = its probability of abnormal, "
+               "outline: green = true mask; this model predicts a class only\n(p = its probability of abnormal; "
                "abnormal when p >= 0.5)")
     titles = [f"rec {e.recording} frame {e.frame}\ntrue {CLASS_NAMES[int(e.label)]}, predicted "
               f"{CLASS_NAMES[int(e.prob >= 0.5)]} (p {e.prob:.2f})" for e in examples]
@@ -176,8 +176,8 @@ def plot_examples(path: str, examples: Sequence[Example]) -> None:
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(heading, fontsize=7, wrap=True)
-    fig.tight_layout()
+    fig.suptitle(heading, fontsize=7)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (2.3 * n + 0.4)))  # room for the two-line heading
     fig.savefig(path)
     plt.close(fig)
 

@@ -25,10 +25,11 @@ CLIP_CNN = f"{EXAMPLE}:clip_cnn"
 MODELS = ["vicu_cls", CLIP_CNN]
 SEEDS = [0, 1]
 # tiny sizes, short windows (6 s of current: the validation gap stays short and strict test windows fit), a few steps per epoch
-SETTINGS = dict(epochs=3, batch_size=16, lr=1e-3, lr_step_epoch=3, workers=0, threads=1, device="cpu",
-                max_steps_per_epoch=2, val_fraction=0.1, preprocessing="normalized", frames=10, frame_step=6,
-                current_seconds=6.0, current_rows=40,
-                model={"size": "tiny", "width": 32, "heads": 2, "head_dim": 16, "mlp_dim": 64, "depth": 1})
+TRAIN = dict(epochs=3, batch_size=16, lr=1e-3, lr_step_epoch=3, workers=0, threads=1, device="cpu",
+             max_steps_per_epoch=2, val_fraction=0.1, preprocessing="normalized",
+             model={"size": "tiny", "width": 32, "heads": 2, "head_dim": 16, "mlp_dim": 64, "depth": 1})
+WINDOW = dict(frames=10, frame_step=6, current_seconds=6.0, current_rows=40)
+SETTINGS = BenchmarkSettings(train=TRAIN, window=WINDOW)
 CLI_ARGS = ["--epochs", "3", "--batch-size", "16", "--lr", "1e-3", "--lr-step", "3", "--workers", "0",
             "--threads", "1", "--device", "cpu", "--max-steps", "2", "--val-fraction", "0.1",
             "--preprocessing", "normalized", "--frames", "10", "--frame-step", "6", "--current-seconds", "6",
@@ -92,7 +93,7 @@ def test_a_second_invocation_does_no_training(killed_and_rerun, bench_store):
     stamps = {m: os.stat(os.path.join(cell_folder(str(out), m, "reference", s), "last.pt")).st_mtime_ns
               for m in MODELS for s in SEEDS}
     report = run_benchmark(bench_store, models=MODELS, seeds=SEEDS, policies=["reference"], out=str(out),
-                           settings=BenchmarkSettings(**SETTINGS), progress=False)
+                           settings=SETTINGS, progress=False)
     assert (report.trained, report.resumed, report.skipped) == (0, 0, 4)
     assert stamps == {m: os.stat(os.path.join(cell_folder(str(out), m, "reference", s), "last.pt")).st_mtime_ns
                       for m in MODELS for s in SEEDS}
@@ -128,7 +129,7 @@ def test_the_table_holds_the_numbers_of_evaluate_run_by_hand(killed_and_rerun, b
 
 def test_both_policies_sit_side_by_side(bench_store, tmp_path):
     report = run_benchmark(bench_store, models=["vicu_cls"], seeds=[0], policies=["reference", "strict"],
-                           out=str(tmp_path / "b"), settings=BenchmarkSettings(**{**SETTINGS, "epochs": 1}),
+                           out=str(tmp_path / "b"), settings=BenchmarkSettings(train={**TRAIN, "epochs": 1}, window=WINDOW),
                            progress=False)
     assert [(r["model"], r["policy"]) for r in report.table.rows] == [("vicu_cls", "reference"),
                                                                        ("vicu_cls", "strict")]
@@ -142,7 +143,7 @@ def test_a_folder_of_other_settings_is_refused(killed_and_rerun, bench_store):
     out, _, _ = killed_and_rerun
     with pytest.raises(FmModelError, match="trained with other settings"):
         run_benchmark(bench_store, models=["vicu_cls"], seeds=[0], policies=["reference"], out=str(out),
-                      settings=BenchmarkSettings(**{**SETTINGS, "lr": 5e-4}), progress=False)
+                      settings=BenchmarkSettings(train={**TRAIN, "lr": 5e-4}, window=WINDOW), progress=False)
 
 
 def test_bad_lists_are_usage_errors(bench_store, tmp_path):
@@ -157,3 +158,11 @@ def test_bad_lists_are_usage_errors(bench_store, tmp_path):
 def test_labels_shorten_factory_files_only():
     assert label(CLIP_CNN) == "tiny_models.py:clip_cnn"
     assert label("vicu_cls") == "vicu_cls" and label("pkg.mod:f") == "pkg.mod:f"
+
+
+def test_settings_name_only_what_cells_share():
+    with pytest.raises(FmModelError, match="expected training settings"):
+        BenchmarkSettings(train={"seed": 3})  # each cell's own
+    with pytest.raises(FmModelError, match="expected window settings"):
+        BenchmarkSettings(window={"policy": "strict"})
+    assert SETTINGS.get("lr") == 1e-3 and SETTINGS.get("hflip") is True  # TrainConfig's default
