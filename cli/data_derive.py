@@ -6,7 +6,8 @@ import json
 import click
 
 from fmdata.compute import DaskOptions
-from fmdata.derive import compute_labels, compute_stats, make_windows, render_preview
+from fmdata.derive import compute_labels, compute_stats, make_windows
+from fmdata.derive.preview import render_preview
 from fmdata.store import Location, WindowParams
 
 from .errors import user_errors

@@ -5,7 +5,7 @@ import click
 
 import fmdata
 
-from .lazy import LazyGroup
+from .lazy import lazy_group
 
 COMMANDS = {
     "synth": ".data_source:synth_command",
@@ -19,8 +19,7 @@ COMMANDS = {
 }
 
 
-@click.group(cls=LazyGroup, lazy_commands=COMMANDS,
-             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@lazy_group(COMMANDS)
 @click.version_option(fmdata.__version__, prog_name="fmdata")
 def main() -> None:
     """Convert FMF benchmark recordings (MATLAB v7.3 files or V2 folders) into aligned Zarr

@@ -5,19 +5,18 @@ import click
 
 import fmmodel
 
-from .lazy import LazyGroup
+from .lazy import lazy_group
 
 COMMANDS = {
     "train": ".model_commands:train_cmd",
     "evaluate": ".model_commands:evaluate_cmd",
     "predict": ".model_commands:predict_cmd",
     "benchmark": ".model_benchmark:benchmark_cmd",
-    "bench-data": ".model_bench:bench_data_cmd",
+    "bench-data": ".model_bench_data:bench_data_cmd",
 }
 
 
-@click.group(cls=LazyGroup, lazy_commands=COMMANDS,
-             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@lazy_group(COMMANDS)
 @click.version_option(fmmodel.__version__, prog_name="fmmodel")
 def main() -> None:
     """Train, evaluate, predict and benchmark FmFormer (or your own models) on an FMF store."""

@@ -9,6 +9,7 @@ nothing it does not use.
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import click
 
@@ -31,3 +32,10 @@ class LazyGroup(click.Group):
         if not isinstance(command, click.Command):
             raise TypeError(f"{self.lazy_commands[cmd_name]} is not a click command")
         return command
+
+
+def lazy_group(commands: dict[str, str]) -> Any:
+    """The decorator of a console script's group: ``commands`` imported on demand, ``-h`` for help,
+    help text up to 100 columns (the same for ``fmdata`` and ``fmmodel``)."""
+    return click.group(cls=LazyGroup, lazy_commands=commands,
+                       context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

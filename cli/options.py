@@ -22,8 +22,7 @@ from fmdata.store.schema import WINDOW_POLICIES
 from fmdata.store.window_table import REFERENCE_CURRENT_ROWS, REFERENCE_CURRENT_SECONDS
 from fmmodel import protocol
 from fmmodel.model_config import SIZES
-from fmmodel.preprocessing import PREPROCESSING_REFERENCE, PREPROCESSINGS
-from fmmodel.protocol import DATA_PATHS, DEVICES, PRECISIONS
+from fmmodel.protocol import DATA_PATHS, DEVICES, PRECISIONS, PREPROCESSING_REFERENCE, PREPROCESSINGS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,6 +61,8 @@ class CommaList(click.ParamType):
         if not items:
             self.fail(f"expected at least one {self.name}, got {value!r}", param, ctx)
         return items
+
+
 class ByteSize(click.ParamType):
     """A size in bytes: a number with an optional unit (``8GiB``, ``500MB``, ``2e9``), parsed by dask."""
 

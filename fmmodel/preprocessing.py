@@ -21,10 +21,8 @@ from fmdata.errors import FmDataError
 from fmdata.store import schema
 from fmdata.store.checksums import check_attribute
 from fmmodel.errors import FmModelError
+from fmmodel.protocol import PREPROCESSING_REFERENCE, PREPROCESSINGS
 
-PREPROCESSING_REFERENCE = "reference"
-PREPROCESSING_NORMALIZED = "normalized"
-PREPROCESSINGS = (PREPROCESSING_REFERENCE, PREPROCESSING_NORMALIZED)
 ORIENTATION_REFERENCE = "reference"  # frames transposed: item axes (..., W, H)
 ORIENTATION_TRUE = "true"  # item axes (..., H, W)
 ORIENTATIONS = (ORIENTATION_REFERENCE, ORIENTATION_TRUE)

@@ -11,6 +11,10 @@ from __future__ import annotations
 MODALITIES = ("both", "video", "current")
 TASKS = ("cls", "seg")
 SPLITS = ("test", "train", "all")  # which windows evaluate / predict score ("all": train and test)
+# what a model is fed (fmmodel.preprocessing): the authors' raw inputs, or training-split statistics
+PREPROCESSING_REFERENCE = "reference"
+PREPROCESSING_NORMALIZED = "normalized"
+PREPROCESSINGS = (PREPROCESSING_REFERENCE, PREPROCESSING_NORMALIZED)
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("bf16", "fp32")
 OPTIMIZERS = ("adam", "adamw", "sgd")

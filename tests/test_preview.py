@@ -8,7 +8,8 @@ from click.testing import CliRunner
 
 from fmcli.fmdata_main import main
 from fmdata.compute import DaskOptions
-from fmdata.derive import make_windows, render_preview
+from fmdata.derive import make_windows
+from fmdata.derive.preview import render_preview
 from fmdata.errors import FmDataError
 from fmdata.store import WindowParams, open_store, read_window_table, schema
 

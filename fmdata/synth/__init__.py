@@ -6,9 +6,8 @@ on demand; :func:`synthesize` writes recordings as V1 MAT files or a V2 folder
 used by the tests to make source files). docs/synthetic-data.md describes the simulation.
 """
 from fmdata.synth.matwriter import MatWriter, write_mat73, write_v7
-from fmdata.synth.picture import plot_preview
 from fmdata.synth.simulation import EVENT_PROFILES, Recording, SynthConfig, simulate
 from fmdata.synth.writers import SynthResult, synthesize, write_v1, write_v1_set, write_v2
 
-__all__ = ["MatWriter", "write_mat73", "write_v7", "plot_preview", "EVENT_PROFILES", "Recording", "SynthConfig",
+__all__ = ["MatWriter", "write_mat73", "write_v7", "EVENT_PROFILES", "Recording", "SynthConfig",
            "simulate", "SynthResult", "synthesize", "write_v1", "write_v1_set", "write_v2"]

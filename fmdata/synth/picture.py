@@ -7,14 +7,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
 
 from fmdata.store import schema
 from fmdata.synth import simulation as synth
-
-matplotlib.use("Agg")  # files only, never a window; before pyplot is imported
-import matplotlib.pyplot as plt
 
 
 def _pick_frames(rec: synth.Recording, count: int) -> list[tuple[int, str]]:
@@ -56,7 +53,8 @@ def plot_preview(rec: synth.Recording, path: str | os.PathLike[str], count: int 
     rows = [(_pick_frames(rec, count), "{title}"), (_life_frames(rec, 6), "one hot spot {title}")]
     rows = [r for r in rows if r[0]]
     cols = max(3, *(len(r[0]) for r in rows))
-    fig = plt.figure(figsize=(2.0 * cols, 2.1 * 2 * len(rows) + 3.0), layout="constrained")
+    # a Figure without pyplot: no backend switch and no global state in the importing process
+    fig = Figure(figsize=(2.0 * cols, 2.1 * 2 * len(rows) + 3.0), layout="constrained")
     grid = fig.add_gridspec(2 * len(rows) + 1, cols, height_ratios=[1] * (2 * len(rows)) + [1.6])
     for r, (picks, fmt) in enumerate(rows):
         for i, (f, title) in enumerate(picks):
@@ -88,5 +86,4 @@ def plot_preview(rec: synth.Recording, path: str | os.PathLike[str], count: int 
     ax.set_ylabel("current (A)")
     ax.legend(loc="lower left", fontsize=7, ncol=3)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)
