@@ -129,9 +129,7 @@ def run_benchmark(store: LocationLike, *, models: Sequence[str], seeds: Sequence
     a folder another benchmark holds, or a run folder that is not a cell of this benchmark.
     """
     settings = settings or BenchmarkSettings()
-    location = Location.parse(store)
-    if location.local_path is not None:  # the same store whatever the working directory of a re-run
-        location = Location.parse(os.path.abspath(location.local_path), location.storage_options)
+    location = Location.parse(store).absolute()  # the same store whatever the working directory of a re-run
     if not models or not seeds or not policies:
         raise FmModelError("expected at least one model, one seed and one policy, got none", field="models")
     for p in policies:

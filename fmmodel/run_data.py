@@ -10,7 +10,6 @@ the same store moved elsewhere (same fingerprint) is used, and its new location 
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import zarr
@@ -24,7 +23,7 @@ from fmmodel.errors import FmModelError
 def absolute_store(store: str) -> str:
     """Return ``store`` with a local path made absolute (URLs unchanged): a run found from any
     working directory still finds its store."""
-    return store if Location.parse(store).is_url else os.path.abspath(store)
+    return str(Location.parse(store).absolute())
 
 
 def store_identity(location: Location, root: zarr.Group) -> dict[str, Any]:

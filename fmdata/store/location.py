@@ -165,6 +165,11 @@ class Location:
         proto, path = _split(self.text)
         return path if proto in _LOCAL_PROTOCOLS else None
 
+    def absolute(self) -> Location:
+        """This location with a plain local path made absolute (URLs unchanged), so that it names
+        the same store from any working directory."""
+        return self if self.is_url else Location(os.path.abspath(self.text), self.storage_options)
+
     @property
     def name(self) -> str:
         """The last component of the path (the store's folder or object prefix name)."""
