@@ -4,9 +4,10 @@ Every (model, window policy, seed) is a cell with its own run folder under ``out
 (``<model>/<policy>/seed-<k>``): trained as ``fmmodel train`` trains (the same
 :class:`~fmmodel.config.TrainConfig`, the settings given once for all cells), then scored on the
 test split by :func:`fmmodel.evaluate.evaluate`, whose report is kept as ``eval/report.json``.
-A cell whose report exists is skipped; a cell whose run stopped part-way is resumed from its
-``last.pt``; so the command can be re-run after a crash or with more seeds or models, and does
-no training that is already done. :mod:`fmmodel.benchmark_table` then writes ``table.md``,
+A cell whose run finished its epochs and holds its report is skipped; a cell whose run stopped
+part-way (or is asked for more epochs) is resumed from its ``last.pt`` and scored again; so the
+command can be re-run after a crash, with more seeds or models or with more epochs, and does no
+training that is already done. :mod:`fmmodel.benchmark_table` then writes ``table.md``,
 ``table.json`` and ``table.png`` from the cells' reports.
 
 Models are any model names (:func:`fmmodel.registry.resolve_variant`): FmFormer variants, installed
@@ -156,9 +157,10 @@ def _run_cells(location: Location, cells: list[Cell], variants: dict[str, Varian
         folder = cell_folder(out, cell.model, cell.policy, cell.seed)
         cfg = settings.cell_config(store=str(location), out=folder, variant=variants[cell.model], seed=cell.seed,
                                    policy=cell.policy)
-        counts[_train_cell(cfg, progress, name=f"cell {i + 1}/{len(cells)} {label(cell.model)} {cell.policy} "
-                                                   f"seed {cell.seed}")] += 1
-        if not os.path.exists(os.path.join(folder, REPORT)):
+        outcome = _train_cell(cfg, progress, name=f"cell {i + 1}/{len(cells)} {label(cell.model)} {cell.policy} "
+                                                 f"seed {cell.seed}")
+        counts[outcome] += 1
+        if outcome != "skipped" or not os.path.exists(os.path.join(folder, REPORT)):
             evaluate(location, os.path.join(folder, BEST), split="test", out=os.path.join(folder, "eval"),
                      batch_size=cfg.batch_size, workers=cfg.workers, data=cfg.data,
                      resident_budget=cfg.resident_budget, device=cfg.device, precision=cfg.precision,
@@ -183,6 +185,10 @@ def _train_cell(cfg: TrainConfig, progress: bool, name: str) -> str:
         if done >= cfg.epochs:
             return "skipped"
         print(f"{name}: resuming at epoch {done + 1} of {cfg.epochs} ({folder})", file=sys.stderr, flush=True)
+        # the old score is of the old best.pt: gone before training, so that a run killed between
+        # training and scoring is scored when the benchmark runs again
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(folder, REPORT))
         resume_run(folder, epochs=cfg.epochs, progress=progress)
         return "resumed"
     if os.path.isdir(folder):  # killed before its first checkpoint: nothing worth keeping

@@ -17,6 +17,7 @@ import pytest
 from fmmodel.benchmark import BenchmarkSettings, cell_folder, run_benchmark
 from fmmodel.benchmark_table import TABLE_JSON, TABLE_MD, TABLE_PNG, label
 from fmmodel.errors import FmModelError
+from fmmodel.evaluate import evaluate
 
 from builders import cached_store
 
@@ -137,6 +138,26 @@ def test_both_policies_sit_side_by_side(bench_store, tmp_path):
     assert n["strict"] < n["reference"]  # strict drops the test windows that reach into the guard
     assert report.table.rows[0]["validation"]["val_f1"]["n"] == 1
     assert "| vicu_cls | strict |" in report.table.markdown
+
+
+def test_more_epochs_resume_every_cell_and_score_it_again(bench_store, tmp_path):
+    out = str(tmp_path / "b")
+    one = BenchmarkSettings(train={**TRAIN, "epochs": 1}, window=WINDOW)
+    run_benchmark(bench_store, models=["vicu_cls"], seeds=[0], policies=["reference"], out=out, settings=one,
+                  progress=False)
+    folder = cell_folder(out, "vicu_cls", "reference", 0)
+    report = Path(folder) / "eval" / "report.json"
+    first = report.stat().st_mtime_ns
+    two = BenchmarkSettings(train={**TRAIN, "epochs": 2}, window=WINDOW)
+    res = run_benchmark(bench_store, models=["vicu_cls"], seeds=[0], policies=["reference"], out=out, settings=two,
+                        progress=False)
+    assert (res.trained, res.resumed, res.skipped) == (0, 1, 0)
+    assert report.stat().st_mtime_ns > first  # the score of the old best.pt is not kept
+    by_hand = evaluate(bench_store, os.path.join(folder, "best.pt"), out=None, workers=0, device="cpu",
+                       progress=False, trusted=["vicu_cls"])["metrics"]["overall"]["class"]
+    cell = json.loads(Path(res.table.json_path).read_text())["cells"][0]
+    for key in CLASS_KEYS:
+        assert cell["test"][key] == pytest.approx(by_hand[key], abs=1e-9), key
 
 
 def test_a_folder_of_other_settings_is_refused(killed_and_rerun, bench_store):
