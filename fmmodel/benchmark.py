@@ -30,9 +30,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from fmdata.errors import FmDataError
 from fmdata.store.location import Location, LocationLike
-from fmdata.store.lock import writer_lock
 from fmdata.store.schema import WINDOW_POLICIES
 from fmdata.store.window_table import WindowParams
 from fmmodel.benchmark_table import BenchmarkTable, Cell, label, write_table
@@ -41,7 +39,7 @@ from fmmodel.config import TrainConfig
 from fmmodel.errors import FmModelError
 from fmmodel.evaluate import evaluate
 from fmmodel.registry import Variant, resolve_variant
-from fmmodel.train import BEST, CONFIG_JSON, LAST, resume_run, train
+from fmmodel.train import BEST, CONFIG_JSON, LAST, folder_lock, resume_run, train
 
 REPORT = os.path.join("eval", "report.json")
 # what a benchmark may set of every cell's windows (the policy is each cell's own)
@@ -79,13 +77,6 @@ class BenchmarkSettings:
         window = WindowParams.reference(variant.modality, policy=policy, **dict(self.window))
         return TrainConfig(store=store, out=out, variant=variant.name, task=variant.task, modality=variant.modality,
                            seed=seed, window=window, **{k: copy.deepcopy(v) for k, v in self.train.items()})
-
-    def get(self, key: str) -> Any:
-        """A training setting, or TrainConfig's default for it."""
-        if key in self.train:
-            return self.train[key]
-        f = next(f for f in dataclasses.fields(TrainConfig) if f.name == key)
-        return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[operator]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only."""
@@ -141,83 +132,66 @@ def run_benchmark(store: LocationLike, *, models: Sequence[str], seeds: Sequence
     except FmModelError as exc:  # a bad name in the list: the error is about ``models``
         raise FmModelError(exc.message, exc.path, field="models") from None
     cells = [Cell(model=m, policy=p, seed=int(s)) for m in models for p in policies for s in seeds]
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with contextlib.ExitStack() as stack:
-        try:  # one benchmark at a time in a folder: two would train the same cells and mix their tables
-            stack.enter_context(writer_lock(out, "fmmodel benchmark", what="benchmark folder"))
-        except FmDataError as exc:
-            raise FmModelError(exc.message, exc.path) from None
+    # one benchmark at a time in a folder: two would train the same cells and mix their tables
+    with folder_lock(out, "fmmodel benchmark", what="benchmark folder"):
         return _run_cells(location, cells, variants, out, settings, progress)
 
 
 def _run_cells(location: Location, cells: list[Cell], variants: dict[str, Variant], out: str,
                settings: BenchmarkSettings, progress: bool) -> BenchmarkReport:
     counts = {"trained": 0, "resumed": 0, "skipped": 0}
+    reports: dict[Cell, dict[str, Any]] = {}
+    configs: list[TrainConfig] = []
     for i, cell in enumerate(tqdm(cells, desc="benchmark", unit="cell", disable=not progress, leave=False)):
         folder = cell_folder(out, cell.model, cell.policy, cell.seed)
         cfg = settings.cell_config(store=str(location), out=folder, variant=variants[cell.model], seed=cell.seed,
                                    policy=cell.policy)
-        outcome = _train_cell(cfg, progress, name=f"cell {i + 1}/{len(cells)} {label(cell.model)} {cell.policy} "
-                                                 f"seed {cell.seed}")
+        configs.append(cfg)
+        outcome, history = _train_cell(cfg, progress, name=f"cell {i + 1}/{len(cells)} {label(cell.model)} "
+                                                            f"{cell.policy} seed {cell.seed}")
         counts[outcome] += 1
         if outcome != "skipped" or not os.path.exists(os.path.join(folder, REPORT)):
             evaluate(location, os.path.join(folder, BEST), split="test", out=os.path.join(folder, "eval"),
                      batch_size=cfg.batch_size, workers=cfg.workers, data=cfg.data,
                      resident_budget=cfg.resident_budget, device=cfg.device, precision=cfg.precision,
                      examples=0, progress=False, trusted=[cell.model])
-    table = write_table(out, cells, reports={c: _read(cell_folder(out, c.model, c.policy, c.seed)) for c in cells},
-                        settings=settings.to_dict(), preprocessing=settings.get("preprocessing"),
-                        val_fraction=settings.get("val_fraction"))
+        reports[cell] = _read(folder, history)
+    # the settings every cell shares, as TrainConfig resolved them
+    table = write_table(out, cells, reports=reports, settings=settings.to_dict(),
+                        preprocessing=configs[0].preprocessing, val_fraction=configs[0].val_fraction)
     return BenchmarkReport(out=out, cells=len(cells), table=table, **counts)
 
 
-def _train_cell(cfg: TrainConfig, progress: bool, name: str) -> str:
-    """Bring one cell's run to its last epoch; return "trained", "resumed" or "skipped"; say which
-    on stderr under ``name`` (the epoch lines of training follow)."""
+def _train_cell(cfg: TrainConfig, progress: bool, name: str) -> tuple[str, list[dict[str, Any]]]:
+    """Bring one cell's run to its last epoch; return "trained", "resumed" or "skipped" and the
+    run's per-epoch history; say which on stderr under ``name`` (the epoch lines of training follow)."""
     folder = cfg.out
     last = os.path.join(folder, LAST)
     if os.path.exists(last):
         saved = TrainConfig.load(os.path.join(folder, CONFIG_JSON))
-        if _identity(saved) != _identity(cfg):
+        if saved.identity() != cfg.identity():
             raise FmModelError("expected the run folder of this benchmark cell, got one trained with other settings "
                                "(use another --out, or remove it)", folder)
-        done = len(saved_history(last))
-        if done >= cfg.epochs:
-            return "skipped"
-        print(f"{name}: resuming at epoch {done + 1} of {cfg.epochs} ({folder})", file=sys.stderr, flush=True)
+        history = list(load_checkpoint(last).extra.get("history", []))
+        if len(history) >= cfg.epochs:
+            return "skipped", history
+        print(f"{name}: resuming at epoch {len(history) + 1} of {cfg.epochs} ({folder})", file=sys.stderr,
+              flush=True)
         # the old score is of the old best.pt: gone before training, so that a run killed between
         # training and scoring is scored when the benchmark runs again
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(folder, REPORT))
-        resume_run(folder, epochs=cfg.epochs, progress=progress)
-        return "resumed"
+        return "resumed", resume_run(folder, epochs=cfg.epochs, progress=progress).history
     if os.path.isdir(folder):  # killed before its first checkpoint: nothing worth keeping
         shutil.rmtree(folder)
     print(f"{name}: training ({folder})", file=sys.stderr, flush=True)
-    train(cfg, progress=progress)
-    return "trained"
+    return "trained", train(cfg, progress=progress).history
 
 
-def saved_history(last: str) -> list[dict[str, Any]]:
-    """The per-epoch rows a run's ``last.pt`` holds."""
-    return list(load_checkpoint(last).extra.get("history", []))
-
-
-def _identity(cfg: TrainConfig) -> dict[str, Any]:
-    """What must match for a run folder to belong to a cell: everything but where and how fast it
-    runs, and the epochs (a resume may extend them)."""
-    d = cfg.to_dict()
-    for key in ("out", "epochs", "validation", "runtime", "trained_on", "workers", "data", "resident_budget", "device",
-                "precision", "threads"):
-        d.pop(key, None)
-    return json.loads(json.dumps(d, default=str))
-
-
-def _read(folder: str) -> dict[str, Any]:
+def _read(folder: str, history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A cell's evaluation report with the validation scores of its best epoch (from ``history``)."""
     with open(os.path.join(folder, REPORT), encoding="utf-8") as fh:
         report: dict[str, Any] = json.load(fh)
-    history = saved_history(os.path.join(folder, LAST))
     best = [r for r in history if r.get("best")]
     report["validation"] = best[-1] if best else None
     return report
-

@@ -120,6 +120,14 @@ class TrainConfig:
         """Return the configuration as a JSON-able dict."""
         return dataclasses.asdict(self)
 
+    def identity(self) -> dict[str, Any]:
+        """What makes two runs the same experiment, as plain types: everything but where and how
+        fast it runs, what the trainer records, and the epochs (a resume may extend them)."""
+        d = self.to_dict()
+        for key in _NOT_IDENTITY:
+            d.pop(key)
+        return json.loads(json.dumps(d, default=str))
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Build from :meth:`to_dict` output; FmModelError on unknown or missing keys."""
@@ -150,6 +158,11 @@ class TrainConfig:
             return cls.from_dict(d)
         except (FmModelError, TypeError) as exc:
             raise FmModelError(str(exc), path) from None
+
+
+# where and how fast a run runs, what the trainer fills in, and the epochs: not part of what it learns
+_NOT_IDENTITY = ("out", "epochs", "validation", "runtime", "trained_on", "workers", "data", "resident_budget", "device",
+                 "precision", "threads")
 
 
 def _window_from_dict(d: dict[str, Any]) -> WindowParams:

@@ -159,15 +159,23 @@ def resume_run(run_dir: str, epochs: int | None = None, progress: bool = True,
 
 @contextlib.contextmanager
 def run_lock(run_dir: str, ctx: dd.DistContext) -> Iterator[None]:
-    """Rank 0 holds the run folder's writer lock (``.<run>.lock`` beside it) while the run writes:
-    a second ``train`` or ``--resume`` into the same folder fails at once, naming the first."""
+    """Rank 0 holds the run folder's writer lock while the run writes: a second ``train`` or
+    ``--resume`` into the same folder fails at once, naming the first."""
     if not ctx.is_main:
         yield
         return
-    os.makedirs(os.path.dirname(os.path.abspath(run_dir)), exist_ok=True)
+    with folder_lock(run_dir, "fmmodel train", what="run folder"):
+        yield
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str, command: str, *, what: str) -> Iterator[None]:
+    """Hold the writer lock of output ``folder`` (``.<name>.lock`` beside it; its parent is made)
+    for ``command``; FmModelError naming the holder when another process has it."""
+    os.makedirs(os.path.dirname(os.path.abspath(folder)), exist_ok=True)
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(writer_lock(run_dir, "fmmodel train", what="run folder"))
+            stack.enter_context(writer_lock(folder, command, what=what))
         except FmDataError as exc:
             raise FmModelError(exc.message, exc.path) from None
         yield

@@ -18,6 +18,7 @@ from fmmodel.benchmark import BenchmarkSettings, cell_folder, run_benchmark
 from fmmodel.benchmark_table import TABLE_JSON, TABLE_MD, TABLE_PNG, label
 from fmmodel.errors import FmModelError
 from fmmodel.evaluate import evaluate
+from fmmodel.registry import resolve_variant
 
 from builders import cached_store
 
@@ -186,4 +187,6 @@ def test_settings_name_only_what_cells_share():
         BenchmarkSettings(train={"seed": 3})  # each cell's own
     with pytest.raises(FmModelError, match="expected window settings"):
         BenchmarkSettings(window={"policy": "strict"})
-    assert SETTINGS.get("lr") == 1e-3 and SETTINGS.get("hflip") is True  # TrainConfig's default
+    cfg = SETTINGS.cell_config(store="s.zarr", out="o", variant=resolve_variant("vicu_cls"), seed=3, policy="strict")
+    assert cfg.lr == 1e-3 and cfg.hflip is True  # TrainConfig's default
+    assert (cfg.seed, cfg.window.policy, cfg.window.frames) == (3, "strict", WINDOW["frames"])
