@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -17,12 +18,6 @@ from .options import STORE, dask_options, force_option, json_option, progress_fl
 def _dask(workers: int | None, scheduler: str | None, memory_limit: str, progress: bool | None) -> DaskOptions:
     return DaskOptions(workers=workers, scheduler=scheduler, memory_limit=memory_limit,
                        progress=progress_flag(progress))
-
-
-def _windows(frames: int | None, frame_step: int | None, current_seconds: float | None, current_rows: int | None,
-             stride: int | None, policy: str | None) -> WindowParams:
-    return WindowParams.reference("both", frames=frames, frame_step=frame_step, current_seconds=current_seconds,
-                                  current_rows=current_rows, stride=stride, policy=policy)
 
 
 @click.command("labels")
@@ -52,15 +47,13 @@ def labels_cmd(store: Location, force: bool, workers: int | None, scheduler: str
 @progress_option
 @json_option
 @user_errors
-def windows_cmd(store: Location, name: str, frames: int | None, frame_step: int | None,
-                current_seconds: float | None, current_rows: int | None, stride: int | None, policy: str | None,
-                force: bool, workers: int | None, scheduler: str | None, memory_limit: str, progress: bool | None,
-                as_json: bool) -> None:
+def windows_cmd(store: Location, name: str, window: dict[str, Any], force: bool, workers: int | None,
+                scheduler: str | None, memory_limit: str, progress: bool | None, as_json: bool) -> None:
     """Build a window table (one row per training sample) and store it in STORE as windows/NAME.
 
     Computes frame labels first when they are missing.
     """
-    params = _windows(frames, frame_step, current_seconds, current_rows, stride, policy)
+    params = WindowParams.reference("both", **window)
     r = make_windows(store, name, params, force=force, options=_dask(workers, scheduler, memory_limit, progress))
     click.echo(json.dumps(r.to_dict(), indent=2) if as_json else r.summary())
 
@@ -95,10 +88,9 @@ def stats_cmd(store: Location, windows: str | None, force: bool, workers: int | 
 @json_option
 @user_errors
 def preview_cmd(store: Location, frame: int, recording: str | None, windows: str | None, out: str,
-                frames: int | None, frame_step: int | None, current_seconds: float | None, current_rows: int | None,
-                stride: int | None, policy: str | None, as_json: bool) -> None:
+                window: dict[str, Any], as_json: bool) -> None:
     """Draw one window of STORE: clip frames with mask outlines and the three current phases."""
-    params = _windows(frames, frame_step, current_seconds, current_rows, stride, policy)
+    params = WindowParams.reference("both", **window)
     r = render_preview(store, frame, out, recording=recording, windows=windows, params=params)
     click.echo(json.dumps(r.to_dict(), indent=2) if as_json else r.summary())
 

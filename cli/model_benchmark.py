@@ -36,26 +36,13 @@ BENCHMARK_VARIANTS = "vicu_cls,video_cls,current_cls,vicu_seg"
 @progress_option
 @user_errors
 def benchmark_cmd(store: Location, models: list[str], seeds: list[int], policy: str, out: str, epochs: int,
-                  batch_size: int, lr: float, lr_step_epoch: int, workers: int, data: str,
-                  resident_budget: int | None, threads: int | None, device: str,
-                  precision: str | None, preprocessing: str, val_fraction: float, model_size: str,
-                  model_opt: dict[str, Any], frames: int | None, frame_step: int | None,
-                  current_seconds: float | None, current_rows: int | None, stride: int | None,
-                  max_steps_per_epoch: int | None, balanced: bool, no_hflip: bool, as_json: bool,
-                  progress: bool | None) -> None:
+                  training: dict[str, Any], window: dict[str, Any], as_json: bool, progress: bool | None) -> None:
     """Train and evaluate every (model, policy, seed) cell on STORE's test split and write the
     comparison table (mean ± std over seeds, overall and per recording). Cells already finished are
     skipped and an interrupted one is resumed, so the command can be re-run after a crash or with
-    more seeds or models. Training options apply to every cell; a user's factory reads the
+    more seeds, models or epochs. Training options apply to every cell; a user's factory reads the
     --model-opt keys it knows."""
-    settings = BenchmarkSettings(
-        train=dict(epochs=epochs, batch_size=batch_size, lr=lr, lr_step_epoch=lr_step_epoch,
-                   preprocessing=preprocessing, val_fraction=val_fraction, workers=workers, data=data,
-                   resident_budget=resident_budget, threads=threads, device=device, precision=precision,
-                   max_steps_per_epoch=max_steps_per_epoch, balanced=balanced, hflip=not no_hflip,
-                   model={"size": model_size, **model_opt}),
-        window=dict(frames=frames, frame_step=frame_step, current_seconds=current_seconds, current_rows=current_rows,
-                    stride=stride))
+    settings = BenchmarkSettings(train={"epochs": epochs, **training}, window=window)
     policies = list(WINDOW_POLICIES) if policy == "both" else [policy]
     report = run_benchmark(store, models=models, seeds=seeds, policies=policies, out=out, settings=settings,
                            progress=progress_flag(progress))

@@ -1,7 +1,6 @@
 """``fmmodel train``, ``fmmodel evaluate``, ``fmmodel predict``: thin click wrappers over fmmodel."""
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 from typing import Any
@@ -9,7 +8,6 @@ from typing import Any
 import click
 
 from fmdata.store import Location, WindowParams
-from fmdata.store.schema import WINDOW_POLICIES
 from fmmodel import protocol
 from fmmodel.checkpoint import CHECKPOINT_FORMATS
 from fmmodel.config import TrainConfig
@@ -17,11 +15,10 @@ from fmmodel.evaluate import evaluate
 from fmmodel.predict import predict
 from fmmodel.registry import VARIANTS, choose_variant
 from fmmodel.report import format_report
-from fmmodel.train import resume_run, train
+from fmmodel.train import default_run_folder, resume_run, train
 
 from .errors import user_errors
 from .options import (
-    POLICY_HELP,
     STORE,
     batch_size_option,
     data_options,
@@ -29,6 +26,7 @@ from .options import (
     json_option,
     loader_workers_option,
     overwrite_option,
+    policy_option,
     progress_flag,
     progress_option,
     stack,
@@ -74,19 +72,14 @@ def _rank0() -> bool:
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights, order and flips.")
 @click.option("--out", "out", type=click.Path(), default=None,
-              help="Run folder (default runs/<task>-<modality>-<time>).")
+              help="Run folder (default runs/<model>-<date>-<time>).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-@click.option("--policy", type=click.Choice(WINDOW_POLICIES), default=None, help=f"Window policy: {POLICY_HELP}.")
+@policy_option
 @progress_option
 @user_errors
 def train_cmd(store: Location | None, windows: str | None, model: str | None, task: str | None, modality: str | None,
-              epochs: int | None, batch_size: int, lr: float, lr_step_epoch: int, workers: int, data: str,
-              resident_budget: int | None, threads: int | None, device: str,
-              precision: str | None, compile_: bool, seed: int, out: str | None, resume: bool, preprocessing: str,
-              val_fraction: float, model_size: str, model_opt: dict[str, Any], frames: int | None,
-              frame_step: int | None, current_seconds: float | None, current_rows: int | None,
-              stride: int | None, policy: str | None, max_steps_per_epoch: int | None, balanced: bool,
-              no_hflip: bool, progress: bool | None) -> None:
+              epochs: int | None, training: dict[str, Any], window: dict[str, Any], compile_: bool, seed: int,
+              out: str | None, resume: bool, policy: str | None, progress: bool | None) -> None:
     """Train an FmFormer on STORE (reference protocol by default: Adam, lr 5e-4, x0.1 at epoch 20,
     30 epochs, batch 64, horizontal flip). Validation holds out the end of each recording's training
     block; the test split is never touched. Multi-GPU: torchrun --nproc-per-node N $(which fmmodel) train ..."""
@@ -98,20 +91,10 @@ def train_cmd(store: Location | None, windows: str | None, model: str | None, ta
         if store is None:
             raise click.UsageError("--store is required (unless --resume)")
         variant = choose_variant(model, task=task, modality=modality)
-        out = out or os.path.join("runs", f"{variant.name.replace(':', '_').replace('/', '_')}-"
-                                          f"{_dt.datetime.now():%Y%m%d-%H%M%S}")
-        window = WindowParams.reference(variant.modality, frames=frames, frame_step=frame_step,
-                                        current_seconds=current_seconds, current_rows=current_rows, stride=stride,
-                                        policy=policy)
-        cfg = TrainConfig(store=str(store), out=out, windows=windows, variant=variant.name, task=variant.task,
-                          modality=variant.modality,
-                          epochs=protocol.EPOCHS if epochs is None else epochs, batch_size=batch_size, lr=lr,
-                          lr_step_epoch=lr_step_epoch, hflip=not no_hflip, preprocessing=preprocessing,
-                          workers=workers, data=data, resident_budget=resident_budget, threads=threads,
-                          device=device, precision=precision, compile=compile_, seed=seed,
-                          val_fraction=val_fraction, max_steps_per_epoch=max_steps_per_epoch,
-                          balanced=balanced, window=window,
-                          model={"size": model_size, **model_opt})
+        cfg = TrainConfig(store=str(store), out=out or default_run_folder(variant.name), windows=windows,
+                          variant=variant.name, task=variant.task, modality=variant.modality,
+                          epochs=protocol.EPOCHS if epochs is None else epochs, compile=compile_, seed=seed,
+                          window=WindowParams.reference(variant.modality, policy=policy, **window), **training)
         result = train(cfg, progress=progress_flag(progress))
     if result.history and _rank0():
         click.echo(f"run folder: {result.run_dir}\n  checkpoints: {result.best} (best), {result.last} (last)\n"

@@ -8,10 +8,11 @@ about a parameter (``FmDataError.field``) names the option the user typed (see
 """
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 from dask.utils import parse_bytes
@@ -89,6 +90,26 @@ def stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     return apply
 
 
+def grouped(into: str, options: Callable[[F], F], build: Callable[[dict[str, Any]], Any] = dict) -> Callable[[F], F]:
+    """Declare ``options`` and hand their values to the command as one keyword argument ``into``:
+    ``build`` of a dict keyed by the options' parameter names. So a group of options is read in one
+    place, whichever commands declare it. ``build`` runs outside the command's error handling: it
+    only rearranges values, never checks them."""
+    def decorate(fn: F) -> F:
+        names: list[str] = []
+
+        @functools.wraps(fn)  # also shares the options declared below this one (click keeps them on the function)
+        def command(**kw: Any) -> Any:
+            values = {name: kw.pop(name) for name in names}
+            return fn(**kw, **{into: build(values)})
+
+        before = len(getattr(command, "__click_params__", ()))
+        declared = options(cast(F, command))
+        names.extend(str(p.name) for p in declared.__click_params__[before:])  # type: ignore[attr-defined]
+        return declared
+    return decorate
+
+
 def progress_flag(value: bool | None) -> bool:
     """Resolve ``--progress/--no-progress``: unset means "when stderr is a terminal"."""
     return sys.stderr.isatty() if value is None else value
@@ -127,11 +148,12 @@ window_shape_options = stack(
                  help=f"Current rows each window is resampled to (default: {REFERENCE_CURRENT_ROWS})."),
     click.option("--stride", type=int, default=None, help="Keep every N-th window of each split block (default: 1)."),
 )
-POLICY_HELP = ("reference (default): the authors' sampler, deterministic at recording starts; strict: every frame and "
-               "current row inside the labelled frame's split block (no leakage)")
-window_options = stack(window_shape_options,
-                       click.option("--policy", type=click.Choice(WINDOW_POLICIES), default=None,
-                                    help=f"Window policy: {POLICY_HELP}."))
+policy_option = click.option(
+    "--policy", type=click.Choice(WINDOW_POLICIES), default=None,
+    help="Window policy: reference (default): the authors' sampler, deterministic at recording starts; strict: every "
+         "frame and current row inside the labelled frame's split block (no leakage).")
+# fmdata windows / preview: the command receives ``window``, keyword arguments of WindowParams.reference
+window_options = grouped("window", stack(window_shape_options, policy_option))
 
 # Where and how a model runs: fmmodel train / evaluate / predict.
 device_options = stack(
@@ -171,8 +193,16 @@ def _model_opts(ctx: click.Context, param: click.Parameter, opts: tuple[str, ...
     return out
 
 
-# How a model is trained: fmmodel train / benchmark.
-training_options = stack(
+def _train_config_args(v: dict[str, Any]) -> dict[str, Any]:
+    """The training options as keyword arguments of fmmodel.config.TrainConfig."""
+    v["hflip"] = not v.pop("no_hflip")
+    v["model"] = {"size": v.pop("model_size"), **v.pop("model_opt")}
+    return v
+
+
+# How a model is trained: fmmodel train / benchmark. The command receives ``training`` (TrainConfig
+# keyword arguments) and ``window`` (the window shape, unset values None: the model's reference).
+training_options = stack(grouped("training", stack(
     batch_size_option,
     click.option("--lr", type=float, default=protocol.LR, show_default=True, help="Learning rate."),
     click.option("--lr-step", "lr_step_epoch", type=int, default=protocol.LR_STEP_EPOCH, show_default=True,
@@ -190,8 +220,7 @@ training_options = stack(
                  help="Named FmFormer size."),
     click.option("--model-opt", multiple=True, metavar="KEY=VALUE", callback=_model_opts,
                  help="Override an FmFormer size (e.g. depth=2), or pass an option to a user's model factory."),
-    window_shape_options,
     click.option("--max-steps", "max_steps_per_epoch", type=int, default=None, help="Cap on batches per epoch."),
     click.option("--balanced", is_flag=True, help="Class-balanced sampling."),
     click.option("--no-hflip", is_flag=True, help="Switch off the horizontal-flip augmentation."),
-)
+), _train_config_args), grouped("window", window_shape_options))

@@ -21,7 +21,6 @@ import copy
 import dataclasses
 import json
 import os
-import re
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
@@ -39,7 +38,7 @@ from fmmodel.config import TrainConfig
 from fmmodel.errors import FmModelError
 from fmmodel.evaluate import evaluate
 from fmmodel.registry import Variant, resolve_variant
-from fmmodel.train import BEST, CONFIG_JSON, LAST, folder_lock, resume_run, train
+from fmmodel.train import BEST, CONFIG_JSON, LAST, folder_lock, path_safe, resume_run, train
 
 REPORT = os.path.join("eval", "report.json")
 # what a benchmark may set of every cell's windows (the policy is each cell's own)
@@ -108,8 +107,7 @@ class BenchmarkReport:
 
 def cell_folder(out: str, model: str, policy: str, seed: int) -> str:
     """The run folder of one cell: ``<out>/<model>/<policy>/seed-<seed>`` (model names made path-safe)."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model).strip("_") or "model"
-    return os.path.join(out, safe, policy, f"seed-{seed}")
+    return os.path.join(out, path_safe(model), policy, f"seed-{seed}")
 
 
 def run_benchmark(store: LocationLike, *, models: Sequence[str], seeds: Sequence[int], policies: Sequence[str],

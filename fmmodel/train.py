@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -166,6 +168,16 @@ def run_lock(run_dir: str, ctx: dd.DistContext) -> Iterator[None]:
         return
     with folder_lock(run_dir, "fmmodel train", what="run folder"):
         yield
+
+
+def path_safe(name: str) -> str:
+    """``name`` (a model name, maybe ``path/file.py:factory``) as one folder name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "model"
+
+
+def default_run_folder(model: str) -> str:
+    """The run folder of ``fmmodel train`` without ``--out``: ``runs/<model>-<date>-<time>``."""
+    return os.path.join("runs", f"{path_safe(model)}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
 
 
 @contextlib.contextmanager
