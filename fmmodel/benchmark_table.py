@@ -9,7 +9,6 @@ preprocessing, checkpoint format, seeds and test samples.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -20,6 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from fmdata.store.atomic import atomic_file, replace_text
+from fmmodel.report import write_json
 
 CLASS_METRICS = (("accuracy", "ACC"), ("f1", "F1"), ("fdr", "FDR"), ("mdr", "MDR"), ("auroc", "AUROC"), ("ap", "AP"))
 PIXEL_METRICS = (("pixel_accuracy", "PA"), ("mean_pixel_accuracy", "MPA"), ("miou", "mIoU"))
@@ -187,8 +187,7 @@ def write_table(out: str, cells: Sequence[Cell], *, reports: Mapping[Cell, Mappi
     replace_text(paths[0], markdown)
     cell_rows = [{"model": c.model, "policy": c.policy, "seed": c.seed, "test": _scores(reports[c]["metrics"]["overall"]),
                   "validation": reports[c].get("validation")} for c in cells]
-    replace_text(paths[1], json.dumps({"protocol": protocol, "settings": dict(settings), "rows": rows,
-                                       "cells": cell_rows}, indent=2, default=str) + "\n")
+    write_json(paths[1], {"protocol": protocol, "settings": dict(settings), "rows": rows, "cells": cell_rows})
     _picture(paths[2], rows)
     return BenchmarkTable(markdown=markdown, markdown_path=paths[0], json_path=paths[1], picture_path=paths[2],
                           rows=rows)

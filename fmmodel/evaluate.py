@@ -20,10 +20,10 @@ from fmdata.store import schema
 from fmdata.store.location import Location, LocationLike
 from fmmodel import distributed as dd
 from fmmodel.inference import Inference, autocast, model_inputs, prepare, resolve_precision, run_inference
-from fmmodel.metrics import pixel_scores_from_confusion, probabilities, summary_line
+from fmmodel.metrics import probabilities, summary_line
 from fmmodel.preprocessing import ORIENTATION_REFERENCE
 from fmmodel.protocol import THRESHOLD
-from fmmodel.report import Example, write_report
+from fmmodel.report import Example, plain_params, write_report
 
 
 def _examples(p: Inference, records: dict[str, np.ndarray], k: int, device: torch.device,
@@ -72,15 +72,6 @@ _MIOU = {"toolkit": "dataset-wide 2x2 confusion matrix, mean over the classes th
                       "authors' rule: a class absent from target and prediction scores 0)"}
 
 
-def _reference_pixel_scores(metrics: dict[str, Any]) -> None:
-    """Recompute every pixel entry's accuracy, mean accuracy and mIoU by the authors' rule, in place."""
-    entries = [metrics["overall"], *metrics["recordings"].values()]
-    for entry in entries:
-        pixel = entry.get("pixel")
-        if pixel and pixel.get("confusion") is not None and pixel.get("pixels"):
-            pixel.update(pixel_scores_from_confusion(np.asarray(pixel["confusion"]), rule="reference"))
-
-
 def evaluate(store: LocationLike, checkpoint: str, *, fmt: str = "auto", variant: str | None = None, split: str = "test",
              windows: str | None = None, out: str | None = None, batch_size: int = 64, workers: int = 2,
              device: str = "auto", precision: str | None = None, examples: int = 8, data: str = "auto",
@@ -108,11 +99,9 @@ def evaluate(store: LocationLike, checkpoint: str, *, fmt: str = "auto", variant
                     progress=progress, protocol=protocol, trusted=trusted)
         prec = resolve_precision(precision, ctx.device)
         res = run_inference(p.model, p.loader, ctx, task=p.task, precision=prec,
-                            recordings=p.store_meta.n_recordings, progress=progress)
+                            recordings=p.store_meta.n_recordings, progress=progress, pixel_rule=p.protocol)
         names = p.recording_names
         metrics = res["metrics"]
-        if p.protocol == "reference":
-            _reference_pixel_scores(metrics)
         for rid, entry in metrics["recordings"].items():
             entry["name"] = names[int(rid)] if int(rid) < len(names) else str(rid)
         meta = p.meta
@@ -122,7 +111,7 @@ def evaluate(store: LocationLike, checkpoint: str, *, fmt: str = "auto", variant
             "orientation": meta.orientation, "preprocessing": meta.preprocessing.get("name"),
             "protocol": p.protocol,
             "windows": {"name": windows, "count": res["windows"],
-                        "params": {k: v for k, v in p.params.items() if isinstance(v, (int, float, str))}},
+                        "params": plain_params(p.params)},
             "device": str(ctx.device), "world_size": ctx.world_size, "precision": prec,
             "fps": res["fps"], "model_fps": res["model_fps"], "seconds": res["seconds"], "data": p.data,
             "metrics": metrics,

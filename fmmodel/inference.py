@@ -90,17 +90,18 @@ def _outputs(logits: torch.Tensor, task: str) -> tuple[torch.Tensor, torch.Tenso
 def run_inference(model: nn.Module, loader: BatchSource, ctx: dd.DistContext, *, task: str, precision: str,
                   recordings: int, loss_fn: Callable | None = None, progress: bool = False,
                   keep: Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None], None] | None = None,
-                  desc: str = "evaluate") -> dict[str, Any]:
+                  desc: str = "evaluate", pixel_rule: str = "toolkit") -> dict[str, Any]:
     """Run ``model`` over ``loader`` and return the scores, identical on every rank.
 
     Returns {"metrics": MetricSet.compute(), "loss": mean loss or None, "windows": n, "seconds",
     "model_seconds", "fps", "model_fps", "records": per-window arrays, "class_curves",
     "pixel_curves"}. ``keep(batch, window_prob, pixel_prob)`` sees every batch (prediction writer).
+    ``pixel_rule`` is the mIoU rule of :func:`fmmodel.metrics.pixel_scores_from_confusion`.
     """
     was_training = model.training
     model.eval()
     device = ctx.device
-    ms = MetricSet(recordings=recordings, pixel=task == "seg", device=device)
+    ms = MetricSet(recordings=recordings, pixel=task == "seg", device=device, pixel_rule=pixel_rule)
     loss_sum, n_local, model_s = 0.0, 0, 0.0
     bar = tqdm(total=len(loader), desc=desc, unit="batch", disable=not (progress and ctx.is_main), leave=False,
                dynamic_ncols=True)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,12 +196,14 @@ class MetricSet:
     ``update`` takes, per batch: window keys (any int64 unique per window, e.g. the labelled
     frame), recording ids, class targets and probabilities; with ``pixel=True`` also true masks
     (B, H, W) and pixel probabilities (B, H, W). ``compute`` returns a JSON-able dict
-    {"overall": {...}, "recordings": {id: {...}}} identical on every rank.
+    {"overall": {...}, "recordings": {id: {...}}} identical on every rank; its pixel accuracies and
+    mIoU follow ``pixel_rule`` (:func:`pixel_scores_from_confusion`).
     """
 
     recordings: int
     pixel: bool = False
     pixel_thresholds: int = DEFAULT_PIXEL_THRESHOLDS
+    pixel_rule: str = "toolkit"
     device: torch.device | str = "cpu"
     _keys: list[np.ndarray] = field(default_factory=list, repr=False)
     _recs: list[np.ndarray] = field(default_factory=list, repr=False)
@@ -211,6 +213,9 @@ class MetricSet:
     _curves: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        if self.pixel_rule not in EVAL_PROTOCOLS:
+            raise FmModelError(f"expected a pixel metric rule in {EVAL_PROTOCOLS}, got {self.pixel_rule!r}",
+                               field="protocol")
         if self.pixel:
             self._pixel = [_pixel_collection(self.pixel_thresholds).to(self.device) for _ in range(self.recordings)]
 
@@ -279,8 +284,8 @@ class MetricSet:
                 if _pixel_count(coll):
                     for name, m in total.items():
                         m.merge_state(coll[name])
-                    per.setdefault(str(r), {})["pixel"] = _pixel_result(coll)
-            overall["pixel"] = _pixel_result(total) if _pixel_count(total) else {"pixels": 0}
+                    per.setdefault(str(r), {})["pixel"] = _pixel_result(coll, self.pixel_rule)
+            overall["pixel"] = _pixel_result(total, self.pixel_rule) if _pixel_count(total) else {"pixels": 0}
             self._curves = _curves(total) if _pixel_count(total) else None
             if sync_pixels:
                 for coll in self._pixel:
@@ -311,9 +316,9 @@ def _curves(coll: MetricCollection) -> dict[str, np.ndarray]:
             "precision": precision.cpu().numpy(), "recall": recall.cpu().numpy()}
 
 
-def _pixel_result(coll: MetricCollection) -> dict[str, Any]:
+def _pixel_result(coll: MetricCollection, rule: str) -> dict[str, Any]:
     cm = _metric(coll, "confusion").confmat.cpu().numpy()
-    out = pixel_scores_from_confusion(cm)
+    out = pixel_scores_from_confusion(cm, rule=rule)
     positives, negatives = int(cm[1].sum()), int(cm[0].sum())
     out["auroc"] = float(_quiet(_metric(coll, "auroc").compute)) if positives and negatives else None
     out["ap"] = float(_quiet(_metric(coll, "ap").compute)) if positives else None
@@ -334,9 +339,3 @@ def summary_line(result: dict[str, Any]) -> str:
             v = p.get(k)
             parts.append(f"pixel_{k.removeprefix('pixel_')}={'n/a' if v is None else f'{v:.4f}'}")
     return " ".join(parts)
-
-
-def keys_unique(keys: Sequence[int]) -> bool:
-    """Return True when no window key repeats (used by tests and DDP sanity checks)."""
-    arr = np.asarray(keys)
-    return arr.size == np.unique(arr).size

@@ -41,6 +41,7 @@ from fmmodel.errors import FmModelError
 from fmmodel.inference import prepare, resolve_precision, run_inference
 from fmmodel.preprocessing import ORIENTATION_REFERENCE
 from fmmodel.protocol import SPLITS, THRESHOLD
+from fmmodel.report import plain_params
 
 ATTR_PREDICTIONS = "fmf_predictions"
 WINDOW_CHUNK = 4096  # rows per chunk of the 1-D arrays; rank blocks align to it
@@ -164,7 +165,7 @@ def predict(store: LocationLike, checkpoint: str, out: str, *, fmt: str = "auto"
         attrs = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "store": str(location),
                  "checkpoint": os.fspath(checkpoint), "variant": meta.variant, "task": task,
                  "split": split, "windows": windows, "orientation_of_masks": "true",
-                 "window_params": {k: v for k, v in p.params.items() if isinstance(v, (int, float, str))},
+                 "window_params": plain_params(p.params),
                  "threshold": THRESHOLD}
         if ctx.is_main:
             remove_tree(tmp)  # our own leftover from an interrupted run

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,9 +57,14 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def plain_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The numbers and words of a window table's parameters, as a report records them."""
+    return {k: v for k, v in params.items() if isinstance(v, (int, float, str))}
+
+
 def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
-    """Write ``data`` as indented JSON atomically (NaN/inf become null)."""
-    replace_text(path, json.dumps(_jsonable(data), indent=2) + "\n")
+    """Write ``data`` as indented JSON atomically (NaN/inf become null, other objects their text)."""
+    replace_text(path, json.dumps(_jsonable(data), indent=2, default=str) + "\n")
 
 
 def plot_curves(path: str, curves: dict[str, dict[str, np.ndarray] | None], kind: str,

@@ -46,6 +46,7 @@ from fmmodel.holdout import holdout_split
 from fmmodel.inference import autocast, model_inputs, resolve_precision, run_inference
 from fmmodel.preprocessing import input_format
 from fmmodel.registry import build_model, model_info, resolve_variant, unwrap_model
+from fmmodel.report import plain_params
 from fmmodel.run_data import absolute_store, check_same_store, check_same_windows, store_identity, windows_identity
 from fmmodel.sampling import make_sampler, set_loader_epoch
 from fmmodel.user_models import DataDescription, check_output
@@ -267,7 +268,7 @@ def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool = 
     cfg.validation = vinfo
     cfg.runtime = {"world_size": ctx.world_size, "device": str(device.type), "precision": precision,
                    "store_frames": meta.n_frames, "windows_total": len(wt),
-                   "window_params_used": {k: v for k, v in wt.params.items() if isinstance(v, (int, float, str))},
+                   "window_params_used": plain_params(wt.params),
                    "orientation": fmt.orientation, "model_config": _sizes(model)}
     sampler = make_sampler(train_ds, shuffle=not cfg.balanced, balanced=cfg.balanced, seed=cfg.seed,
                            num_replicas=ctx.world_size, rank=ctx.rank)
