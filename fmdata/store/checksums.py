@@ -26,7 +26,7 @@ import google_crc32c
 import numpy as np
 import zarr
 
-from fmdata.errors import FmDataError
+from fmdata.errors import FmDataError, first_line
 from fmdata.store import schema
 
 ALGORITHM = "crc32c"
@@ -126,8 +126,7 @@ def fill_matches(sums: tuple[int, list[int]] | None, block: int, block_shape: tu
 def undecodable(exc: Exception) -> str:
     """Return "expected X, got Y" for a chunk that failed zarr's ``crc32c`` codec or its decoder
     (blosc, zstd, gzip and zarr each raise their own types for damaged bytes)."""
-    lines = str(exc).strip().splitlines()
-    return f"expected decodable chunks, got {exc.__class__.__name__}: {lines[0][:120] if lines else ''}"
+    return f"expected decodable chunks, got {exc.__class__.__name__}: {first_line(exc)[:120]}"
 
 
 def read_rows(array: zarr.Array, start: int | None = None, stop: int | None = None,
