@@ -30,9 +30,9 @@ import zarr
 
 from fmdata.errors import FmDataError
 from fmdata.store.access import open_store
-from fmdata.store.checksums import axis_name, check_block, damaged, fill_matches, recorded_checksums, undecodable
+from fmdata.store.checksums import axis_name, check_block, check_missing, damaged, recorded_checksums, undecodable
 from fmdata.store.location import Location, LocationLike
-from fmdata.store.shards import EMPTY, ChunkChecksumError, ShardLayout, UnsupportedLayout, decode_index
+from fmdata.store.shards import EMPTY, ShardLayout, UnsupportedLayout, decode_index
 
 READER_MODES = ("auto", "fast", "zarr")
 
@@ -176,19 +176,15 @@ class LocalAxisReader:
     def _check_missing(self, outer: int) -> None:
         """Raise unless outer chunk ``outer``, whose file is missing, recorded the checksum of an
         all-fill block (zarr leaves such chunks unwritten; the toolkit's writer writes every shard)."""
-        if self._sums is None:
-            return
         start, stop = self.layout.outer_range(outer)
-        if not fill_matches(self._sums, outer, (stop - start, *self._row_shape), self.dtype, self.layout.fill_value):
-            raise damaged(self.name, self.layout.axis, start, stop,
-                          f"expected the chunk file {self.layout.chunk_key(outer)}, got none", self._store_dir)
+        check_missing(self._sums, outer, (stop - start, *self._row_shape), self.dtype, self.layout.fill_value,
+                      self.layout.chunk_key(outer), self.name, self.layout.axis, start, self._store_dir)
 
     def _damaged_chunk(self, chunk: int, exc: Exception) -> FmDataError:
         """The one-line error for decode unit ``chunk`` that failed its CRC-32C or could not be decoded."""
         start = chunk * self.layout.inner_rows
-        what = str(exc) if isinstance(exc, ChunkChecksumError) else undecodable(exc)
-        return damaged(self.name, self.layout.axis, start, min(start + self.layout.inner_rows, self.shape[0]), what,
-                       self._store_dir)
+        return damaged(self.name, self.layout.axis, start, min(start + self.layout.inner_rows, self.shape[0]),
+                       undecodable(exc), self._store_dir)
 
     def _chunk_bytes(self, chunk: int) -> bytes | None:
         """Return the encoded bytes of decode unit ``chunk`` (None: never written, i.e. fill value)."""
