@@ -34,7 +34,7 @@ from fmdata.store.columns import read_column
 from fmdata.store.derived import DerivedArray, write_derived
 from fmdata.store.location import Location, LocationLike
 from fmdata.store.lock import reading, writer_lock
-from fmdata.store.provenance import array_fingerprint, matches, reconsolidate
+from fmdata.store.provenance import array_fingerprint, matches
 
 # Bump when the rule or the output layout changes: older derived arrays then count as stale.
 LABELS_ALGORITHM = 1
@@ -134,7 +134,6 @@ def _compute(loc: Location, root: zarr.Group, runner: Runner) -> LabelsReport:
                                       {schema.ATTR_PROVENANCE: prov}),
                          DerivedArray(schema.ABNORMAL_PIXELS, counts, chunk, schema.DIMS[schema.ABNORMAL_PIXELS],
                                       {schema.ATTR_PROVENANCE: prov})], "fmdata labels")
-    reconsolidate(root)
     return LabelsReport(store=str(loc), status="computed", frames=n, abnormal_frames=int(label.sum()),
                         abnormal_pixels=int(counts.sum(dtype=np.int64)), seconds=seconds,
                         scheduler=runner.description)
