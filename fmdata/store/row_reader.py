@@ -139,7 +139,6 @@ class LocalAxisReader:
         self.dtype = self.layout.dtype
         self._row_shape = self.shape[1:]
         self._chunk_shape = (self.layout.inner_rows, *self._row_shape)
-        self._chunk_nbytes = int(np.prod(self._chunk_shape)) * self.dtype.itemsize
         use_cache = cache_bytes > 0 and (cache_single_rows or self.layout.inner_rows > 1)
         self._cache = _LRU(max_bytes=cache_bytes) if use_cache else None
         self._index = _LRU(max_items=max_shards)

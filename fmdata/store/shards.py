@@ -149,11 +149,6 @@ class ShardLayout:
         """The shape of one encoded unit (inner chunk, or chunk when unsharded)."""
         return (self.inner_rows, *self.row_shape)
 
-    @property
-    def n_outer(self) -> int:
-        """Number of outer chunks (shards) along axis 0."""
-        return -(-self.shape[0] // self.outer_rows) if self.shape[0] else 0
-
     def outer_range(self, outer: int) -> tuple[int, int]:
         """Return the [start, stop) rows of axis 0 that outer chunk ``outer`` covers."""
         start = outer * self.outer_rows
