@@ -45,9 +45,7 @@ from fmdata import __version__
 from fmdata.compute.processes import UnitRunner, resolve_workers, run_parallel
 from fmdata.convert.ledger import Ledger
 from fmdata.convert.plan import (
-    CURRENT_UNIT_ARRAYS,
     FRAME_AXIS,
-    FRAME_UNIT_ARRAYS,
     ConversionPlan,
     UnitResult,
     WorkUnit,
@@ -208,7 +206,7 @@ def _finalise(root: zarr.Group, results: dict[str, UnitResult]) -> None:
     for res in results.values():
         for name, pairs in res.checksums.items():
             by_array.setdefault(name, {}).update(dict(pairs))
-    for name in FRAME_UNIT_ARRAYS + CURRENT_UNIT_ARRAYS:
+    for name in schema.FRAME_ARRAYS + schema.CURRENT_ARRAYS:
         arr = root[name]
         block = int(arr.metadata.chunk_grid.chunk_shape[0])
         n = -(-arr.shape[0] // block)

@@ -16,16 +16,12 @@ import numpy as np
 
 from fmdata.errors import FmDataError
 from fmdata.sources import DEFAULT_FPS, RecordingSource
-from fmdata.store import schema
 from fmdata.store.layout import Chunking, default_chunking
 
 FRAME_AXIS = "frame"
 CURRENT_AXIS = "sample"
 UNIT_BYTES = 32 << 20  # source bytes (uncompressed) per frame unit: few units, bounded memory
 MIN_UNITS = 8  # split small inputs into at least this many frame units (both cores busy)
-FRAME_UNIT_ARRAYS = (schema.VIDEO, schema.MASK, schema.SPLIT, schema.RECORDING, schema.FRAME_TIME,
-                     schema.FRAME_CURRENT_END)
-CURRENT_UNIT_ARRAYS = (schema.CURRENT, schema.CURRENT_TIME)
 
 
 # ---- plan -------------------------------------------------------------------------------------
