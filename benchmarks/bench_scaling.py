@@ -10,7 +10,7 @@ For each data size (``--frames`` per recording times each of ``--scales``):
 
 * sources: ``--recordings`` synthetic V1 MAT files (MATLAB-like chunking, deflate 3), 64x64;
 * convert: ``fmdata.convert`` with a local process pool of 1 and 2 workers (disk store; one
-  worker runs in-process, two are spawned, start-up included), and ``fmdata.convert_cluster``
+  worker runs in-process, two are spawned, start-up included), and ``fmdata.convert.convert_on_cluster``
   on a ``distributed.LocalCluster`` of 1 and 2 single-threaded worker processes (started
   beforehand, start-up excluded), into a disk store and into an ``s3://`` store on a loopback
   S3 server (moto);

@@ -17,7 +17,7 @@ from typing import IO, Any, TypeVar
 
 import click
 
-from fmdata.errors import FmfError
+from fmdata.errors import FmfError, first_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 ENV_TRACEBACK = "FMF_TRACEBACK"
@@ -55,11 +55,6 @@ def _parameter(field: str | None) -> click.Parameter | None:
     return next((p for p in ctx.command.params if p.name == field), None)
 
 
-def _one_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[0] if lines else ""
-
-
 def user_errors(fn: F) -> F:
     """Decorator for click commands: every failure becomes one line and an exit code (module docstring)."""
 
@@ -78,11 +73,11 @@ def user_errors(fn: F) -> F:
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
             raise DataError(f"{where}{exc.strerror or exc}") from None
         except KeyboardInterrupt as exc:  # fmdata.errors.Interrupted says how to resume
-            raise InterruptedExit(_one_line(str(exc)) or "interrupted") from None
+            raise InterruptedExit(first_line(exc) or "interrupted") from None
         except Exception as exc:
             if os.environ.get(ENV_TRACEBACK):
                 raise
-            detail = _one_line(str(exc))
+            detail = first_line(exc)
             raise DataError(f"unexpected {type(exc).__name__}{': ' + detail if detail else ''} "
                             f"({ENV_TRACEBACK}=1 shows where)") from None
 

@@ -1,7 +1,7 @@
 """fmdata: read the FMF benchmark's MATLAB files, convert them to Zarr, derive labels and windows.
 
 This package never imports torch. The public facade is deliberately small; submodules hold the
-details (``fmdata.schema`` is the store contract).
+details (``fmdata.store.schema`` is the store contract).
 """
 from fmdata.errors import FmDataError
 

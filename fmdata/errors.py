@@ -32,6 +32,17 @@ class FmDataError(FmfError):
     """A user-facing data problem: bad input file, bad store, bad parameter value."""
 
 
+def first_line(error: BaseException | str) -> str:
+    """Return the first non-blank line of ``str(error)``, stripped; "" when there is none.
+
+    Errors from other libraries (h5py, scipy, zarr's codecs, torch) often span many lines; the
+    toolkit's messages quote only their first. Callers that need a non-empty reason add their own
+    fallback, e.g. ``first_line(exc) or type(exc).__name__``.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C (SIGINT) during a command that can continue later: what to run to continue.
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fmdata.errors import first_line
 from fmdata.store.atomic import atomic_file
 from fmmodel.errors import FmModelError
 from fmmodel.model_config import FmFormerConfig
@@ -70,11 +71,11 @@ def _weights_only_load(path: str | os.PathLike[str], map_location: Any = "cpu") 
                                f"that needs {found.group(1)}: refused: contains executable Python objects (pickle), "
                                "which torch.load(weights_only=True) does not run", path) from None
         detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
-        reason = detail.group(1) if detail else (text.splitlines() or [""])[0]
+        reason = detail.group(1) if detail else first_line(text)
         raise FmModelError(f"expected a PyTorch checkpoint file, got unreadable data ({reason[:160]})",
                            path) from None
     except Exception as exc:  # a corrupt or foreign file fails in many ways inside torch.load
-        first = (str(exc).splitlines() or [""])[0][:160]
+        first = first_line(exc)[:160]
         if isinstance(exc, EOFError) or "unexpected EOF" in first or "EOF" in type(exc).__name__:
             raise FmModelError(f"expected a PyTorch checkpoint file, got a truncated one (it ends early: "
                                f"{first or 'end of file'})", path) from None

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from fmdata import store, synth
 from fmdata.convert import convert, driver, verify
 from fmdata.convert.ledger import LEDGER_PREFIX
-from fmdata.convert.plan import CURRENT_AXIS, CURRENT_UNIT_ARRAYS, FRAME_AXIS, FRAME_UNIT_ARRAYS, plan_conversion
+from fmdata.convert.plan import CURRENT_AXIS, FRAME_AXIS, plan_conversion
 from fmdata.errors import FmDataError
 from fmdata.sources import RecordingSource, VarSpec, matinfo, open_sources
 from fmdata.store import Location, schema
@@ -28,7 +28,7 @@ from fmdata.store.shard_writer import ShardWriter
 
 from builders import leftovers, read_v1_independently, read_v2_independently, v1_arrays, write_v1, write_v2
 
-SOURCE_ARRAYS = FRAME_UNIT_ARRAYS + CURRENT_UNIT_ARRAYS
+SOURCE_ARRAYS = schema.FRAME_ARRAYS + schema.CURRENT_ARRAYS
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ the driver as it arrives, so the driver keeps every guarantee of the local path 
 * resume: the driver records each finished unit in the store's ledger as its result arrives;
   a lost client, scheduler or worker leaves finished units recorded and ``--resume`` redoes
   only the rest (a unit that ran twice writes the same bytes twice);
-* checksums: units return the CRC-32 of every block they wrote, gathered by the driver.
+* checksums: units return the CRC-32C of every block they wrote, gathered by the driver.
 
 What the cluster must provide, checked before any unit is submitted (one clear error if not):
 every worker sees each source file by the same absolute path with the same size, and reaches
@@ -193,23 +193,3 @@ def convert_on_cluster(sources: Sequence[str | os.PathLike[str]], out: LocationL
         assert dr.client is not None  # a scheduler address always gives a client
         return run(dr.client)
 
-
-def run_conversion(sources: Sequence[str | os.PathLike[str]], out: LocationLike, *, scheduler: str | None = None,
-                   workers: int | None = None, overwrite: bool = False, resume: bool = False,
-                   chunk_frames: int | None = None, shard_frames: int | None = None, fps: float = DEFAULT_FPS,
-                   progress: bool = True, mask_nonzero: bool = False) -> ConvertReport:
-    """Convert on a dask.distributed cluster when ``scheduler`` is given, else in local processes.
-
-    The single entry point of ``fmdata convert``: ``workers`` (local process count) and
-    ``scheduler`` exclude each other; the other options are those of
-    :func:`fmdata.convert.driver.convert`. Returns its ConvertReport.
-    """
-    if scheduler:
-        if workers is not None:
-            raise FmDataError("expected either local worker processes or a scheduler address, got both",
-                              field="scheduler")
-        return convert_on_cluster(sources, out, scheduler, overwrite=overwrite, resume=resume,
-                                  chunk_frames=chunk_frames, shard_frames=shard_frames, fps=fps, progress=progress,
-                                  mask_nonzero=mask_nonzero)
-    return convert(sources, out, workers=workers, overwrite=overwrite, resume=resume, chunk_frames=chunk_frames,
-                   shard_frames=shard_frames, fps=fps, progress=progress, mask_nonzero=mask_nonzero)

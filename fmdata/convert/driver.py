@@ -30,7 +30,6 @@ for ``--resume``.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -46,9 +45,7 @@ from fmdata import __version__
 from fmdata.compute.processes import UnitRunner, resolve_workers, run_parallel
 from fmdata.convert.ledger import Ledger
 from fmdata.convert.plan import (
-    CURRENT_UNIT_ARRAYS,
     FRAME_AXIS,
-    FRAME_UNIT_ARRAYS,
     ConversionPlan,
     UnitResult,
     WorkUnit,
@@ -116,13 +113,20 @@ def _is_zarr_store(location: Location) -> bool:
     return location.join("zarr.json").exists()
 
 
-def _is_partial(location: Location) -> bool:
-    """True when ``location`` holds an FMF store whose writer has not finished."""
+def _peek(location: Location) -> tuple[zarr.Group, schema.StoreMeta] | None:
+    """Open the store at ``location`` read-only: (root group, its StoreMeta), or None when no
+    readable FMF store is there."""
     try:
         root = zarr.open_group(store=location.zarr_store("r"), mode="r", zarr_format=3)
-        return not read_meta(root, str(location)).complete
+        return root, read_meta(root, str(location))
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError, FmDataError):
-        return False
+        return None
+
+
+def _is_partial(location: Location) -> bool:
+    """True when ``location`` holds an FMF store whose writer has not finished."""
+    found = _peek(location)
+    return found is not None and not found[1].complete
 
 
 def _refuse_link(target: Location) -> None:
@@ -164,11 +168,8 @@ def _recover(target: Location) -> None:
 
 
 def _is_complete(location: Location) -> bool:
-    try:
-        root = zarr.open_group(store=location.zarr_store("r"), mode="r", zarr_format=3)
-        return read_meta(root, str(location)).complete
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError, FmDataError):
-        return False
+    found = _peek(location)
+    return found is not None and found[1].complete
 
 
 def _create(staging: Location, plan: ConversionPlan, replaces: bool = False) -> zarr.Group:
@@ -193,7 +194,7 @@ def _open_partial(staging: Location, plan: ConversionPlan) -> zarr.Group:
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError):
         raise FmDataError("expected an interrupted conversion to resume, got an unreadable folder; "
                           "remove it or use --overwrite", str(staging)) from None
-    if root.attrs.get(ATTR_CONVERT) != json.loads(json.dumps(plan.signature())):
+    if root.attrs.get(ATTR_CONVERT) != plan.signature():
         raise FmDataError("expected the interrupted conversion to use the same sources (unchanged) and chunking, "
                           "got different ones; use --overwrite to start again", str(staging))
     return root
@@ -205,7 +206,7 @@ def _finalise(root: zarr.Group, results: dict[str, UnitResult]) -> None:
     for res in results.values():
         for name, pairs in res.checksums.items():
             by_array.setdefault(name, {}).update(dict(pairs))
-    for name in FRAME_UNIT_ARRAYS + CURRENT_UNIT_ARRAYS:
+    for name in schema.FRAME_ARRAYS + schema.CURRENT_ARRAYS:
         arr = root[name]
         block = int(arr.metadata.chunk_grid.chunk_shape[0])
         n = -(-arr.shape[0] // block)
@@ -287,18 +288,18 @@ def _convert_into(target: Location, plan: ConversionPlan, recs: list[RecordingSo
                   resume: bool, progress: bool, runner: UnitRunner | None, t0: float) -> ConvertReport:
     """The conversion proper, run with the writer lock of ``target`` held (see :func:`convert`)."""
     exists = target.exists()
-    if exists and resume and not target.is_url and not target.partials() and _finished(target, plan):
+    partials = target.partials()  # [] for URLs
+    if exists and resume and not target.is_url and not partials and _finished(target, plan):
         # a run killed after its store was in place (while the old one was being deleted): done
         return _report(target, plan, recs, workers, len(plan.units), t0)
     resume_in_place = target.is_url and exists and resume and _is_partial(target)
     # --resume of an interrupted --overwrite finishes the replacement it was making
-    finish_replacing = resume and not target.is_url and bool(target.partials()) and _replaces(target.partials()[-1])
+    finish_replacing = resume and not target.is_url and bool(partials) and _replaces(partials[-1])
     if exists and not overwrite and not resume_in_place and not finish_replacing:
         raise FmDataError("expected a new output path, got one that exists; pass --overwrite to replace it", str(target))
     if exists and not _is_zarr_store(target):
         raise FmDataError("refusing to replace something that is not a Zarr store", str(target))
     target.check_writable_parent()
-    partials = target.partials()
     staging: Location | None = None
     root: zarr.Group | None = None
     if target.is_url:
@@ -364,21 +365,14 @@ def _report(target: Location, plan: ConversionPlan, recs: list[RecordingSource],
 def _replaces(partial: Location) -> bool:
     """True when the partial store was started by ``--overwrite`` of an existing store, or is complete
     (then only its placement over the old store was interrupted)."""
-    try:
-        root = zarr.open_group(store=partial.zarr_store("r"), mode="r", zarr_format=3)
-        return bool(root.attrs.get(ATTR_REPLACES)) or read_meta(root, str(partial)).complete
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError, FmDataError):
-        return False
+    found = _peek(partial)
+    return found is not None and (bool(found[0].attrs.get(ATTR_REPLACES)) or found[1].complete)
 
 
 def _finished(target: Location, plan: ConversionPlan) -> bool:
     """True when ``target`` holds a complete store converted with this very plan."""
-    try:
-        root = zarr.open_group(store=target.zarr_store("r"), mode="r", zarr_format=3)
-        return (read_meta(root, str(target)).complete
-                and root.attrs.get(ATTR_CONVERT) == json.loads(json.dumps(plan.signature())))
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError, FmDataError):
-        return False
+    found = _peek(target)
+    return found is not None and found[1].complete and found[0].attrs.get(ATTR_CONVERT) == plan.signature()
 
 
 def _discard(staging: Location) -> None:

@@ -7,6 +7,7 @@ units run, so a resumed conversion finds the same units. :mod:`fmdata.convert.un
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,16 +16,12 @@ import numpy as np
 
 from fmdata.errors import FmDataError
 from fmdata.sources import DEFAULT_FPS, RecordingSource
-from fmdata.store import schema
 from fmdata.store.layout import Chunking, default_chunking
 
 FRAME_AXIS = "frame"
 CURRENT_AXIS = "sample"
 UNIT_BYTES = 32 << 20  # source bytes (uncompressed) per frame unit: few units, bounded memory
 MIN_UNITS = 8  # split small inputs into at least this many frame units (both cores busy)
-FRAME_UNIT_ARRAYS = (schema.VIDEO, schema.MASK, schema.SPLIT, schema.RECORDING, schema.FRAME_TIME,
-                     schema.FRAME_CURRENT_END)
-CURRENT_UNIT_ARRAYS = (schema.CURRENT, schema.CURRENT_TIME)
 
 
 # ---- plan -------------------------------------------------------------------------------------
@@ -98,14 +95,16 @@ class ConversionPlan:
         return int(self.current_offsets[-1])
 
     def signature(self) -> dict[str, Any]:
-        """Return what must not change between a conversion and its resumption (JSON-able)."""
+        """Return what must not change between a conversion and its resumption, as it reads back from
+        the store's JSON attribute (lists, not tuples), so that the two compare equal."""
         sig = {"sources": [[list(fp) for fp in r.fingerprint] for r in self.recordings],
                "names": [r.name for r in self.recordings],
                "chunking": self.chunking.to_dict(),
                "fps": self.fps, "unit_frames": self.unit_frames}
         if any(r.mask_nonzero for r in self.recordings):  # absent otherwise: older ledgers stay resumable
             sig["mask_nonzero"] = [r.mask_nonzero for r in self.recordings]
-        return sig
+        normalised: dict[str, Any] = json.loads(json.dumps(sig))
+        return normalised
 
 
 def _pieces(recs: Sequence[RecordingSource], offsets: np.ndarray, current_offsets: np.ndarray,

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fmdata.convert.plan import CURRENT_UNIT_ARRAYS, FRAME_AXIS, FRAME_UNIT_ARRAYS, Piece, UnitResult, WorkUnit
+from fmdata.convert.plan import FRAME_AXIS, Piece, UnitResult, WorkUnit
 from fmdata.sources import RecordingReader, RecordingSource, open_reader
 from fmdata.store import schema
 from fmdata.store.checksums import block_checksum
@@ -35,7 +35,7 @@ def _writers(location: Location) -> dict[str, ShardWriter]:
         root = location.open_group("r+")
         _WRITERS.clear()
         _WRITERS.update({"key": key, "arrays": {n: ShardWriter(root[n]) for n in
-                                                FRAME_UNIT_ARRAYS + CURRENT_UNIT_ARRAYS}})
+                                                schema.FRAME_ARRAYS + schema.CURRENT_ARRAYS}})
     return _WRITERS["arrays"]
 
 
@@ -85,7 +85,7 @@ def expected_frame_block(pieces: Iterable[tuple[Piece, RecordingReader, Any, Any
     """
     n = s1 - s0
     out = {schema.VIDEO: _buffer(schema.VIDEO, (n, height, width, 3)), schema.MASK: _buffer(schema.MASK, (n, height, width)),
-           **{name: _buffer(name, (n,)) for name in FRAME_UNIT_ARRAYS[2:]}}
+           **{name: _buffer(name, (n,)) for name in schema.FRAME_ARRAYS[2:]}}
     for piece, rd, vs, ms in pieces:
         lo, hi = max(s0, piece.global_start), min(s1, piece.global_stop)
         if lo >= hi:
@@ -138,14 +138,14 @@ def convert_unit(unit: WorkUnit, location: Location) -> UnitResult:
         vw = writers[schema.VIDEO]
         block = vw.shard_len
         _check_alignment(unit, block, vw.array.shape[0])
-        for name in FRAME_UNIT_ARRAYS:
+        for name in schema.FRAME_ARRAYS:
             assert writers[name].shard_len == block, f"{name}: write blocks differ from the video's"
         h, w = vw.array.shape[1:3]
         streams = frame_streams(unit, block)
         for s0 in range(unit.start, unit.stop, block):
             s1 = min(s0 + block, unit.stop)
             data = expected_frame_block(streams, s0, s1, h, w)
-            for name in FRAME_UNIT_ARRAYS:
+            for name in schema.FRAME_ARRAYS:
                 writers[name].write(s0 // block, data[name])
                 sums.setdefault(name, []).append((s0 // block, block_checksum(data[name], schema.DTYPES[name])))
     else:
@@ -155,7 +155,7 @@ def convert_unit(unit: WorkUnit, location: Location) -> UnitResult:
         for c0 in range(unit.start, unit.stop, block):
             c1 = min(c0 + block, unit.stop)
             data = expected_current_block(unit.pieces, c0, c1, DEFAULT_SHARD_FRAMES)
-            for name in CURRENT_UNIT_ARRAYS:
+            for name in schema.CURRENT_ARRAYS:
                 writers[name].write(c0 // block, data[name])
                 sums.setdefault(name, []).append((c0 // block, block_checksum(data[name], schema.DTYPES[name])))
     return UnitResult(unit.key, unit.axis, unit.stop - unit.start, sums)

@@ -25,9 +25,7 @@ from tqdm.auto import tqdm
 from fmdata.compute.processes import resolve_workers, run_parallel
 from fmdata.convert.plan import (
     CURRENT_AXIS,
-    CURRENT_UNIT_ARRAYS,
     FRAME_AXIS,
-    FRAME_UNIT_ARRAYS,
     WorkUnit,
     plan_conversion,
 )
@@ -141,7 +139,7 @@ def verify_unit(unit: WorkUnit, location: Location) -> tuple[int, int, list[Prob
     """Check one unit's blocks: recompute their CRC-32C and, when the unit has source pieces,
     compare every element with the sources. Returns (frames covered, blocks checked, problems)."""
     root = location.open_group("r")
-    names = FRAME_UNIT_ARRAYS if unit.axis == FRAME_AXIS else CURRENT_UNIT_ARRAYS
+    names = schema.FRAME_ARRAYS if unit.axis == FRAME_AXIS else schema.CURRENT_ARRAYS
     arrays = {n: root[n] for n in names}
     recorded = {n: read_checksums(a) for n, a in arrays.items()}
     block = int(arrays[names[0]].metadata.chunk_grid.chunk_shape[0])
@@ -200,7 +198,7 @@ def _merge(problems: list[Problem]) -> list[Problem]:
 def _structure(root: zarr.Group, meta: schema.StoreMeta) -> list[Problem]:
     """Check array presence, dtypes, dims, lengths, offsets and checksum attributes."""
     problems = []
-    rows = {**{n: meta.n_frames for n in FRAME_UNIT_ARRAYS}, **{n: meta.n_current for n in CURRENT_UNIT_ARRAYS},
+    rows = {**{n: meta.n_frames for n in schema.FRAME_ARRAYS}, **{n: meta.n_current for n in schema.CURRENT_ARRAYS},
             schema.RECORDING_FRAME_OFFSETS: meta.n_recordings + 1,
             schema.RECORDING_CURRENT_OFFSETS: meta.n_recordings + 1}
     for name, n in rows.items():

@@ -28,13 +28,13 @@ from fmdata import __version__
 from fmdata.compute.dask_cluster import DaskOptions, Runner, dask_runner
 from fmdata.errors import FmDataError
 from fmdata.store import schema
-from fmdata.store.access import open_store, read_meta, store_writable
+from fmdata.store.access import open_store, store_writable
 from fmdata.store.block_reader import BlockReader, block_frames, block_ranges
 from fmdata.store.columns import read_column
 from fmdata.store.derived import DerivedArray, write_derived
 from fmdata.store.location import Location, LocationLike
 from fmdata.store.lock import reading, writer_lock
-from fmdata.store.provenance import array_fingerprint, matches, reconsolidate
+from fmdata.store.provenance import array_fingerprint, matches
 
 # Bump when the rule or the output layout changes: older derived arrays then count as stale.
 LABELS_ALGORITHM = 1
@@ -134,7 +134,6 @@ def _compute(loc: Location, root: zarr.Group, runner: Runner) -> LabelsReport:
                                       {schema.ATTR_PROVENANCE: prov}),
                          DerivedArray(schema.ABNORMAL_PIXELS, counts, chunk, schema.DIMS[schema.ABNORMAL_PIXELS],
                                       {schema.ATTR_PROVENANCE: prov})], "fmdata labels")
-    reconsolidate(root)
     return LabelsReport(store=str(loc), status="computed", frames=n, abnormal_frames=int(label.sum()),
                         abnormal_pixels=int(counts.sum(dtype=np.int64)), seconds=seconds,
                         scheduler=runner.description)
@@ -159,7 +158,6 @@ def compute_labels(location: LocationLike, *, force: bool = False, options: Dask
     """
     loc = Location.parse(location)
     root = open_store(loc)
-    read_meta(root, str(loc))
     if not force and labels_up_to_date(root):
         return _up_to_date_report(loc, root)
     require_writable(loc)
@@ -179,10 +177,8 @@ def _up_to_date_report(loc: Location, root: zarr.Group) -> LabelsReport:
                         abnormal_frames=int(frame_label.sum()), abnormal_pixels=int(counts.sum(dtype=np.int64)))
 
 
-def ensure_labels(location: LocationLike, options: DaskOptions = DaskOptions(), runner: Runner | None = None) -> bool:
-    """Compute the labels of the store at ``location`` if they are missing or stale; return True if it computed."""
+def ensure_labels(location: LocationLike, options: DaskOptions = DaskOptions(), runner: Runner | None = None) -> None:
+    """Compute the labels of the store at ``location`` if they are missing or stale."""
     loc = Location.parse(location)
-    if labels_up_to_date(open_store(loc)):
-        return False
-    compute_labels(loc, options=options, runner=runner)
-    return True
+    if not labels_up_to_date(open_store(loc)):
+        compute_labels(loc, options=options, runner=runner)

@@ -26,8 +26,8 @@ from fmdata.derive.windows import load_index, window_for_frame
 from fmdata.errors import FmDataError
 from fmdata.store import schema
 from fmdata.store.access import open_store, read_meta, read_offsets, read_recordings
-from fmdata.store.checksums import axis_name, damaged
 from fmdata.store.location import Location, LocationLike
+from fmdata.store.row_reader import ZarrAxisReader
 from fmdata.store.window_table import WindowParams, current_row_indices, read_window_table
 
 MAX_VIDEO_FRAMES = 1000
@@ -74,17 +74,6 @@ def _window_row(root: zarr.Group, g: int, windows: str | None, params: WindowPar
     return wt.table[0], wt.columns, params.current_rows
 
 
-def _take(arr: zarr.Array, idx: np.ndarray) -> np.ndarray:
-    """Read rows ``idx`` (may repeat) of ``arr`` with one orthogonal selection; a chunk that fails its
-    CRC-32C (or cannot be decoded) is the one-line error naming the array and rows."""
-    uniq, inverse = np.unique(idx, return_inverse=True)
-    try:
-        return np.asarray(arr.oindex[uniq])[inverse]
-    except Exception as exc:  # zarr's crc32c codec (ValueError), or a decoder failing on damaged bytes
-        raise damaged(arr.path, axis_name(arr), int(uniq[0]), int(uniq[-1]) + 1,
-                      f"expected decodable chunks, got {exc.__class__.__name__}: {str(exc)[:120]}") from None
-
-
 def outlined(frame: np.ndarray, mask: np.ndarray, scale: int) -> np.ndarray:
     """Return the RGB frame enlarged ``scale`` times (nearest) with the mask's outline drawn."""
     big = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
@@ -109,10 +98,10 @@ def _load(loc: Location, frame: int, recording: str | int | None, windows: str |
     return {"root": root, "meta": meta, "frame": g, "recording": r, "local": g - int(f_off[r]),
             "rec_first": int(f_off[r]), "name": names[r] if r < len(names) else str(r), "clip": clip,
             "split": col["split"], "start": start, "stop": stop, "rows": rows,
-            "video": _take(root[schema.VIDEO], clip), "mask": _take(root[schema.MASK], clip),
-            "clip_time": _take(root[schema.FRAME_TIME], clip),
-            "current": _take(root[schema.CURRENT], np.arange(start, stop)),
-            "current_time": _take(root[schema.CURRENT_TIME], np.arange(start, stop)),
+            "video": ZarrAxisReader(root[schema.VIDEO]).take(clip), "mask": ZarrAxisReader(root[schema.MASK]).take(clip),
+            "clip_time": ZarrAxisReader(root[schema.FRAME_TIME]).take(clip),
+            "current": ZarrAxisReader(root[schema.CURRENT]).take(np.arange(start, stop)),
+            "current_time": ZarrAxisReader(root[schema.CURRENT_TIME]).take(np.arange(start, stop)),
             "source": f"table {windows!r}" if windows else "reference window built on the fly"}
 
 
@@ -178,8 +167,8 @@ def _strip(w: dict[str, Any], width: int, height: int) -> tuple[np.ndarray, Any]
 def _mp4(w: dict[str, Any], out: str) -> int:
     root, first, last = w["root"], int(w["clip"][0]), w["frame"]
     idx = np.arange(first, last + 1) if last - first + 1 <= MAX_VIDEO_FRAMES else w["clip"]
-    video, mask = _take(root[schema.VIDEO], idx), _take(root[schema.MASK], idx)
-    times = _take(root[schema.FRAME_TIME], idx)
+    video, mask = ZarrAxisReader(root[schema.VIDEO]).take(idx), ZarrAxisReader(root[schema.MASK]).take(idx)
+    times = ZarrAxisReader(root[schema.FRAME_TIME]).take(idx)
     h, wd = video.shape[1:3]
     scale = max(1, 320 // max(h, wd))
     fw, fh = wd * scale + (wd * scale) % 2, h * scale + (h * scale) % 2

@@ -32,7 +32,7 @@ from dask import delayed
 
 from fmdata import __version__
 from fmdata.compute.dask_cluster import DaskOptions, Runner, dask_runner
-from fmdata.derive.labels import WORKER_MODULES, ensure_labels, labels_up_to_date, read_labels, require_writable
+from fmdata.derive.labels import WORKER_MODULES, compute_labels, labels_up_to_date, read_labels, require_writable
 from fmdata.store import schema
 from fmdata.store.access import open_store, read_meta, read_offsets, read_recordings, store_writable
 from fmdata.store.block_reader import BlockReader, block_frames, block_ranges
@@ -236,7 +236,8 @@ def compute_stats(location: LocationLike, *, windows: str | None = None, force: 
     loc = Location.parse(location)
     root = open_store(loc)
     writable = store_writable(loc)
-    if not writable and not labels_up_to_date(root):
+    labelled = labels_up_to_date(root)
+    if not writable and not labelled:
         require_writable(loc)
     split = read_column(root[schema.SPLIT], np.int8, str(loc))
     fce = read_column(root[schema.FRAME_CURRENT_END], np.int64, str(loc))
@@ -247,35 +248,38 @@ def compute_stats(location: LocationLike, *, windows: str | None = None, force: 
     has_train = bool((split == schema.SPLIT_TRAIN).any())
     old = stored.get("provenance") if isinstance(stored, dict) else None
     fresh = matches(old, expected) and not force
-    need_dask = (has_train and not fresh) or not labels_up_to_date(root)
+    need_dask = (has_train and not fresh) or not labelled
     status, norm = "no training frames", None
     # a read-only store is never locked: it is only read (labels up to date, checked above)
     with (writer_lock(loc, "fmdata stats") if need_dask and writable else contextlib.nullcontext(),
           dask_runner(options, preload=WORKER_MODULES) if need_dask else contextlib.nullcontext() as runner):
-        ensure_labels(loc, options, runner)
-        root = open_store(loc, "r+" if writable and has_train and not fresh else "r")
+        if not labelled:
+            compute_labels(loc, options=options, runner=runner)
+            root = open_store(loc)  # a view with the new labels (consolidated metadata included)
         recording = read_column(root[schema.RECORDING], np.int64, str(loc))
+        offsets = read_offsets(root)
         if has_train and fresh:
             status, norm = "up to date", {k: v for k, v in stored.items() if k not in ("provenance", "checksum")}
         elif has_train:
             assert runner is not None  # need_dask was true
-            _, c_off = read_offsets(root)
-            norm = _normalisation(root, split, recording, fce, c_off, runner)
+            norm = _normalisation(root, split, recording, fce, offsets[1], runner)
             if writable:
                 value = json.loads(json.dumps({**norm, "provenance": {**expected, "toolkit_version": __version__}}))
+                root = open_store(loc, "r+")
                 root.attrs[schema.ATTR_STATS] = {**value, "checksum": attribute_checksum(value)}
                 reconsolidate(root)
                 status = "computed"
             else:
                 status = "computed, not stored (read-only store)"
-    return _summary(loc, root, split, recording, windows, norm, status)
+    return _summary(loc, root, split, recording, offsets, windows, norm, status)
 
 
-def _summary(loc: Location, root: zarr.Group, split: np.ndarray, recording: np.ndarray, windows: str | None,
-             norm: dict[str, Any] | None, status: str) -> StatsReport:
+def _summary(loc: Location, root: zarr.Group, split: np.ndarray, recording: np.ndarray,
+             offsets: tuple[np.ndarray, np.ndarray], windows: str | None, norm: dict[str, Any] | None,
+             status: str) -> StatsReport:
     meta = read_meta(root, str(loc))
     label, pixels = read_labels(root)
-    f_off, c_off = read_offsets(root)
+    f_off, c_off = offsets
     infos = read_recordings(root)
     frame_time = read_column(root[schema.FRAME_TIME], np.float64, str(loc))
     fp = meta.height * meta.width

@@ -44,7 +44,6 @@ from fmdata.store.access import open_store, read_offsets, store_writable
 from fmdata.store.columns import read_column
 from fmdata.store.location import Location, LocationLike
 from fmdata.store.lock import writer_lock
-from fmdata.store.provenance import reconsolidate
 from fmdata.store.window_table import (
     WindowParams,
     WindowTable,
@@ -284,7 +283,6 @@ def make_windows(location: LocationLike, name: str, params: WindowParams = Windo
         wt = WindowTable(wt.table, wt.columns, {**wt.params, "labels": wanted["labels"]})
         root = open_store(loc, "r+")
         write_window_table(root, name, wt, overwrite=True)
-        reconsolidate(root)
     return _report(loc, wt, name, "written")
 
 

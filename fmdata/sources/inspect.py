@@ -21,7 +21,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from fmdata.errors import FmDataError
+from fmdata.errors import FmDataError, first_line
 from fmdata.sources import matinfo
 from fmdata.sources.layouts import (
     LAYOUT_V1,
@@ -89,7 +89,7 @@ def check_readable(p: Path, info: matinfo.MatFileInfo | None = None) -> bool:
         try:
             scipy.io.loadmat(p)
         except Exception as exc:  # scipy signals corruption with many exception types
-            raise FmDataError(f"expected readable variables, got corrupt data ({exc})".splitlines()[0], p) from None
+            raise FmDataError(first_line(f"expected readable variables, got corrupt data ({exc})"), p) from None
         return True
     with h5py.File(p, "r") as f:
         for v in info.variables:
@@ -103,7 +103,7 @@ def check_readable(p: Path, info: matinfo.MatFileInfo | None = None) -> bool:
                     for sel in ds.iter_chunks():
                         ds[sel]
             except (OSError, RuntimeError, ValueError) as exc:
-                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                first = first_line(exc) or type(exc).__name__
                 raise FmDataError(f"variable {v.name!r}: expected readable data, got corrupt data ({first})", p) from None
     return True
 

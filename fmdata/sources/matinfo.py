@@ -24,7 +24,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from fmdata.errors import FmDataError
+from fmdata.errors import FmDataError, first_line
 
 HEADER_BYTES = 512  # the userblock; the HDF5 superblock starts right after it
 HEADER_TEXT_BYTES = 116
@@ -273,13 +273,9 @@ def _describe_hdf5(p: str) -> list[VariableInfo]:
     except FmDataError:
         raise
     except (OSError, RuntimeError, KeyError, ValueError) as exc:
-        raise FmDataError(f"expected a readable MATLAB v7.3 (HDF5) file, got a truncated or corrupt one ({_first_line(exc)})",
+        reason = first_line(exc) or type(exc).__name__
+        raise FmDataError(f"expected a readable MATLAB v7.3 (HDF5) file, got a truncated or corrupt one ({reason})",
                           p) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _scipy_whos(p: str) -> list[tuple[str, tuple[int, ...], str]]:
@@ -288,7 +284,8 @@ def _scipy_whos(p: str) -> list[tuple[str, tuple[int, ...], str]]:
     try:
         return [(n, tuple(int(s) for s in shape), cls) for n, shape, cls in scipy.io.whosmat(p)]
     except Exception as exc:  # scipy raises ValueError, TypeError, zlib.error, MatReadError, ...
-        raise FmDataError(f"expected a readable MAT file, got a corrupt one ({_first_line(exc)})", p) from None
+        reason = first_line(exc) or type(exc).__name__
+        raise FmDataError(f"expected a readable MAT file, got a corrupt one ({reason})", p) from None
 
 
 def _v5_elements(p: str, size: int) -> list[tuple[bool, int]]:

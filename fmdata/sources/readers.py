@@ -16,7 +16,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from fmdata.errors import FmDataError
+from fmdata.errors import FmDataError, first_line
 from fmdata.sources.hdf5_chunks import DirectChunks, aligned_ranges, direct_chunks
 from fmdata.sources.layouts import LAYOUT_V2, v2_key
 from fmdata.sources.v2_text import (
@@ -284,8 +284,8 @@ class FrameStream:
 
 def _reason(exc: BaseException) -> str:
     """An exception as one non-empty line (h5py's MemoryError, for one, has no message)."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    line = first_line(exc)
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
 def _as_binary(raw: np.ndarray, name: str, first: int, path: str, *, mask: bool = False,
@@ -323,8 +323,7 @@ def _load_v5(path: str, name: str) -> np.ndarray:
     try:
         data = scipy.io.loadmat(path, variable_names=[name], squeeze_me=False, mat_dtype=False)
     except Exception as exc:  # scipy raises ValueError, TypeError, zlib.error, MatReadError, ...
-        text = str(exc).strip().splitlines()
-        raise FmDataError(f"expected a readable MAT file, got a corrupt one ({text[0] if text else type(exc).__name__})",
+        raise FmDataError(f"expected a readable MAT file, got a corrupt one ({first_line(exc) or type(exc).__name__})",
                           path) from None
     if name not in data:
         raise FmDataError(f"expected a variable {name!r}, got none", path)

@@ -17,7 +17,7 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from fmdata.store.checksums import axis_name, check_block, damaged, fill_matches, read_rows, recorded_checksums
+from fmdata.store.checksums import axis_name, check_block, check_missing, read_rows, recorded_checksums
 from fmdata.store.shards import ShardLayout, UnsupportedLayout, decode_shard
 
 # Dask blocks of a scan hold whole write units and about this many bytes.
@@ -83,10 +83,8 @@ class BlockReader:
         name, first = self.array.path, block * self.block
         data = self._get(block)
         if data is None:
-            if self.sums is not None and not fill_matches(self.sums, block, out.shape, self.dtype,
-                                                          self.layout.fill_value):
-                raise damaged(name, self.axis, first, first + len(out),
-                              f"expected the chunk file {self.layout.chunk_key(block)}, got none", self.where)
+            check_missing(self.sums, block, out.shape, self.dtype, self.layout.fill_value,
+                          self.layout.chunk_key(block), name, self.axis, first, self.where)
             out[...] = self.layout.fill_value
             return
         decode_shard(self.layout, self._decode, data, out, f"{name} shard {block}", name=name, first_row=first,

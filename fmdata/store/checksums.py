@@ -26,7 +26,7 @@ import google_crc32c
 import numpy as np
 import zarr
 
-from fmdata.errors import FmDataError
+from fmdata.errors import FmDataError, first_line
 from fmdata.store import schema
 
 ALGORITHM = "crc32c"
@@ -50,15 +50,28 @@ def checksum_attr(block_rows: int, values: list[int]) -> dict[str, Any]:
     return {"algorithm": ALGORITHM, "block_rows": int(block_rows), "values": [int(v) for v in values]}
 
 
+def parse_checksums(value: Any) -> tuple[int, list[int]] | None:
+    """Return (block_rows, values) from a checksum attribute's value (:func:`checksum_attr`), or None
+    when it is not one (another algorithm, keys missing, values that are not integers, block_rows < 1)."""
+    if not isinstance(value, dict) or value.get("algorithm") != ALGORITHM:
+        return None
+    try:
+        block_rows, values = int(value["block_rows"]), [int(v) for v in value["values"]]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (block_rows, values) if block_rows >= 1 else None
+
+
 def read_checksums(array: zarr.Array) -> tuple[int, list[int]] | None:
     """Return (block_rows, values) recorded on ``array``, or None when it has none (strict: a malformed
     attribute raises FmDataError; ``fmdata verify`` uses this)."""
     d = array.attrs.get(schema.ATTR_CHECKSUMS)
     if d is None:
         return None
-    if not isinstance(d, dict) or d.get("algorithm") != ALGORITHM:
+    sums = parse_checksums(d)
+    if sums is None:
         raise FmDataError(f"{array.path}: expected checksums with algorithm {ALGORITHM!r}, got {d!r:.80}")
-    return int(d["block_rows"]), [int(v) for v in d["values"]]
+    return sums
 
 
 def recorded_checksums(attrs: Any, rows: int) -> tuple[int, list[int]] | None:
@@ -67,16 +80,10 @@ def recorded_checksums(attrs: Any, rows: int) -> tuple[int, list[int]] | None:
     Readers use this: an array without usable checksums (written before they existed, or with an
     attribute that is not one) is read unchecked, and ``fmdata verify`` reports it.
     """
-    d = attrs.get(schema.ATTR_CHECKSUMS) if hasattr(attrs, "get") else None
-    if not isinstance(d, dict) or d.get("algorithm") != ALGORITHM:
+    sums = parse_checksums(attrs.get(schema.ATTR_CHECKSUMS) if hasattr(attrs, "get") else None)
+    if sums is None or len(sums[1]) != n_blocks(rows, sums[0]):
         return None
-    try:
-        block_rows, values = int(d["block_rows"]), [int(v) for v in d["values"]]
-    except (KeyError, TypeError, ValueError):
-        return None
-    if block_rows < 1 or len(values) != n_blocks(rows, block_rows):
-        return None
-    return block_rows, values
+    return sums
 
 
 def n_blocks(rows: int, block_rows: int) -> int:
@@ -113,21 +120,28 @@ def check_block(data: np.ndarray, block: int, sums: tuple[int, list[int]] | None
         raise mismatch(array, axis, block * rows, block * rows + len(data), where)
 
 
-def fill_matches(sums: tuple[int, list[int]] | None, block: int, block_shape: tuple[int, ...], dtype: np.dtype,
-                 fill: Any) -> bool:
-    """True when write block ``block`` recorded the checksum of a block holding only ``fill``: a chunk
-    file left out for it is then legitimate (zarr leaves all-fill chunks unwritten). False when
-    nothing is recorded."""
-    if sums is None:
-        return False
-    return block_checksum(np.full(block_shape, fill, dtype)) == sums[1][block]
+def check_missing(sums: tuple[int, list[int]] | None, block: int, block_shape: tuple[int, ...], dtype: np.dtype,
+                  fill: Any, key: str, array: str, axis: str, start: int, where: str | None = None) -> None:
+    """Raise the one-line error for write block ``block`` (rows from ``start``, ``block_shape``)
+    whose chunk file ``key`` is missing, unless its recorded checksum in ``sums`` is that of a block
+    holding only ``fill``: the file is then legitimately left out (zarr leaves all-fill chunks
+    unwritten). Nothing recorded (None): nothing to check."""
+    if sums is None or block_checksum(np.full(block_shape, fill, dtype)) == sums[1][block]:
+        return
+    raise damaged(array, axis, start, start + block_shape[0], f"expected the chunk file {key}, got none", where)
+
+
+class ChunkChecksumError(ValueError):
+    """An encoded chunk's bytes do not match the CRC-32C stored with them (callers name the rows)."""
 
 
 def undecodable(exc: Exception) -> str:
-    """Return "expected X, got Y" for a chunk that failed zarr's ``crc32c`` codec or its decoder
-    (blosc, zstd, gzip and zarr each raise their own types for damaged bytes)."""
-    lines = str(exc).strip().splitlines()
-    return f"expected decodable chunks, got {exc.__class__.__name__}: {lines[0][:120] if lines else ''}"
+    """Return "expected X, got Y" for a chunk that failed its CRC-32C (the message of a
+    :class:`ChunkChecksumError`, or zarr's ``crc32c`` codec) or its decoder (blosc, zstd, gzip and
+    zarr each raise their own types for damaged bytes)."""
+    if isinstance(exc, ChunkChecksumError):
+        return str(exc)
+    return f"expected decodable chunks, got {exc.__class__.__name__}: {first_line(exc)[:120]}"
 
 
 def read_rows(array: zarr.Array, start: int | None = None, stop: int | None = None,
@@ -153,10 +167,9 @@ def read_checked(array: zarr.Array, where: str | None = None) -> np.ndarray:
     data = read_rows(array, where=where)
     sums = recorded_checksums(array.attrs, int(array.shape[0]))
     if sums is not None:
-        rows = sums[0]
-        for b, want in enumerate(sums[1]):
-            if block_checksum(data[b * rows:(b + 1) * rows]) != want:
-                raise mismatch(array.path, axis_name(array), b * rows, min((b + 1) * rows, len(data)), where)
+        rows, axis = sums[0], axis_name(array)
+        for b in range(len(sums[1])):
+            check_block(data[b * rows:(b + 1) * rows], b, sums, array.path, axis, where)
     return data
 
 

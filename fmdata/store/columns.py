@@ -5,9 +5,13 @@ zarr-python costs some 0.25 ms of Python per chunk: at 120,000 frames about 0.1 
 derivation's driver reads several of them while its workers wait (the serial part of
 ``fmdata stats``, docs/performance.md). :func:`read_column` reads a local array's chunks with the
 row reader (:class:`fmdata.store.row_reader.LocalAxisReader`: ``pread`` and a direct decode, some
-5x faster) and anything else through zarr, which returns the identical array. Both check what
-every read checks (docs/store-format.md, "What readers check"): each chunk's CRC-32C and the
-writer's recorded block checksums, with the one-line error naming the array and rows.
+5x faster) and anything else through zarr, which returns the identical array. What is checked
+(docs/store-format.md, "What readers check"): each chunk's CRC-32C (the ``crc32c`` codec, store
+format 2) on both paths; the writer's recorded block checksums always through zarr
+(:func:`fmdata.store.checksums.read_checked`), and by the row reader where a chunk is a whole
+write block (unsharded arrays, as the 1-D frame arrays are). A sharded array read by the row
+reader has its shard indexes' CRC-32C checked but not its decoded blocks against the recorded
+checksums. A failed check is the one-line error naming the array and rows.
 """
 from __future__ import annotations
 

@@ -35,6 +35,7 @@ from fmdata.store.checksums import block_checksums, checksum_attr
 from fmdata.store.failpoints import pause_point
 from fmdata.store.layout import codecs_for
 from fmdata.store.lock import store_folder, switching, writer_lock
+from fmdata.store.provenance import reconsolidate
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,8 @@ def _create(store: Any, name: str | None, a: DerivedArray, overwrite: bool = Fal
 def write_derived(root: zarr.Group, arrays: Sequence[DerivedArray], command: str) -> None:
     """Write ``arrays`` into the store whose root group is ``root``, replacing any of the same path, so
     that readers see all old or all new (see the module docstring). ``command`` names the writer in
-    the writer lock. Raises FmDataError when another process is writing the store."""
+    the writer lock; a store with consolidated metadata is re-consolidated after. Raises FmDataError
+    when another process is writing the store."""
     for a in arrays:
         _checked(a.path)
     folder = store_folder(root)
@@ -91,6 +93,7 @@ def write_derived(root: zarr.Group, arrays: Sequence[DerivedArray], command: str
         for a in arrays:
             parent, _, name = a.path.rpartition("/")
             _create(root.require_group(parent) if parent else root, name, a, overwrite=True)
+        reconsolidate(root)
         return
     real = Path(os.path.realpath(folder))
     with writer_lock(str(real), command):
@@ -119,3 +122,4 @@ def write_derived(root: zarr.Group, arrays: Sequence[DerivedArray], command: str
                     os.replace(staging / str(i), target)
         finally:
             remove_tree(staging)
+        reconsolidate(root)

@@ -98,8 +98,7 @@ def default_chunking(height: int, width: int) -> Chunking:
     shard = DEFAULT_SHARD_FRAMES
     while shard > 1 and shard * height * width * 3 > SHARD_BYTES_MAX:
         shard //= 2
-    return Chunking(chunk_frames=DEFAULT_CHUNK_FRAMES if shard >= DEFAULT_CHUNK_FRAMES else 1,
-                    shard_frames=shard, current_chunk=DEFAULT_CURRENT_CHUNK)
+    return Chunking(chunk_frames=DEFAULT_CHUNK_FRAMES, shard_frames=shard, current_chunk=DEFAULT_CURRENT_CHUNK)
 
 
 def override_chunking(base: Chunking, chunk_frames: int | None = None, shard_frames: int | None = None) -> Chunking:

@@ -30,9 +30,9 @@ import zarr
 
 from fmdata.errors import FmDataError
 from fmdata.store.access import open_store
-from fmdata.store.checksums import axis_name, check_block, damaged, fill_matches, recorded_checksums, undecodable
+from fmdata.store.checksums import axis_name, check_block, check_missing, damaged, recorded_checksums, undecodable
 from fmdata.store.location import Location, LocationLike
-from fmdata.store.shards import EMPTY, ChunkChecksumError, ShardLayout, UnsupportedLayout, decode_index
+from fmdata.store.shards import EMPTY, ShardLayout, UnsupportedLayout, decode_index
 
 READER_MODES = ("auto", "fast", "zarr")
 
@@ -139,7 +139,6 @@ class LocalAxisReader:
         self.dtype = self.layout.dtype
         self._row_shape = self.shape[1:]
         self._chunk_shape = (self.layout.inner_rows, *self._row_shape)
-        self._chunk_nbytes = int(np.prod(self._chunk_shape)) * self.dtype.itemsize
         use_cache = cache_bytes > 0 and (cache_single_rows or self.layout.inner_rows > 1)
         self._cache = _LRU(max_bytes=cache_bytes) if use_cache else None
         self._index = _LRU(max_items=max_shards)
@@ -176,19 +175,15 @@ class LocalAxisReader:
     def _check_missing(self, outer: int) -> None:
         """Raise unless outer chunk ``outer``, whose file is missing, recorded the checksum of an
         all-fill block (zarr leaves such chunks unwritten; the toolkit's writer writes every shard)."""
-        if self._sums is None:
-            return
         start, stop = self.layout.outer_range(outer)
-        if not fill_matches(self._sums, outer, (stop - start, *self._row_shape), self.dtype, self.layout.fill_value):
-            raise damaged(self.name, self.layout.axis, start, stop,
-                          f"expected the chunk file {self.layout.chunk_key(outer)}, got none", self._store_dir)
+        check_missing(self._sums, outer, (stop - start, *self._row_shape), self.dtype, self.layout.fill_value,
+                      self.layout.chunk_key(outer), self.name, self.layout.axis, start, self._store_dir)
 
     def _damaged_chunk(self, chunk: int, exc: Exception) -> FmDataError:
         """The one-line error for decode unit ``chunk`` that failed its CRC-32C or could not be decoded."""
         start = chunk * self.layout.inner_rows
-        what = str(exc) if isinstance(exc, ChunkChecksumError) else undecodable(exc)
-        return damaged(self.name, self.layout.axis, start, min(start + self.layout.inner_rows, self.shape[0]), what,
-                       self._store_dir)
+        return damaged(self.name, self.layout.axis, start, min(start + self.layout.inner_rows, self.shape[0]),
+                       undecodable(exc), self._store_dir)
 
     def _chunk_bytes(self, chunk: int) -> bytes | None:
         """Return the encoded bytes of decode unit ``chunk`` (None: never written, i.e. fill value)."""

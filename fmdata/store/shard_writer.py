@@ -44,7 +44,6 @@ class ShardWriter:
         self.array = array
         self.dtype = self.layout.dtype
         self.shard_len = self.layout.outer_rows
-        self.chunk_len = self.layout.inner_rows
         self._store = array.store_path.store
         self._prefix = array.path
         self._proto = default_buffer_prototype()
@@ -55,10 +54,6 @@ class ShardWriter:
     def shard_range(self, shard: int) -> tuple[int, int]:
         """Return the [start, stop) rows of axis 0 that shard number ``shard`` covers."""
         return self.layout.outer_range(shard)
-
-    def encode(self, data: np.ndarray) -> bytes:
-        """Return the bytes of one block holding ``data`` (the block's rows, edge blocks shorter)."""
-        return b"".join(self._pieces(data))
 
     def _pieces(self, data: np.ndarray) -> list[bytes]:
         if data.shape[0] > self.shard_len or data.shape[1:] != self.layout.row_shape:

@@ -36,7 +36,7 @@ import numpy as np
 import zarr
 
 from fmdata.errors import FmDataError
-from fmdata.store.checksums import damaged, undecodable
+from fmdata.store.checksums import ChunkChecksumError, damaged, undecodable
 
 EMPTY = 2**64 - 1  # index entry (offset and size) of an inner chunk that was never written
 INDEX_ENTRY_BYTES = 16  # (offset, nbytes), two little-endian uint64
@@ -50,10 +50,6 @@ Encoder = Callable[[np.ndarray], bytes]
 
 class UnsupportedLayout(FmDataError):
     """The array's layout is outside what this codec handles; read (or write) it through zarr."""
-
-
-class ChunkChecksumError(ValueError):
-    """An encoded chunk's bytes do not match the CRC-32C stored with them (callers name the rows)."""
 
 
 @dataclass(frozen=True)
@@ -152,11 +148,6 @@ class ShardLayout:
     def inner_shape(self) -> tuple[int, ...]:
         """The shape of one encoded unit (inner chunk, or chunk when unsharded)."""
         return (self.inner_rows, *self.row_shape)
-
-    @property
-    def n_outer(self) -> int:
-        """Number of outer chunks (shards) along axis 0."""
-        return -(-self.shape[0] // self.outer_rows) if self.shape[0] else 0
 
     def outer_range(self, outer: int) -> tuple[int, int]:
         """Return the [start, stop) rows of axis 0 that outer chunk ``outer`` covers."""
@@ -381,7 +372,6 @@ def decode_shard(layout: ShardLayout, decode: Decoder, raw: Any, out: np.ndarray
     except FmDataError:  # the shard's index is damaged: decode_index named the shard
         raise
     except Exception as exc:  # a CRC mismatch, or a decoder failing on damaged bytes
-        what = str(exc) if isinstance(exc, ChunkChecksumError) else undecodable(exc)
         n = min(cl, len(out) - lo)
-        raise damaged(name or where, layout.axis, first_row + lo, first_row + lo + n, what, store) from None
+        raise damaged(name or where, layout.axis, first_row + lo, first_row + lo + n, undecodable(exc), store) from None
 

@@ -220,19 +220,24 @@ def write_window_table(root: zarr.Group, name: str, wt: WindowTable, overwrite: 
 def list_window_tables(root: zarr.Group) -> list[str]:
     """Return the names of the window tables in a store (sorted)."""
     with reading(root):
-        if schema.WINDOWS_GROUP not in root:
-            return []
-        return sorted(name for name, _ in root[schema.WINDOWS_GROUP].arrays())
+        return _table_names(root)
+
+
+def _table_names(root: zarr.Group) -> list[str]:
+    """The names of the window tables in a store (sorted); the caller holds the switch lock."""
+    if schema.WINDOWS_GROUP not in root:
+        return []
+    return sorted(name for name, _ in root[schema.WINDOWS_GROUP].arrays())
 
 
 def read_window_table(root: zarr.Group, name: str) -> WindowTable:
     """Load ``windows/<name>`` from an open store, checked against its checksums; FmDataError if it is
     absent, unfinished or damaged."""
-    names = list_window_tables(root)
-    if name not in names:
-        raise FmDataError(f"expected a window table named {name!r}, got {names or 'none'} "
-                          f"(build one with `fmdata windows STORE --name {name}`)")
     with reading(root):
+        names = _table_names(root)
+        if name not in names:
+            raise FmDataError(f"expected a window table named {name!r}, got {names or 'none'} "
+                              f"(build one with `fmdata windows STORE --name {name}`)")
         arr = root[schema.WINDOWS_GROUP][name]
         if "columns" not in arr.attrs:
             raise FmDataError(f"window table {name!r} is incomplete (its writer did not finish); rebuild it with --force")
