@@ -6,7 +6,7 @@ window's labelled frame):
 
     frame      (window,)            int64    labelled frame, global index into the source store
     recording  (window,)            int32    recording id
-    split      (window,)            int8     split code of the labelled frame (fmdata.schema)
+    split      (window,)            int8     split code of the labelled frame (fmdata.store.schema)
     label      (window,)            uint8    true class label (1: any mask pixel abnormal)
     prob       (window, class)      float32  softmax probabilities [normal, abnormal]
     pred       (window,)            uint8    predicted class (prob[:, 1] >= 0.5)
