@@ -33,12 +33,15 @@ from fmdata.store.window_table import WindowTable, current_row_offsets, read_win
 from fmmodel.batches import SharedRing, WindowBatch, allocate_batch, collate_windows
 from fmmodel.errors import FmModelError
 from fmmodel.preprocessing import (
-    ORIENTATION_REFERENCE,
     PREPROCESSING_REFERENCE,
     PREPROCESSINGS,
     VIDEO_DTYPES,
+    current_values,
     input_format,
+    item_axes,
+    orient_masks,
     read_normalization,
+    video_scale_shift,
 )
 from fmmodel.protocol import MODALITIES
 
@@ -204,8 +207,8 @@ class FmfWindowDataset(torch.utils.data.Dataset):
     @property
     def item_frame_shape(self) -> tuple[int, int]:
         """The (H', W') of clip frames and masks as delivered: (W, H) under reference orientation."""
-        h, w = self.frame_shape
-        return (w, h) if self.orientation == ORIENTATION_REFERENCE else (h, w)
+        a, b = item_axes(self.orientation, 0)
+        return self.frame_shape[a], self.frame_shape[b]
 
     def set_epoch(self, epoch: int) -> None:
         """Select the flip decisions of ``epoch`` (reaches persistent workers; call before iterating)."""
@@ -309,12 +312,6 @@ class FmfWindowDataset(torch.utils.data.Dataset):
             self._readers = readers
         return self._readers
 
-    def _orient(self, frames: np.ndarray) -> np.ndarray:
-        """View (..., H, W[, C]) frames in the item orientation (swap H and W for reference)."""
-        if self.orientation == ORIENTATION_REFERENCE:
-            return np.swapaxes(frames, 1, 2)
-        return frames
-
     def _frames(self, reader: AxisReader, frames: np.ndarray, key: str) -> np.ndarray:
         """Return ``video/mask[frames]`` for an int array of any shape (frames axis first).
 
@@ -340,8 +337,7 @@ class FmfWindowDataset(torch.utils.data.Dataset):
         ``frames`` is (B, T, y, x, c) or (B, y, x). The reference orientation delivers (x, y), so
         its last axis is the store's y (MATLAB's H); the true orientation's is x.
         """
-        y_axis = 1 if frames.ndim == 5 else 0  # within one item
-        axis = y_axis if self.orientation == ORIENTATION_REFERENCE else y_axis + 1
+        axis = item_axes(self.orientation, 1 if frames.ndim == 5 else 0)[1]  # within one item
         for b in np.flatnonzero(flips):
             frames[b] = np.flip(frames[b], axis)
 
@@ -349,20 +345,19 @@ class FmfWindowDataset(torch.utils.data.Dataset):
         raw = self._frames(reader, self._clip[idx], "clip")  # (B, T, H, W, 3) uint8, store orientation
         self._flip_last_axis(raw, flips)
         # One strided, casting copy for the whole batch: (B, T, y, x, c) -> (B, c, T, H', W').
-        src = raw.transpose(0, 4, 1, 3, 2) if self.orientation == ORIENTATION_REFERENCE else raw.transpose(0, 4, 1, 2, 3)
+        src = raw.transpose(0, 4, 1, *item_axes(self.orientation, 2))
         if self.norm is None:
             np.copyto(out, src, casting="unsafe")
             return
-        scale = 1.0 / self.norm["video_std"]
-        shift = -self.norm["video_mean"] * scale
+        scale, shift = video_scale_shift(self.norm)
         for c in range(3):
-            np.multiply(src[:, c], np.float32(scale[c]), out=out[:, c], dtype=np.float32)
-            out[:, c] += np.float32(shift[c])
+            np.multiply(src[:, c], scale[c], out=out[:, c], dtype=np.float32)
+            out[:, c] += shift[c]
 
     def _read_masks(self, reader: AxisReader, idx: np.ndarray, flips: np.ndarray, out: np.ndarray) -> None:
         raw = self._frames(reader, self._frame[idx], "mask")  # (B, H, W), store orientation
         self._flip_last_axis(raw, flips)
-        out[...] = self._orient(raw)
+        out[...] = orient_masks(raw, self.orientation)
 
     def _resample_offsets(self, n: int) -> np.ndarray:
         """Offsets (from ``current_start``) of the rows a window of ``n`` current rows is read as."""
@@ -380,9 +375,7 @@ class FmfWindowDataset(torch.utils.data.Dataset):
         offsets = np.stack([self._resample_offsets(int(n)) for n in unique])
         rows = start[:, None] + offsets[inverse.reshape(-1)]
         values = reader.take(rows.reshape(-1)).reshape(len(idx), self.current_rows, 3)
-        if self.norm is not None:
-            values = (values - self.norm["current_mean"]) / self.norm["current_std"]
-        out[...] = values
+        out[...] = current_values(values, self.norm)
 
     # -- pickling --------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:

@@ -48,7 +48,7 @@ from fmdata.store.block_reader import BlockReader, block_frames, block_ranges
 from fmdata.store.window_table import current_row_offsets
 from fmmodel.dataset import FmfWindowDataset
 from fmmodel.errors import FmModelError
-from fmmodel.preprocessing import ORIENTATION_REFERENCE
+from fmmodel.preprocessing import current_values, item_axes, orient_masks, video_scale_shift
 from fmmodel.sampling import sampler_indices
 
 _INDEX_BYTES = 8  # index tensors are int64
@@ -177,11 +177,9 @@ class ResidentWindows:
         self._scale: torch.Tensor | None = None
         self._shift: torch.Tensor | None = None
         if ds.norm is not None and ds.modality != "current":
-            # the lazy path's float32 scale and shift (fmmodel.dataset._read_clips)
-            scale = 1.0 / ds.norm["video_std"]
-            shift = -ds.norm["video_mean"] * scale
-            self._scale = torch.tensor(scale.astype(np.float32), device=self.device).view(1, 3, 1, 1, 1)
-            self._shift = torch.tensor(shift.astype(np.float32), device=self.device).view(1, 3, 1, 1, 1)
+            scale, shift = video_scale_shift(ds.norm)  # the lazy path's float32 scale and shift
+            self._scale = torch.tensor(scale, device=self.device).view(1, 3, 1, 1, 1)
+            self._shift = torch.tensor(shift, device=self.device).view(1, 3, 1, 1, 1)
 
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
@@ -258,7 +256,7 @@ class ResidentWindows:
         x, y = self._plane
         planes = torch.empty((frames.size, 3, x, y), dtype=torch.uint8, device=self.device)
         # store (frame, y, x, c) -> item planes (frame, c, x', y'): reference (c, x, y), true (c, y, x)
-        order = (0, 3, 2, 1) if self.dataset.orientation == ORIENTATION_REFERENCE else (0, 3, 1, 2)
+        order = (0, 3, *item_axes(self.dataset.orientation, 1))
 
         def put(lo: int, hi: int, values: np.ndarray) -> None:
             planes[lo:hi].copy_(self._tensor(values).permute(order))
@@ -272,7 +270,6 @@ class ResidentWindows:
         frames = self.plan.mask_frames
         x, y = self._plane
         packed = torch.empty((frames.size, _packed_bytes(x * y)), dtype=torch.uint8, device=self.device)
-        reference = self.dataset.orientation == ORIENTATION_REFERENCE
         where = f"{self.dataset.store} ({schema.MASK})"
 
         def put(lo: int, hi: int, values: np.ndarray) -> None:
@@ -280,7 +277,7 @@ class ResidentWindows:
             if top > 1:
                 raise FmModelError(f"expected masks of 0/1 for the resident path, got values up to {top} "
                                    "(use the lazy data path)", where)
-            oriented = np.swapaxes(values, 1, 2) if reference else values
+            oriented = orient_masks(values, self.dataset.orientation)
             bits = np.packbits(np.ascontiguousarray(oriented).reshape(hi - lo, -1), axis=1)
             packed[lo:hi].copy_(self._tensor(bits))
             bar.update(bits.nbytes)
@@ -296,9 +293,7 @@ class ResidentWindows:
         norm = self.dataset.norm
 
         def put(lo: int, hi: int, values: np.ndarray) -> None:
-            if norm is not None:  # in float64, then cast: as the lazy path computes it
-                values = (values - norm["current_mean"]) / norm["current_std"]
-            current[lo:hi].copy_(self._tensor(values.astype(np.float32)))
+            current[lo:hi].copy_(self._tensor(current_values(values, norm)))
             bar.update((hi - lo) * 12)
 
         arr = root[schema.CURRENT]
