@@ -16,6 +16,7 @@ DataLoader worker opens its own); pickling the dataset never carries an open han
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,7 +50,27 @@ TARGETS = ("cls", "seg", "both")
 SPLIT_CODES = {name: code for code, name in schema.SPLIT_NAMES.items()}
 _MIB = 1 << 20
 
-__all__ = ["FmfWindowDataset", "WindowBatch", "collate_windows", "TARGETS"]
+__all__ = ["FmfWindowDataset", "WindowBatch", "collate_windows", "current_resampling", "TARGETS"]
+
+
+@functools.lru_cache(maxsize=4096)
+def _row_offsets(n: int, rows: int) -> np.ndarray:
+    # one read-only copy per (length, rows) in a process, shared by every dataset and resident copy
+    offsets = current_row_offsets(n, rows)
+    offsets.flags.writeable = False
+    return offsets
+
+
+def current_resampling(lengths: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return how windows of ``lengths`` current rows are read as ``rows`` rows: (offsets, code).
+
+    ``offsets`` (int64, (distinct lengths, ``rows``)) holds one row of
+    :func:`fmdata.store.window_table.current_row_offsets` per distinct length; window ``i`` reads
+    rows ``start[i] + offsets[code[i]]`` (``code`` int64, one per window).
+    """
+    unique, code = np.unique(lengths, return_inverse=True)  # most windows share one length
+    offsets = np.stack([_row_offsets(int(n), int(rows)) for n in unique])
+    return offsets, code.reshape(-1).astype(np.int64, copy=False)
 
 
 class FmfWindowDataset(torch.utils.data.Dataset):
@@ -138,7 +159,6 @@ class FmfWindowDataset(torch.utils.data.Dataset):
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self._readers: dict[str, AxisReader] | None = None
         self._flips: tuple[int, np.ndarray] | None = None
-        self._offsets: dict[int, np.ndarray] = {}
         self._scratch: dict[str, np.ndarray] = {}
         # Batch buffers reused by a worker (number of slots; 0: a fresh buffer per batch), and
         # whether the receiver may keep views of them (only when it copies at once, e.g. pins).
@@ -359,21 +379,11 @@ class FmfWindowDataset(torch.utils.data.Dataset):
         self._flip_last_axis(raw, flips)
         out[...] = orient_masks(raw, self.orientation)
 
-    def _resample_offsets(self, n: int) -> np.ndarray:
-        """Offsets (from ``current_start``) of the rows a window of ``n`` current rows is read as."""
-        offsets = self._offsets.get(n)
-        if offsets is None:
-            offsets = current_row_offsets(n, self.current_rows)
-            if len(self._offsets) < 4096:
-                self._offsets[n] = offsets
-        return offsets
-
     def _read_current(self, reader: AxisReader, idx: np.ndarray, out: np.ndarray) -> None:
         start = self._cur_start[idx]
         lengths = self._cur_stop[idx] - start
-        unique, inverse = np.unique(lengths, return_inverse=True)  # most windows share one length
-        offsets = np.stack([self._resample_offsets(int(n)) for n in unique])
-        rows = start[:, None] + offsets[inverse.reshape(-1)]
+        offsets, code = current_resampling(lengths, self.current_rows)
+        rows = start[:, None] + offsets[code]
         values = reader.take(rows.reshape(-1)).reshape(len(idx), self.current_rows, 3)
         out[...] = current_values(values, self.norm)
 

@@ -15,8 +15,8 @@ RAM on the CPU):
 * the current rows of every window's range, already preprocessed (float32 amperes, or
   standardised in float64 and then cast, exactly as the lazy path computes them);
 * the window table as index tensors: each window's frame slots, its first current slot and which
-  resampling it uses (the offsets of :func:`fmdata.store.window_table.current_row_offsets`, one
-  row per distinct window length), label, recording, labelled frame and table row.
+  resampling it uses (the offsets of :func:`fmmodel.dataset.current_resampling`, one row per
+  distinct window length), label, recording, labelled frame and table row.
 
 :meth:`ResidentWindows.batch` gathers a batch on the device: clips, current rows, masks and the
 small fields by index, the horizontal flip of the chosen items, and the uint8 to float32 cast
@@ -45,8 +45,7 @@ from fmdata.errors import FmDataError
 from fmdata.store import schema
 from fmdata.store.access import open_store
 from fmdata.store.block_reader import BlockReader, block_frames, block_ranges
-from fmdata.store.window_table import current_row_offsets
-from fmmodel.dataset import FmfWindowDataset
+from fmmodel.dataset import FmfWindowDataset, current_resampling
 from fmmodel.errors import FmModelError
 from fmmodel.preprocessing import current_values, item_axes, orient_masks, video_scale_shift
 from fmmodel.sampling import sampler_indices
@@ -246,10 +245,9 @@ class ResidentWindows:
             starts, lengths = starts[pick], stops[pick] - starts[pick]
             # a window's rows are consecutive in the resident current, so its first slot suffices
             self._cur_start = self._tensor(np.searchsorted(plan.current_rows, starts))
-            unique, code = np.unique(lengths, return_inverse=True)  # most windows share one length
-            self._cur_code = self._tensor(code.reshape(-1).astype(np.int64))
-            self._cur_offsets = self._tensor(np.stack([current_row_offsets(int(n), ds.current_rows)
-                                                       for n in unique]))
+            offsets, code = current_resampling(lengths, ds.current_rows)
+            self._cur_code = self._tensor(code)
+            self._cur_offsets = self._tensor(offsets)
 
     def _load_video(self, root: Any, bar: tqdm) -> None:
         frames = self.plan.frames
