@@ -16,6 +16,7 @@ DataLoader worker opens its own); pickling the dataset never carries an open han
 """
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -71,6 +72,15 @@ def current_resampling(lengths: np.ndarray, rows: int) -> tuple[np.ndarray, np.n
     unique, code = np.unique(lengths, return_inverse=True)  # most windows share one length
     offsets = np.stack([_row_offsets(int(n), int(rows)) for n in unique])
     return offsets, code.reshape(-1).astype(np.int64, copy=False)
+
+
+def _pick(keep: np.ndarray, rows: np.ndarray | Sequence[int]) -> np.ndarray:
+    """Return ``keep[rows]`` (int indices or a boolean mask); FmModelError when ``rows`` do not index ``keep``."""
+    try:
+        return keep[np.asarray(rows)]
+    except IndexError:
+        raise FmModelError(f"expected rows indexing the {len(keep)} selected windows, got "
+                           f"some out of range") from None
 
 
 class FmfWindowDataset(torch.utils.data.Dataset):
@@ -139,11 +149,7 @@ class FmfWindowDataset(torch.utils.data.Dataset):
                 raise FmModelError(f"expected split in {tuple(SPLIT_CODES)}, got {split!r}")
             keep = keep[table.column("split")[keep] == SPLIT_CODES[split]]
         if rows is not None:
-            try:
-                keep = keep[np.asarray(rows)]
-            except IndexError:
-                raise FmModelError(f"expected rows indexing the {len(keep)} selected windows, got "
-                                   f"some out of range") from None
+            keep = _pick(keep, rows)
         self._n_table = len(table)
         self._window = keep.astype(np.int64)
         self._clip = np.ascontiguousarray(table.clip[keep])
@@ -229,6 +235,20 @@ class FmfWindowDataset(torch.utils.data.Dataset):
         """The (H', W') of clip frames and masks as delivered: (W, H) under reference orientation."""
         a, b = item_axes(self.orientation, 0)
         return self.frame_shape[a], self.frame_shape[b]
+
+    def subset(self, positions: np.ndarray | Sequence[int]) -> FmfWindowDataset:
+        """Return the dataset of this one's items at ``positions`` (int indices or a boolean mask).
+
+        The same as building this dataset again with those ``rows``: same table, preprocessing and
+        flip decisions (epoch 0), without reading the store again.
+        """
+        keep = _pick(np.arange(len(self)), positions)
+        out = copy.copy(self)
+        out.__dict__.update(self.__getstate__())  # no open readers, caches or batch buffers
+        for name in ("_window", "_clip", "_frame", "_label", "_recording", "_cur_start", "_cur_stop"):
+            setattr(out, name, np.ascontiguousarray(getattr(self, name)[keep]))
+        out._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        return out
 
     def set_epoch(self, epoch: int) -> None:
         """Select the flip decisions of ``epoch`` (reaches persistent workers; call before iterating)."""
