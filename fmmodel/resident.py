@@ -33,7 +33,7 @@ each, :func:`fmdata.store.block_reader.block_frames`): nothing is ever held twic
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +44,7 @@ from tqdm import tqdm
 from fmdata.errors import FmDataError
 from fmdata.store import schema
 from fmdata.store.access import open_store
-from fmdata.store.block_reader import BlockReader, block_frames, block_ranges
+from fmdata.store.block_reader import BlockReader, block_frames
 from fmmodel.dataset import FmfWindowDataset, current_resampling
 from fmmodel.errors import FmModelError
 from fmmodel.preprocessing import current_values, item_axes, orient_masks, video_scale_shift
@@ -115,26 +115,6 @@ def _covered_rows(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
     # +1 where a range opens, -1 where one closes: a row is covered where the running sum is positive
     edges = np.bincount(starts - lo, minlength=hi - lo + 1) - np.bincount(stops - lo, minlength=hi - lo + 1)
     return np.flatnonzero(np.cumsum(edges[:-1]) > 0).astype(np.int64) + lo
-
-
-def _stream(reader: BlockReader, rows: np.ndarray, block: int, put: Callable[[int, int, np.ndarray], None]) -> None:
-    """Read the sorted global ``rows`` of ``reader``'s array, one scan block at a time.
-
-    Calls ``put(lo, hi, values)`` with ``values`` the rows ``rows[lo:hi]`` (a view of the block
-    where they are consecutive). Only blocks holding wanted rows are read, and within a block
-    only the write units from the first wanted row to the last.
-    """
-    unit = reader.block
-    for a, b in block_ranges(reader.shape[0], block):
-        lo, hi = np.searchsorted(rows, [a, b])
-        if lo == hi:
-            continue
-        first = int(rows[lo]) // unit * unit
-        last = min(b, -(-(int(rows[hi - 1]) + 1) // unit) * unit)
-        data = reader.read(first, last)
-        local = rows[lo:hi] - first
-        run = int(local[-1]) - int(local[0]) + 1 == local.size  # consecutive: a view, no copy
-        put(int(lo), int(hi), data[int(local[0]):int(local[-1]) + 1] if run else data[local])
 
 
 def _word_rows(t: torch.Tensor) -> torch.Tensor:
@@ -261,7 +241,7 @@ class ResidentWindows:
             bar.update((hi - lo) * 3 * x * y)
 
         arr = root[schema.VIDEO]
-        _stream(BlockReader(arr), frames, block_frames(arr), put)
+        BlockReader(arr).stream(frames, block_frames(arr), put)
         self._video = _word_rows(planes.view(frames.size * 3, x, y))
 
     def _load_masks(self, root: Any, bar: tqdm) -> None:
@@ -281,7 +261,7 @@ class ResidentWindows:
             bar.update(bits.nbytes)
 
         arr = root[schema.MASK]
-        _stream(BlockReader(arr), frames, block_frames(arr), put)
+        BlockReader(arr).stream(frames, block_frames(arr), put)
         self._mask = packed
         self._shifts = torch.tensor(_BIT_SHIFTS, dtype=torch.uint8, device=self.device)
 
@@ -295,7 +275,7 @@ class ResidentWindows:
             bar.update((hi - lo) * 12)
 
         arr = root[schema.CURRENT]
-        _stream(BlockReader(arr), rows, block_frames(arr), put)
+        BlockReader(arr).stream(rows, block_frames(arr), put)
         self._current = current
 
     # -- batches ---------------------------------------------------------------------------------
