@@ -15,18 +15,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import zarr
 from torch import nn
 from torch.utils.data import Sampler
 from tqdm import tqdm
 
-from fmdata.derive.labels import read_labels
 from fmdata.errors import FmDataError
-from fmdata.store import schema
-from fmdata.store.access import open_store, read_meta, read_offsets, read_recordings
-from fmdata.store.columns import read_column
+from fmdata.store.access import open_store, read_meta, read_recordings
 from fmdata.store.location import Location
 from fmdata.store.schema import StoreMeta
 from fmdata.store.window_table import WindowParams, WindowTable
@@ -37,7 +33,7 @@ from fmmodel.data import (
     check_windows_fit,
     checkpoint_window_params,
     make_dataset,
-    per_second_samples,
+    read_per_second_samples,
     select_split,
     window_table_for,
 )
@@ -224,13 +220,7 @@ def prepare(location: Location, checkpoint: str, *, fmt: str, variant: str | Non
     if protocol is None:
         protocol = "reference" if meta.info.get("format") == "reference" else "toolkit"
     if protocol == "reference" and modality == "current":
-        try:
-            frame_label, _ = read_labels(root)
-            frame_offsets, _ = read_offsets(root)
-            frame_time = read_column(root[schema.FRAME_TIME], np.float64, str(location))
-        except FmDataError as exc:
-            raise FmModelError(exc.message, exc.path or str(location)) from None
-        sub = per_second_samples(sub, frame_time, frame_label, frame_offsets)
+        sub = read_per_second_samples(location, root, sub)
     fmt_in = input_format(meta.preprocessing.get("name", PREPROCESSING_REFERENCE), ctx.device)
     if fmt_in.orientation != meta.orientation:
         raise FmModelError(f"expected inputs in the checkpoint's orientation {meta.orientation!r}, but "
