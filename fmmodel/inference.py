@@ -27,7 +27,7 @@ from fmdata.store.location import Location
 from fmdata.store.schema import StoreMeta
 from fmdata.store.window_table import WindowParams, WindowTable
 from fmmodel import distributed as dd
-from fmmodel.checkpoint import CHECKPOINT_FORMATS, ModelMeta, load_model
+from fmmodel.checkpoint import ModelMeta, load_model
 from fmmodel.data import (
     check_frames_fit,
     check_windows_fit,
@@ -148,14 +148,12 @@ def run_inference(model: nn.Module, loader: BatchSource, ctx: dd.DistContext, *,
 
 def load_for_inference(checkpoint: str, fmt: str, variant: str | None, device: torch.device,
                        trusted: Sequence[str] = ()) -> tuple[nn.Module, ModelMeta]:
-    """Return (model on ``device`` in eval mode, ModelMeta) from a toolkit or reference checkpoint;
-    ``trusted`` names users' models whose factory may be imported (``--model``)."""
-    if fmt not in CHECKPOINT_FORMATS:
-        raise FmModelError(f"expected a checkpoint format in {CHECKPOINT_FORMATS}, got {fmt!r}", field="fmt")
-    if not os.path.exists(checkpoint):
+    """Return (model on ``device`` in eval mode, ModelMeta) from a toolkit or reference checkpoint
+    (:func:`fmmodel.checkpoint.load_model`, which checks ``fmt``); ``trusted`` names users' models
+    whose factory may be imported (``--model``)."""
+    if not os.path.exists(checkpoint):  # one message for a missing file, .npz fixtures included
         raise FmModelError("expected a checkpoint file, got nothing there", checkpoint)
-    model, meta = load_model(checkpoint, format=fmt, variant=variant, device="cpu", trusted=trusted)
-    return model.to(device).eval(), meta
+    return load_model(checkpoint, format=fmt, variant=variant, device=device, trusted=trusted)
 
 
 @dataclass
