@@ -65,15 +65,30 @@ class ResidentPlan:
     ``items`` are the dataset positions it covers (None: all of them); ``frames`` the sorted global
     video frames the clips read (empty without video); ``mask_frames`` the labelled frames whose
     masks are kept (empty without masks); ``current_rows`` the sorted global current rows of every
-    window's range (empty without current). ``nbytes`` is what each part will take on the device.
+    window's range (empty without current); ``dataset_items`` the dataset's length, ``plane`` its
+    item frame shape (H', W') and ``index_bytes`` what the index tensors take. ``n_items`` and
+    ``nbytes`` (what each part will take on the device) follow from these.
     """
 
     items: np.ndarray | None
-    n_items: int
+    dataset_items: int
     frames: np.ndarray
     mask_frames: np.ndarray
     current_rows: np.ndarray
-    nbytes: dict[str, int]
+    plane: tuple[int, int]
+    index_bytes: int
+
+    @property
+    def n_items(self) -> int:
+        """Return the number of dataset items the copy holds."""
+        return self.dataset_items if self.items is None else int(self.items.size)
+
+    @property
+    def nbytes(self) -> dict[str, int]:
+        """Return the bytes each part takes: {"video", "mask", "current", "index"}."""
+        x, y = self.plane
+        return {"video": int(self.frames.size) * 3 * x * y, "mask": int(self.mask_frames.size) * _packed_bytes(x * y),
+                "current": int(self.current_rows.size) * 3 * 4, "index": self.index_bytes}
 
     @property
     def total_bytes(self) -> int:
@@ -89,7 +104,6 @@ class ResidentPlan:
                 raise FmModelError(f"expected items in [0, {len(ds)}), got {items[0]}..{items[-1]}")
         pick: Any = slice(None) if items is None else items
         n_items = len(ds) if items is None else int(items.size)
-        x, y = ds.item_frame_shape
         empty = np.zeros(0, np.int64)
         video = ds.modality != "current"
         frames = np.unique(ds.clip_frames[pick]) if video else empty
@@ -102,9 +116,8 @@ class ResidentPlan:
             lengths = int(np.unique(stops[pick] - starts[pick]).size)  # rows of the resampling table
         per_item = (ds.frames if video else 0) + 8  # clip slots, mask slot, current start and length, 4 fields
         index = n_items * per_item + lengths * ds.current_rows + (0 if items is None else len(ds))
-        nbytes = {"video": int(frames.size) * 3 * x * y, "mask": int(masks.size) * _packed_bytes(x * y),
-                  "current": int(rows.size) * 3 * 4, "index": index * _INDEX_BYTES}
-        return cls(items=items, n_items=n_items, frames=frames, mask_frames=masks, current_rows=rows, nbytes=nbytes)
+        return cls(items=items, dataset_items=len(ds), frames=frames, mask_frames=masks, current_rows=rows,
+                   plane=ds.item_frame_shape, index_bytes=index * _INDEX_BYTES)
 
 
 def _covered_rows(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
@@ -138,17 +151,14 @@ def _flip_items(x: torch.Tensor, positions: torch.Tensor) -> None:
 class ResidentWindows:
     """The resident copy of a dataset's windows on ``device``; :meth:`batch` gathers batches there.
 
-    Build it with :meth:`load`. ``nbytes`` says what each part takes, ``load_seconds`` how long
-    the load took, ``device_bytes`` how much device memory the load allocated (CUDA only).
+    Build it with :meth:`load`. ``nbytes`` says what each part takes (the plan's), ``load_seconds``
+    how long the load took, ``device_bytes`` how much device memory the load allocated (CUDA only).
     """
 
     def __init__(self, ds: FmfWindowDataset, plan: ResidentPlan, device: torch.device) -> None:
         self.dataset, self.plan, self.device = ds, plan, torch.device(device)
-        self.nbytes = dict(plan.nbytes)
         self.load_seconds = 0.0
         self.device_bytes: int | None = None
-        x, y = ds.item_frame_shape
-        self._plane = (x, y)
         self._video: torch.Tensor | None = None  # (frames * 3, x * y) uint8 (or int64 words)
         self._mask: torch.Tensor | None = None  # (mask frames, ceil(x * y / 8)) uint8, packed bits
         self._current: torch.Tensor | None = None  # (rows, 3) float32, preprocessed
@@ -159,6 +169,11 @@ class ResidentWindows:
             scale, shift = video_scale_shift(ds.norm)  # the lazy path's float32 scale and shift
             self._scale = torch.tensor(scale, device=self.device).view(1, 3, 1, 1, 1)
             self._shift = torch.tensor(shift, device=self.device).view(1, 3, 1, 1, 1)
+
+    @property
+    def nbytes(self) -> dict[str, int]:
+        """Return the bytes each part takes on the device (:attr:`ResidentPlan.nbytes`)."""
+        return self.plan.nbytes
 
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
@@ -231,7 +246,7 @@ class ResidentWindows:
 
     def _load_video(self, root: Any, bar: tqdm) -> None:
         frames = self.plan.frames
-        x, y = self._plane
+        x, y = self.plan.plane
         planes = torch.empty((frames.size, 3, x, y), dtype=torch.uint8, device=self.device)
         # store (frame, y, x, c) -> item planes (frame, c, x', y'): reference (c, x, y), true (c, y, x)
         order = (0, 3, *item_axes(self.dataset.orientation, 1))
@@ -246,7 +261,7 @@ class ResidentWindows:
 
     def _load_masks(self, root: Any, bar: tqdm) -> None:
         frames = self.plan.mask_frames
-        x, y = self._plane
+        x, y = self.plan.plane
         packed = torch.empty((frames.size, _packed_bytes(x * y)), dtype=torch.uint8, device=self.device)
         where = f"{self.dataset.store} ({schema.MASK})"
 
@@ -293,7 +308,7 @@ class ResidentWindows:
         ds = self.dataset
         r = positions if self._item_of is None else self._item_of[positions]
         n = int(positions.shape[0])
-        x, y = self._plane
+        x, y = self.plan.plane
         out: dict[str, torch.Tensor] = {}
         if self._video is not None:
             slots = self._clip_slot[r]  # (n, T)
@@ -322,7 +337,7 @@ class ResidentWindows:
         """Return what was loaded, for logs and reports (JSON-able)."""
         return {"device": str(self.device), "items": self.plan.n_items, "frames": int(self.plan.frames.size),
                 "mask_frames": int(self.plan.mask_frames.size), "current_rows": int(self.plan.current_rows.size),
-                "bytes": dict(self.nbytes), "total_bytes": self.plan.total_bytes,
+                "bytes": self.nbytes, "total_bytes": self.plan.total_bytes,
                 "device_bytes_allocated": self.device_bytes, "load_seconds": self.load_seconds}
 
 
