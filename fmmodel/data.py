@@ -13,11 +13,12 @@ import numpy as np
 import zarr
 
 from fmdata.compute.dask_cluster import DaskOptions
-from fmdata.derive.labels import ensure_labels, labels_up_to_date, require_writable
+from fmdata.derive.labels import ensure_labels, labels_up_to_date, read_labels, require_writable
 from fmdata.derive.windows import build_window_table, load_index
 from fmdata.errors import FmDataError
 from fmdata.store import schema
-from fmdata.store.access import open_store
+from fmdata.store.access import open_store, read_offsets
+from fmdata.store.columns import read_column
 from fmdata.store.location import Location
 from fmdata.store.window_table import WindowParams, WindowTable, read_window_table
 from fmmodel import distributed as dd
@@ -119,6 +120,19 @@ def per_second_samples(table: WindowTable, frame_time: np.ndarray, frame_label: 
     out = table.table[first].copy()
     out[:, table.columns.index("label")] = (abnormal[stop] - abnormal[start] > 0).astype(np.int64)
     return WindowTable(table=out, columns=table.columns, params={**table.params, "samples": "per second"})
+
+
+def read_per_second_samples(location: Location, root: zarr.Group, table: WindowTable) -> WindowTable:
+    """Return :func:`per_second_samples` of ``table`` with the frame times, frame labels and recording
+    offsets read from the store ``root`` (at ``location``); FmModelError when the store lacks them or
+    they are damaged."""
+    try:
+        frame_label, _ = read_labels(root)
+        frame_offsets, _ = read_offsets(root)
+        frame_time = read_column(root[schema.FRAME_TIME], np.float64, str(location))
+    except FmDataError as exc:
+        raise FmModelError(exc.message, exc.path or str(location)) from None
+    return per_second_samples(table, frame_time, frame_label, frame_offsets)
 
 
 def make_dataset(location: Location, table: WindowTable, fmt: InputFormat, *, augment: bool, seed: int,

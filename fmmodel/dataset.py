@@ -16,6 +16,8 @@ DataLoader worker opens its own); pickling the dataset never carries an open han
 """
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,12 +35,15 @@ from fmdata.store.window_table import WindowTable, current_row_offsets, read_win
 from fmmodel.batches import SharedRing, WindowBatch, allocate_batch, collate_windows
 from fmmodel.errors import FmModelError
 from fmmodel.preprocessing import (
-    ORIENTATION_REFERENCE,
     PREPROCESSING_REFERENCE,
     PREPROCESSINGS,
     VIDEO_DTYPES,
+    current_values,
     input_format,
+    item_axes,
+    orient_masks,
     read_normalization,
+    video_scale_shift,
 )
 from fmmodel.protocol import MODALITIES
 
@@ -46,7 +51,36 @@ TARGETS = ("cls", "seg", "both")
 SPLIT_CODES = {name: code for code, name in schema.SPLIT_NAMES.items()}
 _MIB = 1 << 20
 
-__all__ = ["FmfWindowDataset", "WindowBatch", "collate_windows", "TARGETS"]
+__all__ = ["FmfWindowDataset", "WindowBatch", "collate_windows", "current_resampling", "TARGETS"]
+
+
+@functools.lru_cache(maxsize=4096)
+def _row_offsets(n: int, rows: int) -> np.ndarray:
+    # one read-only copy per (length, rows) in a process, shared by every dataset and resident copy
+    offsets = current_row_offsets(n, rows)
+    offsets.flags.writeable = False
+    return offsets
+
+
+def current_resampling(lengths: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return how windows of ``lengths`` current rows are read as ``rows`` rows: (offsets, code).
+
+    ``offsets`` (int64, (distinct lengths, ``rows``)) holds one row of
+    :func:`fmdata.store.window_table.current_row_offsets` per distinct length; window ``i`` reads
+    rows ``start[i] + offsets[code[i]]`` (``code`` int64, one per window).
+    """
+    unique, code = np.unique(lengths, return_inverse=True)  # most windows share one length
+    offsets = np.stack([_row_offsets(int(n), int(rows)) for n in unique])
+    return offsets, code.reshape(-1).astype(np.int64, copy=False)
+
+
+def _pick(keep: np.ndarray, rows: np.ndarray | Sequence[int]) -> np.ndarray:
+    """Return ``keep[rows]`` (int indices or a boolean mask); FmModelError when ``rows`` do not index ``keep``."""
+    try:
+        return keep[np.asarray(rows)]
+    except IndexError:
+        raise FmModelError(f"expected rows indexing the {len(keep)} selected windows, got "
+                           f"some out of range") from None
 
 
 class FmfWindowDataset(torch.utils.data.Dataset):
@@ -115,11 +149,7 @@ class FmfWindowDataset(torch.utils.data.Dataset):
                 raise FmModelError(f"expected split in {tuple(SPLIT_CODES)}, got {split!r}")
             keep = keep[table.column("split")[keep] == SPLIT_CODES[split]]
         if rows is not None:
-            try:
-                keep = keep[np.asarray(rows)]
-            except IndexError:
-                raise FmModelError(f"expected rows indexing the {len(keep)} selected windows, got "
-                                   f"some out of range") from None
+            keep = _pick(keep, rows)
         self._n_table = len(table)
         self._window = keep.astype(np.int64)
         self._clip = np.ascontiguousarray(table.clip[keep])
@@ -135,7 +165,6 @@ class FmfWindowDataset(torch.utils.data.Dataset):
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self._readers: dict[str, AxisReader] | None = None
         self._flips: tuple[int, np.ndarray] | None = None
-        self._offsets: dict[int, np.ndarray] = {}
         self._scratch: dict[str, np.ndarray] = {}
         # Batch buffers reused by a worker (number of slots; 0: a fresh buffer per batch), and
         # whether the receiver may keep views of them (only when it copies at once, e.g. pins).
@@ -204,8 +233,22 @@ class FmfWindowDataset(torch.utils.data.Dataset):
     @property
     def item_frame_shape(self) -> tuple[int, int]:
         """The (H', W') of clip frames and masks as delivered: (W, H) under reference orientation."""
-        h, w = self.frame_shape
-        return (w, h) if self.orientation == ORIENTATION_REFERENCE else (h, w)
+        a, b = item_axes(self.orientation, 0)
+        return self.frame_shape[a], self.frame_shape[b]
+
+    def subset(self, positions: np.ndarray | Sequence[int]) -> FmfWindowDataset:
+        """Return the dataset of this one's items at ``positions`` (int indices or a boolean mask).
+
+        The same as building this dataset again with those ``rows``: same table, preprocessing and
+        flip decisions (epoch 0), without reading the store again.
+        """
+        keep = _pick(np.arange(len(self)), positions)
+        out = copy.copy(self)
+        out.__dict__.update(self.__getstate__())  # no open readers, caches or batch buffers
+        for name in ("_window", "_clip", "_frame", "_label", "_recording", "_cur_start", "_cur_stop"):
+            setattr(out, name, np.ascontiguousarray(getattr(self, name)[keep]))
+        out._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        return out
 
     def set_epoch(self, epoch: int) -> None:
         """Select the flip decisions of ``epoch`` (reaches persistent workers; call before iterating)."""
@@ -309,12 +352,6 @@ class FmfWindowDataset(torch.utils.data.Dataset):
             self._readers = readers
         return self._readers
 
-    def _orient(self, frames: np.ndarray) -> np.ndarray:
-        """View (..., H, W[, C]) frames in the item orientation (swap H and W for reference)."""
-        if self.orientation == ORIENTATION_REFERENCE:
-            return np.swapaxes(frames, 1, 2)
-        return frames
-
     def _frames(self, reader: AxisReader, frames: np.ndarray, key: str) -> np.ndarray:
         """Return ``video/mask[frames]`` for an int array of any shape (frames axis first).
 
@@ -340,8 +377,7 @@ class FmfWindowDataset(torch.utils.data.Dataset):
         ``frames`` is (B, T, y, x, c) or (B, y, x). The reference orientation delivers (x, y), so
         its last axis is the store's y (MATLAB's H); the true orientation's is x.
         """
-        y_axis = 1 if frames.ndim == 5 else 0  # within one item
-        axis = y_axis if self.orientation == ORIENTATION_REFERENCE else y_axis + 1
+        axis = item_axes(self.orientation, 1 if frames.ndim == 5 else 0)[1]  # within one item
         for b in np.flatnonzero(flips):
             frames[b] = np.flip(frames[b], axis)
 
@@ -349,40 +385,27 @@ class FmfWindowDataset(torch.utils.data.Dataset):
         raw = self._frames(reader, self._clip[idx], "clip")  # (B, T, H, W, 3) uint8, store orientation
         self._flip_last_axis(raw, flips)
         # One strided, casting copy for the whole batch: (B, T, y, x, c) -> (B, c, T, H', W').
-        src = raw.transpose(0, 4, 1, 3, 2) if self.orientation == ORIENTATION_REFERENCE else raw.transpose(0, 4, 1, 2, 3)
+        src = raw.transpose(0, 4, 1, *item_axes(self.orientation, 2))
         if self.norm is None:
             np.copyto(out, src, casting="unsafe")
             return
-        scale = 1.0 / self.norm["video_std"]
-        shift = -self.norm["video_mean"] * scale
+        scale, shift = video_scale_shift(self.norm)
         for c in range(3):
-            np.multiply(src[:, c], np.float32(scale[c]), out=out[:, c], dtype=np.float32)
-            out[:, c] += np.float32(shift[c])
+            np.multiply(src[:, c], scale[c], out=out[:, c], dtype=np.float32)
+            out[:, c] += shift[c]
 
     def _read_masks(self, reader: AxisReader, idx: np.ndarray, flips: np.ndarray, out: np.ndarray) -> None:
         raw = self._frames(reader, self._frame[idx], "mask")  # (B, H, W), store orientation
         self._flip_last_axis(raw, flips)
-        out[...] = self._orient(raw)
-
-    def _resample_offsets(self, n: int) -> np.ndarray:
-        """Offsets (from ``current_start``) of the rows a window of ``n`` current rows is read as."""
-        offsets = self._offsets.get(n)
-        if offsets is None:
-            offsets = current_row_offsets(n, self.current_rows)
-            if len(self._offsets) < 4096:
-                self._offsets[n] = offsets
-        return offsets
+        out[...] = orient_masks(raw, self.orientation)
 
     def _read_current(self, reader: AxisReader, idx: np.ndarray, out: np.ndarray) -> None:
         start = self._cur_start[idx]
         lengths = self._cur_stop[idx] - start
-        unique, inverse = np.unique(lengths, return_inverse=True)  # most windows share one length
-        offsets = np.stack([self._resample_offsets(int(n)) for n in unique])
-        rows = start[:, None] + offsets[inverse.reshape(-1)]
+        offsets, code = current_resampling(lengths, self.current_rows)
+        rows = start[:, None] + offsets[code]
         values = reader.take(rows.reshape(-1)).reshape(len(idx), self.current_rows, 3)
-        if self.norm is not None:
-            values = (values - self.norm["current_mean"]) / self.norm["current_std"]
-        out[...] = values
+        out[...] = current_values(values, self.norm)
 
     # -- pickling --------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:

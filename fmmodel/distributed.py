@@ -23,7 +23,6 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from fmmodel.errors import FmModelError
-from fmmodel.registry import unwrap_model
 
 
 @dataclass(frozen=True)
@@ -153,11 +152,3 @@ def all_reduce_sum(ctx: DistContext, values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=comm_dev)
     dist.all_reduce(t)
     return t.cpu().tolist()
-
-
-def params_digest(model: torch.nn.Module) -> float:
-    """Return a float64 fingerprint of the parameters (for cross-rank equality checks)."""
-    total = torch.zeros((), dtype=torch.float64)
-    for i, p in enumerate(unwrap_model(model).parameters()):
-        total += (p.detach().double().cpu().flatten() * (1.0 + (i % 7) * 1e-3)).sum()
-    return float(total)

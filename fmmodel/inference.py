@@ -15,29 +15,25 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import zarr
 from torch import nn
 from torch.utils.data import Sampler
 from tqdm import tqdm
 
-from fmdata.derive.labels import read_labels
 from fmdata.errors import FmDataError
-from fmdata.store import schema
-from fmdata.store.access import open_store, read_meta, read_offsets, read_recordings
-from fmdata.store.columns import read_column
+from fmdata.store.access import open_store, read_meta, read_recordings
 from fmdata.store.location import Location
 from fmdata.store.schema import StoreMeta
 from fmdata.store.window_table import WindowParams, WindowTable
 from fmmodel import distributed as dd
-from fmmodel.checkpoint import CHECKPOINT_FORMATS, ModelMeta, load_model
+from fmmodel.checkpoint import ModelMeta, load_model
 from fmmodel.data import (
     check_frames_fit,
     check_windows_fit,
     checkpoint_window_params,
     make_dataset,
-    per_second_samples,
+    read_per_second_samples,
     select_split,
     window_table_for,
 )
@@ -153,14 +149,12 @@ def run_inference(model: nn.Module, loader: BatchSource, ctx: dd.DistContext, *,
 
 def load_for_inference(checkpoint: str, fmt: str, variant: str | None, device: torch.device,
                        trusted: Sequence[str] = ()) -> tuple[nn.Module, ModelMeta]:
-    """Return (model on ``device`` in eval mode, ModelMeta) from a toolkit or reference checkpoint;
-    ``trusted`` names users' models whose factory may be imported (``--model``)."""
-    if fmt not in CHECKPOINT_FORMATS:
-        raise FmModelError(f"expected a checkpoint format in {CHECKPOINT_FORMATS}, got {fmt!r}", field="fmt")
-    if not os.path.exists(checkpoint):
+    """Return (model on ``device`` in eval mode, ModelMeta) from a toolkit or reference checkpoint
+    (:func:`fmmodel.checkpoint.load_model`, which checks ``fmt``); ``trusted`` names users' models
+    whose factory may be imported (``--model``)."""
+    if not os.path.exists(checkpoint):  # one message for a missing file, .npz fixtures included
         raise FmModelError("expected a checkpoint file, got nothing there", checkpoint)
-    model, meta = load_model(checkpoint, format=fmt, variant=variant, device="cpu", trusted=trusted)
-    return model.to(device).eval(), meta
+    return load_model(checkpoint, format=fmt, variant=variant, device=device, trusted=trusted)
 
 
 @dataclass
@@ -225,13 +219,7 @@ def prepare(location: Location, checkpoint: str, *, fmt: str, variant: str | Non
     if protocol is None:
         protocol = "reference" if meta.info.get("format") == "reference" else "toolkit"
     if protocol == "reference" and modality == "current":
-        try:
-            frame_label, _ = read_labels(root)
-            frame_offsets, _ = read_offsets(root)
-            frame_time = read_column(root[schema.FRAME_TIME], np.float64, str(location))
-        except FmDataError as exc:
-            raise FmModelError(exc.message, exc.path or str(location)) from None
-        sub = per_second_samples(sub, frame_time, frame_label, frame_offsets)
+        sub = read_per_second_samples(location, root, sub)
     fmt_in = input_format(meta.preprocessing.get("name", PREPROCESSING_REFERENCE), ctx.device)
     if fmt_in.orientation != meta.orientation:
         raise FmModelError(f"expected inputs in the checkpoint's orientation {meta.orientation!r}, but "

@@ -7,7 +7,9 @@
   training-split statistics that ``fmdata stats`` stores in the store.
 
 :func:`input_format` is the one place that turns a preprocessing (and the device) into the
-(orientation, video dtype) pair that datasets deliver and checkpoints record.
+(orientation, video dtype) pair that datasets deliver and checkpoints record. The arithmetic both
+data paths (:mod:`fmmodel.dataset`, :mod:`fmmodel.resident`) apply lives here too:
+:func:`item_axes` (orientation), :func:`video_scale_shift` and :func:`current_values` (scaling).
 """
 from __future__ import annotations
 
@@ -77,3 +79,36 @@ def read_normalization(attrs: dict[str, Any], where: str) -> dict[str, np.ndarra
             raise FmModelError(f"expected a positive {key!r}, got {value!r}", where)
         out[key] = arr
     return out
+
+
+def item_axes(orientation: str, first: int) -> tuple[int, int]:
+    """Return the frame axes of a store-order array in the order an item in ``orientation`` has them.
+
+    The array holds a frame's rows (H) at axis ``first`` and its columns (W) at ``first + 1``;
+    the reference orientation (frames transposed) puts the columns first.
+    """
+    return (first + 1, first) if orientation == ORIENTATION_REFERENCE else (first, first + 1)
+
+
+def orient_masks(masks: np.ndarray, orientation: str) -> np.ndarray:
+    """View store-order masks (N, H, W) in the item ``orientation`` ((N, W, H) under reference)."""
+    return masks.transpose(0, *item_axes(orientation, 1))
+
+
+def video_scale_shift(norm: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Return the per-channel float32 (scale, shift), 3 each, that standardise 0..255 video.
+
+    ``norm`` is :func:`read_normalization`'s result; a normalised clip is ``x * scale + shift``,
+    computed in float32 (two roundings), identically on both data paths.
+    """
+    scale = 1.0 / norm["video_std"]
+    shift = -norm["video_mean"] * scale
+    return scale.astype(np.float32), shift.astype(np.float32)
+
+
+def current_values(values: np.ndarray, norm: dict[str, np.ndarray] | None) -> np.ndarray:
+    """Return current rows (..., 3) as a model reads them (float32): raw amperes without ``norm``,
+    else standardised with its ``current_mean`` and ``current_std`` (in float64, then cast)."""
+    if norm is not None:
+        values = (values - norm["current_mean"]) / norm["current_std"]
+    return values.astype(np.float32, copy=False)

@@ -15,8 +15,8 @@ RAM on the CPU):
 * the current rows of every window's range, already preprocessed (float32 amperes, or
   standardised in float64 and then cast, exactly as the lazy path computes them);
 * the window table as index tensors: each window's frame slots, its first current slot and which
-  resampling it uses (the offsets of :func:`fmdata.store.window_table.current_row_offsets`, one
-  row per distinct window length), label, recording, labelled frame and table row.
+  resampling it uses (the offsets of :func:`fmmodel.dataset.current_resampling`, one row per
+  distinct window length), label, recording, labelled frame and table row.
 
 :meth:`ResidentWindows.batch` gathers a batch on the device: clips, current rows, masks and the
 small fields by index, the horizontal flip of the chosen items, and the uint8 to float32 cast
@@ -33,7 +33,7 @@ each, :func:`fmdata.store.block_reader.block_frames`): nothing is ever held twic
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,11 +44,10 @@ from tqdm import tqdm
 from fmdata.errors import FmDataError
 from fmdata.store import schema
 from fmdata.store.access import open_store
-from fmdata.store.block_reader import BlockReader, block_frames, block_ranges
-from fmdata.store.window_table import current_row_offsets
-from fmmodel.dataset import FmfWindowDataset
+from fmdata.store.block_reader import BlockReader, block_frames
+from fmmodel.dataset import FmfWindowDataset, current_resampling
 from fmmodel.errors import FmModelError
-from fmmodel.preprocessing import ORIENTATION_REFERENCE
+from fmmodel.preprocessing import current_values, item_axes, orient_masks, video_scale_shift
 from fmmodel.sampling import sampler_indices
 
 _INDEX_BYTES = 8  # index tensors are int64
@@ -66,15 +65,30 @@ class ResidentPlan:
     ``items`` are the dataset positions it covers (None: all of them); ``frames`` the sorted global
     video frames the clips read (empty without video); ``mask_frames`` the labelled frames whose
     masks are kept (empty without masks); ``current_rows`` the sorted global current rows of every
-    window's range (empty without current). ``nbytes`` is what each part will take on the device.
+    window's range (empty without current); ``dataset_items`` the dataset's length, ``plane`` its
+    item frame shape (H', W') and ``index_bytes`` what the index tensors take. ``n_items`` and
+    ``nbytes`` (what each part will take on the device) follow from these.
     """
 
     items: np.ndarray | None
-    n_items: int
+    dataset_items: int
     frames: np.ndarray
     mask_frames: np.ndarray
     current_rows: np.ndarray
-    nbytes: dict[str, int]
+    plane: tuple[int, int]
+    index_bytes: int
+
+    @property
+    def n_items(self) -> int:
+        """Return the number of dataset items the copy holds."""
+        return self.dataset_items if self.items is None else int(self.items.size)
+
+    @property
+    def nbytes(self) -> dict[str, int]:
+        """Return the bytes each part takes: {"video", "mask", "current", "index"}."""
+        x, y = self.plane
+        return {"video": int(self.frames.size) * 3 * x * y, "mask": int(self.mask_frames.size) * _packed_bytes(x * y),
+                "current": int(self.current_rows.size) * 3 * 4, "index": self.index_bytes}
 
     @property
     def total_bytes(self) -> int:
@@ -90,7 +104,6 @@ class ResidentPlan:
                 raise FmModelError(f"expected items in [0, {len(ds)}), got {items[0]}..{items[-1]}")
         pick: Any = slice(None) if items is None else items
         n_items = len(ds) if items is None else int(items.size)
-        x, y = ds.item_frame_shape
         empty = np.zeros(0, np.int64)
         video = ds.modality != "current"
         frames = np.unique(ds.clip_frames[pick]) if video else empty
@@ -103,9 +116,8 @@ class ResidentPlan:
             lengths = int(np.unique(stops[pick] - starts[pick]).size)  # rows of the resampling table
         per_item = (ds.frames if video else 0) + 8  # clip slots, mask slot, current start and length, 4 fields
         index = n_items * per_item + lengths * ds.current_rows + (0 if items is None else len(ds))
-        nbytes = {"video": int(frames.size) * 3 * x * y, "mask": int(masks.size) * _packed_bytes(x * y),
-                  "current": int(rows.size) * 3 * 4, "index": index * _INDEX_BYTES}
-        return cls(items=items, n_items=n_items, frames=frames, mask_frames=masks, current_rows=rows, nbytes=nbytes)
+        return cls(items=items, dataset_items=len(ds), frames=frames, mask_frames=masks, current_rows=rows,
+                   plane=ds.item_frame_shape, index_bytes=index * _INDEX_BYTES)
 
 
 def _covered_rows(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
@@ -116,26 +128,6 @@ def _covered_rows(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
     # +1 where a range opens, -1 where one closes: a row is covered where the running sum is positive
     edges = np.bincount(starts - lo, minlength=hi - lo + 1) - np.bincount(stops - lo, minlength=hi - lo + 1)
     return np.flatnonzero(np.cumsum(edges[:-1]) > 0).astype(np.int64) + lo
-
-
-def _stream(reader: BlockReader, rows: np.ndarray, block: int, put: Callable[[int, int, np.ndarray], None]) -> None:
-    """Read the sorted global ``rows`` of ``reader``'s array, one scan block at a time.
-
-    Calls ``put(lo, hi, values)`` with ``values`` the rows ``rows[lo:hi]`` (a view of the block
-    where they are consecutive). Only blocks holding wanted rows are read, and within a block
-    only the write units from the first wanted row to the last.
-    """
-    unit = reader.block
-    for a, b in block_ranges(reader.shape[0], block):
-        lo, hi = np.searchsorted(rows, [a, b])
-        if lo == hi:
-            continue
-        first = int(rows[lo]) // unit * unit
-        last = min(b, -(-(int(rows[hi - 1]) + 1) // unit) * unit)
-        data = reader.read(first, last)
-        local = rows[lo:hi] - first
-        run = int(local[-1]) - int(local[0]) + 1 == local.size  # consecutive: a view, no copy
-        put(int(lo), int(hi), data[int(local[0]):int(local[-1]) + 1] if run else data[local])
 
 
 def _word_rows(t: torch.Tensor) -> torch.Tensor:
@@ -159,17 +151,14 @@ def _flip_items(x: torch.Tensor, positions: torch.Tensor) -> None:
 class ResidentWindows:
     """The resident copy of a dataset's windows on ``device``; :meth:`batch` gathers batches there.
 
-    Build it with :meth:`load`. ``nbytes`` says what each part takes, ``load_seconds`` how long
-    the load took, ``device_bytes`` how much device memory the load allocated (CUDA only).
+    Build it with :meth:`load`. ``nbytes`` says what each part takes (the plan's), ``load_seconds``
+    how long the load took, ``device_bytes`` how much device memory the load allocated (CUDA only).
     """
 
     def __init__(self, ds: FmfWindowDataset, plan: ResidentPlan, device: torch.device) -> None:
         self.dataset, self.plan, self.device = ds, plan, torch.device(device)
-        self.nbytes = dict(plan.nbytes)
         self.load_seconds = 0.0
         self.device_bytes: int | None = None
-        x, y = ds.item_frame_shape
-        self._plane = (x, y)
         self._video: torch.Tensor | None = None  # (frames * 3, x * y) uint8 (or int64 words)
         self._mask: torch.Tensor | None = None  # (mask frames, ceil(x * y / 8)) uint8, packed bits
         self._current: torch.Tensor | None = None  # (rows, 3) float32, preprocessed
@@ -177,11 +166,14 @@ class ResidentWindows:
         self._scale: torch.Tensor | None = None
         self._shift: torch.Tensor | None = None
         if ds.norm is not None and ds.modality != "current":
-            # the lazy path's float32 scale and shift (fmmodel.dataset._read_clips)
-            scale = 1.0 / ds.norm["video_std"]
-            shift = -ds.norm["video_mean"] * scale
-            self._scale = torch.tensor(scale.astype(np.float32), device=self.device).view(1, 3, 1, 1, 1)
-            self._shift = torch.tensor(shift.astype(np.float32), device=self.device).view(1, 3, 1, 1, 1)
+            scale, shift = video_scale_shift(ds.norm)  # the lazy path's float32 scale and shift
+            self._scale = torch.tensor(scale, device=self.device).view(1, 3, 1, 1, 1)
+            self._shift = torch.tensor(shift, device=self.device).view(1, 3, 1, 1, 1)
+
+    @property
+    def nbytes(self) -> dict[str, int]:
+        """Return the bytes each part takes on the device (:attr:`ResidentPlan.nbytes`)."""
+        return self.plan.nbytes
 
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
@@ -248,31 +240,29 @@ class ResidentWindows:
             starts, lengths = starts[pick], stops[pick] - starts[pick]
             # a window's rows are consecutive in the resident current, so its first slot suffices
             self._cur_start = self._tensor(np.searchsorted(plan.current_rows, starts))
-            unique, code = np.unique(lengths, return_inverse=True)  # most windows share one length
-            self._cur_code = self._tensor(code.reshape(-1).astype(np.int64))
-            self._cur_offsets = self._tensor(np.stack([current_row_offsets(int(n), ds.current_rows)
-                                                       for n in unique]))
+            offsets, code = current_resampling(lengths, ds.current_rows)
+            self._cur_code = self._tensor(code)
+            self._cur_offsets = self._tensor(offsets)
 
     def _load_video(self, root: Any, bar: tqdm) -> None:
         frames = self.plan.frames
-        x, y = self._plane
+        x, y = self.plan.plane
         planes = torch.empty((frames.size, 3, x, y), dtype=torch.uint8, device=self.device)
         # store (frame, y, x, c) -> item planes (frame, c, x', y'): reference (c, x, y), true (c, y, x)
-        order = (0, 3, 2, 1) if self.dataset.orientation == ORIENTATION_REFERENCE else (0, 3, 1, 2)
+        order = (0, 3, *item_axes(self.dataset.orientation, 1))
 
         def put(lo: int, hi: int, values: np.ndarray) -> None:
             planes[lo:hi].copy_(self._tensor(values).permute(order))
             bar.update((hi - lo) * 3 * x * y)
 
         arr = root[schema.VIDEO]
-        _stream(BlockReader(arr), frames, block_frames(arr), put)
+        BlockReader(arr).stream(frames, block_frames(arr), put)
         self._video = _word_rows(planes.view(frames.size * 3, x, y))
 
     def _load_masks(self, root: Any, bar: tqdm) -> None:
         frames = self.plan.mask_frames
-        x, y = self._plane
+        x, y = self.plan.plane
         packed = torch.empty((frames.size, _packed_bytes(x * y)), dtype=torch.uint8, device=self.device)
-        reference = self.dataset.orientation == ORIENTATION_REFERENCE
         where = f"{self.dataset.store} ({schema.MASK})"
 
         def put(lo: int, hi: int, values: np.ndarray) -> None:
@@ -280,13 +270,13 @@ class ResidentWindows:
             if top > 1:
                 raise FmModelError(f"expected masks of 0/1 for the resident path, got values up to {top} "
                                    "(use the lazy data path)", where)
-            oriented = np.swapaxes(values, 1, 2) if reference else values
+            oriented = orient_masks(values, self.dataset.orientation)
             bits = np.packbits(np.ascontiguousarray(oriented).reshape(hi - lo, -1), axis=1)
             packed[lo:hi].copy_(self._tensor(bits))
             bar.update(bits.nbytes)
 
         arr = root[schema.MASK]
-        _stream(BlockReader(arr), frames, block_frames(arr), put)
+        BlockReader(arr).stream(frames, block_frames(arr), put)
         self._mask = packed
         self._shifts = torch.tensor(_BIT_SHIFTS, dtype=torch.uint8, device=self.device)
 
@@ -296,13 +286,11 @@ class ResidentWindows:
         norm = self.dataset.norm
 
         def put(lo: int, hi: int, values: np.ndarray) -> None:
-            if norm is not None:  # in float64, then cast: as the lazy path computes it
-                values = (values - norm["current_mean"]) / norm["current_std"]
-            current[lo:hi].copy_(self._tensor(values.astype(np.float32)))
+            current[lo:hi].copy_(self._tensor(current_values(values, norm)))
             bar.update((hi - lo) * 12)
 
         arr = root[schema.CURRENT]
-        _stream(BlockReader(arr), rows, block_frames(arr), put)
+        BlockReader(arr).stream(rows, block_frames(arr), put)
         self._current = current
 
     # -- batches ---------------------------------------------------------------------------------
@@ -320,7 +308,7 @@ class ResidentWindows:
         ds = self.dataset
         r = positions if self._item_of is None else self._item_of[positions]
         n = int(positions.shape[0])
-        x, y = self._plane
+        x, y = self.plan.plane
         out: dict[str, torch.Tensor] = {}
         if self._video is not None:
             slots = self._clip_slot[r]  # (n, T)
@@ -349,7 +337,7 @@ class ResidentWindows:
         """Return what was loaded, for logs and reports (JSON-able)."""
         return {"device": str(self.device), "items": self.plan.n_items, "frames": int(self.plan.frames.size),
                 "mask_frames": int(self.plan.mask_frames.size), "current_rows": int(self.plan.current_rows.size),
-                "bytes": dict(self.nbytes), "total_bytes": self.plan.total_bytes,
+                "bytes": self.nbytes, "total_bytes": self.plan.total_bytes,
                 "device_bytes_allocated": self.device_bytes, "load_seconds": self.load_seconds}
 
 

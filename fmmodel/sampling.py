@@ -226,7 +226,7 @@ def _one_line_errors(batches: Iterator[Any]) -> Iterator[Any]:
         shutdown = getattr(batches, "_shutdown_workers", None)
         if shutdown is not None:
             shutdown()
-        raise type(exc)(original, field=exc.field) from None
+        raise type(exc)(original) from None
 
 
 _WORKER_ERROR = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.")

@@ -64,12 +64,6 @@ class DataPathReport:
                  f"{self.device}: {self.items:,} windows of {self.store} ({self.windows}, split {self.split or 'all'}) "
                  f"x {self.passes} pass(es) in {self.batches} batches of {self.batch_size}, {self.preprocessing} preprocessing, "
                  f"{self.video_dtype} clips, {self.workers} worker(s), {self.threads} thread(s)"]
-        if self.path == "resident":
-            loaded = self.data.get("resident", [{}])[0]
-            dev = loaded.get("device_bytes_allocated")
-            lines.append(f"  resident load: {loaded.get('total_bytes', 0) / 2**20:,.1f} MiB in "
-                         f"{loaded.get('load_seconds', 0.0):.1f} s"
-                         + ("" if dev is None else f"; device memory allocated {dev / 2**20:,.1f} MiB"))
         lines.append(f"  timed pass {self.seconds:.2f} s, CPU {self.cpu_seconds:.2f} s (this process and its "
                      f"workers); warm-up pass {self.warmup_seconds:.2f} s; peak RSS {self.peak_rss_mib:,.0f} MiB")
         return "\n".join(lines)
@@ -128,9 +122,7 @@ def measure_data_path(store: LocationLike, windows: str, *, data: str = "lazy", 
     ds = FmfWindowDataset(location, windows, preprocessing=preprocessing, augment=True, seed=seed, split=split,
                           rows=rows, video_dtype=dtype)
     if rows is None and limit is not None and limit < len(ds):
-        pick = np.sort(np.random.default_rng(seed).choice(len(ds), size=limit, replace=False))
-        ds = FmfWindowDataset(location, windows, preprocessing=preprocessing, augment=True, seed=seed, split=split,
-                              rows=pick, video_dtype=dtype)
+        ds = ds.subset(np.sort(np.random.default_rng(seed).choice(len(ds), size=limit, replace=False)))
     if len(ds) == 0:
         raise FmModelError(f"expected windows in split {split!r}, got none", str(location))
     sampler = ShuffleSampler(len(ds), seed=seed)

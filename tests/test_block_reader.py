@@ -61,3 +61,22 @@ def test_block_sizes_hold_whole_write_units(tmp_path):
     assert block_frames(root[schema.VIDEO], 1) == 16
     assert block_frames(root[schema.VIDEO]) == 1000
     assert block_ranges(10, 4) == [(0, 4), (4, 8), (8, 10)]
+
+
+def test_stream_hands_over_scattered_rows_block_by_block(tmp_path):
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w", zarr_format=3)
+    store.create_arrays(root, 100, 4, 3, 2, 1, store.Chunking(1, 8))
+    video = np.random.default_rng(1).integers(0, 256, (100, 3, 2, 3), dtype=np.uint8)
+    root[schema.VIDEO][:] = video
+    reader = BlockReader(root[schema.VIDEO])
+    rows = np.array([2, 3, 4, 9, 30, 31, 60, 99], np.int64)  # blocks of 24 rows: 0-23, 24-47, 48-71, 96-99
+    got = np.zeros((rows.size, 3, 2, 3), np.uint8)
+    calls = []
+
+    def put(lo, hi, values):
+        calls.append((lo, hi))
+        got[lo:hi] = values
+
+    reader.stream(rows, 24, put)
+    np.testing.assert_array_equal(got, video[rows])
+    assert calls == [(0, 4), (4, 6), (6, 7), (7, 8)]  # one call per block holding wanted rows, none for 72-95

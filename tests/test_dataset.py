@@ -279,6 +279,22 @@ def test_window_table_object_and_rows_subset(store, table):
     np.testing.assert_array_equal(by_obj.recording_ids, table.column("recording")[10:30])
 
 
+def test_subset_equals_a_dataset_built_with_those_rows(store):
+    ds = FmfWindowDataset(store, "w", split="train", augment=True, seed=4)
+    pick = np.sort(np.random.default_rng(0).choice(len(ds), size=25, replace=False))
+    part, built = ds.subset(pick), FmfWindowDataset(store, "w", split="train", augment=True, seed=4, rows=pick)
+    assert len(part) == len(built) == 25 and len(ds) > 25
+    for epoch in (0, 1):
+        part.set_epoch(epoch)
+        built.set_epoch(epoch)
+        a, b = batch_of(part, range(25)), batch_of(built, range(25))
+        for key in b:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{key} epoch {epoch}")
+    assert ds.epoch == 0  # the subset's epoch is its own
+    with pytest.raises(FmModelError, match="rows"):
+        ds.subset([len(ds)])
+
+
 def test_bad_tables_and_names_are_clear_errors(store, table):
     with pytest.raises(FmModelError, match="window table named 'nope'"):
         FmfWindowDataset(store, "nope")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tracemalloc
@@ -239,5 +240,10 @@ def test_bench_data_cli(store):
         runs[data] = json.loads(r.stdout)
         assert runs[data]["path"] == data and runs[data]["items"] == 100 and runs[data]["windows_per_s"] > 0
     assert runs["resident"]["data"]["resident"][0]["items"] == 100
+    r = _fmmodel("bench-data", "--store", store, "--windows", "w", "--data", "resident", "--workers", "0",
+                 "--limit", "100", "--device", "cpu", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    loads = re.findall(r"\bload(?:ed)?\b", r.stdout + r.stderr)  # the resident load is reported once
+    assert "100 windows" in r.stdout and len(loads) == 1, (r.stdout, r.stderr)
     r = _fmmodel("bench-data", "--store", store, "--windows", "w", "--resident-budget", "lots")
     assert r.returncode == 2 and "--resident-budget" in r.stderr and "Traceback" not in r.stderr

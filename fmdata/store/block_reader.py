@@ -8,9 +8,12 @@ checksum the writer recorded (:mod:`fmdata.store.checksums`; every format). A sh
 is missing is an error unless the block's recorded checksum is that of an all-fill block (zarr
 leaves those unwritten). For layouts the codec does not handle, and for ranges that do not
 cover whole blocks, it reads through zarr, which returns identical arrays and checks the
-``crc32c`` codec only.
+``crc32c`` codec only. :meth:`BlockReader.stream` reads scattered rows (the resident windows'
+frames) block by block, skipping blocks that hold none of them.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import zarr
@@ -103,3 +106,21 @@ class BlockReader:
             self._decode_block(b, out[lo - start:min(lo + self.block, stop) - start])
         return out
 
+    def stream(self, rows: np.ndarray, block: int, put: Callable[[int, int, np.ndarray], None]) -> None:
+        """Read the sorted global ``rows`` of the array, one scan block of ``block`` rows at a time.
+
+        Calls ``put(lo, hi, values)`` with ``values`` the rows ``rows[lo:hi]`` (a view of the block
+        where they are consecutive). Only blocks holding wanted rows are read, and within a block
+        only the write units from the first wanted row to the last.
+        """
+        unit = self.block
+        for a, b in block_ranges(self.shape[0], block):
+            lo, hi = np.searchsorted(rows, [a, b])
+            if lo == hi:
+                continue
+            first = int(rows[lo]) // unit * unit
+            last = min(b, -(-(int(rows[hi - 1]) + 1) // unit) * unit)
+            data = self.read(first, last)
+            local = rows[lo:hi] - first
+            run = int(local[-1]) - int(local[0]) + 1 == local.size  # consecutive: a view, no copy
+            put(int(lo), int(hi), data[int(local[0]):int(local[-1]) + 1] if run else data[local])
