@@ -329,8 +329,7 @@ def model_from_checkpoint(ckpt: Checkpoint, where: str | os.PathLike[str] = "che
     if not (meta.source.entry_point or named):
         raise FmModelError(f"refused: the checkpoint's model comes from {meta.source.spec} (not an installed model); "
                            f"pass --model {meta.source.name} to import that code", where, field="trusted")
-    variant = Variant(meta.variant, meta.description.modality, meta.description.task, meta.description.inputs,
-                      source=meta.source)
+    variant = Variant(meta.variant, meta.description.modality, meta.description.task, source=meta.source)
     return _load_into(build_model(variant, description=meta.description), ckpt.state_dict, where)
 
 

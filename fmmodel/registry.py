@@ -29,10 +29,14 @@ class Variant:
     name: str
     modality: str  # "both" | "video" | "current"
     task: str  # "cls" | "seg"
-    inputs: tuple[str, ...]
     defaults: tuple[tuple[str, Any], ...] = ()
     description: str = ""
     source: ModelSource | None = None
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The forward() arguments the model reads (those of its modality)."""
+        return INPUTS[self.modality]
 
     @property
     def builtin(self) -> bool:
@@ -43,13 +47,13 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
-        Variant("vicu_cls", "both", "cls", ("video", "current"), (),
+        Variant("vicu_cls", "both", "cls", (),
                 "cross-modal classifier (video + current), logits (B, classes)"),
-        Variant("vicu_seg", "both", "seg", ("video", "current"), (),
+        Variant("vicu_seg", "both", "seg", (),
                 "cross-modal segmenter (video + current), mask logits (B, classes, H, W)"),
-        Variant("video_cls", "video", "cls", ("video",), (("frames", 8),),
+        Variant("video_cls", "video", "cls", (("frames", 8),),
                 "video-only classifier (reference: 8 frames), logits (B, classes)"),
-        Variant("current_cls", "current", "cls", ("current",), (),
+        Variant("current_cls", "current", "cls", (),
                 "current-only classifier, logits (B, classes)"),
     )
 }
@@ -98,7 +102,7 @@ def resolve_variant(name: str, *, modality: str | None = None, task: str | None 
                                field=what)
     if mod not in MODALITIES or tsk not in TASKS:
         raise FmModelError(f"expected a modality in {MODALITIES} and a task in {TASKS}, got {mod!r}, {tsk!r}")
-    return Variant(name, mod, tsk, INPUTS[mod], (), factory.summary, source)
+    return Variant(name, mod, tsk, (), factory.summary, source)
 
 
 def choose_variant(model: str | None, *, task: str | None = None, modality: str | None = None) -> Variant:
@@ -145,8 +149,8 @@ def _build_user_model(v: Variant, description: DataDescription | None) -> nn.Mod
     if not isinstance(module, nn.Module):
         raise FmModelError(f"expected model factory {v.source.spec} to return an nn.Module, got "
                            f"{type(module).__name__}", field="model")
-    module.fmf_info = ModelInfo(variant=v.name, task=v.task, inputs=v.inputs, config=None,  # type: ignore[assignment]
-                                description=description, source=v.source)
+    module.fmf_info = ModelInfo(variant=v.name, config=None, description=description,  # type: ignore[assignment]
+                                source=v.source)
     return module
 
 
@@ -156,11 +160,19 @@ class ModelInfo:
     it is built for, and its FmFormer sizes (built-ins) or where its factory comes from (users')."""
 
     variant: str
-    task: str
-    inputs: tuple[str, ...]
     config: FmFormerConfig | None
     description: DataDescription
     source: ModelSource | None = None
+
+    @property
+    def task(self) -> str:
+        """"cls" or "seg" (the description's)."""
+        return self.description.task
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The forward() arguments the model reads (the description's)."""
+        return self.description.inputs
 
 
 def builtin_description(variant: str, cfg: FmFormerConfig) -> DataDescription:
@@ -177,9 +189,7 @@ def model_info(model: nn.Module) -> ModelInfo:
     if isinstance(info, ModelInfo):
         return info
     variant, cfg = str(inner.variant), cast(FmFormerConfig, inner.config)
-    return ModelInfo(variant=variant, task=str(inner.task),
-                     inputs=tuple(cast(tuple[str, ...], inner.inputs)), config=cfg,
-                     description=builtin_description(variant, cfg))
+    return ModelInfo(variant=variant, config=cfg, description=builtin_description(variant, cfg))
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
