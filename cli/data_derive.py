@@ -12,7 +12,16 @@ from fmdata.derive.preview import render_preview
 from fmdata.store import Location, WindowParams
 
 from .errors import user_errors
-from .options import STORE, dask_options, force_option, json_option, progress_flag, progress_option, window_options
+from .options import (
+    STORE,
+    dask_options,
+    force_option,
+    json_option,
+    overwrite_option,
+    progress_flag,
+    progress_option,
+    window_options,
+)
 
 
 def _dask(workers: int | None, scheduler: str | None, memory_limit: str, progress: bool | None) -> DaskOptions:
@@ -85,12 +94,13 @@ def stats_cmd(store: Location, windows: str | None, force: bool, workers: int | 
               help="Take the window from table NAME (default: a reference window built with the options below).")
 @click.option("--out", default="preview.png", show_default=True, help="Output .png picture or .mp4 video.")
 @window_options
+@overwrite_option
 @json_option
 @user_errors
 def preview_cmd(store: Location, frame: int, recording: str | None, windows: str | None, out: str,
-                window: dict[str, Any], as_json: bool) -> None:
+                window: dict[str, Any], overwrite: bool, as_json: bool) -> None:
     """Draw one window of STORE: clip frames with mask outlines and the three current phases."""
     params = WindowParams.reference("both", **window)
-    r = render_preview(store, frame, out, recording=recording, windows=windows, params=params)
+    r = render_preview(store, frame, out, recording=recording, windows=windows, params=params, overwrite=overwrite)
     click.echo(json.dumps(r.to_dict(), indent=2) if as_json else r.summary())
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from fmdata.store.atomic import atomic_file, replace_text
+from fmdata.store.atomic import replace_text, save_figure
 from fmmodel.report import write_json
 
 CLASS_METRICS = (("accuracy", "ACC"), ("f1", "F1"), ("fdr", "FDR"), ("mdr", "MDR"), ("auroc", "AUROC"), ("ap", "AP"))
@@ -168,8 +168,7 @@ def _picture(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(len(rows), 2), frameon=False)
     fig.tight_layout()
-    with atomic_file(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
+    save_figure(fig, path)
 
 
 def write_table(out: str, cells: Sequence[Cell], *, reports: Mapping[Cell, Mapping[str, Any]],

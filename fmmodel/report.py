@@ -16,7 +16,7 @@ from typing import Any
 import matplotlib
 import numpy as np
 
-from fmdata.store.atomic import replace_text
+from fmdata.store.atomic import replace_text, save_figure
 
 matplotlib.use("Agg")  # files only, never a window; before pyplot is imported
 import matplotlib.pyplot as plt
@@ -102,7 +102,7 @@ def plot_curves(path: str, curves: dict[str, dict[str, np.ndarray] | None], kind
     else:
         ax.text(0.5, 0.5, "undefined: only one class among the targets", ha="center", va="center", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -124,7 +124,7 @@ def plot_confusions(path: str, matrices: dict[str, list[list[int]] | None]) -> N
         ax.set_ylabel("true")
         ax.set_title(f"{name} level")
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -183,7 +183,7 @@ def plot_examples(path: str, examples: Sequence[Example]) -> None:
         ax.set_yticks([])
     fig.suptitle(heading, fontsize=7)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (2.3 * n + 0.4)))  # room for the two-line heading
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
 
 

@@ -195,6 +195,10 @@ def test_synth_writes_every_layout_and_storage(tmp_path):
     assert r.exit_code == 0, r.output
     assert (tmp_path / "v2" / "videos" / "batch_01.mat").read_bytes()[:19] == b"MATLAB 5.0 MAT-file"
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # an existing picture is refused before anything is written, as an existing output is
+    r = run("synth", tmp_path / "v2b", "--layout", "v2", "--frames", 30, "--size", 8, "--preview", tmp_path / "p.png")
+    assert_one_line_error(r, "p.png", "already exists", "--overwrite")
+    assert not (tmp_path / "v2b").exists()
 
 
 def test_synth_bad_input_is_one_line_and_leaves_nothing(tmp_path):

@@ -96,3 +96,29 @@ def test_cli_writes_the_picture(dark_store, tmp_path):
     res = CliRunner().invoke(main, ["preview", dark_store, "--frame", "100", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert "abnormal" in res.output and out.stat().st_size > 10_000
+
+
+def test_an_existing_file_is_replaced_only_when_told(dark_store, tmp_path):
+    out = tmp_path / "mine.png"
+    out.write_bytes(b"not a preview")
+    res = CliRunner().invoke(main, ["preview", dark_store, "--frame", "100", "--out", str(out)])
+    assert res.exit_code == 1 and "already exists (pass --overwrite to replace it)" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert out.read_bytes() == b"not a preview"
+    res = CliRunner().invoke(main, ["preview", dark_store, "--frame", "100", "--out", str(out), "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.png", "s.zarr"]  # no temporary file left
+
+
+def test_a_video_replaces_nothing_unless_told(dark_store, tmp_path):
+    out = tmp_path / "clip.mp4"
+    out.write_bytes(b"someone's video")
+    with pytest.raises(FmDataError, match="already exists"):
+        render_preview(dark_store, 100, str(out))
+    assert out.read_bytes() == b"someone's video"
+    report = render_preview(dark_store, 100, str(out), overwrite=True)
+    cap = cv2.VideoCapture(str(out))
+    assert report.frames_written and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == report.frames_written
+    cap.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "s.zarr"]  # written beside, then moved

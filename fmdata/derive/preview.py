@@ -26,6 +26,7 @@ from fmdata.derive.windows import load_index, window_for_frame
 from fmdata.errors import FmDataError
 from fmdata.store import schema
 from fmdata.store.access import open_store, read_meta, read_offsets, read_recordings
+from fmdata.store.atomic import atomic_file, prepare_target, save_figure
 from fmdata.store.location import Location, LocationLike
 from fmdata.store.row_reader import ZarrAxisReader
 from fmdata.store.window_table import WindowParams, current_row_indices, read_window_table
@@ -146,7 +147,7 @@ def _png(w: dict[str, Any], out: str) -> None:
     fig.suptitle(f"recording {w['recording']} ({w['name']}), frame {w['local']} (global {w['frame']}), "
                  f"split {schema.SPLIT_NAMES.get(w['split'], w['split'])}, {label}; {w['source']}; "
                  f"yellow: mask outline", fontsize=9)
-    fig.savefig(out)
+    save_figure(fig, out)
 
 
 def _strip(w: dict[str, Any], width: int, height: int) -> tuple[np.ndarray, Any]:
@@ -173,22 +174,24 @@ def _mp4(w: dict[str, Any], out: str) -> int:
     scale = max(1, 320 // max(h, wd))
     fw, fh = wd * scale + (wd * scale) % 2, h * scale + (h * scale) % 2
     strip, to_px = _strip(w, fw, 120)
-    writer = cv2.VideoWriter(out, cv2.VideoWriter_fourcc(*"mp4v"), float(w["meta"].fps or 25.0), (fw, fh + 120))
-    if not writer.isOpened():
-        raise FmDataError("expected a writable MP4 file (OpenCV's mp4v writer), got a failure to open it", out)
-    try:
-        for k, g in enumerate(idx):
-            img = np.zeros((fh + 120, fw, 3), np.uint8)
-            img[:h * scale, :wd * scale] = outlined(video[k], mask[k], scale)
-            img[fh:] = strip
-            x = to_px(float(times[k]))
-            cv2.line(img, (x, fh), (x, fh + 119), (255, 0, 0), 1)
-            tag = "abnormal" if (mask[k] == 1).any() else "normal"
-            cv2.putText(img, f"frame {int(g) - w['rec_first']} {tag}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                        (255, 255, 255), 1, cv2.LINE_AA)
-            writer.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-    finally:
-        writer.release()
+    with atomic_file(out, suffix=".mp4") as tmp:  # OpenCV picks the container by the suffix
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(w["meta"].fps or 25.0),
+                                 (fw, fh + 120))
+        if not writer.isOpened():
+            raise FmDataError("expected a writable MP4 file (OpenCV's mp4v writer), got a failure to open it", out)
+        try:
+            for k, g in enumerate(idx):
+                img = np.zeros((fh + 120, fw, 3), np.uint8)
+                img[:h * scale, :wd * scale] = outlined(video[k], mask[k], scale)
+                img[fh:] = strip
+                x = to_px(float(times[k]))
+                cv2.line(img, (x, fh), (x, fh + 119), (255, 0, 0), 1)
+                tag = "abnormal" if (mask[k] == 1).any() else "normal"
+                cv2.putText(img, f"frame {int(g) - w['rec_first']} {tag}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                            (255, 255, 255), 1, cv2.LINE_AA)
+                writer.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        finally:
+            writer.release()
     return len(idx)
 
 
@@ -221,11 +224,13 @@ class PreviewReport:
 
 
 def render_preview(location: LocationLike, frame: int, out: str, *, recording: str | int | None = None,
-                   windows: str | None = None, params: WindowParams = WindowParams()) -> PreviewReport:
+                   windows: str | None = None, params: WindowParams = WindowParams(),
+                   overwrite: bool = False) -> PreviewReport:
     """Write a preview of the window ending at ``frame`` to ``out`` (.png picture or .mp4 video).
 
     ``frame`` is global, or local to ``recording`` (id or name) when given. ``windows`` names a
-    stored window table; otherwise a reference window with ``params`` is built.
+    stored window table; otherwise a reference window with ``params`` is built. An existing ``out``
+    is refused unless ``overwrite``; the file appears complete or not at all.
     """
     ext = os.path.splitext(out)[1].lower()
     if ext not in (".png", ".mp4"):
@@ -234,6 +239,7 @@ def render_preview(location: LocationLike, frame: int, out: str, *, recording: s
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         raise FmDataError("expected an existing folder for the preview, got none", parent, field="out")
+    prepare_target(out, overwrite)
     w = _load(Location.parse(location), frame, recording, windows, params)
     written = _mp4(w, out) if ext == ".mp4" else None
     if ext == ".png":

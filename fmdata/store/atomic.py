@@ -22,6 +22,7 @@ import secrets
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from fmdata.errors import FmDataError
 from fmdata.store.failpoints import pause_point
@@ -94,6 +95,15 @@ def atomic_file(path: str | os.PathLike[str], *, durable: bool = True, suffix: s
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], **savefig: Any) -> Path:
+    """Save a matplotlib figure to ``path`` atomically (its format from the suffix); return the path.
+    ``savefig`` are keyword arguments of ``Figure.savefig`` (dpi...)."""
+    target = Path(path)
+    with atomic_file(target, suffix=target.suffix) as tmp:
+        fig.savefig(tmp, format=target.suffix.lstrip(".").lower() or "png", **savefig)
+    return target
 
 
 def remove_tree(path: str | os.PathLike[str]) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from fmdata.store import schema
+from fmdata.store.atomic import save_figure
 from fmdata.synth import simulation as synth
 
 
@@ -85,5 +86,4 @@ def plot_preview(rec: synth.Recording, path: str | os.PathLike[str], count: int 
     ax.set_xlabel("seconds (red: hot spot active; dark bars: dense mist; grey: guard gap)")
     ax.set_ylabel("current (A)")
     ax.legend(loc="lower left", fontsize=7, ncol=3)
-    fig.savefig(path, dpi=110)
-    return Path(path)
+    return save_figure(fig, path, dpi=110)

@@ -46,7 +46,7 @@ from fmdata.sources.layouts import (
 )
 from fmdata.sources.matinfo import V7_MAX_VARIABLE_BYTES
 from fmdata.store import schema
-from fmdata.store.atomic import atomic_output
+from fmdata.store.atomic import atomic_output, prepare_target
 from fmdata.synth import simulation as synth
 from fmdata.synth.matwriter import MatWriter, write_v7
 from fmdata.synth.picture import plot_preview
@@ -384,7 +384,8 @@ def synthesize(out: str | os.PathLike[str], *, layout: str = LAYOUT_V1, storage:
     V1 with one recording writes the file ``out`` (or ``out/batch_01.mat`` when ``out`` ends with a
     path separator, as a folder does: ``raw/``); V1 with several writes ``out/batch_01.mat``
     ... ; V2 always writes the folder ``out``. ``preview`` names a PNG to draw of the first
-    recording (frames, masks, current). ``events`` names a profile of synth.EVENT_PROFILES.
+    recording (frames, masks, current); an existing picture is refused unless ``overwrite``, as the
+    recordings are. ``events`` names a profile of synth.EVENT_PROFILES.
     """
     if layout not in LAYOUTS:
         raise FmDataError(f"expected a layout in {LAYOUTS}, got {layout!r}", field="layout")
@@ -395,6 +396,7 @@ def synthesize(out: str | os.PathLike[str], *, layout: str = LAYOUT_V1, storage:
         except OSError as exc:
             raise FmDataError(f"cannot create the picture's folder: {exc.strerror or exc}", preview,
                               field="preview") from None
+        prepare_target(preview, overwrite)  # the picture, like the recordings, replaces nothing unless told
     t0 = time.perf_counter()
     if layout == LAYOUT_V2:
         path = write_v2(out, recordings=recordings, frames=frames, size=size, fps=fps, seed=seed, storage=storage,
