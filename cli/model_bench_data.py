@@ -40,7 +40,8 @@ from .options import (
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="Where batches go (auto: CUDA when available).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads of this process (torch).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample, order and flips.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the sample, order and flips.")
 @json_option
 @progress_option
 @user_errors

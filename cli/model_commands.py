@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from fmdata.store import Location, WindowParams
 from fmmodel import protocol
@@ -70,7 +71,8 @@ def _rank0() -> bool:
               help=f"Epochs (default {protocol.EPOCHS}; with --resume: extend the run to this many).")
 @training_options
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights, order and flips.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of weights, order and flips.")
 @click.option("--out", "out", type=click.Path(), default=None,
               help="Run folder (default runs/<model>-<date>-<time>).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
@@ -86,7 +88,8 @@ def train_cmd(store: Location | None, windows: str | None, model: str | None, ta
     if resume:
         if not out:
             raise click.UsageError("--resume needs --out RUN_DIR")
-        result = resume_run(out, epochs=epochs, progress=progress_flag(progress), store=store)
+        result = resume_run(out, epochs=epochs, progress=progress_flag(progress), store=store,
+                            environment=_typed_with_resume())
     else:
         if store is None:
             raise click.UsageError("--store is required (unless --resume)")
@@ -100,6 +103,15 @@ def train_cmd(store: Location | None, windows: str | None, model: str | None, ta
         click.echo(f"run folder: {result.run_dir}\n  checkpoints: {result.best} (best), {result.last} (last)\n"
                    f"  metrics: {os.path.join(result.run_dir, 'metrics.csv')}, TensorBoard: "
                    f"{os.path.join(result.run_dir, 'tb')}")
+
+
+def _typed_with_resume() -> dict[str, Any]:
+    """The options typed beside ``--resume`` other than --out, --epochs, --store and --progress, by
+    parameter name: resume_run takes those of where the run runs and refuses the others."""
+    ctx = click.get_current_context()
+    typed = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return {name: value for name, value in ctx.params.items()
+            if name not in ("out", "resume", "epochs", "store", "progress") and ctx.get_parameter_source(name) in typed}
 
 
 @click.command("evaluate")

@@ -34,7 +34,7 @@ from fmdata.store.schema import WINDOW_POLICIES
 from fmdata.store.window_table import WindowParams
 from fmmodel.benchmark_table import BenchmarkTable, Cell, label, write_table
 from fmmodel.checkpoint import load_checkpoint
-from fmmodel.config import TrainConfig
+from fmmodel.config import RUN_ENVIRONMENT, TrainConfig
 from fmmodel.errors import FmModelError
 from fmmodel.evaluate import evaluate
 from fmmodel.registry import Variant, resolve_variant
@@ -122,6 +122,8 @@ def run_benchmark(store: LocationLike, *, models: Sequence[str], seeds: Sequence
     location = Location.parse(store).absolute()  # the same store whatever the working directory of a re-run
     if not models or not seeds or not policies:
         raise FmModelError("expected at least one model, one seed and one policy, got none", field="models")
+    if min(seeds) < 0:
+        raise FmModelError(f"expected seeds >= 0, got {min(seeds)}", field="seeds")
     for p in policies:
         if p not in WINDOW_POLICIES:
             raise FmModelError(f"expected window policies from {WINDOW_POLICIES}, got {p!r}", field="policy")
@@ -171,7 +173,11 @@ def _train_cell(cfg: TrainConfig, progress: bool, name: str) -> tuple[str, list[
             raise FmModelError("expected the run folder of this benchmark cell, got one trained with other settings "
                                "(use another --out, or remove it)", folder)
         history = list(load_checkpoint(last).extra.get("history", []))
-        if len(history) >= cfg.epochs:
+        if len(history) > cfg.epochs:  # its best checkpoint may come from an epoch this table does not run
+            raise FmModelError(f"expected the run folder of a {cfg.epochs}-epoch cell, got one trained for "
+                               f"{len(history)} epochs (use --epochs {len(history)}, another --out, or remove it)",
+                               folder)
+        if len(history) == cfg.epochs:
             return "skipped", history
         print(f"{name}: resuming at epoch {len(history) + 1} of {cfg.epochs} ({folder})", file=sys.stderr,
               flush=True)
@@ -179,7 +185,9 @@ def _train_cell(cfg: TrainConfig, progress: bool, name: str) -> tuple[str, list[
         # training and scoring is scored when the benchmark runs again
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(folder, REPORT))
-        return "resumed", resume_run(folder, epochs=cfg.epochs, progress=progress).history
+        # where it runs is this invocation's (device, workers...), as for the cells it trains
+        environment = {key: getattr(cfg, key) for key in RUN_ENVIRONMENT}
+        return "resumed", resume_run(folder, epochs=cfg.epochs, progress=progress, environment=environment).history
     if os.path.isdir(folder):  # killed before its first checkpoint: nothing worth keeping
         shutil.rmtree(folder)
     print(f"{name}: training ({folder})", file=sys.stderr, flush=True)

@@ -84,7 +84,10 @@ class TrainConfig:
         if not self.variant:
             self.variant = variant_for(self.modality, self.task)
         else:  # a named model (built-in or a user's) must agree with the run's inputs and task
-            resolve_variant(self.variant, modality=self.modality, task=self.task)
+            source = resolve_variant(self.variant, modality=self.modality, task=self.task).source
+            if source is not None and not source.entry_point:
+                # a factory file by its absolute path, as the store: the run resumes from any directory
+                self.variant = source.spec
 
     def check(self) -> None:
         """Raise FmModelError naming the first parameter whose value is out of range."""
@@ -102,6 +105,7 @@ class TrainConfig:
         need(self.optimizer in protocol.OPTIMIZERS, "optimizer", f"an optimizer in {protocol.OPTIMIZERS}",
              self.optimizer)
         need(self.epochs >= 1, "epochs", "epochs >= 1", self.epochs)
+        need(self.seed >= 0, "seed", "a seed >= 0", self.seed)
         need(self.batch_size >= 1, "batch_size", "a batch size >= 1", self.batch_size)
         need(self.eval_batch_size is None or self.eval_batch_size >= 1, "eval_batch_size",
              "an evaluation batch size >= 1", self.eval_batch_size)
@@ -160,9 +164,10 @@ class TrainConfig:
             raise FmModelError(str(exc), path) from None
 
 
-# where and how fast a run runs, what the trainer fills in, and the epochs: not part of what it learns
-_NOT_IDENTITY = ("out", "epochs", "validation", "runtime", "trained_on", "workers", "data", "resident_budget", "device",
-                 "precision", "threads")
+# where and how fast a run runs: a resume may change them (the batches and weights stay the same)
+RUN_ENVIRONMENT = ("workers", "data", "resident_budget", "device", "precision", "threads")
+# ... and what the trainer fills in, and the epochs: not part of what a run learns
+_NOT_IDENTITY = ("out", "epochs", "validation", "runtime", "trained_on", *RUN_ENVIRONMENT)
 
 
 def _window_from_dict(d: dict[str, Any]) -> WindowParams:

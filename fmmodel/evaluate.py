@@ -19,6 +19,7 @@ import torch
 from fmdata.store import schema
 from fmdata.store.location import Location, LocationLike
 from fmmodel import distributed as dd
+from fmmodel.errors import FmModelError
 from fmmodel.inference import Inference, autocast, model_inputs, prepare, resolve_precision, run_inference
 from fmmodel.metrics import probabilities, summary_line
 from fmmodel.preprocessing import ORIENTATION_REFERENCE
@@ -92,6 +93,8 @@ def evaluate(store: LocationLike, checkpoint: str, *, fmt: str = "auto", variant
     data path, and (with ``out``) the paths of report.json and the pictures.
     """
     location = Location.parse(store)
+    if out and os.path.exists(out) and not os.path.isdir(out):  # before the scoring, not after it
+        raise FmModelError("expected a folder for the report, got a file", out, field="out")
     ctx = dd.setup(device)
     try:
         p = prepare(location, checkpoint, fmt=fmt, variant=variant, split=split, windows=windows, ctx=ctx,

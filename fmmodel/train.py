@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import datetime
+import json
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -32,13 +34,14 @@ from tqdm import tqdm
 from fmdata.errors import FmDataError, Interrupted
 from fmdata.store import schema
 from fmdata.store.access import open_store, read_meta, read_offsets
+from fmdata.store.atomic import remove_tree
 from fmdata.store.columns import read_column
 from fmdata.store.location import Location, LocationLike
 from fmdata.store.lock import writer_lock
 from fmdata.store.window_table import WindowParams
 from fmmodel import checkpoint as ckpt_io
 from fmmodel import distributed as dd
-from fmmodel.config import TrainConfig
+from fmmodel.config import RUN_ENVIRONMENT, TrainConfig
 from fmmodel.data import make_dataset, window_table_for
 from fmmodel.data_path import BatchRequest, BatchSource, open_batches
 from fmmodel.errors import FmModelError
@@ -56,6 +59,7 @@ LAST = "last.pt"
 BEST = "best.pt"
 METRICS_CSV = "metrics.csv"
 TB_DIR = "tb"
+_CONFIG_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
 CSV_FIELDS = ("epoch", "lr", "train_loss", "train_windows", "samples_per_s", "loader_wait_share", "val_loss",
               "val_windows", "val_accuracy", "val_f1", "val_auroc", "val_miou", "score", "best", "seconds")
 
@@ -130,14 +134,21 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
 
 
 def resume_run(run_dir: str, epochs: int | None = None, progress: bool = True,
-               store: LocationLike | None = None) -> TrainResult:
+               store: LocationLike | None = None, environment: Mapping[str, Any] | None = None) -> TrainResult:
     """Continue the run in ``run_dir`` from its ``last.pt`` (model, optimizer, scheduler, epoch, RNG).
 
-    ``epochs`` extends (or shortens) the planned number of epochs; everything else comes from the
-    run's ``config.json``. ``store`` gives the store's new location when it moved (its data must
-    be the same). Raises FmModelError when the store or the window table differ from what the run
-    recorded (:mod:`fmmodel.run_data`). A run that already finished its epochs returns at once.
+    ``epochs`` extends (or shortens) the planned number of epochs; ``environment`` changes where
+    and how fast the run runs (keys of :data:`fmmodel.config.RUN_ENVIRONMENT`: device, precision,
+    workers, data, resident_budget, threads); everything else comes from the run's
+    ``config.json``. ``store`` gives the store's new location when it moved (its data must be the
+    same). Raises FmModelError when the store or the window table differ from what the run
+    recorded (:mod:`fmmodel.run_data`), or for an ``environment`` key that would change what the
+    run learns (field: that key). A run that already finished its epochs returns at once.
     """
+    for key in environment or {}:
+        if key not in RUN_ENVIRONMENT:
+            raise FmModelError(f"expected only settings of where the run runs with a resume "
+                               f"({', '.join(RUN_ENVIRONMENT)}; the rest is the run's), got {key}", field=key)
     if not os.path.exists(os.path.join(run_dir, LAST)):
         raise FmModelError(f"expected a run folder with {LAST} to resume, got none", run_dir)
     cfg = TrainConfig.load(os.path.join(run_dir, CONFIG_JSON))
@@ -152,6 +163,8 @@ def resume_run(run_dir: str, epochs: int | None = None, progress: bool = True,
         if epochs < 1:
             raise FmModelError(f"expected epochs >= 1, got {epochs}", field="epochs")
         cfg.epochs = epochs
+    if environment:
+        cfg = dataclasses.replace(cfg, **environment)  # checked again, as a new config
     ctx = dd.setup(cfg.device)
     try:
         with run_lock(run_dir, ctx):
@@ -215,18 +228,37 @@ def _resume_hint(out: str) -> str:
     if os.path.exists(os.path.join(out, LAST)):
         return (f"{out}: interrupted; the last finished epoch is in {LAST}: `fmmodel train --out {out} --resume` "
                 "continues from it")
-    return f"{out}: interrupted before the first epoch finished; nothing to resume (start the run again)"
+    return (f"{out}: interrupted before the first epoch finished; nothing to resume (the same command starts it "
+            "again)")
 
 
 def _prepare_run_dir(cfg: TrainConfig, ctx: dd.DistContext) -> None:
+    """Check that ``cfg.out`` can take a new run: nothing there, an empty folder, or what a run
+    that stopped before its first epoch left (its config.json and empty logs: replaced)."""
     out = cfg.out
     if os.path.exists(out) and not os.path.isdir(out):
         raise FmModelError("expected a folder for the run, got a file", out)
-    if os.path.isdir(out) and os.listdir(out):
+    names = os.listdir(out) if os.path.isdir(out) else []
+    if names and not _stopped_before_first_epoch(out, names):
         raise FmModelError("expected a new or empty run folder, got one with files (pass --resume to continue "
                            "it, or choose another --out)", out)
     if ctx.is_main:
+        for name in names:
+            remove_tree(os.path.join(out, name))
         os.makedirs(out, exist_ok=True)
+
+
+def _stopped_before_first_epoch(out: str, names: list[str]) -> bool:
+    """True when a run folder holds only what :func:`build` writes before the first epoch: the
+    toolkit's config.json (and the TensorBoard folder)."""
+    if CONFIG_JSON not in names or not set(names) <= {CONFIG_JSON, TB_DIR}:
+        return False
+    try:
+        with open(os.path.join(out, CONFIG_JSON), encoding="utf-8") as fh:
+            saved = json.load(fh)
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and {"store", "out", "trained_on"} <= set(saved) <= _CONFIG_KEYS
 
 
 # ---- build -------------------------------------------------------------------------------------

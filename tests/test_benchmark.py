@@ -159,6 +159,10 @@ def test_more_epochs_resume_every_cell_and_score_it_again(bench_store, tmp_path)
     cell = json.loads(Path(res.table.json_path).read_text())["cells"][0]
     for key in CLASS_KEYS:
         assert cell["test"][key] == pytest.approx(by_hand[key], abs=1e-9), key
+    # fewer epochs than a cell ran: its best checkpoint may be of an epoch the table would not say
+    with pytest.raises(FmModelError, match="got one trained for 2 epochs"):
+        run_benchmark(bench_store, models=["vicu_cls"], seeds=[0], policies=["reference"], out=out, settings=one,
+                      progress=False)
 
 
 def test_a_folder_of_other_settings_is_refused(killed_and_rerun, bench_store):
@@ -171,6 +175,8 @@ def test_a_folder_of_other_settings_is_refused(killed_and_rerun, bench_store):
 def test_bad_lists_are_usage_errors(bench_store, tmp_path):
     res = _fmmodel("benchmark", "--store", bench_store, "--seeds", "0,x", "--out", str(tmp_path / "b"))
     assert res.returncode == 2 and "integer seeds" in res.stderr and "Traceback" not in res.stderr
+    res = _fmmodel("benchmark", "--store", bench_store, "--seeds", "0,-1", "--out", str(tmp_path / "b"))
+    assert res.returncode == 2 and "--seeds" in res.stderr and "seeds >= 0" in res.stderr
     res = _fmmodel("benchmark", "--store", bench_store, "--variants", "vicu_cls,nosuch", "--out",
                    str(tmp_path / "b"))
     assert res.returncode == 2 and "nosuch" in res.stderr and "Traceback" not in res.stderr

@@ -120,6 +120,8 @@ USAGE = [
     (fmdata_main, ("preview", "{store}", "--frame", "-1"), "--frame"),
     (fmmodel_main, ("train", "--store", "{store}", "--out", "{tmp}/r", "--workers", "-3"), "--workers"),
     (fmmodel_main, ("train", "--store", "{store}", "--out", "{tmp}/r", "--epochs", "0"), "--epochs"),
+    (fmmodel_main, ("train", "--store", "{store}", "--out", "{tmp}/r", "--seed", "-1"), "--seed"),
+    (fmmodel_main, ("evaluate", "--store", "{store}", "--checkpoint", "x.pt", "--out", "{src}"), "--out"),
     (fmmodel_main, ("train", "--store", "{store}", "--out", "{tmp}/r", "--windows", "w", "--model-opt", "depth=0",
                     "--device", "cpu", "--workers", "0"), "--model-opt"),
     (fmmodel_main, ("evaluate", "--store", "{store}", "--checkpoint", "x.pt", "--batch-size", "0"), "--batch-size"),

@@ -76,3 +76,19 @@ def test_moved_store_is_used_with_store_and_a_different_one_refused(trained_run,
     resumed = resume_run(run_dir, epochs=2, progress=False, store=moved)
     assert len(resumed.history) == 2
     assert json.loads(open(os.path.join(run_dir, "config.json")).read())["trained_on"]["store"] == moved
+
+
+def test_resume_takes_where_it_runs_and_refuses_what_it_learns(trained_run):
+    run_dir, _ = trained_run
+    r = run([FMMODEL, "train", "--out", run_dir, "--resume", "--epochs", "2", "--lr", "0.1", "--no-progress"])
+    one_line_error(r, 2, "--lr", "expected only settings of where the run runs with a resume")
+    assert json.loads(open(os.path.join(run_dir, "config.json")).read())["epochs"] == 1  # refused before it ran
+    r = run([FMMODEL, "train", "--out", run_dir, "--resume", "--epochs", "2", "--workers", "1", "--data", "lazy",
+             "--no-progress"])
+    assert r.returncode == 0, r.stderr
+    saved = json.loads(open(os.path.join(run_dir, "config.json")).read())
+    assert (saved["workers"], saved["data"], saved["lr"], saved["epochs"]) == (1, "lazy", 1e-3, 2)
+    assert saved["runtime"]["data"]["path"] == "lazy"
+    with pytest.raises(FmModelError, match="expected only settings of where the run runs") as err:
+        resume_run(run_dir, epochs=3, progress=False, environment={"seed": 4})
+    assert err.value.field == "seed"

@@ -174,8 +174,30 @@ def test_a_model_with_the_wrong_output_is_stopped_with_one_line(tmp_path_factory
     assert res.returncode == 2, res.stderr
     assert "expected model" in res.stderr and "(8, 2)" in res.stderr and "got (8, 1)" in res.stderr
     assert "Traceback" not in res.stderr
+    # the run stopped before its first epoch: the same folder takes the next run, as its message says
+    assert sorted(os.listdir(tmp_path / "run")) == ["config.json", "tb"]
+    res = _fmmodel("train", "--store", store, "--model", f"{EXAMPLE}:current_gru", "--out", str(tmp_path / "run"),
+                   *QUICK)
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["variant"] == f"{EXAMPLE}:current_gru"
     res = _fmmodel("train", "--store", store, "--model", f"{bad}:missing", "--out", str(tmp_path / "r2"), *QUICK)
     assert res.returncode == 2 and "missing" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_run_of_a_factory_file_named_relatively_resumes_from_anywhere(tmp_path_factory, tmp_path):
+    store = cached_store(tmp_path_factory)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "models.py").write_text(Path(EXAMPLE).read_text())
+    res = subprocess.run([os.path.join(os.path.dirname(sys.executable), "fmmodel"), "train", "--store", store,
+                          "--model", "models.py:current_gru", "--out", str(tmp_path / "run"), *QUICK],
+                         capture_output=True, text=True, cwd=project)
+    assert res.returncode == 0, res.stderr
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["variant"] == f"{project / 'models.py'}:current_gru"  # absolute, as the store
+    res = _fmmodel("train", "--out", str(tmp_path / "run"), "--resume", "--epochs", "2", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert len(load_checkpoint(str(tmp_path / "run" / "last.pt")).extra["history"]) == 2
 
 
 def test_declared_inputs_and_task_must_agree_with_the_run():
