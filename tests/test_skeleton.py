@@ -1,6 +1,10 @@
-"""The installed console scripts and the store contract."""
+"""The installed console scripts, the packaging and the store contract."""
+import os
+import shutil
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,3 +71,22 @@ def test_open_store_refuses_missing_foreign_and_incomplete(tmp_path):
     root.attrs[schema.ATTR_STORE] = {**root.attrs[schema.ATTR_STORE], "complete": False}
     with pytest.raises(FmDataError, match="incomplete"):
         store.open_store(tmp_path / "s.zarr")
+
+
+def test_a_plain_install_holds_every_package(tmp_path):
+    """A wheel (what `pip install .` installs) carries every package and sub-package of the source."""
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"
+    shutil.copytree(root, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "demo-out",
+                                                             "bench-out", "__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist")], check=True, capture_output=True)
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        packed = {os.path.dirname(n) for n in zf.namelist() if n.endswith("/__init__.py")}
+    on_disk = set()
+    for top, name in (("fmdata", "fmdata"), ("fmmodel", "fmmodel"), ("cli", "fmcli")):  # cli/ installs as fmcli
+        for init in (src / top).rglob("__init__.py"):
+            sub = init.parent.relative_to(src / top).as_posix()  # "." for the package itself
+            on_disk.add(name if sub == "." else f"{name}/{sub}")
+    assert packed == on_disk and {"fmdata/store", "fmcli"} <= packed
