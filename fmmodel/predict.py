@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import cv2
@@ -36,6 +37,7 @@ from fmdata.store import schema
 from fmdata.store.access import open_store, read_meta
 from fmdata.store.atomic import atomic_file, place, remove_tree
 from fmdata.store.location import Location, LocationLike
+from fmdata.store.lock import writer_lock
 from fmmodel import distributed as dd
 from fmmodel.errors import FmModelError
 from fmmodel.inference import prepare, resolve_precision, run_inference
@@ -147,56 +149,88 @@ def predict(store: LocationLike, checkpoint: str, out: str, *, fmt: str = "auto"
     if Location.parse(out).is_url:  # the staging folder + rename below is local-only; refuse rather than write "s3:/..."
         raise FmModelError("expected a local path for the predictions store, got a URL "
                            "(write locally, then copy)", out)
-    if os.path.exists(out) and not overwrite:
-        raise FmModelError("exists; pass --overwrite to replace it", out)
+    location = Location.parse(store)
+    _check_output(out, location, overwrite)
     if video and os.path.exists(video) and not overwrite:
         raise FmModelError("exists; pass --overwrite to replace it", video)
-    location = Location.parse(store)
     ctx = dd.setup(device)
     try:
-        p = prepare(location, checkpoint, fmt=fmt, variant=variant, split=split, windows=windows, ctx=ctx,
-                    batch_size=batch_size, workers=workers, data=data, resident_budget=resident_budget,
-                    progress=progress, sampler=lambda n, c: BlockSampler(*block_of(n, c.rank, c.world_size)),
-                    trusted=trusted)
-        ds, meta, task = p.dataset, p.meta, p.task
-        n = len(ds)
-        seg = task == "seg"
-        tmp = _temp_path(out)
-        attrs = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "store": str(location),
-                 "checkpoint": os.fspath(checkpoint), "variant": meta.variant, "task": task,
-                 "split": split, "windows": windows, "orientation_of_masks": "true",
-                 "window_params": plain_params(p.params),
-                 "threshold": THRESHOLD}
-        if ctx.is_main:
-            remove_tree(tmp)  # our own leftover from an interrupted run
-            _create(tmp, n, (p.store_meta.height, p.store_meta.width) if seg else None, attrs)
-            # split column straight from the table (windows are in table order)
-            zarr.open_group(tmp, mode="r+")["split"][:] = p.table.column("split").astype(np.int8)
-        dd.barrier(ctx)
-        start, stop = block_of(n, ctx.rank, ctx.world_size)
-        writer = _Writer(tmp, start, seg, meta.orientation)
-        prec = resolve_precision(precision, ctx.device)
-        res = run_inference(p.model, p.loader, ctx, task=task, precision=prec,
-                            recordings=p.store_meta.n_recordings, progress=progress, keep=writer.add,
-                            desc="predict")
-        writer.flush()
-        if writer.flushed != stop:
-            raise FmModelError(f"expected {stop - start} predictions from rank {ctx.rank}, wrote "
-                               f"{writer.flushed - start}", out)
-        dd.barrier(ctx)
-        if ctx.is_main:
-            root = zarr.open_group(tmp, mode="r+")
-            root.attrs[ATTR_PREDICTIONS] = {**attrs, "complete": True, "windows_count": n,
-                                            "summary": res["metrics"]["overall"]["class"]}
-            place(tmp, out)
-        dd.barrier(ctx)
-        summary = {"out": out, "windows": n, "task": task, "variant": meta.variant, "fps": res["fps"],
-                   "metrics": res["metrics"]["overall"], "data": p.data}
-        if video and ctx.is_main:
-            summary["video"] = write_overlay_video(location, out, video, max_frames=video_max_frames)
-        return summary
+        with writer_lock(out, "fmmodel predict", what="predictions store") if ctx.is_main else nullcontext():
+            return _predict(location, checkpoint, ctx, fmt=fmt, variant=variant, split=split, windows=windows,
+                            out=out, batch_size=batch_size, workers=workers, precision=precision, video=video,
+                            video_max_frames=video_max_frames, data=data, resident_budget=resident_budget,
+                            progress=progress, trusted=trusted)
     finally:
         dd.teardown(ctx)
+
+
+def _check_output(out: str, store: Location, overwrite: bool) -> None:
+    """Refuse an output that would destroy data: the store read (or a folder holding it or inside
+    it), an existing path without ``overwrite``, and anything but a predictions store with it."""
+    if store.local_path is not None:
+        a, b = os.path.realpath(out), os.path.realpath(store.local_path)
+        if a == b or b.startswith(a + os.sep) or a.startswith(b + os.sep):
+            raise FmModelError(f"expected an output apart from the store it reads, got {store.local_path}", out,
+                               field="out")
+    if not (os.path.exists(out) or os.path.islink(out)):
+        return
+    if not overwrite:
+        raise FmModelError("exists; pass --overwrite to replace it", out)
+    try:
+        ours = ATTR_PREDICTIONS in zarr.open_group(out, mode="r").attrs
+    except Exception:  # not a Zarr group at all (zarr raises several types for that)
+        ours = False
+    if not ours:
+        raise FmModelError("refusing to replace something that is not a predictions store (--overwrite replaces "
+                           "only an earlier fmmodel predict output)", out)
+
+
+def _predict(location: Location, checkpoint: str, ctx: dd.DistContext, *, fmt: str, variant: str | None, split: str,
+             windows: str | None, out: str, batch_size: int, workers: int, precision: str | None,
+             video: str | None, video_max_frames: int, data: str, resident_budget: int | None, progress: bool,
+             trusted: Sequence[str]) -> dict[str, Any]:
+    """The body of :func:`predict`, run while rank 0 holds the output's writer lock."""
+    p = prepare(location, checkpoint, fmt=fmt, variant=variant, split=split, windows=windows, ctx=ctx,
+                batch_size=batch_size, workers=workers, data=data, resident_budget=resident_budget,
+                progress=progress, sampler=lambda n, c: BlockSampler(*block_of(n, c.rank, c.world_size)),
+                trusted=trusted)
+    ds, meta, task = p.dataset, p.meta, p.task
+    n = len(ds)
+    seg = task == "seg"
+    tmp = _temp_path(out)
+    attrs = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "store": str(location),
+             "checkpoint": os.fspath(checkpoint), "variant": meta.variant, "task": task,
+             "split": split, "windows": windows, "orientation_of_masks": "true",
+             "window_params": plain_params(p.params),
+             "threshold": THRESHOLD}
+    if ctx.is_main:
+        remove_tree(tmp)  # our own leftover from an interrupted run
+        _create(tmp, n, (p.store_meta.height, p.store_meta.width) if seg else None, attrs)
+        # split column straight from the table (windows are in table order)
+        zarr.open_group(tmp, mode="r+")["split"][:] = p.table.column("split").astype(np.int8)
+    dd.barrier(ctx)
+    start, stop = block_of(n, ctx.rank, ctx.world_size)
+    writer = _Writer(tmp, start, seg, meta.orientation)
+    prec = resolve_precision(precision, ctx.device)
+    res = run_inference(p.model, p.loader, ctx, task=task, precision=prec,
+                        recordings=p.store_meta.n_recordings, progress=progress, keep=writer.add,
+                        desc="predict")
+    writer.flush()
+    if writer.flushed != stop:
+        raise FmModelError(f"expected {stop - start} predictions from rank {ctx.rank}, wrote "
+                           f"{writer.flushed - start}", out)
+    dd.barrier(ctx)
+    if ctx.is_main:
+        root = zarr.open_group(tmp, mode="r+")
+        root.attrs[ATTR_PREDICTIONS] = {**attrs, "complete": True, "windows_count": n,
+                                        "summary": res["metrics"]["overall"]["class"]}
+        place(tmp, out)
+    dd.barrier(ctx)
+    summary = {"out": out, "windows": n, "task": task, "variant": meta.variant, "fps": res["fps"],
+               "metrics": res["metrics"]["overall"], "data": p.data}
+    if video and ctx.is_main:
+        summary["video"] = write_overlay_video(location, out, video, max_frames=video_max_frames)
+    return summary
 
 
 def read_predictions(path: str) -> zarr.Group:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from fmdata.errors import FmDataError
 from fmdata.store import open_store, schema
 from fmmodel.checkpoint import load_reference_model
 from fmmodel.errors import FmModelError
@@ -61,9 +62,34 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path_factory, tmp_path)
     with pytest.raises(FmModelError, match="overwrite"):
         predict(store, os.path.join(run, "last.pt"), str(out), device="cpu", workers=0, progress=False)
     assert (out / "keep.txt").read_text() == "user data"
+    # --overwrite replaces an earlier predictions store, never other data (nor the store it reads)
+    with pytest.raises(FmModelError, match="not a predictions store"):
+        predict(store, os.path.join(run, "last.pt"), str(out), overwrite=True, device="cpu", workers=0,
+                progress=False)
+    assert (out / "keep.txt").read_text() == "user data"
+    for inside in (store, os.path.dirname(store)):
+        with pytest.raises(FmModelError, match="apart from the store it reads") as err:
+            predict(store, os.path.join(run, "last.pt"), inside, overwrite=True, device="cpu", workers=0,
+                    progress=False)
+        assert err.value.field == "out"
+    assert open_store(store) is not None
+    out = tmp_path / "q.zarr"
+    predict(store, os.path.join(run, "last.pt"), str(out), split="train", device="cpu", workers=0, progress=False)
+    holder = subprocess.Popen(  # another process writing there: a second writer stops at once, naming it
+        [sys.executable, "-c", "import sys, time; from fmdata.store.lock import writer_lock\n"
+         "with writer_lock(sys.argv[1], 'fmmodel predict (other)'):\n    print('held', flush=True); time.sleep(60)",
+         str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(FmDataError, match=r"fmmodel predict \(other\)"):
+            predict(store, os.path.join(run, "last.pt"), str(out), split="test", overwrite=True, device="cpu",
+                    workers=0, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
     summary = predict(store, os.path.join(run, "last.pt"), str(out), split="test", overwrite=True, device="cpu",
                       workers=0, progress=False)
-    assert not (out / "keep.txt").exists() and read_predictions(str(out))["frame"].shape == (summary["windows"],)
+    assert read_predictions(str(out))["frame"].shape == (summary["windows"],)
     with pytest.raises(FmModelError, match="expected a local path"):
         predict(store, os.path.join(run, "last.pt"), "s3://bucket/p.zarr", device="cpu", workers=0, progress=False)
     assert not os.path.exists("s3:")
