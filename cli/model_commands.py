@@ -93,6 +93,10 @@ def train_cmd(store: Location | None, windows: str | None, model: str | None, ta
     else:
         if store is None:
             raise click.UsageError("--store is required (unless --resume)")
+        if windows and (policy is not None or any(v is not None for v in window.values())):
+            raise click.UsageError("--windows trains on a stored table's own windows: give it or the window options "
+                                   "(--frames, --frame-step, --current-seconds, --current-rows, --stride, --policy), "
+                                   "not both")
         variant = choose_variant(model, task=task, modality=modality)
         cfg = TrainConfig(store=str(store), out=out or default_run_folder(variant.name), windows=windows,
                           variant=variant.name, task=variant.task, modality=variant.modality,

@@ -124,6 +124,11 @@ def run_benchmark(store: LocationLike, *, models: Sequence[str], seeds: Sequence
         raise FmModelError("expected at least one model, one seed and one policy, got none", field="models")
     if min(seeds) < 0:
         raise FmModelError(f"expected seeds >= 0, got {min(seeds)}", field="seeds")
+    for what, values in (("models", list(models)), ("seeds", [int(x) for x in seeds]), ("policy", list(policies))):
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:  # one cell counted twice would fake a spread over seeds
+            raise FmModelError(f"expected each of the {what} once, got {', '.join(repeated)} more than once",
+                               field=what)
     for p in policies:
         if p not in WINDOW_POLICIES:
             raise FmModelError(f"expected window policies from {WINDOW_POLICIES}, got {p!r}", field="policy")

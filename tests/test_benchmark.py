@@ -177,6 +177,10 @@ def test_bad_lists_are_usage_errors(bench_store, tmp_path):
     assert res.returncode == 2 and "integer seeds" in res.stderr and "Traceback" not in res.stderr
     res = _fmmodel("benchmark", "--store", bench_store, "--seeds", "0,-1", "--out", str(tmp_path / "b"))
     assert res.returncode == 2 and "--seeds" in res.stderr and "seeds >= 0" in res.stderr
+    res = _fmmodel("benchmark", "--store", bench_store, "--seeds", "0,0", "--out", str(tmp_path / "b"))
+    assert res.returncode == 2 and "--seeds" in res.stderr and "got 0 more than once" in res.stderr
+    res = _fmmodel("benchmark", "--store", bench_store, "--variants", "vicu_cls,vicu_cls", "--out", str(tmp_path / "b"))
+    assert res.returncode == 2 and "--variants" in res.stderr and "vicu_cls more than once" in res.stderr
     res = _fmmodel("benchmark", "--store", bench_store, "--variants", "vicu_cls,nosuch", "--out",
                    str(tmp_path / "b"))
     assert res.returncode == 2 and "nosuch" in res.stderr and "Traceback" not in res.stderr

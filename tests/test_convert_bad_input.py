@@ -257,6 +257,8 @@ def test_bad_options_and_missing_sources(tmp_path):
     assert_one_clear_line(run_convert([str(tmp_path / "gone.mat")], tmp_path / "b.zarr"), "gone.mat", "nothing there")
     assert_one_clear_line(run_convert(src, tmp_path / "c.zarr", "--fps", "0"), "--fps", "positive frame rate",
                           exit_code=2)
+    again = [src[0], os.path.join(os.path.dirname(src[0]), ".", os.path.basename(src[0]))]
+    assert_one_clear_line(run_convert(again, tmp_path / "d.zarr"), "rec.mat", "expected each source once")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rec.mat"]
 
 

@@ -116,3 +116,6 @@ def test_cli_bad_input_is_one_line(tmp_path):
     assert "missing.zarr" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = _fmmodel("train", "--out", str(tmp_path / "run"), "--resume")
     assert r.returncode == 1 and "last.pt" in r.stderr and "Traceback" not in r.stderr
+    r = _fmmodel("train", "--store", str(tmp_path / "s.zarr"), "--windows", "w", "--frames", "8")
+    assert r.returncode == 2 and "--windows trains on a stored table's own windows" in r.stderr
+    assert not (tmp_path / "runs").exists() and "Traceback" not in r.stderr

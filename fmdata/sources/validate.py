@@ -122,8 +122,12 @@ def open_sources(paths: list[str] | tuple[str, ...], fps: float = DEFAULT_FPS, *
     if not fps > 0 or not np.isfinite(fps):
         raise FmDataError(f"expected a positive frame rate, got {fps}", field="fps")
     out: list[RecordingSource] = []
+    seen: set[str] = set()
     for p in paths:
         p = os.path.abspath(os.fspath(p))
+        if os.path.realpath(p) in seen:  # the same recording twice would double its frames in both splits
+            raise FmDataError("expected each source once, got this one again", p)
+        seen.add(os.path.realpath(p))
         if os.path.isdir(p):
             out.extend(_open_v2(p, fps))
         elif os.path.exists(p):
