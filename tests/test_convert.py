@@ -40,6 +40,17 @@ def mixed(tmp_path_factory):
     return d, [str(v1), str(v2)]
 
 
+def test_a_last_shard_shorter_than_one_chunk_converts(mixed, tmp_path):
+    _, sources = mixed
+    # 119 frames in shards of 5: the last holds 4 frames, less than one 5-frame chunk
+    convert(sources, tmp_path / "short.zarr", workers=1, chunk_frames=5, shard_frames=5, progress=False)
+    convert(sources, tmp_path / "plain.zarr", workers=1, progress=False)
+    a, b = store.open_store(tmp_path / "short.zarr"), store.open_store(tmp_path / "plain.zarr")
+    assert a[schema.VIDEO].shape[0] == 119 and a[schema.VIDEO].chunks[0] != b[schema.VIDEO].chunks[0]
+    for name in (schema.VIDEO, schema.MASK, schema.SPLIT, schema.RECORDING, schema.FRAME_TIME):
+        np.testing.assert_array_equal(a[name][:], b[name][:], err_msg=name)
+
+
 def test_v1_and_v2_convert_losslessly_with_aligned_indices(mixed, tmp_path):
     d, sources = mixed
     out = tmp_path / "s.zarr"

@@ -301,9 +301,10 @@ def encode_shard(layout: ShardLayout, encode: Encoder, data: np.ndarray) -> list
     fill = np.asarray(layout.fill_value, dtype=layout.dtype)
     if layout.sharded and not fill.any():
         nonempty = np.ones(n_chunks, bool)
-        flat = data[:whole].reshape(whole // cl, -1)
-        # max of unsigned bytes is a SIMD pass; any() first casts to bool
-        nonempty[:whole // cl] = flat.max(axis=1) != 0 if layout.dtype.kind == "u" else flat.any(axis=1)
+        if whole:  # a last shard shorter than one inner chunk has no whole chunk
+            flat = data[:whole].reshape(whole // cl, -1)
+            # max of unsigned bytes is a SIMD pass; any() first casts to bool
+            nonempty[:whole // cl] = flat.max(axis=1) != 0 if layout.dtype.kind == "u" else flat.any(axis=1)
         if whole < rows:
             nonempty[-1] = data[whole:].any()
         todo: list[int] = np.flatnonzero(nonempty).tolist()
