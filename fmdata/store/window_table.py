@@ -26,7 +26,7 @@ from fmdata.errors import FmDataError
 from fmdata.store import schema
 from fmdata.store.checksums import read_checked
 from fmdata.store.derived import DerivedArray, write_derived
-from fmdata.store.lock import reading
+from fmdata.store.lock import reading, store_folder
 
 # The reference protocol's windows (docs/reference-protocol.md, "Samples"): the cross-modal model
 # reads 10 frames step 18 and the last 120 s of current as 240 rows; the video-only model 8
@@ -237,10 +237,11 @@ def read_window_table(root: zarr.Group, name: str) -> WindowTable:
         names = _table_names(root)
         if name not in names:
             raise FmDataError(f"expected a window table named {name!r}, got {names or 'none'} "
-                              f"(build one with `fmdata windows STORE --name {name}`)")
+                              f"(build one with `fmdata windows STORE --name {name}`)", store_folder(root))
         arr = root[schema.WINDOWS_GROUP][name]
         if "columns" not in arr.attrs:
-            raise FmDataError(f"window table {name!r} is incomplete (its writer did not finish); rebuild it with --force")
+            raise FmDataError(f"window table {name!r} is incomplete (its writer did not finish); rebuild it with --force",
+                              store_folder(root))
         table = np.asarray(read_checked(arr), dtype=np.int64) if arr.shape[0] else np.zeros(arr.shape, np.int64)
         columns, params = tuple(arr.attrs["columns"]), dict(arr.attrs.get("params", {}))
     return WindowTable(table=table, columns=columns, params=params)
