@@ -102,8 +102,12 @@ def named_config(size: str = "reference", **overrides: Any) -> FmFormerConfig:
     """A named size with some fields replaced, e.g. named_config("small", frames=4)."""
     if size not in SIZES:
         raise FmModelError(f"FmFormerConfig: expected a size from {sorted(SIZES)}, got {size!r}")
+    known = [f.name for f in fields(FmFormerConfig)]
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise FmModelError(f"FmFormerConfig: expected fields from {known}, got {unknown}")
     try:
         return replace(SIZES[size], **overrides)
-    except TypeError as exc:
-        raise FmModelError(f"FmFormerConfig: expected fields from {[f.name for f in fields(FmFormerConfig)]}, "
-                           f"got {sorted(overrides)}") from exc
+    except (TypeError, ValueError):  # a value of the wrong kind (width="abc") fails in the config's own checks
+        given = ", ".join(f"{k}={v!r}" for k, v in sorted(overrides.items()))
+        raise FmModelError(f"FmFormerConfig: expected numbers of the right kind for the sizes, got {given}") from None

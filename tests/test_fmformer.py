@@ -168,3 +168,10 @@ def test_vit_init_is_small_and_reference_init_is_unit_normal():
     assert 0.8 < ref.video_embed.pos_embed.std().item() < 1.2
     assert vit.video_embed.pos_embed.std().item() < 0.03
     assert math.isclose(vit.blocks[0].video_mlp.fc1.weight.std().item(), 0.02, rel_tol=0.2)
+
+
+def test_size_overrides_say_whether_the_name_or_the_value_is_wrong():
+    with pytest.raises(FmModelError, match=r"got \['widht'\]"):
+        named_config("tiny", widht=3)
+    with pytest.raises(FmModelError, match="expected numbers of the right kind.*width='abc'"):
+        named_config("tiny", width="abc")
