@@ -105,6 +105,7 @@ def _invoke(main, *args):
 USAGE = [
     (fmdata_main, ("convert", "{src}", "{tmp}/a.zarr", "--fps", "0"), "--fps"),
     (fmdata_main, ("convert", "{src}", "{tmp}/a.zarr", "--chunk-frames", "0"), "--chunk-frames"),
+    (fmdata_main, ("convert", "{src}", "{tmp}/a.zarr", "--chunk-frames", "99999999999999999999"), "--chunk-frames"),
     (fmdata_main, ("convert", "{src}", "{tmp}/a.zarr", "--workers", "-3"), "--workers"),
     (fmdata_main, ("convert", "{src}", "memory://u11/a.zarr", "--workers", "2"), "--workers"),
     (fmdata_main, ("verify", "{store}", "--workers", "0"), "--workers"),

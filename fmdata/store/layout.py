@@ -101,6 +101,10 @@ def default_chunking(height: int, width: int) -> Chunking:
     return Chunking(chunk_frames=DEFAULT_CHUNK_FRAMES, shard_frames=shard, current_chunk=DEFAULT_CURRENT_CHUNK)
 
 
+# the most frames a chunk or shard may span: far beyond any recording, and inside every index type
+MAX_AXIS_FRAMES = 2**31 - 1
+
+
 def override_chunking(base: Chunking, chunk_frames: int | None = None, shard_frames: int | None = None) -> Chunking:
     """Return ``base`` with the given frame-axis lengths replaced.
 
@@ -110,8 +114,8 @@ def override_chunking(base: Chunking, chunk_frames: int | None = None, shard_fra
     if chunk_frames is None and shard_frames is None:
         return base
     for name, v in (("chunk_frames", chunk_frames), ("shard_frames", shard_frames)):
-        if v is not None and v < 1:
-            raise FmDataError(f"expected a positive number of frames, got {v}", field=name)
+        if v is not None and not 1 <= v <= MAX_AXIS_FRAMES:
+            raise FmDataError(f"expected a positive number of frames up to {MAX_AXIS_FRAMES}, got {v}", field=name)
     chunk = chunk_frames or base.chunk_frames
     shard = shard_frames if shard_frames is not None else -(-(base.shard_frames or chunk) // chunk) * chunk
     return Chunking(chunk_frames=chunk, shard_frames=shard, current_chunk=base.current_chunk)
