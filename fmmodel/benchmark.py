@@ -124,7 +124,8 @@ def run_benchmark(store: LocationLike, *, models: Sequence[str], seeds: Sequence
         raise FmModelError("expected at least one model, one seed and one policy, got none", field="models")
     if min(seeds) < 0:
         raise FmModelError(f"expected seeds >= 0, got {min(seeds)}", field="seeds")
-    for what, values in (("models", list(models)), ("seeds", [int(x) for x in seeds]), ("policy", list(policies))):
+    given: dict[str, list[Any]] = {"models": list(models), "seeds": [int(x) for x in seeds], "policy": list(policies)}
+    for what, values in given.items():
         repeated = sorted({str(v) for v in values if values.count(v) > 1})
         if repeated:  # one cell counted twice would fake a spread over seeds
             raise FmModelError(f"expected each of the {what} once, got {', '.join(repeated)} more than once",

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from fmcli.fmdata_main import main
 from fmdata.compute import DaskOptions
 from fmdata.derive import make_windows
-from fmdata.derive.preview import render_preview
+from fmdata.derive.preview import MAX_PNG_FRAMES, render_preview
 from fmdata.errors import FmDataError
 from fmdata.store import WindowParams, open_store, read_window_table, schema
 
@@ -43,6 +43,17 @@ def test_png_shows_the_clip_with_the_mask_outlined(dark_store, tmp_path):
     quiet = render_preview(dark_store, 60, str(tmp_path / "q.png"), recording="v1-1",
                            params=WindowParams(frames=4, frame_step=5, current_seconds=2)).to_dict()
     assert quiet["label"] == 0 and _yellow_pixels(cv2.imread(str(tmp_path / "q.png"))) == 0
+
+
+def test_a_long_clip_draws_a_bounded_picture(dark_store, tmp_path):
+    out = str(tmp_path / "long.png")
+    r = render_preview(dark_store, 100, out, recording=0, params=WindowParams(frames=100, frame_step=1,
+                                                                              current_seconds=2)).to_dict()
+    assert r["clip"] == list(range(1, 101))  # the report names every clip frame
+    img = cv2.imread(out)
+    # at most MAX_PNG_FRAMES columns of 1.5 in at 110 dpi (100 columns would be 16,500 pixels wide)
+    assert img is not None and img.shape[1] <= 1.5 * MAX_PNG_FRAMES * 110 + 10
+    assert _yellow_pixels(img) > 20  # the labelled frame, with its mask, is among those drawn
 
 
 def test_preview_of_a_stored_window_uses_that_table(dark_store, tmp_path):

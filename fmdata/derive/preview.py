@@ -32,6 +32,7 @@ from fmdata.store.row_reader import ZarrAxisReader
 from fmdata.store.window_table import WindowParams, current_row_indices, read_window_table
 
 MAX_VIDEO_FRAMES = 1000
+MAX_PNG_FRAMES = 20  # clip frames a picture draws (a 20-frame row stays readable)
 OUTLINE_RGB = (255, 255, 0)
 PHASE_COLOURS = ("tab:blue", "tab:orange", "tab:green")
 
@@ -119,20 +120,23 @@ def _plot_current(ax: Any, w: dict[str, Any], t0: float, marks: bool = True) -> 
 
 
 def _png(w: dict[str, Any], out: str) -> None:
-    n = len(w["clip"])
+    last = len(w["clip"]) - 1
+    # a long clip shows MAX_PNG_FRAMES of its frames, evenly spread, the labelled frame last
+    shown = np.unique(np.linspace(0, last, min(last + 1, MAX_PNG_FRAMES)).round().astype(int))
+    n = len(shown)
     h, wd = w["video"].shape[1:3]
     scale = max(1, 192 // max(h, wd))
     fig = Figure(figsize=(max(8.0, 1.5 * n), 5.6), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     grid = fig.add_gridspec(2, n, height_ratios=[1.0, 1.2])
-    for i in range(n):
-        ax = fig.add_subplot(grid[0, i])
+    for col, i in enumerate(shown):
+        ax = fig.add_subplot(grid[0, col])
         ax.imshow(outlined(w["video"][i], w["mask"][i], scale), interpolation="nearest")
         ax.set_xticks([]), ax.set_yticks([])
         abnormal = bool((w["mask"][i] == 1).any())
         ax.set_title(f"{int(w['clip'][i]) - w['rec_first']}\n{'abnormal' if abnormal else 'normal'}", fontsize=8,
                      color="red" if abnormal else "black")
-        if i == n - 1:
+        if i == last:
             for s in ax.spines.values():
                 s.set_edgecolor("red")
                 s.set_linewidth(3)
