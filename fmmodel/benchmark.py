@@ -30,6 +30,7 @@ from typing import Any
 from tqdm import tqdm
 
 from fmdata.store.location import Location, LocationLike
+from fmdata.store.lock import writer_lock
 from fmdata.store.schema import WINDOW_POLICIES
 from fmdata.store.window_table import WindowParams
 from fmmodel.benchmark_table import BenchmarkTable, Cell, label, write_table
@@ -38,7 +39,7 @@ from fmmodel.config import RUN_ENVIRONMENT, TrainConfig
 from fmmodel.errors import FmModelError
 from fmmodel.evaluate import evaluate
 from fmmodel.registry import Variant, resolve_variant
-from fmmodel.train import BEST, CONFIG_JSON, LAST, folder_lock, path_safe, resume_run, train
+from fmmodel.train import BEST, CONFIG_JSON, LAST, path_safe, resume_run, train
 
 REPORT = os.path.join("eval", "report.json")
 # what a benchmark may set of every cell's windows (the policy is each cell's own)
@@ -139,7 +140,7 @@ def run_benchmark(store: LocationLike, *, models: Sequence[str], seeds: Sequence
         raise FmModelError(exc.message, exc.path, field="models") from None
     cells = [Cell(model=m, policy=p, seed=int(s)) for m in models for p in policies for s in seeds]
     # one benchmark at a time in a folder: two would train the same cells and mix their tables
-    with folder_lock(out, "fmmodel benchmark", what="benchmark folder"):
+    with writer_lock(out, "fmmodel benchmark", what="benchmark folder", parents=True):
         return _run_cells(location, cells, variants, out, settings, progress)
 
 

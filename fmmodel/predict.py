@@ -155,7 +155,8 @@ def predict(store: LocationLike, checkpoint: str, out: str, *, fmt: str = "auto"
         raise FmModelError("exists; pass --overwrite to replace it", video)
     ctx = dd.setup(device)
     try:
-        with writer_lock(out, "fmmodel predict", what="predictions store") if ctx.is_main else nullcontext():
+        lock = writer_lock(out, "fmmodel predict", what="predictions store", parents=True)
+        with lock if ctx.is_main else nullcontext():
             return _predict(location, checkpoint, ctx, fmt=fmt, variant=variant, split=split, windows=windows,
                             out=out, batch_size=batch_size, workers=workers, precision=precision, video=video,
                             video_max_frames=video_max_frames, data=data, resident_budget=resident_budget,

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from fmdata.errors import FmDataError, Interrupted
+from fmdata.errors import Interrupted
 from fmdata.store import schema
 from fmdata.store.access import open_store, read_meta, read_offsets
 from fmdata.store.atomic import remove_tree
@@ -180,7 +180,7 @@ def run_lock(run_dir: str, ctx: dd.DistContext) -> Iterator[None]:
     if not ctx.is_main:
         yield
         return
-    with folder_lock(run_dir, "fmmodel train", what="run folder"):
+    with writer_lock(run_dir, "fmmodel train", what="run folder", parents=True):
         yield
 
 
@@ -192,19 +192,6 @@ def path_safe(name: str) -> str:
 def default_run_folder(model: str) -> str:
     """The run folder of ``fmmodel train`` without ``--out``: ``runs/<model>-<date>-<time>``."""
     return os.path.join("runs", f"{path_safe(model)}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
-
-
-@contextlib.contextmanager
-def folder_lock(folder: str, command: str, *, what: str) -> Iterator[None]:
-    """Hold the writer lock of output ``folder`` (``.<name>.lock`` beside it; its parent is made)
-    for ``command``; FmModelError naming the holder when another process has it."""
-    os.makedirs(os.path.dirname(os.path.abspath(folder)), exist_ok=True)
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(writer_lock(folder, command, what=what))
-        except FmDataError as exc:
-            raise FmModelError(exc.message, exc.path) from None
-        yield
 
 
 def _train(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool) -> TrainResult:

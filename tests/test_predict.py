@@ -73,7 +73,7 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path_factory, tmp_path)
                     progress=False)
         assert err.value.field == "out"
     assert open_store(store) is not None
-    out = tmp_path / "q.zarr"
+    out = tmp_path / "new" / "folder" / "q.zarr"  # its folders are made, as for every output
     predict(store, os.path.join(run, "last.pt"), str(out), split="train", device="cpu", workers=0, progress=False)
     holder = subprocess.Popen(  # another process writing there: a second writer stops at once, naming it
         [sys.executable, "-c", "import sys, time; from fmdata.store.lock import writer_lock\n"

@@ -152,17 +152,25 @@ def _release(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def writer_lock(target: Location | str | os.PathLike[str], command: str, what: str = "store") -> Iterator[None]:
+def writer_lock(target: Location | str | os.PathLike[str], command: str, what: str = "store", *,
+                parents: bool = False) -> Iterator[None]:
     """Hold the writer lock of ``target`` (a store Location or path, or a run folder) while the block runs.
 
-    Raises FmDataError (one line naming the holder: command, pid, host, since when) when another
-    process holds it. Nothing is locked for URLs or where the platform has no flock.
+    ``parents`` first creates the missing folders above a local ``target`` (an output that does
+    not exist yet: its lock file lies beside it). Raises FmDataError (one line naming the holder:
+    command, pid, host, since when) when another process holds it. Nothing is locked for URLs or
+    where the platform has no flock.
     """
     loc = target if isinstance(target, Location) else Location.parse(target)
     local = loc.local_path
     if local is None or fcntl is None:
         yield
         return
+    if parents:
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
+        except OSError as exc:
+            raise FmDataError(f"cannot create the folder of the {what}: {exc.strerror or exc}", str(loc)) from None
     path = lock_file(local)
     _acquire(path, str(loc), what, command)
     try:
