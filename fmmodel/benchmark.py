@@ -21,7 +21,6 @@ import copy
 import dataclasses
 import json
 import os
-import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -148,12 +147,10 @@ def _run_cells(location: Location, cells: list[Cell], variants: dict[str, Varian
                settings: BenchmarkSettings, progress: bool) -> BenchmarkReport:
     counts = {"trained": 0, "resumed": 0, "skipped": 0}
     reports: dict[Cell, dict[str, Any]] = {}
-    configs: list[TrainConfig] = []
     for i, cell in enumerate(tqdm(cells, desc="benchmark", unit="cell", disable=not progress, leave=False)):
         folder = cell_folder(out, cell.model, cell.policy, cell.seed)
         cfg = settings.cell_config(store=str(location), out=folder, variant=variants[cell.model], seed=cell.seed,
                                    policy=cell.policy)
-        configs.append(cfg)
         outcome, history = _train_cell(cfg, progress, name=f"cell {i + 1}/{len(cells)} {label(cell.model)} "
                                                             f"{cell.policy} seed {cell.seed}")
         counts[outcome] += 1
@@ -163,9 +160,9 @@ def _run_cells(location: Location, cells: list[Cell], variants: dict[str, Varian
                      resident_budget=cfg.resident_budget, device=cfg.device, precision=cfg.precision,
                      examples=0, progress=False, trusted=[cell.model])
         reports[cell] = _read(folder, history)
-    # the settings every cell shares, as TrainConfig resolved them
+    # the settings every cell shares, as TrainConfig resolved them (cells is never empty)
     table = write_table(out, cells, reports=reports, settings=settings.to_dict(),
-                        preprocessing=configs[0].preprocessing, val_fraction=configs[0].val_fraction)
+                        preprocessing=cfg.preprocessing, val_fraction=cfg.val_fraction)
     return BenchmarkReport(out=out, cells=len(cells), table=table, **counts)
 
 
@@ -195,8 +192,6 @@ def _train_cell(cfg: TrainConfig, progress: bool, name: str) -> tuple[str, list[
         # where it runs is this invocation's (device, workers...), as for the cells it trains
         environment = {key: getattr(cfg, key) for key in RUN_ENVIRONMENT}
         return "resumed", resume_run(folder, epochs=cfg.epochs, progress=progress, environment=environment).history
-    if os.path.isdir(folder):  # killed before its first checkpoint: nothing worth keeping
-        shutil.rmtree(folder)
     print(f"{name}: training ({folder})", file=sys.stderr, flush=True)
     return "trained", train(cfg, progress=progress).history
 

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from fmdata.errors import Interrupted
 from fmdata.store import schema
 from fmdata.store.access import open_store, read_meta, read_offsets
-from fmdata.store.atomic import remove_tree
+from fmdata.store.atomic import is_temporary, remove_tree
 from fmdata.store.columns import read_column
 from fmdata.store.location import Location, LocationLike
 from fmdata.store.lock import writer_lock
@@ -221,7 +221,7 @@ def _resume_hint(out: str) -> str:
 
 def _prepare_run_dir(cfg: TrainConfig, ctx: dd.DistContext) -> None:
     """Check that ``cfg.out`` can take a new run: nothing there, an empty folder, or what a run
-    that stopped before its first epoch left (its config.json and empty logs: replaced)."""
+    that stopped before its first epoch left (:func:`_stopped_before_first_epoch`: replaced)."""
     out = cfg.out
     if os.path.exists(out) and not os.path.isdir(out):
         raise FmModelError("expected a folder for the run, got a file", out)
@@ -236,9 +236,10 @@ def _prepare_run_dir(cfg: TrainConfig, ctx: dd.DistContext) -> None:
 
 
 def _stopped_before_first_epoch(out: str, names: list[str]) -> bool:
-    """True when a run folder holds only what :func:`build` writes before the first epoch: the
-    toolkit's config.json (and the TensorBoard folder)."""
-    if CONFIG_JSON not in names or not set(names) <= {CONFIG_JSON, TB_DIR}:
+    """True when a run folder holds only what a run writes before its first epoch is saved: the
+    toolkit's config.json, the TensorBoard folder, a best.pt written just before the first last.pt,
+    and temporary files of a save that was cut short."""
+    if CONFIG_JSON not in names or not all(n in (CONFIG_JSON, TB_DIR, BEST) or is_temporary(n) for n in names):
         return False
     try:
         with open(os.path.join(out, CONFIG_JSON), encoding="utf-8") as fh:
