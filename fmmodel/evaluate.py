@@ -25,6 +25,8 @@ from fmmodel.metrics import probabilities, summary_line
 from fmmodel.preprocessing import ORIENTATION_REFERENCE
 from fmmodel.protocol import THRESHOLD
 from fmmodel.report import Example, plain_params, write_report
+from fmmodel.resident import check_resident_budget
+from fmmodel.sampling import check_loader_workers
 
 
 def _examples(p: Inference, records: dict[str, np.ndarray], k: int, device: torch.device,
@@ -93,6 +95,8 @@ def evaluate(store: LocationLike, checkpoint: str, *, fmt: str = "auto", variant
     data path, and (with ``out``) the paths of report.json and the pictures.
     """
     location = Location.parse(store)
+    check_loader_workers(workers)
+    check_resident_budget(resident_budget)
     if out and os.path.exists(out) and not os.path.isdir(out):  # before the scoring, not after it
         raise FmModelError("expected a folder for the report, got a file", out, field="out")
     ctx = dd.setup(device)

@@ -44,6 +44,8 @@ from fmmodel.inference import prepare, resolve_precision, run_inference
 from fmmodel.preprocessing import ORIENTATION_REFERENCE
 from fmmodel.protocol import SPLITS, THRESHOLD
 from fmmodel.report import plain_params
+from fmmodel.resident import check_resident_budget
+from fmmodel.sampling import check_loader_workers
 
 ATTR_PREDICTIONS = "fmf_predictions"
 WINDOW_CHUNK = 4096  # rows per chunk of the 1-D arrays; rank blocks align to it
@@ -150,6 +152,8 @@ def predict(store: LocationLike, checkpoint: str, out: str, *, fmt: str = "auto"
         raise FmModelError("expected a local path for the predictions store, got a URL "
                            "(write locally, then copy)", out)
     location = Location.parse(store)
+    check_loader_workers(workers)
+    check_resident_budget(resident_budget)
     _check_output(out, location, overwrite)
     if video and os.path.exists(video) and not overwrite:
         raise FmModelError("exists; pass --overwrite to replace it", video)
