@@ -252,17 +252,29 @@ def build_window_table(ix: FrameIndex, params: WindowParams) -> WindowTable:
     return WindowTable(table=table, columns=columns, params=meta)
 
 
+def reference_windows(ix: FrameIndex, frames: np.ndarray, params: WindowParams) -> WindowTable:
+    """Return the table of the ``reference`` windows ending at global ``frames`` (any split, in the
+    order given; stride 1), with the window shape of ``params`` whatever its policy and stride.
+
+    Used by ``fmdata preview`` (one frame) and by the authors' current-only samples
+    (:func:`fmmodel.data.per_second_samples`), whose frames are not a table's.
+    """
+    frames = np.asarray(frames, np.int64)
+    bad = frames[(frames < 0) | (frames >= ix.n_frames)]
+    if len(bad):
+        raise FmDataError(f"expected frames in 0..{ix.n_frames - 1}, got {int(bad[0])}")
+    _check(ix)
+    ref = WindowParams(**{**params.to_dict(), "policy": "reference", "stride": 1})
+    table = _windows_at(ix, frames, ref, current_rules(ix))
+    return WindowTable(table=table, columns=window_columns(ref.frames), params=ref.to_dict())
+
+
 def window_for_frame(ix: FrameIndex, frame: int, params: WindowParams) -> WindowTable:
     """Return the one-row table of the ``reference`` window ending at global ``frame`` (any split).
 
     Used by ``fmdata preview`` when no stored table is named.
     """
-    if not 0 <= frame < ix.n_frames:
-        raise FmDataError(f"expected a frame in 0..{ix.n_frames - 1}, got {frame}")
-    _check(ix)
-    ref = WindowParams(**{**params.to_dict(), "policy": "reference", "stride": 1})
-    table = _windows_at(ix, np.array([frame], np.int64), ref, current_rules(ix))
-    return WindowTable(table=table, columns=window_columns(ref.frames), params=ref.to_dict())
+    return reference_windows(ix, np.array([frame], np.int64), params)
 
 
 def make_windows(location: LocationLike, name: str, params: WindowParams = WindowParams(), *, force: bool = False,
