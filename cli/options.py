@@ -60,7 +60,7 @@ class CommaList(click.ParamType):
         except ValueError:
             self.fail(f"expected a comma-separated list of {self.name}, got {value!r}", param, ctx)
         if not items:
-            self.fail(f"expected at least one {self.name}, got {value!r}", param, ctx)
+            self.fail(f"expected a non-empty comma-separated list of {self.name}, got {value!r}", param, ctx)
         return items
 
 

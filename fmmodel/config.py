@@ -23,7 +23,13 @@ from fmdata.store.window_table import WindowParams
 from fmmodel import protocol
 from fmmodel.errors import FmModelError
 from fmmodel.preprocessing import PREPROCESSING_REFERENCE, PREPROCESSINGS
-from fmmodel.registry import resolve_variant, variant_for
+from fmmodel.registry import VARIANTS, check_model_options, resolve_variant, variant_for
+from fmmodel.resident import check_resident_budget
+from fmmodel.sampling import check_loader_workers
+
+# bytes a float32 parameter takes while training: its weight, its gradient and the optimizer's state
+# (Adam's two moments, SGD's momentum)
+TRAIN_BYTES_PER_PARAMETER = {"adam": 16, "adamw": 16, "sgd": 12}
 
 
 @dataclass
@@ -88,6 +94,7 @@ class TrainConfig:
             if source is not None and not source.entry_point:
                 # a factory file by its absolute path, as the store: the run resumes from any directory
                 self.variant = source.spec
+        self.check_model()
 
     def check(self) -> None:
         """Raise FmModelError naming the first parameter whose value is out of range."""
@@ -111,14 +118,27 @@ class TrainConfig:
              "an evaluation batch size >= 1", self.eval_batch_size)
         need(self.lr > 0 and math.isfinite(self.lr), "lr", "a finite learning rate > 0", self.lr)
         need(self.lr_step_epoch >= 1, "lr_step_epoch", "a learning-rate step >= 1 epoch", self.lr_step_epoch)
-        need(self.workers >= 0, "workers", "loader workers >= 0", self.workers)
+        check_loader_workers(self.workers)
         need(self.data in protocol.DATA_PATHS, "data", f"a data path in {protocol.DATA_PATHS}", self.data)
-        need(self.resident_budget is None or self.resident_budget >= 0, "resident_budget",
-             "a resident budget >= 0 bytes", self.resident_budget)
+        check_resident_budget(self.resident_budget)
         need(self.threads is None or self.threads >= 1, "threads", "threads >= 1", self.threads)
         need(0.0 <= self.val_fraction < 1.0, "val_fraction", "a validation fraction in [0, 1)", self.val_fraction)
         need(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "max_steps_per_epoch",
-             "at most >= 1 steps per epoch", self.max_steps_per_epoch)
+             "a cap of at least 1 step per epoch", self.max_steps_per_epoch)
+
+    def check_model(self) -> None:
+        """Raise FmModelError when a built-in model's size options are of the wrong kind or range, or when
+        at least its layers would not fit in memory while training (``model_opt`` when size options
+        were given): before a run writes anything (:func:`fmmodel.registry.check_model_options`)."""
+        if self.variant not in VARIANTS:
+            return  # a user's model: its factory builds it
+        options = {k: v for k, v in self.model.items() if k != "size"}
+        try:
+            check_model_options(self.variant, self.model.get("size", "reference"), options,
+                                bytes_per_parameter=TRAIN_BYTES_PER_PARAMETER[self.optimizer],
+                                what=f"weights, gradients and {self.optimizer} state in training")
+        except FmModelError as exc:
+            raise FmModelError(exc.message, field="model_opt" if options else exc.field) from None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the configuration as a JSON-able dict."""

@@ -13,11 +13,11 @@ import numpy as np
 import zarr
 
 from fmdata.compute.dask_cluster import DaskOptions
-from fmdata.derive.labels import ensure_labels, labels_up_to_date, read_labels, require_writable
-from fmdata.derive.windows import build_window_table, load_index
+from fmdata.derive.labels import ensure_labels, labels_up_to_date, require_writable
+from fmdata.derive.windows import FrameIndex, build_window_table, load_index, reference_windows
 from fmdata.errors import FmDataError
 from fmdata.store import schema
-from fmdata.store.access import open_store, read_offsets
+from fmdata.store.access import open_store
 from fmdata.store.columns import read_column
 from fmdata.store.location import Location
 from fmdata.store.window_table import WindowParams, WindowTable, read_window_table
@@ -97,42 +97,49 @@ def select_split(table: WindowTable, split: str) -> np.ndarray:
     raise FmModelError(f"expected a split in {SPLITS}, got {split!r}", field="split")
 
 
-def per_second_samples(table: WindowTable, frame_time: np.ndarray, frame_label: np.ndarray,
-                       frame_offsets: np.ndarray) -> WindowTable:
-    """Return the authors' current-only samples of ``table``: one per distinct second.
+def per_second_samples(ix: FrameIndex, frame_time: np.ndarray, params: WindowParams, split: str) -> WindowTable:
+    """Return the authors' current-only samples of ``split`` ("test", "train" or "all"): one per second.
 
-    Their CurrentDataset (docs/reference-protocol.md, "Metrics") takes, per recording and split,
-    each distinct timestamp second of the table's labelled frames in order of first appearance;
-    the sample is the window of that second's first frame (its current ends at that second) and
-    is abnormal when any of the ``CURRENT_SECOND_FRAMES`` (25) frames from that frame on (within
-    the recording) is. ``frame_time`` (seconds), ``frame_label`` (0/1) are the store's per-frame
-    arrays, ``frame_offsets`` its recording offsets. The table must be in frame order.
+    Their CurrentDataset (docs/reference-protocol.md, "Metrics"): per recording, each distinct
+    timestamp second among the recording's frames of ``split``, in order of first appearance. The
+    sample is the ``reference`` window (the shape of ``params``, whatever its policy and stride) of
+    that second's first frame among ALL the recording's frames, whatever their split: its current
+    ends at that second. It is abnormal when any of the ``CURRENT_SECOND_FRAMES`` (25) frames from
+    that frame on (within the recording, whatever their split) is. Its ``split`` is that of the
+    second's first frame of ``split``. ``ix`` is the store's frame index (labels included),
+    ``frame_time`` its frame times (seconds). The samples do not depend on any window table.
     """
-    if not len(table):
-        return table
-    f, rec, split = table.column("frame"), table.column("recording"), table.column("split")
-    second = np.floor(np.asarray(frame_time, np.float64)[f]).astype(np.int64)
-    _, first = np.unique(np.stack([rec, split, second], axis=1), axis=0, return_index=True)
-    first = np.sort(first)  # order of first appearance
-    start = f[first]
-    stop = np.minimum(start + CURRENT_SECOND_FRAMES, np.asarray(frame_offsets, np.int64)[rec[first] + 1])
-    abnormal = np.concatenate([[0], np.cumsum(np.asarray(frame_label, np.int64) != 0)])
-    out = table.table[first].copy()
-    out[:, table.columns.index("label")] = (abnormal[stop] - abnormal[start] > 0).astype(np.int64)
-    return WindowTable(table=out, columns=table.columns, params={**table.params, "samples": "per second"})
+    codes = {"test": [schema.SPLIT_TEST], "train": [schema.SPLIT_TRAIN],
+             "all": [schema.SPLIT_TRAIN, schema.SPLIT_TEST]}.get(split)
+    if codes is None:
+        raise FmModelError(f"expected a split in {SPLITS}, got {split!r}", field="split")
+    second = np.floor(np.asarray(frame_time, np.float64)).astype(np.int64)
+    # every (recording, second) of the store; return_index: its first frame over all frames
+    _, first_frame, group = np.unique(np.stack([ix.recording, second], axis=1), axis=0, return_index=True,
+                                      return_inverse=True)
+    chosen = np.flatnonzero(np.isin(ix.split, codes))
+    groups, first_chosen = np.unique(group.ravel()[chosen], return_index=True)
+    order = np.argsort(chosen[first_chosen], kind="stable")  # order of first appearance among the split's frames
+    seen, start = chosen[first_chosen[order]], first_frame[groups[order]].astype(np.int64)
+    wt = reference_windows(ix, start, params)
+    stop = np.minimum(start + CURRENT_SECOND_FRAMES, ix.frame_offsets[ix.recording[start] + 1])
+    abnormal = np.concatenate([[0], np.cumsum(np.asarray(ix.frame_label, np.int64) != 0)])
+    out = wt.table.copy()
+    out[:, wt.columns.index("label")] = (abnormal[stop] - abnormal[start] > 0).astype(np.int64)
+    out[:, wt.columns.index("split")] = ix.split[seen]
+    return WindowTable(table=out, columns=wt.columns, params={**wt.params, "samples": "per second"})
 
 
-def read_per_second_samples(location: Location, root: zarr.Group, table: WindowTable) -> WindowTable:
-    """Return :func:`per_second_samples` of ``table`` with the frame times, frame labels and recording
-    offsets read from the store ``root`` (at ``location``); FmModelError when the store lacks them or
-    they are damaged."""
+def read_per_second_samples(location: Location, root: zarr.Group, params: WindowParams, split: str) -> WindowTable:
+    """Return :func:`per_second_samples` of ``split`` with the windows of ``params``, from the frame
+    index and frame times of the store ``root`` (at ``location``); FmModelError when the store lacks
+    them (frame labels included) or they are damaged."""
     try:
-        frame_label, _ = read_labels(root)
-        frame_offsets, _ = read_offsets(root)
+        ix = load_index(root)
         frame_time = read_column(root[schema.FRAME_TIME], np.float64, str(location))
+        return per_second_samples(ix, frame_time, params, split)
     except FmDataError as exc:
         raise FmModelError(exc.message, exc.path or str(location)) from None
-    return per_second_samples(table, frame_time, frame_label, frame_offsets)
 
 
 def make_dataset(location: Location, table: WindowTable, fmt: InputFormat, *, augment: bool, seed: int,

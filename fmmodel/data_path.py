@@ -29,11 +29,12 @@ import psutil
 import torch
 from torch.utils.data import Sampler
 
+from fmdata.compute.memory import format_bytes
 from fmmodel import distributed as dd
 from fmmodel.dataset import FmfWindowDataset
 from fmmodel.errors import FmModelError
 from fmmodel.protocol import DATA_PATHS
-from fmmodel.resident import ResidentLoader, ResidentPlan, ResidentWindows
+from fmmodel.resident import ResidentLoader, ResidentPlan, ResidentWindows, check_resident_budget
 from fmmodel.sampling import epoch_dependent, make_loader, sampler_indices
 
 # Share of the free device memory (CUDA) or of the available RAM (CPU) that ``auto`` lets resident
@@ -106,14 +107,9 @@ class DataChoice:
         if self.resident:
             seconds = sum(r["load_seconds"] for r in self.resident)
             used = [r["device_bytes_allocated"] for r in self.resident]
-            mem = (f"; device memory allocated {_size(sum(used))}" if all(u is not None for u in used) else "")
-            line += f"; loaded {_size(self.need_bytes)} onto {self.device} in {seconds:.1f} s{mem}; no loader workers"
+            mem = (f"; device memory allocated {format_bytes(sum(used))}" if all(u is not None for u in used) else "")
+            line += f"; loaded {format_bytes(self.need_bytes)} onto {self.device} in {seconds:.1f} s{mem}; no loader workers"
         return line
-
-
-def _size(n: int | float) -> str:
-    """A size for the log: GiB from 1 GiB up, else MiB."""
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def default_budget(device: torch.device) -> tuple[int, str]:
@@ -121,12 +117,12 @@ def default_budget(device: torch.device) -> tuple[int, str]:
     else of the available RAM divided by the processes of this node (``LOCAL_WORLD_SIZE``)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free * RESIDENT_SHARE), f"{RESIDENT_SHARE:.0%} of the free memory of {device} ({_size(free)})"
+        return int(free * RESIDENT_SHARE), f"{RESIDENT_SHARE:.0%} of the free memory of {device} ({format_bytes(free)})"
     available = psutil.virtual_memory().available
     local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     share = f" / {local} processes" if local > 1 else ""
     return (int(available * RESIDENT_SHARE / local),
-            f"{RESIDENT_SHARE:.0%} of the available RAM ({_size(available)}){share}")
+            f"{RESIDENT_SHARE:.0%} of the available RAM ({format_bytes(available)}){share}")
 
 
 def choose_data_path(data: str, need_bytes: int, device: torch.device, budget: int | None,
@@ -138,8 +134,7 @@ def choose_data_path(data: str, need_bytes: int, device: torch.device, budget: i
     """
     if data not in DATA_PATHS:
         raise FmModelError(f"expected a data path in {DATA_PATHS}, got {data!r}", field="data")
-    if budget is not None and budget < 0:
-        raise FmModelError(f"expected a resident budget >= 0 bytes, got {budget}", field="resident_budget")
+    check_resident_budget(budget)
     if budget is None:
         budget, source = default_budget(device)
     else:
@@ -147,7 +142,7 @@ def choose_data_path(data: str, need_bytes: int, device: torch.device, budget: i
     fits = need_bytes <= budget
     if ctx is not None and ctx.distributed:  # one path for every rank
         fits = dd.all_reduce_sum(ctx, [0.0 if fits else 1.0])[0] == 0
-    sizes = f"needs {_size(need_bytes)}, budget {_size(budget)}: {source}"
+    sizes = f"needs {format_bytes(need_bytes)}, budget {format_bytes(budget)}: {source}"
     if data == "auto":
         path = "resident" if fits else "lazy"
         reason = f"auto: {sizes}" + ("" if fits else (" on some rank" if ctx is not None and ctx.distributed else ""))

@@ -21,10 +21,11 @@ from fmdata.store.location import Location, LocationLike
 from fmmodel import distributed as dd
 from fmmodel.errors import FmModelError
 from fmmodel.inference import Inference, autocast, model_inputs, prepare, resolve_precision, run_inference
-from fmmodel.metrics import probabilities, summary_line
+from fmmodel.metrics import THRESHOLD, predicted_abnormal, probabilities, summary_line
 from fmmodel.preprocessing import ORIENTATION_REFERENCE
-from fmmodel.protocol import THRESHOLD
 from fmmodel.report import Example, plain_params, write_report
+from fmmodel.resident import check_resident_budget
+from fmmodel.sampling import check_loader_workers
 
 
 def _examples(p: Inference, records: dict[str, np.ndarray], k: int, device: torch.device,
@@ -33,12 +34,12 @@ def _examples(p: Inference, records: dict[str, np.ndarray], k: int, device: torc
     if k <= 0 or not len(records["key"]):
         return []
     prob, target, keys = records["prob"], records["target"], records["key"]
-    pred = prob >= THRESHOLD
+    pred = predicted_abnormal(prob)
     groups = [np.flatnonzero(pred & (target == 1)), np.flatnonzero(~pred & (target == 1)),
               np.flatnonzero(pred & (target == 0)), np.flatnonzero(~pred & (target == 0))]
     chosen: list[int] = []
     for g in groups:  # round-robin over the groups, most confident first within each
-        g = g[np.argsort(-np.abs(prob[g] - 0.5))]
+        g = g[np.argsort(-np.abs(prob[g] - THRESHOLD))]
         chosen.extend(g[: max(1, k // 4)].tolist())
     chosen = chosen[:k]
     frames = keys[chosen]
@@ -51,7 +52,7 @@ def _examples(p: Inference, records: dict[str, np.ndarray], k: int, device: torc
         model = p.model
         with torch.no_grad(), autocast(device, precision):
             logits = model(**model_inputs(model, batch, device)).float()
-        masks = (probabilities(logits) >= THRESHOLD).to(torch.uint8).cpu().numpy()
+        masks = predicted_abnormal(probabilities(logits)).to(torch.uint8).cpu().numpy()
         if ds.orientation == ORIENTATION_REFERENCE:
             masks = np.swapaxes(masks, 1, 2)  # back to the store's (H, W)
         pred_masks = list(masks)
@@ -93,6 +94,8 @@ def evaluate(store: LocationLike, checkpoint: str, *, fmt: str = "auto", variant
     data path, and (with ``out``) the paths of report.json and the pictures.
     """
     location = Location.parse(store)
+    check_loader_workers(workers)
+    check_resident_budget(resident_budget)
     if out and os.path.exists(out) and not os.path.isdir(out):  # before the scoring, not after it
         raise FmModelError("expected a folder for the report, got a file", out, field="out")
     ctx = dd.setup(device)
@@ -119,7 +122,8 @@ def evaluate(store: LocationLike, checkpoint: str, *, fmt: str = "auto", variant
             "fps": res["fps"], "model_fps": res["model_fps"], "seconds": res["seconds"], "data": p.data,
             "metrics": metrics,
             "conventions": {
-                "probabilities": "softmax of the two logits; threshold 0.5",
+                "probabilities": f"softmax of the two logits; abnormal when p > {THRESHOLD} (the argmax: a tie "
+                                 "is normal)",
                 "class_score_of_seg_models": "max pixel probability of the labelled frame",
                 "auroc": "micro-averaged over all windows (class) / all pixels (pixel, binned)",
                 "samples": _SAMPLES[p.protocol if p.modality == "current" else "toolkit"],

@@ -218,8 +218,8 @@ def prepare(location: Location, checkpoint: str, *, fmt: str, variant: str | Non
     sub = table.subset(rows)
     if protocol is None:
         protocol = "reference" if meta.info.get("format") == "reference" else "toolkit"
-    if protocol == "reference" and modality == "current":
-        sub = read_per_second_samples(location, root, sub)
+    if protocol == "reference" and modality == "current":  # the authors' samples, whatever the table's stride or policy
+        sub = read_per_second_samples(location, root, WindowParams.from_dict(table.params), split)
     fmt_in = input_format(meta.preprocessing.get("name", PREPROCESSING_REFERENCE), ctx.device)
     if fmt_in.orientation != meta.orientation:
         raise FmModelError(f"expected inputs in the checkpoint's orientation {meta.orientation!r}, but "

@@ -4,20 +4,27 @@ Conventions (they follow the benchmark's reference test script, docs/reference-p
 - Everything is fed PROBABILITIES of the abnormal class (softmax of the model's two logits),
   never logits: torchmetrics' binary metrics would silently apply a sigmoid to a batch with any
   value outside [0, 1]. Targets are integer tensors.
-- A window is predicted abnormal when its probability is >= 0.5 (the arg-max of two classes).
+- One decision rule (:func:`predicted_abnormal`, used by evaluate, predict and the pictures): a
+  window or pixel is abnormal when its probability exceeds :data:`THRESHOLD` (0.5). That is the
+  authors' argmax of the two logits, ties included: equal logits give p == 0.5 exactly, and
+  ``torch.argmax`` returns the first maximal index, class 0 (normal).
 - Class level: accuracy, F1, precision, recall, FDR = FP / (FP + TN), MDR = FN / (TP + FN), AUROC
   and AP (exact, micro-averaged over all windows), and the confusion matrix [[TN, FP], [FN, TP]].
   Per-window outputs are kept (four numbers a window), so memory grows with the number of
   windows only, never with pixels.
 - Pixel level: one dataset-wide 2x2 confusion matrix over every labelled-frame pixel; pixel
-  accuracy = trace / total; mean pixel accuracy = mean over classes of the per-class recall;
-  mIoU = mean over BOTH classes (normal and abnormal) of TP_c / (TP_c + FP_c + FN_c). Two rules
-  for a class absent from both target and prediction (:func:`pixel_scores_from_confusion`):
-  the toolkit's (the default) leaves it out of the means, as it has no IoU; the reference's
-  (``rule="reference"``, what ``evaluate --protocol reference`` reports) adds 1e-5 to every
-  denominator, so that class scores 0 and stays in the means: confusion [[10000, 0], [0, 0]]
-  gives mIoU 1.0 by the toolkit's rule and 0.5 by the reference's. Pixel AUROC and AP use
-  binned torchmetrics states (``thresholds=int``): constant memory however many pixels are seen.
+  accuracy = trace / total; mean pixel accuracy = mean over the classes of the per-class recall
+  TP_c / (TP_c + FN_c); mIoU = mean over BOTH classes (normal and abnormal) of
+  TP_c / (TP_c + FP_c + FN_c). Two rules for a ratio whose denominator is 0
+  (:func:`pixel_scores_from_confusion`). The toolkit's (the default) leaves it out of its mean: a
+  class's recall is left out when the class has no target pixels (even if it is predicted), its
+  IoU when it has neither target nor predicted pixels; a mean with nothing left is None. So
+  confusion [[90, 10], [0, 0]] gives mean pixel accuracy 0.9 (normal only) and mIoU 0.45 (normal
+  0.9, abnormal 0). The reference's (``rule="reference"``, what ``evaluate --protocol reference``
+  reports) adds 1e-5 to every denominator, so such a class scores 0 and stays in the means:
+  confusion [[10000, 0], [0, 0]] gives mean pixel accuracy and mIoU 1.0 by the toolkit's rule and
+  0.5 by the reference's. Pixel AUROC and AP use binned torchmetrics states
+  (``thresholds=int``): constant memory however many pixels are seen.
 - Under DDP every rank accumulates its own shard; :meth:`MetricSet.compute` gathers the class
   records (dropping repeated windows by their key, so a padded sampler cannot count a window
   twice) and sums the pixel states, then returns identical results on every rank.
@@ -46,9 +53,18 @@ from torchmetrics.classification import (
 )
 
 from fmmodel.errors import FmModelError
-from fmmodel.protocol import EVAL_PROTOCOLS, PIXEL_EPS, THRESHOLD
+from fmmodel.protocol import EVAL_PROTOCOLS, PIXEL_EPS
 
 DEFAULT_PIXEL_THRESHOLDS = 201  # 0, 0.005, ..., 1: constant-size state per recording
+# The decision threshold on P(abnormal): abnormal when the probability exceeds it (predicted_abnormal).
+THRESHOLD = 0.5
+
+
+def predicted_abnormal(prob: Any) -> Any:
+    """Return where ``prob`` (P(abnormal): a float, numpy array or tensor) is decided abnormal:
+    ``prob > THRESHOLD``, the authors' argmax of two logits (a tie, p == 0.5, is normal: argmax
+    returns the first class). The one decision rule of evaluate, predict and the pictures."""
+    return prob > THRESHOLD
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -99,13 +115,13 @@ def class_scores(prob: torch.Tensor, target: torch.Tensor) -> dict[str, Any]:
         return out
     # sync_on_compute=False: records are already gathered from every rank
     coll = MetricCollection({
-        "accuracy": BinaryAccuracy(threshold=THRESHOLD, sync_on_compute=False),
-        "f1": BinaryF1Score(threshold=THRESHOLD, sync_on_compute=False),
-        "precision": BinaryPrecision(threshold=THRESHOLD, sync_on_compute=False),
-        "recall": BinaryRecall(threshold=THRESHOLD, sync_on_compute=False),
-        "confusion": BinaryConfusionMatrix(threshold=THRESHOLD, sync_on_compute=False),
+        "accuracy": BinaryAccuracy(sync_on_compute=False),
+        "f1": BinaryF1Score(sync_on_compute=False),
+        "precision": BinaryPrecision(sync_on_compute=False),
+        "recall": BinaryRecall(sync_on_compute=False),
+        "confusion": BinaryConfusionMatrix(sync_on_compute=False),
     }, compute_groups=False)
-    coll.update(prob, target)
+    coll.update(predicted_abnormal(prob).long(), target)  # decisions (integers): torchmetrics applies no threshold
     res = _quiet(coll.compute)
     cm = res["confusion"].long()
     tn, fp, fn, tp = (int(cm[0, 0]), int(cm[0, 1]), int(cm[1, 0]), int(cm[1, 1]))
@@ -137,10 +153,11 @@ def pixel_scores_from_confusion(cm: np.ndarray, rule: str = "toolkit") -> dict[s
     """Return pixel accuracy, mean pixel accuracy and mIoU of a 2x2 [[TN, FP], [FN, TP]] matrix.
 
     Rows are the true class, columns the predicted class. ``rule`` "toolkit": per-class values
-    that are undefined (0 / 0, a class absent from target and prediction) are left out of the
-    means, and a mean with nothing left is None. ``rule`` "reference": as the authors' metric,
-    every denominator carries +1e-5 (``fmmodel.protocol.PIXEL_EPS``), so such a class scores 0
-    and stays in the means.
+    that are undefined (0 / 0) are left out of the means, and a mean with nothing left is None: a
+    class's recall (mean pixel accuracy) when the class has no target pixels, its IoU when it has
+    neither target nor predicted pixels. ``rule`` "reference": as the authors' metric, every
+    denominator carries +1e-5 (``fmmodel.protocol.PIXEL_EPS``), so such a class scores 0 and
+    stays in the means.
     """
     if rule not in EVAL_PROTOCOLS:
         raise FmModelError(f"expected a pixel metric rule in {EVAL_PROTOCOLS}, got {rule!r}", field="protocol")
@@ -181,6 +198,7 @@ def pixel_scores_from_confusion(cm: np.ndarray, rule: str = "toolkit") -> dict[s
 def _pixel_collection(thresholds: int) -> MetricCollection:
     # sync_on_compute=False: MetricSet syncs explicitly, in a fixed order on every rank
     return MetricCollection({
+        # torchmetrics decides probabilities by preds > threshold: predicted_abnormal's rule (tested)
         "confusion": BinaryConfusionMatrix(threshold=THRESHOLD, sync_on_compute=False),
         "auroc": BinaryAUROC(thresholds=thresholds, sync_on_compute=False),
         "ap": BinaryAveragePrecision(thresholds=thresholds, sync_on_compute=False),

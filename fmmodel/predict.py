@@ -9,7 +9,7 @@ window's labelled frame):
     split      (window,)            int8     split code of the labelled frame (fmdata.store.schema)
     label      (window,)            uint8    true class label (1: any mask pixel abnormal)
     prob       (window, class)      float32  softmax probabilities [normal, abnormal]
-    pred       (window,)            uint8    predicted class (prob[:, 1] >= 0.5)
+    pred       (window,)            uint8    predicted class (prob[:, 1] > 0.5, fmmodel.metrics.predicted_abnormal)
     mask_pred  (window, y, x)       uint8    segmentation models only: predicted mask, in the
                                              source store's (true) orientation
 
@@ -41,9 +41,12 @@ from fmdata.store.lock import writer_lock
 from fmmodel import distributed as dd
 from fmmodel.errors import FmModelError
 from fmmodel.inference import prepare, resolve_precision, run_inference
+from fmmodel.metrics import THRESHOLD, predicted_abnormal
 from fmmodel.preprocessing import ORIENTATION_REFERENCE
-from fmmodel.protocol import SPLITS, THRESHOLD
+from fmmodel.protocol import SPLITS
 from fmmodel.report import plain_params
+from fmmodel.resident import check_resident_budget
+from fmmodel.sampling import check_loader_workers
 
 ATTR_PREDICTIONS = "fmf_predictions"
 WINDOW_CHUNK = 4096  # rows per chunk of the 1-D arrays; rank blocks align to it
@@ -112,9 +115,9 @@ class _Writer:
         fields = {k: batch[k].cpu().numpy() for k in ("frame", "recording", "label")}  # resident batches: on the device
         rows = {"frame": fields["frame"].copy(), "recording": fields["recording"].astype(np.int32),
                 "label": fields["label"].astype(np.uint8), "prob": np.stack([1 - p, p], axis=1),
-                "pred": (p >= THRESHOLD).astype(np.uint8)}
+                "pred": predicted_abnormal(p).astype(np.uint8)}
         if self.seg and pixel_prob is not None:
-            m = (pixel_prob.detach() >= THRESHOLD).to(torch.uint8).cpu().numpy()
+            m = predicted_abnormal(pixel_prob.detach()).to(torch.uint8).cpu().numpy()
             rows["mask_pred"] = np.swapaxes(m, 1, 2) if self.orientation == ORIENTATION_REFERENCE else m
         for k, v in rows.items():
             self.buf.setdefault(k, []).append(v)
@@ -150,6 +153,8 @@ def predict(store: LocationLike, checkpoint: str, out: str, *, fmt: str = "auto"
         raise FmModelError("expected a local path for the predictions store, got a URL "
                            "(write locally, then copy)", out)
     location = Location.parse(store)
+    check_loader_workers(workers)
+    check_resident_budget(resident_budget)
     _check_output(out, location, overwrite)
     if video and os.path.exists(video) and not overwrite:
         raise FmModelError("exists; pass --overwrite to replace it", video)
@@ -203,7 +208,7 @@ def _predict(location: Location, checkpoint: str, ctx: dd.DistContext, *, fmt: s
              "checkpoint": os.fspath(checkpoint), "variant": meta.variant, "task": task,
              "split": split, "windows": windows, "orientation_of_masks": "true",
              "window_params": plain_params(p.params),
-             "threshold": THRESHOLD}
+             "threshold": THRESHOLD, "decision": "abnormal when prob[:, 1] > threshold (the argmax)"}
     if ctx.is_main:
         remove_tree(tmp)  # our own leftover from an interrupted run
         _create(tmp, n, (p.store_meta.height, p.store_meta.width) if seg else None, attrs)
@@ -286,7 +291,7 @@ def write_overlay_video(store: LocationLike, predictions: str, video: str, *, ma
                 cv2.drawContours(img, contours, -1, (0, 255, 0), 1)
                 canvas = np.zeros((h + bar, w, 3), np.uint8)
                 canvas[bar:] = img
-                colour = (0, 0, 255) if prob[i] >= THRESHOLD else (200, 200, 200)
+                colour = (0, 0, 255) if predicted_abnormal(prob[i]) else (200, 200, 200)
                 text = f"rec {recs[i]} frame {f}  p={prob[i]:.2f}  true={labels[i]}"
                 cv2.putText(canvas, text, (4, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
                 writer.write(canvas)

@@ -2,9 +2,10 @@
 
 The authors' training recipe (batch 64, Adam, lr 5e-4 times 0.1 at epoch 20, 30 epochs,
 cross-entropy, horizontal flip) and the vocabulary the toolkit's commands share: modalities,
-tasks, splits to score, devices, precisions, data paths, the decision threshold. The reference windows
-(10 frames step 18 and 120 s of current as 240 rows; video-only 8 frames step 19) are data
-facts and live with the window tables, in :mod:`fmdata.store.window_table`.
+tasks, splits to score, devices, precisions, data paths. The decision threshold lives with the
+metrics (:mod:`fmmodel.metrics`). The reference windows (10 frames step 18 and 120 s of current
+as 240 rows; video-only 8 frames step 19) are data facts and live with the window tables, in
+:mod:`fmdata.store.window_table`.
 """
 from __future__ import annotations
 
@@ -40,4 +41,3 @@ HFLIP = True
 
 # the toolkit's choices where the authors published none
 VAL_FRACTION = 0.1  # tail of each recording's training block held out for validation
-THRESHOLD = 0.5  # abnormal when the softmax probability of class 1 reaches this

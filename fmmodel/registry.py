@@ -9,14 +9,17 @@ module asks here: the trainer (:func:`resolve_variant`, :func:`build_model`), ch
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from torch import nn
 
+from fmdata.compute.memory import require_memory
+from fmdata.errors import FmDataError
 from fmmodel.errors import FmModelError
 from fmmodel.fmformer import CurrentFmFormer, FmFormer, VideoFmFormer
-from fmmodel.model_config import FmFormerConfig, named_config
+from fmmodel.model_config import FmFormerConfig, check_field_types, named_config
 from fmmodel.protocol import MODALITIES, TASKS
 from fmmodel.user_models import INPUTS, DataDescription, ModelSource, find_source, installed_models, load_factory
 
@@ -118,6 +121,41 @@ def variant_config(variant: str, size: str = "reference", **overrides: Any) -> F
     return named_config(size, **{**dict(get_variant(variant).defaults), **overrides})
 
 
+# what a float32 parameter takes: its weight (built), and what training adds (fmmodel.config)
+BYTES_PER_PARAMETER = 4
+
+
+def require_model_memory(cfg: FmFormerConfig, *, bytes_per_parameter: int = BYTES_PER_PARAMETER,
+                         what: str = "weights") -> None:
+    """Raise FmModelError when ``bytes_per_parameter`` bytes for each of at least
+    :meth:`FmFormerConfig.min_parameters` parameters do not fit in the memory available (``what``
+    says what they hold); before anything is allocated, so that an absurd size (width 10^9, depth
+    10^5) is one line, not a MemoryError or a machine that swaps until memory ends."""
+    n = cfg.min_parameters()
+    try:
+        require_memory(bytes_per_parameter * n, f"an FmFormer of width {cfg.width}, depth {cfg.depth}, "
+                       f"{cfg.heads} heads of {cfg.head_dim}, MLP {cfg.mlp_dim}: at least {n:,} parameters "
+                       f"({what})", field=None)
+    except FmDataError as exc:
+        raise FmModelError(exc.message, field=exc.field) from None
+
+
+def check_model_options(variant: str, size: str, options: Mapping[str, Any], *, bytes_per_parameter: int,
+                        what: str) -> None:
+    """Check a built-in ``variant``'s named ``size`` and size ``options`` before a run builds it from its
+    data: unknown fields and values of the wrong kind or range (FmModelError naming the field), and
+    whether at least its layers fit in memory at ``bytes_per_parameter`` (:func:`require_model_memory`;
+    ``what`` says what they hold). The clip frames, frame size and current rows come from the data:
+    the check takes the smallest that the sizes allow, so that it never refuses what the data may fit."""
+    given = {k: v for k, v in options.items() if k not in ("frames", "image_size", "current_rows")}
+    check_field_types(given)
+    sizes = {**variant_config(variant, size).to_dict(), **given}
+    t, h, w = sizes["patch"] if len(sizes["patch"]) == 3 else (1, 1, 1)  # a wrong length: the config says so
+    d = sizes["dilation"] if sizes["dilated_tokens"] else 1
+    cfg = variant_config(variant, size, **{**given, "frames": t, "image_size": (h * d, w * d), "current_rows": 1})
+    require_model_memory(cfg, bytes_per_parameter=bytes_per_parameter, what=what)
+
+
 def build_model(variant: str | Variant, config: FmFormerConfig | None = None, *, size: str = "reference",
                 description: DataDescription | None = None, **overrides: Any) -> nn.Module:
     """A freshly initialised model.
@@ -131,6 +169,7 @@ def build_model(variant: str | Variant, config: FmFormerConfig | None = None, *,
     if not v.builtin:
         return _build_user_model(v, description)
     cfg = replace(config, **overrides) if config is not None else variant_config(v.name, size, **overrides)
+    require_model_memory(cfg)
     if v.modality == "both":
         return FmFormer(cfg, task=v.task)
     if v.modality == "video":
@@ -204,4 +243,5 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 __all__ = ["Variant", "VARIANTS", "variant_for", "get_variant", "resolve_variant", "choose_variant",
-           "variant_config", "build_model", "ModelInfo", "builtin_description", "model_info", "unwrap_model"]
+           "variant_config", "BYTES_PER_PARAMETER", "require_model_memory", "check_model_options", "build_model",
+           "ModelInfo", "builtin_description", "model_info", "unwrap_model"]

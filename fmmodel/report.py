@@ -17,6 +17,7 @@ import matplotlib
 import numpy as np
 
 from fmdata.store.atomic import replace_text, save_figure
+from fmmodel.metrics import THRESHOLD, predicted_abnormal
 
 matplotlib.use("Agg")  # files only, never a window; before pyplot is imported
 import matplotlib.pyplot as plt
@@ -153,9 +154,9 @@ def example_captions(examples: Sequence[Example]) -> tuple[str, list[str]]:
     heading = ("outlines: green = true mask, red = predicted mask\np = predicted probability of abnormal"
                if has_pred else
                "outline: green = true mask; this model predicts a class only\n(p = its probability of abnormal; "
-               "abnormal when p >= 0.5)")
+               f"abnormal when p > {THRESHOLD})")
     titles = [f"rec {e.recording} frame {e.frame}\ntrue {CLASS_NAMES[int(e.label)]}, predicted "
-              f"{CLASS_NAMES[int(e.prob >= 0.5)]} (p {e.prob:.2f})" for e in examples]
+              f"{CLASS_NAMES[int(predicted_abnormal(e.prob))]} (p {e.prob:.2f})" for e in examples]
     return heading, titles
 
 

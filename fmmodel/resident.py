@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fmdata.compute.memory import format_bytes, total_memory
 from fmdata.errors import FmDataError
 from fmdata.store import schema
 from fmdata.store.access import open_store
@@ -56,6 +57,19 @@ _BIT_SHIFTS = (7, 6, 5, 4, 3, 2, 1, 0)  # numpy.packbits' default (big-endian) b
 
 def _packed_bytes(pixels: int) -> int:
     return -(-pixels // 8)
+
+
+def check_resident_budget(budget: int | None) -> None:
+    """Raise FmModelError (field ``resident_budget``) unless ``budget`` (bytes; None: the default) is
+    between 0 and the memory of this machine (its RAM, or its largest GPU's when larger): no more
+    can ever be held resident."""
+    if budget is None:
+        return
+    gpus = [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())]
+    most = max([total_memory(), *gpus])
+    if not 0 <= budget <= most:
+        raise FmModelError(f"expected a resident budget from 0 to {format_bytes(most)} (the memory of this machine), "
+                           f"got {budget:,} bytes", field="resident_budget")
 
 
 @dataclass(frozen=True)
@@ -205,7 +219,7 @@ class ResidentWindows:
         except FmDataError as exc:  # a damaged store, found while reading: one line naming where
             raise FmModelError(str(exc)) from None
         except (torch.cuda.OutOfMemoryError, MemoryError):
-            raise FmModelError(f"expected room for the resident data ({plan.total_bytes / 2**30:.2f} GiB) on "
+            raise FmModelError(f"expected room for the resident data ({format_bytes(plan.total_bytes)}) on "
                                f"{self.device}, got out of memory (use the lazy data path)") from None
         finally:
             bar.close()

@@ -21,11 +21,21 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from fmdata.errors import FmfError
+from fmdata.compute.processes import check_workers
+from fmdata.errors import FmDataError, FmfError
 from fmmodel.dataset import FmfWindowDataset, collate_windows
 from fmmodel.errors import FmModelError
 
 SAFE_CONTEXTS = ("forkserver", "spawn")
+
+
+def check_loader_workers(workers: int) -> int:
+    """Return ``workers`` when it is a count of DataLoader worker processes (0: load in this process)
+    that :func:`fmdata.compute.processes.check_workers` allows; FmModelError (field ``workers``) otherwise."""
+    try:
+        return check_workers(workers, minimum=0)
+    except FmDataError as exc:
+        raise FmModelError(exc.message, field=exc.field) from None
 
 
 class _EpochSampler(torch.utils.data.Sampler[int], abc.ABC):
@@ -177,8 +187,9 @@ def make_loader(dataset: FmfWindowDataset, batch_size: int, workers: int = 0, *,
     iterations. Call :func:`set_loader_epoch` before each epoch. Extra keyword arguments go to
     the DataLoader.
     """
-    if batch_size < 1 or workers < 0:
-        raise FmModelError(f"expected batch_size >= 1 and workers >= 0, got {batch_size} and {workers}")
+    if batch_size < 1:
+        raise FmModelError(f"expected a batch size >= 1, got {batch_size}", field="batch_size")
+    check_loader_workers(workers)
     if sampler is None:
         sampler = make_sampler(dataset, shuffle=shuffle, balanced=balanced, seed=seed, num_replicas=num_replicas,
                                rank=rank)

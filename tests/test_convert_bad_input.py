@@ -255,7 +255,7 @@ def test_bad_options_and_missing_sources(tmp_path):
     assert_one_clear_line(run_convert(src, tmp_path / "a.zarr", "--chunk-frames", "4", "--shard-frames", "6"),
                           "--shard-frames", "multiple of the frames per chunk (4), got 6", exit_code=2)
     assert_one_clear_line(run_convert([str(tmp_path / "gone.mat")], tmp_path / "b.zarr"), "gone.mat", "nothing there")
-    assert_one_clear_line(run_convert(src, tmp_path / "c.zarr", "--fps", "0"), "--fps", "positive frame rate",
+    assert_one_clear_line(run_convert(src, tmp_path / "c.zarr", "--fps", "0"), "--fps", "frame rate in 0.1..1000",
                           exit_code=2)
     again = [src[0], os.path.join(os.path.dirname(src[0]), ".", os.path.basename(src[0]))]
     assert_one_clear_line(run_convert(again, tmp_path / "d.zarr"), "rec.mat", "expected each source once")

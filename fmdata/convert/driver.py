@@ -42,6 +42,7 @@ import zarr
 from tqdm.auto import tqdm
 
 from fmdata import __version__
+from fmdata.compute.memory import format_bytes
 from fmdata.compute.processes import UnitRunner, resolve_workers, run_parallel
 from fmdata.convert.ledger import Ledger
 from fmdata.convert.plan import (
@@ -89,7 +90,7 @@ class ConvertReport:
         ratio = self.store_bytes / self.source_bytes if self.source_bytes else float("nan")
         return (f"wrote {self.store}: {self.n_recordings} recording(s), {self.n_frames} frames, "
                 f"{self.n_current} current rows in {self.seconds:.1f} s with {self.workers} worker(s){resumed}; "
-                f"store {self.store_bytes / 1e6:.1f} MB = {ratio:.2f} x source {self.source_bytes / 1e6:.1f} MB")
+                f"store {format_bytes(self.store_bytes)} = {ratio:.2f} x source {format_bytes(self.source_bytes)}")
 
     def to_dict(self) -> dict[str, Any]:
         """Return the report as a JSON-able dict."""

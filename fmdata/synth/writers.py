@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from fmdata.compute.memory import format_bytes
 from fmdata.errors import FmDataError
 from fmdata.sources.layouts import (
     LAYOUT_V1,
@@ -338,7 +339,7 @@ def _check_storage(storage: str, cfg: synth.SynthConfig | None = None, frames: i
         need = cfg.height * cfg.width * 3 * frames
         if need > V7_MAX_VARIABLE_BYTES:
             raise FmDataError(f"expected a video under 2^31 bytes for storage v7 (the format's limit per "
-                              f"variable), got {need / 2**30:.1f} GiB; use storage 'matlab'", field="storage")
+                              f"variable), got {format_bytes(need)}; use storage 'matlab'", field="storage")
 
 
 def _check_recordings(recordings: int) -> None:
