@@ -58,6 +58,7 @@ from fmdata.store import schema
 from fmdata.store.access import read_meta
 from fmdata.store.atomic import is_temporary, leftovers, remove_tree
 from fmdata.store.checksums import block_checksum, checksum_attr
+from fmdata.store.derived import recover as recover_switches
 from fmdata.store.layout import Chunking, create_arrays, default_chunking, override_chunking
 from fmdata.store.location import Location, LocationLike, set_complete
 from fmdata.store.lock import writer_lock
@@ -146,8 +147,10 @@ def _recover(target: Location) -> None:
     """Repair what a writer killed while replacing or removing the local store ``target`` left behind.
 
     Called with the writer lock held. An old store renamed aside while ``target`` is missing (a
-    kill between the two renames of a replacement) is complete: it is moved back. Every other
-    hidden ``.old-``/``.tmp-`` sibling is a half-deleted leftover and is deleted.
+    kill between the two renames of a replacement) is complete: it is moved back. A switch of
+    derived arrays that a killed writer journalled is finished
+    (:func:`fmdata.store.derived.recover`). Every other hidden ``.old-``/``.tmp-`` sibling is a
+    half-deleted leftover and is deleted.
     """
     path = target.local_path
     if path is None:
@@ -157,6 +160,8 @@ def _recover(target: Location) -> None:
             if old.is_dir() and _is_complete(Location(str(old))):
                 os.replace(old, path)
                 break
+    if os.path.isdir(path):  # derived data: a switch a killed writer journalled is finished first
+        recover_switches(os.path.realpath(path))
     for stale in leftovers(path):
         remove_tree(stale)
     # abandoned partial stores renamed aside to be deleted: ..<name>.partial-<id>.old-<pid>-<hex>

@@ -31,9 +31,9 @@ from fmdata.store import schema
 from fmdata.store.access import open_store, store_writable
 from fmdata.store.block_reader import BlockReader, block_frames, block_ranges
 from fmdata.store.columns import read_column
-from fmdata.store.derived import DerivedArray, write_derived
+from fmdata.store.derived import DerivedArray, store_writer, write_derived
 from fmdata.store.location import Location, LocationLike
-from fmdata.store.lock import reading, writer_lock
+from fmdata.store.lock import reading
 from fmdata.store.provenance import array_fingerprint, matches
 
 # Bump when the rule or the output layout changes: older derived arrays then count as stale.
@@ -161,7 +161,7 @@ def compute_labels(location: LocationLike, *, force: bool = False, options: Dask
     if not force and labels_up_to_date(root):
         return _up_to_date_report(loc, root)
     require_writable(loc)
-    with writer_lock(loc, "fmdata labels"):
+    with store_writer(loc, "fmdata labels"):
         root = open_store(loc, "r+")
         if not force and labels_up_to_date(root):  # another writer finished them meanwhile
             return _up_to_date_report(loc, root)

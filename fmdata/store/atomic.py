@@ -16,6 +16,9 @@ the shard's encoding.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import os
 import re
 import secrets
@@ -27,6 +30,7 @@ from typing import Any
 from fmdata.errors import FmDataError
 from fmdata.store.failpoints import pause_point
 
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # Linux <fcntl.h>, <linux/fs.h>
 _IOV_MAX = 512  # pieces per writev call: safely below every platform's IOV_MAX
 _TEMP_NAME = re.compile(r"^\..+\.(tmp|partial|old)-\d+-[0-9a-f]{8}(\.\w+)?$")
 
@@ -155,6 +159,35 @@ def leftovers(path: str | os.PathLike[str], tags: tuple[str, ...] = ("old", "tmp
             return 0.0
 
     return sorted(found, key=mtime, reverse=True)
+
+
+@functools.cache
+def _renameat2() -> Any:
+    """libc's ``renameat2`` (Linux, glibc 2.28+), or None where there is none."""
+    try:
+        fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    except OSError:
+        return None
+    if fn is not None:
+        fn.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+        fn.restype = ctypes.c_int
+    return fn
+
+
+def exchange(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Swap the existing paths ``a`` and ``b`` (files or folders, same file system) in one atomic
+    step, so that ``b`` is never missing: Linux's ``renameat2(RENAME_EXCHANGE)``. Returns False,
+    with nothing changed, where the platform or the file system cannot (then rename in two steps);
+    raises OSError for other failures."""
+    fn = _renameat2()
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), os.fspath(b))
 
 
 def place(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
