@@ -153,13 +153,18 @@ def compute_labels(location: LocationLike, *, force: bool = False, options: Dask
 
     A no-op (status "up to date") when current labels exist, unless ``force``: it then only
     reads, so it works on a read-only store. ``runner`` reuses an open Dask runner; otherwise
-    one is started from ``options``. Raises FmDataError when labels must be computed and the
-    store is read-only.
+    one is started from ``options``. Raises FmDataError when labels must be computed (or
+    ``force`` recomputes them) and the store is read-only: nothing is written.
     """
     loc = Location.parse(location)
     root = open_store(loc)
     if not force and labels_up_to_date(root):
         return _up_to_date_report(loc, root)
+    if force and not store_writable(loc):
+        state = "up to date" if labels_up_to_date(root) else "missing or stale"
+        raise FmDataError(f"expected a writable store to recompute the labels (--force), got a read-only one: nothing "
+                          f"was written (--force would recompute frame_label and abnormal_pixels from the masks and "
+                          f"replace them; the stored ones are {state})", str(loc))
     require_writable(loc)
     with store_writer(loc, "fmdata labels"):
         root = open_store(loc, "r+")
