@@ -47,7 +47,7 @@ from fmdata.store.location import Location, LocationLike
 from fmdata.store.window_table import (
     WindowParams,
     WindowTable,
-    check_table_name,
+    check_replaceable_table,
     list_window_tables,
     read_window_table,
     window_columns,
@@ -266,7 +266,7 @@ def make_windows(location: LocationLike, name: str, params: WindowParams = Windo
     "up to date"); one with other parameters is replaced only with ``force``.
     """
     loc = Location.parse(location)
-    check_table_name(name)
+    check_replaceable_table(open_store(loc), name)  # before anything is computed or written
     ensure_labels(loc, options)
     root = open_store(loc)
     wanted = {**params.to_dict(), "labels": expected_provenance(root)["derived_from"]}

@@ -32,6 +32,8 @@ from fmdata.store.failpoints import pause_point
 
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # Linux <fcntl.h>, <linux/fs.h>
 _IOV_MAX = 512  # pieces per writev call: safely below every platform's IOV_MAX
+# the PNG text keyword naming the command that wrote a picture (read by fmdata.store.outputs)
+MADE_BY_KEY = "fmf-made-by"
 _TEMP_NAME = re.compile(r"^\..+\.(tmp|partial|old)-\d+-[0-9a-f]{8}(\.\w+)?$")
 
 
@@ -101,12 +103,17 @@ def atomic_file(path: str | os.PathLike[str], *, durable: bool = True, suffix: s
         raise
 
 
-def save_figure(fig: Any, path: str | os.PathLike[str], **savefig: Any) -> Path:
+def save_figure(fig: Any, path: str | os.PathLike[str], *, made_by: str | None = None, **savefig: Any) -> Path:
     """Save a matplotlib figure to ``path`` atomically (its format from the suffix); return the path.
-    ``savefig`` are keyword arguments of ``Figure.savefig`` (dpi...)."""
+    ``made_by`` names the command in a PNG's text chunk :data:`MADE_BY_KEY` (what lets its
+    ``--overwrite`` recognise its own picture, :mod:`fmdata.store.outputs`). ``savefig`` are
+    keyword arguments of ``Figure.savefig`` (dpi...)."""
     target = Path(path)
+    fmt = target.suffix.lstrip(".").lower() or "png"
+    if made_by is not None and fmt == "png":
+        savefig["metadata"] = {**savefig.get("metadata", {}), MADE_BY_KEY: made_by}
     with atomic_file(target, suffix=target.suffix) as tmp:
-        fig.savefig(tmp, format=target.suffix.lstrip(".").lower() or "png", **savefig)
+        fig.savefig(tmp, format=fmt, **savefig)
     return target
 
 

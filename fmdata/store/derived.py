@@ -23,6 +23,10 @@ of the store, holding its writer lock (:func:`store_writer`: ``labels``, ``windo
 the journalled inode is in; any other is switched in) and deletes every staging folder that
 dead writers left: none of them can still be live, since each was made under the lock it holds.
 
+``--force`` replaces only what the command made: an existing array at a target path must be a
+Zarr array with the new array's dimension names (a label array, a window table); a group, a
+plain folder or another array there is refused and kept (docs/reliability.md).
+
 URL stores (no rename, no locks) are written in place, attributes last, as before: a reader
 there may see an array being rewritten (docs/reliability.md).
 """
@@ -50,6 +54,7 @@ from fmdata.store.failpoints import pause_point
 from fmdata.store.layout import codecs_for
 from fmdata.store.location import Location, LocationLike
 from fmdata.store.lock import store_folder, switching, writer_lock
+from fmdata.store.outputs import refusal
 from fmdata.store.provenance import reconsolidate
 
 JOURNAL = "switch.json"  # in a staging folder: its switch has begun and only goes forward
@@ -102,11 +107,13 @@ def write_derived(root: zarr.Group, arrays: Sequence[DerivedArray], command: str
     """Write ``arrays`` into the store whose root group is ``root``, replacing any of the same path, so
     that readers see all old or all new (see the module docstring). ``command`` names the writer in
     the writer lock; a store with consolidated metadata is re-consolidated after. Raises FmDataError
-    when another process is writing the store."""
+    when another process is writing the store, or when a path holds something other than an array
+    like the new one (nothing is written then)."""
     for a in arrays:
         _checked(a.path)
     folder = store_folder(root)
     if folder is None:
+        check_targets(root, [(a.path, a.dimension_names) for a in arrays], command)
         for a in arrays:
             parent, _, name = a.path.rpartition("/")
             _create(root.require_group(parent) if parent else root, name, a, overwrite=True)
@@ -114,6 +121,7 @@ def write_derived(root: zarr.Group, arrays: Sequence[DerivedArray], command: str
         return
     real = Path(os.path.realpath(folder))
     with store_writer(str(real), command):
+        check_targets(root, [(a.path, a.dimension_names) for a in arrays], command)
         # beside the store, so that nothing inside it shows while it is built; inside it only
         # where the store is a mount point of its own (a rename cannot cross file systems)
         staging = temp_sibling(real, "tmp")
@@ -212,3 +220,45 @@ def store_writer(location: LocationLike, command: str) -> Iterator[None]:
             recover(os.path.realpath(folder))
         yield
 
+
+def check_targets(root: zarr.Group, targets: Sequence[tuple[str, tuple[str, ...]]], command: str) -> None:
+    """Raise FmDataError (nothing written) when a target ``(path, dimension names)`` of a derived
+    writer ``command`` holds anything but an array of those dimensions: the derived writers
+    replace only what they made (a label array, a window table), never a user's group or folder."""
+    folder = store_folder(root)
+    real = Path(os.path.realpath(folder)) if folder is not None else None
+    for path, dims in targets:
+        if real is not None:
+            target = real.joinpath(*_checked(path))
+            got = _local_node(target, dims) if os.path.lexists(target) else None
+            where = str(target)
+        else:
+            got, where = None, path
+            if path in root:
+                node = root[path]
+                found = tuple(node.metadata.dimension_names or ()) if isinstance(node, zarr.Array) else None
+                got = _unlike(found, dims)
+        if got is not None:
+            raise refusal(where, command, got, option="--force")
+
+
+def _local_node(target: Path, dims: tuple[str, ...]) -> str | None:
+    """What the folder ``target`` holds, when it is not an array of dimensions ``dims`` (else None)."""
+    try:
+        meta = json.loads((target / "zarr.json").read_text(encoding="utf-8")) if not target.is_symlink() else None
+    except (OSError, ValueError):
+        meta = None
+    if not isinstance(meta, dict):
+        return "something that is not a Zarr array"
+    if meta.get("node_type") != "array":
+        return "a Zarr group"
+    return _unlike(tuple(meta.get("dimension_names") or ()), dims)
+
+
+def _unlike(found: tuple[Any, ...] | None, dims: tuple[str, ...]) -> str | None:
+    """None when an array of dimension names ``found`` may be replaced by one of ``dims``; else what it is."""
+    if found is None:
+        return "a Zarr group"
+    if tuple(found) != tuple(dims):
+        return f"an array of dimensions {tuple(found)}"
+    return None
