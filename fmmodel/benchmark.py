@@ -30,9 +30,10 @@ from tqdm import tqdm
 
 from fmdata.store.location import Location, LocationLike
 from fmdata.store.lock import writer_lock
+from fmdata.store.outputs import check_apart, folders_made_for
 from fmdata.store.schema import WINDOW_POLICIES
 from fmdata.store.window_table import WindowParams
-from fmmodel.benchmark_table import BenchmarkTable, Cell, label, write_table
+from fmmodel.benchmark_table import BenchmarkTable, Cell, check_tables, label, write_table
 from fmmodel.checkpoint import load_checkpoint
 from fmmodel.config import RUN_ENVIRONMENT, TrainConfig
 from fmmodel.errors import FmModelError
@@ -120,6 +121,7 @@ def run_benchmark(store: LocationLike, *, models: Sequence[str], seeds: Sequence
     """
     settings = settings or BenchmarkSettings()
     location = Location.parse(store).absolute()  # the same store whatever the working directory of a re-run
+    check_apart(out, [location], field="out")
     if not models or not seeds or not policies:
         raise FmModelError("expected at least one model, one seed and one policy, got none", field="models")
     if min(seeds) < 0:
@@ -139,7 +141,9 @@ def run_benchmark(store: LocationLike, *, models: Sequence[str], seeds: Sequence
         raise FmModelError(exc.message, exc.path, field="models") from None
     cells = [Cell(model=m, policy=p, seed=int(s)) for m in models for p in policies for s in seeds]
     # one benchmark at a time in a folder: two would train the same cells and mix their tables
-    with writer_lock(out, "fmmodel benchmark", what="benchmark folder", parents=True):
+    # a failed benchmark leaves no empty folder it made (each cell's run removes its own)
+    with folders_made_for(out), writer_lock(out, "fmmodel benchmark", what="benchmark folder", parents=True):
+        check_tables(out)
         return _run_cells(location, cells, variants, out, settings, progress)
 
 

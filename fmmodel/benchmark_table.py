@@ -9,6 +9,7 @@ preprocessing, checkpoint format, seeds and test samples.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -19,6 +20,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from fmdata.store.atomic import replace_text, save_figure
+from fmmodel.errors import FmModelError
 from fmmodel.report import write_json
 
 CLASS_METRICS = (("accuracy", "ACC"), ("f1", "F1"), ("fdr", "FDR"), ("mdr", "MDR"), ("auroc", "AUROC"), ("ap", "AP"))
@@ -168,7 +170,26 @@ def _picture(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(len(rows), 2), frameon=False)
     fig.tight_layout()
-    save_figure(fig, path)
+    save_figure(fig, path, made_by="fmmodel benchmark")
+
+
+def check_tables(out: str) -> None:
+    """Raise FmModelError when the folder ``out`` holds table files that a benchmark did not write:
+    each run rewrites table.md, table.json and table.png, so they must be an earlier benchmark's
+    (its table.json names a protocol, rows and cells) or absent. Nothing is changed."""
+    present = [n for n in (TABLE_MD, TABLE_JSON, TABLE_PNG) if os.path.lexists(os.path.join(out, n))]
+    if not present:
+        return
+    try:
+        with open(os.path.join(out, TABLE_JSON), encoding="utf-8") as fh:
+            saved = json.load(fh)
+        ours = isinstance(saved, dict) and {"protocol", "rows", "cells"} <= set(saved)
+    except (OSError, ValueError):
+        ours = False
+    if not ours or any(os.path.islink(os.path.join(out, n)) or not os.path.isfile(os.path.join(out, n))
+                       for n in present):
+        raise FmModelError(f"expected a benchmark folder (a run rewrites its {', '.join(present)}), got files "
+                           f"fmmodel benchmark did not write; nothing was written: choose another --out", out)
 
 
 def write_table(out: str, cells: Sequence[Cell], *, reports: Mapping[Cell, Mapping[str, Any]],
@@ -183,10 +204,11 @@ def write_table(out: str, cells: Sequence[Cell], *, reports: Mapping[Cell, Mappi
     markdown = _markdown(rows, protocol)
     os.makedirs(out, exist_ok=True)
     paths = [os.path.join(out, name) for name in (TABLE_MD, TABLE_JSON, TABLE_PNG)]
-    replace_text(paths[0], markdown)
     cell_rows = [{"model": c.model, "policy": c.policy, "seed": c.seed, "test": _scores(reports[c]["metrics"]["overall"]),
                   "validation": reports[c].get("validation")} for c in cells]
+    # table.json first: it is what marks the folder's table files as a benchmark's (check_tables)
     write_json(paths[1], {"protocol": protocol, "settings": dict(settings), "rows": rows, "cells": cell_rows})
+    replace_text(paths[0], markdown)
     _picture(paths[2], rows)
     return BenchmarkTable(markdown=markdown, markdown_path=paths[0], json_path=paths[1], picture_path=paths[2],
                           rows=rows)

@@ -18,6 +18,7 @@ import torch
 
 from fmdata.store import schema
 from fmdata.store.location import Location, LocationLike
+from fmdata.store.outputs import check_apart
 from fmmodel import distributed as dd
 from fmmodel.errors import FmModelError
 from fmmodel.inference import Inference, autocast, model_inputs, prepare, resolve_precision, run_inference
@@ -96,8 +97,10 @@ def evaluate(store: LocationLike, checkpoint: str, *, fmt: str = "auto", variant
     location = Location.parse(store)
     check_loader_workers(workers)
     check_resident_budget(resident_budget)
-    if out and os.path.exists(out) and not os.path.isdir(out):  # before the scoring, not after it
-        raise FmModelError("expected a folder for the report, got a file", out, field="out")
+    if out:  # before the scoring, not after it
+        check_apart(out, [location], field="out")
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise FmModelError("expected a folder for the report, got a file", out, field="out")
     ctx = dd.setup(device)
     try:
         p = prepare(location, checkpoint, fmt=fmt, variant=variant, split=split, windows=windows, ctx=ctx,

@@ -16,8 +16,9 @@ window's labelled frame):
 Every array carries Zarr ``dimension_names`` (xarray reads them); the root attribute
 ``fmf_predictions`` records the checkpoint, model, windows and split. The store is written into
 a hidden sibling and renamed into place when complete, so a crash never leaves an output that
-looks finished; an existing output is refused unless ``overwrite``. Under ``torchrun`` each rank
-writes its own contiguous, chunk-aligned block of windows. ``write_overlay_video`` renders the
+looks finished; an existing output is refused unless ``overwrite``, and then replaced only when
+it is a predictions store (and ``--video`` only a video that predict wrote). Under ``torchrun``
+each rank writes its own contiguous, chunk-aligned block of windows. ``write_overlay_video`` renders the
 predictions over the frames as an MP4 (OpenCV).
 """
 from __future__ import annotations
@@ -38,6 +39,7 @@ from fmdata.store.access import open_store, read_meta
 from fmdata.store.atomic import atomic_file, place, remove_tree
 from fmdata.store.location import Location, LocationLike
 from fmdata.store.lock import writer_lock
+from fmdata.store.outputs import check_apart, check_replaceable, folders_made_for, mark_mp4, refusal
 from fmmodel import distributed as dd
 from fmmodel.errors import FmModelError
 from fmmodel.inference import prepare, resolve_precision, run_inference
@@ -48,6 +50,7 @@ from fmmodel.report import plain_params
 from fmmodel.resident import check_resident_budget
 from fmmodel.sampling import check_loader_workers
 
+COMMAND = "fmmodel predict"  # its --overwrite replaces only its own predictions stores and videos
 ATTR_PREDICTIONS = "fmf_predictions"
 WINDOW_CHUNK = 4096  # rows per chunk of the 1-D arrays; rank blocks align to it
 MASK_CHUNK = 64  # windows per mask chunk (divides WINDOW_CHUNK)
@@ -156,12 +159,14 @@ def predict(store: LocationLike, checkpoint: str, out: str, *, fmt: str = "auto"
     check_loader_workers(workers)
     check_resident_budget(resident_budget)
     _check_output(out, location, overwrite)
-    if video and os.path.exists(video) and not overwrite:
-        raise FmModelError("exists; pass --overwrite to replace it", video)
+    if video:
+        check_apart(video, [location], field="video")
+        check_replaceable(video, overwrite=overwrite, command=COMMAND)
     ctx = dd.setup(device)
     try:
         lock = writer_lock(out, "fmmodel predict", what="predictions store", parents=True)
-        with lock if ctx.is_main else nullcontext():
+        # a failed predict leaves no empty folder it made for --out
+        with folders_made_for(out) if ctx.is_main else nullcontext(), lock if ctx.is_main else nullcontext():
             return _predict(location, checkpoint, ctx, fmt=fmt, variant=variant, split=split, windows=windows,
                             out=out, batch_size=batch_size, workers=workers, precision=precision, video=video,
                             video_max_frames=video_max_frames, data=data, resident_budget=resident_budget,
@@ -173,11 +178,7 @@ def predict(store: LocationLike, checkpoint: str, out: str, *, fmt: str = "auto"
 def _check_output(out: str, store: Location, overwrite: bool) -> None:
     """Refuse an output that would destroy data: the store read (or a folder holding it or inside
     it), an existing path without ``overwrite``, and anything but a predictions store with it."""
-    if store.local_path is not None:
-        a, b = os.path.realpath(out), os.path.realpath(store.local_path)
-        if a == b or b.startswith(a + os.sep) or a.startswith(b + os.sep):
-            raise FmModelError(f"expected an output apart from the store it reads, got {store.local_path}", out,
-                               field="out")
+    check_apart(out, [store], field="out")
     if not (os.path.exists(out) or os.path.islink(out)):
         return
     if not overwrite:
@@ -187,8 +188,7 @@ def _check_output(out: str, store: Location, overwrite: bool) -> None:
     except Exception:  # not a Zarr group at all (zarr raises several types for that)
         ours = False
     if not ours:
-        raise FmModelError("refusing to replace something that is not a predictions store (--overwrite replaces "
-                           "only an earlier fmmodel predict output)", out)
+        raise refusal(out, COMMAND, "something that is not a predictions store")
 
 
 def _predict(location: Location, checkpoint: str, ctx: dd.DistContext, *, fmt: str, variant: str | None, split: str,
@@ -297,4 +297,5 @@ def write_overlay_video(store: LocationLike, predictions: str, video: str, *, ma
                 writer.write(canvas)
         finally:
             writer.release()
+        mark_mp4(tmp, COMMAND)  # what lets a later --overwrite recognise its own video
     return video

@@ -38,6 +38,7 @@ from fmdata.store.atomic import is_temporary, remove_tree
 from fmdata.store.columns import read_column
 from fmdata.store.location import Location, LocationLike
 from fmdata.store.lock import writer_lock
+from fmdata.store.outputs import check_apart, folders_made_for
 from fmdata.store.window_table import WindowParams
 from fmmodel import checkpoint as ckpt_io
 from fmmodel import distributed as dd
@@ -59,6 +60,7 @@ LAST = "last.pt"
 BEST = "best.pt"
 METRICS_CSV = "metrics.csv"
 TB_DIR = "tb"
+TB_EVENTS = "events.out.tfevents."  # the names of the files TensorBoard's writer makes in TB_DIR
 _CONFIG_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
 CSV_FIELDS = ("epoch", "lr", "train_loss", "train_windows", "samples_per_s", "loader_wait_share", "val_loss",
               "val_windows", "val_accuracy", "val_f1", "val_auroc", "val_miou", "score", "best", "seconds")
@@ -120,15 +122,24 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     """Run training as ``cfg`` says into the new run folder ``cfg.out``; return the :class:`TrainResult`.
 
     Under ``torchrun`` every process calls this; rank 0 writes the run folder. Raises
-    FmModelError for unusable options, stores or run folders (an existing, non-empty one included).
+    FmModelError for unusable options, stores or run folders (an existing, non-empty one included;
+    one inside the store, FmDataError). A run that fails before its first epoch is saved removes
+    what it wrote and the folders it made.
     """
     cfg.store = absolute_store(cfg.store)
+    check_apart(cfg.out, [cfg.store], field="out")
     ctx = dd.setup(cfg.device)
     try:
-        with run_lock(cfg.out, ctx):
+        # a run that fails before its first epoch leaves neither its files nor the folders it made
+        with folders_made_for(cfg.out) if ctx.is_main else contextlib.nullcontext(), run_lock(cfg.out, ctx):
             _prepare_run_dir(cfg, ctx)
             dd.barrier(ctx)
-            return _train(ctx, cfg, False, progress)
+            try:
+                return _train(ctx, cfg, False, progress)
+            except BaseException:
+                if ctx.is_main:
+                    _remove_unfinished_run(cfg.out)
+                raise
     finally:
         dd.teardown(ctx)
 
@@ -235,11 +246,22 @@ def _prepare_run_dir(cfg: TrainConfig, ctx: dd.DistContext) -> None:
         os.makedirs(out, exist_ok=True)
 
 
+def _remove_unfinished_run(out: str) -> None:
+    """Remove what a run that failed before its first epoch wrote into ``out`` (the same leftovers
+    that :func:`_prepare_run_dir` replaces after a kill); nothing when an epoch was saved."""
+    names = os.listdir(out) if os.path.isdir(out) else []
+    if _stopped_before_first_epoch(out, names):
+        for name in names:
+            remove_tree(os.path.join(out, name))
+
+
 def _stopped_before_first_epoch(out: str, names: list[str]) -> bool:
     """True when a run folder holds only what a run writes before its first epoch is saved: the
-    toolkit's config.json, the TensorBoard folder, a best.pt written just before the first last.pt,
-    and temporary files of a save that was cut short."""
+    toolkit's config.json, the TensorBoard folder (event files only), a best.pt written just
+    before the first last.pt, and temporary files of a save that was cut short."""
     if CONFIG_JSON not in names or not all(n in (CONFIG_JSON, TB_DIR, BEST) or is_temporary(n) for n in names):
+        return False
+    if TB_DIR in names and not _tensorboard_only(os.path.join(out, TB_DIR)):
         return False
     try:
         with open(os.path.join(out, CONFIG_JSON), encoding="utf-8") as fh:
@@ -247,6 +269,14 @@ def _stopped_before_first_epoch(out: str, names: list[str]) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(saved, dict) and {"store", "out", "trained_on"} <= set(saved) <= _CONFIG_KEYS
+
+
+def _tensorboard_only(folder: str) -> bool:
+    """True for a folder holding only TensorBoard event files (what the run's writer makes)."""
+    if os.path.islink(folder) or not os.path.isdir(folder):
+        return False
+    return all(n.startswith(TB_EVENTS) and os.path.isfile(os.path.join(folder, n)) and
+               not os.path.islink(os.path.join(folder, n)) for n in os.listdir(folder))
 
 
 # ---- build -------------------------------------------------------------------------------------

@@ -182,7 +182,7 @@ def test_existing_outputs_and_leftover_partials_need_to_be_named(mixed, tmp_path
     folder = tmp_path / "notastore"
     folder.mkdir()
     (folder / "keep.txt").write_text("user data")
-    with pytest.raises(FmDataError, match="not a Zarr store"):
+    with pytest.raises(FmDataError, match="not an FMF store"):
         convert(src, folder, workers=1, overwrite=True, progress=False)
     assert (folder / "keep.txt").read_text() == "user data"
     partial = tmp_path / ".p.zarr.partial-abc"

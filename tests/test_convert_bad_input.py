@@ -243,7 +243,7 @@ def test_output_paths_that_exist_or_cannot_be_written(tmp_path):
     existing.write_text("someone's file")
     assert_one_clear_line(run_convert(src, existing), "taken.zarr", "exists; pass --overwrite")
     assert existing.read_text() == "someone's file"
-    assert_one_clear_line(run_convert(src, existing, "--overwrite"), "not a Zarr store")
+    assert_one_clear_line(run_convert(src, existing, "--overwrite"), "not an FMF store", "nothing was replaced")
     assert existing.read_text() == "someone's file"
     assert_one_clear_line(run_convert(src, tmp_path / "no" / "such" / "out.zarr"), "expected an existing parent folder")
     assert_one_clear_line(run_convert(src, existing / "out.zarr"), "expected an existing parent folder")

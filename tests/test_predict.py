@@ -63,12 +63,12 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path_factory, tmp_path)
         predict(store, os.path.join(run, "last.pt"), str(out), device="cpu", workers=0, progress=False)
     assert (out / "keep.txt").read_text() == "user data"
     # --overwrite replaces an earlier predictions store, never other data (nor the store it reads)
-    with pytest.raises(FmModelError, match="not a predictions store"):
+    with pytest.raises(FmDataError, match="not a predictions store"):
         predict(store, os.path.join(run, "last.pt"), str(out), overwrite=True, device="cpu", workers=0,
                 progress=False)
     assert (out / "keep.txt").read_text() == "user data"
     for inside in (store, os.path.dirname(store)):
-        with pytest.raises(FmModelError, match="apart from the store it reads") as err:
+        with pytest.raises(FmDataError, match="apart from the store it reads") as err:
             predict(store, os.path.join(run, "last.pt"), inside, overwrite=True, device="cpu", workers=0,
                     progress=False)
         assert err.value.field == "out"
@@ -143,6 +143,12 @@ def test_segmentation_masks_come_back_in_store_orientation_with_a_video(tmp_path
             break
         n, shape = n + 1, img.shape
     assert n == min(40, summary["windows"]) and shape[1] == 48 * 4 and shape[0] > 32 * 4
+    # --overwrite replaces predict's own store and video (and nothing else: tests/test_overwrite.py)
+    predict(store, str(run / "last.pt"), str(out), split="test", device="cpu", workers=0, progress=False,
+            video=str(video), video_max_frames=10, overwrite=True)
+    cap = cv2.VideoCapture(str(video))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == min(10, summary["windows"])
+    cap.release()
 
 
 @needs_fixtures

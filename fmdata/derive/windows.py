@@ -43,12 +43,12 @@ from fmdata.errors import FmDataError
 from fmdata.store import schema
 from fmdata.store.access import open_store, read_offsets, store_writable
 from fmdata.store.columns import read_column
+from fmdata.store.derived import store_writer
 from fmdata.store.location import Location, LocationLike
-from fmdata.store.lock import writer_lock
 from fmdata.store.window_table import (
     WindowParams,
     WindowTable,
-    check_table_name,
+    check_replaceable_table,
     list_window_tables,
     read_window_table,
     window_columns,
@@ -286,7 +286,7 @@ def make_windows(location: LocationLike, name: str, params: WindowParams = Windo
     "up to date"); one with other parameters is replaced only with ``force``.
     """
     loc = Location.parse(location)
-    check_table_name(name)
+    check_replaceable_table(open_store(loc), name)  # before anything is computed or written
     ensure_labels(loc, options)
     root = open_store(loc)
     wanted = {**params.to_dict(), "labels": expected_provenance(root)["derived_from"]}
@@ -298,7 +298,7 @@ def make_windows(location: LocationLike, name: str, params: WindowParams = Windo
     if not store_writable(loc):
         raise FmDataError(f"expected a writable store to store windows/{name}, got a read-only one: run "
                           "`fmdata windows` where the store is writable", str(loc))
-    with writer_lock(loc, "fmdata windows"):
+    with store_writer(loc, "fmdata windows"):
         wt = build_window_table(load_index(root), params)
         wt = WindowTable(wt.table, wt.columns, {**wt.params, "labels": wanted["labels"]})
         root = open_store(loc, "r+")

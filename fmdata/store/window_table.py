@@ -16,6 +16,7 @@ import hashlib
 import json
 import numbers
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ import zarr
 from fmdata.errors import FmDataError
 from fmdata.store import schema
 from fmdata.store.checksums import read_checked
-from fmdata.store.derived import DerivedArray, write_derived
+from fmdata.store.derived import DerivedArray, check_targets, write_derived
 from fmdata.store.layout import MAX_AXIS_FRAMES
 from fmdata.store.lock import reading, store_folder
 
@@ -36,6 +37,7 @@ from fmdata.store.lock import reading, store_folder
 REFERENCE_CLIPS: dict[str, tuple[int, int]] = {"both": (10, 18), "video": (8, 19), "current": (10, 18)}
 REFERENCE_CURRENT_SECONDS = 120.0
 REFERENCE_CURRENT_ROWS = 240
+TABLE_DIMS = ("window", "field")  # the dimension names of every window table
 
 # The largest windows a table may describe. A clip's frames and a window's current rows are what a
 # model reads per sample (one table column per clip frame): 1,024 frames and 65,536 rows are about a
@@ -238,9 +240,16 @@ def write_window_table(root: zarr.Group, name: str, wt: WindowTable, overwrite: 
     rows = max(len(wt), 1)
     table = np.ascontiguousarray(wt.table, dtype=np.int64)
     # the column names are part of the new version: a table without them is refused by readers
-    write_derived(root, [DerivedArray(f"{schema.WINDOWS_GROUP}/{name}", table, min(rows, 65536), ("window", "field"),
+    write_derived(root, [DerivedArray(f"{schema.WINDOWS_GROUP}/{name}", table, min(rows, 65536), TABLE_DIMS,
                                       {"columns": list(wt.columns), "params": wt.params})], "fmdata windows")
     return root[schema.WINDOWS_GROUP][name]
+
+
+def check_replaceable_table(root: zarr.Group, name: str) -> None:
+    """Raise FmDataError when ``windows/<name>`` holds something that is not a window table (a
+    user's group or folder): ``fmdata windows`` replaces only its own tables. Nothing is changed."""
+    check_table_name(name)
+    check_targets(root, [(f"{schema.WINDOWS_GROUP}/{name}", TABLE_DIMS)], "fmdata windows")
 
 
 def list_window_tables(root: zarr.Group) -> list[str]:
@@ -253,7 +262,9 @@ def _table_names(root: zarr.Group) -> list[str]:
     """The names of the window tables in a store (sorted); the caller holds the switch lock."""
     if schema.WINDOWS_GROUP not in root:
         return []
-    return sorted(name for name, _ in root[schema.WINDOWS_GROUP].arrays())
+    with warnings.catch_warnings():  # a stray folder there is no table, and no reason for a warning
+        warnings.filterwarnings("ignore", "Object at .* is not recognized as a component of a Zarr hierarchy")
+        return sorted(name for name, _ in root[schema.WINDOWS_GROUP].arrays())
 
 
 def read_window_table(root: zarr.Group, name: str) -> WindowTable:
