@@ -191,7 +191,9 @@ def _train_cell(cfg: TrainConfig, progress: bool, name: str) -> tuple[str, list[
             os.remove(os.path.join(folder, REPORT))
         # where it runs is this invocation's (device, workers...), as for the cells it trains
         environment = {key: getattr(cfg, key) for key in RUN_ENVIRONMENT}
-        return "resumed", resume_run(folder, epochs=cfg.epochs, progress=progress, environment=environment).history
+        # the model is this command's (--variants), never a name read from the cell's folder
+        return "resumed", resume_run(folder, epochs=cfg.epochs, progress=progress, environment=environment,
+                                     model=cfg.variant).history
     print(f"{name}: training ({folder})", file=sys.stderr, flush=True)
     return "trained", train(cfg, progress=progress).history
 

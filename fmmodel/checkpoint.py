@@ -37,7 +37,7 @@ from fmmodel.reference_keys import (
     to_reference_state_dict,
 )
 from fmmodel.registry import Variant, build_model, builtin_description, get_variant, model_info, unwrap_model
-from fmmodel.user_models import DataDescription, ModelSource, find_source
+from fmmodel.user_models import DataDescription, ModelSource, trusted_source
 
 FORMAT_NAME = "fmf-toolkit-checkpoint"
 FORMAT_VERSION = 1
@@ -316,20 +316,21 @@ def model_from_checkpoint(ckpt: Checkpoint, where: str | os.PathLike[str] = "che
                           trusted: Sequence[str] = ()) -> nn.Module:
     """Build the checkpoint's model on the CPU and load its weights (train mode).
 
-    A user's model is rebuilt by importing its factory, which runs that module's code: this
-    happens only for an installed model (an entry point of group fmmodel.models) or one whose
-    name is in ``trusted`` (``--model`` on the command line); otherwise FmModelError says what to pass.
+    A checkpoint is data: what it records never chooses code to import. A user's model is rebuilt
+    by importing the factory that :func:`fmmodel.user_models.trusted_source` allows: one the user
+    names in ``trusted`` (``--model``) that is the recorded code, or else the entry point that an
+    installed distribution declares under the recorded name (its spec, never the recorded one).
+    A name in ``trusted`` that is not the checkpoint's model is refused (FmModelError, field
+    "trusted"), as is a user's model that neither allows.
     """
     meta = ckpt.meta
     if meta.source is None:
+        if trusted and meta.variant not in trusted:
+            raise FmModelError(f"refused: expected --model naming the checkpoint's model {meta.variant!r} (built in), "
+                               f"got {', '.join(map(repr, trusted))}", where, field="trusted")
         return _load_into(build_model(meta.variant, meta.config), ckpt.state_dict, where)
-    # a name counts when it is the recorded one or names the same code (a path relative to another folder)
-    named = meta.source.name in trusted or any(s is not None and s.spec == meta.source.spec
-                                               for s in map(find_source, trusted))
-    if not (meta.source.entry_point or named):
-        raise FmModelError(f"refused: the checkpoint's model comes from {meta.source.spec} (not an installed model); "
-                           f"pass --model {meta.source.name} to import that code", where, field="trusted")
-    variant = Variant(meta.variant, meta.description.modality, meta.description.task, source=meta.source)
+    source = trusted_source(meta.source, trusted, where=where)
+    variant = Variant(meta.variant, meta.description.modality, meta.description.task, source=source)
     return _load_into(build_model(variant, description=meta.description), ckpt.state_dict, where)
 
 

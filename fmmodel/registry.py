@@ -18,7 +18,14 @@ from fmmodel.errors import FmModelError
 from fmmodel.fmformer import CurrentFmFormer, FmFormer, VideoFmFormer
 from fmmodel.model_config import FmFormerConfig, named_config
 from fmmodel.protocol import MODALITIES, TASKS
-from fmmodel.user_models import INPUTS, DataDescription, ModelSource, find_source, installed_models, load_factory
+from fmmodel.user_models import (
+    INPUTS,
+    DataDescription,
+    ModelSource,
+    find_source,
+    installed_models,
+    load_factory,
+)
 
 
 @dataclass(frozen=True)
@@ -88,11 +95,14 @@ def resolve_variant(name: str, *, modality: str | None = None, task: str | None 
             if given and given != have:
                 raise FmModelError(f"expected {what} {have!r} for model {name!r}, got {given!r}", field=what)
         return v
-    source = find_source(name)
-    if source is None:
-        known = sorted(VARIANTS) + installed_models()
-        raise FmModelError(f"expected a model from {known} or a factory module:name / file.py:name, got {name!r}",
-                           field="model")
+    source = model_source(name)
+    assert source is not None  # not a built-in
+    return user_variant(name, source, modality=modality, task=task)
+
+
+def user_variant(name: str, source: ModelSource, *, modality: str | None = None, task: str | None = None) -> Variant:
+    """The Variant of a user's model ``name`` whose code is ``source`` (imported here: its factory
+    declares inputs and task); ``modality`` and ``task`` as for :func:`resolve_variant`."""
     factory = load_factory(source)
     mod = factory.modality or modality or "both"
     tsk = factory.task or task or "cls"
@@ -103,6 +113,20 @@ def resolve_variant(name: str, *, modality: str | None = None, task: str | None 
     if mod not in MODALITIES or tsk not in TASKS:
         raise FmModelError(f"expected a modality in {MODALITIES} and a task in {TASKS}, got {mod!r}, {tsk!r}")
     return Variant(name, mod, tsk, (), factory.summary, source)
+
+
+def model_source(name: str) -> ModelSource | None:
+    """Where the code of model ``name`` comes from, importing nothing: None for a built-in, else
+    the source of an installed model (entry point) or of a factory spec (:func:`find_source`).
+    Raises FmModelError (field "model") for a name that is none of these."""
+    if name in VARIANTS:
+        return None
+    source = find_source(name)
+    if source is None:
+        known = sorted(VARIANTS) + installed_models()
+        raise FmModelError(f"expected a model from {known} (built-in, or installed: entry points of group "
+                           f"fmmodel.models) or a factory module:name / file.py:name, got {name!r}", field="model")
+    return source
 
 
 def choose_variant(model: str | None, *, task: str | None = None, modality: str | None = None) -> Variant:
@@ -203,5 +227,6 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         model = inner
 
 
-__all__ = ["Variant", "VARIANTS", "variant_for", "get_variant", "resolve_variant", "choose_variant",
+__all__ = ["Variant", "VARIANTS", "variant_for", "get_variant", "resolve_variant", "model_source", "user_variant",
+           "choose_variant",
            "variant_config", "build_model", "ModelInfo", "builtin_description", "model_info", "unwrap_model"]

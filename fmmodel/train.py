@@ -48,11 +48,11 @@ from fmmodel.errors import FmModelError
 from fmmodel.holdout import holdout_split
 from fmmodel.inference import autocast, model_inputs, resolve_precision, run_inference
 from fmmodel.preprocessing import input_format
-from fmmodel.registry import build_model, model_info, resolve_variant, unwrap_model
+from fmmodel.registry import build_model, model_info, model_source, resolve_variant, unwrap_model, user_variant
 from fmmodel.report import plain_params
 from fmmodel.run_data import absolute_store, check_same_store, check_same_windows, store_identity, windows_identity
 from fmmodel.sampling import make_sampler, set_loader_epoch
-from fmmodel.user_models import DataDescription, check_output
+from fmmodel.user_models import DataDescription, ModelSource, check_output, trusted_source
 
 CONFIG_JSON = "config.json"
 LAST = "last.pt"
@@ -125,7 +125,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     cfg.store = absolute_store(cfg.store)
     ctx = dd.setup(cfg.device)
     try:
-        with run_lock(cfg.out, ctx):
+        with run_lock(cfg.out, ctx.is_main):
             _prepare_run_dir(cfg, ctx)
             dd.barrier(ctx)
             return _train(ctx, cfg, False, progress)
@@ -134,50 +134,82 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
 
 
 def resume_run(run_dir: str, epochs: int | None = None, progress: bool = True,
-               store: LocationLike | None = None, environment: Mapping[str, Any] | None = None) -> TrainResult:
+               store: LocationLike | None = None, environment: Mapping[str, Any] | None = None,
+               model: str | None = None) -> TrainResult:
     """Continue the run in ``run_dir`` from its ``last.pt`` (model, optimizer, scheduler, epoch, RNG).
 
     ``epochs`` extends (or shortens) the planned number of epochs; ``environment`` changes where
     and how fast the run runs (keys of :data:`fmmodel.config.RUN_ENVIRONMENT`: device, precision,
     workers, data, resident_budget, threads); everything else comes from the run's
     ``config.json``. ``store`` gives the store's new location when it moved (its data must be the
-    same). Raises FmModelError when the store or the window table differ from what the run
-    recorded (:mod:`fmmodel.run_data`), or for an ``environment`` key that would change what the
-    run learns (field: that key). A run that already finished its epochs returns at once.
+    same). ``model`` names the run's model again (``--model``): a run folder is data, so a
+    user's model is imported only when named here or installed (:func:`resumed_source`). The run
+    folder's writer lock is taken first, so a run still writing it is named as its holder.
+    Raises FmModelError when the store or the window table differ from what the run recorded
+    (:mod:`fmmodel.run_data`), for an ``environment`` key that would change what the run learns
+    (field: that key), or for a model neither named nor installed (field "model"). A run that
+    already finished its epochs returns at once.
     """
     for key in environment or {}:
         if key not in RUN_ENVIRONMENT:
             raise FmModelError(f"expected only settings of where the run runs with a resume "
                                f"({', '.join(RUN_ENVIRONMENT)}; the rest is the run's), got {key}", field=key)
-    if not os.path.exists(os.path.join(run_dir, LAST)):
+    if not os.path.isdir(os.path.dirname(os.path.abspath(run_dir))):  # nobody can hold a lock there
         raise FmModelError(f"expected a run folder with {LAST} to resume, got none", run_dir)
-    cfg = TrainConfig.load(os.path.join(run_dir, CONFIG_JSON))
-    cfg.out = run_dir
-    if store is not None:
-        cfg.store = absolute_store(str(Location.parse(store)))
-    where = Location.parse(cfg.store)
-    if store is None and not where.is_url and not os.path.exists(where.local_path or cfg.store):
-        raise FmModelError(f"expected the run's store at {cfg.store}, got nothing there; if it moved, give its new "
-                           "location with --store (with --resume)", run_dir)
-    if epochs is not None:
-        if epochs < 1:
-            raise FmModelError(f"expected epochs >= 1, got {epochs}", field="epochs")
-        cfg.epochs = epochs
-    if environment:
-        cfg = dataclasses.replace(cfg, **environment)  # checked again, as a new config
-    ctx = dd.setup(cfg.device)
+    # the lock first: a run still being written (its last.pt not yet there) is named as the holder
+    with run_lock(run_dir, dd.env_world()[0] == 0):
+        if not os.path.exists(os.path.join(run_dir, LAST)):
+            raise FmModelError(f"expected a run folder with {LAST} to resume, got none", run_dir)
+        cfg = TrainConfig.load(os.path.join(run_dir, CONFIG_JSON))
+        cfg.out = run_dir
+        source = resumed_source(cfg, model)
+        if store is not None:
+            cfg.store = absolute_store(str(Location.parse(store)))
+        where = Location.parse(cfg.store)
+        if store is None and not where.is_url and not os.path.exists(where.local_path or cfg.store):
+            raise FmModelError(f"expected the run's store at {cfg.store}, got nothing there; if it moved, give its "
+                               "new location with --store (with --resume)", run_dir)
+        if epochs is not None:
+            if epochs < 1:
+                raise FmModelError(f"expected epochs >= 1, got {epochs}", field="epochs")
+            cfg.epochs = epochs
+        if environment:
+            cfg = dataclasses.replace(cfg, **environment)  # checked again, as a new config
+        ctx = dd.setup(cfg.device)
+        try:
+            return _train(ctx, cfg, True, progress, source)
+        finally:
+            dd.teardown(ctx)
+
+
+def resumed_source(cfg: TrainConfig, model: str | None) -> ModelSource | None:
+    """The code a resumed run may import for its model: None for a built-in, else what
+    :func:`fmmodel.user_models.trusted_source` allows for the source the run recorded
+    (``config.json``: ``runtime.model_config.source``): ``model`` when the user names it again
+    (the same code), or the installed entry point of the recorded name. FmModelError otherwise;
+    also when ``model`` is not the run's model."""
+    where = os.path.join(cfg.out, CONFIG_JSON)
+    if model_source(cfg.variant) is None:  # a built-in: nothing to import
+        if model is not None and model != cfg.variant:
+            raise FmModelError(f"refused: expected --model naming the run's model {cfg.variant!r}, got {model!r}",
+                               where, field="model")
+        return None
+    recorded = cfg.runtime.get("model_config", {}).get("source") if isinstance(cfg.runtime, dict) else None
     try:
-        with run_lock(run_dir, ctx):
-            return _train(ctx, cfg, True, progress)
-    finally:
-        dd.teardown(ctx)
+        source = ModelSource.from_dict(recorded) if isinstance(recorded, dict) else None
+    except (KeyError, TypeError, ValueError):
+        source = None
+    if source is None:
+        raise FmModelError(f"expected the run to record where model {cfg.variant!r} comes from "
+                           "(runtime.model_config.source), got none", where)
+    return trusted_source(source, [model] if model else [], where=where, field="model")
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: str, ctx: dd.DistContext) -> Iterator[None]:
-    """Rank 0 holds the run folder's writer lock while the run writes: a second ``train`` or
-    ``--resume`` into the same folder fails at once, naming the first."""
-    if not ctx.is_main:
+def run_lock(run_dir: str, main: bool) -> Iterator[None]:
+    """The main process (rank 0: ``main``) holds the run folder's writer lock while the run
+    writes: a second ``train`` or ``--resume`` into the same folder fails at once, naming the first."""
+    if not main:
         yield
         return
     with writer_lock(run_dir, "fmmodel train", what="run folder", parents=True):
@@ -194,9 +226,10 @@ def default_run_folder(model: str) -> str:
     return os.path.join("runs", f"{path_safe(model)}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
 
 
-def _train(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool) -> TrainResult:
+def _train(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool,
+           source: ModelSource | None = None) -> TrainResult:
     try:
-        run = build(ctx, cfg, resume, progress)
+        run = build(ctx, cfg, resume, progress, source)
         try:
             for epoch in range(run.start_epoch, cfg.epochs):
                 row = fit_epoch(run, epoch, progress)
@@ -252,10 +285,13 @@ def _stopped_before_first_epoch(out: str, names: list[str]) -> bool:
 # ---- build -------------------------------------------------------------------------------------
 
 
-def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool = False) -> Run:
+def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool = False,
+          source: ModelSource | None = None) -> Run:
     """Build a run: windows and hold-out, datasets and their batch sources (lazy or resident,
     :mod:`fmmodel.data_path`), model and optimizer; with ``resume`` the state of ``last.pt``.
-    Rank 0 writes the resolved ``config.json``; ``progress`` shows the resident load's bar."""
+    Rank 0 writes the resolved ``config.json``; ``progress`` shows the resident load's bar.
+    ``source`` is the code of a user's model to import (a resumed run's, :func:`resumed_source`);
+    None resolves ``cfg.variant``, a name the caller chose."""
     device = ctx.device
     precision = resolve_precision(cfg.precision, device)
     if cfg.threads:
@@ -284,7 +320,7 @@ def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool = 
     val_ds = (make_dataset(location, wt.subset(va_rows), fmt, augment=False, seed=cfg.seed, modality=cfg.modality,
                            task=cfg.task) if len(va_rows) else None)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
-    model = build_run_model(cfg, train_ds.item_frame_shape)
+    model = build_run_model(cfg, train_ds.item_frame_shape, source)
     cfg.validation = vinfo
     cfg.runtime = {"world_size": ctx.world_size, "device": str(device.type), "precision": precision,
                    "store_frames": meta.n_frames, "windows_total": len(wt),
@@ -322,11 +358,12 @@ def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool = 
     return run
 
 
-def build_run_model(cfg: TrainConfig, frame_size: tuple[int, int]) -> nn.Module:
+def build_run_model(cfg: TrainConfig, frame_size: tuple[int, int], source: ModelSource | None = None) -> nn.Module:
     """Build the run's model (built-in FmFormer or a user's model) for frames of ``frame_size`` as
     delivered (rows, cols) and the run's windows; ``cfg.model`` holds the size (built-ins) or the
-    options passed to a user's factory."""
-    variant = resolve_variant(cfg.variant, modality=cfg.modality, task=cfg.task)
+    options passed to a user's factory; ``source`` (when given) is the user's model's code."""
+    variant = (resolve_variant(cfg.variant, modality=cfg.modality, task=cfg.task) if source is None
+               else user_variant(cfg.variant, source, modality=cfg.modality, task=cfg.task))
     options = {k: v for k, v in cfg.model.items() if k != "size"}
     if variant.builtin:
         try:

@@ -8,10 +8,11 @@ and make it known either as an entry point in the group ``fmmodel.models`` of th
 by naming it on the command line: ``--model package.module:name`` or ``--model path/file.py:name``.
 docs/custom-models.md walks through an example.
 
-Checkpoints record where a model came from (:meth:`ModelSource.to_dict`). Loading one imports
-that factory again and loads plain tensors (never pickled objects); because importing runs the
-module's code, a checkpoint's factory is imported only when it is an installed entry point or the
-user names it (``--model``) when loading.
+Checkpoints and run folders record where a model came from (:meth:`ModelSource.to_dict`). That
+record is data: nothing in it chooses code to import. :func:`trusted_source` decides what a
+recorded model may import: the factory the user names on the command line (``--model``), or the
+entry point that an installed distribution declares under the recorded name; either must be the
+recorded code, else the load is refused.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import importlib.metadata
 import importlib.util
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -124,17 +125,60 @@ def is_spec(text: str) -> bool:
 
 def find_source(name: str) -> ModelSource | None:
     """Return the source of a user's model ``name`` (an entry point name or a ``...:attribute``
-    spec), or None when ``name`` is neither."""
+    spec), or None when ``name`` is neither. Imports nothing: an entry point is looked up in the
+    installed distributions' metadata, a spec only parsed (a file's path made absolute)."""
     if is_spec(name):
         path, _, attr = name.rpartition(":")
         if path.endswith(".py"):
             path = os.path.abspath(path)
         return ModelSource(name=name, spec=f"{path}:{attr}")
+    return installed_source(name)
+
+
+def installed_source(name: str) -> ModelSource | None:
+    """The entry point ``name`` of group fmmodel.models as the installed distribution declares it
+    (its spec and version), or None when no installed distribution provides one."""
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == name:
             version = ep.dist.version if ep.dist is not None else None
             return ModelSource(name=name, spec=ep.value, entry_point=True, version=version)
     return None
+
+
+def trusted_source(recorded: ModelSource, named: Sequence[str] = (), *, where: str | os.PathLike[str] | None = None,
+                   field: str = "trusted") -> ModelSource:
+    """The source to import for a model that a checkpoint or a run folder records as ``recorded``.
+
+    ``recorded`` is data: its spec is never imported. With ``named`` (the user's ``--model``
+    values), the one that names the recorded code (the same spec; a file by a relative or an
+    absolute path) is returned; none of them: refused. With nothing named, the entry point that
+    an installed distribution declares under the recorded name is returned when the record says
+    it is an installed model and the installed spec is the recorded one; otherwise refused.
+    FmModelError (about ``where``; ``field`` the parameter that names models, for refusals the
+    user fixes by naming one) says which.
+    """
+    if named:
+        sources = {name: find_source(name) for name in named}
+        for source in sources.values():
+            if source is not None and source.spec == recorded.spec:
+                return source
+        got = ", ".join(f"{name!r} ({source.spec!r})" if source else f"{name!r} (no installed model or factory)"
+                        for name, source in sources.items())
+        raise FmModelError(f"refused: expected --model naming the recorded model {recorded.name!r} "
+                           f"({recorded.spec!r}), got {got}", where, field=field)
+    if not recorded.entry_point:
+        raise FmModelError(f"refused: the recorded model comes from {recorded.spec!r}, not an installed model, and a "
+                           f"checkpoint or run folder cannot choose code to import; if you trust that code, name it "
+                           f"with --model (module:name or file.py:name)", where, field=field)
+    installed = installed_source(recorded.name)
+    if installed is None:
+        raise FmModelError(f"expected an installed model {recorded.name!r} (entry point of group {ENTRY_POINT_GROUP}, "
+                           f"recorded as {recorded.spec!r}), got no installed distribution providing it; install "
+                           f"its package, or name its code with --model", where)
+    if installed.spec != recorded.spec:
+        raise FmModelError(f"refused: expected the installed model {recorded.name!r} to be the recorded code "
+                           f"{recorded.spec!r}, got {installed.spec!r} from the installed distribution", where)
+    return installed
 
 
 def installed_models() -> list[str]:
