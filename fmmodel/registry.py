@@ -25,6 +25,7 @@ from fmmodel.user_models import (
     find_source,
     installed_models,
     load_factory,
+    user_code,
 )
 
 
@@ -169,7 +170,9 @@ def _build_user_model(v: Variant, description: DataDescription | None) -> nn.Mod
         raise FmModelError(f"expected data for {v.modality}/{v.task} to build {v.name!r}, got "
                            f"{description.modality}/{description.task}")
     assert v.source is not None
-    module = load_factory(v.source).build(description)
+    factory = load_factory(v.source)
+    with user_code(v.name, f"build (factory {v.source.spec})"):
+        module = factory.build(description)
     if not isinstance(module, nn.Module):
         raise FmModelError(f"expected model factory {v.source.spec} to return an nn.Module, got "
                            f"{type(module).__name__}", field="model")

@@ -19,6 +19,7 @@ import csv
 import dataclasses
 import datetime
 import json
+import math
 import os
 import re
 import time
@@ -52,7 +53,7 @@ from fmmodel.registry import build_model, model_info, model_source, resolve_vari
 from fmmodel.report import plain_params
 from fmmodel.run_data import absolute_store, check_same_store, check_same_windows, store_identity, windows_identity
 from fmmodel.sampling import make_sampler, set_loader_epoch
-from fmmodel.user_models import DataDescription, ModelSource, check_output, trusted_source
+from fmmodel.user_models import DataDescription, ModelSource, check_output, trusted_source, user_code
 
 CONFIG_JSON = "config.json"
 LAST = "last.pt"
@@ -445,6 +446,8 @@ def fit_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
     global_step = epoch * run.steps_per_epoch
     bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                disable=not (progress and ctx.is_main), leave=False, dynamic_ncols=True)
+    # a user's model's forward and backward run its code: a failure there names the model and the step
+    users = model_info(run.model).source is not None
     t0 = time.perf_counter()
     for step, (batch, waited) in enumerate(timed_batches(run.loader)):
         if step >= run.steps_per_epoch:
@@ -452,24 +455,33 @@ def fit_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
         wait += waited
         inputs = model_inputs(run.net, batch, device)
         target = _target(batch, cfg.task, device)
+        stage = f"training step {step + 1} of epoch {epoch + 1}"
         with autocast(device, run.precision):
-            logits = run.net(**inputs)
+            with user_code(cfg.variant, stage) if users else contextlib.nullcontext():
+                logits = run.net(**inputs)
             if step == 0:  # a user's model may break the contract; say so before the loss does
                 check_output(logits, target, run.num_classes, cfg.variant)
             loss = run.loss_fn(logits.float(), target)
         run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with user_code(cfg.variant, stage) if users else contextlib.nullcontext():
+            loss.backward()
         run.optimizer.step()
         n = int(target.shape[0])
-        loss_sum += float(loss.detach()) * n
+        value = float(loss.detach())  # the step's one wait for the device, as before this check
+        if not math.isfinite(value):  # this step's update is lost with the process: nothing is saved
+            raise _not_finite(run, epoch, f"a training loss of {value} at step {step + 1} of epoch {epoch + 1}")
+        loss_sum += value * n
         seen += n
         global_step += 1
         rate = seen * ctx.world_size / max(time.perf_counter() - t0, 1e-9)
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", samples_s=f"{rate:,.0f}")
         bar.update(1)
         if run.writer is not None and global_step % 10 == 0:
-            run.writer.add_scalar("train/loss_step", float(loss.detach()), global_step)
+            run.writer.add_scalar("train/loss_step", value, global_step)
     bar.close()
+    weights = _non_finite_weights(run.model)
+    if weights:  # finite losses, but an update broke the weights: they are not saved
+        raise _not_finite(run, epoch, f"non-finite weights in {weights} after epoch {epoch + 1}")
     elapsed = time.perf_counter() - t0
     tot_loss, tot_seen, tot_wait, tot_time = dd.all_reduce_sum(ctx, [loss_sum, seen, wait, elapsed])
     lr = run.optimizer.param_groups[0]["lr"]
@@ -494,6 +506,27 @@ def fit_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
                     "val_miou": val["metrics"]["overall"].get("pixel", {}).get("miou")})
     run.history.append(row)
     return row
+
+
+def _not_finite(run: Run, epoch: int, what: str) -> FmModelError:
+    """The error that stops a run at a non-finite loss or weight in (0-based) ``epoch``: what was
+    found, and what the run folder keeps (the epochs before it: each was saved only after its
+    losses and weights were found finite)."""
+    kept = (f"{LAST} holds epoch {epoch}, the last finished with finite losses and weights, and {BEST} the best "
+            "of the epochs up to it" if epoch else "no epoch had finished, so no checkpoint was written")
+    return FmModelError(f"expected finite losses and weights training model {run.cfg.variant!r}, got {what}; the run "
+                        f"stopped: {kept} (a lower --lr, or a fix to the model, may help)", run.cfg.out)
+
+
+def _non_finite_weights(model: nn.Module) -> str | None:
+    """The name of the first parameter or buffer of ``model`` holding NaN or infinity, or None
+    (one wait for the device, however many tensors)."""
+    floats = [(name, t) for name, t in unwrap_model(model).state_dict().items() if t.is_floating_point()]
+    if not floats:
+        return None
+    ok = torch.stack([torch.isfinite(t).all() for _, t in floats]).cpu()
+    bad = [name for (name, _), good in zip(floats, ok.tolist()) if not good]
+    return bad[0] if bad else None
 
 
 def _score(task: str, val: dict[str, Any] | None) -> float | None:

@@ -12,22 +12,25 @@ Checkpoints and run folders record where a model came from (:meth:`ModelSource.t
 record is data: nothing in it chooses code to import. :func:`trusted_source` decides what a
 recorded model may import: the factory the user names on the command line (``--model``), or the
 entry point that an installed distribution declares under the recorded name; either must be the
-recorded code, else the load is refused.
+recorded code, else the load is refused. A user's code that fails (on import, while building,
+in a step) is named with its stage by :func:`user_code`.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from fmdata.errors import first_line
 from fmmodel.errors import FmModelError
 from fmmodel.protocol import MODALITIES, TASKS
 
@@ -187,20 +190,22 @@ def installed_models() -> list[str]:
 
 
 def load_factory(source: ModelSource) -> ModelFactory:
-    """Import the factory of ``source``; FmModelError naming it when it cannot be found or is none.
+    """Import the factory of ``source``; FmModelError naming it when it cannot be found or is none,
+    or when importing its module fails (SystemExit included: see :func:`user_code`).
 
     A plain callable is taken as a factory whose inputs and task the run decides.
     """
     path, _, attr = source.spec.rpartition(":")
     try:
-        if path.endswith(".py"):
-            module = _module_from_file(path)
-        else:
-            module = importlib.import_module(path)
+        module = _module_from_file(path) if path.endswith(".py") else importlib.import_module(path)
         obj = getattr(module, attr)
     except (ImportError, AttributeError, OSError, SyntaxError) as exc:
         raise FmModelError(f"expected a model factory at {source.spec}, got {exc.__class__.__name__}: {exc}",
                            field="model") from None
+    except KeyboardInterrupt:
+        raise
+    except (Exception, SystemExit) as exc:  # the module's own code failed (sys.exit included)
+        raise _failed(source.name, f"import of {path}", exc) from exc
     if isinstance(obj, ModelFactory):
         return obj
     if callable(obj):
@@ -210,7 +215,7 @@ def load_factory(source: ModelSource) -> ModelFactory:
 
 
 def _module_from_file(path: str) -> Any:
-    """Import a Python file as a module (named after the file, cached in sys.modules)."""
+    """Import a Python file as a module (named after the file, cached in sys.modules once it ran)."""
     if not os.path.isfile(path):
         raise ImportError(f"no file {path}")
     name = f"fmf_user_model_{abs(hash(path)):x}"
@@ -221,8 +226,32 @@ def _module_from_file(path: str) -> Any:
         raise ImportError(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:  # a half-run module is no module: the next import runs it again
+        sys.modules.pop(name, None)
+        raise
     return module
+
+
+@contextlib.contextmanager
+def user_code(model: str, stage: str) -> Iterator[None]:
+    """Run a user's model code (its factory, its steps): an exception it raises, a SystemExit
+    included, becomes one FmModelError naming the model and ``stage`` ("build", "training step 3
+    of epoch 1"...), chained to the original (``FMF_TRACEBACK=1`` shows its traceback). Ctrl-C
+    passes as it is."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise
+    except (Exception, SystemExit) as exc:
+        raise _failed(model, stage, exc) from exc
+
+
+def _failed(model: str, stage: str, exc: BaseException) -> FmModelError:
+    detail = first_line(exc)
+    return FmModelError(f"expected model {model!r} to run, got {type(exc).__name__}{': ' + detail if detail else ''} "
+                        f"in its {stage} (FMF_TRACEBACK=1 shows where)")
 
 
 def check_output(output: Any, target: torch.Tensor, num_classes: int, model: str) -> None:
