@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import pickletools
 import re
 import warnings
 import zipfile
@@ -65,10 +66,10 @@ def _weights_only_load(path: str | os.PathLike[str], map_location: Any = "cpu") 
         raise FmModelError(f"expected a readable checkpoint file, got {exc.strerror or exc}", path) from None
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        if found:
+        needs = _needed_code(text) or _pickled_globals(path)
+        if needs:
             raise FmModelError("expected a checkpoint of plain tensors and plain types, got a pickled Python object "
-                               f"that needs {found.group(1)}: refused: contains executable Python objects (pickle), "
+                               f"that needs {needs}: refused: contains executable Python objects (pickle), "
                                "which torch.load(weights_only=True) does not run", path) from None
         detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
         reason = detail.group(1) if detail else first_line(text)
@@ -84,6 +85,39 @@ def _weights_only_load(path: str | os.PathLike[str], map_location: Any = "cpu") 
 
 
 _ZIP_LOCAL_HEADER = b"PK\x03\x04"
+# torch's weights-only unpickler refusing code: a class or function it does not allow (GLOBAL,
+# or a blocked module such as os/posix), a call (REDUCE) or an object (NEWOBJ, BUILD) of one
+_CODE_REFUSALS = (r"Unsupported global: GLOBAL (\S+)", r"unsupported GLOBAL (\S+) whose module",
+                  r"call reduce for unrecognized function (.+?)(?: which belongs|$)",
+                  r"Can only create new object for .* but got (.+)$", r"Can only build .* but got (.+)$")
+
+
+def _needed_code(text: str) -> str | None:
+    """The Python object a refusal of torch's weights-only unpickler names, when it refused code."""
+    for pattern in _CODE_REFUSALS:
+        found = re.search(pattern, text, re.MULTILINE)
+        if found:
+            return found.group(1).strip()[:120]
+    return None
+
+
+def _pickled_globals(path: str | os.PathLike[str]) -> str | None:
+    """The first class or function a plain pickle file (protocol 4 and later, which torch's
+    weights-only unpickler cannot even parse) would import, read with pickletools (which runs
+    nothing); None when it names none or is no pickle."""
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as fh:
+            for op, arg, _ in pickletools.genops(fh):
+                if op.name in ("GLOBAL", "INST"):
+                    return str(arg).replace(" ", ".")
+                if op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    return f"{strings[-2]}.{strings[-1]}"
+                if isinstance(arg, str):
+                    strings.append(arg)
+    except (ValueError, OSError, EOFError, UnicodeDecodeError):
+        return None
+    return None
 
 
 def _truncation(path: str | os.PathLike[str]) -> str | None:

@@ -4,6 +4,7 @@ checkpoints, errors inside DataLoader workers, and usage errors of every command
 real damage; the usage table goes through the same click entry points in this process."""
 import glob
 import os
+import pickle
 import shutil
 
 import pytest
@@ -96,6 +97,26 @@ def test_checkpoint_errors_name_the_file_and_what_is_wrong(store16, tmp_path):
     # the command: the same line on stderr and nothing else (no torch warning)
     r = run([FMMODEL, "evaluate", "--store", store16, "--checkpoint", cut, "--device", "cpu"])
     one_line_error(r, 1, str(cut), "truncated")
+
+
+def test_a_checkpoint_whose_pickle_calls_code_is_refused_as_code(store16, tmp_path):
+    marker = tmp_path / "marker"
+
+    class Calls:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    saved = tmp_path / "saved.pt"
+    torch.save({"state_dict": Calls()}, saved)  # as torch.save writes it (GLOBAL posix.system, then REDUCE)
+    pickled = tmp_path / "pickled.pt"
+    pickled.write_bytes(pickle.dumps(Calls(), protocol=pickle.HIGHEST_PROTOCOL))  # a plain pickle (STACK_GLOBAL)
+    for path in (saved, pickled):
+        with pytest.raises(FmModelError, match=rf"{path.name}: .*needs posix\.system: refused: contains executable "
+                                               r"Python objects \(pickle\)"):
+            load_model(path)
+    r = run([FMMODEL, "evaluate", "--store", store16, "--checkpoint", saved, "--device", "cpu"])
+    one_line_error(r, 1, str(saved), "posix.system", "refused: contains executable Python objects")
+    assert not marker.exists()
 
 
 def _invoke(main, *args):
