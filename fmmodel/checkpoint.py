@@ -20,7 +20,7 @@ import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import numpy as np
 import torch
@@ -289,12 +289,46 @@ def _check_plain(obj: Any, where: str) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """torch.save into a temp file beside ``path``, fsync, then os.replace: readers never see half a file."""
+    """torch.save into a temp file beside ``path``, fsync, then os.replace: readers never see half a file.
+
+    A failed write (a full disk, a file size limit, a folder not writable) is one FmModelError
+    naming ``path`` and the system's reason; the temp file is removed and a file already at
+    ``path`` is left as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as tmp:
-        torch.save(obj, tmp)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+            sink = _KeepWriteError(fh)
+            try:
+                torch.save(obj, cast(IO[bytes], sink))
+            except RuntimeError:
+                if sink.error is None:
+                    raise
+                raise sink.error from None
+    except OSError as exc:
+        kept = "the previous file is unchanged" if path.exists() else "nothing was written"
+        raise FmModelError(f"expected to write the checkpoint, got {exc.strerror or exc} ({kept})", path) from None
     return path
+
+
+class _KeepWriteError:
+    """The file torch.save writes through, keeping the OSError of a failed write: torch's own
+    writer reports one as a RuntimeError ("enforce fail at inline_container.cc") without its cause."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return int(self.fh.write(data))
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
 
 
 def model_state_dict(model: nn.Module) -> dict[str, Tensor]:
