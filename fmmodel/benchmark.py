@@ -28,6 +28,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from fmdata.errors import Interrupted
 from fmdata.store.location import Location, LocationLike
 from fmdata.store.lock import writer_lock
 from fmdata.store.outputs import check_apart, folders_made_for
@@ -155,14 +156,18 @@ def _run_cells(location: Location, cells: list[Cell], variants: dict[str, Varian
         folder = cell_folder(out, cell.model, cell.policy, cell.seed)
         cfg = settings.cell_config(store=str(location), out=folder, variant=variants[cell.model], seed=cell.seed,
                                    policy=cell.policy)
-        outcome, history = _train_cell(cfg, progress, name=f"cell {i + 1}/{len(cells)} {label(cell.model)} "
-                                                            f"{cell.policy} seed {cell.seed}")
-        counts[outcome] += 1
-        if outcome != "skipped" or not os.path.exists(os.path.join(folder, REPORT)):
-            evaluate(location, os.path.join(folder, BEST), split="test", out=os.path.join(folder, "eval"),
-                     batch_size=cfg.batch_size, workers=cfg.workers, data=cfg.data,
-                     resident_budget=cfg.resident_budget, device=cfg.device, precision=cfg.precision,
-                     examples=0, progress=False, trusted=[cell.model])
+        name = f"cell {i + 1}/{len(cells)} {label(cell.model)} {cell.policy} seed {cell.seed}"
+        try:
+            outcome, history = _train_cell(cfg, progress, name=name)
+            counts[outcome] += 1
+            if outcome != "skipped" or not os.path.exists(os.path.join(folder, REPORT)):
+                evaluate(location, os.path.join(folder, BEST), split="test", out=os.path.join(folder, "eval"),
+                         batch_size=cfg.batch_size, workers=cfg.workers, data=cfg.data,
+                         resident_budget=cfg.resident_budget, device=cfg.device, precision=cfg.precision,
+                         examples=0, progress=False, trusted=[cell.model])
+        except KeyboardInterrupt:  # the trainer's hint names `fmmodel train`: the benchmark resumes its own cells
+            raise Interrupted(f"{out}: interrupted in {name}; run the same `fmmodel benchmark` command again: finished "
+                              "cells are kept and this one continues from its last finished epoch") from None
         reports[cell] = _read(folder, history)
     # the settings every cell shares, as TrainConfig resolved them (cells is never empty)
     table = write_table(out, cells, reports=reports, settings=settings.to_dict(),
@@ -195,7 +200,9 @@ def _train_cell(cfg: TrainConfig, progress: bool, name: str) -> tuple[str, list[
             os.remove(os.path.join(folder, REPORT))
         # where it runs is this invocation's (device, workers...), as for the cells it trains
         environment = {key: getattr(cfg, key) for key in RUN_ENVIRONMENT}
-        return "resumed", resume_run(folder, epochs=cfg.epochs, progress=progress, environment=environment).history
+        # the model is this command's (--variants), never a name read from the cell's folder
+        return "resumed", resume_run(folder, epochs=cfg.epochs, progress=progress, environment=environment,
+                                     model=cfg.variant).history
     print(f"{name}: training ({folder})", file=sys.stderr, flush=True)
     return "trained", train(cfg, progress=progress).history
 

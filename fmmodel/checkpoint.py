@@ -13,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import pickletools
 import re
 import warnings
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ from fmmodel.reference_keys import (
     to_reference_state_dict,
 )
 from fmmodel.registry import Variant, build_model, builtin_description, get_variant, model_info, unwrap_model
-from fmmodel.user_models import DataDescription, ModelSource, find_source
+from fmmodel.user_models import DataDescription, ModelSource, trusted_source
 
 FORMAT_NAME = "fmf-toolkit-checkpoint"
 FORMAT_VERSION = 1
@@ -65,10 +66,10 @@ def _weights_only_load(path: str | os.PathLike[str], map_location: Any = "cpu") 
         raise FmModelError(f"expected a readable checkpoint file, got {exc.strerror or exc}", path) from None
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        if found:
+        needs = _needed_code(text) or _pickled_globals(path)
+        if needs:
             raise FmModelError("expected a checkpoint of plain tensors and plain types, got a pickled Python object "
-                               f"that needs {found.group(1)}: refused: contains executable Python objects (pickle), "
+                               f"that needs {needs}: refused: contains executable Python objects (pickle), "
                                "which torch.load(weights_only=True) does not run", path) from None
         detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
         reason = detail.group(1) if detail else first_line(text)
@@ -84,6 +85,39 @@ def _weights_only_load(path: str | os.PathLike[str], map_location: Any = "cpu") 
 
 
 _ZIP_LOCAL_HEADER = b"PK\x03\x04"
+# torch's weights-only unpickler refusing code: a class or function it does not allow (GLOBAL,
+# or a blocked module such as os/posix), a call (REDUCE) or an object (NEWOBJ, BUILD) of one
+_CODE_REFUSALS = (r"Unsupported global: GLOBAL (\S+)", r"unsupported GLOBAL (\S+) whose module",
+                  r"call reduce for unrecognized function (.+?)(?: which belongs|$)",
+                  r"Can only create new object for .* but got (.+)$", r"Can only build .* but got (.+)$")
+
+
+def _needed_code(text: str) -> str | None:
+    """The Python object a refusal of torch's weights-only unpickler names, when it refused code."""
+    for pattern in _CODE_REFUSALS:
+        found = re.search(pattern, text, re.MULTILINE)
+        if found:
+            return found.group(1).strip()[:120]
+    return None
+
+
+def _pickled_globals(path: str | os.PathLike[str]) -> str | None:
+    """The first class or function a plain pickle file (protocol 4 and later, which torch's
+    weights-only unpickler cannot even parse) would import, read with pickletools (which runs
+    nothing); None when it names none or is no pickle."""
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as fh:
+            for op, arg, _ in pickletools.genops(fh):
+                if op.name in ("GLOBAL", "INST"):
+                    return str(arg).replace(" ", ".")
+                if op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    return f"{strings[-2]}.{strings[-1]}"
+                if isinstance(arg, str):
+                    strings.append(arg)
+    except (ValueError, OSError, EOFError, UnicodeDecodeError):
+        return None
+    return None
 
 
 def _truncation(path: str | os.PathLike[str]) -> str | None:
@@ -255,12 +289,46 @@ def _check_plain(obj: Any, where: str) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """torch.save into a temp file beside ``path``, fsync, then os.replace: readers never see half a file."""
+    """torch.save into a temp file beside ``path``, fsync, then os.replace: readers never see half a file.
+
+    A failed write (a full disk, a file size limit, a folder not writable) is one FmModelError
+    naming ``path`` and the system's reason; the temp file is removed and a file already at
+    ``path`` is left as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as tmp:
-        torch.save(obj, tmp)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+            sink = _KeepWriteError(fh)
+            try:
+                torch.save(obj, cast(IO[bytes], sink))
+            except RuntimeError:
+                if sink.error is None:
+                    raise
+                raise sink.error from None
+    except OSError as exc:
+        kept = "the previous file is unchanged" if path.exists() else "nothing was written"
+        raise FmModelError(f"expected to write the checkpoint, got {exc.strerror or exc} ({kept})", path) from None
     return path
+
+
+class _KeepWriteError:
+    """The file torch.save writes through, keeping the OSError of a failed write: torch's own
+    writer reports one as a RuntimeError ("enforce fail at inline_container.cc") without its cause."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return int(self.fh.write(data))
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
 
 
 def model_state_dict(model: nn.Module) -> dict[str, Tensor]:
@@ -316,20 +384,21 @@ def model_from_checkpoint(ckpt: Checkpoint, where: str | os.PathLike[str] = "che
                           trusted: Sequence[str] = ()) -> nn.Module:
     """Build the checkpoint's model on the CPU and load its weights (train mode).
 
-    A user's model is rebuilt by importing its factory, which runs that module's code: this
-    happens only for an installed model (an entry point of group fmmodel.models) or one whose
-    name is in ``trusted`` (``--model`` on the command line); otherwise FmModelError says what to pass.
+    A checkpoint is data: what it records never chooses code to import. A user's model is rebuilt
+    by importing the factory that :func:`fmmodel.user_models.trusted_source` allows: one the user
+    names in ``trusted`` (``--model``) that is the recorded code, or else the entry point that an
+    installed distribution declares under the recorded name (its spec, never the recorded one).
+    A name in ``trusted`` that is not the checkpoint's model is refused (FmModelError, field
+    "trusted"), as is a user's model that neither allows.
     """
     meta = ckpt.meta
     if meta.source is None:
+        if trusted and meta.variant not in trusted:
+            raise FmModelError(f"refused: expected --model naming the checkpoint's model {meta.variant!r} (built in), "
+                               f"got {', '.join(map(repr, trusted))}", where, field="trusted")
         return _load_into(build_model(meta.variant, meta.config), ckpt.state_dict, where)
-    # a name counts when it is the recorded one or names the same code (a path relative to another folder)
-    named = meta.source.name in trusted or any(s is not None and s.spec == meta.source.spec
-                                               for s in map(find_source, trusted))
-    if not (meta.source.entry_point or named):
-        raise FmModelError(f"refused: the checkpoint's model comes from {meta.source.spec} (not an installed model); "
-                           f"pass --model {meta.source.name} to import that code", where, field="trusted")
-    variant = Variant(meta.variant, meta.description.modality, meta.description.task, source=meta.source)
+    source = trusted_source(meta.source, trusted, where=where)
+    variant = Variant(meta.variant, meta.description.modality, meta.description.task, source=source)
     return _load_into(build_model(variant, description=meta.description), ckpt.state_dict, where)
 
 

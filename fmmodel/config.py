@@ -6,7 +6,9 @@ Adam, horizontal flip, cross-entropy) and whose windows are a
 :class:`~fmdata.store.window_table.WindowParams` (the reference windows of the modality unless
 given). The trainer writes it as ``config.json`` in the run folder; ``--resume`` reads it back
 with :meth:`TrainConfig.from_dict`, which refuses unknown keys so that a typo in a hand-edited
-file is not silently ignored.
+file is not silently ignored. Reading a config imports no code: a user's model it names is
+imported only when the run is built, and a resumed run's only when the user names it again or
+installed it (:func:`fmmodel.train.resume_run`).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from fmdata.store.window_table import WindowParams
 from fmmodel import protocol
 from fmmodel.errors import FmModelError
 from fmmodel.preprocessing import PREPROCESSING_REFERENCE, PREPROCESSINGS
-from fmmodel.registry import VARIANTS, check_model_options, resolve_variant, variant_for
+from fmmodel.registry import VARIANTS, check_model_options, model_source, resolve_variant, variant_for
 from fmmodel.resident import check_resident_budget
 from fmmodel.sampling import check_loader_workers
 
@@ -89,10 +91,14 @@ class TrainConfig:
         self.check()
         if not self.variant:
             self.variant = variant_for(self.modality, self.task)
-        else:  # a named model (built-in or a user's) must agree with the run's inputs and task
-            source = resolve_variant(self.variant, modality=self.modality, task=self.task).source
-            if source is not None and not source.entry_point:
-                # a factory file by its absolute path, as the store: the run resumes from any directory
+        else:
+            # a config is data (config.json of a run or a benchmark cell): it imports no code. A
+            # built-in must agree with the run's inputs and task now; a user's model when it is built
+            source = model_source(self.variant)
+            if source is None:
+                resolve_variant(self.variant, modality=self.modality, task=self.task)
+            elif not source.entry_point:
+                # a factory file by its absolute path, as the store: the run's folder names it wherever it runs
                 self.variant = source.spec
         self.check_model()
 

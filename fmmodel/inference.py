@@ -44,6 +44,7 @@ from fmmodel.metrics import MetricSet, class_curves, probabilities, window_proba
 from fmmodel.preprocessing import PREPROCESSING_REFERENCE, input_format
 from fmmodel.protocol import EVAL_PROTOCOLS, PRECISIONS
 from fmmodel.registry import model_info
+from fmmodel.user_models import user_code
 
 
 def resolve_precision(precision: str | None, device: torch.device) -> str:
@@ -101,12 +102,14 @@ def run_inference(model: nn.Module, loader: BatchSource, ctx: dd.DistContext, *,
     loss_sum, n_local, model_s = 0.0, 0, 0.0
     bar = tqdm(total=len(loader), desc=desc, unit="batch", disable=not (progress and ctx.is_main), leave=False,
                dynamic_ncols=True)
+    info = model_info(model)  # a user's model runs its own code: a failure names it and the batch
     t0 = time.perf_counter()
-    for batch in loader:
+    for i, batch in enumerate(loader):
         inputs = model_inputs(model, batch, device)
         tm = time.perf_counter()
         with autocast(device, precision):
-            logits = model(**inputs)
+            with user_code(info.variant, f"{desc} batch {i + 1}") if info.source else contextlib.nullcontext():
+                logits = model(**inputs)
         logits = logits.float()
         if device.type == "cuda":
             torch.cuda.synchronize(device)

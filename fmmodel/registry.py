@@ -21,7 +21,15 @@ from fmmodel.errors import FmModelError
 from fmmodel.fmformer import CurrentFmFormer, FmFormer, VideoFmFormer
 from fmmodel.model_config import FmFormerConfig, check_field_types, named_config
 from fmmodel.protocol import MODALITIES, TASKS
-from fmmodel.user_models import INPUTS, DataDescription, ModelSource, find_source, installed_models, load_factory
+from fmmodel.user_models import (
+    INPUTS,
+    DataDescription,
+    ModelSource,
+    find_source,
+    installed_models,
+    load_factory,
+    user_code,
+)
 
 
 @dataclass(frozen=True)
@@ -91,11 +99,14 @@ def resolve_variant(name: str, *, modality: str | None = None, task: str | None 
             if given and given != have:
                 raise FmModelError(f"expected {what} {have!r} for model {name!r}, got {given!r}", field=what)
         return v
-    source = find_source(name)
-    if source is None:
-        known = sorted(VARIANTS) + installed_models()
-        raise FmModelError(f"expected a model from {known} or a factory module:name / file.py:name, got {name!r}",
-                           field="model")
+    source = model_source(name)
+    assert source is not None  # not a built-in
+    return user_variant(name, source, modality=modality, task=task)
+
+
+def user_variant(name: str, source: ModelSource, *, modality: str | None = None, task: str | None = None) -> Variant:
+    """The Variant of a user's model ``name`` whose code is ``source`` (imported here: its factory
+    declares inputs and task); ``modality`` and ``task`` as for :func:`resolve_variant`."""
     factory = load_factory(source)
     mod = factory.modality or modality or "both"
     tsk = factory.task or task or "cls"
@@ -106,6 +117,20 @@ def resolve_variant(name: str, *, modality: str | None = None, task: str | None 
     if mod not in MODALITIES or tsk not in TASKS:
         raise FmModelError(f"expected a modality in {MODALITIES} and a task in {TASKS}, got {mod!r}, {tsk!r}")
     return Variant(name, mod, tsk, (), factory.summary, source)
+
+
+def model_source(name: str) -> ModelSource | None:
+    """Where the code of model ``name`` comes from, importing nothing: None for a built-in, else
+    the source of an installed model (entry point) or of a factory spec (:func:`find_source`).
+    Raises FmModelError (field "model") for a name that is none of these."""
+    if name in VARIANTS:
+        return None
+    source = find_source(name)
+    if source is None:
+        known = sorted(VARIANTS) + installed_models()
+        raise FmModelError(f"expected a model from {known} (built-in, or installed: entry points of group "
+                           f"fmmodel.models) or a factory module:name / file.py:name, got {name!r}", field="model")
+    return source
 
 
 def choose_variant(model: str | None, *, task: str | None = None, modality: str | None = None) -> Variant:
@@ -184,7 +209,9 @@ def _build_user_model(v: Variant, description: DataDescription | None) -> nn.Mod
         raise FmModelError(f"expected data for {v.modality}/{v.task} to build {v.name!r}, got "
                            f"{description.modality}/{description.task}")
     assert v.source is not None
-    module = load_factory(v.source).build(description)
+    factory = load_factory(v.source)
+    with user_code(v.name, f"build (factory {v.source.spec})"):
+        module = factory.build(description)
     if not isinstance(module, nn.Module):
         raise FmModelError(f"expected model factory {v.source.spec} to return an nn.Module, got "
                            f"{type(module).__name__}", field="model")
@@ -242,6 +269,6 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         model = inner
 
 
-__all__ = ["Variant", "VARIANTS", "variant_for", "get_variant", "resolve_variant", "choose_variant",
-           "variant_config", "BYTES_PER_PARAMETER", "require_model_memory", "check_model_options", "build_model",
-           "ModelInfo", "builtin_description", "model_info", "unwrap_model"]
+__all__ = ["Variant", "VARIANTS", "variant_for", "get_variant", "resolve_variant", "model_source", "user_variant",
+           "choose_variant", "variant_config", "BYTES_PER_PARAMETER", "require_model_memory", "check_model_options",
+           "build_model", "ModelInfo", "builtin_description", "model_info", "unwrap_model"]

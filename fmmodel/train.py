@@ -19,6 +19,7 @@ import csv
 import dataclasses
 import datetime
 import json
+import math
 import os
 import re
 import time
@@ -49,11 +50,11 @@ from fmmodel.errors import FmModelError
 from fmmodel.holdout import holdout_split
 from fmmodel.inference import autocast, model_inputs, resolve_precision, run_inference
 from fmmodel.preprocessing import input_format
-from fmmodel.registry import build_model, model_info, resolve_variant, unwrap_model
+from fmmodel.registry import build_model, model_info, model_source, resolve_variant, unwrap_model, user_variant
 from fmmodel.report import plain_params
 from fmmodel.run_data import absolute_store, check_same_store, check_same_windows, store_identity, windows_identity
 from fmmodel.sampling import make_sampler, set_loader_epoch
-from fmmodel.user_models import DataDescription, check_output
+from fmmodel.user_models import DataDescription, ModelSource, check_output, trusted_source, user_code
 
 CONFIG_JSON = "config.json"
 LAST = "last.pt"
@@ -131,7 +132,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     ctx = dd.setup(cfg.device)
     try:
         # a run that fails before its first epoch leaves neither its files nor the folders it made
-        with folders_made_for(cfg.out) if ctx.is_main else contextlib.nullcontext(), run_lock(cfg.out, ctx):
+        with folders_made_for(cfg.out) if ctx.is_main else contextlib.nullcontext(), run_lock(cfg.out, ctx.is_main):
             _prepare_run_dir(cfg, ctx)
             dd.barrier(ctx)
             try:
@@ -145,50 +146,82 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
 
 
 def resume_run(run_dir: str, epochs: int | None = None, progress: bool = True,
-               store: LocationLike | None = None, environment: Mapping[str, Any] | None = None) -> TrainResult:
+               store: LocationLike | None = None, environment: Mapping[str, Any] | None = None,
+               model: str | None = None) -> TrainResult:
     """Continue the run in ``run_dir`` from its ``last.pt`` (model, optimizer, scheduler, epoch, RNG).
 
     ``epochs`` extends (or shortens) the planned number of epochs; ``environment`` changes where
     and how fast the run runs (keys of :data:`fmmodel.config.RUN_ENVIRONMENT`: device, precision,
     workers, data, resident_budget, threads); everything else comes from the run's
     ``config.json``. ``store`` gives the store's new location when it moved (its data must be the
-    same). Raises FmModelError when the store or the window table differ from what the run
-    recorded (:mod:`fmmodel.run_data`), or for an ``environment`` key that would change what the
-    run learns (field: that key). A run that already finished its epochs returns at once.
+    same). ``model`` names the run's model again (``--model``): a run folder is data, so a
+    user's model is imported only when named here or installed (:func:`resumed_source`). The run
+    folder's writer lock is taken first, so a run still writing it is named as its holder.
+    Raises FmModelError when the store or the window table differ from what the run recorded
+    (:mod:`fmmodel.run_data`), for an ``environment`` key that would change what the run learns
+    (field: that key), or for a model neither named nor installed (field "model"). A run that
+    already finished its epochs returns at once.
     """
     for key in environment or {}:
         if key not in RUN_ENVIRONMENT:
             raise FmModelError(f"expected only settings of where the run runs with a resume "
                                f"({', '.join(RUN_ENVIRONMENT)}; the rest is the run's), got {key}", field=key)
-    if not os.path.exists(os.path.join(run_dir, LAST)):
+    if not os.path.isdir(os.path.dirname(os.path.abspath(run_dir))):  # nobody can hold a lock there
         raise FmModelError(f"expected a run folder with {LAST} to resume, got none", run_dir)
-    cfg = TrainConfig.load(os.path.join(run_dir, CONFIG_JSON))
-    cfg.out = run_dir
-    if store is not None:
-        cfg.store = absolute_store(str(Location.parse(store)))
-    where = Location.parse(cfg.store)
-    if store is None and not where.is_url and not os.path.exists(where.local_path or cfg.store):
-        raise FmModelError(f"expected the run's store at {cfg.store}, got nothing there; if it moved, give its new "
-                           "location with --store (with --resume)", run_dir)
-    if epochs is not None:
-        if epochs < 1:
-            raise FmModelError(f"expected epochs >= 1, got {epochs}", field="epochs")
-        cfg.epochs = epochs
-    if environment:
-        cfg = dataclasses.replace(cfg, **environment)  # checked again, as a new config
-    ctx = dd.setup(cfg.device)
+    # the lock first: a run still being written (its last.pt not yet there) is named as the holder
+    with run_lock(run_dir, dd.env_world()[0] == 0):
+        if not os.path.exists(os.path.join(run_dir, LAST)):
+            raise FmModelError(f"expected a run folder with {LAST} to resume, got none", run_dir)
+        cfg = TrainConfig.load(os.path.join(run_dir, CONFIG_JSON))
+        cfg.out = run_dir
+        source = resumed_source(cfg, model)
+        if store is not None:
+            cfg.store = absolute_store(str(Location.parse(store)))
+        where = Location.parse(cfg.store)
+        if store is None and not where.is_url and not os.path.exists(where.local_path or cfg.store):
+            raise FmModelError(f"expected the run's store at {cfg.store}, got nothing there; if it moved, give its "
+                               "new location with --store (with --resume)", run_dir)
+        if epochs is not None:
+            if epochs < 1:
+                raise FmModelError(f"expected epochs >= 1, got {epochs}", field="epochs")
+            cfg.epochs = epochs
+        if environment:
+            cfg = dataclasses.replace(cfg, **environment)  # checked again, as a new config
+        ctx = dd.setup(cfg.device)
+        try:
+            return _train(ctx, cfg, True, progress, source)
+        finally:
+            dd.teardown(ctx)
+
+
+def resumed_source(cfg: TrainConfig, model: str | None) -> ModelSource | None:
+    """The code a resumed run may import for its model: None for a built-in, else what
+    :func:`fmmodel.user_models.trusted_source` allows for the source the run recorded
+    (``config.json``: ``runtime.model_config.source``): ``model`` when the user names it again
+    (the same code), or the installed entry point of the recorded name. FmModelError otherwise;
+    also when ``model`` is not the run's model."""
+    where = os.path.join(cfg.out, CONFIG_JSON)
+    if model_source(cfg.variant) is None:  # a built-in: nothing to import
+        if model is not None and model != cfg.variant:
+            raise FmModelError(f"refused: expected --model naming the run's model {cfg.variant!r}, got {model!r}",
+                               where, field="model")
+        return None
+    recorded = cfg.runtime.get("model_config", {}).get("source") if isinstance(cfg.runtime, dict) else None
     try:
-        with run_lock(run_dir, ctx):
-            return _train(ctx, cfg, True, progress)
-    finally:
-        dd.teardown(ctx)
+        source = ModelSource.from_dict(recorded) if isinstance(recorded, dict) else None
+    except (KeyError, TypeError, ValueError):
+        source = None
+    if source is None:
+        raise FmModelError(f"expected the run to record where model {cfg.variant!r} comes from "
+                           "(runtime.model_config.source), got none", where)
+    return trusted_source(source, [model] if model else [], where=where, field="model")
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: str, ctx: dd.DistContext) -> Iterator[None]:
-    """Rank 0 holds the run folder's writer lock while the run writes: a second ``train`` or
-    ``--resume`` into the same folder fails at once, naming the first."""
-    if not ctx.is_main:
+def run_lock(run_dir: str, main: bool) -> Iterator[None]:
+    """The main process (rank 0: ``main``) holds the run folder's writer lock while the run
+    writes: a second ``train`` or ``--resume`` into the same folder fails at once, naming the first."""
+    if not main:
         yield
         return
     with writer_lock(run_dir, "fmmodel train", what="run folder", parents=True):
@@ -205,9 +238,10 @@ def default_run_folder(model: str) -> str:
     return os.path.join("runs", f"{path_safe(model)}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
 
 
-def _train(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool) -> TrainResult:
+def _train(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool,
+           source: ModelSource | None = None) -> TrainResult:
     try:
-        run = build(ctx, cfg, resume, progress)
+        run = build(ctx, cfg, resume, progress, source)
         try:
             for epoch in range(run.start_epoch, cfg.epochs):
                 row = fit_epoch(run, epoch, progress)
@@ -282,10 +316,13 @@ def _tensorboard_only(folder: str) -> bool:
 # ---- build -------------------------------------------------------------------------------------
 
 
-def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool = False) -> Run:
+def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool = False,
+          source: ModelSource | None = None) -> Run:
     """Build a run: windows and hold-out, datasets and their batch sources (lazy or resident,
     :mod:`fmmodel.data_path`), model and optimizer; with ``resume`` the state of ``last.pt``.
-    Rank 0 writes the resolved ``config.json``; ``progress`` shows the resident load's bar."""
+    Rank 0 writes the resolved ``config.json``; ``progress`` shows the resident load's bar.
+    ``source`` is the code of a user's model to import (a resumed run's, :func:`resumed_source`);
+    None resolves ``cfg.variant``, a name the caller chose."""
     device = ctx.device
     precision = resolve_precision(cfg.precision, device)
     if cfg.threads:
@@ -314,7 +351,7 @@ def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool = 
     val_ds = (make_dataset(location, wt.subset(va_rows), fmt, augment=False, seed=cfg.seed, modality=cfg.modality,
                            task=cfg.task) if len(va_rows) else None)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
-    model = build_run_model(cfg, train_ds.item_frame_shape)
+    model = build_run_model(cfg, train_ds.item_frame_shape, source)
     cfg.validation = vinfo
     cfg.runtime = {"world_size": ctx.world_size, "device": str(device.type), "precision": precision,
                    "store_frames": meta.n_frames, "windows_total": len(wt),
@@ -352,11 +389,12 @@ def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool = 
     return run
 
 
-def build_run_model(cfg: TrainConfig, frame_size: tuple[int, int]) -> nn.Module:
+def build_run_model(cfg: TrainConfig, frame_size: tuple[int, int], source: ModelSource | None = None) -> nn.Module:
     """Build the run's model (built-in FmFormer or a user's model) for frames of ``frame_size`` as
     delivered (rows, cols) and the run's windows; ``cfg.model`` holds the size (built-ins) or the
-    options passed to a user's factory."""
-    variant = resolve_variant(cfg.variant, modality=cfg.modality, task=cfg.task)
+    options passed to a user's factory; ``source`` (when given) is the user's model's code."""
+    variant = (resolve_variant(cfg.variant, modality=cfg.modality, task=cfg.task) if source is None
+               else user_variant(cfg.variant, source, modality=cfg.modality, task=cfg.task))
     options = {k: v for k, v in cfg.model.items() if k != "size"}
     if variant.builtin:
         try:
@@ -438,6 +476,8 @@ def fit_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
     global_step = epoch * run.steps_per_epoch
     bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                disable=not (progress and ctx.is_main), leave=False, dynamic_ncols=True)
+    # a user's model's forward and backward run its code: a failure there names the model and the step
+    users = model_info(run.model).source is not None
     t0 = time.perf_counter()
     for step, (batch, waited) in enumerate(timed_batches(run.loader)):
         if step >= run.steps_per_epoch:
@@ -445,24 +485,33 @@ def fit_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
         wait += waited
         inputs = model_inputs(run.net, batch, device)
         target = _target(batch, cfg.task, device)
+        stage = f"training step {step + 1} of epoch {epoch + 1}"
         with autocast(device, run.precision):
-            logits = run.net(**inputs)
+            with user_code(cfg.variant, stage) if users else contextlib.nullcontext():
+                logits = run.net(**inputs)
             if step == 0:  # a user's model may break the contract; say so before the loss does
                 check_output(logits, target, run.num_classes, cfg.variant)
             loss = run.loss_fn(logits.float(), target)
         run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with user_code(cfg.variant, stage) if users else contextlib.nullcontext():
+            loss.backward()
         run.optimizer.step()
         n = int(target.shape[0])
-        loss_sum += float(loss.detach()) * n
+        value = float(loss.detach())  # the step's one wait for the device, as before this check
+        if not math.isfinite(value):  # this step's update is lost with the process: nothing is saved
+            raise _not_finite(run, epoch, f"a training loss of {value} at step {step + 1} of epoch {epoch + 1}")
+        loss_sum += value * n
         seen += n
         global_step += 1
         rate = seen * ctx.world_size / max(time.perf_counter() - t0, 1e-9)
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", samples_s=f"{rate:,.0f}")
         bar.update(1)
         if run.writer is not None and global_step % 10 == 0:
-            run.writer.add_scalar("train/loss_step", float(loss.detach()), global_step)
+            run.writer.add_scalar("train/loss_step", value, global_step)
     bar.close()
+    weights = _non_finite_weights(run.model)
+    if weights:  # finite losses, but an update broke the weights: they are not saved
+        raise _not_finite(run, epoch, f"non-finite weights in {weights} after epoch {epoch + 1}")
     elapsed = time.perf_counter() - t0
     tot_loss, tot_seen, tot_wait, tot_time = dd.all_reduce_sum(ctx, [loss_sum, seen, wait, elapsed])
     lr = run.optimizer.param_groups[0]["lr"]
@@ -487,6 +536,27 @@ def fit_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
                     "val_miou": val["metrics"]["overall"].get("pixel", {}).get("miou")})
     run.history.append(row)
     return row
+
+
+def _not_finite(run: Run, epoch: int, what: str) -> FmModelError:
+    """The error that stops a run at a non-finite loss or weight in (0-based) ``epoch``: what was
+    found, and what the run folder keeps (the epochs before it: each was saved only after its
+    losses and weights were found finite)."""
+    kept = (f"{LAST} holds epoch {epoch}, the last finished with finite losses and weights, and {BEST} the best "
+            "of the epochs up to it" if epoch else "no epoch had finished, so no checkpoint was written")
+    return FmModelError(f"expected finite losses and weights training model {run.cfg.variant!r}, got {what}; the run "
+                        f"stopped: {kept} (a lower --lr, or a fix to the model, may help)", run.cfg.out)
+
+
+def _non_finite_weights(model: nn.Module) -> str | None:
+    """The name of the first parameter or buffer of ``model`` holding NaN or infinity, or None
+    (one wait for the device, however many tensors)."""
+    floats = [(name, t) for name, t in unwrap_model(model).state_dict().items() if t.is_floating_point()]
+    if not floats:
+        return None
+    ok = torch.stack([torch.isfinite(t).all() for _, t in floats]).cpu()
+    bad = [name for (name, _), good in zip(floats, ok.tolist()) if not good]
+    return bad[0] if bad else None
 
 
 def _score(task: str, val: dict[str, Any] | None) -> float | None:

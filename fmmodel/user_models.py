@@ -8,25 +8,29 @@ and make it known either as an entry point in the group ``fmmodel.models`` of th
 by naming it on the command line: ``--model package.module:name`` or ``--model path/file.py:name``.
 docs/custom-models.md walks through an example.
 
-Checkpoints record where a model came from (:meth:`ModelSource.to_dict`). Loading one imports
-that factory again and loads plain tensors (never pickled objects); because importing runs the
-module's code, a checkpoint's factory is imported only when it is an installed entry point or the
-user names it (``--model``) when loading.
+Checkpoints and run folders record where a model came from (:meth:`ModelSource.to_dict`). That
+record is data: nothing in it chooses code to import. :func:`trusted_source` decides what a
+recorded model may import: the factory the user names on the command line (``--model``), or the
+entry point that an installed distribution declares under the recorded name; either must be the
+recorded code, else the load is refused. A user's code that fails (on import, while building,
+in a step) is named with its stage by :func:`user_code`.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from fmdata.errors import first_line
 from fmmodel.errors import FmModelError
 from fmmodel.protocol import MODALITIES, TASKS
 
@@ -124,17 +128,60 @@ def is_spec(text: str) -> bool:
 
 def find_source(name: str) -> ModelSource | None:
     """Return the source of a user's model ``name`` (an entry point name or a ``...:attribute``
-    spec), or None when ``name`` is neither."""
+    spec), or None when ``name`` is neither. Imports nothing: an entry point is looked up in the
+    installed distributions' metadata, a spec only parsed (a file's path made absolute)."""
     if is_spec(name):
         path, _, attr = name.rpartition(":")
         if path.endswith(".py"):
             path = os.path.abspath(path)
         return ModelSource(name=name, spec=f"{path}:{attr}")
+    return installed_source(name)
+
+
+def installed_source(name: str) -> ModelSource | None:
+    """The entry point ``name`` of group fmmodel.models as the installed distribution declares it
+    (its spec and version), or None when no installed distribution provides one."""
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == name:
             version = ep.dist.version if ep.dist is not None else None
             return ModelSource(name=name, spec=ep.value, entry_point=True, version=version)
     return None
+
+
+def trusted_source(recorded: ModelSource, named: Sequence[str] = (), *, where: str | os.PathLike[str] | None = None,
+                   field: str = "trusted") -> ModelSource:
+    """The source to import for a model that a checkpoint or a run folder records as ``recorded``.
+
+    ``recorded`` is data: its spec is never imported. With ``named`` (the user's ``--model``
+    values), the one that names the recorded code (the same spec; a file by a relative or an
+    absolute path) is returned; none of them: refused. With nothing named, the entry point that
+    an installed distribution declares under the recorded name is returned when the record says
+    it is an installed model and the installed spec is the recorded one; otherwise refused.
+    FmModelError (about ``where``; ``field`` the parameter that names models, for refusals the
+    user fixes by naming one) says which.
+    """
+    if named:
+        sources = {name: find_source(name) for name in named}
+        for source in sources.values():
+            if source is not None and source.spec == recorded.spec:
+                return source
+        got = ", ".join(f"{name!r} ({source.spec!r})" if source else f"{name!r} (no installed model or factory)"
+                        for name, source in sources.items())
+        raise FmModelError(f"refused: expected --model naming the recorded model {recorded.name!r} "
+                           f"({recorded.spec!r}), got {got}", where, field=field)
+    if not recorded.entry_point:
+        raise FmModelError(f"refused: the recorded model comes from {recorded.spec!r}, not an installed model, and a "
+                           f"checkpoint or run folder cannot choose code to import; if you trust that code, name it "
+                           f"with --model (module:name or file.py:name)", where, field=field)
+    installed = installed_source(recorded.name)
+    if installed is None:
+        raise FmModelError(f"expected an installed model {recorded.name!r} (entry point of group {ENTRY_POINT_GROUP}, "
+                           f"recorded as {recorded.spec!r}), got no installed distribution providing it; install "
+                           f"its package, or name its code with --model", where)
+    if installed.spec != recorded.spec:
+        raise FmModelError(f"refused: expected the installed model {recorded.name!r} to be the recorded code "
+                           f"{recorded.spec!r}, got {installed.spec!r} from the installed distribution", where)
+    return installed
 
 
 def installed_models() -> list[str]:
@@ -143,20 +190,22 @@ def installed_models() -> list[str]:
 
 
 def load_factory(source: ModelSource) -> ModelFactory:
-    """Import the factory of ``source``; FmModelError naming it when it cannot be found or is none.
+    """Import the factory of ``source``; FmModelError naming it when it cannot be found or is none,
+    or when importing its module fails (SystemExit included: see :func:`user_code`).
 
     A plain callable is taken as a factory whose inputs and task the run decides.
     """
     path, _, attr = source.spec.rpartition(":")
     try:
-        if path.endswith(".py"):
-            module = _module_from_file(path)
-        else:
-            module = importlib.import_module(path)
+        module = _module_from_file(path) if path.endswith(".py") else importlib.import_module(path)
         obj = getattr(module, attr)
     except (ImportError, AttributeError, OSError, SyntaxError) as exc:
         raise FmModelError(f"expected a model factory at {source.spec}, got {exc.__class__.__name__}: {exc}",
                            field="model") from None
+    except KeyboardInterrupt:
+        raise
+    except (Exception, SystemExit) as exc:  # the module's own code failed (sys.exit included)
+        raise _failed(source.name, f"import of {path}", exc) from exc
     if isinstance(obj, ModelFactory):
         return obj
     if callable(obj):
@@ -166,7 +215,7 @@ def load_factory(source: ModelSource) -> ModelFactory:
 
 
 def _module_from_file(path: str) -> Any:
-    """Import a Python file as a module (named after the file, cached in sys.modules)."""
+    """Import a Python file as a module (named after the file, cached in sys.modules once it ran)."""
     if not os.path.isfile(path):
         raise ImportError(f"no file {path}")
     name = f"fmf_user_model_{abs(hash(path)):x}"
@@ -177,8 +226,32 @@ def _module_from_file(path: str) -> Any:
         raise ImportError(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:  # a half-run module is no module: the next import runs it again
+        sys.modules.pop(name, None)
+        raise
     return module
+
+
+@contextlib.contextmanager
+def user_code(model: str, stage: str) -> Iterator[None]:
+    """Run a user's model code (its factory, its steps): an exception it raises, a SystemExit
+    included, becomes one FmModelError naming the model and ``stage`` ("build", "training step 3
+    of epoch 1"...), chained to the original (``FMF_TRACEBACK=1`` shows its traceback). Ctrl-C
+    passes as it is."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise
+    except (Exception, SystemExit) as exc:
+        raise _failed(model, stage, exc) from exc
+
+
+def _failed(model: str, stage: str, exc: BaseException) -> FmModelError:
+    detail = first_line(exc)
+    return FmModelError(f"expected model {model!r} to run, got {type(exc).__name__}{': ' + detail if detail else ''} "
+                        f"in its {stage} (FMF_TRACEBACK=1 shows where)")
 
 
 def check_output(output: Any, target: torch.Tensor, num_classes: int, model: str) -> None:

@@ -4,7 +4,9 @@ checkpoints, errors inside DataLoader workers, and usage errors of every command
 real damage; the usage table goes through the same click entry points in this process."""
 import glob
 import os
+import pickle
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -20,9 +22,11 @@ from fmmodel.errors import FmModelError
 from fmmodel.predict import predict
 from fmmodel.registry import build_model
 from fmmodel.sampling import worker_error_line
+from fmmodel.train import train
 
 from builders import converted_store, corrupt_file, leftovers
 from processes import FMDATA, FMMODEL, one_line_error, run
+from runs import quick_config
 
 TRAIN = ("--windows", "w", "--model-size", "tiny", "--epochs", "1", "--max-steps", "2", "--batch-size", "8",
          "--device", "cpu", "--no-progress")
@@ -97,6 +101,65 @@ def test_checkpoint_errors_name_the_file_and_what_is_wrong(store16, tmp_path):
     # the command: the same line on stderr and nothing else (no torch warning)
     r = run([FMMODEL, "evaluate", "--store", store16, "--checkpoint", cut, "--device", "cpu"])
     one_line_error(r, 1, str(cut), "truncated")
+
+
+def test_a_checkpoint_whose_pickle_calls_code_is_refused_as_code(store16, tmp_path):
+    marker = tmp_path / "marker"
+
+    class Calls:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    saved = tmp_path / "saved.pt"
+    torch.save({"state_dict": Calls()}, saved)  # as torch.save writes it (GLOBAL posix.system, then REDUCE)
+    pickled = tmp_path / "pickled.pt"
+    pickled.write_bytes(pickle.dumps(Calls(), protocol=pickle.HIGHEST_PROTOCOL))  # a plain pickle (STACK_GLOBAL)
+    for path in (saved, pickled):
+        with pytest.raises(FmModelError, match=rf"{path.name}: .*needs posix\.system: refused: contains executable "
+                                               r"Python objects \(pickle\)"):
+            load_model(path)
+    r = run([FMMODEL, "evaluate", "--store", store16, "--checkpoint", saved, "--device", "cpu"])
+    one_line_error(r, 1, str(saved), "posix.system", "refused: contains executable Python objects")
+    assert not marker.exists()
+
+
+def _can_mount_tmpfs(path) -> bool:
+    r = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs '{path}'"],
+                       capture_output=True)
+    return r.returncode == 0
+
+
+def test_a_full_disk_during_a_checkpoint_save_names_the_file_and_keeps_the_previous(store16, tmp_path):
+    """A real full file system: a tmpfs a few pages larger than a finished run, mounted in a mount
+    namespace of the command's own (root only; skipped elsewhere). A file-size limit (RLIMIT_FSIZE)
+    would give EFBIG, not the ENOSPC of a full disk."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or not shutil.which("unshare") or not _can_mount_tmpfs(mnt):
+        pytest.skip("mounting a small tmpfs needs root and mount namespaces")
+    run_dir = tmp_path / "run"
+    torch.set_num_threads(1)
+    train(quick_config(store16, str(run_dir), windows="w", variant="current_cls", modality="current",
+                       max_steps_per_epoch=2, preprocessing="reference"), progress=False)
+    before = {p.name: p.read_bytes() for p in run_dir.glob("*.pt")}
+    pages = sum(-(-p.stat().st_size // 4096) for p in run_dir.rglob("*") if p.is_file())
+    # room for what a resume writes before its checkpoints (config.json again, a TensorBoard file),
+    # not for a checkpoint
+    assert min(len(b) for b in before.values()) > 8 * 4096
+    size = (pages + 8) * 4096
+    after = tmp_path / "after"
+    line = " ".join(f"'{a}'" for a in (FMMODEL, "train", "--out", mnt / "run", "--resume", "--epochs", "2",
+                                        "--no-progress"))
+    r = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size={size} tmpfs '{mnt}' && "
+                        f"cp -a '{run_dir}' '{mnt}/run' && {line}; rc=$?; cp -a '{mnt}/run' '{after}'; exit $rc"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert "Traceback" not in r.stderr and lines[-1].startswith("Error: "), r.stderr
+    assert lines[-1].endswith(".pt: expected to write the checkpoint, got No space left on device (the previous "
+                              "file is unchanged)"), lines[-1]
+    assert {p.name: p.read_bytes() for p in after.glob("*.pt")} == before  # intact, and no temporary file left
+    assert sorted(os.listdir(after)) == sorted(os.listdir(run_dir))
 
 
 def _invoke(main, *args):

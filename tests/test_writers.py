@@ -115,6 +115,18 @@ def test_a_second_train_into_one_run_folder_is_refused(tmp_path_factory, tmp_pat
     assert os.path.exists(result.last) and not (tmp_path / ".run.lock").exists()
 
 
+def test_a_resume_while_train_writes_the_folder_names_the_holder(tmp_path_factory, tmp_path):
+    path = cached_store(tmp_path_factory)
+    run_dir = tmp_path / "run"
+    first = start([FMMODEL, "train", "--store", path, "--out", run_dir, "--epochs", "1", "--device", "cpu",
+                   "--model-size", "tiny", "--no-progress"], pause_at="writer-locked")
+    stopped(first)  # it holds the run folder's lock; no last.pt yet
+    second = CliRunner().invoke(fmmodel_main, ["train", "--out", str(run_dir), "--resume", "--no-progress"])
+    assert second.exit_code == 1
+    assert "run folder" in refused_by(second.output, first.pid, "fmmodel train")
+    kill(first)
+
+
 # ---- --overwrite killed at any moment --------------------------------------------------------------
 @pytest.mark.parametrize("moment", ["place:old-aside", "place:new-in", "remove:partway"])
 def test_overwrite_killed_at_any_moment_leaves_a_complete_store_and_recovers(sources, tmp_path, moment):
