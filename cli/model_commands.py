@@ -10,13 +10,13 @@ from click.core import ParameterSource
 
 from fmdata.store import Location, WindowParams
 from fmmodel import protocol
-from fmmodel.checkpoint import CHECKPOINT_FORMATS
-from fmmodel.config import TrainConfig
-from fmmodel.evaluate import evaluate
-from fmmodel.predict import predict
-from fmmodel.registry import VARIANTS, choose_variant
-from fmmodel.report import format_report
-from fmmodel.train import default_run_folder, resume_run, train
+from fmmodel.model.checkpoint import CHECKPOINT_FORMATS
+from fmmodel.model.registry import VARIANTS, choose_variant
+from fmmodel.runs.config import TrainConfig
+from fmmodel.runs.train import default_run_folder, resume_run, train
+from fmmodel.scoring.evaluate import evaluate
+from fmmodel.scoring.predict import predict
+from fmmodel.scoring.report import format_report
 
 from .errors import user_errors
 from .options import (

@@ -13,7 +13,7 @@ import pytest
 
 PLUGIN = textwrap.dedent('''
     from torch import nn
-    from fmmodel.user_models import ModelFactory
+    from fmmodel.model.user_models import ModelFactory
 
     class Pool(nn.Module):
         def __init__(self, data):

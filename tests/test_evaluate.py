@@ -13,13 +13,13 @@ import torch
 
 from fmdata.derive import build_window_table, load_index
 from fmdata.store import WindowParams, open_store, read_window_table, schema
-from fmmodel.checkpoint import save_checkpoint
 from fmmodel.errors import FmModelError
-from fmmodel.evaluate import evaluate
-from fmmodel.predict import predict, read_predictions
-from fmmodel.registry import build_model
-from fmmodel.report import Example, example_captions
-from fmmodel.train import train
+from fmmodel.model.checkpoint import save_checkpoint
+from fmmodel.model.registry import build_model
+from fmmodel.runs.train import train
+from fmmodel.scoring.evaluate import evaluate
+from fmmodel.scoring.predict import predict, read_predictions
+from fmmodel.scoring.report import Example, example_captions
 
 from builders import SHORT_WINDOWS, cached_store, converted_store, store64_with_table
 from runs import FIXTURES, LEARN_STORE, learned_run, needs_fixtures, quick_config

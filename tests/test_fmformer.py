@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from fmmodel.errors import FmModelError
-from fmmodel.fmformer import count_parameters
-from fmmodel.layers import ResidualUnit, VideoPatchEmbed, _tokens_to_map
-from fmmodel.model_config import FmFormerConfig, named_config
-from fmmodel.reference_keys import to_reference_state_dict
-from fmmodel.registry import VARIANTS, build_model, variant_for
+from fmmodel.model.config import FmFormerConfig, named_config
+from fmmodel.model.fmformer import count_parameters
+from fmmodel.model.layers import ResidualUnit, VideoPatchEmbed, _tokens_to_map
+from fmmodel.model.reference_keys import to_reference_state_dict
+from fmmodel.model.registry import VARIANTS, build_model, variant_for
 
 from runs import FIXTURES
 

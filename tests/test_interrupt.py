@@ -14,9 +14,9 @@ import torch
 from fmdata import synth
 from fmdata.convert import convert
 from fmdata.store import open_store
-from fmmodel.benchmark import cell_folder
-from fmmodel.checkpoint import load_checkpoint
-from fmmodel.train import resume_run
+from fmmodel.model.checkpoint import load_checkpoint
+from fmmodel.runs.benchmark import cell_folder
+from fmmodel.runs.train import resume_run
 
 from builders import cached_store, converted_store
 from processes import FMDATA, FMMODEL, start

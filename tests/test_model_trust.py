@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fmmodel.checkpoint import load_model, save_checkpoint
 from fmmodel.errors import FmModelError
-from fmmodel.registry import build_model, resolve_variant
-from fmmodel.train import resume_run
-from fmmodel.user_models import DataDescription
+from fmmodel.model.checkpoint import load_model, save_checkpoint
+from fmmodel.model.registry import build_model, resolve_variant
+from fmmodel.model.user_models import DataDescription
+from fmmodel.runs.train import resume_run
 
 from builders import cached_store
 from processes import FMMODEL, one_line_error, run

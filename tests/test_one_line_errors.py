@@ -17,12 +17,12 @@ from fmcli.fmmodel_main import main as fmmodel_main
 from fmdata.compute.memory import format_bytes
 from fmdata.derive import make_windows
 from fmdata.errors import FmDataError
-from fmmodel.checkpoint import load_model, save_checkpoint
+from fmmodel.data.sampling import worker_error_line
 from fmmodel.errors import FmModelError
-from fmmodel.predict import predict
-from fmmodel.registry import build_model
-from fmmodel.sampling import worker_error_line
-from fmmodel.train import train
+from fmmodel.model.checkpoint import load_model, save_checkpoint
+from fmmodel.model.registry import build_model
+from fmmodel.runs.train import train
+from fmmodel.scoring.predict import predict
 
 from builders import converted_store, corrupt_file, leftovers
 from processes import FMDATA, FMMODEL, one_line_error, run

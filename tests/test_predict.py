@@ -12,11 +12,11 @@ import torch
 
 from fmdata.errors import FmDataError
 from fmdata.store import open_store, schema
-from fmmodel.checkpoint import load_reference_model
 from fmmodel.errors import FmModelError
-from fmmodel.evaluate import evaluate
-from fmmodel.predict import predict, read_predictions
-from fmmodel.train import train
+from fmmodel.model.checkpoint import load_reference_model
+from fmmodel.runs.train import train
+from fmmodel.scoring.evaluate import evaluate
+from fmmodel.scoring.predict import predict, read_predictions
 
 from builders import cached_store, store64_with_table
 from runs import FIXTURES, learned_run, needs_fixtures, quick_config
@@ -111,7 +111,7 @@ def test_segmentation_masks_come_back_in_store_orientation_with_a_video(tmp_path
     assert pred["mask_pred"].metadata.dimension_names == ("window", "y", "x")
     # recompute two windows by hand: transpose the store's frames, run the model, transpose back
     root = open_store(store)
-    from fmmodel.checkpoint import load_model
+    from fmmodel.model.checkpoint import load_model
 
     model, meta = load_model(str(run / "last.pt"))
     frames = pred["frame"][:2]
@@ -119,7 +119,7 @@ def test_segmentation_masks_come_back_in_store_orientation_with_a_video(tmp_path
     table_clip = frames[:, None] - (np.arange(10)[::-1] * 6)[None]
     clip = np.maximum(table_clip, 0)
     x = torch.from_numpy(np.transpose(video_all[clip], (0, 4, 1, 3, 2)).astype(np.float32))  # (B,3,T,W,H)
-    from fmmodel.predict import ATTR_PREDICTIONS
+    from fmmodel.scoring.predict import ATTR_PREDICTIONS
 
     wp = pred.attrs[ATTR_PREDICTIONS]["window_params"]
     cur_all = np.asarray(root[schema.CURRENT][:])

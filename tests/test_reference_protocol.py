@@ -18,11 +18,11 @@ from fmcli.fmmodel_main import main as fmmodel_main
 from fmdata.compute import DaskOptions
 from fmdata.derive import build_window_table, load_index, make_windows
 from fmdata.store import Location, WindowParams, open_store, schema
-from fmmodel.checkpoint import export_reference, save_checkpoint
-from fmmodel.data import read_per_second_samples
-from fmmodel.evaluate import evaluate
-from fmmodel.metrics import pixel_scores_from_confusion
-from fmmodel.registry import build_model
+from fmmodel.data.windows import read_per_second_samples
+from fmmodel.model.checkpoint import export_reference, save_checkpoint
+from fmmodel.model.registry import build_model
+from fmmodel.scoring.evaluate import evaluate
+from fmmodel.scoring.metrics import pixel_scores_from_confusion
 
 from builders import SHORT_WINDOWS, converted_store, make_store, recording, split_from_runs
 

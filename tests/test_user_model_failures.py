@@ -9,7 +9,7 @@ import textwrap
 
 import torch
 
-from fmmodel.checkpoint import load_checkpoint
+from fmmodel.model.checkpoint import load_checkpoint
 
 from builders import cached_store
 from processes import FMMODEL, one_line_error, run
@@ -22,7 +22,7 @@ MODELS = textwrap.dedent('''
     import sys
     import torch
     from torch import nn
-    from fmmodel.user_models import ModelFactory
+    from fmmodel.model.user_models import ModelFactory
 
     class Linear(nn.Module):
         """Current-only linear classifier; ``broken(calls)`` says what goes wrong at a training call."""

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from fmmodel.checkpoint import load_checkpoint
 from fmmodel.errors import FmModelError
-from fmmodel.evaluate import evaluate
-from fmmodel.predict import read_predictions
-from fmmodel.registry import build_model, installed_models, resolve_variant
-from fmmodel.train import train
-from fmmodel.user_models import DataDescription, ModelFactory
+from fmmodel.model.checkpoint import load_checkpoint
+from fmmodel.model.registry import build_model, installed_models, resolve_variant
+from fmmodel.model.user_models import DataDescription, ModelFactory
+from fmmodel.runs.train import train
+from fmmodel.scoring.evaluate import evaluate
+from fmmodel.scoring.predict import read_predictions
 
 from builders import cached_store
 from runs import quick_config

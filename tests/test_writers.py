@@ -23,7 +23,7 @@ from fmdata.convert import convert, verify
 from fmdata.derive import compute_labels, compute_stats
 from fmdata.store import schema
 from fmdata.store.lock import Holder
-from fmmodel.train import train
+from fmmodel.runs.train import train
 
 from builders import cached_store, leftovers, recording, write_store
 from processes import FMDATA, FMMODEL, blocked_on_lock, kill, one_line, resume, run, start, stopped

@@ -257,7 +257,7 @@ def reference_windows(ix: FrameIndex, frames: np.ndarray, params: WindowParams) 
     order given; stride 1), with the window shape of ``params`` whatever its policy and stride.
 
     Used by ``fmdata preview`` (one frame) and by the authors' current-only samples
-    (:func:`fmmodel.data.per_second_samples`), whose frames are not a table's.
+    (:func:`fmmodel.data.windows.per_second_samples`), whose frames are not a table's.
     """
     frames = np.asarray(frames, np.int64)
     bad = frames[(frames < 0) | (frames >= ix.n_frames)]

@@ -17,7 +17,7 @@ import matplotlib
 import numpy as np
 
 from fmdata.store.atomic import replace_text, save_figure
-from fmmodel.metrics import THRESHOLD, predicted_abnormal
+from fmmodel.scoring.metrics import THRESHOLD, predicted_abnormal
 
 matplotlib.use("Agg")  # files only, never a window; before pyplot is imported
 import matplotlib.pyplot as plt
@@ -195,7 +195,7 @@ def write_report(out_dir: str | os.PathLike[str], report: dict[str, Any],
     """Write ``report.json`` and the pictures into ``out_dir`` (created); return {what: path}.
 
     ``report`` is the evaluator's dict (it must hold ``metrics.overall``); curves are those of
-    :func:`fmmodel.metrics.class_curves` and :meth:`fmmodel.metrics.MetricSet.pixel_curves`.
+    :func:`fmmodel.scoring.metrics.class_curves` and :meth:`fmmodel.scoring.metrics.MetricSet.pixel_curves`.
     """
     os.makedirs(out_dir, exist_ok=True)
     paths = {"report": os.path.join(out_dir, REPORT_JSON), "roc": os.path.join(out_dir, ROC_PNG),

@@ -8,7 +8,7 @@ given). The trainer writes it as ``config.json`` in the run folder; ``--resume``
 with :meth:`TrainConfig.from_dict`, which refuses unknown keys so that a typo in a hand-edited
 file is not silently ignored. Reading a config imports no code: a user's model it names is
 imported only when the run is built, and a resumed run's only when the user names it again or
-installed it (:func:`fmmodel.train.resume_run`).
+installed it (:func:`fmmodel.runs.train.resume_run`).
 """
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ from fmdata.errors import FmDataError
 from fmdata.store.atomic import replace_text
 from fmdata.store.window_table import WindowParams
 from fmmodel import protocol
+from fmmodel.data.preprocessing import PREPROCESSING_REFERENCE, PREPROCESSINGS
+from fmmodel.data.resident import check_resident_budget
+from fmmodel.data.sampling import check_loader_workers
 from fmmodel.errors import FmModelError
-from fmmodel.preprocessing import PREPROCESSING_REFERENCE, PREPROCESSINGS
-from fmmodel.registry import VARIANTS, check_model_options, model_source, resolve_variant, variant_for
-from fmmodel.resident import check_resident_budget
-from fmmodel.sampling import check_loader_workers
+from fmmodel.model.registry import VARIANTS, check_model_options, model_source, resolve_variant, variant_for
 
 # bytes a float32 parameter takes while training: its weight, its gradient and the optimizer's state
 # (Adam's two moments, SGD's momentum)
@@ -39,17 +39,17 @@ class TrainConfig:
     """Everything a training run needs; ``to_dict`` is what ``config.json`` holds.
 
     ``model`` holds FmFormer size overrides (e.g. ``{"size": "tiny", "depth": 2}``), passed to
-    ``fmmodel.registry.build_model``. ``val_fraction`` is the share of each recording's training
+    ``fmmodel.model.registry.build_model``. ``val_fraction`` is the share of each recording's training
     block (its last labelled frames) held out for validation; ``validation`` is filled in by the
     trainer with what it actually held out. ``max_steps_per_epoch`` caps an epoch (demos and
     benchmarks); None runs every window. ``threads`` sets torch's CPU threads in the training
     process (None keeps torch's default; 1 is fastest on a small, shared CPU). ``data`` is the
-    data path ("auto", "resident", "lazy"; :mod:`fmmodel.data_path`) and ``resident_budget`` the
+    data path ("auto", "resident", "lazy"; :mod:`fmmodel.data.paths`) and ``resident_budget`` the
     bytes ``auto`` may hold resident (None: its default share of free memory); the path taken is
     recorded in ``runtime["data"]``. ``window`` is replaced by the parameters of the table the run
     trains on. ``store`` is made absolute when a run starts; ``trained_on`` is filled in by the trainer
     with what the run was trained on (the store's location and fingerprint, the window table's
-    fingerprint: :mod:`fmmodel.run_data`), which ``--resume`` checks.
+    fingerprint: :mod:`fmmodel.runs.identity`), which ``--resume`` checks.
     """
 
     store: str
@@ -135,7 +135,7 @@ class TrainConfig:
     def check_model(self) -> None:
         """Raise FmModelError when a built-in model's size options are of the wrong kind or range, or when
         at least its layers would not fit in memory while training (``model_opt`` when size options
-        were given): before a run writes anything (:func:`fmmodel.registry.check_model_options`)."""
+        were given): before a run writes anything (:func:`fmmodel.model.registry.check_model_options`)."""
         if self.variant not in VARIANTS:
             return  # a user's model: its factory builds it
         options = {k: v for k, v in self.model.items() if k != "size"}

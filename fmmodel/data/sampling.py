@@ -1,4 +1,4 @@
-"""Samplers and the DataLoader factory for :class:`fmmodel.dataset.FmfWindowDataset`.
+"""Samplers and the DataLoader factory for :class:`fmmodel.data.dataset.FmfWindowDataset`.
 
 Both samplers are deterministic for (seed, epoch): a run resumed at epoch ``e`` draws the same
 order as an uninterrupted one. They optionally partition the order between DDP ranks (each rank
@@ -23,7 +23,7 @@ import torch.utils.data
 
 from fmdata.compute.processes import check_workers
 from fmdata.errors import FmDataError, FmfError
-from fmmodel.dataset import FmfWindowDataset, collate_windows
+from fmmodel.data.dataset import FmfWindowDataset, collate_windows
 from fmmodel.errors import FmModelError
 
 SAFE_CONTEXTS = ("forkserver", "spawn")
@@ -114,7 +114,7 @@ def worker_init(worker_id: int, reuse_buffers: int = 0, zero_copy: bool = False)
     """DataLoader worker set-up: one compute thread per worker (the workers are the parallelism).
 
     ``reuse_buffers`` > 0 makes this worker's copy of the dataset fill that many shared batch
-    buffers round-robin instead of a fresh one per batch (see fmmodel.batches.SharedRing); it
+    buffers round-robin instead of a fresh one per batch (see fmmodel.data.batches.SharedRing); it
     must exceed the loader's prefetch_factor. Batches are then copied out when the main process
     unpickles them, unless ``zero_copy`` (for loaders that pin, which copy anyway).
     """
@@ -151,7 +151,7 @@ def make_sampler(dataset: FmfWindowDataset, *, shuffle: bool = False, balanced: 
 def sampler_indices(sampler: torch.utils.data.Sampler | None, n: int) -> np.ndarray:
     """Return the indices one pass of ``sampler`` yields (int64), or ``range(n)`` for None.
 
-    Samplers with an ``indices()`` method (this module's and fmmodel.distributed's) give them as one
+    Samplers with an ``indices()`` method (this module's and fmmodel.runtime.distributed's) give them as one
     tensor; any other sampler is iterated.
     """
     if sampler is None:
@@ -258,7 +258,7 @@ def set_loader_epoch(loader: Any, epoch: int) -> None:
     """Set ``epoch`` on the loader's dataset (flip decisions) and sampler (order); call before iterating.
 
     ``loader`` is a DataLoader or anything else with ``dataset`` and ``sampler`` attributes (the
-    resident batches of fmmodel.resident).
+    resident batches of fmmodel.data.resident).
     """
     if hasattr(loader.dataset, "set_epoch"):
         loader.dataset.set_epoch(epoch)

@@ -1,4 +1,4 @@
-"""How batches of :class:`fmmodel.dataset.FmfWindowDataset` travel from DataLoader workers.
+"""How batches of :class:`fmmodel.data.dataset.FmfWindowDataset` travel from DataLoader workers.
 
 A batch is one flat byte buffer holding every field (``WindowBatch``), so a worker sends one
 shared-memory handle per batch rather than one per tensor, and the default collate's per-item

@@ -5,7 +5,7 @@ checkpoint is always scored on windows built the way it was trained: :func:`wind
 reads a stored table or builds one from :class:`~fmdata.store.window_table.WindowParams`
 (computing frame labels first when the store lacks them), :func:`checkpoint_window_params`
 recovers a checkpoint's windows, :func:`make_dataset` wraps them in the lazy dataset (which
-:mod:`fmmodel.data_path` turns into batches, lazily or resident).
+:mod:`fmmodel.data.paths` turns into batches, lazily or resident).
 """
 from __future__ import annotations
 
@@ -21,13 +21,13 @@ from fmdata.store.access import open_store
 from fmdata.store.columns import read_column
 from fmdata.store.location import Location
 from fmdata.store.window_table import WindowParams, WindowTable, read_window_table
-from fmmodel import distributed as dd
-from fmmodel.checkpoint import ModelMeta
-from fmmodel.dataset import FmfWindowDataset
+from fmmodel.data.dataset import FmfWindowDataset
+from fmmodel.data.preprocessing import InputFormat
 from fmmodel.errors import FmModelError
-from fmmodel.preprocessing import ORIENTATION_REFERENCE, InputFormat
-from fmmodel.protocol import CURRENT_SECOND_FRAMES, SPLITS
-from fmmodel.user_models import DataDescription
+from fmmodel.model.checkpoint import ModelMeta
+from fmmodel.model.user_models import DataDescription
+from fmmodel.protocol import CURRENT_SECOND_FRAMES, ORIENTATION_REFERENCE, SPLITS
+from fmmodel.runtime import distributed as dd
 
 
 def window_table_for(location: Location, root: zarr.Group, name: str | None, params: WindowParams,

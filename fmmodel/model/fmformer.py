@@ -1,9 +1,9 @@
 """FmFormer: the cross-modal (video + arc current) transformer of the FMF benchmark, and its one-modality kin.
 
-Layout follows timm: the blocks are in :mod:`fmmodel.layers`, every size in
-:class:`fmmodel.model_config.FmFormerConfig`; here are the models (one trunk, several heads) and
+Layout follows timm: the blocks are in :mod:`fmmodel.model.layers`, every size in
+:class:`fmmodel.model.config.FmFormerConfig`; here are the models (one trunk, several heads) and
 their initialisation. The reference checkpoint key mapping lives in
-:mod:`fmmodel.reference_keys`; building a model by variant name in :mod:`fmmodel.registry`.
+:mod:`fmmodel.model.reference_keys`; building a model by variant name in :mod:`fmmodel.model.registry`.
 
 Shapes (reference sizes, B = batch):
     video   (B, 3, T, H, W)  float 0..255 as the reference feeds it (uint8 is accepted and cast), or normalised
@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from fmmodel.errors import FmModelError
-from fmmodel.layers import (
+from fmmodel.model.config import FmFormerConfig
+from fmmodel.model.layers import (
     ClassTokenHead,
     CrossModalBlock,
     CrossModalClassHead,
@@ -27,7 +28,6 @@ from fmmodel.layers import (
     StreamBlock,
     VideoTokens,
 )
-from fmmodel.model_config import FmFormerConfig
 
 
 def _require(x: Tensor | None, name: str, model: str) -> Tensor:

@@ -73,7 +73,7 @@ class FmFormerConfig:
         """Return a lower bound of the parameters of every FmFormer variant of these sizes: ``depth``
         layers of one stream (:func:`layer_parameters`) and the smaller of its position tables (video
         tokens, or current rows + 1). What a model's memory is checked with before it is built
-        (:func:`fmmodel.registry.require_model_memory`)."""
+        (:func:`fmmodel.model.registry.require_model_memory`)."""
         tokens = min(self.num_video_tokens, self.current_rows + 1)
         return self.depth * layer_parameters(self.width, self.heads, self.head_dim, self.mlp_dim) + tokens * self.width
 

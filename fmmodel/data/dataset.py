@@ -5,10 +5,10 @@ labelled frame's mask and class label, and the current rows of that window, read
 An item is a row lookup plus slices; the heavy lifting (which chunks to decode, how) is in
 :mod:`fmdata.store.row_reader`. The dataset implements ``__getitems__``, so a DataLoader fetches
 a whole batch with one vectorised read per array; :func:`collate_windows` then passes the ready
-batch through without copying (``fmmodel.sampling.make_loader`` wires this up; how batches
-travel from workers is in :mod:`fmmodel.batches`).
+batch through without copying (``fmmodel.data.sampling.make_loader`` wires this up; how batches
+travel from workers is in :mod:`fmmodel.data.batches`).
 
-Preprocessing (:mod:`fmmodel.preprocessing`): ``reference`` (0..255 video, raw amperes, frames
+Preprocessing (:mod:`fmmodel.data.preprocessing`): ``reference`` (0..255 video, raw amperes, frames
 transposed as the authors' loader feeds them) or ``normalized`` (true orientation, training-split
 statistics). ``orientation`` names what an instance delivers ("reference" or "true"); trainers
 record it in their checkpoints. Stores are opened lazily in the process that reads (each
@@ -32,9 +32,8 @@ from fmdata.store.access import open_store, read_meta
 from fmdata.store.location import Location, LocationLike
 from fmdata.store.row_reader import READER_MODES, AxisReader, open_axis_reader
 from fmdata.store.window_table import WindowTable, current_row_offsets, read_window_table
-from fmmodel.batches import SharedRing, WindowBatch, allocate_batch, collate_windows
-from fmmodel.errors import FmModelError
-from fmmodel.preprocessing import (
+from fmmodel.data.batches import SharedRing, WindowBatch, allocate_batch, collate_windows
+from fmmodel.data.preprocessing import (
     PREPROCESSING_REFERENCE,
     PREPROCESSINGS,
     VIDEO_DTYPES,
@@ -45,6 +44,7 @@ from fmmodel.preprocessing import (
     read_normalization,
     video_scale_shift,
 )
+from fmmodel.errors import FmModelError
 from fmmodel.protocol import MODALITIES
 
 TARGETS = ("cls", "seg", "both")

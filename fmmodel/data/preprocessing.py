@@ -8,7 +8,7 @@
 
 :func:`input_format` is the one place that turns a preprocessing (and the device) into the
 (orientation, video dtype) pair that datasets deliver and checkpoints record. The arithmetic both
-data paths (:mod:`fmmodel.dataset`, :mod:`fmmodel.resident`) apply lives here too:
+data paths (:mod:`fmmodel.data.dataset`, :mod:`fmmodel.data.resident`) apply lives here too:
 :func:`item_axes` (orientation), :func:`video_scale_shift` and :func:`current_values` (scaling).
 """
 from __future__ import annotations
@@ -23,11 +23,8 @@ from fmdata.errors import FmDataError
 from fmdata.store import schema
 from fmdata.store.checksums import check_attribute
 from fmmodel.errors import FmModelError
-from fmmodel.protocol import PREPROCESSING_REFERENCE, PREPROCESSINGS
+from fmmodel.protocol import ORIENTATION_REFERENCE, ORIENTATION_TRUE, PREPROCESSING_REFERENCE, PREPROCESSINGS
 
-ORIENTATION_REFERENCE = "reference"  # frames transposed: item axes (..., W, H)
-ORIENTATION_TRUE = "true"  # item axes (..., H, W)
-ORIENTATIONS = (ORIENTATION_REFERENCE, ORIENTATION_TRUE)
 VIDEO_DTYPES = ("float32", "uint8")
 
 

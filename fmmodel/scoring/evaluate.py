@@ -2,8 +2,8 @@
 
 Loads a toolkit checkpoint (or the authors' state_dict with ``format="reference"``), builds the
 windows its metadata names (or reads a stored table), runs the model over the chosen split
-(:func:`fmmodel.inference.run_inference`) and reports, overall and per recording, the metrics of
-:mod:`fmmodel.metrics` plus throughput (FPS = windows / wall time of the whole loop, data loading
+(:func:`fmmodel.scoring.inference.run_inference`) and reports, overall and per recording, the metrics of
+:mod:`fmmodel.scoring.metrics` plus throughput (FPS = windows / wall time of the whole loop, data loading
 included, as the reference test script measures it; ``model_fps`` counts model time only).
 Under ``torchrun`` every rank scores its own share and rank 0 writes the report.
 """
@@ -19,14 +19,15 @@ import torch
 from fmdata.store import schema
 from fmdata.store.location import Location, LocationLike
 from fmdata.store.outputs import check_apart
-from fmmodel import distributed as dd
+from fmmodel.data.resident import check_resident_budget
+from fmmodel.data.sampling import check_loader_workers
 from fmmodel.errors import FmModelError
-from fmmodel.inference import Inference, autocast, model_inputs, prepare, resolve_precision, run_inference
-from fmmodel.metrics import THRESHOLD, predicted_abnormal, probabilities, summary_line
-from fmmodel.preprocessing import ORIENTATION_REFERENCE
-from fmmodel.report import Example, plain_params, write_report
-from fmmodel.resident import check_resident_budget
-from fmmodel.sampling import check_loader_workers
+from fmmodel.protocol import ORIENTATION_REFERENCE
+from fmmodel.runtime import distributed as dd
+from fmmodel.runtime.precision import autocast, resolve_precision
+from fmmodel.scoring.inference import Inference, model_inputs, prepare, run_inference
+from fmmodel.scoring.metrics import THRESHOLD, predicted_abnormal, probabilities, summary_line
+from fmmodel.scoring.report import Example, plain_params, write_report
 
 
 def _examples(p: Inference, records: dict[str, np.ndarray], k: int, device: torch.device,
@@ -89,7 +90,7 @@ def evaluate(store: LocationLike, checkpoint: str, *, fmt: str = "auto", variant
     current-only model scores one sample per distinct test second; mIoU keeps a class absent from
     target and prediction as 0); None (default): "reference" for a checkpoint read in the authors'
     format, else "toolkit". ``data`` ("auto", "resident", "lazy") and ``resident_budget`` (bytes)
-    choose the data path (:mod:`fmmodel.data_path`). ``trusted`` names users' models whose factory
+    choose the data path (:mod:`fmmodel.data.paths`). ``trusted`` names users' models whose factory
     the checkpoint may import. The report holds metrics overall and per recording, FPS (the scoring
     loop; a resident load is timed apart, under ``data``), the protocol, what was evaluated, the
     data path, and (with ``out``) the paths of report.json and the pictures.

@@ -1,6 +1,6 @@
 """Resident windows: a dataset's frames held on the training device, every batch one gather there.
 
-The lazy path (:mod:`fmmodel.dataset`) decodes each clip frame every time a window reads it,
+The lazy path (:mod:`fmmodel.data.dataset`) decodes each clip frame every time a window reads it,
 about ten times an epoch. :class:`ResidentWindows` instead streams the frames, masks and current
 rows that a dataset's windows need from the store once, block by block through
 :class:`fmdata.store.block_reader.BlockReader`, into tensors on the device (CUDA memory on a GPU,
@@ -15,15 +15,15 @@ RAM on the CPU):
 * the current rows of every window's range, already preprocessed (float32 amperes, or
   standardised in float64 and then cast, exactly as the lazy path computes them);
 * the window table as index tensors: each window's frame slots, its first current slot and which
-  resampling it uses (the offsets of :func:`fmmodel.dataset.current_resampling`, one row per
+  resampling it uses (the offsets of :func:`fmmodel.data.dataset.current_resampling`, one row per
   distinct window length), label, recording, labelled frame and table row.
 
 :meth:`ResidentWindows.batch` gathers a batch on the device: clips, current rows, masks and the
 small fields by index, the horizontal flip of the chosen items, and the uint8 to float32 cast
 with the normalised preprocessing's per-channel scale and shift (the same float32 operations, in
-the same order, as :class:`~fmmodel.dataset.FmfWindowDataset`). :class:`ResidentLoader` walks an
-epoch: its order comes from the same samplers as the lazy DataLoader (:mod:`fmmodel.sampling`),
-its flip decisions from the dataset's own :meth:`~fmmodel.dataset.FmfWindowDataset.flips`, so
+the same order, as :class:`~fmmodel.data.dataset.FmfWindowDataset`). :class:`ResidentLoader` walks an
+epoch: its order comes from the same samplers as the lazy DataLoader (:mod:`fmmodel.data.sampling`),
+its flip decisions from the dataset's own :meth:`~fmmodel.data.dataset.FmfWindowDataset.flips`, so
 the batches equal the lazy path's, value for value. There are no worker processes and no
 per-sample Python: an epoch sends its order and flip positions to the device once.
 
@@ -46,10 +46,10 @@ from fmdata.errors import FmDataError
 from fmdata.store import schema
 from fmdata.store.access import open_store
 from fmdata.store.block_reader import BlockReader, block_frames
-from fmmodel.dataset import FmfWindowDataset, current_resampling
+from fmmodel.data.dataset import FmfWindowDataset, current_resampling
+from fmmodel.data.preprocessing import current_values, item_axes, orient_masks, video_scale_shift
+from fmmodel.data.sampling import sampler_indices
 from fmmodel.errors import FmModelError
-from fmmodel.preprocessing import current_values, item_axes, orient_masks, video_scale_shift
-from fmmodel.sampling import sampler_indices
 
 _INDEX_BYTES = 8  # index tensors are int64
 _BIT_SHIFTS = (7, 6, 5, 4, 3, 2, 1, 0)  # numpy.packbits' default (big-endian) bit order
@@ -361,7 +361,7 @@ class ResidentLoader:
     The order is one pass of ``sampler`` (None: the items in order), cut into batches of
     ``batch_size`` exactly as a DataLoader cuts it (the last one shorter unless ``drop_last``);
     flips are the dataset's decisions for its current epoch. ``dataset`` and ``sampler`` are
-    attributes, so :func:`fmmodel.sampling.set_loader_epoch` sets the epoch of both.
+    attributes, so :func:`fmmodel.data.sampling.set_loader_epoch` sets the epoch of both.
     """
 
     def __init__(self, dataset: FmfWindowDataset, windows: ResidentWindows, batch_size: int,

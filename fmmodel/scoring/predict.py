@@ -9,7 +9,7 @@ window's labelled frame):
     split      (window,)            int8     split code of the labelled frame (fmdata.store.schema)
     label      (window,)            uint8    true class label (1: any mask pixel abnormal)
     prob       (window, class)      float32  softmax probabilities [normal, abnormal]
-    pred       (window,)            uint8    predicted class (prob[:, 1] > 0.5, fmmodel.metrics.predicted_abnormal)
+    pred       (window,)            uint8    predicted class (prob[:, 1] > 0.5, fmmodel.scoring.metrics.predicted_abnormal)
     mask_pred  (window, y, x)       uint8    segmentation models only: predicted mask, in the
                                              source store's (true) orientation
 
@@ -40,15 +40,15 @@ from fmdata.store.atomic import atomic_file, place, remove_tree
 from fmdata.store.location import Location, LocationLike
 from fmdata.store.lock import writer_lock
 from fmdata.store.outputs import check_apart, check_replaceable, folders_made_for, mark_mp4, refusal
-from fmmodel import distributed as dd
+from fmmodel.data.resident import check_resident_budget
+from fmmodel.data.sampling import check_loader_workers
 from fmmodel.errors import FmModelError
-from fmmodel.inference import prepare, resolve_precision, run_inference
-from fmmodel.metrics import THRESHOLD, predicted_abnormal
-from fmmodel.preprocessing import ORIENTATION_REFERENCE
-from fmmodel.protocol import SPLITS
-from fmmodel.report import plain_params
-from fmmodel.resident import check_resident_budget
-from fmmodel.sampling import check_loader_workers
+from fmmodel.protocol import ORIENTATION_REFERENCE, SPLITS
+from fmmodel.runtime import distributed as dd
+from fmmodel.runtime.precision import resolve_precision
+from fmmodel.scoring.inference import prepare, run_inference
+from fmmodel.scoring.metrics import THRESHOLD, predicted_abnormal
+from fmmodel.scoring.report import plain_params
 
 COMMAND = "fmmodel predict"  # its --overwrite replaces only its own predictions stores and videos
 ATTR_PREDICTIONS = "fmf_predictions"
@@ -147,7 +147,7 @@ def predict(store: LocationLike, checkpoint: str, out: str, *, fmt: str = "auto"
 
     ``split``: "all" (train and test windows), "test" or "train". ``video``: also write an MP4
     with the predictions drawn over (at most ``video_max_frames``) labelled frames. ``data`` and
-    ``resident_budget`` choose the data path (:mod:`fmmodel.data_path`); each rank holds the
+    ``resident_budget`` choose the data path (:mod:`fmmodel.data.paths`); each rank holds the
     windows of its own block.
     """
     if split not in SPLITS:

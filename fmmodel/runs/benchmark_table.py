@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from fmdata.store.atomic import replace_text, save_figure
 from fmmodel.errors import FmModelError
-from fmmodel.report import write_json
+from fmmodel.scoring.report import write_json
 
 CLASS_METRICS = (("accuracy", "ACC"), ("f1", "F1"), ("fdr", "FDR"), ("mdr", "MDR"), ("auroc", "AUROC"), ("ap", "AP"))
 PIXEL_METRICS = (("pixel_accuracy", "PA"), ("mean_pixel_accuracy", "MPA"), ("miou", "mIoU"))

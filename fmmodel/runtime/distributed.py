@@ -7,7 +7,7 @@ the CPU (tests run two CPU processes). Only rank 0 logs, writes files and shows 
 Evaluation shards windows with :class:`ShardSampler` (rank r takes windows r, r+W, r+2W, ...)
 WITHOUT the padding that ``DistributedSampler`` adds, so no window is scored twice (a padded
 sampler repeats windows, which metrics would count twice);
-:class:`fmmodel.metrics.MetricSet` also drops repeated window keys as a second guard.
+:class:`fmmodel.scoring.metrics.MetricSet` also drops repeated window keys as a second guard.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Tokenizers (video patches with their dilated companions, current samples), self-attention,
 bidirectional cross-attention, MLP, the per-stream and cross-modal transformer blocks, the class
 heads and the segmentation decoder (residual units, upsampling stages). The models that stack
-them are in :mod:`fmmodel.fmformer`; docs/model.md and docs/reference-protocol.md ("Model")
+them are in :mod:`fmmodel.model.fmformer`; docs/model.md and docs/reference-protocol.md ("Model")
 describe the reference architecture these blocks reproduce.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fmmodel.model_config import FmFormerConfig
+from fmmodel.model.config import FmFormerConfig
 
 
 def _split_heads(qkv: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -2,11 +2,11 @@
 
 Two paths deliver identical batches (same windows, order, flips and values):
 
-* ``lazy``: :class:`~fmmodel.dataset.FmfWindowDataset` through a DataLoader
-  (:func:`fmmodel.sampling.make_loader`): every batch decoded from the store by worker processes;
+* ``lazy``: :class:`~fmmodel.data.dataset.FmfWindowDataset` through a DataLoader
+  (:func:`fmmodel.data.sampling.make_loader`): every batch decoded from the store by worker processes;
   memory does not grow with the data.
-* ``resident``: :class:`~fmmodel.resident.ResidentWindows` loaded once onto the training device,
-  each batch a gather there (:class:`~fmmodel.resident.ResidentLoader`); no workers.
+* ``resident``: :class:`~fmmodel.data.resident.ResidentWindows` loaded once onto the training device,
+  each batch a gather there (:class:`~fmmodel.data.resident.ResidentLoader`); no workers.
 
 ``auto`` (the default) takes the resident path when everything the run's datasets need fits the
 resident budget: by default :data:`RESIDENT_SHARE` of the free CUDA memory of the device, or of
@@ -30,12 +30,12 @@ import torch
 from torch.utils.data import Sampler
 
 from fmdata.compute.memory import format_bytes
-from fmmodel import distributed as dd
-from fmmodel.dataset import FmfWindowDataset
+from fmmodel.data.dataset import FmfWindowDataset
+from fmmodel.data.resident import ResidentLoader, ResidentPlan, ResidentWindows, check_resident_budget
+from fmmodel.data.sampling import epoch_dependent, make_loader, sampler_indices
 from fmmodel.errors import FmModelError
 from fmmodel.protocol import DATA_PATHS
-from fmmodel.resident import ResidentLoader, ResidentPlan, ResidentWindows, check_resident_budget
-from fmmodel.sampling import epoch_dependent, make_loader, sampler_indices
+from fmmodel.runtime import distributed as dd
 
 # Share of the free device memory (CUDA) or of the available RAM (CPU) that ``auto`` lets resident
 # data take: the rest is for the model, its activations and optimizer state, and everything else.
@@ -43,7 +43,7 @@ RESIDENT_SHARE = 0.5
 
 
 class BatchSource(Protocol):
-    """What the trainer and :func:`fmmodel.inference.run_inference` read: a DataLoader or a
+    """What the trainer and :func:`fmmodel.scoring.inference.run_inference` read: a DataLoader or a
     ResidentLoader. Iterating gives one pass of batch dicts; ``len`` is its number of batches."""
 
     dataset: Any

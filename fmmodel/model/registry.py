@@ -2,7 +2,7 @@
 
 A model name is a built-in variant ("vicu_cls", "vicu_seg", "video_cls", "current_cls"), an
 installed model (an entry point of group ``fmmodel.models``) or a factory spec
-(``package.module:name``, ``path/file.py:name``); see :mod:`fmmodel.user_models`. Every other
+(``package.module:name``, ``path/file.py:name``); see :mod:`fmmodel.model.user_models`. Every other
 module asks here: the trainer (:func:`resolve_variant`, :func:`build_model`), checkpoints
 (:func:`build_model`, :func:`model_info`), evaluation (``Variant.modality``).
 :func:`unwrap_model` gives the plain module under ``torch.compile`` and DDP wrappers.
@@ -18,10 +18,9 @@ from torch import nn
 from fmdata.compute.memory import require_memory
 from fmdata.errors import FmDataError
 from fmmodel.errors import FmModelError
-from fmmodel.fmformer import CurrentFmFormer, FmFormer, VideoFmFormer
-from fmmodel.model_config import FmFormerConfig, check_field_types, named_config
-from fmmodel.protocol import MODALITIES, TASKS
-from fmmodel.user_models import (
+from fmmodel.model.config import FmFormerConfig, check_field_types, named_config
+from fmmodel.model.fmformer import CurrentFmFormer, FmFormer, VideoFmFormer
+from fmmodel.model.user_models import (
     INPUTS,
     DataDescription,
     ModelSource,
@@ -30,6 +29,7 @@ from fmmodel.user_models import (
     load_factory,
     user_code,
 )
+from fmmodel.protocol import MODALITIES, TASKS
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ def variant_config(variant: str, size: str = "reference", **overrides: Any) -> F
     return named_config(size, **{**dict(get_variant(variant).defaults), **overrides})
 
 
-# what a float32 parameter takes: its weight (built), and what training adds (fmmodel.config)
+# what a float32 parameter takes: its weight (built), and what training adds (fmmodel.runs.config)
 BYTES_PER_PARAMETER = 4
 
 

@@ -16,8 +16,8 @@ from typing import Any
 from torch import Tensor
 
 from fmmodel.errors import FmModelError
-from fmmodel.model_config import FmFormerConfig
-from fmmodel.registry import get_variant, variant_config
+from fmmodel.model.config import FmFormerConfig
+from fmmodel.model.registry import get_variant, variant_config
 
 
 def _embed(ours: str, theirs: str, first: int) -> list[tuple[str, str]]:

@@ -268,7 +268,7 @@ class MetricSet:
     def records(self, gather: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Return the per-window records {key, recording, target, prob}, sorted by key, unique.
 
-        ``gather`` concatenates an array across ranks (``fmmodel.distributed.all_gather_array``);
+        ``gather`` concatenates an array across ranks (``fmmodel.runtime.distributed.all_gather_array``);
         repeated keys (a padded sampler's duplicates) are kept once.
         """
         keys, recs, targets, probs = self._local_records()

@@ -1,9 +1,9 @@
 """``fmmodel train``: train an FmFormer on an FMF store, single process or DDP (torchrun).
 
-Protocol (docs/reference-protocol.md, defaults of :class:`fmmodel.config.TrainConfig`): Adam, lr
+Protocol (docs/reference-protocol.md, defaults of :class:`fmmodel.runs.config.TrainConfig`): Adam, lr
 5e-4, x0.1 at epoch 20, 30 epochs, batch 64, cross-entropy, horizontal flip of clip and mask.
 Validation holds out the tail of each recording's training block, one window span apart
-(:mod:`fmmodel.holdout`); the test split is never touched.
+(:mod:`fmmodel.data.holdout`); the test split is never touched.
 
 A run has three steps: :func:`build` (windows, datasets, loaders, model, optimizer; a resumed
 run's state), :func:`fit_epoch` (one epoch of training, then validation) and :func:`save_epoch`
@@ -41,20 +41,21 @@ from fmdata.store.location import Location, LocationLike
 from fmdata.store.lock import writer_lock
 from fmdata.store.outputs import check_apart, folders_made_for
 from fmdata.store.window_table import WindowParams
-from fmmodel import checkpoint as ckpt_io
-from fmmodel import distributed as dd
-from fmmodel.config import RUN_ENVIRONMENT, TrainConfig
-from fmmodel.data import make_dataset, window_table_for
-from fmmodel.data_path import BatchRequest, BatchSource, open_batches
+from fmmodel.data.holdout import holdout_split
+from fmmodel.data.paths import BatchRequest, BatchSource, open_batches
+from fmmodel.data.preprocessing import input_format
+from fmmodel.data.sampling import make_sampler, set_loader_epoch
+from fmmodel.data.windows import make_dataset, window_table_for
 from fmmodel.errors import FmModelError
-from fmmodel.holdout import holdout_split
-from fmmodel.inference import autocast, model_inputs, resolve_precision, run_inference
-from fmmodel.preprocessing import input_format
-from fmmodel.registry import build_model, model_info, model_source, resolve_variant, unwrap_model, user_variant
-from fmmodel.report import plain_params
-from fmmodel.run_data import absolute_store, check_same_store, check_same_windows, store_identity, windows_identity
-from fmmodel.sampling import make_sampler, set_loader_epoch
-from fmmodel.user_models import DataDescription, ModelSource, check_output, trusted_source, user_code
+from fmmodel.model import checkpoint as ckpt_io
+from fmmodel.model.registry import build_model, model_info, model_source, resolve_variant, unwrap_model, user_variant
+from fmmodel.model.user_models import DataDescription, ModelSource, check_output, trusted_source, user_code
+from fmmodel.runs.config import RUN_ENVIRONMENT, TrainConfig
+from fmmodel.runs.identity import absolute_store, check_same_store, check_same_windows, store_identity, windows_identity
+from fmmodel.runtime import distributed as dd
+from fmmodel.runtime.precision import autocast, resolve_precision
+from fmmodel.scoring.inference import model_inputs, run_inference
+from fmmodel.scoring.report import plain_params
 
 CONFIG_JSON = "config.json"
 LAST = "last.pt"
@@ -151,14 +152,14 @@ def resume_run(run_dir: str, epochs: int | None = None, progress: bool = True,
     """Continue the run in ``run_dir`` from its ``last.pt`` (model, optimizer, scheduler, epoch, RNG).
 
     ``epochs`` extends (or shortens) the planned number of epochs; ``environment`` changes where
-    and how fast the run runs (keys of :data:`fmmodel.config.RUN_ENVIRONMENT`: device, precision,
+    and how fast the run runs (keys of :data:`fmmodel.runs.config.RUN_ENVIRONMENT`: device, precision,
     workers, data, resident_budget, threads); everything else comes from the run's
     ``config.json``. ``store`` gives the store's new location when it moved (its data must be the
     same). ``model`` names the run's model again (``--model``): a run folder is data, so a
     user's model is imported only when named here or installed (:func:`resumed_source`). The run
     folder's writer lock is taken first, so a run still writing it is named as its holder.
     Raises FmModelError when the store or the window table differ from what the run recorded
-    (:mod:`fmmodel.run_data`), for an ``environment`` key that would change what the run learns
+    (:mod:`fmmodel.runs.identity`), for an ``environment`` key that would change what the run learns
     (field: that key), or for a model neither named nor installed (field "model"). A run that
     already finished its epochs returns at once.
     """
@@ -196,7 +197,7 @@ def resume_run(run_dir: str, epochs: int | None = None, progress: bool = True,
 
 def resumed_source(cfg: TrainConfig, model: str | None) -> ModelSource | None:
     """The code a resumed run may import for its model: None for a built-in, else what
-    :func:`fmmodel.user_models.trusted_source` allows for the source the run recorded
+    :func:`fmmodel.model.user_models.trusted_source` allows for the source the run recorded
     (``config.json``: ``runtime.model_config.source``): ``model`` when the user names it again
     (the same code), or the installed entry point of the recorded name. FmModelError otherwise;
     also when ``model`` is not the run's model."""
@@ -319,7 +320,7 @@ def _tensorboard_only(folder: str) -> bool:
 def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool = False,
           source: ModelSource | None = None) -> Run:
     """Build a run: windows and hold-out, datasets and their batch sources (lazy or resident,
-    :mod:`fmmodel.data_path`), model and optimizer; with ``resume`` the state of ``last.pt``.
+    :mod:`fmmodel.data.paths`), model and optimizer; with ``resume`` the state of ``last.pt``.
     Rank 0 writes the resolved ``config.json``; ``progress`` shows the resident load's bar.
     ``source`` is the code of a user's model to import (a resumed run's, :func:`resumed_source`);
     None resolves ``cfg.variant``, a name the caller chose."""

@@ -2,15 +2,15 @@
 
 Every (model, window policy, seed) is a cell with its own run folder under ``out``
 (``<model>/<policy>/seed-<k>``): trained as ``fmmodel train`` trains (the same
-:class:`~fmmodel.config.TrainConfig`, the settings given once for all cells), then scored on the
-test split by :func:`fmmodel.evaluate.evaluate`, whose report is kept as ``eval/report.json``.
+:class:`~fmmodel.runs.config.TrainConfig`, the settings given once for all cells), then scored on the
+test split by :func:`fmmodel.scoring.evaluate.evaluate`, whose report is kept as ``eval/report.json``.
 A cell whose run finished its epochs and holds its report is skipped; a cell whose run stopped
 part-way (or is asked for more epochs) is resumed from its ``last.pt`` and scored again; so the
 command can be re-run after a crash, with more seeds or models or with more epochs, and does no
-training that is already done. :mod:`fmmodel.benchmark_table` then writes ``table.md``,
+training that is already done. :mod:`fmmodel.runs.benchmark_table` then writes ``table.md``,
 ``table.json`` and ``table.png`` from the cells' reports.
 
-Models are any model names (:func:`fmmodel.registry.resolve_variant`): FmFormer variants, installed
+Models are any model names (:func:`fmmodel.model.registry.resolve_variant`): FmFormer variants, installed
 models, or factories named ``module:name`` / ``file.py:name``; each reads the reference windows of
 its modality unless the window settings say otherwise.
 """
@@ -34,13 +34,13 @@ from fmdata.store.lock import writer_lock
 from fmdata.store.outputs import check_apart, folders_made_for
 from fmdata.store.schema import WINDOW_POLICIES
 from fmdata.store.window_table import WindowParams
-from fmmodel.benchmark_table import BenchmarkTable, Cell, check_tables, label, write_table
-from fmmodel.checkpoint import load_checkpoint
-from fmmodel.config import RUN_ENVIRONMENT, TrainConfig
 from fmmodel.errors import FmModelError
-from fmmodel.evaluate import evaluate
-from fmmodel.registry import Variant, resolve_variant
-from fmmodel.train import BEST, CONFIG_JSON, LAST, path_safe, resume_run, train
+from fmmodel.model.checkpoint import load_checkpoint
+from fmmodel.model.registry import Variant, resolve_variant
+from fmmodel.runs.benchmark_table import BenchmarkTable, Cell, check_tables, label, write_table
+from fmmodel.runs.config import RUN_ENVIRONMENT, TrainConfig
+from fmmodel.runs.train import BEST, CONFIG_JSON, LAST, path_safe, resume_run, train
+from fmmodel.scoring.evaluate import evaluate
 
 REPORT = os.path.join("eval", "report.json")
 # what a benchmark may set of every cell's windows (the policy is each cell's own)
@@ -51,7 +51,7 @@ WINDOW_SHAPE = tuple(f.name for f in dataclasses.fields(WindowParams) if f.name 
 class BenchmarkSettings:
     """The training and scoring settings every cell shares, in the terms of ``fmmodel train``.
 
-    ``train`` holds keyword arguments of :class:`~fmmodel.config.TrainConfig` (epochs, batch_size,
+    ``train`` holds keyword arguments of :class:`~fmmodel.runs.config.TrainConfig` (epochs, batch_size,
     lr, preprocessing, val_fraction, workers, data, device, model...; its defaults for the rest);
     a cell adds its store, folder, model, seed and windows. ``window`` holds keyword arguments of
     :meth:`WindowParams.reference <fmdata.store.window_table.WindowParams.reference>` (frames,

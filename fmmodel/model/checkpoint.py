@@ -6,7 +6,7 @@ Two formats are read:
 - ``toolkit``: what ``save_checkpoint`` writes: ``{"format", "format_version", "meta", "state_dict", "extra"}``
   holding plain tensors and plain types only, written atomically (temp file + ``os.replace``).
 Everything is loaded with ``torch.load(weights_only=True)``; a file that needs a pickled object is refused.
-Renaming between the authors' keys and ours is :mod:`fmmodel.reference_keys`.
+Renaming between the authors' keys and ours is :mod:`fmmodel.model.reference_keys`.
 """
 from __future__ import annotations
 
@@ -29,16 +29,16 @@ from torch import Tensor, nn
 from fmdata.errors import first_line
 from fmdata.store.atomic import atomic_file
 from fmmodel.errors import FmModelError
-from fmmodel.model_config import FmFormerConfig
-from fmmodel.preprocessing import ORIENTATION_REFERENCE, ORIENTATIONS, PREPROCESSING_REFERENCE
-from fmmodel.reference_keys import (
+from fmmodel.model.config import FmFormerConfig
+from fmmodel.model.reference_keys import (
     detect_reference_variant,
     from_reference_state_dict,
     infer_reference_config,
     to_reference_state_dict,
 )
-from fmmodel.registry import Variant, build_model, builtin_description, get_variant, model_info, unwrap_model
-from fmmodel.user_models import DataDescription, ModelSource, trusted_source
+from fmmodel.model.registry import Variant, build_model, builtin_description, get_variant, model_info, unwrap_model
+from fmmodel.model.user_models import DataDescription, ModelSource, trusted_source
+from fmmodel.protocol import ORIENTATION_REFERENCE, ORIENTATIONS, PREPROCESSING_REFERENCE
 
 FORMAT_NAME = "fmf-toolkit-checkpoint"
 FORMAT_VERSION = 1
@@ -385,7 +385,7 @@ def model_from_checkpoint(ckpt: Checkpoint, where: str | os.PathLike[str] = "che
     """Build the checkpoint's model on the CPU and load its weights (train mode).
 
     A checkpoint is data: what it records never chooses code to import. A user's model is rebuilt
-    by importing the factory that :func:`fmmodel.user_models.trusted_source` allows: one the user
+    by importing the factory that :func:`fmmodel.model.user_models.trusted_source` allows: one the user
     names in ``trusted`` (``--model``) that is the recorded code, or else the entry point that an
     installed distribution declares under the recorded name (its spec, never the recorded one).
     A name in ``trusted`` that is not the checkpoint's model is refused (FmModelError, field

@@ -1,9 +1,9 @@
-"""Running a model over windows: device, precision and inputs, the scoring loop, and loading for it.
+"""Running a model over windows: its inputs, the scoring loop, and loading for it.
 
 :func:`run_inference` is the one loop that scores windows: ``evaluate``, ``predict`` and the
 trainer's validation all call it. :func:`prepare` loads what ``evaluate`` and ``predict`` need
 (model, windows, dataset, loader) into an :class:`Inference`. Under ``torchrun`` every rank
-scores its own unpadded share of the windows (:class:`fmmodel.distributed.ShardSampler`) and
+scores its own unpadded share of the windows (:class:`fmmodel.runtime.distributed.ShardSampler`) and
 the scores are gathered.
 """
 from __future__ import annotations
@@ -26,9 +26,10 @@ from fmdata.store.access import open_store, read_meta, read_recordings
 from fmdata.store.location import Location
 from fmdata.store.schema import StoreMeta
 from fmdata.store.window_table import WindowParams, WindowTable
-from fmmodel import distributed as dd
-from fmmodel.checkpoint import ModelMeta, load_model
-from fmmodel.data import (
+from fmmodel.data.dataset import FmfWindowDataset
+from fmmodel.data.paths import BatchRequest, BatchSource, open_batches
+from fmmodel.data.preprocessing import PREPROCESSING_REFERENCE, input_format
+from fmmodel.data.windows import (
     check_frames_fit,
     check_windows_fit,
     checkpoint_window_params,
@@ -37,30 +38,14 @@ from fmmodel.data import (
     select_split,
     window_table_for,
 )
-from fmmodel.data_path import BatchRequest, BatchSource, open_batches
-from fmmodel.dataset import FmfWindowDataset
 from fmmodel.errors import FmModelError
-from fmmodel.metrics import MetricSet, class_curves, probabilities, window_probability_from_mask
-from fmmodel.preprocessing import PREPROCESSING_REFERENCE, input_format
-from fmmodel.protocol import EVAL_PROTOCOLS, PRECISIONS
-from fmmodel.registry import model_info
-from fmmodel.user_models import user_code
-
-
-def resolve_precision(precision: str | None, device: torch.device) -> str:
-    """Return "bf16" or "fp32": the default is bf16 on CUDA and fp32 on the CPU."""
-    if precision is None:
-        return "bf16" if device.type == "cuda" else "fp32"
-    if precision not in PRECISIONS:
-        raise FmModelError(f"expected a precision in {PRECISIONS}, got {precision!r}", field="precision")
-    return precision
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Return the autocast context of ``precision`` on ``device`` (a no-op for fp32)."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+from fmmodel.model.checkpoint import ModelMeta, load_model
+from fmmodel.model.registry import model_info
+from fmmodel.model.user_models import user_code
+from fmmodel.protocol import EVAL_PROTOCOLS
+from fmmodel.runtime import distributed as dd
+from fmmodel.runtime.precision import autocast
+from fmmodel.scoring.metrics import MetricSet, class_curves, probabilities, window_probability_from_mask
 
 
 def model_inputs(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -93,7 +78,7 @@ def run_inference(model: nn.Module, loader: BatchSource, ctx: dd.DistContext, *,
     Returns {"metrics": MetricSet.compute(), "loss": mean loss or None, "windows": n, "seconds",
     "model_seconds", "fps", "model_fps", "records": per-window arrays, "class_curves",
     "pixel_curves"}. ``keep(batch, window_prob, pixel_prob)`` sees every batch (prediction writer).
-    ``pixel_rule`` is the mIoU rule of :func:`fmmodel.metrics.pixel_scores_from_confusion`.
+    ``pixel_rule`` is the mIoU rule of :func:`fmmodel.scoring.metrics.pixel_scores_from_confusion`.
     """
     was_training = model.training
     model.eval()
@@ -153,7 +138,7 @@ def run_inference(model: nn.Module, loader: BatchSource, ctx: dd.DistContext, *,
 def load_for_inference(checkpoint: str, fmt: str, variant: str | None, device: torch.device,
                        trusted: Sequence[str] = ()) -> tuple[nn.Module, ModelMeta]:
     """Return (model on ``device`` in eval mode, ModelMeta) from a toolkit or reference checkpoint
-    (:func:`fmmodel.checkpoint.load_model`, which checks ``fmt``); ``trusted`` names users' models
+    (:func:`fmmodel.model.checkpoint.load_model`, which checks ``fmt``); ``trusted`` names users' models
     whose factory may be imported (``--model``)."""
     if not os.path.exists(checkpoint):  # one message for a missing file, .npz fixtures included
         raise FmModelError("expected a checkpoint file, got nothing there", checkpoint)
@@ -166,7 +151,7 @@ class Inference:
 
     ``params`` describes the windows (the stored table's parameters, or those built from the
     checkpoint); ``table`` holds only the chosen split's windows, in table order. ``loader`` gives
-    this rank's windows in order, on the data path ``data`` describes (:mod:`fmmodel.data_path`).
+    this rank's windows in order, on the data path ``data`` describes (:mod:`fmmodel.data.paths`).
     """
 
     model: nn.Module
@@ -195,11 +180,11 @@ def prepare(location: Location, checkpoint: str, *, fmt: str, variant: str | Non
 
     ``protocol`` (``fmmodel.protocol.EVAL_PROTOCOLS``) decides the samples: "toolkit" one per
     window of the split; "reference" the authors' for current-only models, one per distinct test
-    second (:func:`fmmodel.data.per_second_samples`); None: "reference" for a checkpoint read in
+    second (:func:`fmmodel.data.windows.per_second_samples`); None: "reference" for a checkpoint read in
     the authors' format, else "toolkit". The resolved name is ``Inference.protocol``.
     ``sampler(n, ctx)`` gives this rank's share of the ``n`` windows (default: every
-    ``world_size``-th window, :class:`fmmodel.distributed.ShardSampler`). ``data``,
-    ``resident_budget`` and ``workers`` choose the data path (:func:`fmmodel.data_path.open_batches`).
+    ``world_size``-th window, :class:`fmmodel.runtime.distributed.ShardSampler`). ``data``,
+    ``resident_budget`` and ``workers`` choose the data path (:func:`fmmodel.data.paths.open_batches`).
     ``trusted`` names users' models whose factory the checkpoint may import.
     """
     if protocol is not None and protocol not in EVAL_PROTOCOLS:

@@ -2,7 +2,7 @@
 
 :func:`measure_data_path` opens the windows of one split of a store as the trainer does (flip
 augmentation, a shuffled order, the preprocessing and clip dtype of the device), takes the data
-path asked for (:mod:`fmmodel.data_path`: lazy with N worker processes, resident, or auto), runs
+path asked for (:mod:`fmmodel.data.paths`: lazy with N worker processes, resident, or auto), runs
 one untimed pass (worker start-up, page cache) and times the next: windows per second of wall
 time and per CPU-second of every process involved, with each batch's tensors moved onto the device
 as training would. Items carry the clip, the current rows and the labelled frame's mask. Compare
@@ -20,12 +20,12 @@ import psutil
 import torch
 
 from fmdata.store.location import Location, LocationLike
-from fmmodel import distributed as dd
-from fmmodel.data_path import BatchRequest, open_batches
-from fmmodel.dataset import FmfWindowDataset
+from fmmodel.data.dataset import FmfWindowDataset
+from fmmodel.data.paths import BatchRequest, open_batches
+from fmmodel.data.preprocessing import PREPROCESSING_REFERENCE, input_format
+from fmmodel.data.sampling import ShuffleSampler, set_loader_epoch
 from fmmodel.errors import FmModelError
-from fmmodel.preprocessing import PREPROCESSING_REFERENCE, input_format
-from fmmodel.sampling import ShuffleSampler, set_loader_epoch
+from fmmodel.runtime import distributed as dd
 
 
 @dataclass
