@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import torch
 
-from fmmodel.model.checkpoint import load_checkpoint, load_model, model_state_dict, save_checkpoint
+from fmmodel.errors import FmModelError
+from fmmodel.model.checkpoint import ModelMeta, load_checkpoint, load_model, model_state_dict, save_checkpoint
 from fmmodel.model.config import FmFormerConfig
+from fmmodel.model.registry import ModelInfo, model_info
 from fmmodel.model.user_models import DataDescription, ModelSource
 
 from runs import FIXTURES, needs_fixtures
@@ -76,6 +79,15 @@ def test_saving_a_loaded_checkpoint_again_writes_the_same_record(tmp_path):
     assert _same_tensors(new["state_dict"], old["state_dict"])
 
 
+@pytest.mark.skipif(str(torch.__version__) != "2.13.0+cpu", reason="the files record the torch that wrote them")
+def test_the_code_that_wrote_the_version_1_files_writes_them_byte_for_byte_today(tmp_path):
+    res = subprocess.run([sys.executable, str(DATA / "write_v1_checkpoints.py"), str(tmp_path)], capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stderr
+    for old in (BUILTIN, USER):
+        assert (tmp_path / old.name).read_bytes() == old.read_bytes(), old.name
+
+
 def test_a_version_1_checkpoint_of_a_users_model_loads_every_field_as_written():
     ckpt = load_checkpoint(USER)  # reading the record imports nothing
     meta = ckpt.meta
@@ -104,6 +116,26 @@ def test_a_version_1_checkpoint_of_an_installed_model_builds_it_where_it_is_inst
     assert out["type"] == "Pool" and out["meta"] == raw["meta"]
     assert out["weight"] == raw["state_dict"]["head.weight"].tolist()
     assert out["bias"] == raw["state_dict"]["head.bias"].tolist()
+
+
+def test_a_checkpoint_record_is_the_models_description_plus_how_it_was_fed():
+    model, meta = load_model(BUILTIN)
+    # one description: the record is the model's ModelInfo and the three fields a checkpoint adds
+    assert [f.name for f in fields(ModelMeta)] == [f.name for f in fields(ModelInfo)] + ["orientation",
+                                                                                       "preprocessing", "info"]
+    assert isinstance(meta, ModelInfo) and type(meta.model_info) is ModelInfo and meta.model_info == model_info(model)
+    assert (meta.task, meta.inputs) == ("cls", ("video", "current"))
+    built = ModelMeta.of(model_info(model), orientation="true", preprocessing="normalized", info={"epoch": 3})
+    assert built.model_info == meta.model_info and built.preprocessing == {"name": "normalized"}
+    assert built.info == {"epoch": 3}
+    with pytest.raises(FmModelError, match="expected orientation in"):
+        ModelMeta.of(meta, orientation="sideways", preprocessing="reference")
+    with pytest.raises(FmModelError, match="expected the sizes of built-in model 'vicu_cls'"):
+        ModelMeta.from_dict({**meta.to_dict(), "config": None})
+    # a record without its data description (the built-ins' is derived from their sizes) reads as before
+    assert ModelMeta.from_dict({k: v for k, v in meta.to_dict().items() if k != "data"}) == meta
+    with pytest.raises(FmModelError, match="expected the data description of model 'pooled_current'"):
+        ModelMeta.from_dict({k: v for k, v in load_checkpoint(USER).meta.to_dict().items() if k != "data"})
 
 
 REFERENCE = {"vicu_cls": ("both", "cls", FmFormerConfig()), "vicu_seg": ("both", "seg", FmFormerConfig()),
