@@ -40,15 +40,15 @@ step "4. train a small cross-modal classifier, evaluate it, write predictions"
 tiny=(--model-size tiny --model-opt width=32 --model-opt heads=2 --model-opt head_dim=16 --model-opt mlp_dim=64
       --model-opt depth=1 --frames 10 --frame-step 6 --current-seconds 30 --current-rows 60
       --preprocessing normalized --batch-size 32 --lr 1e-3 --device cpu --workers 1 --threads 1)
-fmmodel train --store "$out/v1.zarr" --out "$out/run" "${tiny[@]}" --epochs 6 --lr-step 5 --stride 6 \
+fmmodel train "$out/v1.zarr" --out "$out/run" "${tiny[@]}" --epochs 6 --lr-step 5 --stride 6 \
   --val-fraction 0 --seed 0 --no-progress
-fmmodel evaluate --store "$out/v1.zarr" --checkpoint "$out/run/best.pt" --device cpu --workers 1 \
+fmmodel evaluate "$out/v1.zarr" --checkpoint "$out/run/best.pt" --device cpu --workers 1 \
   --out "$out/eval" --no-progress
-fmmodel predict --store "$out/v1.zarr" --checkpoint "$out/run/best.pt" --device cpu \
+fmmodel predict "$out/v1.zarr" --checkpoint "$out/run/best.pt" --device cpu \
   --split test --out "$out/predictions.zarr" --no-progress
 
 step "5. the benchmark table: cross-modal against current-only, one short run each"
-fmmodel benchmark --store "$out/v1.zarr" --out "$out/bench" --variants vicu_cls,current_cls --seeds 0 \
+fmmodel benchmark "$out/v1.zarr" --out "$out/bench" --variants vicu_cls,current_cls --seeds 0 \
   "${tiny[@]}" --epochs 2 --lr-step 2 --stride 12 --val-fraction 0 --no-progress
 
 step "done"

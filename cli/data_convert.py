@@ -13,14 +13,16 @@ from fmdata.store import Location
 from fmdata.store.layout import DEFAULT_CHUNK_FRAMES, DEFAULT_SHARD_FRAMES
 
 from .errors import user_errors
-from .options import STORE, json_option, overwrite_option, progress_flag, progress_option
+from .options import STORE, json_option, overwrite_option, progress_flag, progress_option, store_argument
 
 workers_option = click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
                               help="Worker processes, this one included (default: the number of CPUs).")
 
 
 @click.command("convert")
-@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+# SOURCES may be empty for click: a lone argument is then OUT, and the library says what is missing
+# (a source before it, or OUT after a source: "expected OUT after the sources")
+@click.argument("sources", nargs=-1, required=False, type=click.Path(path_type=Path))
 @click.argument("out", type=STORE)
 @workers_option
 @click.option("--scheduler", metavar="ADDRESS", default=None,
@@ -45,9 +47,9 @@ workers_option = click.option("--workers", type=click.IntRange(min=1), default=N
 def convert_command(sources: tuple[Path, ...], out: Location, workers: int | None, scheduler: str | None,
                     overwrite: bool, resume: bool, chunk_frames: int | None, shard_frames: int | None, fps: float,
                     mask_nonzero: bool, progress: bool | None, as_json: bool) -> None:
-    """Convert SOURCES (V1 MAT files, one recording each, and/or V2 folders, one recording per
-    video) into a new Zarr store OUT (store format v2, see docs/store-format.md); recordings are
-    concatenated in the order given."""
+    """Convert SOURCES (V1 MAT files, one recording each, folders of them, and/or V2 folders, one
+    recording per video) into a new Zarr store OUT (store format v2, see docs/store-format.md);
+    recordings are concatenated in the order given (a folder's in name order)."""
     report = run_conversion(sources, out, scheduler=scheduler, workers=workers, overwrite=overwrite, resume=resume,
                             chunk_frames=chunk_frames, shard_frames=shard_frames, fps=fps,
                             progress=progress_flag(progress), mask_nonzero=mask_nonzero)
@@ -55,7 +57,7 @@ def convert_command(sources: tuple[Path, ...], out: Location, workers: int | Non
 
 
 @click.command("verify")
-@click.argument("store", type=STORE)
+@store_argument()
 @click.option("--source", "sources", multiple=True, type=click.Path(path_type=Path),
               help="A source the store was converted from (repeat, in conversion order): compare every element.")
 @workers_option

@@ -19,4 +19,6 @@ COMMANDS = {
 @lazy_group(COMMANDS)
 @click.version_option(fmmodel.__version__, prog_name="fmmodel")
 def main() -> None:
-    """Train, evaluate, predict and benchmark FmFormer (or your own models) on an FMF store."""
+    """Train, evaluate, predict and benchmark FmFormer (or your own models) on an FMF store. Every
+    command takes the store as its first argument, STORE, as fmdata does (--store STORE is the
+    same); only train --resume needs none."""

@@ -12,13 +12,13 @@ from fmmodel import protocol
 from fmmodel.runs.benchmark import BenchmarkSettings, run_benchmark
 
 from .errors import user_errors
-from .options import STORE, CommaList, json_option, progress_flag, progress_option, training_options
+from .options import CommaList, json_option, progress_flag, progress_option, store_argument, training_options
 
 BENCHMARK_VARIANTS = "vicu_cls,video_cls,current_cls,vicu_seg"
 
 
 @click.command("benchmark")
-@click.option("--store", type=STORE, required=True, help="FMF Zarr store (path or URL).")
+@store_argument()
 @click.option("--variants", "models", type=CommaList(str, "models"), default=BENCHMARK_VARIANTS, show_default=True,
               help="Models to compare, comma-separated: FmFormer variants, installed models (entry points of "
                    "group fmmodel.models) or factories module:name / path/file.py:name (docs/custom-models.md).")

@@ -20,7 +20,7 @@ from fmmodel.scoring.report import format_report
 
 from .errors import user_errors
 from .options import (
-    STORE,
+    MISSING_STORE,
     batch_size_option,
     data_options,
     device_options,
@@ -31,6 +31,7 @@ from .options import (
     progress_flag,
     progress_option,
     stack,
+    store_argument,
     training_options,
 )
 
@@ -55,8 +56,8 @@ def _rank0() -> bool:
 
 
 @click.command("train")
-@click.option("--store", type=STORE, default=None,
-              help="FMF Zarr store (path or URL). With --resume: only when the run's store moved (same data).")
+@store_argument("FMF Zarr store (path or URL). With --resume: only when the run's store moved (same data).",
+                required=False)
 @click.option("--windows", default=None, metavar="NAME",
               help="Stored window table (fmdata windows); default: build windows now from the window options.")
 @click.option("--model", "model", default=None, metavar="MODEL",
@@ -93,7 +94,7 @@ def train_cmd(store: Location | None, windows: str | None, model: str | None, ta
                             environment=_typed_with_resume(), model=model)
     else:
         if store is None:
-            raise click.UsageError("--store is required (unless --resume)")
+            raise click.UsageError(f"{MISSING_STORE}; only --resume takes none")
         if windows and (policy is not None or any(v is not None for v in window.values())):
             raise click.UsageError("--windows trains on a stored table's own windows: give it or the window options "
                                    "(--frames, --frame-step, --current-seconds, --current-rows, --stride, --policy), "
@@ -116,12 +117,12 @@ def _typed_with_resume() -> dict[str, Any]:
     ctx = click.get_current_context()
     typed = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
     return {name: value for name, value in ctx.params.items()
-            if name not in ("out", "resume", "epochs", "store", "progress", "model")
+            if name not in ("out", "resume", "epochs", "store", "store_option", "progress", "model")
             and ctx.get_parameter_source(name) in typed}
 
 
 @click.command("evaluate")
-@click.option("--store", type=STORE, required=True, help="FMF Zarr store (path or URL).")
+@store_argument()
 @checkpoint_options
 @click.option("--split", type=click.Choice(protocol.SPLITS), default="test", show_default=True,
               help="Windows to score (all: train and test).")
@@ -157,7 +158,7 @@ def evaluate_cmd(store: Location, checkpoint: str, fmt: str, variant: str | None
 
 
 @click.command("predict")
-@click.option("--store", type=STORE, required=True, help="FMF Zarr store (path or URL).")
+@store_argument()
 @checkpoint_options
 @click.option("--out", required=True, type=click.Path(), help="Output Zarr v3 store (OUT.zarr, a local path).")
 @click.option("--split", type=click.Choice(protocol.SPLITS), default="all", show_default=True,

@@ -174,7 +174,7 @@ def test_existing_outputs_and_leftover_partials_need_to_be_named(mixed, tmp_path
     out = tmp_path / "o.zarr"
     convert(src, out, workers=1, progress=False)
     before = (out / "zarr.json").read_bytes()
-    with pytest.raises(FmDataError, match="exists; pass --overwrite"):
+    with pytest.raises(FmDataError, match=r"got one that exists \(--overwrite replaces it\)"):
         convert(src, out, workers=1, progress=False)
     assert (out / "zarr.json").read_bytes() == before
     convert(src, out, workers=1, overwrite=True, progress=False, chunk_frames=2)

@@ -197,13 +197,13 @@ def test_synth_writes_every_layout_and_storage(tmp_path):
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # an existing picture is refused before anything is written, as an existing output is
     r = run("synth", tmp_path / "v2b", "--layout", "v2", "--frames", 30, "--size", 8, "--preview", tmp_path / "p.png")
-    assert_one_line_error(r, "p.png", "already exists", "--overwrite")
+    assert_one_line_error(r, "p.png", "got one that exists (--overwrite replaces it)")
     assert not (tmp_path / "v2b").exists()
 
 
 def test_synth_bad_input_is_one_line_and_leaves_nothing(tmp_path):
     (tmp_path / "exists.mat").write_bytes(b"user data")
-    assert_one_line_error(run("synth", tmp_path / "exists.mat", "--frames", 5), "already exists", "--overwrite")
+    assert_one_line_error(run("synth", tmp_path / "exists.mat", "--frames", 5), "got one that exists (--overwrite replaces it)")
     assert (tmp_path / "exists.mat").read_bytes() == b"user data"
     (tmp_path / "afile").write_text("x")
     assert_one_line_error(run("synth", tmp_path / "afile" / "out.mat", "--frames", 5), "through a file")

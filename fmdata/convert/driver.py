@@ -54,7 +54,7 @@ from fmdata.convert.plan import (
 )
 from fmdata.convert.units import close_cached, convert_unit
 from fmdata.errors import FmDataError, Interrupted
-from fmdata.sources import DEFAULT_FPS, RecordingSource, open_sources
+from fmdata.sources import DEFAULT_FPS, RecordingSource, is_source, open_sources
 from fmdata.store import schema
 from fmdata.store.access import read_meta
 from fmdata.store.atomic import is_temporary, leftovers, remove_tree
@@ -63,7 +63,7 @@ from fmdata.store.derived import recover as recover_switches
 from fmdata.store.layout import Chunking, create_arrays, default_chunking, override_chunking
 from fmdata.store.location import Location, LocationLike, set_complete
 from fmdata.store.lock import writer_lock
-from fmdata.store.outputs import check_apart, refusal
+from fmdata.store.outputs import check_apart, output_exists, refusal
 
 ATTR_CONVERT = "fmf_convert"  # root attribute: the conversion plan (sources, chunking), for --resume
 # root attribute of a partial store started with --overwrite: --resume then finishes the replacement
@@ -254,13 +254,14 @@ def convert(sources: Sequence[str | os.PathLike[str]], out: LocationLike, *, wor
             chunk_frames: int | None = None, shard_frames: int | None = None,
             fps: float = DEFAULT_FPS, progress: bool = True, runner: UnitRunner | None = None,
             mask_nonzero: bool = False) -> ConvertReport:
-    """Convert ``sources`` (V1 MAT files and/or V2 folders, in order) into a new store at ``out``.
+    """Convert ``sources`` (V1 MAT files, folders of them and/or V2 folders, in order) into a new store at ``out``.
 
     ``workers`` processes run the units: this one and ``workers - 1`` spawned children (default:
     the CPU count; a script that calls this with more than one worker needs the usual
     ``if __name__ == "__main__":`` guard of spawned multiprocessing). ``overwrite`` replaces an
     existing store (only an FMF store; the old one stays until the new one is complete);
-    An ``out`` that is a source, lies inside one (a V2 folder) or holds one is refused.
+    An ``out`` that is a source ("expected OUT after the sources": a forgotten output), lies inside
+    one (a V2 folder) or holds one is refused.
     ``resume`` continues an interrupted conversion into ``out`` without redoing finished units
     (a store at ``out`` already complete from the same sources and chunking is left as it is).
     ``chunking`` defaults to :func:`fmdata.store.layout.default_chunking`; ``chunk_frames`` /
@@ -278,6 +279,9 @@ def convert(sources: Sequence[str | os.PathLike[str]], out: LocationLike, *, wor
     target = Location.parse(out)
     _refuse_link(target)
     check_apart(target, sources, field="out", what="the sources it reads")
+    if target.local_path is not None and is_source(target.local_path):  # the store's path was left out
+        raise FmDataError("expected OUT after the sources (the path of the new store), got a source last",
+                          target.local_path, field="out")
     # a runner runs the units elsewhere (a cluster: its own error if it cannot reach the store)
     workers = resolve_workers(workers, in_process=target.in_process and runner is None)
     recs = open_sources([os.fspath(s) for s in sources], fps, mask_nonzero=mask_nonzero)
@@ -303,7 +307,7 @@ def _convert_into(target: Location, plan: ConversionPlan, recs: list[RecordingSo
     # --resume of an interrupted --overwrite finishes the replacement it was making
     finish_replacing = resume and not target.is_url and bool(partials) and _replaces(partials[-1])
     if exists and not overwrite and not resume_in_place and not finish_replacing:
-        raise FmDataError("expected a new output path, got one that exists; pass --overwrite to replace it", str(target))
+        raise output_exists(str(target))
     if exists and _peek(target) is None:  # --overwrite replaces only what convert makes: an FMF store
         raise refusal(str(target), "fmdata convert", "something that is not an FMF store")
     target.check_writable_parent()

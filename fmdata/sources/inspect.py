@@ -7,8 +7,9 @@ A V2 folder gives its recordings: for each, the video file's variables and frame
 current log (rows, first and last timestamp), the per-frame timestamps and the split counts.
 Its problems come from the one validator that ``fmdata convert`` uses
 (:mod:`fmdata.sources.validate`): every structural problem, then (when the pieces fit) the
-first content problem, so that inspect flags exactly what convert refuses. A folder of
-``*.mat`` files without ``videos/`` is taken as a set of V1 files.
+first content problem, so that inspect flags exactly what convert refuses. What a folder is
+(a V2 folder, or a set of V1 files: its ``*.mat`` files) is the validator's one rule,
+:func:`fmdata.sources.validate.folder_layout`.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from fmdata.errors import FmDataError, first_line
 from fmdata.sources import matinfo
 from fmdata.sources.layouts import (
     LAYOUT_V1,
+    LAYOUT_V2,
     V1_VARIABLES,
     V2_CURRENTS,
     V2_SPLIT_FILES,
@@ -34,7 +36,7 @@ from fmdata.sources.layouts import (
     V2_VIDEOS,
     v2_key,
 )
-from fmdata.sources.validate import open_sources, v2_folder_problems, v2_names
+from fmdata.sources.validate import folder_layout, open_sources, v2_folder_problems, v2_names
 
 
 def inspect_path(path: str | os.PathLike[str], *, check: bool = False) -> dict[str, Any]:
@@ -45,15 +47,12 @@ def inspect_path(path: str | os.PathLike[str], *, check: bool = False) -> dict[s
     """
     p = Path(path)
     if not p.exists():
-        raise FmDataError("expected a MAT file or a V2 folder, got nothing there", p)
+        raise FmDataError("expected a MAT file, a folder of them or a V2 folder, got nothing there", p)
     if p.is_dir():
-        if (p / V2_VIDEOS).is_dir():
+        layout, mats = folder_layout(p)  # the rule convert follows too
+        if layout == LAYOUT_V2:
             return _inspect_v2(p, check)
-        mats = sorted(p.glob("*.mat"))
-        if not mats:
-            raise FmDataError("expected a MAT file, a V2 folder (videos/, currents/, timestamps/, train.json, "
-                              "test.json) or a folder of .mat files, got a folder with none of them", p)
-        files = [_inspect_mat(m, check) for m in mats]
+        files = [_inspect_mat(Path(m), check) for m in mats]
         problems = [f"{os.path.basename(f['path'])}: {problem}" for f in files for problem in f["problems"]]
         return {"kind": "v1-folder", "path": str(p), "files": files, "problems": problems}
     return _inspect_mat(p, check)

@@ -108,10 +108,50 @@ class RecordingSource:
                                     mask_nonzero=self.mask_nonzero)
 
 
+# ---- what a source is -----------------------------------------------------------------------------
+def folder_layout(folder: str | os.PathLike[str]) -> tuple[str, list[str]]:
+    """What the folder source ``folder`` is: the one rule of ``fmdata inspect``, ``convert`` and ``verify``.
+
+    Returns ``(LAYOUT_V2, [folder])`` for a V2 folder (it holds one of ``videos/``, ``currents/``,
+    ``timestamps/``, ``train.json``, ``test.json``; :func:`v2_folder_problems` says what else it
+    needs) and ``(LAYOUT_V1, files)`` for a folder of V1 files (``files``: its ``*.mat`` files, in
+    name order; hidden files and other files are not sources). Raises FmDataError, one line naming
+    the folder, for a folder with neither, or with both.
+    """
+    folder = os.fspath(folder)
+    names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+    v2 = [n for n in names if (n in V2_FOLDERS and os.path.isdir(os.path.join(folder, n))) or n in V2_SPLIT_FILES.values()]
+    mats = [os.path.join(folder, n) for n in names
+            if os.path.splitext(n)[1].lower() == ".mat" and os.path.isfile(os.path.join(folder, n))]
+    if v2 and mats:
+        raise FmDataError(f"expected a V2 folder or a folder of V1 .mat files, got both: {', '.join(v2)} beside "
+                          f"{len(mats)} .mat file(s) such as {os.path.basename(mats[0])}", folder)
+    if v2:
+        return LAYOUT_V2, [folder]
+    if mats:
+        return LAYOUT_V1, mats
+    raise FmDataError(f"expected a V1 MAT file, a folder of them or a V2 folder ({'/, '.join(V2_FOLDERS)}/, "
+                      "train.json, test.json), got a folder with none of them", folder)
+
+
+def is_source(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a source :func:`open_sources` would take for one: a MAT file (by its
+    first bytes) or a folder that :func:`folder_layout` accepts. Reads at most a file's header."""
+    p = os.fspath(path)
+    try:
+        if os.path.isdir(p):
+            folder_layout(p)
+            return True
+        return os.path.isfile(p) and matinfo.sniff_format(p) is not None
+    except (FmDataError, OSError):
+        return False
+
+
 # ---- opening and validating ---------------------------------------------------------------------
 def open_sources(paths: list[str] | tuple[str, ...], fps: float = DEFAULT_FPS, *,
                  mask_nonzero: bool = False) -> list[RecordingSource]:
-    """Validate every source path and return its recordings in order (V2 folders: by name).
+    """Validate every source path and return its recordings in order (V2 folders: by name; folders
+    of V1 files: their ``*.mat`` files in name order, :func:`folder_layout`).
 
     ``fps`` is the frame rate of V1 files (they carry no timestamps). ``mask_nonzero`` reads
     every mask value above 0 as 1, as the authors' loader does (by default a value other than 0
@@ -119,21 +159,24 @@ def open_sources(paths: list[str] | tuple[str, ...], fps: float = DEFAULT_FPS, *
     problem for anything that cannot be converted, and when recordings disagree on frame size.
     """
     if not paths:
-        raise FmDataError("expected at least one source (V1 MAT file or V2 folder), got none")
+        raise FmDataError("expected at least one source (a V1 MAT file, a folder of them or a V2 folder), got none",
+                          field="sources")
     check_fps(fps)
     out: list[RecordingSource] = []
     seen: set[str] = set()
-    for p in paths:
-        p = os.path.abspath(os.fspath(p))
-        if os.path.realpath(p) in seen:  # the same recording twice would double its frames in both splits
-            raise FmDataError("expected each source once, got this one again", p)
-        seen.add(os.path.realpath(p))
-        if os.path.isdir(p):
-            out.extend(_open_v2(p, fps))
-        elif os.path.exists(p):
-            out.append(_open_v1(p, fps))
-        else:
-            raise FmDataError("expected a V1 MAT file or a V2 folder, got nothing there", p)
+    for given in paths:
+        given = os.path.abspath(os.fspath(given))
+        if not os.path.exists(given):
+            raise FmDataError("expected a V1 MAT file, a folder of them or a V2 folder, got nothing there", given)
+        layout, files = folder_layout(given) if os.path.isdir(given) else (LAYOUT_V1, [given])
+        for p in files:
+            if os.path.realpath(p) in seen:  # the same recording twice would double its frames in both splits
+                raise FmDataError("expected each source once, got this one again", p)
+            seen.add(os.path.realpath(p))
+            if layout == LAYOUT_V2:
+                out.extend(_open_v2(p, fps))
+            else:
+                out.append(_open_v1(p, fps))
     if mask_nonzero:
         out = [dataclasses.replace(r, mask_nonzero=True) for r in out]
     first = out[0]

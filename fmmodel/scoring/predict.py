@@ -39,7 +39,14 @@ from fmdata.store.access import open_store, read_meta
 from fmdata.store.atomic import atomic_file, place, remove_tree
 from fmdata.store.location import Location, LocationLike
 from fmdata.store.lock import writer_lock
-from fmdata.store.outputs import check_apart, check_replaceable, folders_made_for, mark_mp4, refusal
+from fmdata.store.outputs import (
+    check_apart,
+    check_replaceable,
+    folders_made_for,
+    mark_mp4,
+    output_exists,
+    refusal,
+)
 from fmmodel.data.resident import check_resident_budget
 from fmmodel.data.sampling import check_loader_workers
 from fmmodel.errors import FmModelError
@@ -161,12 +168,14 @@ def predict(store: LocationLike, checkpoint: str, out: str, *, fmt: str = "auto"
     _check_output(out, location, overwrite)
     if video:
         check_apart(video, [location], field="video")
-        check_replaceable(video, overwrite=overwrite, command=COMMAND)
     ctx = dd.setup(device)
     try:
         lock = writer_lock(out, "fmmodel predict", what="predictions store", parents=True)
-        # a failed predict leaves no empty folder it made for --out
-        with folders_made_for(out) if ctx.is_main else nullcontext(), lock if ctx.is_main else nullcontext():
+        # a failed predict leaves no empty folder it made for --out or --video
+        made = folders_made_for(out, *([video] if video else []))
+        with made if ctx.is_main else nullcontext(), lock if ctx.is_main else nullcontext():
+            if video:  # before the scoring, not after it
+                check_replaceable(video, overwrite=overwrite, command=COMMAND)
             return _predict(location, checkpoint, ctx, fmt=fmt, variant=variant, split=split, windows=windows,
                             out=out, batch_size=batch_size, workers=workers, precision=precision, video=video,
                             video_max_frames=video_max_frames, data=data, resident_budget=resident_budget,
@@ -182,7 +191,7 @@ def _check_output(out: str, store: Location, overwrite: bool) -> None:
     if not (os.path.exists(out) or os.path.islink(out)):
         return
     if not overwrite:
-        raise FmModelError("exists; pass --overwrite to replace it", out)
+        raise output_exists(out, error=FmModelError)
     try:
         ours = ATTR_PREDICTIONS in zarr.open_group(out, mode="r").attrs
     except Exception:  # not a Zarr group at all (zarr raises several types for that)
