@@ -139,6 +139,16 @@ def test_both_policies_sit_side_by_side(bench_store, tmp_path):
     assert n["strict"] < n["reference"]  # strict drops the test windows that reach into the guard
     assert report.table.rows[0]["validation"]["val_f1"]["n"] == 1
     assert "| vicu_cls | strict |" in report.table.markdown
+    # the header states epochs, model size and parameters, windows per model and the data path (issue 18)
+    cell = json.loads((Path(cell_folder(str(tmp_path / "b"), "vicu_cls", "strict", 0)) / "eval" / "report.json")
+                      .read_text())
+    config = json.loads((Path(cell_folder(str(tmp_path / "b"), "vicu_cls", "strict", 0)) / "config.json").read_text())
+    header = report.table.markdown.split("## Test, overall")[0]
+    assert ("- Training: 1 epoch(s) per run; model size tiny with width=32, heads=2, head_dim=16, mlp_dim=64, depth=1; "
+            f"parameters per model: vicu_cls: {cell['parameters']:,}.") in header and cell["parameters"] > 0
+    assert "- Windows per model: vicu_cls: 10 frames step 6, 40 current rows over 6.0 s." in header
+    assert (f"- Data path (`--data auto`): training {config['runtime']['data']['path']}, scoring "
+            f"{cell['data']['path']}.") in header
 
 
 def test_more_epochs_resume_every_cell_and_score_it_again(bench_store, tmp_path):

@@ -171,7 +171,7 @@ def _run_cells(location: Location, cells: list[Cell], variants: dict[str, Varian
         reports[cell] = _read(folder, history)
     # the settings every cell shares, as TrainConfig resolved them (cells is never empty)
     table = write_table(out, cells, reports=reports, settings=settings.to_dict(),
-                        preprocessing=cfg.preprocessing, val_fraction=cfg.val_fraction)
+                        preprocessing=cfg.preprocessing, val_fraction=cfg.val_fraction, model=cfg.model, data=cfg.data)
     return BenchmarkReport(out=out, cells=len(cells), table=table, **counts)
 
 
@@ -208,9 +208,12 @@ def _train_cell(cfg: TrainConfig, progress: bool, name: str) -> tuple[str, list[
 
 
 def _read(folder: str, history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """A cell's evaluation report with the validation scores of its best epoch (from ``history``)."""
+    """A cell's evaluation report with the validation scores of its best epoch (from ``history``)
+    and how the run was trained (``training``: its epochs and the data path training took)."""
     with open(os.path.join(folder, REPORT), encoding="utf-8") as fh:
         report: dict[str, Any] = json.load(fh)
     best = [r for r in history if r.get("best")]
     report["validation"] = best[-1] if best else None
+    runtime = TrainConfig.load(os.path.join(folder, CONFIG_JSON)).runtime
+    report["training"] = {"epochs": len(history), "data": (runtime.get("data") or {}).get("path")}
     return report

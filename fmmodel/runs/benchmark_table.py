@@ -4,8 +4,9 @@
 validation scores of each run's best epoch) and writes, atomically, ``table.json`` (every number,
 per cell and aggregated), ``table.md`` (the tables a paper would show: test metrics overall and
 per recording, validation beside test) and ``table.png`` (the metrics of each model with their
-spread over seeds). The header states the protocol: windows, validation hold-out,
-preprocessing, checkpoint format, seeds and test samples.
+spread over seeds). The header states the protocol: store, seeds, epochs, model size and each
+model's parameters, windows per model, the data path, validation hold-out, preprocessing,
+checkpoint and test samples.
 """
 from __future__ import annotations
 
@@ -113,13 +114,7 @@ def _fmt(s: Mapping[str, Any] | None) -> str:
 def _markdown(rows: Sequence[Mapping[str, Any]], protocol: Mapping[str, Any]) -> str:
     seg = any(r["task"] == "seg" for r in rows)
     test_cols = CLASS_METRICS + (PIXEL_METRICS if seg else ())
-    lines = ["# Benchmark", "",
-             f"Store `{protocol['store']}`; seeds {protocol['seeds']}; checkpoint format toolkit (each run's best "
-             f"validation epoch), scored with the {protocol['evaluation']} evaluation protocol; preprocessing "
-             f"{protocol['preprocessing']}; validation: {_validation_text(protocol['val_fraction'])}; test: every "
-             "test window of the policy (stride 1). Windows per model: "
-             + "; ".join(f"{label(m)}: {w}" for m, w in protocol["windows"].items()) + ".",
-             "Values: mean ± sample standard deviation over seeds.", "",
+    lines = ["# Benchmark", "", *_header(protocol), "", "Values: mean ± sample standard deviation over seeds.", "",
              "## Test, overall", "",
              "| model | policy | test samples | " + " | ".join(n for _, n in test_cols) + " | "
              + " | ".join(n for _, n in VALIDATION) + " |",
@@ -138,16 +133,41 @@ def _markdown(rows: Sequence[Mapping[str, Any]], protocol: Mapping[str, Any]) ->
     return "\n".join(lines) + "\n"
 
 
+def _header(protocol: Mapping[str, Any]) -> list[str]:
+    """The protocol a table's numbers come from, one markdown bullet per part."""
+    models = protocol["windows"]
+    size = dict(protocol.get("model") or {})
+    size_text = str(size.pop("size", "reference"))
+    if size:
+        size_text += " with " + ", ".join(f"{k}={v}" for k, v in size.items())
+    parameters = protocol.get("parameters") or {}
+    data = protocol.get("data") or {}
+    epochs = protocol.get("epochs") or []
+    return [
+        f"- Store `{protocol['store']}`; seeds {protocol['seeds']}.",
+        f"- Training: {' or '.join(str(e) for e in epochs) or '?'} epoch(s) per run; model size {size_text}; "
+        "parameters per model: " + "; ".join(f"{label(m)}: {parameters[m]:,}" if parameters.get(m) is not None
+                                              else f"{label(m)}: ?" for m in models) + ".",
+        "- Windows per model: " + "; ".join(f"{label(m)}: {w}" for m, w in models.items()) + ".",
+        f"- Data path (`--data {data.get('requested', 'auto')}`): training {' and '.join(data.get('training') or ['?'])}"
+        f", scoring {' and '.join(data.get('scoring') or ['?'])}.",
+        f"- Validation: {_validation_text(protocol['val_fraction'])}; preprocessing {protocol['preprocessing']}.",
+        f"- Test: every test window of the policy (stride 1), scored with the {protocol['evaluation']} evaluation "
+        "protocol.",
+    ]
+
+
 def _validation_text(fraction: float) -> str:
     if not fraction:
         return "none (no hold-out: each run's last epoch is its checkpoint)"
     return (f"the last {fraction:.0%} of each recording's training block, one window span away from the training "
-            "windows")
+            "windows; checkpoint: each run's best validation epoch (toolkit format)")
 
 
-def _picture(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
+def _picture(path: str, rows: Sequence[Mapping[str, Any]], protocol: Mapping[str, Any]) -> None:
     """Grouped bars: one group per metric, one bar per (model, policy) at its mean over seeds,
-    an error bar of one standard deviation, and a dot per seed."""
+    an error bar of one standard deviation, and a dot per seed; the title says the store, the
+    epochs and the model size (``protocol``)."""
     names = dict(CLASS_METRICS + PIXEL_METRICS)
     metrics = PICTURE_METRICS + (("miou",) if any(r["task"] == "seg" for r in rows) else ())
     fig = Figure(figsize=(2.0 + 1.5 * len(metrics), 4.0), dpi=110)  # no pyplot: no global state
@@ -166,7 +186,10 @@ def _picture(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
     ax.set_xticks(x, [names[k] for k in metrics])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("test score")
-    ax.set_title("mean over seeds; bar: one std; dots: seeds", fontsize=9)
+    epochs = " or ".join(str(e) for e in protocol.get("epochs") or []) or "?"
+    size = (protocol.get("model") or {}).get("size", "reference")
+    ax.set_title(f"test scores on {os.path.basename(str(protocol['store']).rstrip('/'))}: {epochs} epoch(s), model "
+                 f"size {size}\nmean over seeds; bar: one std; dots: seeds", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(len(rows), 2), frameon=False)
     fig.tight_layout()
@@ -193,14 +216,26 @@ def check_tables(out: str) -> None:
 
 
 def write_table(out: str, cells: Sequence[Cell], *, reports: Mapping[Cell, Mapping[str, Any]],
-                settings: Mapping[str, Any], preprocessing: str, val_fraction: float) -> BenchmarkTable:
-    """Aggregate the cells' ``reports`` and write table.md, table.json and table.png into ``out``."""
+                settings: Mapping[str, Any], preprocessing: str, val_fraction: float,
+                model: Mapping[str, Any] | None = None, data: str = "auto") -> BenchmarkTable:
+    """Aggregate the cells' ``reports`` and write table.md, table.json and table.png into ``out``.
+
+    ``model`` is the model size every cell was built with (``TrainConfig.model``), ``data`` the
+    data path asked for (``--data``); the cells' reports say the parameters of each model, the
+    epochs each run trained (``training.epochs``) and the data paths taken (``training.data``,
+    ``data.path``)."""
     rows = aggregate(cells, reports)
     first = {c.model: reports[c] for c in cells}
+    every = [reports[c] for c in cells]
     protocol = {"store": next(iter(reports.values()))["store"], "seeds": sorted({c.seed for c in cells}),
                 "preprocessing": preprocessing, "val_fraction": val_fraction,
                 "evaluation": next(iter(reports.values())).get("protocol", "toolkit"),
-                "windows": {m: _window_text(r["windows"]["params"]) for m, r in first.items()}}
+                "windows": {m: _window_text(r["windows"]["params"]) for m, r in first.items()},
+                "epochs": sorted({r["training"]["epochs"] for r in every if r.get("training")}),
+                "model": dict(model or {}), "parameters": {m: r.get("parameters") for m, r in first.items()},
+                "data": {"requested": data,
+                         "training": sorted({str(r["training"]["data"]) for r in every if r.get("training")}),
+                         "scoring": sorted({str((r.get("data") or {}).get("path")) for r in every})}}
     markdown = _markdown(rows, protocol)
     os.makedirs(out, exist_ok=True)
     paths = [os.path.join(out, name) for name in (TABLE_MD, TABLE_JSON, TABLE_PNG)]
@@ -209,7 +244,7 @@ def write_table(out: str, cells: Sequence[Cell], *, reports: Mapping[Cell, Mappi
     # table.json first: it is what marks the folder's table files as a benchmark's (check_tables)
     write_json(paths[1], {"protocol": protocol, "settings": dict(settings), "rows": rows, "cells": cell_rows})
     replace_text(paths[0], markdown)
-    _picture(paths[2], rows)
+    _picture(paths[2], rows, protocol)
     return BenchmarkTable(markdown=markdown, markdown_path=paths[0], json_path=paths[1], picture_path=paths[2],
                           rows=rows)
 

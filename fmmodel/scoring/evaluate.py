@@ -17,37 +17,42 @@ import numpy as np
 import torch
 
 from fmdata.store import schema
+from fmdata.store.access import read_offsets
 from fmdata.store.location import Location, LocationLike
 from fmdata.store.outputs import check_apart
 from fmmodel.data.resident import check_resident_budget
 from fmmodel.data.sampling import check_loader_workers
 from fmmodel.errors import FmModelError
+from fmmodel.model.fmformer import count_parameters
 from fmmodel.protocol import ORIENTATION_REFERENCE
 from fmmodel.runtime import distributed as dd
 from fmmodel.runtime.precision import autocast, resolve_precision
 from fmmodel.scoring.inference import Inference, model_inputs, prepare, run_inference
 from fmmodel.scoring.metrics import THRESHOLD, predicted_abnormal, probabilities, summary_line
-from fmmodel.scoring.report import Example, plain_params, write_report
+from fmmodel.scoring.report import Example, choose_examples, plain_params, write_report
 
 
 def _examples(p: Inference, records: dict[str, np.ndarray], k: int, device: torch.device,
               precision: str) -> list[Example]:
-    """Pick up to ``k`` telling windows (confident hits, misses, false alarms) and render them."""
+    """Pick up to ``k`` telling windows (hits, misses, false alarms, correct normals; from different
+    stretches of the recordings: :func:`fmmodel.scoring.report.choose_examples`) and render them."""
     if k <= 0 or not len(records["key"]):
         return []
-    prob, target, keys = records["prob"], records["target"], records["key"]
-    pred = predicted_abnormal(prob)
-    groups = [np.flatnonzero(pred & (target == 1)), np.flatnonzero(~pred & (target == 1)),
-              np.flatnonzero(pred & (target == 0)), np.flatnonzero(~pred & (target == 0))]
-    chosen: list[int] = []
-    for g in groups:  # round-robin over the groups, most confident first within each
-        g = g[np.argsort(-np.abs(prob[g] - THRESHOLD))]
-        chosen.extend(g[: max(1, k // 4)].tolist())
-    chosen = chosen[:k]
-    frames = keys[chosen]
     ds = p.dataset
-    pos = {int(f): i for i, f in enumerate(ds.labelled_frames.tolist())}
-    idx = [pos[int(f)] for f in frames if int(f) in pos]
+    labelled = np.asarray(ds.labelled_frames, dtype=np.int64)
+    order = np.argsort(labelled, kind="stable")
+    keys = np.asarray(records["key"], dtype=np.int64)
+    at = np.minimum(np.searchsorted(labelled[order], keys), len(order) - 1)
+    found = labelled[order][at] == keys  # every scored key is a window of the dataset
+    rows = np.flatnonzero(found)
+    items = order[at[rows]]
+    frame_offsets, _ = read_offsets(p.root)
+    rec = np.asarray(ds.recording_ids, dtype=np.int64)[items]
+    window = p.params
+    span = max(1, (int(window.get("frames", 1)) - 1) * int(window.get("frame_step", 1)) + 1)
+    picked = choose_examples(records["prob"][rows], records["target"][rows], rec, keys[rows] - frame_offsets[rec],
+                             k=k, min_gap=span)
+    idx = [int(items[j]) for j in picked]  # dataset rows of the chosen windows
     pred_masks: list[np.ndarray | None] = [None] * len(idx)
     if p.task == "seg" and idx:
         batch = ds.__getitems__(idx).tensors
@@ -58,13 +63,16 @@ def _examples(p: Inference, records: dict[str, np.ndarray], k: int, device: torc
         if ds.orientation == ORIENTATION_REFERENCE:
             masks = np.swapaxes(masks, 1, 2)  # back to the store's (H, W)
         pred_masks = list(masks)
-    root = p.root
+    root, names = p.root, p.recording_names
     out = []
-    for j, i in enumerate(idx):
-        f = int(ds.labelled_frames[i])
+    for n, j in enumerate(picked):
+        f, r = int(keys[rows[j]]), int(rec[j])
+        first = int(frame_offsets[r])
+        seconds = float(root[schema.FRAME_TIME][f]) - float(root[schema.FRAME_TIME][first])
         out.append(Example(image=np.asarray(root[schema.VIDEO][f]), true_mask=np.asarray(root[schema.MASK][f]),
-                           pred_mask=pred_masks[j], prob=float(prob[chosen[j]]), label=int(target[chosen[j]]),
-                           recording=int(ds.recording_ids[i]), frame=f))
+                           pred_mask=pred_masks[n], prob=float(records["prob"][rows[j]]),
+                           label=int(records["target"][rows[j]]), recording=names[r] if r < len(names) else str(r),
+                           frame=f - first, seconds=seconds))
     return out
 
 
@@ -117,7 +125,8 @@ def evaluate(store: LocationLike, checkpoint: str, *, fmt: str = "auto", variant
         meta = p.meta
         report = {
             "store": str(location), "checkpoint": os.fspath(checkpoint), "format": meta.info.get("format", "toolkit"),
-            "variant": meta.variant, "task": p.task, "modality": p.modality, "split": split,
+            "variant": meta.variant, "parameters": count_parameters(p.model), "task": p.task, "modality": p.modality,
+            "split": split,
             "orientation": meta.orientation, "preprocessing": meta.preprocessing.get("name"),
             "protocol": p.protocol,
             "windows": {"name": windows, "count": res["windows"],
