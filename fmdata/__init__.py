@@ -4,7 +4,6 @@ This package never imports torch. The public facade is deliberately small; submo
 details (``fmdata.store.schema`` is the store contract).
 """
 from fmdata.errors import FmDataError
-
-__version__ = "0.1.0"
+from fmdata.version import __version__
 
 __all__ = ["FmDataError", "__version__"]

@@ -84,7 +84,7 @@ def test_a_pristine_store_verifies_derived_data_included(pristine):
     assert root.attrs[schema.ATTR_STATS]["checksum"] and schema.ATTR_CHECKSUMS in root[schema.FRAME_LABEL].attrs
     assert schema.ATTR_CHECKSUMS in root[schema.WINDOWS_GROUP]["w"].attrs
     # every chunk carries its CRC-32C (format 2), which stock zarr checks too
-    assert store.read_meta(root).version == schema.FORMAT_VERSION == 2
+    assert root.meta.version == schema.FORMAT_VERSION == 2
     for name in (schema.VIDEO, schema.CURRENT, schema.FRAME_LABEL):
         codecs = json.loads((pristine[0] / name / "zarr.json").read_text())["codecs"]
         inner = codecs[0]["configuration"]["codecs"] if codecs[0]["name"] == "sharding_indexed" else codecs
@@ -154,7 +154,7 @@ def test_stores_of_format_1_are_checked_where_whole_blocks_are_read(tmp_path):
     path = tmp_path / "v1.zarr"
     root = store.write_store_from_arrays(path, recs, fps=25.0, chunking=Chunking(1, 16, 64), format_version=1)
     write_window_table(root, "w", clip_window_table(recs, frames=4, step=3, current_rows=8, current_span=50))
-    assert store.read_meta(store.open_store(path)).version == 1
+    assert store.open_store(path).meta.version == 1
     ds = FmfWindowDataset(path, "w")
     assert len(ds.__getitems__(np.arange(len(ds))).tensors["label"]) == len(ds)  # intact: reads fine
     # a current chunk is a whole write block: its decoded values are checked against the recorded CRC
@@ -225,4 +225,4 @@ def test_a_store_with_damaged_offsets_is_one_line(pristine, tmp_path):
     offsets = zarr.open_array(path / schema.RECORDING_FRAME_OFFSETS, mode="r+")
     offsets[1] = 700  # a valid chunk, other values: only the recorded checksum tells
     with pytest.raises(FmDataError, match="recording_frame_offsets recording_edges 0..1: expected data matching"):
-        store.read_offsets(store.open_store(path))
+        store.read_offsets(store.open_store(path).root)

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from fmdata.store import schema
-from fmdata.store.location import Location, LocationLike
+from fmdata.store.handle import StoreHandle, StoreLike
+from fmdata.store.location import Location
 from fmdata.store.outputs import check_apart
 from fmmodel.data.resident import check_resident_budget
 from fmmodel.data.sampling import check_loader_workers
@@ -58,7 +59,7 @@ def _examples(p: Inference, records: dict[str, np.ndarray], k: int, device: torc
         if ds.orientation == ORIENTATION_REFERENCE:
             masks = np.swapaxes(masks, 1, 2)  # back to the store's (H, W)
         pred_masks = list(masks)
-    root = p.root
+    root = p.store.root
     out = []
     for j, i in enumerate(idx):
         f = int(ds.labelled_frames[i])
@@ -76,12 +77,13 @@ _MIOU = {"toolkit": "dataset-wide 2x2 confusion matrix, mean over the classes th
                       "authors' rule: a class absent from target and prediction scores 0)"}
 
 
-def evaluate(store: LocationLike, checkpoint: str, *, fmt: str = "auto", variant: str | None = None, split: str = "test",
+def evaluate(store: StoreLike, checkpoint: str, *, fmt: str = "auto", variant: str | None = None, split: str = "test",
              windows: str | None = None, out: str | None = None, batch_size: int = 64, workers: int = 2,
              device: str = "auto", precision: str | None = None, examples: int = 8, data: str = "auto",
              resident_budget: int | None = None, progress: bool = True, protocol: str | None = None,
              trusted: Sequence[str] = ()) -> dict[str, Any]:
-    """Evaluate ``checkpoint`` on ``store``; return the report dict (and write it under ``out``).
+    """Evaluate ``checkpoint`` on ``store`` (an open store or its location, opened once); return the
+    report dict (and write it under ``out``).
 
     ``fmt``: "auto", "toolkit" or "reference" (the authors' state_dict; ``variant`` names it when
     its keys are ambiguous). ``protocol`` says how samples and pixel metrics are counted
@@ -95,7 +97,8 @@ def evaluate(store: LocationLike, checkpoint: str, *, fmt: str = "auto", variant
     loop; a resident load is timed apart, under ``data``), the protocol, what was evaluated, the
     data path, and (with ``out``) the paths of report.json and the pictures.
     """
-    location = Location.parse(store)
+    store = store if isinstance(store, StoreHandle) else Location.parse(store)  # parsed once, opened in prepare
+    location = store.location if isinstance(store, StoreHandle) else store
     check_loader_workers(workers)
     check_resident_budget(resident_budget)
     if out:  # before the scoring, not after it
@@ -104,13 +107,13 @@ def evaluate(store: LocationLike, checkpoint: str, *, fmt: str = "auto", variant
             raise FmModelError("expected a folder for the report, got a file", out, field="out")
     ctx = dd.setup(device)
     try:
-        p = prepare(location, checkpoint, fmt=fmt, variant=variant, split=split, windows=windows, ctx=ctx,
+        p = prepare(store, checkpoint, fmt=fmt, variant=variant, split=split, windows=windows, ctx=ctx,
                     batch_size=batch_size, workers=workers, data=data, resident_budget=resident_budget,
                     progress=progress, protocol=protocol, trusted=trusted)
         prec = resolve_precision(precision, ctx.device)
         res = run_inference(p.model, p.loader, ctx, task=p.task, precision=prec,
-                            recordings=p.store_meta.n_recordings, progress=progress, pixel_rule=p.protocol)
-        names = p.recording_names
+                            recordings=p.store.meta.n_recordings, progress=progress, pixel_rule=p.protocol)
+        names = p.store.recording_names
         metrics = res["metrics"]
         for rid, entry in metrics["recordings"].items():
             entry["name"] = names[int(rid)] if int(rid) < len(names) else str(rid)
