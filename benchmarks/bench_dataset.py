@@ -15,11 +15,11 @@ sample of the reference window table in random order, batches of 64):
 * ``load-all``: (b) the reference approach: read whole recordings into RAM first (its load time and
   peak RSS), then slice windows from memory.
 * ``path-lazy`` / ``path-resident``: the data path alone as ``fmmodel bench-data`` measures it
-  (:func:`fmmodel.throughput.measure_data_path`, one torch thread, batches as the trainer gets
+  (:func:`fmmodel.data.throughput.measure_data_path`, one torch thread, batches as the trainer gets
   them, flips on): the lazy path with 0, 1 and 2 workers against the resident path, each for uint8
   clips (what the GPU path takes) and float32 reference clips. "Per CPU-second" counts every
   process involved (the main process and its workers).
-* ``resident-load``: :class:`fmmodel.resident.ResidentWindows` loading every window of the table
+* ``resident-load``: :class:`fmmodel.data.resident.ResidentWindows` loading every window of the table
   (clips, masks, current): load time, resident bytes and the process's peak RSS, at each size.
 
 Each measurement runs in its own process (peak RSS is that process's plus its workers'). Every
@@ -181,8 +181,8 @@ def measure(kind: str, mat: str, store: str, rows: list[int], workers: int, vari
     """Run one measurement in this process; return its figures."""
     import torch
 
-    from fmmodel.dataset import FmfWindowDataset, collate_windows
-    from fmmodel.sampling import make_loader
+    from fmmodel.data.dataset import FmfWindowDataset, collate_windows
+    from fmmodel.data.sampling import make_loader
 
     torch.set_num_threads(1)  # as in DataLoader workers: intra-op threads only contend on a busy machine
     rss0 = _current_rss_mib()
@@ -193,7 +193,7 @@ def measure(kind: str, mat: str, store: str, rows: list[int], workers: int, vari
         # default collate does), "nocheck" (the defaults without the CRC-32C checks).
         import functools
 
-        from fmmodel.sampling import worker_init
+        from fmmodel.data.sampling import worker_init
         if variant == "zarr":  # some 40x slower: an eighth of the windows tells its rate
             rows = rows[:max(BATCH * 4, len(rows) // 8)]
         ds = FmfWindowDataset(store, "bench", preprocessing="reference", rows=np.asarray(rows),
@@ -237,7 +237,7 @@ def measure(kind: str, mat: str, store: str, rows: list[int], workers: int, vari
         out = {"load_s": load, "seconds": dt, "windows_per_s": len(tab) / dt, "cpu_windows_per_s": len(tab) / cpu,
                "loaded_mib": (video.nbytes + label.nbytes + current.nbytes) / 2**20}
     elif kind == "path":
-        from fmmodel.throughput import measure_data_path
+        from fmmodel.data.throughput import measure_data_path
 
         # variant: "<lazy|resident>-<uint8|float32>"
         data, dtype = variant.split("-")
@@ -251,8 +251,8 @@ def measure(kind: str, mat: str, store: str, rows: list[int], workers: int, vari
                "passes": passes}
         kind = f"path-{data}"
     elif kind == "resident-load":
-        from fmmodel.dataset import FmfWindowDataset
-        from fmmodel.resident import ResidentWindows
+        from fmmodel.data.dataset import FmfWindowDataset
+        from fmmodel.data.resident import ResidentWindows
 
         ds = FmfWindowDataset(store, "bench", preprocessing="reference", video_dtype="uint8")
         t0, c0 = time.perf_counter(), time.process_time()
@@ -310,7 +310,7 @@ def mask_layouts(frames: int = 40000, size: int = 64, batches: int = 200, seed: 
     """Milliseconds per batch of 64 to gather (and flip half of) masks held as bytes or packed bits.
 
     The measurement behind the resident path's mask layout: ``frames`` random 0/1 masks of
-    ``size`` x ``size``, one torch thread, the gather and unpack that fmmodel.resident runs.
+    ``size`` x ``size``, one torch thread, the gather and unpack that fmmodel.data.resident runs.
     """
     import torch
 

@@ -199,8 +199,8 @@ def bench_load(location: str, rows: np.ndarray, workers: int, reader: str) -> di
     Two passes over the same windows with persistent workers: the first starts the workers and
     opens the store (its wall time is reported as ``first_pass_s``), the second is measured.
     """
-    from fmmodel.dataset import FmfWindowDataset
-    from fmmodel.sampling import make_loader
+    from fmmodel.data.dataset import FmfWindowDataset
+    from fmmodel.data.sampling import make_loader
 
     ds = FmfWindowDataset(location, "bench", preprocessing="reference", rows=rows, reader=reader)
     loader = make_loader(ds, BATCH, workers, persistent_workers=True)

@@ -6,7 +6,7 @@ Builds a synthetic store (fmdata.synth; the generator knows, per frame, the mist
 is "mist-hidden" when the density is >= 1.0, which hides the whole shell), trains the three
 models with identical windows, sizes and schedule through ``fmmodel train``'s library function,
 predicts the test split with each model's best-validation checkpoint, and scores with
-fmmodel.metrics:
+fmmodel.scoring.metrics:
 
 * all test windows: F1, AUROC, FDR, MDR;
 * mist-hidden test windows (labelled frame hidden): accuracy, recall of the hidden anomalies
@@ -42,7 +42,7 @@ DENSE = {"anomaly_gap_s": (4.0, 12.0), "anomaly_duration_s": (6.0, 14.0), "mist_
 def _scores(prob: np.ndarray, label: np.ndarray) -> dict:
     import torch
 
-    from fmmodel.metrics import class_scores
+    from fmmodel.scoring.metrics import class_scores
 
     return class_scores(torch.from_numpy(prob.astype(np.float32)), torch.from_numpy(label.astype(np.int64)))
 
@@ -80,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     from fmdata import synth
     from fmdata.derive import compute_stats
     from fmdata.store import WindowParams
-    from fmmodel.config import TrainConfig
-    from fmmodel.predict import predict, read_predictions
-    from fmmodel.train import train
+    from fmmodel.runs.config import TrainConfig
+    from fmmodel.runs.train import train
+    from fmmodel.scoring.predict import predict, read_predictions
 
     work = args.work or tempfile.mkdtemp(prefix="fmf-compare-")
     os.makedirs(work, exist_ok=True)
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
               f"acc {_fmt(hid.get('accuracy'))} recall {_fmt(hid.get('recall'))} FDR {_fmt(hid.get('fdr'))} "
               f"({int(hidden.sum())} windows) | train {timings[modality]:.0f} s", flush=True)
     names = {"both": "cross-modal (video + current)", "video": "video only", "current": "current only"}
-    from fmmodel.distributed import resolve_device
+    from fmmodel.runtime.distributed import resolve_device
 
     dev = resolve_device(args.device)
     where = (f"{__import__('torch').cuda.get_device_name(dev)}" if dev.type == "cuda"

@@ -5,7 +5,7 @@ Builds (or reuses, with --store) a synthetic FMF store, then trains the referenc
 classifier (width 96, depth 6, 10 frames step 18, 240 current rows over 120 s, batch 64, Adam
 5e-4, horizontal flip) for a fixed number of steps through the real data path (``--data``: the
 lazy dataset with DataLoader workers and pinned memory, or the resident windows gathered on the
-device; fmmodel.data_path), with bf16 autocast on CUDA and optional torch.compile, then scores
+device; fmmodel.data.paths), with bf16 autocast on CUDA and optional torch.compile, then scores
 test windows (no gradients, ``--eval-batch-size``) and prints:
 
 * samples/s over the measured steps (after --warmup steps), data included;
@@ -166,15 +166,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from fmdata.derive import compute_stats
     from fmdata.store import Location, open_store
-    from fmmodel import distributed as dd
-    from fmmodel.config import TrainConfig
-    from fmmodel.data import make_dataset, window_table_for
-    from fmmodel.data_path import BatchRequest, open_batches
-    from fmmodel.inference import autocast, model_inputs, resolve_precision
-    from fmmodel.preprocessing import input_format
-    from fmmodel.registry import build_model
-    from fmmodel.sampling import ShuffleSampler, set_loader_epoch
-    from fmmodel.train import build_optimizer
+    from fmmodel.data.paths import BatchRequest, open_batches
+    from fmmodel.data.preprocessing import input_format
+    from fmmodel.data.sampling import ShuffleSampler, set_loader_epoch
+    from fmmodel.data.windows import make_dataset, window_table_for
+    from fmmodel.model.registry import build_model
+    from fmmodel.runs.config import TrainConfig
+    from fmmodel.runs.train import build_optimizer
+    from fmmodel.runtime import distributed as dd
+    from fmmodel.runtime.precision import autocast, resolve_precision
+    from fmmodel.scoring.inference import model_inputs
 
     path = args.store or f"gpu-check-{args.frames}x{args.size}.zarr"
     t0 = time.perf_counter()
@@ -281,7 +282,8 @@ def evaluation_rate(net, source, batches: int, device, precision: str) -> float:
     unmeasured batches; the source is reread from the start when it runs out."""
     import torch
 
-    from fmmodel.inference import autocast, model_inputs
+    from fmmodel.runtime.precision import autocast
+    from fmmodel.scoring.inference import model_inputs
 
     if len(source) == 0:
         return float("nan")

@@ -5,7 +5,8 @@ errors (an option's value out of range: the library error's ``field`` names the 
 it is reported under the option the user typed), 130 when interrupted (Ctrl-C, SIGINT; with
 what to run to continue where the command can resume). Anything else a command raises is a
 bug or a failure the library does not know yet: it is still one line (its type and message)
-and exit code 1; ``FMF_TRACEBACK=1`` in the environment shows the traceback instead.
+and exit code 1; ``FMF_TRACEBACK=1`` in the environment shows the traceback instead, as it does
+for a library error that names a failure of other code (a user's model, which it chains).
 """
 from __future__ import annotations
 
@@ -65,6 +66,8 @@ def user_errors(fn: F) -> F:
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise  # click's own usage errors and exits
         except FmfError as exc:  # FmDataError, FmModelError
+            if os.environ.get(ENV_TRACEBACK) and exc.__cause__ is not None:
+                raise  # it names a failure of other code (a user's model): the traceback shows where
             param = _parameter(exc.field)
             if param is not None:
                 raise OptionError(str(exc), param) from None

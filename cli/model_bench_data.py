@@ -1,4 +1,4 @@
-"""``fmmodel bench-data``: windows/s of the data path alone, a thin click wrapper over fmmodel.throughput."""
+"""``fmmodel bench-data``: windows/s of the data path alone, a thin click wrapper over fmmodel.data.throughput."""
 from __future__ import annotations
 
 import json
@@ -6,9 +6,9 @@ import json
 import click
 
 from fmdata.store import Location
-from fmmodel.preprocessing import PREPROCESSING_REFERENCE, PREPROCESSINGS, VIDEO_DTYPES
+from fmmodel.data.preprocessing import PREPROCESSING_REFERENCE, PREPROCESSINGS, VIDEO_DTYPES
+from fmmodel.data.throughput import measure_data_path
 from fmmodel.protocol import DEVICES
-from fmmodel.throughput import measure_data_path
 
 from .errors import user_errors
 from .options import (

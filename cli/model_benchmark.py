@@ -1,4 +1,4 @@
-"""``fmmodel benchmark``: a thin click wrapper over :func:`fmmodel.benchmark.run_benchmark`."""
+"""``fmmodel benchmark``: a thin click wrapper over :func:`fmmodel.runs.benchmark.run_benchmark`."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import click
 from fmdata.store import Location
 from fmdata.store.schema import WINDOW_POLICIES
 from fmmodel import protocol
-from fmmodel.benchmark import BenchmarkSettings, run_benchmark
+from fmmodel.runs.benchmark import BenchmarkSettings, run_benchmark
 
 from .errors import user_errors
 from .options import STORE, CommaList, json_option, progress_flag, progress_option, training_options

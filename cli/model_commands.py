@@ -10,13 +10,13 @@ from click.core import ParameterSource
 
 from fmdata.store import Location, WindowParams
 from fmmodel import protocol
-from fmmodel.checkpoint import CHECKPOINT_FORMATS
-from fmmodel.config import TrainConfig
-from fmmodel.evaluate import evaluate
-from fmmodel.predict import predict
-from fmmodel.registry import VARIANTS, choose_variant
-from fmmodel.report import format_report
-from fmmodel.train import default_run_folder, resume_run, train
+from fmmodel.model.checkpoint import CHECKPOINT_FORMATS
+from fmmodel.model.registry import VARIANTS, choose_variant
+from fmmodel.runs.config import TrainConfig
+from fmmodel.runs.train import default_run_folder, resume_run, train
+from fmmodel.scoring.evaluate import evaluate
+from fmmodel.scoring.predict import predict
+from fmmodel.scoring.report import format_report
 
 from .errors import user_errors
 from .options import (
@@ -62,7 +62,8 @@ def _rank0() -> bool:
 @click.option("--model", "model", default=None, metavar="MODEL",
               help="The model: a variant (vicu_cls, vicu_seg, video_cls, current_cls), an installed model (entry "
                    "point of group fmmodel.models) or a factory module:name / path/file.py:name "
-                   "(docs/custom-models.md). Default: the FmFormer variant of --task and --modality.")
+                   "(docs/custom-models.md). Default: the FmFormer variant of --task and --modality. With --resume: "
+                   "a user's model named again (its code is imported only when named or installed).")
 @click.option("--task", type=click.Choice(protocol.TASKS), default=None,
               help="cls: one label per window (default); seg: a mask of the labelled frame.")
 @click.option("--modality", type=click.Choice(protocol.MODALITIES), default=None,
@@ -89,7 +90,7 @@ def train_cmd(store: Location | None, windows: str | None, model: str | None, ta
         if not out:
             raise click.UsageError("--resume needs --out RUN_DIR")
         result = resume_run(out, epochs=epochs, progress=progress_flag(progress), store=store,
-                            environment=_typed_with_resume())
+                            environment=_typed_with_resume(), model=model)
     else:
         if store is None:
             raise click.UsageError("--store is required (unless --resume)")
@@ -110,12 +111,13 @@ def train_cmd(store: Location | None, windows: str | None, model: str | None, ta
 
 
 def _typed_with_resume() -> dict[str, Any]:
-    """The options typed beside ``--resume`` other than --out, --epochs, --store and --progress, by
-    parameter name: resume_run takes those of where the run runs and refuses the others."""
+    """The options typed beside ``--resume`` other than --out, --epochs, --store, --progress and
+    --model, by parameter name: resume_run takes those of where the run runs and refuses the others."""
     ctx = click.get_current_context()
     typed = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
     return {name: value for name, value in ctx.params.items()
-            if name not in ("out", "resume", "epochs", "store", "progress") and ctx.get_parameter_source(name) in typed}
+            if name not in ("out", "resume", "epochs", "store", "progress", "model")
+            and ctx.get_parameter_source(name) in typed}
 
 
 @click.command("evaluate")

@@ -22,7 +22,7 @@ from fmdata.store import Location
 from fmdata.store.schema import WINDOW_POLICIES
 from fmdata.store.window_table import REFERENCE_CURRENT_ROWS, REFERENCE_CURRENT_SECONDS
 from fmmodel import protocol
-from fmmodel.model_config import SIZES
+from fmmodel.model.config import SIZES
 from fmmodel.protocol import DATA_PATHS, DEVICES, PRECISIONS, PREPROCESSING_REFERENCE, PREPROCESSINGS
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -60,7 +60,7 @@ class CommaList(click.ParamType):
         except ValueError:
             self.fail(f"expected a comma-separated list of {self.name}, got {value!r}", param, ctx)
         if not items:
-            self.fail(f"expected at least one {self.name}, got {value!r}", param, ctx)
+            self.fail(f"expected a non-empty comma-separated list of {self.name}, got {value!r}", param, ctx)
         return items
 
 
@@ -167,7 +167,7 @@ loader_workers_option = click.option("--workers", type=click.IntRange(min=0), de
 batch_size_option = click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
                                  help="Windows per batch.")
 
-# How batches are made: fmmodel train / evaluate / predict / bench-data (fmmodel.data_path).
+# How batches are made: fmmodel train / evaluate / predict / bench-data (fmmodel.data.paths).
 data_option = click.option(
     "--data", type=click.Choice(DATA_PATHS), default="auto", show_default=True,
     help="resident: load the windows' frames onto the device once and gather every batch there; lazy: decode "
@@ -194,7 +194,7 @@ def _model_opts(ctx: click.Context, param: click.Parameter, opts: tuple[str, ...
 
 
 def _train_config_args(v: dict[str, Any]) -> dict[str, Any]:
-    """The training options as keyword arguments of fmmodel.config.TrainConfig."""
+    """The training options as keyword arguments of fmmodel.runs.config.TrainConfig."""
     v["hflip"] = not v.pop("no_hflip")
     v["model"] = {"size": v.pop("model_size"), **v.pop("model_opt")}
     return v

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from fmdata.store import WindowParams
-from fmmodel.config import TrainConfig
-from fmmodel.train import train
+from fmmodel.runs.config import TrainConfig
+from fmmodel.runs.train import train
 
 from builders import cached_store
 

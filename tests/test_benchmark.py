@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fmmodel.benchmark import BenchmarkSettings, cell_folder, run_benchmark
-from fmmodel.benchmark_table import TABLE_JSON, TABLE_MD, TABLE_PNG, label
 from fmmodel.errors import FmModelError
-from fmmodel.evaluate import evaluate
-from fmmodel.registry import resolve_variant
+from fmmodel.model.registry import resolve_variant
+from fmmodel.runs.benchmark import BenchmarkSettings, cell_folder, run_benchmark
+from fmmodel.runs.benchmark_table import TABLE_JSON, TABLE_MD, TABLE_PNG, label
+from fmmodel.scoring.evaluate import evaluate
 
 from builders import cached_store
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from fmmodel.checkpoint import (
+from fmmodel.errors import FmModelError
+from fmmodel.model.checkpoint import (
     FORMAT_NAME,
     export_reference,
     load_checkpoint,
@@ -14,9 +15,8 @@ from fmmodel.checkpoint import (
     read_reference_state_dict,
     save_checkpoint,
 )
-from fmmodel.errors import FmModelError
-from fmmodel.reference_keys import detect_reference_variant, to_reference_state_dict
-from fmmodel.registry import build_model
+from fmmodel.model.reference_keys import detect_reference_variant, to_reference_state_dict
+from fmmodel.model.registry import build_model
 
 from runs import FIXTURES, needs_fixtures
 

@@ -182,7 +182,7 @@ def test_existing_outputs_and_leftover_partials_need_to_be_named(mixed, tmp_path
     folder = tmp_path / "notastore"
     folder.mkdir()
     (folder / "keep.txt").write_text("user data")
-    with pytest.raises(FmDataError, match="not a Zarr store"):
+    with pytest.raises(FmDataError, match="not an FMF store"):
         convert(src, folder, workers=1, overwrite=True, progress=False)
     assert (folder / "keep.txt").read_text() == "user data"
     partial = tmp_path / ".p.zarr.partial-abc"
@@ -218,6 +218,9 @@ def test_a_killed_conversion_resumes_to_the_same_store(synth_v1, tmp_path):
     with pytest.raises(FmDataError, match="incomplete"):
         store.open_store(partial)
     done = _ledger_entries(tmp_path, "k.zarr")
+    # a kill inside zarr's LocalStore write leaves its temporary file beside the entries (empty or
+    # half-written, never renamed onto a key): the ledger is not torn by it
+    (partial / LEDGER_PREFIX / f"u9999.{'0' * 32}.partial").write_bytes(b'{"key": "u99')
     report = convert([str(synth_v1)], out, workers=2, shard_frames=32, resume=True, progress=False)
     assert 2 <= report.units_resumed <= done < report.units
     assert verify(out, workers=1, progress=False).ok

@@ -243,7 +243,7 @@ def test_output_paths_that_exist_or_cannot_be_written(tmp_path):
     existing.write_text("someone's file")
     assert_one_clear_line(run_convert(src, existing), "taken.zarr", "exists; pass --overwrite")
     assert existing.read_text() == "someone's file"
-    assert_one_clear_line(run_convert(src, existing, "--overwrite"), "not a Zarr store")
+    assert_one_clear_line(run_convert(src, existing, "--overwrite"), "not an FMF store", "nothing was replaced")
     assert existing.read_text() == "someone's file"
     assert_one_clear_line(run_convert(src, tmp_path / "no" / "such" / "out.zarr"), "expected an existing parent folder")
     assert_one_clear_line(run_convert(src, existing / "out.zarr"), "expected an existing parent folder")
@@ -255,7 +255,7 @@ def test_bad_options_and_missing_sources(tmp_path):
     assert_one_clear_line(run_convert(src, tmp_path / "a.zarr", "--chunk-frames", "4", "--shard-frames", "6"),
                           "--shard-frames", "multiple of the frames per chunk (4), got 6", exit_code=2)
     assert_one_clear_line(run_convert([str(tmp_path / "gone.mat")], tmp_path / "b.zarr"), "gone.mat", "nothing there")
-    assert_one_clear_line(run_convert(src, tmp_path / "c.zarr", "--fps", "0"), "--fps", "positive frame rate",
+    assert_one_clear_line(run_convert(src, tmp_path / "c.zarr", "--fps", "0"), "--fps", "frame rate in 0.1..1000",
                           exit_code=2)
     again = [src[0], os.path.join(os.path.dirname(src[0]), ".", os.path.basename(src[0]))]
     assert_one_clear_line(run_convert(again, tmp_path / "d.zarr"), "rec.mat", "expected each source once")

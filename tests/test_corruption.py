@@ -24,9 +24,9 @@ from fmdata.errors import FmDataError
 from fmdata.store import Chunking, WindowParams, schema
 from fmdata.store.block_reader import BlockReader
 from fmdata.store.window_table import write_window_table
-from fmmodel.dataset import FmfWindowDataset
+from fmmodel.data.dataset import FmfWindowDataset
 from fmmodel.errors import FmModelError
-from fmmodel.train import train
+from fmmodel.runs.train import train
 
 from builders import clip_window_table, recording
 from processes import FMDATA, FMMODEL, one_line, run

@@ -1,4 +1,4 @@
-"""The lazy torch dataset (fmmodel.dataset), its fast reader (fmmodel.reader) and loaders (fmmodel.sampling).
+"""The lazy torch dataset (fmmodel.data.dataset), its fast reader (fmmodel.reader) and loaders (fmmodel.data.sampling).
 
 Every check compares against arrays read independently: plain zarr reads of the store plus the
 documented transposes, never the dataset's own reading code.
@@ -16,9 +16,9 @@ import zarr
 from fmdata.errors import FmDataError
 from fmdata.store import Chunking, schema
 from fmdata.store.row_reader import LocalAxisReader, ZarrAxisReader, open_axis_reader
-from fmmodel.dataset import FmfWindowDataset, WindowBatch, collate_windows
+from fmmodel.data.dataset import FmfWindowDataset, WindowBatch, collate_windows
+from fmmodel.data.sampling import ClassBalancedSampler, ShuffleSampler, make_loader, set_loader_epoch
 from fmmodel.errors import FmModelError
-from fmmodel.sampling import ClassBalancedSampler, ShuffleSampler, make_loader, set_loader_epoch
 
 from builders import clip_window_table, make_store, synthetic_recording
 

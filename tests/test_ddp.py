@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from fmmodel import distributed as dd
-from fmmodel.evaluate import evaluate
-from fmmodel.registry import build_model
-from fmmodel.train import train
+from fmmodel.model.registry import build_model
+from fmmodel.runs.train import train
+from fmmodel.runtime import distributed as dd
+from fmmodel.scoring.evaluate import evaluate
 
 from builders import cached_store
 from runs import quick_config

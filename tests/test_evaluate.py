@@ -14,11 +14,14 @@ import torch
 from fmdata.derive import build_window_table, load_index
 from fmdata.store import WindowParams, open_store, read_window_table, schema
 from fmmodel.errors import FmModelError
-from fmmodel.evaluate import evaluate
-from fmmodel.report import Example, example_captions
-from fmmodel.train import train
+from fmmodel.model.checkpoint import save_checkpoint
+from fmmodel.model.registry import build_model
+from fmmodel.runs.train import train
+from fmmodel.scoring.evaluate import evaluate
+from fmmodel.scoring.predict import predict, read_predictions
+from fmmodel.scoring.report import Example, example_captions
 
-from builders import cached_store, store64_with_table
+from builders import SHORT_WINDOWS, cached_store, converted_store, store64_with_table
 from runs import FIXTURES, LEARN_STORE, learned_run, needs_fixtures, quick_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -142,3 +145,36 @@ def test_example_captions_say_what_each_picture_shows():
     seg = [Example(image=img, true_mask=mask, pred_mask=mask, recording=1, frame=9, label=0, prob=0.7)]
     heading, titles = example_captions(seg)
     assert "red = predicted mask" in heading and titles[0].endswith("true normal, predicted abnormal (p 0.70)")
+
+
+def test_a_tie_of_the_logits_is_normal_in_evaluate_predict_and_the_pictures(tmp_path_factory, tmp_path):
+    """One decision rule (issue 16, fidelity 10): equal logits (softmax p == 0.5 exactly) are class 0,
+    normal, as the authors' argmax decides, in evaluate's class and pixel confusion matrices,
+    predict's pred and mask_pred, and the example pictures' captions."""
+    store = converted_store(tmp_path_factory)
+    classifier = build_model("current_cls", size="tiny", heads=3, current_rows=20)
+    segmenter = build_model("vicu_seg", size="tiny", image_size=(16, 16), frames=4, current_rows=20)
+    for layer in (classifier.head, segmenter.head.classifier):  # logits = bias, the same for both classes
+        with torch.no_grad():
+            layer.weight.zero_()
+            layer.bias.fill_(0.25)
+    run = dict(device="cpu", workers=0, progress=False)
+    for name, model in (("cls", classifier), ("seg", segmenter)):
+        ckpt = tmp_path / f"{name}.pt"
+        save_checkpoint(ckpt, model, orientation="reference", preprocessing="reference",
+                        info={"window": SHORT_WINDOWS.to_dict()} if name == "seg" else None)
+        report = evaluate(store, str(ckpt), examples=0, **run)
+        (tn, fp), (fn, tp) = report["metrics"]["overall"]["class"]["confusion"]
+        assert fp == tp == 0 and tn + fn == report["windows"]["count"] > 0, name
+        if name == "seg":
+            (_, pixel_fp), (_, pixel_tp) = report["metrics"]["overall"]["pixel"]["confusion"]
+            assert pixel_fp == pixel_tp == 0
+        out = predict(store, str(ckpt), str(tmp_path / f"{name}.zarr"), **run)["out"]
+        pred = read_predictions(out)
+        assert (np.asarray(pred["prob"][:, 1]) == 0.5).all() and not np.asarray(pred["pred"][:]).any(), name
+        if name == "seg":
+            assert not np.asarray(pred["mask_pred"][:]).any()
+    img, mask = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
+    _, titles = example_captions([Example(image=img, true_mask=mask, pred_mask=None, recording=0, frame=5, label=1,
+                                          prob=0.5)])
+    assert titles == ["rec 0 frame 5\ntrue abnormal, predicted normal (p 0.50)"]

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from fmmodel.errors import FmModelError
-from fmmodel.fmformer import count_parameters
-from fmmodel.layers import ResidualUnit, VideoPatchEmbed, _tokens_to_map
-from fmmodel.model_config import FmFormerConfig, named_config
-from fmmodel.reference_keys import to_reference_state_dict
-from fmmodel.registry import VARIANTS, build_model, variant_for
+from fmmodel.model.config import FmFormerConfig, named_config
+from fmmodel.model.fmformer import count_parameters
+from fmmodel.model.layers import ResidualUnit, VideoPatchEmbed, _tokens_to_map
+from fmmodel.model.reference_keys import to_reference_state_dict
+from fmmodel.model.registry import VARIANTS, build_model, variant_for
 
 from runs import FIXTURES
 
@@ -173,5 +173,26 @@ def test_vit_init_is_small_and_reference_init_is_unit_normal():
 def test_size_overrides_say_whether_the_name_or_the_value_is_wrong():
     with pytest.raises(FmModelError, match=r"got \['widht'\]"):
         named_config("tiny", widht=3)
-    with pytest.raises(FmModelError, match="expected numbers of the right kind.*width='abc'"):
+    with pytest.raises(FmModelError, match=r"expected an integer for width, got 'abc' \(of type str\)"):
         named_config("tiny", width="abc")
+    # an integer size given as a float (--model-opt width=1e9 parses as JSON 1e9) names the field and its type
+    for field, value, kind in (("width", 1e9, "float"), ("depth", True, "bool"), ("patch", [2, 8.0, 8], "list")):
+        with pytest.raises(FmModelError, match=rf"for {field}, got .* \(of type {kind}\)") as err:
+            named_config("tiny", **{field: value})
+        assert err.value.field == field
+    with pytest.raises(FmModelError, match="expected a positive dilation, got 0") as err:
+        named_config("tiny", dilation=0)  # once a ZeroDivisionError
+    assert err.value.field == "dilation"
+
+
+def test_model_sizes_are_checked_against_memory_before_anything_is_built():
+    """The lower bound of the parameters holds for every variant and size; a model whose weights
+    cannot fit is refused before a tensor is allocated, naming its sizes."""
+    for size in ("reference", "small", "tiny"):
+        for variant in VARIANTS:
+            model = build_model(variant, size=size)
+            assert model.config.min_parameters() <= sum(p.numel() for p in model.parameters()), (variant, size)
+    with pytest.raises(FmModelError, match=r"fit in memory.*width 1000000000.*TiB"):
+        build_model("current_cls", size="tiny", width=10**9)
+    with pytest.raises(FmModelError, match=r"fit in memory.*depth 100000000"):
+        build_model("video_cls", size="reference", depth=10**8)

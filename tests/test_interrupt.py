@@ -7,16 +7,18 @@ test with a clear message instead of passing unnoticed."""
 import glob
 import signal
 import time
+from pathlib import Path
 
 import torch
 
 from fmdata import synth
 from fmdata.convert import convert
 from fmdata.store import open_store
-from fmmodel.checkpoint import load_checkpoint
-from fmmodel.train import resume_run
+from fmmodel.model.checkpoint import load_checkpoint
+from fmmodel.runs.benchmark import cell_folder
+from fmmodel.runs.train import resume_run
 
-from builders import converted_store
+from builders import cached_store, converted_store
 from processes import FMDATA, FMMODEL, start
 
 
@@ -72,3 +74,19 @@ def test_interrupted_train_exits_130_with_the_resume_command(tmp_path_factory, t
     resumed = resume_run(str(run_dir), epochs=done + 1, progress=False)
     assert [r["epoch"] for r in resumed.history] == list(range(1, done + 2))
 
+
+
+def test_interrupted_benchmark_says_to_run_the_same_benchmark_again(tmp_path_factory, tmp_path):
+    store = cached_store(tmp_path_factory)
+    out = tmp_path / "bench"
+    proc = start([FMMODEL, "benchmark", "--store", store, "--out", out, "--variants", "current_cls", "--seeds", "0",
+                  "--epochs", "200", "--max-steps", "2", "--batch-size", "8", "--model-size", "tiny", "--workers", "0",
+                  "--device", "cpu", "--current-seconds", "6", "--current-rows", "40", "--val-fraction", "0",
+                  "--no-progress"])
+    last = Path(cell_folder(str(out), "current_cls", "reference", 0)) / "last.pt"
+    _wait_for(proc, last.exists, "a saved epoch")
+    code, err, lines = _interrupt(proc)
+    assert code == 130 and "Traceback" not in err, err
+    hint = [line for line in lines if line.startswith("Error: ")]
+    assert len(hint) == 1 and "run the same `fmmodel benchmark` command again" in hint[0], err
+    assert "fmmodel train" not in hint[0] and "cell 1/1 current_cls reference seed 0" in hint[0], hint[0]

@@ -5,7 +5,7 @@ import torch
 from scipy.stats import mannwhitneyu
 
 from fmmodel.errors import FmModelError
-from fmmodel.metrics import (
+from fmmodel.scoring.metrics import (
     MetricSet,
     class_scores,
     pixel_scores_from_confusion,

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from fmmodel.train import train
+from fmmodel.runs.train import train
 
 from builders import converted_store
 from processes import FMMODEL, descendants, running, start, stopped

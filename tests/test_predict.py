@@ -12,11 +12,11 @@ import torch
 
 from fmdata.errors import FmDataError
 from fmdata.store import open_store, schema
-from fmmodel.checkpoint import load_reference_model
 from fmmodel.errors import FmModelError
-from fmmodel.evaluate import evaluate
-from fmmodel.predict import predict, read_predictions
-from fmmodel.train import train
+from fmmodel.model.checkpoint import load_reference_model
+from fmmodel.runs.train import train
+from fmmodel.scoring.evaluate import evaluate
+from fmmodel.scoring.predict import predict, read_predictions
 
 from builders import cached_store, store64_with_table
 from runs import FIXTURES, learned_run, needs_fixtures, quick_config
@@ -63,12 +63,12 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path_factory, tmp_path)
         predict(store, os.path.join(run, "last.pt"), str(out), device="cpu", workers=0, progress=False)
     assert (out / "keep.txt").read_text() == "user data"
     # --overwrite replaces an earlier predictions store, never other data (nor the store it reads)
-    with pytest.raises(FmModelError, match="not a predictions store"):
+    with pytest.raises(FmDataError, match="not a predictions store"):
         predict(store, os.path.join(run, "last.pt"), str(out), overwrite=True, device="cpu", workers=0,
                 progress=False)
     assert (out / "keep.txt").read_text() == "user data"
     for inside in (store, os.path.dirname(store)):
-        with pytest.raises(FmModelError, match="apart from the store it reads") as err:
+        with pytest.raises(FmDataError, match="apart from the store it reads") as err:
             predict(store, os.path.join(run, "last.pt"), inside, overwrite=True, device="cpu", workers=0,
                     progress=False)
         assert err.value.field == "out"
@@ -111,7 +111,7 @@ def test_segmentation_masks_come_back_in_store_orientation_with_a_video(tmp_path
     assert pred["mask_pred"].metadata.dimension_names == ("window", "y", "x")
     # recompute two windows by hand: transpose the store's frames, run the model, transpose back
     root = open_store(store)
-    from fmmodel.checkpoint import load_model
+    from fmmodel.model.checkpoint import load_model
 
     model, meta = load_model(str(run / "last.pt"))
     frames = pred["frame"][:2]
@@ -119,7 +119,7 @@ def test_segmentation_masks_come_back_in_store_orientation_with_a_video(tmp_path
     table_clip = frames[:, None] - (np.arange(10)[::-1] * 6)[None]
     clip = np.maximum(table_clip, 0)
     x = torch.from_numpy(np.transpose(video_all[clip], (0, 4, 1, 3, 2)).astype(np.float32))  # (B,3,T,W,H)
-    from fmmodel.predict import ATTR_PREDICTIONS
+    from fmmodel.scoring.predict import ATTR_PREDICTIONS
 
     wp = pred.attrs[ATTR_PREDICTIONS]["window_params"]
     cur_all = np.asarray(root[schema.CURRENT][:])
@@ -143,6 +143,12 @@ def test_segmentation_masks_come_back_in_store_orientation_with_a_video(tmp_path
             break
         n, shape = n + 1, img.shape
     assert n == min(40, summary["windows"]) and shape[1] == 48 * 4 and shape[0] > 32 * 4
+    # --overwrite replaces predict's own store and video (and nothing else: tests/test_overwrite.py)
+    predict(store, str(run / "last.pt"), str(out), split="test", device="cpu", workers=0, progress=False,
+            video=str(video), video_max_frames=10, overwrite=True)
+    cap = cv2.VideoCapture(str(video))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == min(10, summary["windows"])
+    cap.release()
 
 
 @needs_fixtures

@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from matplotlib.figure import Figure
 
 from fmcli.fmdata_main import main
 from fmdata.compute import DaskOptions
@@ -109,27 +110,49 @@ def test_cli_writes_the_picture(dark_store, tmp_path):
     assert "abnormal" in res.output and out.stat().st_size > 10_000
 
 
-def test_an_existing_file_is_replaced_only_when_told(dark_store, tmp_path):
+def test_an_existing_file_is_replaced_only_when_told_and_only_a_preview(dark_store, tmp_path):
     out = tmp_path / "mine.png"
     out.write_bytes(b"not a preview")
     res = CliRunner().invoke(main, ["preview", dark_store, "--frame", "100", "--out", str(out)])
     assert res.exit_code == 1 and "already exists (pass --overwrite to replace it)" in res.output
     assert len(res.output.strip().splitlines()) == 1
     assert out.read_bytes() == b"not a preview"
-    res = CliRunner().invoke(main, ["preview", dark_store, "--frame", "100", "--out", str(out), "--overwrite"])
+    # --overwrite replaces only what preview made: not a user's picture (a real PNG included), nor a folder
+    fig = Figure(figsize=(1, 1))
+    fig.add_subplot().plot([0, 1])
+    fig.savefig(tmp_path / "drawn.png")
+    (tmp_path / "folder.png").mkdir()
+    for name in ("mine.png", "drawn.png", "folder.png"):
+        before = (tmp_path / name).read_bytes() if (tmp_path / name).is_file() else None
+        res = CliRunner().invoke(main, ["preview", dark_store, "--frame", "100", "--out", str(tmp_path / name),
+                                        "--overwrite"])
+        assert res.exit_code == 1 and "--overwrite replaces only what this command made" in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1
+        assert before is None or (tmp_path / name).read_bytes() == before
+    assert (tmp_path / "folder.png").is_dir()
+    res = CliRunner().invoke(main, ["preview", dark_store, "--frame", "100", "--out", str(tmp_path / "p.png")])
     assert res.exit_code == 0, res.output
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.png", "s.zarr"]  # no temporary file left
+    first = (tmp_path / "p.png").read_bytes()
+    res = CliRunner().invoke(main, ["preview", dark_store, "--frame", "90", "--out", str(tmp_path / "p.png"),
+                                    "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "p.png").read_bytes() != first
+    # no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["drawn.png", "folder.png", "mine.png", "p.png", "s.zarr"]
 
 
-def test_a_video_replaces_nothing_unless_told(dark_store, tmp_path):
+def test_a_video_replaces_nothing_unless_told_and_only_a_preview(dark_store, tmp_path):
     out = tmp_path / "clip.mp4"
     out.write_bytes(b"someone's video")
     with pytest.raises(FmDataError, match="already exists"):
         render_preview(dark_store, 100, str(out))
+    with pytest.raises(FmDataError, match="only what this command made"):
+        render_preview(dark_store, 100, str(out), overwrite=True)
     assert out.read_bytes() == b"someone's video"
-    report = render_preview(dark_store, 100, str(out), overwrite=True)
-    cap = cv2.VideoCapture(str(out))
+    mine = tmp_path / "mine.mp4"
+    render_preview(dark_store, 100, str(mine))
+    report = render_preview(dark_store, 90, str(mine), overwrite=True)
+    cap = cv2.VideoCapture(str(mine))
     assert report.frames_written and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == report.frames_written
     cap.release()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "s.zarr"]  # written beside, then moved
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "mine.mp4", "s.zarr"]  # written beside, moved

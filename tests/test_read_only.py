@@ -84,6 +84,17 @@ def test_up_to_date_store_is_read_without_writing(read_only, tmp_path_factory, t
     assert _listing(store) == before  # not one file written or touched
 
 
+def test_labels_force_on_a_read_only_store_says_so_and_writes_nothing(read_only, tmp_path_factory, tmp_path):
+    store = str(tmp_path / "s.zarr")
+    shutil.copytree(converted_store(tmp_path_factory), store)
+    compute_labels(store)
+    before = _listing(store)
+    line = one_line_error(read_only(store, "fmdata", "labels", store, "--force"), 1, "read-only",
+                          "nothing was written", "recompute frame_label and abnormal_pixels")
+    assert "the stored ones are up to date" in line and "expected up-to-date" not in line, line
+    assert _listing(store) == before
+
+
 def test_missing_results_on_a_read_only_store_say_what_to_run(read_only, tmp_path):
     src = synth.write_v1(tmp_path / "rec.mat", frames=600, size=16, seed=4, events="dense")
     store = str(tmp_path / "s.zarr")

@@ -244,7 +244,7 @@ def test_every_command_takes_an_s3_url(s3_bucket, tmp_path):
     pred = tmp_path / "pred.zarr"
     _invoke(fmmodel_main, "predict", "--store", url, "--checkpoint", run / "last.pt", "--windows", "w",
             "--workers", "0", "--device", "cpu", "--out", pred, "--no-progress")
-    from fmmodel.predict import read_predictions
+    from fmmodel.scoring.predict import read_predictions
 
     assert read_predictions(str(pred))["frame"].shape == (len(read_window_table(root, "w")),)
 

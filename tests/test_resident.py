@@ -1,4 +1,4 @@
-"""The resident data path (fmmodel.resident, fmmodel.data_path): the same batches as the lazy path.
+"""The resident data path (fmmodel.data.resident, fmmodel.data.paths): the same batches as the lazy path.
 
 Every comparison is against the lazy dataset and DataLoader over the same real store, which
 tests/test_dataset.py checks against independent zarr reads.
@@ -20,15 +20,15 @@ import zarr
 import fmdata.store.block_reader
 from fmdata.store import Chunking, schema
 from fmdata.store.checksums import block_checksums, checksum_attr, read_checksums
-from fmmodel import distributed as dd
-from fmmodel.data_path import BatchRequest, choose_data_path, open_batches
-from fmmodel.dataset import FmfWindowDataset
+from fmmodel.data.dataset import FmfWindowDataset
+from fmmodel.data.paths import BatchRequest, choose_data_path, open_batches
+from fmmodel.data.resident import ResidentLoader, ResidentPlan, ResidentWindows
+from fmmodel.data.sampling import make_loader, make_sampler, set_loader_epoch
 from fmmodel.errors import FmModelError
-from fmmodel.evaluate import evaluate
-from fmmodel.predict import predict, read_predictions
-from fmmodel.resident import ResidentLoader, ResidentPlan, ResidentWindows
-from fmmodel.sampling import make_loader, make_sampler, set_loader_epoch
-from fmmodel.train import train
+from fmmodel.runs.train import train
+from fmmodel.runtime import distributed as dd
+from fmmodel.scoring.evaluate import evaluate
+from fmmodel.scoring.predict import predict, read_predictions
 
 from builders import cached_store, clip_window_table, make_store, synthetic_recording
 from runs import quick_config

@@ -14,7 +14,7 @@ from fmdata.convert import convert
 from fmdata.derive import make_windows
 from fmdata.store import WindowParams
 from fmmodel.errors import FmModelError
-from fmmodel.train import resume_run, train
+from fmmodel.runs.train import resume_run, train
 
 from builders import SHORT_WINDOWS, converted_store
 from processes import FMMODEL, one_line_error, run

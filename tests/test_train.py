@@ -13,12 +13,12 @@ import torch
 
 from fmdata.derive import build_window_table, ensure_labels, load_index
 from fmdata.store import WindowParams, open_store, read_offsets, schema
-from fmmodel.checkpoint import load_checkpoint
-from fmmodel.config import TrainConfig
+from fmmodel.data.holdout import holdout_split
 from fmmodel.errors import FmModelError
-from fmmodel.evaluate import evaluate
-from fmmodel.holdout import holdout_split
-from fmmodel.train import resume_run, train
+from fmmodel.model.checkpoint import load_checkpoint
+from fmmodel.runs.config import TrainConfig
+from fmmodel.runs.train import resume_run, train
+from fmmodel.scoring.evaluate import evaluate
 
 from builders import cached_store
 from runs import SMALL_WINDOWS, learned_run, quick_config

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from fmmodel.checkpoint import load_checkpoint
 from fmmodel.errors import FmModelError
-from fmmodel.evaluate import evaluate
-from fmmodel.predict import read_predictions
-from fmmodel.registry import build_model, installed_models, resolve_variant
-from fmmodel.train import train
-from fmmodel.user_models import DataDescription, ModelFactory
+from fmmodel.model.checkpoint import load_checkpoint
+from fmmodel.model.registry import build_model, installed_models, resolve_variant
+from fmmodel.model.user_models import DataDescription, ModelFactory
+from fmmodel.runs.train import train
+from fmmodel.scoring.evaluate import evaluate
+from fmmodel.scoring.predict import read_predictions
 
 from builders import cached_store
 from runs import quick_config
@@ -29,37 +29,9 @@ QUICK = ["--epochs", "1", "--max-steps", "2", "--batch-size", "8", "--workers", 
          "--device", "cpu", "--frames", "10", "--frame-step", "6", "--current-seconds", "30", "--current-rows", "60",
          "--stride", "8", "--preprocessing", "normalized", "--no-progress"]
 
-# An installed model: a module and the dist-info of a distribution that declares it in group
-# fmmodel.models, as `pip install` of a package with that entry point leaves them.
-PLUGIN = textwrap.dedent('''
-    from torch import nn
-    from fmmodel.user_models import ModelFactory
-
-    class Pool(nn.Module):
-        def __init__(self, data):
-            super().__init__()
-            self.head = nn.Linear(3, data.num_classes)
-        def forward(self, video=None, current=None):
-            return self.head(current.mean(dim=1))
-
-    pooled_current = ModelFactory(build=Pool, modality="current", task="cls", summary="mean current, linear")
-''')
-
-
 def _fmmodel(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     exe = os.path.join(os.path.dirname(sys.executable), "fmmodel")
     return subprocess.run([exe, *args], capture_output=True, text=True, env=env)
-
-
-@pytest.fixture(scope="module")
-def plugin_env(tmp_path_factory) -> dict[str, str]:
-    site = tmp_path_factory.mktemp("site")
-    (site / "fmf_plugin_demo.py").write_text(PLUGIN)
-    info = site / "fmf_plugin_demo-1.2.3.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fmf-plugin-demo\nVersion: 1.2.3\n")
-    (info / "entry_points.txt").write_text("[fmmodel.models]\npooled_current = fmf_plugin_demo:pooled_current\n")
-    return {**os.environ, "PYTHONPATH": str(site)}
 
 
 def test_a_factory_file_trains_evaluates_and_predicts_from_the_command_line(tmp_path_factory, tmp_path):
@@ -115,6 +87,10 @@ def test_an_installed_model_needs_no_naming(tmp_path_factory, tmp_path, plugin_e
     assert (ck.meta.source.name, ck.meta.source.spec, ck.meta.source.version) == (
         "pooled_current", "fmf_plugin_demo:pooled_current", "1.2.3")
     assert ck.meta.description.modality == "current"
+    # the run resumes without naming its model: the installed distribution declares it
+    res = _fmmodel("train", "--out", str(tmp_path / "run"), "--resume", "--epochs", "2", "--no-progress",
+                   env=plugin_env)
+    assert res.returncode == 0, res.stderr
     # without the distribution the code is gone: one line that says what is missing
     res = _fmmodel("evaluate", "--store", store, "--checkpoint", str(tmp_path / "run" / "last.pt"), "--workers", "0",
                    "--device", "cpu", "--no-progress")
@@ -174,8 +150,8 @@ def test_a_model_with_the_wrong_output_is_stopped_with_one_line(tmp_path_factory
     assert res.returncode == 2, res.stderr
     assert "expected model" in res.stderr and "(8, 2)" in res.stderr and "got (8, 1)" in res.stderr
     assert "Traceback" not in res.stderr
-    # the run stopped before its first epoch: the same folder takes the next run, as its message says
-    assert sorted(os.listdir(tmp_path / "run")) == ["config.json", "tb"]
+    # the run failed before its first epoch: it removed what it wrote and the folder it made
+    assert not (tmp_path / "run").exists()
     res = _fmmodel("train", "--store", store, "--model", f"{EXAMPLE}:current_gru", "--out", str(tmp_path / "run"),
                    *QUICK)
     assert res.returncode == 0, res.stderr
@@ -184,7 +160,7 @@ def test_a_model_with_the_wrong_output_is_stopped_with_one_line(tmp_path_factory
     assert res.returncode == 2 and "missing" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_a_run_of_a_factory_file_named_relatively_resumes_from_anywhere(tmp_path_factory, tmp_path):
+def test_a_run_of_a_factory_file_named_relatively_resumes_from_anywhere_when_named_again(tmp_path_factory, tmp_path):
     store = cached_store(tmp_path_factory)
     project = tmp_path / "project"
     project.mkdir()
@@ -195,7 +171,12 @@ def test_a_run_of_a_factory_file_named_relatively_resumes_from_anywhere(tmp_path
     assert res.returncode == 0, res.stderr
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["variant"] == f"{project / 'models.py'}:current_gru"  # absolute, as the store
+    # a run folder is data: its factory file is imported only when the user names it again
     res = _fmmodel("train", "--out", str(tmp_path / "run"), "--resume", "--epochs", "2", "--no-progress")
+    assert res.returncode == 2 and "--model" in res.stderr and "refused" in res.stderr, res.stderr
+    # ... by any path to it, from any working directory
+    res = _fmmodel("train", "--out", str(tmp_path / "run"), "--resume", "--epochs", "2", "--no-progress",
+                   "--model", os.path.relpath(project / "models.py") + ":current_gru")
     assert res.returncode == 0, res.stderr
     assert len(load_checkpoint(str(tmp_path / "run" / "last.pt")).extra["history"]) == 2
 

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fmdata.derive import build_window_table, make_windows
-from fmdata.derive.windows import window_for_frame
+from fmdata.derive.windows import FrameIndex, window_for_frame
 from fmdata.errors import FmDataError
 from fmdata.store import WindowParams, current_row_indices, open_store, read_window_table, schema
 
@@ -181,11 +181,47 @@ def test_make_windows_stores_the_table_and_is_idempotent(tmp_path):
 
 
 @pytest.mark.parametrize("kw", [{"frames": 0}, {"frame_step": 0}, {"current_seconds": 0.0},
-                                {"current_rows": 0}, {"stride": 0}, {"policy": "random"}])
+                                {"current_rows": 0}, {"stride": 0}, {"policy": "random"},
+                                {"frames": 1025}, {"frame_step": 2**31}, {"current_seconds": float("inf")},
+                                {"current_seconds": 2.0**31}, {"current_rows": 65537}, {"frames": 10.0},
+                                {"current_rows": True}, {"current_seconds": "120"}])
 def test_bad_parameters_are_one_clear_error(kw):
     with pytest.raises(FmDataError, match="expected ") as err:
         WindowParams(**kw)
     assert err.value.field == next(iter(kw))  # the command line names its option from this
+
+
+def test_a_clip_whose_frames_and_step_overflow_is_refused_not_wrapped_around():
+    """(frames - 1) x step beyond 2^31 - 1 frames is refused (field frame_step): 9 x 2^62 once wrapped
+    around int64 and built clips of frames far beyond the store."""
+    with pytest.raises(FmDataError, match=r"spanning at most 2147483647 frames.*got 9 x 300000000") as err:
+        WindowParams(frames=10, frame_step=300_000_000)
+    assert err.value.field == "frame_step"
+    WindowParams(frames=1024, frame_step=2_000_000)  # within the bound
+
+
+def test_the_largest_clips_keep_the_clamped_windows_of_short_recordings():
+    """The clip bound leaves the reference sampler alone: a 1,024-frame clip over recordings of 30 and
+    50 frames clamps every clip to its recording's first frame."""
+    recs = [recording("v1", 30, 1, h=2, w=2), recording("v2", 50, 2, h=2, w=2)]
+    wt = build_window_table(frame_index(recs), WindowParams(frames=1024, frame_step=1, current_seconds=2.0,
+                                                            current_rows=4))
+    assert wt.clip.shape[1] == 1024 and len(wt) == int(np.sum(frame_index(recs).split != schema.SPLIT_NONE))
+    first = np.array([0, 30])[wt.column("recording")]
+    assert (wt.clip[:, 0] == first).all() and (wt.clip[:, -1] == wt.column("frame")).all()
+
+
+def test_a_table_that_would_not_fit_in_memory_is_refused_before_it_is_built():
+    """A billion frames (arrays that take no memory: one broadcast value each) with 1,024-frame clips
+    would need about 24 TiB: refused, naming the clip frames, before any array is touched."""
+    n = 10**9
+    ix = FrameIndex(split=np.broadcast_to(np.int8(schema.SPLIT_TRAIN), (n,)),
+                    recording=np.broadcast_to(np.int64(0), (n,)), frame_current_end=np.broadcast_to(np.int64(1), (n,)),
+                    frame_label=np.broadcast_to(np.uint8(0), (n,)), frame_offsets=np.array([0, n]),
+                    current_offsets=np.array([0, 1]), current_time=np.zeros(1))
+    with pytest.raises(FmDataError, match=r"fit in memory.*1,000,000,000 windows x 1,030 columns.*TiB") as err:
+        build_window_table(ix, WindowParams(frames=1024))
+    assert err.value.field == "frames"
 
 
 def _quiet():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from fmdata.convert import convert, verify
 from fmdata.derive import compute_labels, compute_stats
 from fmdata.store import schema
 from fmdata.store.lock import Holder
-from fmmodel.train import train
+from fmmodel.runs.train import train
 
 from builders import cached_store, leftovers, recording, write_store
 from processes import FMDATA, FMMODEL, blocked_on_lock, kill, one_line, resume, run, start, stopped
@@ -114,6 +115,18 @@ def test_a_second_train_into_one_run_folder_is_refused(tmp_path_factory, tmp_pat
     assert os.path.exists(result.last) and not (tmp_path / ".run.lock").exists()
 
 
+def test_a_resume_while_train_writes_the_folder_names_the_holder(tmp_path_factory, tmp_path):
+    path = cached_store(tmp_path_factory)
+    run_dir = tmp_path / "run"
+    first = start([FMMODEL, "train", "--store", path, "--out", run_dir, "--epochs", "1", "--device", "cpu",
+                   "--model-size", "tiny", "--no-progress"], pause_at="writer-locked")
+    stopped(first)  # it holds the run folder's lock; no last.pt yet
+    second = CliRunner().invoke(fmmodel_main, ["train", "--out", str(run_dir), "--resume", "--no-progress"])
+    assert second.exit_code == 1
+    assert "run folder" in refused_by(second.output, first.pid, "fmmodel train")
+    kill(first)
+
+
 # ---- --overwrite killed at any moment --------------------------------------------------------------
 @pytest.mark.parametrize("moment", ["place:old-aside", "place:new-in", "remove:partway"])
 def test_overwrite_killed_at_any_moment_leaves_a_complete_store_and_recovers(sources, tmp_path, moment):
@@ -199,3 +212,64 @@ def test_a_reader_during_labels_force_sees_old_or_new_never_torn(tmp_path):
     np.testing.assert_array_equal(root[schema.ABNORMAL_PIXELS][:],
                                   np.concatenate([(r.mask == 1).sum(axis=(1, 2)) for r in recs]))
     assert compute_labels(path).status == "up to date" and leftovers(path) == ["s.zarr"]
+
+
+# ---- a derived switch stopped at any moment ------------------------------------------------------
+def _windows_args(path: str, frames: int, *extra: str) -> list[str]:
+    return [FMDATA, "windows", path, "--name", "w", "--frames", str(frames), "--frame-step", "2", "--no-progress",
+            *extra]
+
+
+def _table_frames(path: str) -> int:
+    """The clip length of table ``w``: which version of the table the store holds (readable at all)."""
+    return int(store.read_window_table(store.open_store(path), "w").params["frames"])
+
+
+@pytest.mark.parametrize("moment", ["derived:staged", "derived:switching"])
+def test_windows_force_killed_at_any_moment_leaves_a_table_and_the_next_writer_cleans_up(tmp_path, moment):
+    recs = [recording("v1", 300, 1), recording("v1", 200, 2)]
+    path = write_store(tmp_path / "s.zarr", recs, chunk=1, shard=32)
+    assert run(_windows_args(path, 3)).returncode == 0
+    writer = start(_windows_args(path, 5, "--force"), pause_at=moment)
+    stopped(writer)
+    kill(writer)
+    # the old table (killed before the switch) or the new one (killed in it); never none
+    assert _table_frames(path) == (3 if moment == "derived:staged" else 5)
+    assert [n for n in leftovers(path) if ".tmp-" in n]  # the killed writer's staging folder, beside the store
+    # the next writer holding the lock (here one that finds its own table up to date) cleans up
+    r = run([FMDATA, "labels", path, "--force", "--no-progress"])
+    assert r.returncode == 0, r.stderr
+    assert leftovers(path) == ["s.zarr"] and _table_frames(path) == (3 if moment == "derived:staged" else 5)
+    assert run(_windows_args(path, 5, "--force")).returncode == 0 and _table_frames(path) == 5
+
+
+def test_ctrl_c_during_the_switch_completes_it_then_exits_130(tmp_path):
+    recs = [recording("v1", 300, 1), recording("v1", 200, 2)]
+    path = write_store(tmp_path / "s.zarr", recs, chunk=1, shard=32)
+    assert run(_windows_args(path, 3)).returncode == 0
+    writer = start(_windows_args(path, 5, "--force"), pause_at="derived:switching")
+    stopped(writer)  # half-way through the switch
+    os.killpg(writer.pid, signal.SIGINT)  # Ctrl-C, delivered as it goes on
+    code, _, err = resume(writer)
+    assert code == 130, err
+    assert _table_frames(path) == 5 and leftovers(path) == ["s.zarr"]  # the switch completed, nothing left
+
+
+def test_a_switch_killed_between_two_renames_is_finished_by_the_next_writer(tmp_path):
+    """Where the platform cannot swap two folders atomically the switch renames the old table aside,
+    then the new one in; a writer killed between the two leaves no table until the next writer
+    finishes the switch from its journal. The state is made from a real killed writer's."""
+    recs = [recording("v1", 300, 1), recording("v1", 200, 2)]
+    path = write_store(tmp_path / "s.zarr", recs, chunk=1, shard=32)
+    assert run(_windows_args(path, 3)).returncode == 0
+    writer = start(_windows_args(path, 5, "--force"), pause_at="derived:switching")
+    stopped(writer)
+    kill(writer)  # swapped: the new table in place, the old one in the staging folder
+    staging = tmp_path / next(n for n in leftovers(path) if ".tmp-" in n)
+    target = Path(path) / "windows" / "w"
+    os.rename(staging / "0", staging / "0.old")  # the old table aside ...
+    os.rename(target, staging / "0")  # ... the new one not yet in: the moment between the two renames
+    assert (staging / "switch.json").is_file()
+    r = run([FMDATA, "labels", path, "--force", "--no-progress"])  # the next writer holding the lock
+    assert r.returncode == 0, r.stderr
+    assert _table_frames(path) == 5 and leftovers(path) == ["s.zarr"]

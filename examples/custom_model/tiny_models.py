@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fmmodel.user_models import DataDescription, ModelFactory
+from fmmodel.model.user_models import DataDescription, ModelFactory
 
 
 class ClipCNN(nn.Module):

@@ -30,6 +30,7 @@ import zarr
 from dask.callbacks import Callback
 from tqdm.auto import tqdm
 
+from fmdata.compute.processes import check_workers
 from fmdata.errors import FmDataError
 
 if TYPE_CHECKING:
@@ -53,8 +54,8 @@ class DaskOptions:
     def __post_init__(self) -> None:
         if self.workers is not None and self.scheduler:
             raise FmDataError("expected either local workers or a scheduler address, got both", field="scheduler")
-        if self.workers is not None and self.workers < 1:
-            raise FmDataError(f"expected at least 1 worker, got {self.workers}", field="workers")
+        if self.workers is not None:
+            check_workers(self.workers)
         _check_memory_limit(self.memory_limit)
 
 

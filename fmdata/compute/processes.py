@@ -24,6 +24,10 @@ import numcodecs.blosc
 
 from fmdata.errors import FmDataError
 
+# More worker processes than this many per CPU only add memory and switching: a larger count is
+# a typo (--workers 100000 would start processes until memory ends), refused before any starts.
+WORKERS_PER_CPU = 4
+
 # A runner calls fn(*a) for every a in args wherever it likes (processes, a dask cluster) and
 # passes each result to on_result as it arrives.
 UnitRunner = Callable[[Callable[..., Any], Sequence[tuple], Callable[[Any], None]], None]
@@ -133,16 +137,26 @@ def _in_this_process(fn: Callable[..., Any], a: tuple) -> Any:
         numcodecs.blosc.use_threads = saved
 
 
+def check_workers(workers: int, *, minimum: int = 1) -> int:
+    """Return ``workers`` when it is a count of worker processes from ``minimum`` to
+    ``WORKERS_PER_CPU`` per CPU of this machine; FmDataError (field ``workers``) otherwise."""
+    most = WORKERS_PER_CPU * (os.cpu_count() or 1)
+    if not minimum <= workers <= most:
+        raise FmDataError(f"expected at least {minimum} worker{'' if minimum == 1 else 's'} and at most {most} "
+                          f"({WORKERS_PER_CPU} per CPU), got {workers}", field="workers")
+    return int(workers)
+
+
 def resolve_workers(workers: int | None, *, in_process: bool = False) -> int:
-    """Return ``workers``, or the CPU count when None; FmDataError for fewer than one.
+    """Return ``workers``, or the CPU count when None; FmDataError for fewer than one or more than
+    :func:`check_workers` allows.
 
     ``in_process``: the data lives in this process only (a ``memory://`` store), so the work runs
     here: None gives 1, and more than one worker is an FmDataError (other processes cannot see it).
     """
     if workers is None:
         return 1 if in_process else (os.cpu_count() or 1)
-    if workers < 1:
-        raise FmDataError(f"expected at least 1 worker process, got {workers}", field="workers")
+    check_workers(workers)
     if in_process and workers > 1:
         raise FmDataError(f"expected 1 worker process for a store that lives in this process (memory://: other "
                           f"processes cannot see it), got {workers}", field="workers")

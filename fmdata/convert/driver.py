@@ -42,6 +42,7 @@ import zarr
 from tqdm.auto import tqdm
 
 from fmdata import __version__
+from fmdata.compute.memory import format_bytes
 from fmdata.compute.processes import UnitRunner, resolve_workers, run_parallel
 from fmdata.convert.ledger import Ledger
 from fmdata.convert.plan import (
@@ -58,9 +59,11 @@ from fmdata.store import schema
 from fmdata.store.access import read_meta
 from fmdata.store.atomic import is_temporary, leftovers, remove_tree
 from fmdata.store.checksums import block_checksum, checksum_attr
+from fmdata.store.derived import recover as recover_switches
 from fmdata.store.layout import Chunking, create_arrays, default_chunking, override_chunking
 from fmdata.store.location import Location, LocationLike, set_complete
 from fmdata.store.lock import writer_lock
+from fmdata.store.outputs import check_apart, refusal
 
 ATTR_CONVERT = "fmf_convert"  # root attribute: the conversion plan (sources, chunking), for --resume
 # root attribute of a partial store started with --overwrite: --resume then finishes the replacement
@@ -89,7 +92,7 @@ class ConvertReport:
         ratio = self.store_bytes / self.source_bytes if self.source_bytes else float("nan")
         return (f"wrote {self.store}: {self.n_recordings} recording(s), {self.n_frames} frames, "
                 f"{self.n_current} current rows in {self.seconds:.1f} s with {self.workers} worker(s){resumed}; "
-                f"store {self.store_bytes / 1e6:.1f} MB = {ratio:.2f} x source {self.source_bytes / 1e6:.1f} MB")
+                f"store {format_bytes(self.store_bytes)} = {ratio:.2f} x source {format_bytes(self.source_bytes)}")
 
     def to_dict(self) -> dict[str, Any]:
         """Return the report as a JSON-able dict."""
@@ -109,8 +112,6 @@ def _tree_bytes(path: str) -> int:
     return total
 
 
-def _is_zarr_store(location: Location) -> bool:
-    return location.join("zarr.json").exists()
 
 
 def _peek(location: Location) -> tuple[zarr.Group, schema.StoreMeta] | None:
@@ -146,8 +147,10 @@ def _recover(target: Location) -> None:
     """Repair what a writer killed while replacing or removing the local store ``target`` left behind.
 
     Called with the writer lock held. An old store renamed aside while ``target`` is missing (a
-    kill between the two renames of a replacement) is complete: it is moved back. Every other
-    hidden ``.old-``/``.tmp-`` sibling is a half-deleted leftover and is deleted.
+    kill between the two renames of a replacement) is complete: it is moved back. A switch of
+    derived arrays that a killed writer journalled is finished
+    (:func:`fmdata.store.derived.recover`). Every other hidden ``.old-``/``.tmp-`` sibling is a
+    half-deleted leftover and is deleted.
     """
     path = target.local_path
     if path is None:
@@ -157,6 +160,8 @@ def _recover(target: Location) -> None:
             if old.is_dir() and _is_complete(Location(str(old))):
                 os.replace(old, path)
                 break
+    if os.path.isdir(path):  # derived data: a switch a killed writer journalled is finished first
+        recover_switches(os.path.realpath(path))
     for stale in leftovers(path):
         remove_tree(stale)
     # abandoned partial stores renamed aside to be deleted: ..<name>.partial-<id>.old-<pid>-<hex>
@@ -254,7 +259,8 @@ def convert(sources: Sequence[str | os.PathLike[str]], out: LocationLike, *, wor
     ``workers`` processes run the units: this one and ``workers - 1`` spawned children (default:
     the CPU count; a script that calls this with more than one worker needs the usual
     ``if __name__ == "__main__":`` guard of spawned multiprocessing). ``overwrite`` replaces an
-    existing store (only a Zarr store; the old one stays until the new one is complete);
+    existing store (only an FMF store; the old one stays until the new one is complete);
+    An ``out`` that is a source, lies inside one (a V2 folder) or holds one is refused.
     ``resume`` continues an interrupted conversion into ``out`` without redoing finished units
     (a store at ``out`` already complete from the same sources and chunking is left as it is).
     ``chunking`` defaults to :func:`fmdata.store.layout.default_chunking`; ``chunk_frames`` /
@@ -271,6 +277,7 @@ def convert(sources: Sequence[str | os.PathLike[str]], out: LocationLike, *, wor
     t0 = time.perf_counter()
     target = Location.parse(out)
     _refuse_link(target)
+    check_apart(target, sources, field="out", what="the sources it reads")
     # a runner runs the units elsewhere (a cluster: its own error if it cannot reach the store)
     workers = resolve_workers(workers, in_process=target.in_process and runner is None)
     recs = open_sources([os.fspath(s) for s in sources], fps, mask_nonzero=mask_nonzero)
@@ -297,8 +304,8 @@ def _convert_into(target: Location, plan: ConversionPlan, recs: list[RecordingSo
     finish_replacing = resume and not target.is_url and bool(partials) and _replaces(partials[-1])
     if exists and not overwrite and not resume_in_place and not finish_replacing:
         raise FmDataError("expected a new output path, got one that exists; pass --overwrite to replace it", str(target))
-    if exists and not _is_zarr_store(target):
-        raise FmDataError("refusing to replace something that is not a Zarr store", str(target))
+    if exists and _peek(target) is None:  # --overwrite replaces only what convert makes: an FMF store
+        raise refusal(str(target), "fmdata convert", "something that is not an FMF store")
     target.check_writable_parent()
     staging: Location | None = None
     root: zarr.Group | None = None

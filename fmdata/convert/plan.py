@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from fmdata.compute.memory import available_memory, require_memory
 from fmdata.errors import FmDataError
 from fmdata.sources import DEFAULT_FPS, RecordingSource
 from fmdata.store.layout import Chunking, default_chunking
@@ -22,6 +23,8 @@ FRAME_AXIS = "frame"
 CURRENT_AXIS = "sample"
 UNIT_BYTES = 32 << 20  # source bytes (uncompressed) per frame unit: few units, bounded memory
 MIN_UNITS = 8  # split small inputs into at least this many frame units (both cores busy)
+# a frame unit's worker holds its video and mask rows (3 + 1 bytes a pixel) twice: read, then encoded
+UNIT_COPIES = 2
 
 
 # ---- plan -------------------------------------------------------------------------------------
@@ -107,6 +110,24 @@ class ConversionPlan:
         return normalised
 
 
+def _frames_bytes(frames: int, height: int, width: int) -> int:
+    return UNIT_COPIES * frames * height * width * 4
+
+
+def _check_memory(chunking: Chunking, unit_frames: int, height: int, width: int) -> None:
+    """FmDataError (field ``chunk_frames``, or ``shard_frames`` when the chunk alone fits) when a frame
+    unit's rows would not fit in memory: a chunk or shard length far beyond the data, caught before
+    anything is written."""
+    need = _frames_bytes(unit_frames, height, width)
+    if need <= available_memory():
+        return
+    chunk, shard = chunking.chunk_frames, chunking.shard_frames
+    by_chunk = shard is None or shard == chunk or _frames_bytes(chunk, height, width) > available_memory()
+    what = f"{chunk:,} frames per chunk" if by_chunk else f"{shard:,} frames per shard"
+    require_memory(need, f"{what} of {height}x{width} pixels (a write unit of {unit_frames:,} frames)",
+                   field="chunk_frames" if by_chunk else "shard_frames")
+
+
 def _pieces(recs: Sequence[RecordingSource], offsets: np.ndarray, current_offsets: np.ndarray,
             start: int, stop: int, axis: str) -> tuple[Piece, ...]:
     out = []
@@ -124,7 +145,8 @@ def plan_conversion(recordings: Sequence[RecordingSource], chunking: Chunking | 
     Frame units cover whole shards (``unit_frames`` a multiple of the shard length, about
     32 MiB of source each); current units cover one current chunk. The plan depends only on
     the data and the chunking, never on the number of workers, so a resumed conversion finds
-    the same units.
+    the same units. FmDataError (field ``chunk_frames`` or ``shard_frames``) when a frame unit
+    would not fit in memory.
     """
     recs = list(recordings)
     if not recs:
@@ -139,6 +161,7 @@ def plan_conversion(recordings: Sequence[RecordingSource], chunking: Chunking | 
     per_unit = max(1, UNIT_BYTES // (block * h * w * 4))
     per_unit = max(1, min(per_unit, -(-n_blocks // MIN_UNITS)))
     unit_frames = per_unit * block
+    _check_memory(chunking, unit_frames, h, w)
     plan = ConversionPlan(recs, chunking, float(fps), f_off, c_off, unit_frames)
     for i, a in enumerate(range(0, n, unit_frames)):
         b = min(n, a + unit_frames)

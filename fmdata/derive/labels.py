@@ -31,9 +31,9 @@ from fmdata.store import schema
 from fmdata.store.access import open_store, store_writable
 from fmdata.store.block_reader import BlockReader, block_frames, block_ranges
 from fmdata.store.columns import read_column
-from fmdata.store.derived import DerivedArray, write_derived
+from fmdata.store.derived import DerivedArray, store_writer, write_derived
 from fmdata.store.location import Location, LocationLike
-from fmdata.store.lock import reading, writer_lock
+from fmdata.store.lock import reading
 from fmdata.store.provenance import array_fingerprint, matches
 
 # Bump when the rule or the output layout changes: older derived arrays then count as stale.
@@ -153,15 +153,20 @@ def compute_labels(location: LocationLike, *, force: bool = False, options: Dask
 
     A no-op (status "up to date") when current labels exist, unless ``force``: it then only
     reads, so it works on a read-only store. ``runner`` reuses an open Dask runner; otherwise
-    one is started from ``options``. Raises FmDataError when labels must be computed and the
-    store is read-only.
+    one is started from ``options``. Raises FmDataError when labels must be computed (or
+    ``force`` recomputes them) and the store is read-only: nothing is written.
     """
     loc = Location.parse(location)
     root = open_store(loc)
     if not force and labels_up_to_date(root):
         return _up_to_date_report(loc, root)
+    if force and not store_writable(loc):
+        state = "up to date" if labels_up_to_date(root) else "missing or stale"
+        raise FmDataError(f"expected a writable store to recompute the labels (--force), got a read-only one: nothing "
+                          f"was written (--force would recompute frame_label and abnormal_pixels from the masks and "
+                          f"replace them; the stored ones are {state})", str(loc))
     require_writable(loc)
-    with writer_lock(loc, "fmdata labels"):
+    with store_writer(loc, "fmdata labels"):
         root = open_store(loc, "r+")
         if not force and labels_up_to_date(root):  # another writer finished them meanwhile
             return _up_to_date_report(loc, root)

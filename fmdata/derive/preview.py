@@ -26,11 +26,13 @@ from fmdata.derive.windows import load_index, window_for_frame
 from fmdata.errors import FmDataError
 from fmdata.store import schema
 from fmdata.store.access import open_store, read_meta, read_offsets, read_recordings
-from fmdata.store.atomic import atomic_file, prepare_target, save_figure
+from fmdata.store.atomic import atomic_file, save_figure
 from fmdata.store.location import Location, LocationLike
+from fmdata.store.outputs import check_apart, check_replaceable, mark_mp4
 from fmdata.store.row_reader import ZarrAxisReader
 from fmdata.store.window_table import WindowParams, current_row_indices, read_window_table
 
+COMMAND = "fmdata preview"  # the mark of its pictures and videos: its --overwrite replaces only those
 MAX_VIDEO_FRAMES = 1000
 MAX_PNG_FRAMES = 20  # clip frames a picture draws (a 20-frame row stays readable)
 OUTLINE_RGB = (255, 255, 0)
@@ -151,7 +153,7 @@ def _png(w: dict[str, Any], out: str) -> None:
     fig.suptitle(f"recording {w['recording']} ({w['name']}), frame {w['local']} (global {w['frame']}), "
                  f"split {schema.SPLIT_NAMES.get(w['split'], w['split'])}, {label}; {w['source']}; "
                  f"yellow: mask outline", fontsize=9)
-    save_figure(fig, out)
+    save_figure(fig, out, made_by=COMMAND)
 
 
 def _strip(w: dict[str, Any], width: int, height: int) -> tuple[np.ndarray, Any]:
@@ -196,6 +198,7 @@ def _mp4(w: dict[str, Any], out: str) -> int:
                 writer.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
         finally:
             writer.release()
+        mark_mp4(tmp, COMMAND)  # what lets a later --overwrite recognise its own video
     return len(idx)
 
 
@@ -233,8 +236,9 @@ def render_preview(location: LocationLike, frame: int, out: str, *, recording: s
     """Write a preview of the window ending at ``frame`` to ``out`` (.png picture or .mp4 video).
 
     ``frame`` is global, or local to ``recording`` (id or name) when given. ``windows`` names a
-    stored window table; otherwise a reference window with ``params`` is built. An existing ``out``
-    is refused unless ``overwrite``; the file appears complete or not at all.
+    stored window table; otherwise a reference window with ``params`` is built. An ``out`` inside
+    the store is refused; an existing ``out`` is refused unless ``overwrite``, and then replaced
+    only when it is a preview (:mod:`fmdata.store.outputs`); the file appears complete or not at all.
     """
     ext = os.path.splitext(out)[1].lower()
     if ext not in (".png", ".mp4"):
@@ -243,7 +247,8 @@ def render_preview(location: LocationLike, frame: int, out: str, *, recording: s
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         raise FmDataError("expected an existing folder for the preview, got none", parent, field="out")
-    prepare_target(out, overwrite)
+    check_apart(out, [location], field="out")
+    check_replaceable(out, overwrite=overwrite, command=COMMAND)
     w = _load(Location.parse(location), frame, recording, windows, params)
     written = _mp4(w, out) if ext == ".mp4" else None
     if ext == ".png":

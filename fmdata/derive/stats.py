@@ -38,8 +38,8 @@ from fmdata.store.access import open_store, read_meta, read_offsets, read_record
 from fmdata.store.block_reader import BlockReader, block_frames, block_ranges
 from fmdata.store.checksums import attribute_checksum, check_attribute
 from fmdata.store.columns import read_column
+from fmdata.store.derived import store_writer
 from fmdata.store.location import Location, LocationLike
-from fmdata.store.lock import writer_lock
 from fmdata.store.provenance import array_fingerprint, matches, reconsolidate, values_digest
 from fmdata.store.window_table import read_window_table
 
@@ -251,7 +251,7 @@ def compute_stats(location: LocationLike, *, windows: str | None = None, force: 
     need_dask = (has_train and not fresh) or not labelled
     status, norm = "no training frames", None
     # a read-only store is never locked: it is only read (labels up to date, checked above)
-    with (writer_lock(loc, "fmdata stats") if need_dask and writable else contextlib.nullcontext(),
+    with (store_writer(loc, "fmdata stats") if need_dask and writable else contextlib.nullcontext(),
           dask_runner(options, preload=WORKER_MODULES) if need_dask else contextlib.nullcontext() as runner):
         if not labelled:
             compute_labels(loc, options=options, runner=runner)

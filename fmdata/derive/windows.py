@@ -37,17 +37,18 @@ import zarr
 
 from fmdata import __version__
 from fmdata.compute.dask_cluster import DaskOptions
+from fmdata.compute.memory import require_memory
 from fmdata.derive.labels import ensure_labels, expected_provenance, labels_up_to_date, read_labels
 from fmdata.errors import FmDataError
 from fmdata.store import schema
 from fmdata.store.access import open_store, read_offsets, store_writable
 from fmdata.store.columns import read_column
+from fmdata.store.derived import store_writer
 from fmdata.store.location import Location, LocationLike
-from fmdata.store.lock import writer_lock
 from fmdata.store.window_table import (
     WindowParams,
     WindowTable,
-    check_table_name,
+    check_replaceable_table,
     list_window_tables,
     read_window_table,
     window_columns,
@@ -56,6 +57,8 @@ from fmdata.store.window_table import (
 
 RULE_SECONDS = "distinct-seconds"
 RULE_SPAN = "time-span"
+# int64 arrays of a table's size that building it holds at once (the clip, its clamped copy, the table)
+TABLE_COPIES = 3
 
 
 @dataclass(frozen=True)
@@ -234,14 +237,36 @@ def build_window_table(ix: FrameIndex, params: WindowParams) -> WindowTable:
     """Return the window table of ``params`` over the frames described by ``ix``.
 
     Every frame whose split is train or test is a candidate labelled frame; the policy decides
-    which candidates keep a window (see the module docstring).
+    which candidates keep a window (see the module docstring). FmDataError (field ``frames``) when
+    the table would not fit in memory, before anything is allocated.
     """
+    columns = window_columns(params.frames)
+    require_memory(TABLE_COPIES * 8 * ix.n_frames * len(columns),
+                   f"a window table of up to {ix.n_frames:,} windows x {len(columns):,} columns "
+                   f"({params.frames:,} clip frames)", field="frames")
     _check(ix)
     rules = current_rules(ix)
     f = np.flatnonzero(ix.split != schema.SPLIT_NONE)
     table = _apply_stride(ix, _windows_at(ix, f, params, rules), params.stride)
     meta = {**params.to_dict(), "current_rules": rules, "toolkit_version": __version__}
-    return WindowTable(table=table, columns=window_columns(params.frames), params=meta)
+    return WindowTable(table=table, columns=columns, params=meta)
+
+
+def reference_windows(ix: FrameIndex, frames: np.ndarray, params: WindowParams) -> WindowTable:
+    """Return the table of the ``reference`` windows ending at global ``frames`` (any split, in the
+    order given; stride 1), with the window shape of ``params`` whatever its policy and stride.
+
+    Used by ``fmdata preview`` (one frame) and by the authors' current-only samples
+    (:func:`fmmodel.data.windows.per_second_samples`), whose frames are not a table's.
+    """
+    frames = np.asarray(frames, np.int64)
+    bad = frames[(frames < 0) | (frames >= ix.n_frames)]
+    if len(bad):
+        raise FmDataError(f"expected frames in 0..{ix.n_frames - 1}, got {int(bad[0])}")
+    _check(ix)
+    ref = WindowParams(**{**params.to_dict(), "policy": "reference", "stride": 1})
+    table = _windows_at(ix, frames, ref, current_rules(ix))
+    return WindowTable(table=table, columns=window_columns(ref.frames), params=ref.to_dict())
 
 
 def window_for_frame(ix: FrameIndex, frame: int, params: WindowParams) -> WindowTable:
@@ -249,12 +274,7 @@ def window_for_frame(ix: FrameIndex, frame: int, params: WindowParams) -> Window
 
     Used by ``fmdata preview`` when no stored table is named.
     """
-    if not 0 <= frame < ix.n_frames:
-        raise FmDataError(f"expected a frame in 0..{ix.n_frames - 1}, got {frame}")
-    _check(ix)
-    ref = WindowParams(**{**params.to_dict(), "policy": "reference", "stride": 1})
-    table = _windows_at(ix, np.array([frame], np.int64), ref, current_rules(ix))
-    return WindowTable(table=table, columns=window_columns(ref.frames), params=ref.to_dict())
+    return reference_windows(ix, np.array([frame], np.int64), params)
 
 
 def make_windows(location: LocationLike, name: str, params: WindowParams = WindowParams(), *, force: bool = False,
@@ -266,7 +286,7 @@ def make_windows(location: LocationLike, name: str, params: WindowParams = Windo
     "up to date"); one with other parameters is replaced only with ``force``.
     """
     loc = Location.parse(location)
-    check_table_name(name)
+    check_replaceable_table(open_store(loc), name)  # before anything is computed or written
     ensure_labels(loc, options)
     root = open_store(loc)
     wanted = {**params.to_dict(), "labels": expected_provenance(root)["derived_from"]}
@@ -278,7 +298,7 @@ def make_windows(location: LocationLike, name: str, params: WindowParams = Windo
     if not store_writable(loc):
         raise FmDataError(f"expected a writable store to store windows/{name}, got a read-only one: run "
                           "`fmdata windows` where the store is writable", str(loc))
-    with writer_lock(loc, "fmdata windows"):
+    with store_writer(loc, "fmdata windows"):
         wt = build_window_table(load_index(root), params)
         wt = WindowTable(wt.table, wt.columns, {**wt.params, "labels": wanted["labels"]})
         root = open_store(loc, "r+")

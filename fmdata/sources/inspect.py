@@ -21,6 +21,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from fmdata.compute.memory import format_bytes
 from fmdata.errors import FmDataError, first_line
 from fmdata.sources import matinfo
 from fmdata.sources.layouts import (
@@ -176,12 +177,7 @@ def _inspect_v2(p: Path, check: bool) -> dict[str, Any]:
 
 # ---- text rendering -----------------------------------------------------------------------------
 def _mb(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
+    return "-" if n is None else format_bytes(n)
 
 
 def _dims(shape: Any) -> str:

@@ -13,7 +13,10 @@ synthetic writers all take their names from here.
 """
 from __future__ import annotations
 
+import math
 import os
+
+from fmdata.errors import FmDataError
 
 LAYOUT_V1 = "v1"
 LAYOUT_V2 = "v2"
@@ -27,9 +30,23 @@ V2_SPLIT_FILES = {"train": "train.json", "test": "test.json"}
 V2_CURRENT_HEADER = "timestamp,phase_A,phase_B,phase_C"  # what the synthetic writer puts first
 V2_TIMESTAMP_HEADER = "timestamp,frame"
 DEFAULT_FPS = 25.0  # V1 files carry no timestamps: frame i is at i / fps seconds
+# frame rates a recording may have: a camera's, from a frame every 10 s to a high-speed 1,000 fps
+MIN_FPS, MAX_FPS = 0.1, 1000.0
 # MATLAB classes accepted for masks and splits (any whole or real number type) and for currents
 MASK_CLASSES = ("logical", "uint8", "int8", "uint16", "int16", "uint32", "int32", "double", "single")
 CURRENT_CLASSES = ("double", "single")
+
+
+def check_fps(fps: float) -> float:
+    """Return ``fps`` as a float when it is a frame rate in ``MIN_FPS``..``MAX_FPS``; FmDataError (field
+    ``fps``) otherwise."""
+    try:
+        value = float(fps)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not MIN_FPS <= value <= MAX_FPS or isinstance(fps, bool):
+        raise FmDataError(f"expected a frame rate in {MIN_FPS:g}..{MAX_FPS:g} fps, got {fps!r}", field="fps")
+    return value
 
 
 def v2_key(name: str) -> str:

@@ -30,6 +30,7 @@ from fmdata.sources.layouts import (
     V2_SPLIT_FILES,
     V2_VARIABLES,
     V2_VIDEOS,
+    check_fps,
     v2_files,
     v2_key,
 )
@@ -120,8 +121,7 @@ def open_sources(paths: list[str] | tuple[str, ...], fps: float = DEFAULT_FPS, *
     """
     if not paths:
         raise FmDataError("expected at least one source (V1 MAT file or V2 folder), got none")
-    if not fps > 0 or not np.isfinite(fps):
-        raise FmDataError(f"expected a positive frame rate, got {fps}", field="fps")
+    check_fps(fps)
     out: list[RecordingSource] = []
     seen: set[str] = set()
     for p in paths:

@@ -4,7 +4,8 @@ The store format as code (:mod:`~fmdata.store.schema`), where a store lives
 (:class:`~fmdata.store.location.Location`), how its arrays are laid out
 (:mod:`~fmdata.store.layout`) and encoded (the shard codec :mod:`~fmdata.store.shards`, with its
 writer and the block and row readers), checksums, provenance, window tables and their
-parameters, atomic placement of outputs (:mod:`~fmdata.store.atomic`), one writer at a time
+parameters, atomic placement of outputs (:mod:`~fmdata.store.atomic`), where outputs may go and
+what they may replace (:mod:`~fmdata.store.outputs`), one writer at a time
 (:mod:`~fmdata.store.lock`) and derived arrays switched in whole (:mod:`~fmdata.store.derived`).
 Nothing here imports any other part of fmdata but its errors. The facade names what most callers
 need; the modules hold the rest.

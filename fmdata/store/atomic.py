@@ -16,6 +16,9 @@ the shard's encoding.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import os
 import re
 import secrets
@@ -27,7 +30,10 @@ from typing import Any
 from fmdata.errors import FmDataError
 from fmdata.store.failpoints import pause_point
 
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # Linux <fcntl.h>, <linux/fs.h>
 _IOV_MAX = 512  # pieces per writev call: safely below every platform's IOV_MAX
+# the PNG text keyword naming the command that wrote a picture (read by fmdata.store.outputs)
+MADE_BY_KEY = "fmf-made-by"
 _TEMP_NAME = re.compile(r"^\..+\.(tmp|partial|old)-\d+-[0-9a-f]{8}(\.\w+)?$")
 
 
@@ -97,12 +103,17 @@ def atomic_file(path: str | os.PathLike[str], *, durable: bool = True, suffix: s
         raise
 
 
-def save_figure(fig: Any, path: str | os.PathLike[str], **savefig: Any) -> Path:
+def save_figure(fig: Any, path: str | os.PathLike[str], *, made_by: str | None = None, **savefig: Any) -> Path:
     """Save a matplotlib figure to ``path`` atomically (its format from the suffix); return the path.
-    ``savefig`` are keyword arguments of ``Figure.savefig`` (dpi...)."""
+    ``made_by`` names the command in a PNG's text chunk :data:`MADE_BY_KEY` (what lets its
+    ``--overwrite`` recognise its own picture, :mod:`fmdata.store.outputs`). ``savefig`` are
+    keyword arguments of ``Figure.savefig`` (dpi...)."""
     target = Path(path)
+    fmt = target.suffix.lstrip(".").lower() or "png"
+    if made_by is not None and fmt == "png":
+        savefig["metadata"] = {**savefig.get("metadata", {}), MADE_BY_KEY: made_by}
     with atomic_file(target, suffix=target.suffix) as tmp:
-        fig.savefig(tmp, format=target.suffix.lstrip(".").lower() or "png", **savefig)
+        fig.savefig(tmp, format=fmt, **savefig)
     return target
 
 
@@ -155,6 +166,35 @@ def leftovers(path: str | os.PathLike[str], tags: tuple[str, ...] = ("old", "tmp
             return 0.0
 
     return sorted(found, key=mtime, reverse=True)
+
+
+@functools.cache
+def _renameat2() -> Any:
+    """libc's ``renameat2`` (Linux, glibc 2.28+), or None where there is none."""
+    try:
+        fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    except OSError:
+        return None
+    if fn is not None:
+        fn.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+        fn.restype = ctypes.c_int
+    return fn
+
+
+def exchange(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Swap the existing paths ``a`` and ``b`` (files or folders, same file system) in one atomic
+    step, so that ``b`` is never missing: Linux's ``renameat2(RENAME_EXCHANGE)``. Returns False,
+    with nothing changed, where the platform or the file system cannot (then rename in two steps);
+    raises OSError for other failures."""
+    fn = _renameat2()
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), os.fspath(b))
 
 
 def place(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
+import numbers
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,8 @@ import zarr
 from fmdata.errors import FmDataError
 from fmdata.store import schema
 from fmdata.store.checksums import read_checked
-from fmdata.store.derived import DerivedArray, write_derived
+from fmdata.store.derived import DerivedArray, check_targets, write_derived
+from fmdata.store.layout import MAX_AXIS_FRAMES
 from fmdata.store.lock import reading, store_folder
 
 # The reference protocol's windows (docs/reference-protocol.md, "Samples"): the cross-modal model
@@ -35,6 +37,19 @@ from fmdata.store.lock import reading, store_folder
 REFERENCE_CLIPS: dict[str, tuple[int, int]] = {"both": (10, 18), "video": (8, 19), "current": (10, 18)}
 REFERENCE_CURRENT_SECONDS = 120.0
 REFERENCE_CURRENT_ROWS = 240
+TABLE_DIMS = ("window", "field")  # the dimension names of every window table
+
+# The largest windows a table may describe. A clip's frames and a window's current rows are what a
+# model reads per sample (one table column per clip frame): 1,024 frames and 65,536 rows are about a
+# hundred times the reference's 10 and 240, far beyond any model, and keep one window's inputs and
+# the table's column list small. A clip may span (frames - 1) * frame_step up to MAX_AXIS_FRAMES
+# frames and a window reach back MAX_CURRENT_SECONDS seconds (68 years): beyond any recording
+# (recordings shorter than a clip keep their clamped windows) and inside the int64 arithmetic
+# that builds the windows. A window table's bounds in memory are the builder's
+# (fmdata.derive.windows.build_window_table).
+MAX_CLIP_FRAMES = 1024
+MAX_CURRENT_ROWS = 65536
+MAX_CURRENT_SECONDS = float(2**31 - 1)
 
 
 @dataclass(frozen=True)
@@ -53,17 +68,30 @@ class WindowParams:
     policy: str = "reference"
 
     def __post_init__(self) -> None:
-        checks = [(self.frames >= 1, "frames", "clip frames >= 1", self.frames),
-                  (self.frame_step >= 1, "frame_step", "a frame step >= 1", self.frame_step),
-                  (self.current_seconds > 0 and math.isfinite(self.current_seconds), "current_seconds",
-                   "current seconds > 0", self.current_seconds),
-                  (self.current_rows >= 1, "current_rows", "current rows >= 1", self.current_rows),
-                  (self.stride >= 1, "stride", "a stride >= 1", self.stride),
+        for name in ("frames", "frame_step", "current_rows", "stride"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+                raise FmDataError(f"expected an integer {name}, got {value!r} (a {type(value).__name__})", field=name)
+        if not isinstance(self.current_seconds, numbers.Real) or isinstance(self.current_seconds, bool):
+            raise FmDataError(f"expected a number of current seconds, got {self.current_seconds!r} "
+                              f"(a {type(self.current_seconds).__name__})", field="current_seconds")
+        checks = [(1 <= self.frames <= MAX_CLIP_FRAMES, "frames", f"clip frames in 1..{MAX_CLIP_FRAMES}",
+                   repr(self.frames)),
+                  (1 <= self.frame_step <= MAX_AXIS_FRAMES, "frame_step", f"a frame step in 1..{MAX_AXIS_FRAMES}",
+                   repr(self.frame_step)),
+                  ((self.frames - 1) * self.frame_step <= MAX_AXIS_FRAMES, "frame_step",
+                   f"a clip spanning at most {MAX_AXIS_FRAMES} frames ((frames - 1) x frame step)",
+                   f"{self.frames - 1} x {self.frame_step}"),
+                  (0 < self.current_seconds <= MAX_CURRENT_SECONDS, "current_seconds",
+                   f"current seconds > 0 and at most {MAX_CURRENT_SECONDS:.0f}", repr(self.current_seconds)),
+                  (1 <= self.current_rows <= MAX_CURRENT_ROWS, "current_rows",
+                   f"current rows in 1..{MAX_CURRENT_ROWS}", repr(self.current_rows)),
+                  (self.stride >= 1, "stride", "a stride >= 1", repr(self.stride)),
                   (self.policy in schema.WINDOW_POLICIES, "policy", f"a policy in {schema.WINDOW_POLICIES}",
-                   self.policy)]
+                   repr(self.policy))]
         for ok, name, what, got in checks:
             if not ok:
-                raise FmDataError(f"expected {what}, got {got!r}", field=name)
+                raise FmDataError(f"expected {what}, got {got}", field=name)
 
     @classmethod
     def reference(cls, modality: str = "both", **overrides: Any) -> WindowParams:
@@ -212,9 +240,16 @@ def write_window_table(root: zarr.Group, name: str, wt: WindowTable, overwrite: 
     rows = max(len(wt), 1)
     table = np.ascontiguousarray(wt.table, dtype=np.int64)
     # the column names are part of the new version: a table without them is refused by readers
-    write_derived(root, [DerivedArray(f"{schema.WINDOWS_GROUP}/{name}", table, min(rows, 65536), ("window", "field"),
+    write_derived(root, [DerivedArray(f"{schema.WINDOWS_GROUP}/{name}", table, min(rows, 65536), TABLE_DIMS,
                                       {"columns": list(wt.columns), "params": wt.params})], "fmdata windows")
     return root[schema.WINDOWS_GROUP][name]
+
+
+def check_replaceable_table(root: zarr.Group, name: str) -> None:
+    """Raise FmDataError when ``windows/<name>`` holds something that is not a window table (a
+    user's group or folder): ``fmdata windows`` replaces only its own tables. Nothing is changed."""
+    check_table_name(name)
+    check_targets(root, [(f"{schema.WINDOWS_GROUP}/{name}", TABLE_DIMS)], "fmdata windows")
 
 
 def list_window_tables(root: zarr.Group) -> list[str]:
@@ -227,7 +262,9 @@ def _table_names(root: zarr.Group) -> list[str]:
     """The names of the window tables in a store (sorted); the caller holds the switch lock."""
     if schema.WINDOWS_GROUP not in root:
         return []
-    return sorted(name for name, _ in root[schema.WINDOWS_GROUP].arrays())
+    with warnings.catch_warnings():  # a stray folder there is no table, and no reason for a warning
+        warnings.filterwarnings("ignore", "Object at .* is not recognized as a component of a Zarr hierarchy")
+        return sorted(name for name, _ in root[schema.WINDOWS_GROUP].arrays())
 
 
 def read_window_table(root: zarr.Group, name: str) -> WindowTable:

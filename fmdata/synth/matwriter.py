@@ -39,21 +39,28 @@ COMPACT_MAX_BYTES = 10 * 1024
 PENDING_BYTES = 32 << 20  # raw bytes of chunks being compressed ahead of the writer
 
 
-def header_text(created: _dt.datetime, version: str = "7.3", platform: str = PLATFORM) -> str:
+def header_text(created: _dt.datetime, version: str = "7.3", platform: str = PLATFORM, note: str = "") -> str:
     """Return MATLAB's descriptive header text for a file created at ``created``.
 
     MATLAB writes ``MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Wed May 10 21:33:27 2023
     HDF5 schema 1.00 .`` for v7.3 and the same without the schema part (and "5.0") for v7.
+    ``note`` follows after a space (the text is descriptive only: MATLAB reads the version and
+    byte order after it); FmDataError when the text would not fit the header's 116 bytes.
     """
     stamp = f"{created:%a %b} {created.day:2d} {created:%H:%M:%S %Y}"
     if version == "7.3":
-        return f"MATLAB 7.3 MAT-file, Platform: {platform}, Created on: {stamp} HDF5 schema 1.00 ."
-    return f"MATLAB 5.0 MAT-file, Platform: {platform}, Created on: {stamp}"
+        text = f"MATLAB 7.3 MAT-file, Platform: {platform}, Created on: {stamp} HDF5 schema 1.00 ."
+    else:
+        text = f"MATLAB 5.0 MAT-file, Platform: {platform}, Created on: {stamp}"
+    text = f"{text} {note}" if note else text
+    if len(text.encode("ascii")) > HEADER_TEXT_BYTES:
+        raise FmDataError(f"expected a header text of at most {HEADER_TEXT_BYTES} bytes, got {len(text)}: {text!r}")
+    return text
 
 
-def header_bytes(created: _dt.datetime, version: str = "7.3", platform: str = PLATFORM) -> bytes:
-    """Return the 128 leading header bytes: text padded to 116, 8 zero bytes, version, 'IM'."""
-    text = header_text(created, version, platform).encode("ascii").ljust(HEADER_TEXT_BYTES, b" ")
+def header_bytes(created: _dt.datetime, version: str = "7.3", platform: str = PLATFORM, note: str = "") -> bytes:
+    """Return the 128 leading header bytes: text (with ``note``) padded to 116, 8 zero bytes, version, 'IM'."""
+    text = header_text(created, version, platform, note).encode("ascii").ljust(HEADER_TEXT_BYTES, b" ")
     ver = 0x0200 if version == "7.3" else 0x0100
     return text + b"\x00" * 8 + struct.pack("<H", ver) + b"IM"
 
@@ -131,17 +138,20 @@ class MatWriter:
     ``storage`` is "matlab" (deflate 3, no shuffle, chunks capped near 64 KiB, variables under
     ~10 KB compact) or "contiguous" (uncompressed, contiguous; small variables compact as well).
     ``created`` fixes the header's "Created on" time (pass a seed-derived time for byte-identical
-    output); ``threads`` compress chunks in parallel (zlib releases the GIL). The header is
-    written when the file closes; a file whose writer failed is deleted.
+    output); ``note`` ends the header text (:func:`header_text`); ``threads`` compress chunks in
+    parallel (zlib releases the GIL). The header is written when the file closes; a file whose
+    writer failed is deleted.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, storage: str = "matlab",
-                 created: _dt.datetime | None = None, threads: int = 2) -> None:
+                 created: _dt.datetime | None = None, threads: int = 2, note: str = "") -> None:
         if storage not in STORAGE_MODES:
             raise FmDataError(f"expected storage one of {STORAGE_MODES}, got {storage!r}")
         self.path = Path(path)
         self.storage = storage
         self.created = created or _dt.datetime.now().replace(microsecond=0)
+        self.note = note
+        header_text(self.created, note=note)  # a note that does not fit fails now, not at the end
         self._logical: dict[str, bool] = {}
         self._pool = ThreadPoolExecutor(max(1, threads)) if storage == "matlab" and threads > 1 else None
         self._pending: deque[tuple[h5py.h5d.DatasetID, tuple[int, ...], int, Future[bytes]]] = deque()
@@ -171,7 +181,7 @@ class MatWriter:
         if self._file.id.valid:
             self._file.close()
             with open(self.path, "r+b") as fh:
-                fh.write(header_bytes(self.created))
+                fh.write(header_bytes(self.created, note=self.note))
 
     def abort(self) -> None:
         """Close and delete the unfinished file."""
@@ -297,12 +307,12 @@ def write_mat73(path: str | os.PathLike[str], variables: Mapping[str, Any], *, s
 
 
 def write_v7(path: str | os.PathLike[str], variables: Mapping[str, Any], *,
-             created: _dt.datetime | None = None) -> Path:
+             created: _dt.datetime | None = None, note: str = "") -> Path:
     """Write MATLAB-order arrays to a v7 file (v5 format, zlib-compressed) with scipy; return the path.
 
     Holds every array in memory, so it suits small files; bool arrays become ``logical``.
-    ``created`` fixes the header time, making the bytes reproducible. Raises FmDataError for a
-    variable above the format's 2^31-byte limit.
+    ``created`` fixes the header time, making the bytes reproducible; ``note`` ends the header
+    text. Raises FmDataError for a variable above the format's 2^31-byte limit.
     """
     arrays = {k: np.asarray(v) for k, v in variables.items()}
     for k, v in arrays.items():
@@ -310,5 +320,6 @@ def write_v7(path: str | os.PathLike[str], variables: Mapping[str, Any], *,
             raise FmDataError(f"{k}: expected at most 2^31 bytes per variable in a v7 MAT file, got {v.nbytes}", path)
     scipy.io.savemat(os.fspath(path), arrays, format="5", do_compression=True, oned_as="row")
     with open(path, "r+b") as fh:
-        fh.write(header_bytes(created or _dt.datetime.now().replace(microsecond=0), version="5")[:HEADER_TEXT_BYTES])
+        fh.write(header_bytes(created or _dt.datetime.now().replace(microsecond=0), version="5",
+                              note=note)[:HEADER_TEXT_BYTES])
     return Path(path)

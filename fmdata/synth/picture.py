@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from fmdata.store import schema
 from fmdata.store.atomic import save_figure
 from fmdata.synth import simulation as synth
+from fmdata.synth.ownership import COMMAND
 
 
 def _pick_frames(rec: synth.Recording, count: int) -> list[tuple[int, str]]:
@@ -86,4 +87,4 @@ def plot_preview(rec: synth.Recording, path: str | os.PathLike[str], count: int 
     ax.set_xlabel("seconds (red: hot spot active; dark bars: dense mist; grey: guard gap)")
     ax.set_ylabel("current (A)")
     ax.legend(loc="lower left", fontsize=7, ncol=3)
-    return save_figure(fig, path, dpi=110)
+    return save_figure(fig, path, made_by=COMMAND, dpi=110)

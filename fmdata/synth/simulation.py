@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from fmdata.errors import FmDataError
+from fmdata.sources.layouts import check_fps
 from fmdata.store import schema
 
 BASE_ORIGIN = _dt.datetime(2023, 5, 10, 21, 33, 27)
@@ -97,8 +98,7 @@ class SynthConfig:
         if not (4 <= self.height <= 2048 and 4 <= self.width <= 2048):
             raise FmDataError(f"expected a frame size between 4 and 2048 pixels, got {self.height}x{self.width}",
                               field="size")
-        if not (0.1 <= self.fps <= 1000):
-            raise FmDataError(f"expected fps between 0.1 and 1000, got {self.fps}", field="fps")
+        check_fps(self.fps)
         if not (0 < self.test_fraction < 1 and 0 <= self.guard_fraction < 1
                 and self.test_fraction + self.guard_fraction < 1):
             raise FmDataError(f"expected 0 < test_fraction, 0 <= guard_fraction, sum < 1, got "

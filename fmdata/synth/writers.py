@@ -14,7 +14,9 @@ uncompressed) or "v7" (the older format via scipy, whole arrays in memory: small
 Frames are rendered and written in blocks aligned to the chunk grid, so memory stays bounded.
 Everything is written into a hidden temporary sibling and renamed into place when complete
 (:func:`fmdata.store.atomic.atomic_output`); an existing output is refused unless
-``overwrite=True``. The same arguments give the same bytes.
+``overwrite=True``, and then replaced only when synth wrote all of it (its MAT files carry
+:data:`~fmdata.synth.ownership.SYNTH_NOTE` at the end of their header text; see
+:mod:`fmdata.synth.ownership`). The same arguments give the same bytes.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from fmdata.compute.memory import format_bytes
 from fmdata.errors import FmDataError
 from fmdata.sources.layouts import (
     LAYOUT_V1,
@@ -46,18 +50,15 @@ from fmdata.sources.layouts import (
 )
 from fmdata.sources.matinfo import V7_MAX_VARIABLE_BYTES
 from fmdata.store import schema
-from fmdata.store.atomic import atomic_output, prepare_target
+from fmdata.store.atomic import atomic_output
+from fmdata.store.outputs import check_replaceable
 from fmdata.synth import simulation as synth
 from fmdata.synth.matwriter import MatWriter, write_v7
+from fmdata.synth.ownership import COMMAND, SYNTH_NOTE, recording_name, refuse_foreign
 from fmdata.synth.picture import plot_preview
 
 STORAGES = ("matlab", "contiguous", "v7")
 DEFAULT_BLOCK_FRAMES = 512
-
-
-def recording_name(index: int) -> str:
-    """Return the file stem of recording ``index`` (0-based): batch_01, batch_02, ..."""
-    return f"batch_{index + 1:02d}"
 
 
 def parse_size(text: str | int | tuple[int, int]) -> tuple[int, int]:
@@ -181,7 +182,7 @@ def _write_recording_mat(path: Path, rec: synth.Recording, sim: np.ndarray, stor
     if storage == "v7":
         _write_v7_recording(path, rec, sim, names, progress, _block_frames(h, w, block), split)
         return
-    with MatWriter(path, storage=storage, created=_created(rec)) as mw:
+    with MatWriter(path, storage=storage, created=_created(rec), note=SYNTH_NOTE) as mw:
         video = mw.create(names["video"], (h, w, 3, n), "uint8")
         label = mw.create(names["mask"], (h, w, n), "logical")
         current = mw.create(names["current"], (3, n), "double") if "current" in names else None
@@ -218,10 +219,18 @@ def _write_v7_recording(path: Path, rec: synth.Recording, sim: np.ndarray, names
         variables[names["current"]] = current
     if "split" in names:
         variables[names["split"]] = (split == schema.SPLIT_TEST).astype(np.float64)[None, :]
-    write_v7(path, variables, created=_created(rec))
+    write_v7(path, variables, created=_created(rec), note=SYNTH_NOTE)
 
 
 # ---- public writers ---------------------------------------------------------------------------
+def _output(path: str | os.PathLike[str], *, folder: bool, overwrite: bool) -> AbstractContextManager[Path]:
+    """:func:`fmdata.store.atomic.atomic_output` for synth's outputs: with ``overwrite`` an existing
+    output is replaced only when synth wrote all of it (:mod:`fmdata.synth.ownership`)."""
+    if overwrite:
+        refuse_foreign(path)
+    return atomic_output(path, folder=folder, overwrite=overwrite)
+
+
 def _checked_options(size: tuple[int, int] | int | str, fps: float, events: str, frames: int, storage: str,
                      recordings: int = 1) -> tuple[synth.SynthConfig, int]:
     """Validate the writers' common options before any output exists; return (config, frames)."""
@@ -245,7 +254,7 @@ def write_v1(path: str | os.PathLike[str], *, frames: int, size: tuple[int, int]
     rec = plan_v1(frames, cfg, seed, index)
     bar = Progress(frames, progress)
     try:
-        with atomic_output(path, folder=False, overwrite=overwrite) as tmp:
+        with _output(path, folder=False, overwrite=overwrite) as tmp:
             _write_recording_mat(tmp, rec, v1_frames(rec), storage, V1_VARIABLES, bar, block_frames)
         return Path(path)
     finally:
@@ -261,7 +270,7 @@ def write_v1_set(folder: str | os.PathLike[str], *, recordings: int, frames: int
     bar = Progress(frames * recordings, progress)
 
     try:
-        with atomic_output(folder, folder=True, overwrite=overwrite) as tmp:
+        with _output(folder, folder=True, overwrite=overwrite) as tmp:
             for i in range(recordings):
                 rec = plan_v1(frames, cfg, seed, i)
                 _write_recording_mat(tmp / f"{recording_name(i)}.mat", rec, v1_frames(rec), storage, V1_VARIABLES,
@@ -302,7 +311,7 @@ def write_v2(folder: str | os.PathLike[str], *, recordings: int = 1, frames: int
         (tmp / V2_SPLIT_FILES["test"]).write_text(json.dumps(test, separators=(",", ":")))
 
     try:
-        with atomic_output(folder, folder=True, overwrite=overwrite) as tmp:
+        with _output(folder, folder=True, overwrite=overwrite) as tmp:
             body(tmp)
         return Path(folder)
     finally:
@@ -338,7 +347,7 @@ def _check_storage(storage: str, cfg: synth.SynthConfig | None = None, frames: i
         need = cfg.height * cfg.width * 3 * frames
         if need > V7_MAX_VARIABLE_BYTES:
             raise FmDataError(f"expected a video under 2^31 bytes for storage v7 (the format's limit per "
-                              f"variable), got {need / 2**30:.1f} GiB; use storage 'matlab'", field="storage")
+                              f"variable), got {format_bytes(need)}; use storage 'matlab'", field="storage")
 
 
 def _check_recordings(recordings: int) -> None:
@@ -390,13 +399,16 @@ def synthesize(out: str | os.PathLike[str], *, layout: str = LAYOUT_V1, storage:
     if layout not in LAYOUTS:
         raise FmDataError(f"expected a layout in {LAYOUTS}, got {layout!r}", field="layout")
     _check_recordings(recordings)
+    if overwrite:  # what --overwrite would replace, before anything is written (the picture's folder included)
+        refuse_foreign(out)
     if preview is not None:  # fail before the long part, not after it
         try:
             Path(preview).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise FmDataError(f"cannot create the picture's folder: {exc.strerror or exc}", preview,
                               field="preview") from None
-        prepare_target(preview, overwrite)  # the picture, like the recordings, replaces nothing unless told
+        # the picture, like the recordings, replaces nothing unless told, and then only synth's own
+        check_replaceable(preview, overwrite=overwrite, command=COMMAND)
     t0 = time.perf_counter()
     if layout == LAYOUT_V2:
         path = write_v2(out, recordings=recordings, frames=frames, size=size, fps=fps, seed=seed, storage=storage,

@@ -1,0 +1,146 @@
+"""``fmmodel evaluate``: score a checkpoint on a store's test split (class and pixel level).
+
+Loads a toolkit checkpoint (or the authors' state_dict with ``format="reference"``), builds the
+windows its metadata names (or reads a stored table), runs the model over the chosen split
+(:func:`fmmodel.scoring.inference.run_inference`) and reports, overall and per recording, the metrics of
+:mod:`fmmodel.scoring.metrics` plus throughput (FPS = windows / wall time of the whole loop, data loading
+included, as the reference test script measures it; ``model_fps`` counts model time only).
+Under ``torchrun`` every rank scores its own share and rank 0 writes the report.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from fmdata.store import schema
+from fmdata.store.location import Location, LocationLike
+from fmdata.store.outputs import check_apart
+from fmmodel.data.resident import check_resident_budget
+from fmmodel.data.sampling import check_loader_workers
+from fmmodel.errors import FmModelError
+from fmmodel.protocol import ORIENTATION_REFERENCE
+from fmmodel.runtime import distributed as dd
+from fmmodel.runtime.precision import autocast, resolve_precision
+from fmmodel.scoring.inference import Inference, model_inputs, prepare, run_inference
+from fmmodel.scoring.metrics import THRESHOLD, predicted_abnormal, probabilities, summary_line
+from fmmodel.scoring.report import Example, plain_params, write_report
+
+
+def _examples(p: Inference, records: dict[str, np.ndarray], k: int, device: torch.device,
+              precision: str) -> list[Example]:
+    """Pick up to ``k`` telling windows (confident hits, misses, false alarms) and render them."""
+    if k <= 0 or not len(records["key"]):
+        return []
+    prob, target, keys = records["prob"], records["target"], records["key"]
+    pred = predicted_abnormal(prob)
+    groups = [np.flatnonzero(pred & (target == 1)), np.flatnonzero(~pred & (target == 1)),
+              np.flatnonzero(pred & (target == 0)), np.flatnonzero(~pred & (target == 0))]
+    chosen: list[int] = []
+    for g in groups:  # round-robin over the groups, most confident first within each
+        g = g[np.argsort(-np.abs(prob[g] - THRESHOLD))]
+        chosen.extend(g[: max(1, k // 4)].tolist())
+    chosen = chosen[:k]
+    frames = keys[chosen]
+    ds = p.dataset
+    pos = {int(f): i for i, f in enumerate(ds.labelled_frames.tolist())}
+    idx = [pos[int(f)] for f in frames if int(f) in pos]
+    pred_masks: list[np.ndarray | None] = [None] * len(idx)
+    if p.task == "seg" and idx:
+        batch = ds.__getitems__(idx).tensors
+        model = p.model
+        with torch.no_grad(), autocast(device, precision):
+            logits = model(**model_inputs(model, batch, device)).float()
+        masks = predicted_abnormal(probabilities(logits)).to(torch.uint8).cpu().numpy()
+        if ds.orientation == ORIENTATION_REFERENCE:
+            masks = np.swapaxes(masks, 1, 2)  # back to the store's (H, W)
+        pred_masks = list(masks)
+    root = p.root
+    out = []
+    for j, i in enumerate(idx):
+        f = int(ds.labelled_frames[i])
+        out.append(Example(image=np.asarray(root[schema.VIDEO][f]), true_mask=np.asarray(root[schema.MASK][f]),
+                           pred_mask=pred_masks[j], prob=float(prob[chosen[j]]), label=int(target[chosen[j]]),
+                           recording=int(ds.recording_ids[i]), frame=f))
+    return out
+
+
+_SAMPLES = {"toolkit": "one per test window (every test frame), labelled by its frame",
+            "reference": "one per distinct test second of each recording (the authors' current-only "
+                         "protocol), abnormal when any of the 25 frames from that second's first frame is"}
+_MIOU = {"toolkit": "dataset-wide 2x2 confusion matrix, mean over the classes that occur in target or prediction",
+         "reference": "dataset-wide 2x2 confusion matrix, mean over both classes, denominators + 1e-5 (the "
+                      "authors' rule: a class absent from target and prediction scores 0)"}
+
+
+def evaluate(store: LocationLike, checkpoint: str, *, fmt: str = "auto", variant: str | None = None, split: str = "test",
+             windows: str | None = None, out: str | None = None, batch_size: int = 64, workers: int = 2,
+             device: str = "auto", precision: str | None = None, examples: int = 8, data: str = "auto",
+             resident_budget: int | None = None, progress: bool = True, protocol: str | None = None,
+             trusted: Sequence[str] = ()) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` on ``store``; return the report dict (and write it under ``out``).
+
+    ``fmt``: "auto", "toolkit" or "reference" (the authors' state_dict; ``variant`` names it when
+    its keys are ambiguous). ``protocol`` says how samples and pixel metrics are counted
+    (``fmmodel.protocol.EVAL_PROTOCOLS``; docs/training.md): "toolkit" (every test frame its own
+    sample; mIoU over the classes that occur) or "reference" (the authors' test scripts: a
+    current-only model scores one sample per distinct test second; mIoU keeps a class absent from
+    target and prediction as 0); None (default): "reference" for a checkpoint read in the authors'
+    format, else "toolkit". ``data`` ("auto", "resident", "lazy") and ``resident_budget`` (bytes)
+    choose the data path (:mod:`fmmodel.data.paths`). ``trusted`` names users' models whose factory
+    the checkpoint may import. The report holds metrics overall and per recording, FPS (the scoring
+    loop; a resident load is timed apart, under ``data``), the protocol, what was evaluated, the
+    data path, and (with ``out``) the paths of report.json and the pictures.
+    """
+    location = Location.parse(store)
+    check_loader_workers(workers)
+    check_resident_budget(resident_budget)
+    if out:  # before the scoring, not after it
+        check_apart(out, [location], field="out")
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise FmModelError("expected a folder for the report, got a file", out, field="out")
+    ctx = dd.setup(device)
+    try:
+        p = prepare(location, checkpoint, fmt=fmt, variant=variant, split=split, windows=windows, ctx=ctx,
+                    batch_size=batch_size, workers=workers, data=data, resident_budget=resident_budget,
+                    progress=progress, protocol=protocol, trusted=trusted)
+        prec = resolve_precision(precision, ctx.device)
+        res = run_inference(p.model, p.loader, ctx, task=p.task, precision=prec,
+                            recordings=p.store_meta.n_recordings, progress=progress, pixel_rule=p.protocol)
+        names = p.recording_names
+        metrics = res["metrics"]
+        for rid, entry in metrics["recordings"].items():
+            entry["name"] = names[int(rid)] if int(rid) < len(names) else str(rid)
+        meta = p.meta
+        report = {
+            "store": str(location), "checkpoint": os.fspath(checkpoint), "format": meta.info.get("format", "toolkit"),
+            "variant": meta.variant, "task": p.task, "modality": p.modality, "split": split,
+            "orientation": meta.orientation, "preprocessing": meta.preprocessing.get("name"),
+            "protocol": p.protocol,
+            "windows": {"name": windows, "count": res["windows"],
+                        "params": plain_params(p.params)},
+            "device": str(ctx.device), "world_size": ctx.world_size, "precision": prec,
+            "fps": res["fps"], "model_fps": res["model_fps"], "seconds": res["seconds"], "data": p.data,
+            "metrics": metrics,
+            "conventions": {
+                "probabilities": f"softmax of the two logits; abnormal when p > {THRESHOLD} (the argmax: a tie "
+                                 "is normal)",
+                "class_score_of_seg_models": "max pixel probability of the labelled frame",
+                "auroc": "micro-averaged over all windows (class) / all pixels (pixel, binned)",
+                "samples": _SAMPLES[p.protocol if p.modality == "current" else "toolkit"],
+                "miou": _MIOU[p.protocol],
+                "fdr": "FP/(FP+TN)", "mdr": "FN/(TP+FN)",
+                "fps": "windows / wall time of the whole loop incl. data loading",
+            },
+        }
+        if out and ctx.is_main:
+            ex = _examples(p, res["records"], examples, ctx.device, prec)
+            report["files"] = write_report(out, report, res["class_curves"], res["pixel_curves"], ex)
+        report["summary"] = summary_line(metrics["overall"])
+        dd.barrier(ctx)
+        return report
+    finally:
+        dd.teardown(ctx)
