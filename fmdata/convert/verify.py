@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import zarr
 from tqdm.auto import tqdm
+from zarr.core.sync import sync
 
 from fmdata.compute.processes import resolve_workers, run_parallel
 from fmdata.convert.plan import (
@@ -45,6 +46,7 @@ from fmdata.store.checksums import (
 from fmdata.store.layout import DEFAULT_SHARD_FRAMES, Chunking
 from fmdata.store.location import Location, LocationLike
 from fmdata.store.lock import reading
+from fmdata.store.shards import ShardLayout, UnsupportedLayout
 
 VERIFY_UNIT_BLOCKS = 8
 
@@ -55,7 +57,8 @@ class Problem:
 
     ``kind`` is "checksum" (decoded block differs from its recorded CRC-32C), "elements"
     (``elements`` values in ``rows`` rows differ from the sources, the first at row ``first``),
-    "unreadable" (the block cannot be decoded, or its source cannot be read) or "structure"
+    "missing" (the chunk file ``detail`` holding the rows is missing), "unreadable" (the block
+    cannot be decoded, its chunk file is cut short, or its source cannot be read) or "structure"
     (layout, metadata or recordings; no row range). ``detail`` says more.
     """
 
@@ -76,6 +79,8 @@ class Problem:
         elif self.kind == "elements":
             what = (f"{self.elements} element(s) in {self.rows} {self.axis}(s) differ from the source "
                     f"(first at {self.axis} {self.first})")
+        elif self.kind == "missing":
+            what = f"expected the chunk file {self.detail}, got none"
         elif self.kind == "unreadable":
             what = f"cannot be read ({self.detail})"
         else:
@@ -135,6 +140,38 @@ def _compare(name: str, axis: str, start: int, got: np.ndarray, want: np.ndarray
                    rows=int(bad_rows.sum()), first=start + int(np.argmax(bad_rows)))
 
 
+def _lost_file(arr: zarr.Array, name: str, axis: str, start: int, stop: int) -> Problem | None:
+    """Return the problem of a chunk file holding rows [start, stop) of ``arr`` that is missing
+    ("missing") or shorter than its shard index ("unreadable": cut short), or None when every such
+    file is there. zarr reads a missing file, and an empty one, as fill values: without this look
+    they would show as a mere checksum difference."""
+    chunk_rows = int(arr.metadata.chunk_grid.chunk_shape[0])
+    try:
+        layout = ShardLayout.of_array(arr)
+        least = layout.index_nbytes if layout.sharded else 1
+    except UnsupportedLayout:
+        least = 1
+    store = arr.store_path.store
+    for c in range(start // chunk_rows, -(-stop // chunk_rows)):
+        key = arr.metadata.encode_chunk_key((c,) + (0,) * (arr.ndim - 1))
+        try:
+            size = sync(store.getsize(f"{arr.path}/{key}" if arr.path else key))
+        except FileNotFoundError:
+            return Problem(name, axis, start, stop, "missing", key)
+        if size < least:
+            what = f"fewer than its shard index's {least}" if size else "an empty file"
+            return Problem(name, axis, start, stop, "unreadable", f"the chunk file {key} is cut short: {size} bytes, "
+                                                                  f"{what}")
+    return None
+
+
+def _unreadable(arr: zarr.Array, name: str, axis: str, start: int, stop: int, exc: Exception) -> Problem:
+    """The problem of rows [start, stop) of ``arr`` that zarr failed to read with ``exc``: a chunk file
+    cut short when it is, else the decoder's or checksum's own words."""
+    return (_lost_file(arr, name, axis, start, stop)
+            or Problem(name, axis, start, stop, "unreadable", f"{exc.__class__.__name__}: {exc}"[:200]))
+
+
 def verify_unit(unit: WorkUnit, location: Location) -> tuple[int, int, list[Problem]]:
     """Check one unit's blocks: recompute their CRC-32C and, when the unit has source pieces,
     compare every element with the sources. Returns (frames covered, blocks checked, problems)."""
@@ -164,7 +201,7 @@ def verify_unit(unit: WorkUnit, location: Location) -> tuple[int, int, list[Prob
             try:
                 got = arrays[n][s0:s1]
             except Exception as exc:  # a damaged shard: any decoding error is the finding
-                problems.append(Problem(n, unit.axis, s0, s1, "unreadable", f"{exc.__class__.__name__}: {exc}"[:200]))
+                problems.append(_unreadable(arrays[n], n, unit.axis, s0, s1, exc))
                 continue
             rec = recorded[n]
             if rec is not None:
@@ -173,7 +210,10 @@ def verify_unit(unit: WorkUnit, location: Location) -> tuple[int, int, list[Prob
                 if rows != block or b >= len(values):
                     problems.append(Problem(n, unit.axis, s0, s1, "structure", "no checksum recorded for this block"))
                 elif block_checksum(got, schema.DTYPES[n]) != values[b]:
-                    problems.append(Problem(n, unit.axis, s0, s1, "checksum"))
+                    lost = _lost_file(arrays[n], n, unit.axis, s0, s1)
+                    problems.append(lost or Problem(n, unit.axis, s0, s1, "checksum"))
+                    if lost is not None:  # zarr read fill values: no element comparison to make
+                        continue
             if want is not None:
                 p = _compare(n, unit.axis, s0, got, want[n])
                 if p is not None:
@@ -227,10 +267,18 @@ def _structure(root: zarr.Group, meta: schema.StoreMeta) -> list[Problem]:
         return problems
     for name, total in ((schema.RECORDING_FRAME_OFFSETS, meta.n_frames),
                         (schema.RECORDING_CURRENT_OFFSETS, meta.n_current)):
-        off = np.asarray(root[name][:])
-        rec = read_checksums(root[name])
+        arr, n = root[name], int(root[name].shape[0])
+        try:
+            off = np.asarray(arr[:])
+        except Exception as exc:  # a damaged chunk: zarr's crc32c codec or the decoder says so
+            problems.append(_unreadable(arr, name, "recording_edge", 0, n, exc))
+            continue
+        rec = read_checksums(arr)
         if rec is not None and block_checksum(off, schema.DTYPES[name]) != rec[1][0]:
-            problems.append(Problem(name, "recording_edge", 0, len(off), "checksum"))
+            lost = _lost_file(arr, name, "recording_edge", 0, n)
+            problems.append(lost or Problem(name, "recording_edge", 0, n, "checksum"))
+            if lost is not None:  # read as fill values: their order says nothing more
+                continue
         if off[0] != 0 or off[-1] != total or (np.diff(off) < 0).any():
             problems.append(Problem(name, "recording_edge", 0, len(off), "structure",
                                     f"expected offsets rising from 0 to {total}, got {off.tolist()}"))
@@ -250,7 +298,7 @@ def _derived(root: zarr.Group) -> tuple[list[Problem], list[str], int]:
         try:
             data = np.asarray(arr[:])
         except Exception as exc:  # a damaged chunk: zarr's crc32c codec or the decoder says so
-            problems.append(Problem(path, axis, 0, n, "unreadable", f"{exc.__class__.__name__}: {exc}"[:200]))
+            problems.append(_unreadable(arr, path, axis, 0, n, exc))
             continue
         sums = recorded_checksums(arr.attrs, n)
         if sums is None:
@@ -263,7 +311,8 @@ def _derived(root: zarr.Group) -> tuple[list[Problem], list[str], int]:
         for b, want in enumerate(sums[1]):
             checked += 1
             if block_checksum(data[b * rows:(b + 1) * rows]) != want:
-                problems.append(Problem(path, axis, b * rows, min((b + 1) * rows, n), "checksum"))
+                lo, hi = b * rows, min((b + 1) * rows, n)
+                problems.append(_lost_file(arr, path, axis, lo, hi) or Problem(path, axis, lo, hi, "checksum"))
     stats = root.attrs.get(schema.ATTR_STATS)
     if isinstance(stats, dict):
         if "checksum" not in stats:

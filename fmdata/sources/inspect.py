@@ -110,8 +110,9 @@ def check_readable(p: Path, info: matinfo.MatFileInfo | None = None) -> bool:
 
 
 def _csv_summary(p: Path) -> dict[str, Any]:
-    """Header, row count and first/last first-column value of a CSV file, read as a stream."""
-    with open(p, newline="") as fh:
+    """Header, row count and first/last first-column value of a CSV file, read as a stream (bytes that
+    are not UTF-8 shown as U+FFFD: the validator names the file and the line)."""
+    with open(p, newline="", encoding="utf-8", errors="replace") as fh:
         header = fh.readline().rstrip("\r\n")
         first = fh.readline().rstrip("\r\n")
         rows = 1 if first else 0

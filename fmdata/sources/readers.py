@@ -292,29 +292,47 @@ def _as_binary(raw: np.ndarray, name: str, first: int, path: str, *, mask: bool 
                nonzero: bool = False) -> np.ndarray:
     """Return ``raw`` as uint8 after checking every value is 0 or 1 (first frame index for errors).
 
-    ``mask``: the values are a mask, whose refusal names the option that reads them otherwise.
-    With ``nonzero`` every value above 0 becomes 1, as the authors' loader reads masks; values
-    below 0 (and NaN) are still refused: neither rule gives them a meaning.
+    ``mask``: the values are a mask, whose refusal names the option that reads them otherwise
+    when that option would read them (values above 1). With ``nonzero`` every value above 0
+    becomes 1, as the authors' loader reads masks; values below 0 (and NaN) are refused either
+    way, and their line names no option: neither rule gives them a meaning.
     """
     if raw.dtype == np.bool_:
         return raw.view(np.uint8)
     if nonzero:
-        bad = (raw < 0) | np.isnan(raw) if raw.dtype.kind == "f" else (raw < 0)
+        bad = _below_zero(raw)
     elif raw.dtype == np.uint8:
         bad = raw > 1
     else:
         bad = (raw != 0) & (raw != 1)
     if bad.any():
-        flat = int(np.argmax(bad.reshape(len(raw), -1).any(axis=1))) if raw.ndim > 1 else int(np.argmax(bad))
-        value = raw[flat][bad[flat]].ravel()[0] if raw.ndim > 1 else raw[flat]
-        if nonzero:
-            raise FmDataError(f"expected {name!r} values of 0 or above (--mask-nonzero maps those above 0 to 1), "
-                              f"got {value} at frame {first + flat}", path)
+        below = bad if nonzero else _below_zero(raw) if mask else None
+        if below is not None and below.any():
+            frame, value = _first_where(raw, below)
+            raise FmDataError(f"expected {name!r} values of 0 or above, got {value} at frame {first + frame} "
+                              "(a mask value below 0 has no meaning, whatever the options)", path)
+        frame, value = _first_where(raw, bad)
         hint = "; --mask-nonzero maps every value above 0 to 1, as the authors' loader does" if mask else ""
-        raise FmDataError(f"expected {name!r} values 0 or 1, got {value} at frame {first + flat}{hint}", path)
+        raise FmDataError(f"expected {name!r} values 0 or 1, got {value} at frame {first + frame}{hint}", path)
     if nonzero:
         return (raw > 0).view(np.uint8)
     return raw.astype(np.uint8, copy=False)
+
+
+def _below_zero(raw: np.ndarray) -> np.ndarray:
+    """Where ``raw`` holds a value below 0 or NaN (nothing, for unsigned integers)."""
+    if raw.dtype.kind == "u":
+        return np.zeros(raw.shape, bool)
+    return (raw < 0) | np.isnan(raw) if raw.dtype.kind == "f" else raw < 0
+
+
+def _first_where(raw: np.ndarray, where: np.ndarray) -> tuple[int, Any]:
+    """Return (frame index along axis 0, value) of the first element of ``raw`` where ``where`` holds."""
+    if raw.ndim == 1:
+        i = int(np.argmax(where))
+        return i, raw[i]
+    frame = int(np.argmax(where.reshape(len(raw), -1).any(axis=1)))
+    return frame, raw[frame][where[frame]].ravel()[0]
 
 
 def _load_v5(path: str, name: str) -> np.ndarray:

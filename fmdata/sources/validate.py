@@ -37,6 +37,7 @@ from fmdata.sources.layouts import (
 from fmdata.sources.v2_text import (
     currents_zone,
     fingerprint,
+    format_zone,
     iso,
     read_currents,
     read_split_json,
@@ -340,14 +341,18 @@ def _open_v2(folder: str, fps: float) -> list[RecordingSource]:
         if len(frame_ts) != n:
             raise FmDataError(f"expected one timestamp row per frame ({n}), got {len(frame_ts)}", ts_csv)
         cur_ts, _ = read_currents(cur_csv)
+        zone, cur_zone = timestamps_zone(ts_csv), currents_zone(cur_csv)
+        # before the time spans: zoned times are UTC instants, naive ones wall-clock times, and the
+        # two compared would make a mere mix of forms look like currents that do not cover the frames
+        if zone is not None and cur_zone is None:
+            raise FmDataError(f"expected current times with a UTC offset, as the frame times in {ts_csv} have "
+                              f"({format_zone(zone)}), got times without one", cur_csv)
+        if zone is None and cur_zone is not None:
+            raise FmDataError(f"expected current times without a UTC offset, as the frame times in {ts_csv} are, "
+                              f"got times with one ({format_zone(cur_zone)})", cur_csv)
         if cur_ts[0] > frame_ts[0] or cur_ts[-1] < frame_ts[-1]:
             raise FmDataError(f"expected current rows covering the frames' time span {iso(frame_ts[0])} .. "
                               f"{iso(frame_ts[-1])}, got {iso(cur_ts[0])} .. {iso(cur_ts[-1])}", cur_csv)
-        zone, cur_zone = timestamps_zone(ts_csv), currents_zone(cur_csv)
-        if (zone is None) != (cur_zone is None):
-            raise FmDataError("expected frame and current timestamps both with a UTC offset or both without, got "
-                              f"{'an offset' if cur_zone is not None else 'none'} in {os.path.basename(cur_csv)} and "
-                              f"{'an offset' if zone is not None else 'none'} in {os.path.basename(ts_csv)}", cur_csv)
         origin = min(frame_ts[0], cur_ts[0])
         files = (mat, cur_csv, ts_csv)
         out.append(RecordingSource(

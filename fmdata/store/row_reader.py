@@ -32,7 +32,7 @@ from fmdata.errors import FmDataError
 from fmdata.store.access import open_store
 from fmdata.store.checksums import axis_name, check_block, check_missing, damaged, recorded_checksums, undecodable
 from fmdata.store.location import Location, LocationLike
-from fmdata.store.shards import EMPTY, ShardLayout, UnsupportedLayout, decode_index
+from fmdata.store.shards import EMPTY, ShardIndexError, ShardLayout, UnsupportedLayout, decode_index
 
 READER_MODES = ("auto", "fast", "zarr")
 
@@ -162,9 +162,13 @@ class LocalAxisReader:
             self._check_missing(shard)
             self._index.put(shard, ())
             return None
-        size = self.layout.index_nbytes
-        raw = os.pread(f.fd, size, self.layout.index_offset(f.size))
-        table = decode_index(raw, self.layout, self._where(shard))
+        at = self.layout.index_offset(f.size)  # negative in a file shorter than its index
+        raw = os.pread(f.fd, self.layout.index_nbytes, at) if at >= 0 else b""
+        try:
+            table = decode_index(raw, self.layout, self._where(shard), shard_nbytes=f.size)
+        except ShardIndexError as exc:  # cut short or damaged: every row of the shard is lost
+            start, stop = self.layout.outer_range(shard)
+            raise damaged(self.name, self.layout.axis, start, stop, exc.message, self._store_dir) from None
         idx = (table[:, 0].tolist(), table[:, 1].tolist())
         self._index.put(shard, idx)
         return idx

@@ -262,21 +262,42 @@ def _raw_decode(buf: Any, dest: np.ndarray) -> None:
 
 
 # ---- shard indexes --------------------------------------------------------------------------------
-def decode_index(raw: Any, layout: ShardLayout, where: str) -> np.ndarray:
+class ShardIndexError(FmDataError):
+    """A shard's index is cut short, fails its CRC-32C or points outside the shard: the message is
+    "expected X, got Y"; readers name the array and the shard's rows (:func:`fmdata.store.checksums.damaged`)."""
+
+
+def decode_index(raw: Any, layout: ShardLayout, where: str, *, shard_nbytes: int | None = None) -> np.ndarray:
     """Return the (inner chunks, 2) uint64 index [offset, nbytes] from its bytes, CRC checked.
 
-    Raises FmDataError naming ``where`` when the bytes are short or the checksum does not match.
+    ``shard_nbytes`` (the whole shard's size, when known) is checked to hold the index, and every
+    entry to lie inside the shard, beside the index: a shard cut short (an empty file included)
+    fails here rather than in a read at a negative or far offset. Raises ShardIndexError naming
+    ``where`` when the bytes are short, the checksum does not match or an entry is out of bounds.
     """
+    if shard_nbytes is not None and shard_nbytes < layout.index_nbytes:
+        raise ShardIndexError(f"expected a shard of at least {layout.index_nbytes} bytes (its index), got "
+                              f"{shard_nbytes} bytes", where)
     raw = memoryview(raw)
     if len(raw) != layout.index_nbytes:
-        raise FmDataError(f"expected a shard index of {layout.index_nbytes} bytes, got {len(raw)} (corrupt store)",
-                          where)
+        raise ShardIndexError(f"expected a shard index of {layout.index_nbytes} bytes, got {len(raw)}", where)
     body = raw[:INDEX_ENTRY_BYTES * layout.chunks_per_shard]
     if layout.index_has_crc:
         want = int.from_bytes(raw[len(body):], "little")
         if google_crc32c.value(bytes(body)) != want:
-            raise FmDataError("expected a shard index with a valid CRC-32C, got a mismatch (corrupt store)", where)
-    return np.frombuffer(body, "<u8").reshape(layout.chunks_per_shard, 2)
+            raise ShardIndexError("expected a shard index with a valid CRC-32C, got a mismatch", where)
+    index = np.frombuffer(body, "<u8").reshape(layout.chunks_per_shard, 2)
+    if shard_nbytes is not None:
+        lo = layout.index_nbytes if layout.index_at_start else 0
+        hi = shard_nbytes if layout.index_at_start else shard_nbytes - layout.index_nbytes
+        off, size = index[:, 0], index[:, 1]
+        # (off, size) both EMPTY: never written; otherwise inside [lo, hi) (no uint64 overflow: size first)
+        bad = ~((off == EMPTY) & (size == EMPTY)) & ((off < lo) | (size > hi - lo) | (off > hi - size))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ShardIndexError(f"expected inner chunks within bytes {lo}..{hi} of the shard, got chunk {i} at "
+                                  f"offset {int(off[i])} of {int(size[i])} bytes", where)
+    return index
 
 
 def encode_index(index: np.ndarray, layout: ShardLayout) -> list[bytes]:
@@ -337,10 +358,10 @@ def decode_shard(layout: ShardLayout, decode: Decoder, raw: Any, out: np.ndarray
                  name: str = "", first_row: int = 0, store: str | None = None) -> None:
     """Decode one outer chunk's bytes ``raw`` into ``out`` (its rows; the array's last one shorter).
 
-    ``where`` names the shard in index errors; a chunk that fails its CRC-32C (checked first) or
-    cannot be decoded (blosc, zstd and gzip each raise their own types for damaged bytes) raises
-    the one-line error naming array ``name`` and its rows (``first_row`` is ``out``'s first row in
-    the array; ``store`` names the store).
+    A shard cut short or with a damaged index (all its rows), and a chunk that fails its CRC-32C
+    (checked first) or cannot be decoded (blosc, zstd and gzip each raise their own types for
+    damaged bytes), raise the one-line error naming array ``name`` (else ``where``) and its rows
+    (``first_row`` is ``out``'s first row in the array; ``store`` names the store).
     """
     raw = memoryview(raw)
     scratch: np.ndarray | None = None
@@ -355,8 +376,8 @@ def decode_shard(layout: ShardLayout, decode: Decoder, raw: Any, out: np.ndarray
                 decode(raw, scratch)
                 out[...] = scratch[:len(out)]
             return
-        at = layout.index_offset(len(raw))
-        index = decode_index(raw[at:at + layout.index_nbytes], layout, where)
+        at = max(0, layout.index_offset(len(raw)))
+        index = decode_index(raw[at:at + layout.index_nbytes], layout, where, shard_nbytes=len(raw))
         for i in range(-(-len(out) // cl)):
             lo = i * cl
             rows = out[lo:lo + cl]
@@ -370,8 +391,8 @@ def decode_shard(layout: ShardLayout, decode: Decoder, raw: Any, out: np.ndarray
                     scratch = np.empty(layout.inner_shape, layout.dtype)
                 decode(raw[off:off + size], scratch)
                 rows[...] = scratch[:len(rows)]
-    except FmDataError:  # the shard's index is damaged: decode_index named the shard
-        raise
+    except ShardIndexError as exc:  # the shard's index is damaged or cut short: all its rows are lost
+        raise damaged(name or where, layout.axis, first_row, first_row + len(out), exc.message, store) from None
     except Exception as exc:  # a CRC mismatch, or a decoder failing on damaged bytes
         n = min(cl, len(out) - lo)
         raise damaged(name or where, layout.axis, first_row + lo, first_row + lo + n, undecodable(exc), store) from None
