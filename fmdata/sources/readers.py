@@ -28,6 +28,8 @@ from fmdata.sources.v2_text import (
     split_codes,
 )
 from fmdata.sources.validate import RecordingSource, VarSpec
+from fmdata.store import schema
+from fmdata.store.shards import zlib_inflate
 
 
 class RecordingReader(abc.ABC):
@@ -119,6 +121,38 @@ class RecordingReader(abc.ABC):
                 return
         for a, b in aligned_ranges(start, stop, spec.frame_chunk, self.block_frames):
             yield a, self._raw(spec, a, b)
+
+    def copied_chunks(self, array: str, start: int, stop: int) -> tuple[list[bytes], list[bytes | None]]:
+        """Return the chunks of store array ``array`` (video or mask) covering local frames [start, stop)
+        as zlib streams, in the order of the store's shard index (source layout, ``start`` on the
+        source's chunk grid), and per chunk None, or its raw bytes where the file stored it without
+        deflate (a filter mask: compressed here). Mask chunks are inflated and checked (values 0 or
+        1) but handed over as they are; video chunks are never inflated (a damaged zlib stream is
+        copied as it is and fails when read, as in the source)."""
+        spec = self.src.video if array == schema.VIDEO else self.src.mask
+        if spec.h5_chunks is None or self._h5 is None:
+            raise FmDataError(f"expected {spec.name!r} chunks that can be copied, got {spec.copy_note}",
+                              self.src.mat_path)
+        direct = self._direct_chunks(spec.name)
+        assert direct is not None  # deflate alone: copy_problem said so
+        chunks: list[bytes] = []
+        raws: list[bytes | None] = []
+        key: tuple[int, ...] = (start,)
+        try:
+            for key in direct.copy_keys(start, stop, schema.SOURCE_ORDER[array]):
+                enc, raw = direct.encoded(key, spec.deflate_level)
+                if array == schema.MASK:
+                    values = raw if raw is not None else zlib_inflate(enc, direct.nbytes)
+                    block = np.frombuffer(values, direct.dtype, count=direct.count).reshape(direct.chunks)
+                    _as_binary(block[direct.valid(key)], spec.name, key[0], self.src.mat_path, mask=True)
+                chunks.append(enc)
+                raws.append(raw)
+        except FmDataError:
+            raise
+        except Exception as exc:  # h5py, libdeflate and zlib each raise their own types
+            raise FmDataError(f"expected readable data in {spec.name!r} frames from {key[0]}, got a corrupt or "
+                              f"unreadable chunk ({_reason(exc)})", self.src.mat_path) from None
+        return chunks, raws
 
     # -- store-orientation streams with value checks
     def video_stream(self, start: int, stop: int) -> FrameStream:

@@ -7,13 +7,17 @@ one-frame chunks that is several times the cost of compressing the data (measure
 the bytes through the array's own zarr store object, so local folders and fsspec URLs behave the
 same. Readers may use stock zarr; the test suite reads every shard written here back with it.
 
-Only layouts the codec handles and blosc writes are accepted (the layouts
-:func:`fmdata.store.layout.create_arrays` makes), split along axis 0 only; anything else raises.
+Only layouts the codec handles are accepted (the layouts :func:`fmdata.store.layout.create_arrays`
+makes), split along axis 0 only; anything else raises. :meth:`ShardWriter.write` encodes rows
+(blosc on whole rows); :meth:`ShardWriter.write_chunks` stores inner chunks encoded elsewhere
+(MATLAB's deflate chunks, copied into an array of the source layout) without decoding them.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import zarr
 import zarr.storage
@@ -22,7 +26,7 @@ from zarr.core.sync import sync
 
 from fmdata.errors import FmDataError
 from fmdata.store.atomic import replace_file
-from fmdata.store.shards import ShardLayout, UnsupportedLayout, encode_shard
+from fmdata.store.shards import Encoder, ShardLayout, UnsupportedLayout, assemble_shard, encode_shard
 
 
 class ShardWriter:
@@ -35,10 +39,10 @@ class ShardWriter:
     def __init__(self, array: zarr.Array) -> None:
         try:
             self.layout = ShardLayout.of_array(array)
-            self._encode = self.layout.encoder()
         except UnsupportedLayout as exc:
             raise FmDataError(f"{array.path}: expected a layout the shard writer encodes, got one it does not "
                               f"({exc})") from None
+        self._encode: Encoder | None = None
         if self.layout.sharded and self.layout.index_at_start:
             raise FmDataError(f"{array.path}: expected the shard index at the end, got it at the start")
         self.array = array
@@ -59,6 +63,12 @@ class ShardWriter:
         if data.shape[0] > self.shard_len or data.shape[1:] != self.layout.row_shape:
             raise FmDataError(f"{self._prefix}: expected a shard block of at most "
                               f"{(self.shard_len, *self.layout.row_shape)}, got {data.shape}")
+        if self._encode is None:
+            try:
+                self._encode = self.layout.encoder()
+            except UnsupportedLayout as exc:
+                raise FmDataError(f"{self._prefix}: expected a layout the shard writer encodes, got one it does not "
+                                  f"({exc})") from None
         return encode_shard(self.layout, self._encode, np.ascontiguousarray(data, dtype=self.dtype))
 
     def write(self, shard: int, data: np.ndarray) -> None:
@@ -71,9 +81,29 @@ class ShardWriter:
         if data.shape[0] != stop - start:
             raise FmDataError(f"{self._prefix}: expected a whole shard of rows {start}..{stop}, "
                               f"got {data.shape[0]} rows")
+        self._store_shard(shard, self._pieces(data))
+
+    def write_chunks(self, shard: int, chunks: Sequence[bytes | None]) -> int:
+        """Store shard number ``shard`` made of ``chunks``: its inner chunks' encoded bytes (without
+        their CRC-32C, which is appended here), in the shard index's order, every chunk of the whole
+        shard (or up to the array's end for the last one). Returns the CRC-32C of the shard file's
+        bytes, the block checksum of arrays whose chunks are copied (``COVERS_SHARD_FILE``)."""
+        start, stop = self.shard_range(shard)
+        lay = self.layout
+        want = -(-(stop - start) // lay.inner_rows) * lay.per_row
+        if len(chunks) != want:
+            raise FmDataError(f"{self._prefix}: expected the {want} inner chunks of shard {shard} (rows "
+                              f"{start}..{stop}), got {len(chunks)}")
+        pieces = assemble_shard(lay, chunks)
+        crc = 0
+        for p in pieces:
+            crc = google_crc32c.extend(crc, p)
+        self._store_shard(shard, pieces)
+        return int(crc)
+
+    def _store_shard(self, shard: int, pieces: list[bytes]) -> None:
         key = self.layout.chunk_key(shard)
         key = f"{self._prefix}/{key}" if self._prefix else key
-        pieces = self._pieces(data)
         if self._root is None:
             sync(self._store.set(key, self._proto.buffer.from_bytes(b"".join(pieces))))
             return
