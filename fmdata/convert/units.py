@@ -28,6 +28,7 @@ from fmdata.store.checksums import block_checksum
 from fmdata.store.layout import DEFAULT_SHARD_FRAMES
 from fmdata.store.location import Location
 from fmdata.store.shard_writer import ShardWriter
+from fmdata.store.shards import CRC_BYTES, EncodedChunks
 
 # ---- the unit of work (runs in worker processes) ------------------------------------------------
 _WRITERS: dict[str, Any] = {}
@@ -130,26 +131,22 @@ def expected_current_block(pieces: Sequence[Piece], c0: int, c1: int, block: int
     return out
 
 
-def expected_chunks(pieces: Iterable[tuple[Piece, RecordingReader, Any, Any]], s0: int, s1: int,
-                    name: str) -> tuple[list[bytes], list[bytes | None]]:
+def expected_chunks(pieces: Iterable[tuple[Piece, RecordingReader, Any, Any]], s0: int, s1: int, name: str,
+                    gap: int = CRC_BYTES) -> list[EncodedChunks]:
     """Return the inner chunks of store array ``name`` (source layout) that cover rows [s0, s1), in
-    shard index order, as the sources hold them (see ``RecordingReader.copied_chunks``), with, per
-    chunk, its raw bytes where the source stored it without deflate (None elsewhere).
+    shard index order, as the sources hold them (``RecordingReader.copied_chunks``): one run per
+    recording, each chunk followed by ``gap`` spare bytes (room for its CRC-32C).
 
     The recordings start on the chunk grid (the plan copies nothing otherwise), so every piece's
-    chunks are whole chunk rows of the store.
+    chunks are whole chunk rows of the store. The runs are valid until the next call.
     """
-    chunks: list[bytes] = []
-    raws: list[bytes | None] = []
+    runs = []
     for piece, rd, _, _ in pieces:
         lo, hi = max(s0, piece.global_start), min(s1, piece.global_stop)
-        if lo >= hi:
-            continue
-        ll = piece.local_start + lo - piece.global_start
-        got, raw = rd.copied_chunks(name, ll, ll + hi - lo)
-        chunks += got
-        raws += raw
-    return chunks, raws
+        if lo < hi:
+            ll = piece.local_start + lo - piece.global_start
+            runs.append(rd.copied_chunks(name, ll, ll + hi - lo, gap))
+    return runs
 
 
 def frame_streams(unit: WorkUnit, block: int,
@@ -186,7 +183,7 @@ def convert_unit(unit: WorkUnit, location: Location) -> UnitResult:
             data = expected_frame_block(streams, s0, s1, h, w, copied)
             for name in schema.FRAME_ARRAYS:
                 if name in copied:
-                    crc = writers[name].write_chunks(s0 // block, expected_chunks(streams, s0, s1, name)[0])
+                    crc = writers[name].write_chunks(s0 // block, expected_chunks(streams, s0, s1, name))
                 else:
                     writers[name].write(s0 // block, data[name])
                     crc = block_checksum(data[name], schema.DTYPES[name])

@@ -54,7 +54,7 @@ from fmdata.store.checksums import (
 from fmdata.store.layout import DEFAULT_SHARD_FRAMES, Chunking
 from fmdata.store.location import Location, LocationLike
 from fmdata.store.lock import reading
-from fmdata.store.shards import CRC_BYTES, ShardLayout, UnsupportedLayout, shard_chunks, zlib_inflate
+from fmdata.store.shards import CRC_BYTES, EncodedChunks, ShardLayout, UnsupportedLayout, shard_chunks, zlib_inflate
 
 VERIFY_UNIT_BLOCKS = 8
 
@@ -185,26 +185,31 @@ def _unreadable(arr: zarr.Array, name: str, axis: str, start: int, stop: int, ex
             or Problem(name, axis, start, stop, "unreadable", f"{exc.__class__.__name__}: {exc}"[:200]))
 
 
-def _same_chunk(stored: Any, want: bytes, raw: bytes | None, layout: ShardLayout) -> bool:
-    """True when a stored inner chunk (its CRC-32C included) holds the source's chunk: the same zlib
-    stream where it was copied, the same values where the source stored it raw (``raw``)."""
-    if stored is None:
-        return False
-    body = bytes(stored[:-CRC_BYTES] if layout.chunk_crc else stored)
-    if raw is None:
-        return body == want
-    try:
-        return bytes(zlib_inflate(body, len(raw))) == raw
-    except Exception:  # a damaged stream: it differs
-        return False
+def _same_chunk(stored: Any, runs: list[EncodedChunks], i: int, layout: ShardLayout) -> bool:
+    """True when a stored inner chunk (its CRC-32C included) holds chunk ``i`` of the source's ``runs``:
+    the same zlib stream where it was copied, the same values where the source stored it raw."""
+    for run in runs:
+        if i >= len(run):
+            i -= len(run)
+            continue
+        if stored is None:
+            return False
+        body = bytes(stored[:-CRC_BYTES] if layout.chunk_crc else stored)
+        if i not in run.raw:
+            return body == run.chunk(i).tobytes()
+        try:
+            return bytes(zlib_inflate(body, len(run.raw[i]))) == run.raw[i]
+        except Exception:  # a damaged stream: it differs
+            return False
+    return stored is None
 
 
 def _verify_copied(arr: zarr.Array, name: str, axis: str, s0: int, s1: int, rec: tuple[int, list[int]] | None,
-                   block: int, want: tuple[list[bytes], list[bytes | None]] | None) -> list[Problem]:
+                   block: int, want: list[EncodedChunks] | None) -> list[Problem]:
     """Check shard ``s0 // block`` of an array in the source layout: the shard file against its recorded
     CRC-32C, each chunk against its own, and each chunk against the source's bytes (``want``: the
-    chunks and raw values of :func:`expected_chunks`). Without sources, every chunk is decoded
-    through stock zarr instead. Copied chunks are compared, never decoded: a read of the file."""
+    runs of :func:`expected_chunks`). Without sources, every chunk is decoded through stock zarr
+    instead. Copied chunks are compared, never decoded: a read of the file."""
     reader = BlockReader(arr)
     assert reader.layout is not None
     lay = reader.layout
@@ -232,9 +237,9 @@ def _verify_copied(arr: zarr.Array, name: str, axis: str, s0: int, s1: int, rec:
         except Exception as exc:  # a damaged chunk: any decoding error is the finding
             problems.append(Problem(name, axis, s0, s1, "unreadable", f"{exc.__class__.__name__}: {exc}"[:200]))
         return problems
-    n = len(want[0])
-    differ = [i for i in range(n) if i >= len(chunks) or not _same_chunk(chunks[i], want[0][i], want[1][i], lay)]
-    differ += [i for i in range(n, len(chunks)) if chunks[i] is not None]
+    n = sum(len(r) for r in want)
+    differ = [i for i in range(max(n, len(chunks))) if not _same_chunk(chunks[i] if i < len(chunks) else None,
+                                                                          want, i, lay)]
     if differ:
         problems.append(Problem(name, axis, s0, s1, "chunks", elements=len(differ), rows=max(n, len(chunks)),
                                 first=first[differ[0]] if differ[0] < len(first) else s0))
@@ -261,12 +266,12 @@ def verify_unit(unit: WorkUnit, location: Location) -> tuple[int, int, list[Prob
     for s0 in range(unit.start, unit.stop, block):
         s1 = min(s0 + block, unit.stop)
         want: dict[str, np.ndarray] | None = None
-        chunks: dict[str, tuple[list[bytes], list[bytes | None]]] = {}
+        chunks: dict[str, list[EncodedChunks]] = {}
         if unit.pieces:
             try:
                 want = (expected_frame_block(streams, s0, s1, h, w, copied) if unit.axis == FRAME_AXIS
                         else expected_current_block(unit.pieces, s0, s1, DEFAULT_SHARD_FRAMES))
-                chunks = {n: expected_chunks(streams, s0, s1, n) for n in copied}
+                chunks = {n: expected_chunks(streams, s0, s1, n, CRC_BYTES) for n in copied}
             except FmDataError as exc:
                 problems.append(Problem("sources", unit.axis, s0, s1, "unreadable", str(exc)))
                 unit = WorkUnit(unit.axis, unit.index, unit.start, unit.stop, ())

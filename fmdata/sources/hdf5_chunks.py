@@ -6,9 +6,9 @@ filter pipeline runs behind one global lock. :class:`DirectChunks` fetches chunk
 ``read_direct_chunk`` and inflates them with libdeflate (the shard codec's
 :func:`fmdata.store.shards.zlib_inflate`, about twice as fast as the zlib inside HDF5);
 :func:`aligned_ranges` cuts other reads on the chunk grid, so each chunk is decompressed by
-exactly one read. :meth:`DirectChunks.encoded` hands a chunk's zlib stream over as it is (the
-source layout copies it into the store), and :func:`copy_problem` says when a variable's chunks
-cannot be copied.
+exactly one read. For the source layout, which copies chunks' zlib streams into the store as
+they are, :meth:`DirectChunks.copy_keys` lists them in the store's order and :func:`copy_problem`
+says when a variable's chunks cannot be copied.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 
 from fmdata.sources.matinfo import VariableInfo
-from fmdata.store.shards import zlib_deflate, zlib_inflate
+from fmdata.store.shards import zlib_inflate
 
 
 def aligned_ranges(start: int, stop: int, chunk: int, target: int) -> Iterator[tuple[int, int]]:
@@ -107,15 +107,10 @@ class DirectChunks:
         return out
 
 
-    def encoded(self, key: tuple[int, ...], level: int) -> tuple[bytes, bytes | None]:
-        """Return (the zlib stream of the chunk at ``key``, None) as the file holds it, or, for a chunk
-        the file stored without its deflate filter (a filter mask), (that chunk compressed here at
-        ``level``, its raw bytes). Raises KeyError/ValueError/RuntimeError (h5py's) for a chunk
-        that was never written."""
-        mask, raw = self.ds.id.read_direct_chunk(key)
-        if self.deflated and not mask & 1:
-            return raw, None
-        return zlib_deflate(raw, level), raw
+    @property
+    def stored_max(self) -> int:
+        """The most bytes one stored chunk can take: deflate's worst case (stored blocks) and zlib's frame."""
+        return self.nbytes + self.nbytes // 64 + 64
 
     def copy_keys(self, start: int, stop: int, order: tuple[int, ...]) -> list[tuple[int, ...]]:
         """Return the keys (first element index) of the chunks covering rows [start, stop) in the
@@ -126,12 +121,12 @@ class DirectChunks:
         inverse = np.argsort(order)
         grid = [-(-s // c) for s, c in zip(self.shape, self.chunks)]
         step = self.chunks[0]
-        keys = []
-        for r0 in range(start - start % step, stop, step):
-            for g in itertools.product(*(range(grid[inverse[j]]) for j in range(1, len(order)))):
-                store = (r0 // step, *g)
-                keys.append(tuple(store[order[i]] * self.chunks[i] for i in range(len(order))))
-        return keys
+        rows = np.arange(start - start % step, stop, step)
+        # store grid coordinates in C order (chunk rows slowest), then the dataset's element offsets
+        coords = np.indices((len(rows), *(grid[inverse[j]] for j in range(1, len(order))))).reshape(len(order), -1)
+        coords[0] = rows[coords[0]] // step
+        keys = coords[list(order)].T * np.asarray(self.chunks)
+        return list(map(tuple, keys.tolist()))
 
     def valid(self, key: tuple[int, ...]) -> tuple[slice, ...]:
         """Return the part of the chunk at ``key`` that lies inside the dataset (edge chunks are padded)."""

@@ -29,7 +29,7 @@ from fmdata.sources.v2_text import (
 )
 from fmdata.sources.validate import RecordingSource, VarSpec
 from fmdata.store import schema
-from fmdata.store.shards import zlib_inflate
+from fmdata.store.shards import EncodedChunks, zlib_deflate, zlib_inflate
 
 
 class RecordingReader(abc.ABC):
@@ -55,6 +55,7 @@ class RecordingReader(abc.ABC):
             except OSError as exc:
                 raise FmDataError(f"expected a readable MATLAB v7.3 (HDF5) file, got {exc}", src.mat_path) from None
         self._direct: dict[str, DirectChunks | None] = {}
+        self._copy_buffers: dict[str, np.ndarray] = {}
 
     def __enter__(self) -> RecordingReader:
         return self
@@ -122,37 +123,54 @@ class RecordingReader(abc.ABC):
         for a, b in aligned_ranges(start, stop, spec.frame_chunk, self.block_frames):
             yield a, self._raw(spec, a, b)
 
-    def copied_chunks(self, array: str, start: int, stop: int) -> tuple[list[bytes], list[bytes | None]]:
+    def copied_chunks(self, array: str, start: int, stop: int, gap: int = 0) -> EncodedChunks:
         """Return the chunks of store array ``array`` (video or mask) covering local frames [start, stop)
         as zlib streams, in the order of the store's shard index (source layout, ``start`` on the
-        source's chunk grid), and per chunk None, or its raw bytes where the file stored it without
-        deflate (a filter mask: compressed here). Mask chunks are inflated and checked (values 0 or
-        1) but handed over as they are; video chunks are never inflated (a damaged zlib stream is
-        copied as it is and fails when read, as in the source)."""
+        source's chunk grid), back to back with ``gap`` spare bytes after each (see
+        :class:`~fmdata.store.shards.EncodedChunks`). A chunk the file stored without its deflate
+        filter (a filter mask) is compressed here and its raw bytes kept. Mask chunks are inflated
+        and checked (values 0 or 1) but handed over as they are; video chunks are never inflated (a
+        damaged zlib stream is copied as it is and fails when read, as in the source). The chunks
+        live in a buffer that the next call for the same array reuses: reading into fresh memory
+        costs a page fault per 4 KiB."""
         spec = self.src.video if array == schema.VIDEO else self.src.mask
         if spec.h5_chunks is None or self._h5 is None:
             raise FmDataError(f"expected {spec.name!r} chunks that can be copied, got {spec.copy_note}",
                               self.src.mat_path)
         direct = self._direct_chunks(spec.name)
         assert direct is not None  # deflate alone: copy_problem said so
-        chunks: list[bytes] = []
-        raws: list[bytes | None] = []
-        key: tuple[int, ...] = (start,)
+        keys = direct.copy_keys(start, stop, schema.SOURCE_ORDER[array])
+        room = direct.stored_max + gap
+        buf = self._copy_buffers.get(array)
+        if buf is None or len(buf) < len(keys) * room:
+            buf = self._copy_buffers[array] = np.empty(len(keys) * room, np.uint8)
+        sizes = np.empty(len(keys), np.int64)
+        raw: dict[int, bytes] = {}
+        read, level, check = direct.ds.id.read_direct_chunk, spec.deflate_level, array == schema.MASK
+        pos, key = 0, (start,) + (0,) * (len(direct.shape) - 1)
         try:
-            for key in direct.copy_keys(start, stop, schema.SOURCE_ORDER[array]):
-                enc, raw = direct.encoded(key, spec.deflate_level)
-                if array == schema.MASK:
-                    values = raw if raw is not None else zlib_inflate(enc, direct.nbytes)
-                    block = np.frombuffer(values, direct.dtype, count=direct.count).reshape(direct.chunks)
-                    _as_binary(block[direct.valid(key)], spec.name, key[0], self.src.mat_path, mask=True)
-                chunks.append(enc)
-                raws.append(raw)
+            for i, key in enumerate(keys):
+                mask, view = read(key, out=buf[pos:])
+                n = len(view)
+                if not direct.deflated or mask & 1:  # stored raw: compress it here
+                    raw[i] = buf[pos:pos + n].tobytes()
+                    packed = zlib_deflate(raw[i], level)
+                    n = len(packed)
+                    buf[pos:pos + n] = np.frombuffer(packed, np.uint8)
+                if check:
+                    values = raw[i] if i in raw else zlib_inflate(buf[pos:pos + n], direct.nbytes)
+                    block = np.frombuffer(values, direct.dtype, count=direct.count)
+                    if block.max() > 1:  # one pass; the padding of an edge chunk may hold anything
+                        _as_binary(block.reshape(direct.chunks)[direct.valid(key)], spec.name, key[0],
+                                   self.src.mat_path, mask=True)
+                sizes[i] = n
+                pos += n + gap
         except FmDataError:
             raise
         except Exception as exc:  # h5py, libdeflate and zlib each raise their own types
             raise FmDataError(f"expected readable data in {spec.name!r} frames from {key[0]}, got a corrupt or "
                               f"unreadable chunk ({_reason(exc)})", self.src.mat_path) from None
-        return chunks, raws
+        return EncodedChunks(buf, sizes, gap, raw)
 
     # -- store-orientation streams with value checks
     def video_stream(self, start: int, stop: int) -> FrameStream:

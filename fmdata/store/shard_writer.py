@@ -14,8 +14,9 @@ makes), split along axis 0 only; anything else raises. :meth:`ShardWriter.write`
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
 import google_crc32c
 import numpy as np
@@ -26,7 +27,14 @@ from zarr.core.sync import sync
 
 from fmdata.errors import FmDataError
 from fmdata.store.atomic import replace_file
-from fmdata.store.shards import Encoder, ShardLayout, UnsupportedLayout, assemble_shard, encode_shard
+from fmdata.store.shards import (
+    EncodedChunks,
+    Encoder,
+    ShardLayout,
+    UnsupportedLayout,
+    assemble_shard,
+    encode_shard,
+)
 
 
 class ShardWriter:
@@ -53,7 +61,7 @@ class ShardWriter:
         self._proto = default_buffer_prototype()
         # Local folders are written directly (temp file + rename, as LocalStore does): going
         # through zarr's event-loop thread costs two thread hops per block.
-        self._root = Path(self._store.root) if isinstance(self._store, zarr.storage.LocalStore) else None
+        self._root = str(self._store.root) if isinstance(self._store, zarr.storage.LocalStore) else None
 
     def shard_range(self, shard: int) -> tuple[int, int]:
         """Return the [start, stop) rows of axis 0 that shard number ``shard`` covers."""
@@ -83,31 +91,32 @@ class ShardWriter:
                               f"got {data.shape[0]} rows")
         self._store_shard(shard, self._pieces(data))
 
-    def write_chunks(self, shard: int, chunks: Sequence[bytes | None]) -> int:
-        """Store shard number ``shard`` made of ``chunks``: its inner chunks' encoded bytes (without
-        their CRC-32C, which is appended here), in the shard index's order, every chunk of the whole
-        shard (or up to the array's end for the last one). Returns the CRC-32C of the shard file's
-        bytes, the block checksum of arrays whose chunks are copied (``COVERS_SHARD_FILE``)."""
+    def write_chunks(self, shard: int, runs: Sequence[EncodedChunks]) -> int:
+        """Store shard number ``shard`` made of ``runs``: its inner chunks encoded elsewhere, in the
+        shard index's order, every chunk of the whole shard (or up to the array's end for the last
+        one), each followed by room for its CRC-32C (written here). Returns the CRC-32C of the shard
+        file's bytes, the block checksum of arrays whose chunks are copied (``COVERS_SHARD_FILE``)."""
         start, stop = self.shard_range(shard)
         lay = self.layout
         want = -(-(stop - start) // lay.inner_rows) * lay.per_row
-        if len(chunks) != want:
+        got = sum(len(r) for r in runs)
+        if got != want:
             raise FmDataError(f"{self._prefix}: expected the {want} inner chunks of shard {shard} (rows "
-                              f"{start}..{stop}), got {len(chunks)}")
-        pieces = assemble_shard(lay, chunks)
+                              f"{start}..{stop}), got {got}")
+        pieces = assemble_shard(lay, runs)
         crc = 0
         for p in pieces:
             crc = google_crc32c.extend(crc, p)
         self._store_shard(shard, pieces)
         return int(crc)
 
-    def _store_shard(self, shard: int, pieces: list[bytes]) -> None:
+    def _store_shard(self, shard: int, pieces: list[Any]) -> None:
         key = self.layout.chunk_key(shard)
         key = f"{self._prefix}/{key}" if self._prefix else key
         if self._root is None:
             sync(self._store.set(key, self._proto.buffer.from_bytes(b"".join(pieces))))
             return
-        path = self._root / key
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = os.path.join(self._root, key)  # strings: pathlib's parsing costs more than a small shard's write
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         # no fsync per shard: the store counts only once its `complete` flag is written
         replace_file(path, pieces, durable=False)

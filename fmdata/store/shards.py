@@ -465,11 +465,13 @@ def encode_index(index: np.ndarray, layout: ShardLayout) -> list[bytes]:
     return [body, int(google_crc32c.value(body)).to_bytes(CRC_BYTES, "little")]
 
 
-def _with_index(layout: ShardLayout, pieces: list[bytes], where: list[int]) -> list[bytes]:
-    """Return a shard's pieces: the encoded inner chunks ``pieces`` (at index positions ``where``) and the index."""
+def _with_index(layout: ShardLayout, pieces: list[Any], where: list[int], sizes: np.ndarray | None = None) -> list[Any]:
+    """Return a shard's pieces: ``pieces`` (the encoded inner chunks at index positions ``where``, back
+    to back; one piece each unless ``sizes`` gives their sizes) and the index."""
     index = np.full((layout.chunks_per_shard, 2), EMPTY, dtype="<u8")
-    if pieces:
-        sizes = np.fromiter(map(len, pieces), np.uint64, len(pieces))
+    if where:
+        sizes = (np.fromiter(map(len, pieces), np.uint64, len(pieces)) if sizes is None
+                 else np.asarray(sizes, np.uint64))
         at = np.asarray(where, np.int64)
         start = layout.index_nbytes if layout.index_at_start else 0
         index[at, 1] = sizes
@@ -516,23 +518,61 @@ def encode_shard(layout: ShardLayout, encode: Encoder, data: np.ndarray) -> list
     return _with_index(layout, pieces, todo)
 
 
-def assemble_shard(layout: ShardLayout, chunks: Sequence[bytes | None]) -> list[bytes]:
-    """Return the pieces (inner chunks, each with its CRC-32C when the layout has the ``crc32c``
-    codec, then the index) of one shard from its inner chunks' encoded bytes, in index order
-    (``chunks`` may stop short of the index's end; None: not stored). Used to copy chunks
-    encoded elsewhere (MATLAB's deflate chunks) into a shard without decoding them."""
+@dataclass(frozen=True)
+class EncodedChunks:
+    """Inner chunks encoded elsewhere (MATLAB's deflate chunks), back to back in one buffer: chunk ``i``
+    is ``data[starts[i]:starts[i] + sizes[i]]``, followed by ``gap`` spare bytes, the room
+    :func:`assemble_shard` writes its CRC-32C into, so that a shard's chunks are written from one
+    piece of memory (a piece per chunk costs more than copying it). ``raw`` holds, by chunk, the
+    raw bytes of chunks the source stored without compression (compressed by the reader)."""
+
+    data: np.ndarray
+    sizes: np.ndarray
+    gap: int = CRC_BYTES
+    raw: dict[int, bytes] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def starts(self) -> np.ndarray:
+        """The offset of every chunk in ``data``."""
+        step = self.sizes + self.gap
+        return np.cumsum(step) - step
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes of ``data`` the chunks and their gaps take."""
+        return int(self.sizes.sum()) + self.gap * len(self.sizes)
+
+    def chunk(self, i: int) -> np.ndarray:
+        """The bytes of chunk ``i`` (a view)."""
+        start = int(self.starts[i])
+        return self.data[start:start + int(self.sizes[i])]
+
+
+def assemble_shard(layout: ShardLayout, runs: Sequence[EncodedChunks]) -> list[Any]:
+    """Return the pieces (the runs' chunks, each followed by its CRC-32C when the layout has the
+    ``crc32c`` codec, written into its gap; then the index) of one shard whose inner chunks are
+    ``runs``' chunks, in index order (they may stop short of the index's end). Used to copy chunks
+    encoded elsewhere into a shard without decoding them: each run is one piece, never joined."""
     if not layout.sharded:
         raise UnsupportedLayout("expected a sharded array to assemble shards of")
-    if len(chunks) > layout.chunks_per_shard:
-        raise FmDataError(f"expected at most {layout.chunks_per_shard} inner chunks per shard, got {len(chunks)}")
-    pieces, where = [], []
-    for i, c in enumerate(chunks):
-        if c is None:
-            continue
-        pieces.append(bytes(c) + int(google_crc32c.value(c)).to_bytes(CRC_BYTES, "little") if layout.chunk_crc
-                      else bytes(c))
-        where.append(i)
-    return _with_index(layout, pieces, where)
+    gap = CRC_BYTES if layout.chunk_crc else 0
+    n = sum(len(r) for r in runs)
+    if n > layout.chunks_per_shard or any(r.gap != gap for r in runs):
+        raise FmDataError(f"expected at most {layout.chunks_per_shard} inner chunks per shard with {gap} bytes "
+                          f"after each, got {n} with {[r.gap for r in runs]}")
+    pieces: list[Any] = []
+    for run in runs:
+        ends = run.starts + run.sizes
+        if gap:
+            crcs = np.array([google_crc32c.value(run.data[e - z:e]) for e, z in zip(ends.tolist(), run.sizes.tolist())],
+                            "<u4")
+            run.data[ends[:, None] + np.arange(CRC_BYTES)] = crcs.view(np.uint8).reshape(-1, CRC_BYTES)
+        pieces.append(run.data[:run.nbytes])
+    sizes = [run.sizes + gap for run in runs]
+    return _with_index(layout, pieces, list(range(n)), sizes=np.concatenate(sizes) if sizes else np.zeros(0, np.int64))
 
 
 def shard_chunks(layout: ShardLayout, raw: Any, where: str) -> list[memoryview | None]:
