@@ -310,7 +310,7 @@ def _merge(problems: list[Problem]) -> list[Problem]:
     out: list[Problem] = []
     for p in sorted(problems, key=lambda q: (q.array, q.start, q.kind)):
         last = out[-1] if out else None
-        if (last and p.kind in ("checksum", "elements") and last.array == p.array and last.kind == p.kind
+        if (last and p.kind in ("checksum", "elements", "chunks") and last.array == p.array and last.kind == p.kind
                 and last.stop == p.start):
             out[-1] = Problem(p.array, p.axis, last.start, p.stop, p.kind, elements=last.elements + p.elements,
                               rows=last.rows + p.rows, first=last.first)
