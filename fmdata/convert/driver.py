@@ -291,7 +291,7 @@ def convert(sources: Sequence[str | os.PathLike[str]], out: LocationLike, *, wor
     # a runner runs the units elsewhere (a cluster: its own error if it cannot reach the store)
     workers = resolve_workers(workers, in_process=target.in_process and runner is None)
     recs = open_sources([os.fspath(s) for s in sources], fps, mask_nonzero=mask_nonzero)
-    chunking = override_chunking(chunking or default_chunking(recs[0].height, recs[0].width), chunk_frames,
+    chunking = override_chunking(chunking or default_chunking(recs[0].height, recs[0].width, layout), chunk_frames,
                                  shard_frames)
     plan = plan_conversion(recs, chunking, fps, layout)
     if target.local_path is not None:  # the lock file goes beside OUT: say first if that folder is unusable

@@ -227,7 +227,7 @@ def plan_conversion(recordings: Sequence[RecordingSource], chunking: Chunking | 
     if layout not in schema.ARRAY_LAYOUTS:
         raise FmDataError(f"expected a layout in {schema.ARRAY_LAYOUTS}, got {layout!r}", field="layout")
     h, w = recs[0].height, recs[0].width
-    chunking = chunking or default_chunking(h, w)
+    chunking = chunking or default_chunking(h, w, layout)
     f_off = np.concatenate([[0], np.cumsum([r.n_frames for r in recs])]).astype(np.int64)
     c_off = np.concatenate([[0], np.cumsum([r.n_current for r in recs])]).astype(np.int64)
     copied: dict[str, CopiedChunks] = {}

@@ -55,6 +55,7 @@ class RecordingReader(abc.ABC):
             except OSError as exc:
                 raise FmDataError(f"expected a readable MATLAB v7.3 (HDF5) file, got {exc}", src.mat_path) from None
         self._direct: dict[str, DirectChunks | None] = {}
+        self._datasets: dict[str, h5py.Dataset] = {}
         self._copy_buffers: dict[str, np.ndarray] = {}
 
     def __enter__(self) -> RecordingReader:
@@ -65,6 +66,8 @@ class RecordingReader(abc.ABC):
 
     def close(self) -> None:
         """Close the MAT file."""
+        self._datasets.clear()
+        self._direct.clear()
         if self._h5 is not None:
             self._h5.close()
             self._h5 = None
@@ -75,9 +78,7 @@ class RecordingReader(abc.ABC):
         """Return frames [a, b) of ``spec`` in h5py order (frames first)."""
         try:
             if self.src.mat_format == "7.3":
-                if self._h5 is None:
-                    raise ValueError("reader is closed")
-                ds = self._h5[spec.name]
+                ds = self._dataset(spec.name)
                 if spec.dropped:
                     return ds[()][None]
                 if spec is self.src.split:
@@ -98,10 +99,18 @@ class RecordingReader(abc.ABC):
             raise FmDataError(f"expected readable data in {spec.name!r} frames {a}..{b - 1}, got a corrupt or "
                               f"unreadable chunk ({_reason(exc)})", self.src.mat_path) from None
 
+    def _dataset(self, name: str) -> h5py.Dataset:
+        """The open dataset ``name`` (kept: h5py's lookup by name costs half a millisecond)."""
+        ds = self._datasets.get(name)
+        if ds is None:
+            if self._h5 is None:
+                raise ValueError("reader is closed")
+            ds = self._datasets[name] = self._h5[name]
+        return ds
+
     def _direct_chunks(self, name: str) -> DirectChunks | None:
         if name not in self._direct:
-            assert self._h5 is not None
-            self._direct[name] = direct_chunks(self._h5[name])
+            self._direct[name] = direct_chunks(self._dataset(name))
         return self._direct[name]
 
     def blocks(self, spec: VarSpec, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:

@@ -34,6 +34,8 @@ DEFAULT_CHUNK_FRAMES = 1
 DEFAULT_SHARD_FRAMES = 256
 DEFAULT_CURRENT_CHUNK = 65536
 SHARD_BYTES_MAX = 4 << 20  # default shard: at most this much uncompressed video
+SOURCE_SHARD_FRAMES = 1024  # default shard of the source layout (before rounding to whole chunk rows)
+SOURCE_SHARD_BYTES_MAX = 16 << 20
 
 # zarr warns about every array whose metadata names a numcodecs codec ("not in the Zarr version 3
 # specification"), each time it is opened: the source layout's zlib is one, chosen knowingly
@@ -103,15 +105,19 @@ class Chunking:
                 "current_chunk": self.current_chunk}
 
 
-def default_chunking(height: int, width: int) -> Chunking:
-    """Return the default chunking for frames of ``height`` x ``width``.
+def default_chunking(height: int, width: int, layout: str = schema.LAYOUT_PLAIN) -> Chunking:
+    """Return the default chunking for frames of ``height`` x ``width`` in ``layout``.
 
     One frame per chunk (random windows read only the frames they need) and shards of
     ``DEFAULT_SHARD_FRAMES`` frames, halved until a shard holds at most 4 MiB of video (so a
-    writer holds little memory at high resolutions). See docs/store-format.md.
+    writer holds little memory at high resolutions). In the source layout, where a shard of copied
+    chunks costs a fixed few milliseconds to write whatever it holds, shards of
+    ``SOURCE_SHARD_FRAMES`` and at most 16 MiB of video (the converter then rounds them to whole
+    chunk rows of the source). See docs/store-format.md.
     """
-    shard = DEFAULT_SHARD_FRAMES
-    while shard > 1 and shard * height * width * 3 > SHARD_BYTES_MAX:
+    shard, most = ((SOURCE_SHARD_FRAMES, SOURCE_SHARD_BYTES_MAX) if layout == schema.LAYOUT_SOURCE
+                   else (DEFAULT_SHARD_FRAMES, SHARD_BYTES_MAX))
+    while shard > 1 and shard * height * width * 3 > most:
         shard //= 2
     return Chunking(chunk_frames=DEFAULT_CHUNK_FRAMES, shard_frames=shard, current_chunk=DEFAULT_CURRENT_CHUNK)
 
