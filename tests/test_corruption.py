@@ -220,7 +220,8 @@ def copied(pristine) -> Path:
     """The pristine store's source converted with --layout source, with statistics and windows "w"."""
     path = pristine[0].parent / "copied.zarr"
     if not path.exists():
-        convert([str(pristine[0].parent / "src.mat")], path, workers=1, layout=schema.LAYOUT_SOURCE, progress=False)
+        convert([str(pristine[0].parent / "src.mat")], path, workers=1, layout=schema.LAYOUT_SOURCE, shard_frames=SHARD,
+                progress=False)  # shards of 200 frames: whole chunk rows of both arrays
         compute_stats(str(path))
         make_windows(str(path), "w", WINDOWS)
     return path

@@ -117,7 +117,7 @@ def test_a_copied_store_is_compared_chunk_by_chunk_with_its_sources(tmp_path):
     (tmp_path / "other").mkdir()
     b = synth.write_v1(tmp_path / "other" / "a.mat", frames=512, size=32, seed=2)  # same grid, other values
     out = tmp_path / "s.zarr"
-    convert([str(a)], out, workers=1, layout=schema.LAYOUT_SOURCE, progress=False)
+    convert([str(a)], out, workers=1, layout=schema.LAYOUT_SOURCE, shard_frames=256, progress=False)
     assert verify(out, [str(a)], workers=2, progress=False).ok
     lines = [str(p) for p in verify(out, [str(b)], workers=1, progress=False).problems]
     assert "video frames 0..511: 32 of 32 copied chunk(s) differ from the source's (first at frame 0)" in lines
