@@ -8,12 +8,12 @@ decoded and re-encoded) against the source layout (MATLAB's deflate chunks copie
   (user + system of every process) and both as x floor; store bytes against the source;
 * ``labels + stats``: ``fmdata labels --force`` then ``fmdata stats --force`` (the default local
   threads), wall and CPU of both processes;
-* lazy loader: :func:`fmmodel.throughput.measure_data_path` (what ``fmmodel bench-data`` runs) over
+* lazy loader: :func:`fmmodel.data.throughput.measure_data_path` (what ``fmmodel bench-data`` runs) over
   ``--windows`` reference windows (10 frames step 18, 240 current rows, mask), a seeded random
   sample in random order, batches of 64, no loader workers and one torch thread: windows per
   CPU-second, the rate one loader worker reaches on a core of its own; uint8 clips (the GPU path)
   and float32 reference clips;
-* resident load: :class:`fmmodel.resident.ResidentWindows` loading the frames, masks and current of
+* resident load: :class:`fmmodel.data.resident.ResidentWindows` loading the frames, masks and current of
   every reference window onto the CPU: wall and CPU seconds.
 
 Every measurement runs in its own process; read measurements alternate the layouts ``--repeat``
@@ -54,7 +54,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     store, kind = spec["store"], spec["kind"]
     if kind == "lazy":
-        from fmmodel.throughput import measure_data_path
+        from fmmodel.data.throughput import measure_data_path
 
         rows = np.load(spec["rows"])
         report = measure_data_path(store, "bench", data="lazy", workers=0, batch_size=BATCH, split=None, rows=rows,
@@ -62,8 +62,8 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
         return {"windows": int(len(rows)), "seconds": report.seconds, "cpu_seconds": report.cpu_seconds,
                 "windows_per_cpu_s": report.windows_per_cpu_s, "windows_per_s": report.windows_per_s}
     if kind == "resident":
-        from fmmodel.dataset import FmfWindowDataset
-        from fmmodel.resident import ResidentWindows
+        from fmmodel.data.dataset import FmfWindowDataset
+        from fmmodel.data.resident import ResidentWindows
 
         ds = FmfWindowDataset(store, "bench", preprocessing="reference", video_dtype="uint8")
         t0, c0 = time.perf_counter(), time.process_time()

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from fmcli.fmdata_main import main
 from fmdata import synth
+from fmdata.compute.memory import format_bytes
 
 SCIPY_DATA = Path(scipy.io.__file__).parent / "matlab" / "tests" / "data"
 
@@ -242,9 +243,8 @@ def test_inspect_says_which_variables_convert_copies_and_what_a_random_frame_cos
     text = run("inspect", v1_file)
     with h5py.File(v1_file, "r") as f:
         chunks = f["video"].chunks  # (frames, channel, x, y): whole frames of 24x32x3 bytes each
-    frame_kb = 24 * 32 * 3 / 1e3
     assert (f"video: copied by --layout source (chunks of {chunks[0]} frame(s)); a random frame decodes 1 chunk(s), "
-            f"{chunks[0] * frame_kb:.1f} kB = {chunks[0]:.1f} x the frame") in text.output, text.output
+            f"{format_bytes(chunks[0] * 24 * 32 * 3)} = {chunks[0]:.1f} x the frame") in text.output, text.output
     report = json.loads(run("inspect", v1_file, "--json").output)
     assert report["source_layout"]["video"] == {"copied": True, "reason": None, "chunk_frames": chunks[0], "random_read": {
         "chunks": 1, "decoded_bytes": chunks[0] * 24 * 32 * 3, "frame_bytes": 24 * 32 * 3}}

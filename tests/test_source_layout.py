@@ -209,6 +209,10 @@ def test_recordings_on_the_chunk_grid_are_copied_and_a_refused_mask_stops_the_co
         np.testing.assert_array_equal(root[name][:], np.concatenate([w[name] for w in want]))
     report = convert([str(a), str(b)], tmp_path / "ab.zarr", workers=1, layout=SOURCE, progress=False)
     assert "chunk shapes differ" in report.paths[schema.VIDEO]
+    v2 = synth.write_v2(tmp_path / "v2", recordings=2, frames=512, size=32, seed=4)  # videos/*.mat 'data', 'label'
+    report = convert([str(v2)], tmp_path / "v2.zarr", workers=1, layout=SOURCE, progress=False)
+    assert all(p.startswith("copied") for p in report.paths.values()), report.paths
+    assert verify(tmp_path / "v2.zarr", [str(v2)], workers=1, progress=False).ok
     bad = v1_arrays(300, 32, 32, seed=9)
     bad["label"] = bad["label"].astype(np.uint8) * 3
     bad_file = write_v1(tmp_path / "bad.mat", bad, classes={"label": "uint8"})
