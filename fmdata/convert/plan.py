@@ -31,8 +31,9 @@ UNIT_BYTES = 32 << 20  # source bytes (uncompressed) per frame unit: few units, 
 MIN_UNITS = 8  # split small inputs into at least this many frame units (both cores busy)
 # a frame unit's worker holds its video and mask rows (3 + 1 bytes a pixel) twice: read, then encoded
 UNIT_COPIES = 2
-# a shard of copied chunks holds whole chunk rows of every copied array: at most this much video
-SOURCE_SHARD_BYTES_MAX = 64 << 20
+# a shard of copied chunks holds whole chunk rows of every copied array; an array whose chunk rows
+# would need shards of more video than this is not copied
+SOURCE_SHARD_BYTES_LIMIT = 64 << 20
 COPYABLE = {schema.VIDEO: "video", schema.MASK: "mask"}  # store array -> its RecordingSource variable
 
 
@@ -178,7 +179,7 @@ def copy_plan(recs: Sequence[RecordingSource], f_off: np.ndarray,
     chunking: shards rounded to whole chunk rows of every copied array, near the requested
     length). An array is copied when every recording's variable can be copied (v7.3, chunked with
     deflate alone, values unchanged: see VarSpec.copy_note), all share one chunk shape, every
-    recording starts on that chunk grid, and the shards stay under SOURCE_SHARD_BYTES_MAX.
+    recording starts on that chunk grid, and the shards stay under SOURCE_SHARD_BYTES_LIMIT.
     """
     copied: dict[str, CopiedChunks] = {}
     notes: dict[str, str] = {}
@@ -193,11 +194,11 @@ def copy_plan(recs: Sequence[RecordingSource], f_off: np.ndarray,
     frame_bytes = recs[0].height * recs[0].width * 3
     while copied:
         unit = math.lcm(chunking.chunk_frames, *(c.chunk[0] for c in copied.values()))
-        if unit * frame_bytes <= SOURCE_SHARD_BYTES_MAX:
+        if unit * frame_bytes <= SOURCE_SHARD_BYTES_LIMIT:
             break
         drop = max(copied, key=lambda n: copied[n].chunk[0])
         notes[drop] = (f"its chunks of {copied[drop].chunk[0]} frames need shards of {unit} frames "
-                       f"({unit * frame_bytes / 2**20:.0f} MiB of video), more than {SOURCE_SHARD_BYTES_MAX >> 20} MiB")
+                       f"({unit * frame_bytes / 2**20:.0f} MiB of video), more than {SOURCE_SHARD_BYTES_LIMIT >> 20} MiB")
         del copied[drop]
     if copied:
         unit = math.lcm(chunking.chunk_frames, *(c.chunk[0] for c in copied.values()))
