@@ -23,6 +23,8 @@ from fmdata.derive import compute_labels, compute_stats, make_windows
 from fmdata.errors import FmDataError
 from fmdata.store import Chunking, WindowParams, schema
 from fmdata.store.block_reader import BlockReader
+from fmdata.store.row_reader import LocalAxisReader
+from fmdata.store.shards import ShardLayout, decode_index
 from fmdata.store.window_table import write_window_table
 from fmmodel.data.dataset import FmfWindowDataset
 from fmmodel.errors import FmModelError
@@ -210,6 +212,76 @@ def test_a_cut_short_shard_stops_labels_and_stats_and_verify_reports_it(pristine
     assert sorted(found) == [schema.MASK, schema.VIDEO] and {p.kind for p in found.values()} == {"unreadable"}
     if cut == "to-zero":
         assert "c/3/0/0/0 is cut short: 0 bytes" in str(found[schema.VIDEO]), report.summary()
+
+
+# ---- the source layout: MATLAB's chunks copied (chunks of 50 video and 200 mask frames) -------------
+@pytest.fixture(scope="module")
+def copied(pristine) -> Path:
+    """The pristine store's source converted with --layout source, with statistics and windows "w"."""
+    path = pristine[0].parent / "copied.zarr"
+    if not path.exists():
+        convert([str(pristine[0].parent / "src.mat")], path, workers=1, layout=schema.LAYOUT_SOURCE, shard_frames=SHARD,
+                progress=False)  # shards of 200 frames: whole chunk rows of both arrays
+        compute_stats(str(path))
+        make_windows(str(path), "w", WINDOWS)
+    return path
+
+
+def flip_copied_chunk(path: Path, array: str, frame: int) -> tuple[int, int]:
+    """Flip one byte in the middle of the copied chunk that holds ``frame``; return its first and last frame."""
+    lay = ShardLayout.from_metadata(json.loads((path / array / "zarr.json").read_text()))
+    shard = path / array / lay.chunk_key(frame // lay.outer_rows)
+    data = bytearray(shard.read_bytes())
+    index = decode_index(bytes(data[-lay.index_nbytes:]), lay, str(shard))
+    off, size = (int(v) for v in index[(frame % lay.outer_rows) // lay.inner_rows * lay.per_row])
+    data[off + size // 2] ^= 0x5A
+    shard.write_bytes(bytes(data))
+    first = frame // lay.inner_rows * lay.inner_rows
+    return first, first + lay.inner_rows - 1
+
+
+def test_a_flipped_byte_in_a_copied_chunk_is_caught_by_every_reader(copied, pristine, tmp_path):
+    path = Path(shutil.copytree(copied, tmp_path / "s.zarr"))
+    assert store.read_meta(store.open_store(path)).layouts == {schema.VIDEO: "source", schema.MASK: "source"}
+    a, b = flip_copied_chunk(path, schema.VIDEO, TRAIN_FRAME)
+    stats = run([FMDATA, "stats", path, "--force", "--no-progress"])  # the block reader: the shard file's CRC-32C
+    assert stats.returncode == 1
+    assert "video frames 200..399: expected a shard file matching its stored CRC-32C" in one_line(stats.stderr)
+    trained = CliRunner().invoke(fmmodel_main, [  # the row reader: the chunk's CRC-32C
+        "train", "--store", str(path), "--windows", "w", "--epochs", "1", "--workers", "0", "--device", "cpu",
+        "--data", "lazy", "--model-size", "tiny", "--batch-size", "64", "--out", str(tmp_path / "run"),
+        "--no-progress"])
+    assert trained.exit_code == 1, trained.output  # (after the line saying which data path runs)
+    assert f"video frames {a}..{b}: expected chunk bytes matching their stored CRC-32C" in \
+        trained.output.splitlines()[-1], trained.output
+    flip_copied_chunk(path, schema.VIDEO, TEST_FRAME)
+    evaluated = CliRunner().invoke(fmmodel_main, ["evaluate", "--store", str(path), "--checkpoint", pristine[1],
+                                                  "--workers", "0", "--device", "cpu", "--no-progress"])
+    refused(evaluated, "video frames 600..799: expected a shard file matching its stored CRC-32C")  # resident
+    with pytest.raises(ValueError):  # stock zarr checks the crc32c codec
+        zarr.open_group(path, mode="r")[schema.VIDEO][TRAIN_FRAME]
+    m0, _ = flip_copied_chunk(path, schema.MASK, 0)
+    labels = run([FMDATA, "labels", path, "--force", "--no-progress"])
+    assert labels.returncode == 1 and "mask frames 0..199: expected a shard file" in one_line(labels.stderr)
+    report = verify(path, workers=1, progress=False)  # without sources: checksums, chunk CRC-32Cs, zarr decodes
+    assert {(p.array, p.kind, p.start) for p in report.problems} >= {
+        (schema.VIDEO, "checksum", 200), (schema.VIDEO, "unreadable", 200), (schema.VIDEO, "checksum", 600),
+        (schema.MASK, "checksum", 0), (schema.MASK, "unreadable", 0)}, report.summary()
+    report = verify(path, [str(pristine[0].parent / "src.mat")], workers=1, progress=False)
+    assert f"video frames 200..399: 1 of 4 copied chunk(s) differ from the source's (first at frame {a})" in \
+        report.summary(), report.summary()
+
+
+def test_a_deleted_copied_shard_is_an_error_for_every_reader(copied, tmp_path):
+    path = Path(shutil.copytree(copied, tmp_path / "s.zarr"))
+    (path / schema.MASK / "c" / "0" / "0" / "0").unlink()  # frames 0..199, whose masks are all zero
+    stats = run([FMDATA, "labels", path, "--force", "--no-progress"])
+    assert stats.returncode == 1
+    assert "mask frames 0..199: expected the chunk file c/0/0/0, got none" in one_line(stats.stderr)
+    with pytest.raises(FmDataError, match="mask frames 0..199: expected the chunk file c/0/0/0, got none"):
+        LocalAxisReader(str(path / schema.MASK)).take(np.array([5]))
+    report = verify(path, workers=1, progress=False)
+    assert [str(p) for p in report.problems] == ["mask frames 0..199: expected the chunk file c/0/0/0, got none"]
 
 
 def test_stores_of_format_1_are_checked_where_whole_blocks_are_read(tmp_path):
