@@ -199,13 +199,14 @@ def _ledger_entries(tmp_path: Path, name: str) -> int:
 @pytest.fixture(scope="module")
 def synth_v1(tmp_path_factory):
     path = tmp_path_factory.mktemp("synth") / "rec.mat"
-    return synth.write_v1(path, frames=2000, size=32, seed=7)
+    return synth.write_v1(path, frames=2048, size=32, seed=7)  # chunks of 16 (video) and 64 (mask) frames
 
 
-def test_a_killed_conversion_resumes_to_the_same_store(synth_v1, tmp_path):
+@pytest.mark.parametrize("layout", [schema.LAYOUT_PLAIN, schema.LAYOUT_SOURCE])
+def test_a_killed_conversion_resumes_to_the_same_store(synth_v1, tmp_path, layout):
     out = tmp_path / "k.zarr"
     cmd = [os.path.join(os.path.dirname(sys.executable), "fmdata"), "convert", str(synth_v1), str(out),
-           "--workers", "2", "--shard-frames", "32", "--no-progress"]
+           "--workers", "2", "--shard-frames", "32", "--layout", layout, "--no-progress"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while _ledger_entries(tmp_path, "k.zarr") < 2 and proc.poll() is None and time.monotonic() < deadline:
@@ -221,11 +222,12 @@ def test_a_killed_conversion_resumes_to_the_same_store(synth_v1, tmp_path):
     # a kill inside zarr's LocalStore write leaves its temporary file beside the entries (empty or
     # half-written, never renamed onto a key): the ledger is not torn by it
     (partial / LEDGER_PREFIX / f"u9999.{'0' * 32}.partial").write_bytes(b'{"key": "u99')
-    report = convert([str(synth_v1)], out, workers=2, shard_frames=32, resume=True, progress=False)
+    report = convert([str(synth_v1)], out, workers=2, shard_frames=32, resume=True, progress=False, layout=layout)
     assert 2 <= report.units_resumed <= done < report.units
-    assert verify(out, workers=1, progress=False).ok
+    assert verify(out, [str(synth_v1)], workers=1, progress=False).ok
     ref = tmp_path / "ref.zarr"
-    convert([str(synth_v1)], ref, workers=1, shard_frames=32, progress=False)
+    convert([str(synth_v1)], ref, workers=1, shard_frames=32, progress=False, layout=layout)
+    assert store.open_store(out).meta.layouts == store.open_store(ref).meta.layouts
     a, b = store.open_store(out), store.open_store(ref)
     for name in SOURCE_ARRAYS:
         np.testing.assert_array_equal(a[name][:], b[name][:], err_msg=name)

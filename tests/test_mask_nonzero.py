@@ -56,3 +56,15 @@ def test_negative_mask_values_are_refused_even_with_the_option(tmp_path):
     with pytest.raises(FmDataError, match="values of 0 or above"):
         convert([str(src)], str(tmp_path / "n.zarr"), workers=1, mask_nonzero=True, progress=False)
 
+
+
+def test_negative_mask_values_are_not_pointed_to_the_option(tmp_path):
+    """A -1 in a mask is refused without pointing to --mask-nonzero, which refuses it too; so is a
+    mask that also holds values the option would read (255): the option would not help."""
+    a = v1_arrays(20, seed=5)
+    label = a["label"].astype(np.int16) * 255
+    label[1, 1, 5] = -1
+    src = write_v1(tmp_path / "neg.mat", {**a, "label": label}, classes={"label": "int16"})
+    for extra in ([], ["--mask-nonzero"]):
+        line = one_line_error(run([FMDATA, "convert", src, tmp_path / "s.zarr", *extra]), 1, str(src))
+        assert "expected 'label' values of 0 or above, got -1 at frame 5" in line and "--mask-nonzero" not in line

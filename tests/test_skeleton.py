@@ -1,5 +1,6 @@
 """The installed console scripts, the packaging and the store contract."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -90,3 +91,26 @@ def test_a_plain_install_holds_every_package(tmp_path):
             sub = init.parent.relative_to(src / top).as_posix()  # "." for the package itself
             on_disk.add(name if sub == "." else f"{name}/{sub}")
     assert packed == on_disk and {"fmdata/store", "fmcli"} <= packed
+
+
+# a folder of one machine (a workplace, a user's home, a mount) named as an absolute path
+_MACHINE_PATH = re.compile(r"(?<![\w.~-])/(work|root|home|Users|mnt)(/|\b)")
+
+
+def test_no_file_of_the_repository_names_a_folder_of_one_machine():
+    """What the repository needs outside itself it finds through the environment or beside the
+    checkout (the reference fixtures: tests/runs.py), never at an absolute path of one machine."""
+    root = Path(__file__).resolve().parents[1]
+    listed = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip(f"not a git checkout: {listed.stderr.strip()}")
+    found = []
+    for name in filter(None, listed.stdout.split("\0")):
+        try:
+            text = (root / name).read_text(encoding="utf-8")
+        except (UnicodeDecodeError, FileNotFoundError, IsADirectoryError):  # binary data; deleted, not yet staged
+            continue
+        found += [f"{name}:{i}: {line.strip()}" for i, line in enumerate(text.splitlines(), 1)
+                  if _MACHINE_PATH.search(line)]
+    assert not found, "\n".join(found)

@@ -128,11 +128,12 @@ def test_a_resume_while_train_writes_the_folder_names_the_holder(tmp_path_factor
 
 
 # ---- --overwrite killed at any moment --------------------------------------------------------------
-@pytest.mark.parametrize("moment", ["place:old-aside", "place:new-in", "remove:partway"])
-def test_overwrite_killed_at_any_moment_leaves_a_complete_store_and_recovers(sources, tmp_path, moment):
+@pytest.mark.parametrize("moment,layout", [("place:old-aside", "plain"), ("place:new-in", "plain"),
+                                           ("remove:partway", "plain"), ("place:old-aside", "source")])
+def test_overwrite_killed_at_any_moment_leaves_a_complete_store_and_recovers(sources, tmp_path, moment, layout):
     out = tmp_path / "o.zarr"
     convert([sources[0]], out, workers=1, shard_frames=64, progress=False)  # the old store: 300 frames
-    first = start(convert_args(sources[1], out, "--overwrite"), pause_at=moment)
+    first = start(convert_args(sources[1], out, "--overwrite", "--layout", layout), pause_at=moment)
     stopped(first)
     kill(first)
     hidden = [p for p in tmp_path.iterdir() if p.name.startswith(".o.zarr.")]
@@ -145,9 +146,10 @@ def test_overwrite_killed_at_any_moment_leaves_a_complete_store_and_recovers(sou
         # the new store is in place; the old one is (partly) deleted under a hidden name
         assert frames_in(out) == 200 and any(".old-" in p.name for p in hidden)
     # the next run repairs it, without a manual rm -rf
-    second = run(convert_args(sources[1], out, "--resume"))
+    second = run(convert_args(sources[1], out, "--resume", "--layout", layout))
     assert second.returncode == 0, second.stderr
-    assert frames_in(out) == 200 and verify(out, workers=1, progress=False).ok
+    assert frames_in(out) == 200 and verify(out, [sources[1]], workers=1, progress=False).ok
+    assert store.open_store(out).meta.layout(schema.VIDEO) == layout
     assert leftovers(out) == ["o.zarr"]
 
 
