@@ -14,7 +14,7 @@ import pytest
 from fmcli import data_convert, data_derive, fmmodel_main
 from fmdata.errors import FmDataError
 from fmdata.sources import inspect_path, open_sources
-from fmdata.store import open_store, read_recordings
+from fmdata.store import open_store
 from fmdata.store.outputs import output_exists
 from fmdata.synth import synthesize
 
@@ -71,7 +71,7 @@ def test_convert_takes_the_folder_of_v1_files_that_synth_wrote(raw, tmp_path):
     out = tmp_path / "fmf.zarr"
     r = run([FMDATA, "convert", raw, out, "--workers", "1", "--no-progress"])
     assert r.returncode == 0, r.stderr
-    assert [rec.name for rec in read_recordings(open_store(out))] == ["batch_01", "batch_02"]  # name order
+    assert open_store(out).recording_names == ("batch_01", "batch_02")  # name order
     r = run([FMDATA, "verify", out, "--source", raw, "--workers", "1", "--no-progress"])
     assert r.returncode == 0, r.stderr + r.stdout  # every element, against the folder read the same way
     assert [s.name for s in open_sources([str(raw)])] == [s.name for s in open_sources(sorted(map(str, raw.glob("*.mat"))))]
