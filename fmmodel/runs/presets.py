@@ -76,7 +76,7 @@ PRESETS: Mapping[str, Preset] = MappingProxyType({
                        "epochs": 6, "lr_step_epoch": 5, "val_fraction": 0.0, "device": "cpu", "workers": 1,
                        "threads": 1}),
         window=_frozen({"frames": 10, "frame_step": 6, "current_seconds": 30.0, "current_rows": 60, "stride": 6}),
-        windows_per_s=50.0),
+        windows_per_s=180.0),
     "smoke": Preset(
         name="smoke",
         summary="a few batches of every step (training, validation, checkpoints), as Lightning's fast_dev_run: "
