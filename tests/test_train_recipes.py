@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fmdata.derive import build_window_table, ensure_labels, load_index, make_windows
-from fmdata.store import WindowParams, open_store, read_offsets, schema
+from fmdata.store import WindowParams, open_store, schema
 from fmdata.store.outputs import made_by
 from fmdata.store.window_table import write_window_table
 from fmmodel.data.holdout import MIN_TRAIN_SHARE, SMALLER_HOLDOUTS, holdout_split
@@ -43,10 +43,9 @@ def store(tmp_path_factory) -> str:
 
 
 def _split(store: str, params: WindowParams, fraction: float, table: str | None = None):
-    root = open_store(store)
-    wt = build_window_table(load_index(root), params)
-    offsets, _ = read_offsets(root)
-    fce = np.asarray(root[schema.FRAME_CURRENT_END][:])
+    handle = open_store(store)
+    wt = build_window_table(load_index(handle), params)
+    offsets, fce = handle.frame_offsets, np.asarray(handle.frame_current_end)
     return wt, fce, offsets, holdout_split(wt, fce, offsets, fraction, table=table)
 
 
@@ -111,9 +110,9 @@ def test_short_recordings_train_and_the_run_records_the_hold_out_it_took(store, 
 
 
 def test_a_table_without_training_windows_names_options_that_go_together(store, tmp_path):
-    root = open_store(store)
-    wt = build_window_table(load_index(root), WindowParams(**SMALL_WINDOWS, stride=20))
-    write_window_table(open_store(store, "r+"), "test-only", wt.subset(np.flatnonzero(wt.column("split") == schema.SPLIT_TEST)))
+    wt = build_window_table(load_index(open_store(store)), WindowParams(**SMALL_WINDOWS, stride=20))
+    test_only = wt.subset(np.flatnonzero(wt.column("split") == schema.SPLIT_TEST))
+    write_window_table(open_store(store, "r+").root, "test-only", test_only)
     with pytest.raises(FmModelError) as exc:
         train(quick_config(store, str(tmp_path / "run"), windows="test-only"), progress=False)
     message = str(exc.value)

@@ -27,9 +27,8 @@ from typing import Any
 import yaml
 
 from fmdata.errors import FmDataError
-from fmdata.store.access import open_store
-from fmdata.store.location import Location
-from fmdata.store.window_table import WindowParams, read_window_table
+from fmdata.store.handle import StoreLike, location_of, open_store
+from fmdata.store.window_table import WindowParams
 from fmmodel.errors import FmModelError
 from fmmodel.model.registry import VARIANTS, Variant, choose_variant, model_source, resolve_variant
 from fmmodel.runs.benchmark import BenchmarkSettings
@@ -108,14 +107,16 @@ def layer(layers: Sequence[tuple[str, Mapping[str, Any], Mapping[str, Any]]]) ->
 
 
 def resolve_train_config(*, preset: str | None = None, config: str | os.PathLike[str] | None = None,
-                         store: str | None = None, out: str | None = None, model: str | None = None,
+                         store: StoreLike | None = None, out: str | None = None, model: str | None = None,
                          windows: str | None = None, settings: Mapping[str, Any] | None = None,
                          window: Mapping[str, Any] | None = None) -> TrainConfig:
     """The TrainConfig of a new run: defaults < ``preset`` < the ``config`` file < the rest.
 
     ``settings`` holds TrainConfig keyword arguments given as options (task, modality, epochs,
     lr...; only those the user set), ``window`` window parameters given as options; ``store``,
-    ``out``, ``model`` (any model name) and ``windows`` (a stored table) those options. The
+    ``out``, ``model`` (any model name) and ``windows`` (a stored table) those options; ``store``
+    may be the open store (its handle is then the one read for a stored table's parameters: pass
+    the same handle on to :func:`fmmodel.runs.train.train`, and the command opens its store once). The
     file's ``preset`` is the base when ``preset`` is None. With a stored table and window
     parameters from any layer, the table must have them (:func:`fmmodel.runs.presets.check_table_fits`).
     FmModelError for unknown presets, bad files, a missing store, a model a file may not choose.
@@ -134,7 +135,8 @@ def resolve_train_config(*, preset: str | None = None, config: str | os.PathLike
     layers.append(("the options", given, window or {}))
     kw, win, window_from = layer(layers)
     kw["preset"] = name
-    store = store or file.get("store")
+    if store is None:
+        store = file.get("store")
     if not store:
         raise FmModelError("expected a store (--store, or `store` in the --config file), got none", field="store")
     task, modality = given.pop("task", None), given.pop("modality", None)
@@ -144,12 +146,12 @@ def resolve_train_config(*, preset: str | None = None, config: str | os.PathLike
     windows = windows or file.get("windows")
     if windows and win:
         by = " and ".join(dict.fromkeys(window_from[k] for k in win))
-        check_table_fits(windows, _table_params(store, windows), win, wanted_by=by, store=store)
+        check_table_fits(windows, _table_params(store, windows), win, wanted_by=by, store=str(location_of(store)))
     try:
         params = WindowParams.reference(variant.modality, **win)
     except FmDataError as exc:
         raise FmModelError(exc.message, field=exc.field) from None
-    return TrainConfig(store=str(store), out=out or file.get("out") or default_run_folder(variant.name),
+    return TrainConfig(store=str(location_of(store)), out=out or file.get("out") or default_run_folder(variant.name),
                        windows=windows, variant=variant.name, task=variant.task, modality=variant.modality,
                        window=params, **kw)
 
@@ -176,12 +178,13 @@ def _variant(model: str | None, file: Mapping[str, Any], *, task: str | None, mo
     return resolve_variant(str(recorded), modality=modality_or_file, task=task_or_file)
 
 
-def _table_params(store: str, name: str) -> dict[str, Any]:
-    """The parameters of the stored window table ``name`` (its clip length included)."""
+def _table_params(store: StoreLike, name: str) -> dict[str, Any]:
+    """The parameters of the stored window table ``name`` of ``store`` (an open store is read as
+    it is; a location is opened), its clip length included."""
     try:
-        table = read_window_table(open_store(Location.parse(store)), name)
+        table = open_store(store).window_table(name)
     except FmDataError as exc:
-        raise FmModelError(exc.message, exc.path or store, field="windows" if "window table" in exc.message
+        raise FmModelError(exc.message, exc.path or str(location_of(store)), field="windows" if "window table" in exc.message
                            else None) from None
     return {**table.params, "frames": int(table.clip.shape[1])}
 
