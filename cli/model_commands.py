@@ -8,18 +8,20 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from fmdata.store import Location, WindowParams
+from fmdata.store import Location
+from fmdata.store.handle import open_store
 from fmmodel import protocol
 from fmmodel.model.checkpoint import CHECKPOINT_FORMATS
-from fmmodel.model.registry import VARIANTS, choose_variant
-from fmmodel.runs.config import TrainConfig
-from fmmodel.runs.train import default_run_folder, resume_run, train
+from fmmodel.model.registry import VARIANTS
+from fmmodel.runs.settings import resolve_train_config
+from fmmodel.runs.train import resume_run, train
 from fmmodel.scoring.config import EvaluateConfig, PredictConfig
 from fmmodel.scoring.evaluate import evaluate
 from fmmodel.scoring.predict import predict
 from fmmodel.scoring.report import format_report
 
 from .errors import user_errors
+from .model_recipes import recipe_options
 from .options import (
     MISSING_STORE,
     batch_size_option,
@@ -34,6 +36,8 @@ from .options import (
     stack,
     store_argument,
     training_options,
+    typed,
+    typed_training,
 )
 
 checkpoint_options = stack(
@@ -80,36 +84,48 @@ def _rank0() -> bool:
               help="Run folder (default runs/<model>-<date>-<time>).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @policy_option
+@recipe_options
 @progress_option
 @user_errors
 def train_cmd(store: Location | None, windows: str | None, model: str | None, task: str | None, modality: str | None,
               epochs: int | None, training: dict[str, Any], window: dict[str, Any], compile_: bool, seed: int,
-              out: str | None, resume: bool, policy: str | None, progress: bool | None) -> None:
+              out: str | None, resume: bool, policy: str | None, preset: str | None, config: str | None,
+              progress: bool | None) -> None:
     """Train an FmFormer on STORE (reference protocol by default: Adam, lr 5e-4, x0.1 at epoch 20,
-    30 epochs, batch 64, horizontal flip). Validation holds out the end of each recording's training
-    block; the test split is never touched. Multi-GPU: torchrun --nproc-per-node N $(which fmmodel) train ..."""
+    30 epochs, batch 64, horizontal flip; --preset cpu: a small model in minutes on two CPU cores).
+    Settings: defaults < --preset < --config FILE < the options typed; config.json records them.
+    Validation holds out the end of each recording's training block (less, or none, where recordings
+    are too short: said in the log); the test split is never touched. Multi-GPU: torchrun
+    --nproc-per-node N $(which fmmodel) train ..."""
     if resume:
         if not out:
             raise click.UsageError("--resume needs --out RUN_DIR")
         result = resume_run(out, epochs=epochs, progress=progress_flag(progress), store=store,
                             environment=_typed_with_resume(), model=model)
     else:
-        if store is None:
-            raise click.UsageError(f"{MISSING_STORE}; only --resume takes none")
+        if store is None and config is None:
+            raise click.UsageError(f"{MISSING_STORE}; only --resume, or --config naming a file with a store, takes none")
         if windows and (policy is not None or any(v is not None for v in window.values())):
             raise click.UsageError("--windows trains on a stored table's own windows: give it or the window options "
                                    "(--frames, --frame-step, --current-seconds, --current-rows, --stride, --policy), "
                                    "not both")
-        variant = choose_variant(model, task=task, modality=modality)
-        cfg = TrainConfig(store=str(store), out=out or default_run_folder(variant.name), windows=windows,
-                          variant=variant.name, task=variant.task, modality=variant.modality,
-                          epochs=protocol.EPOCHS if epochs is None else epochs, compile=compile_, seed=seed,
-                          window=WindowParams.reference(variant.modality, policy=policy, **window), **training)
-        result = train(cfg, progress=progress_flag(progress))
+        settings = typed_training(training)
+        for name, value in (("task", task), ("modality", modality), ("epochs", epochs)):
+            if value is not None:
+                settings[name] = value
+        for name, key, value in (("compile_", "compile", compile_), ("seed", "seed", seed)):
+            if typed(name):
+                settings[key] = value
+        # the store is opened once: the handle reads a stored table's parameters and trains
+        handle = None if store is None else open_store(store)
+        cfg = resolve_train_config(preset=preset, config=config, store=handle, out=out, model=model, windows=windows,
+                                   settings=settings, window={**window, "policy": policy})
+        result = train(cfg, progress=progress_flag(progress), store=handle)
     if result.history and _rank0():
         click.echo(f"run folder: {result.run_dir}\n  checkpoints: {result.best} (best), {result.last} (last)\n"
-                   f"  metrics: {os.path.join(result.run_dir, 'metrics.csv')}, TensorBoard: "
-                   f"{os.path.join(result.run_dir, 'tb')}")
+                   f"  metrics: {os.path.join(result.run_dir, 'metrics.csv')}, curves: "
+                   f"{os.path.join(result.run_dir, 'curves.png')}, TensorBoard: {os.path.join(result.run_dir, 'tb')}\n"
+                   f"  model card: {os.path.join(result.run_dir, 'README.md')}")
 
 
 def _typed_with_resume() -> dict[str, Any]:

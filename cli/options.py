@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import click
+from click.core import ParameterSource
 from dask.utils import parse_bytes
 
 from fmdata.errors import FmDataError
@@ -256,3 +257,23 @@ training_options = stack(grouped("training", stack(
     click.option("--balanced", is_flag=True, help="Class-balanced sampling."),
     click.option("--no-hflip", is_flag=True, help="Switch off the horizontal-flip augmentation."),
 ), _train_config_args), grouped("window", window_shape_options))
+
+
+def typed(name: str) -> bool:
+    """True when the current command's parameter ``name`` was given (command line or environment)."""
+    source = click.get_current_context().get_parameter_source(name)
+    return source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+def typed_training(training: dict[str, Any]) -> dict[str, Any]:
+    """The ``training`` options (TrainConfig keyword arguments, :data:`training_options`) the user
+    gave, so that a preset's or a file's settings stand where an option was left at its default.
+    ``model`` is the sizes named by --model-size (with --model-opt), or the --model-opt values alone
+    (laid over the sizes of a preset or a file)."""
+    params = {"hflip": "no_hflip"}
+    out = {k: v for k, v in training.items() if k != "model" and typed(params.get(k, k))}
+    if typed("model_size"):
+        out["model"] = dict(training["model"])
+    elif typed("model_opt"):
+        out["model"] = {k: v for k, v in training["model"].items() if k != "size"}
+    return out

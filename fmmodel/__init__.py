@@ -2,7 +2,8 @@
 
 The public API is what this face exports (``__all__``; docs/python-api.md): the lazy dataset
 (:class:`FmfWindowDataset`), models from checkpoints (:func:`load_model`), and one call per command
-with its settings (:func:`train` with :class:`TrainConfig`, :func:`evaluate` with
+with its settings (:func:`train` with :class:`TrainConfig`, made from a preset and a settings
+file as ``fmmodel train --preset --config`` makes it by :func:`resolve_train_config`; :func:`evaluate` with
 :class:`EvaluateConfig`, :func:`predict` with :class:`PredictConfig`). What it exports is what the
 project promises to keep; the sub-packages are the toolkit's own and may change. Importing
 ``fmmodel`` (or :mod:`fmmodel.protocol`, which the command line and DataLoader workers import)
@@ -29,6 +30,7 @@ _EXPORTS = {
     "load_model": ("fmmodel.model.checkpoint", "load_model"),
     "train": ("fmmodel.runs.train", "train"),
     "TrainConfig": ("fmmodel.runs.config", "TrainConfig"),
+    "resolve_train_config": ("fmmodel.runs.settings", "resolve_train_config"),
     "TrainResult": ("fmmodel.runs.train", "TrainResult"),
     "evaluate": ("fmmodel.scoring.evaluate", "evaluate"),
     "EvaluateConfig": ("fmmodel.scoring.config", "EvaluateConfig"),
@@ -37,7 +39,7 @@ _EXPORTS = {
 }
 
 __all__ = ["FmModelError", "__version__", "FmfWindowDataset", "load_model", "train", "TrainConfig", "TrainResult",
-           "evaluate", "EvaluateConfig", "predict", "PredictConfig"]
+           "resolve_train_config", "evaluate", "EvaluateConfig", "predict", "PredictConfig"]
 
 # Type checkers and IDEs see the same names imported eagerly. (TYPE_CHECKING is this module's own
 # False, which type checkers read as True: importing typing would cost this light module more
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     from fmmodel.data.dataset import FmfWindowDataset
     from fmmodel.model.checkpoint import load_model
     from fmmodel.runs.config import TrainConfig
+    from fmmodel.runs.settings import resolve_train_config
     from fmmodel.runs.train import TrainResult, train
     from fmmodel.scoring.config import EvaluateConfig, PredictConfig
     from fmmodel.scoring.evaluate import evaluate

@@ -18,6 +18,7 @@ from fmmodel.scoring.config import EvaluateConfig, PredictConfig
 from fmmodel.scoring.evaluate import evaluate
 from fmmodel.scoring.predict import predict
 
+from builders import cached_store
 from markdown_blocks import fenced_blocks, script
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "python-api.md"
@@ -117,3 +118,22 @@ def test_the_python_api_page_example_runs_as_it_stands(tmp_path):
     assert re.search(r"evaluation: n=\d+ accuracy=", out)
     assert "<xarray.Dataset>" in out and "frame_time" in out and "batch_01" in out
     assert "frame 10 of batch_01: (16, 16, 3) at 0.4 s" in out
+
+
+def test_a_preset_and_a_settings_file_reach_train_through_the_face(tmp_path_factory, tmp_path):
+    """fmmodel.resolve_train_config makes what `fmmodel train --preset --config` trains; given the
+    open store, it and train read that one handle; a run's config.json gives its settings again."""
+    store = fmdata.open_store(cached_store(tmp_path_factory))
+    x = tmp_path / "x"
+    cfg = fmmodel.resolve_train_config(preset="smoke", store=store, out=str(x), settings={"epochs": 1})
+    assert (cfg.preset, cfg.epochs, cfg.window.stride) == ("smoke", 1, 10)
+    result = fmmodel.train(cfg, progress=False, store=store)
+    assert len(result.history) == 1 and os.path.exists(result.best)
+    recorded = fmmodel.TrainConfig.load(x / "config.json")
+    again = fmmodel.resolve_train_config(config=x / "config.json", out=str(tmp_path / "y"))
+    assert again.identity() == recorded.identity() and again.preset == "smoke"
+    (tmp_path / "s.yaml").write_text("preset: cpu\nepochs: 10\nmodel: {depth: 2}\nwindow: {stride: 3}\n")
+    layered = fmmodel.resolve_train_config(config=tmp_path / "s.yaml", store=store, out=str(tmp_path / "z"),
+                                           settings={"lr": 0.002})
+    assert (layered.preset, layered.epochs, layered.lr, layered.model["depth"], layered.model["width"],
+            layered.window.stride) == ("cpu", 10, 0.002, 2, 32, 3)

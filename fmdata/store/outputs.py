@@ -18,7 +18,9 @@ command (:func:`output_exists`; :func:`prepare_target`, :func:`atomic_output`).
   pictures and videos of ``preview``, ``synth --preview`` and ``predict --video`` by a mark
   written into the file: a PNG carries a text chunk ``fmf-made-by``
   (:func:`fmdata.store.atomic.save_figure`), an MP4 a last top-level ``free`` box (which every
-  player skips) holding ``fmf-made-by:<command>`` (:func:`mark_mp4`).
+  player skips) holding ``fmf-made-by:<command>`` (:func:`mark_mp4`), and a Markdown file (a
+  run's model card) a first line ``<!-- fmf-made-by:<command> -->`` (:func:`text_mark`; an HTML
+  comment, which no Markdown viewer shows).
 * **A failed command leaves no folder it created** (:func:`folders_made_for`): the output's
   folders that a command made and left empty are removed when it fails.
 """
@@ -37,6 +39,7 @@ from fmdata.store.location import Location, LocationLike
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _MP4_PREFIX = f"{MADE_BY_KEY}:".encode()
+_TEXT_PREFIX = f"<!-- {MADE_BY_KEY}:".encode()
 
 
 # ---- an output apart from its inputs -----------------------------------------------------------
@@ -189,6 +192,9 @@ def made_by(path: str | os.PathLike[str]) -> str | None:
                 return _png_made_by(fh)
             if head[4:8] == b"ftyp":
                 return _mp4_made_by(fh, p.stat().st_size)
+            if head == _TEXT_PREFIX[:12]:
+                fh.seek(0)
+                return _text_made_by(fh.readline(256))
     except OSError:
         return None
     return None
@@ -211,6 +217,19 @@ def _png_made_by(fh: BinaryIO) -> str | None:
         if kind in (b"IDAT", b"IEND"):  # text chunks that matter come before the image data
             return None
         fh.seek(size + 4, os.SEEK_CUR)
+
+
+def text_mark(command: str) -> str:
+    """The first line that marks a text file (Markdown) as ``command``'s output."""
+    return f"<!-- {MADE_BY_KEY}:{command} -->"
+
+
+def _text_made_by(line: bytes) -> str | None:
+    """The command a text file's first ``line`` names (:func:`text_mark`), if it is such a line."""
+    text = line.rstrip(b"\r\n")
+    if not (text.startswith(_TEXT_PREFIX) and text.endswith(b" -->")):
+        return None
+    return text[len(_TEXT_PREFIX):-4].decode("utf-8", "replace").strip() or None
 
 
 def mark_mp4(path: str | os.PathLike[str], command: str) -> None:

@@ -10,7 +10,9 @@ run's state), :func:`fit_epoch` (one epoch of training, then validation) and :fu
 (checkpoints, metrics). The run folder holds ``config.json`` (the resolved
 :class:`TrainConfig`), ``last.pt`` and ``best.pt`` (toolkit checkpoints, atomic, plain tensors;
 ``last.pt`` also holds optimizer, scheduler, epoch and RNG state for ``--resume``),
-``metrics.csv`` (one row per epoch) and ``tb/`` (TensorBoard). Only rank 0 writes.
+``metrics.csv`` (one row per epoch), ``curves.png`` (:mod:`fmmodel.runs.curves`), ``README.md``
+(the model card, :mod:`fmmodel.scoring.card`) and ``tb/`` (TensorBoard). Only rank 0 writes. A
+run says once, after its first batches, how long it will take (:mod:`fmmodel.runs.eta`).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +36,7 @@ from torch import nn
 from tqdm import tqdm
 
 from fmdata.errors import Interrupted
+from fmdata.store import schema
 from fmdata.store.atomic import is_temporary, remove_tree
 from fmdata.store.handle import StoreHandle, StoreLike, location_of, open_store
 from fmdata.store.location import Location
@@ -46,12 +50,23 @@ from fmmodel.data.sampling import make_sampler, set_loader_epoch
 from fmmodel.data.windows import make_dataset, window_table_for
 from fmmodel.errors import FmModelError
 from fmmodel.model import checkpoint as ckpt_io
-from fmmodel.model.registry import build_model, model_info, model_source, resolve_variant, unwrap_model, user_variant
+from fmmodel.model.registry import (
+    VARIANTS,
+    build_model,
+    model_info,
+    model_source,
+    resolve_variant,
+    unwrap_model,
+    user_variant,
+)
 from fmmodel.model.user_models import DataDescription, ModelSource, check_output, trusted_source, user_code
 from fmmodel.runs.config import RUN_ENVIRONMENT, TrainConfig
+from fmmodel.runs.curves import write_curves
+from fmmodel.runs.eta import RunClock, cpu_advice
 from fmmodel.runs.identity import absolute_store, check_same_store, check_same_windows, store_identity, windows_identity
 from fmmodel.runtime import distributed as dd
 from fmmodel.runtime.precision import autocast, resolve_precision
+from fmmodel.scoring.card import card_tests, run_card, write_card
 from fmmodel.scoring.inference import model_inputs, run_inference
 from fmmodel.scoring.report import plain_params
 
@@ -105,6 +120,8 @@ class Run:
     best_score: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     writer: Any = None
+    clock: RunClock | None = None
+    card_refused: bool = False
 
     @property
     def last_path(self) -> str:
@@ -348,10 +365,11 @@ def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool = 
         check_same_windows(cfg.trained_on, cfg.runtime, wt, cfg.out)
     cfg.trained_on = {**store_identity(store), **windows_identity(cfg.windows, wt)}
     fce = np.asarray(store.frame_current_end, np.int64)
-    tr_rows, va_rows, vinfo = holdout_split(wt, fce, store.frame_offsets, cfg.val_fraction)
+    tr_rows, va_rows, vinfo = holdout_split(wt, fce, store.frame_offsets, cfg.val_fraction, table=cfg.windows)
     if len(tr_rows) == 0:
-        raise FmModelError(f"expected training windows after holding out validation, got none ({vinfo['recordings']});"
-                           " lower --val-fraction or --current-seconds, or use a longer training split", cfg.store)
+        raise FmModelError(_no_training_windows(cfg, wt), cfg.store)
+    if vinfo["adjusted"] and not resume:
+        dd.log(ctx, f"validation hold-out: {vinfo['adjusted']}")
     # a stored table's own parameters are what the model learns from: record them (evaluate
     # and predict rebuild the same windows from the checkpoint)
     cfg.window = WindowParams.from_dict({**cfg.window.to_dict(), **wt.params, "frames": int(wt.clip.shape[1])})
@@ -396,7 +414,38 @@ def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool = 
         run.net = nn.parallel.DistributedDataParallel(
             run.net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)
     run.writer = _summary_writer(os.path.join(cfg.out, TB_DIR)) if ctx.is_main else None
+    run.clock = RunClock(steps_per_epoch=run.steps_per_epoch, epochs=cfg.epochs, log=lambda line: _log(ctx, line),
+                         advice=_cpu_advice(cfg, device, int(np.sum(wt.column("split") == schema.SPLIT_TRAIN)),
+                                            train_ds.item_frame_shape))
     return run
+
+
+def _no_training_windows(cfg: TrainConfig, wt: Any) -> str:
+    """Why a run has no training window (its table has none in the training split), and options
+    that work together to give it some."""
+    what = (f"the window table {cfg.windows!r} has {len(wt):,} windows, none in the training split" if cfg.windows
+            else f"the windows built from the run's parameters ({len(wt):,}) include none in the training split")
+    how = ("build a table with shorter windows (fmdata windows STORE --name NAME with smaller --frames, --frame-step "
+           "or --current-seconds, or --policy reference) and pass --windows NAME, or leave out --windows and pass "
+           "those options" if cfg.windows else
+           "use shorter windows (smaller --frames, --frame-step or --current-seconds) or --policy reference")
+    return f"expected training windows, got none: {what}; {how}"
+
+
+def _cpu_advice(cfg: TrainConfig, device: torch.device, train_windows: int,
+                frame_shape: tuple[int, int]) -> Any:
+    """The advice a reference-size FmFormer reading video gets on the CPU (:func:`fmmodel.runs.eta.cpu_advice`)."""
+    if (device.type != "cpu" or cfg.variant not in VARIANTS or cfg.modality == "current"
+            or cfg.model.get("size", "reference") != "reference"):
+        return None
+    return cpu_advice(train_windows=train_windows, stride=cfg.window.stride,
+                      frame_pixels=int(frame_shape[0]) * int(frame_shape[1]))
+
+
+def _log(ctx: dd.DistContext, line: str) -> None:
+    """Print ``line`` on rank 0, above a progress bar if one is drawn."""
+    if ctx.is_main:
+        tqdm.write(line, file=sys.stderr)
 
 
 def build_run_model(cfg: TrainConfig, frame_size: tuple[int, int], source: ModelSource | None = None) -> nn.Module:
@@ -516,6 +565,8 @@ def fit_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
         rate = seen * ctx.world_size / max(time.perf_counter() - t0, 1e-9)
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", samples_s=f"{rate:,.0f}")
         bar.update(1)
+        if run.clock is not None:
+            run.clock.batch_done(epoch, step)
         if run.writer is not None and global_step % 10 == 0:
             run.writer.add_scalar("train/loss_step", value, global_step)
     bar.close()
@@ -605,8 +656,26 @@ def save_epoch(run: Run, epoch: int, row: dict[str, Any]) -> None:
             if isinstance(v, (int, float)) and k != "epoch":
                 run.writer.add_scalar(f"epoch/{k}", v, epoch + 1)
         run.writer.flush()
-        dd.log(ctx, _epoch_line(row))
+        _write_card_and_curves(run)
+        left = run.clock.epoch_done(epoch, row["seconds"]) if run.clock is not None else ""
+        dd.log(ctx, _epoch_line(row) + (f" | {left}" if left else ""))
     dd.barrier(ctx)
+
+
+def _write_card_and_curves(run: Run) -> None:
+    """Rank 0, after an epoch is saved: redraw curves.png and rewrite the model card (README.md),
+    keeping the test figures of checkpoints that still hold the epoch they scored."""
+    cfg = run.cfg
+    info = model_info(run.model)
+    size = (f"size {cfg.model.get('size', 'reference')}" if info.config is not None else "user's model")
+    write_curves(cfg.out, run.history, title=f"run {os.path.basename(os.path.abspath(cfg.out))}: {cfg.variant} "
+                                              f"({size}) on {os.path.basename(cfg.store.rstrip('/'))}")
+    parameters = sum(p.numel() for p in unwrap_model(run.model).parameters())
+    data = run_card(cfg.to_dict(), run.history, parameters=parameters, tests=card_tests(cfg.out))
+    if write_card(cfg.out, data) is None and not run.card_refused:
+        run.card_refused = True
+        dd.log(run.ctx, f"{os.path.join(cfg.out, 'README.md')}: not a model card (a file of yours?): left as it is; "
+                        "the run's card is not written")
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:

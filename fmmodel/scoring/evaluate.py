@@ -5,7 +5,9 @@ windows its metadata names (or reads a stored table), runs the model over the ch
 (:func:`fmmodel.scoring.inference.run_inference`) and reports, overall and per recording, the metrics of
 :mod:`fmmodel.scoring.metrics` plus throughput (FPS = windows / wall time of the whole loop, data loading
 included, as the reference test script measures it; ``model_fps`` counts model time only).
-Under ``torchrun`` every rank scores its own share and rank 0 writes the report.
+Under ``torchrun`` every rank scores its own share and rank 0 writes the report. A checkpoint of a
+run folder with a model card (``best.pt``, ``last.pt``) adds its test figures to the card
+(:func:`fmmodel.scoring.card.record_evaluation`).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from fmmodel.model.fmformer import count_parameters
 from fmmodel.protocol import ORIENTATION_REFERENCE
 from fmmodel.runtime import distributed as dd
 from fmmodel.runtime.precision import autocast, resolve_precision
+from fmmodel.scoring.card import record_evaluation
 from fmmodel.scoring.config import EvaluateConfig
 from fmmodel.scoring.inference import Inference, model_inputs, prepare, run_inference
 from fmmodel.scoring.metrics import THRESHOLD, predicted_abnormal, probabilities, summary_line
@@ -150,6 +153,10 @@ def evaluate(store: StoreLike, checkpoint: str, config: EvaluateConfig | None = 
             ex = _examples(p, res["records"], cfg.examples, ctx.device, prec)
             report["files"] = write_report(out, report, res["class_curves"], res["pixel_curves"], ex)
         report["summary"] = summary_line(metrics["overall"])
+        if ctx.is_main and meta.info.get("format", "toolkit") == "toolkit":  # a run's checkpoint: its card
+            said = record_evaluation(os.fspath(checkpoint), report, epoch=meta.info.get("epoch"))
+            if said:
+                dd.log(ctx, said)
         dd.barrier(ctx)
         return report
     finally:
