@@ -114,6 +114,12 @@ class AlarmPolicy:
         return cls(**d)
 
 
+# The policy ``fmmodel watch`` applies unless told otherwise (its --raise-threshold ... --hold options
+# override single fields). Chosen by measurement: docs/online.md, "Choosing the defaults".
+WATCH_POLICY = AlarmPolicy(raise_threshold=0.5, clear_threshold=0.3, smoothing="k_of_n", k=2, n=3, on_delay=1.0,
+                           hold=2.0)
+
+
 @dataclass(frozen=True)
 class AlarmEvent:
     """An alarm raised or cleared at a decision.
