@@ -112,6 +112,8 @@ health_options = grouped("health", stack(
 @health_options
 @click.option("--events", type=click.Path(), default=None, metavar="FILE",
               help="Append alarm events (process and health) to this JSON-lines file, each line synced.")
+@click.option("--scores", type=click.Path(), default=None, metavar="FILE",
+              help="Append every decision (time, anchor frame, score, latency, input age) to this JSON-lines file.")
 @click.option("--snapshots", type=click.Path(), default=None, metavar="DIR",
               help="Write a picture per process alarm (the anchor frame, the predicted mask's outline) here.")
 @click.option("--mqtt-events-topic", default=None, metavar="TOPIC",
@@ -135,16 +137,16 @@ def watch_cmd(checkpoint: str, fmt: str, variant: str | None, trusted: tuple[str
               recording: str | None, speed: float | None, inject: str | None, video: str | None,
               video_start: str | None, fps: float | None, current: str | None, mqtt_broker: str | None,
               mqtt_current_topic: str | None, every: float, duration: float | None, alarm: dict[str, Any],
-              health: dict[str, Any], events: str | None, snapshots: str | None, mqtt_events_topic: str | None,
-              metrics_every: float, prometheus: int | None, prometheus_addr: str, buffer_memory: int,
-              current_rate: float | None, device: str, precision: str | None, threads: int | None, as_json: bool,
-              progress: bool | None) -> None:
+              health: dict[str, Any], events: str | None, scores: str | None, snapshots: str | None,
+              mqtt_events_topic: str | None, metrics_every: float, prometheus: int | None, prometheus_addr: str,
+              buffer_memory: int, current_rate: float | None, device: str, precision: str | None,
+              threads: int | None, as_json: bool, progress: bool | None) -> None:
     """Watch a camera and a current log (or replay a store) with CHECKPOINT: a decision every --every
     seconds, alarms with smoothing, hysteresis, on-delay and hold, health alarms about the inputs,
     metrics as JSON lines on stdout. Ctrl-C stops it (exit 130) with every event written."""
     policy = dataclasses.replace(WATCH_POLICY, **{k: v for k, v in alarm.items() if v is not None})
     settings = WatchSettings(every=every, duration=duration, policy=policy, limits=HealthLimits(**health),
-                             events=events, snapshots=snapshots, mqtt_events_topic=mqtt_events_topic,
+                             events=events, scores=scores, snapshots=snapshots, mqtt_events_topic=mqtt_events_topic,
                              metrics_every=metrics_every, prometheus=prometheus, prometheus_addr=prometheus_addr,
                              buffer_memory=buffer_memory, current_rate=current_rate, device=device,
                              precision=precision, threads=threads)

@@ -36,6 +36,7 @@ from fmmodel.online.rings import CurrentRing, FrameRing, fit_frame
 
 REOPEN_AFTER = 1.0  # seconds of failed reads before a camera or stream is opened again
 MQTT_PORT = 1883
+FFMPEG_LOG = "OPENCV_FFMPEG_LOGLEVEL"
 
 
 def epoch_seconds(text: str) -> float:
@@ -77,7 +78,18 @@ class VideoSource:
         self.read_failures = 0
 
     def _open(self) -> Any:
-        cap = cv2.VideoCapture(int(self.spec) if self.spec.isdigit() else self.spec)
+        # OpenCV and FFmpeg log every failed open to stderr: the error below says it in one line
+        level = cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        ffmpeg = os.environ.get(FFMPEG_LOG)
+        os.environ[FFMPEG_LOG] = "-8"  # AV_LOG_QUIET, read by OpenCV when it opens a stream
+        try:
+            cap = cv2.VideoCapture(int(self.spec) if self.spec.isdigit() else self.spec)
+        finally:
+            cv2.utils.logging.setLogLevel(level)
+            if ffmpeg is None:
+                os.environ.pop(FFMPEG_LOG, None)
+            else:
+                os.environ[FFMPEG_LOG] = ffmpeg
         if not cap.isOpened():
             what = "video file" if self.is_file else "camera" if self.spec.isdigit() else "stream"
             raise FmModelError(f"expected a {what} that OpenCV can open, got one it cannot open", self.spec)

@@ -114,7 +114,7 @@ class DecisionLoop:
 
     def __init__(self, *, clock: Clock, cutter: WindowCutter, scorer: Scorer, frames: FrameRing | None,
                  current: CurrentRing | None, replay: ReplaySource | None, every: float, policy: AlarmPolicy,
-                 health: HealthMonitor, metrics: LiveMetrics, writers: Sequence[Writer],
+                 health: HealthMonitor, metrics: LiveMetrics, writers: Sequence[Writer], scores: Writer | None,
                  snapshots: str | None, origin: float | None, finite: Sequence[Any], duration: float | None,
                  metrics_every: float, on_metrics: Callable[[str, dict[str, Any]], None] | None,
                  on_status: Callable[[dict[str, Any]], None] | None, keep_decisions: bool,
@@ -123,7 +123,7 @@ class DecisionLoop:
         self.frames, self.current, self.replay = frames, current, replay
         self.every, self.health, self.metrics = float(every), health, metrics
         self.alarm = AlarmState(policy)
-        self.writers, self.snapshots, self.origin = list(writers), snapshots, origin
+        self.writers, self.scores, self.snapshots, self.origin = list(writers), scores, snapshots, origin
         self.finite, self.duration = list(finite), duration
         self.metrics_every, self.on_metrics, self.on_status = metrics_every, on_metrics, on_status
         self.keep, self.started, self.fps = keep_decisions, started, fps
@@ -204,6 +204,9 @@ class DecisionLoop:
         self.metrics.decision(latency, age)
         if self.keep:
             self.result.decisions.append(Decision(now, cut.frame, score, latency, age))
+        if self.scores is not None:
+            self.scores.write({"time": now, "frame": cut.frame, "score": score, "latency_ms": latency * 1e3,
+                               "age_s": age})
         for e in events:
             extra: dict[str, Any] = {}
             if mask is not None:

@@ -9,7 +9,8 @@ of the anchor frame (``mask``: its height, width, abnormal pixels and run-length
 its row-major 0/1 pixels, starting with a run of 0s) and the ``snapshot`` picture's path.
 
 The file is opened for appending and every line is flushed and synced as it is written: a watch
-stopped by Ctrl-C, or killed, leaves every event it had reported. Snapshots are never replaced:
+stopped by Ctrl-C, or killed, leaves every event it had reported. The scores file (``--scores``)
+gets one line per decision: ``time``, ``frame``, ``score``, ``latency_ms``, ``age_s``. Snapshots are never replaced:
 each name carries the watch's start time and the alarm's number.
 """
 from __future__ import annotations
@@ -53,25 +54,26 @@ def mask_from_rle(rle: dict[str, Any]) -> np.ndarray:
     return np.repeat(values, rle["counts"]).astype(np.uint8).reshape(rle["height"], rle["width"])
 
 
-class EventLog:
-    """Appends events to a JSON-lines file, each line flushed and synced."""
+class JsonLines:
+    """Appends records to a JSON-lines file, each line flushed (and synced when ``sync``: events are
+    few and must survive a crash; scores are many). ``field`` names the option the path came from."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, path: str, *, sync: bool, field: str) -> None:
+        self.path, self.sync = path, sync
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
-            raise FmModelError("expected the folder of the events file to exist, got none", folder, field="events")
+            raise FmModelError("expected the folder of the file to exist, got none", folder, field=field)
         try:
             self._fh = open(path, "a", encoding="utf-8")  # closed by close()
         except OSError as exc:
-            raise FmModelError(f"expected a writable events file, got {exc.strerror or exc}", path,
-                               field="events") from None
+            raise FmModelError(f"expected a writable file, got {exc.strerror or exc}", path, field=field) from None
 
-    def write(self, event: dict[str, Any]) -> None:
-        """Append one event."""
-        self._fh.write(json.dumps(event, separators=(",", ":"), default=str) + "\n")
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record."""
+        self._fh.write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
         self._fh.flush()
-        os.fsync(self._fh.fileno())
+        if self.sync:
+            os.fsync(self._fh.fileno())
 
     def close(self) -> None:
         self._fh.close()

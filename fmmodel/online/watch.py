@@ -36,7 +36,7 @@ from fmmodel.online.health import HealthLimits, HealthMonitor
 from fmmodel.online.live import CsvCurrentSource, MqttCurrentSource, VideoSource, epoch_seconds
 from fmmodel.online.loop import Decision, DecisionLoop, Scorer, Writer
 from fmmodel.online.metrics import LiveMetrics, PrometheusEndpoint
-from fmmodel.online.publish import EventLog, MqttPublisher
+from fmmodel.online.publish import JsonLines, MqttPublisher
 from fmmodel.online.replay import Faults, ReplaySource
 from fmmodel.online.rings import CurrentRing, FrameRing
 from fmmodel.protocol import PREPROCESSING_REFERENCE
@@ -83,6 +83,7 @@ class WatchSettings:
     policy: AlarmPolicy = WATCH_POLICY
     limits: HealthLimits = HealthLimits()
     events: str | None = None
+    scores: str | None = None
     snapshots: str | None = None
     mqtt_events_topic: str | None = None
     metrics_every: float = 10.0
@@ -293,9 +294,13 @@ def watch(checkpoint: str, sources: Sources, settings: WatchSettings = WatchSett
     started = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     try:
         if settings.events:
-            log = EventLog(settings.events)
+            log = JsonLines(settings.events, sync=True, field="events")
             writers.append(log)
             closers.append(log.close)
+        scores = None
+        if settings.scores:
+            scores = JsonLines(settings.scores, sync=False, field="scores")
+            closers.append(scores.close)
         if settings.mqtt_events_topic:
             assert sources.mqtt_broker is not None
             pub = MqttPublisher(sources.mqtt_broker, settings.mqtt_events_topic)
@@ -313,7 +318,7 @@ def watch(checkpoint: str, sources: Sources, settings: WatchSettings = WatchSett
         scorer.calls = 0
         loop = DecisionLoop(clock=clock, cutter=cutter, scorer=scorer, frames=frames, current=current, replay=replay,
                             every=settings.every, policy=settings.policy, health=health, metrics=LiveMetrics(),
-                            writers=writers, snapshots=settings.snapshots, origin=origin, finite=finite,
+                            writers=writers, scores=scores, snapshots=settings.snapshots, origin=origin, finite=finite,
                             duration=settings.duration, metrics_every=settings.metrics_every, on_metrics=on_metrics,
                             on_status=on_status, keep_decisions=keep_decisions, started=started, fps=fps)
         if settings.prometheus is not None:
