@@ -401,3 +401,26 @@ def score_stream(duration: float, events: Sequence[tuple[float, float]], *, seed
     score = 1 / (1 + np.exp(-logit))
     score[rng.random(t.size) < dropout] = np.nan
     return t, score
+
+
+def marked_recording(seconds: float, events: Sequence[tuple[float, float]] = (), *, fps: float = 25.0, size: int = 16,
+                     seed: int = 0, name: str = "marked") -> store.RecordingArrays:
+    """A V1-like recording (one current row per frame) whose abnormal pixels are marked in the video.
+
+    Between each event's (onset, offset) seconds a 6x6 hot spot is abnormal (the mask is 1 there)
+    and painted pure red (255, 0, 0); every other pixel is random below 200. So a model can read a
+    frame's labelled abnormal share off the frame itself (the oracle of tests/watch_models.py).
+    """
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * fps))
+    t = np.arange(n) / fps
+    video = rng.integers(0, 200, (n, size, size, 3), dtype=np.uint8)
+    mask = np.zeros((n, size, size), np.uint8)
+    for onset, offset in events:
+        mask[(t >= onset) & (t < offset), 5:11, 5:11] = 1
+    video[mask == 1] = (255, 0, 0)
+    return store.RecordingArrays(
+        video=video, mask=mask, split=train_gap_test(n), frame_time=t, current=rng.normal(9000.0, 300.0, (n, 3)),
+        current_time=t.copy(), frame_current_end=np.arange(1, n + 1, dtype=np.int64),
+        info=schema.RecordingInfo(name=name, source_path="memory", source_bytes=0, layout="v1", n_frames=n,
+                                  n_current=n))

@@ -48,6 +48,10 @@ class RealClock:
     def now(self) -> float:
         return self.start + (time.monotonic() - self._t0) * self.speed
 
+    def restart(self) -> None:
+        """Run from ``start`` again, from now on (a replay starts when its loop does, not when it was opened)."""
+        self._t0 = time.monotonic()
+
     def wait_until(self, t: float) -> None:
         while True:
             left = (t - self.now()) / self.speed

@@ -155,7 +155,7 @@ class DecisionLoop:
         self.metrics.counts["frames_in"], self.metrics.counts["frames_dropped"] = frames_in, dropped
         if self.current is not None:
             self.metrics.counts["current_rows_in"] = self.current.count
-        return {"stream_time": round(now, 3), "score": self.last_score, "alarm": self.alarm.active,
+        return {"stream_time": round(now, 3), "origin": self.origin, "score": self.last_score, "alarm": self.alarm.active,
                 "health": self.health.active(), "health_checked": list(self.health.states),
                 "started": self.started}
 
@@ -205,8 +205,8 @@ class DecisionLoop:
         if self.keep:
             self.result.decisions.append(Decision(now, cut.frame, score, latency, age))
         if self.scores is not None:
-            self.scores.write({"time": now, "frame": cut.frame, "score": score, "latency_ms": latency * 1e3,
-                               "age_s": age})
+            self.scores.write({"time": now, "frame": cut.frame, "stamp": cut.stamp, "score": score,
+                               "latency_ms": latency * 1e3, "age_s": age})
         for e in events:
             extra: dict[str, Any] = {}
             if mask is not None:

@@ -10,7 +10,8 @@ its row-major 0/1 pixels, starting with a run of 0s) and the ``snapshot`` pictur
 
 The file is opened for appending and every line is flushed and synced as it is written: a watch
 stopped by Ctrl-C, or killed, leaves every event it had reported. The scores file (``--scores``)
-gets one line per decision: ``time``, ``frame``, ``score``, ``latency_ms``, ``age_s``. Snapshots are never replaced:
+gets one line per decision: ``time``, ``frame`` and its ``stamp`` (stream seconds), ``score``,
+``latency_ms``, ``age_s``. Snapshots are never replaced:
 each name carries the watch's start time and the alarm's number.
 """
 from __future__ import annotations

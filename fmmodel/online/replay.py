@@ -12,8 +12,9 @@ deterministic), real clocks from a producer thread (:meth:`ReplaySource.run`).
 :class:`Faults` (``--inject``) change what is released, to rehearse the health alarms on known
 data: ``drop`` (a share of frames never released), ``freeze`` (frames of a span show the span's
 first image: a frozen camera), ``gap`` (current rows of a span never released) and ``skew`` (from
-a time on, current rows are released that many seconds before their stamps: the current's clock
-runs ahead of the video's). Times are seconds from the replay's first frame.
+a time on, the current rows that arrive are stamped that many seconds ahead: the current's clock
+runs ahead of the video's; a negative skew, behind it). Times are seconds from the replay's first
+frame.
 """
 from __future__ import annotations
 
@@ -146,7 +147,9 @@ class ReplaySource:
         self._image_of = image_of
         crel = current_time - self.start
         c_keep = ~_within(crel, faults.gap)
-        release = current_time - np.where(crel >= faults.skew_from, faults.skew, 0.0) if faults.skew else current_time
+        # skew: what arrives from skew_from on is stamped ``skew`` seconds ahead of the video's clock
+        shifted = crel - faults.skew >= faults.skew_from
+        release = current_time - np.where(shifted, faults.skew, 0.0) if faults.skew else current_time
         order = np.flatnonzero(c_keep)
         order = order[np.argsort(release[order], kind="stable")]
         self._c_stamp, self._c_values, self._c_release = current_time[order], current[order], release[order]

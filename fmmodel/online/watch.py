@@ -316,6 +316,8 @@ def watch(checkpoint: str, sources: Sources, settings: WatchSettings = WatchSett
                         precision=precision, name=meta.variant, user=meta.source is not None)
         scorer(cutter.blank(shape))  # warm-up: the first call's one-off costs are no decision's latency
         scorer.calls = 0
+        if replay is not None and isinstance(clock, RealClock):
+            clock.restart()  # the replay's stream time starts now, with its loop
         loop = DecisionLoop(clock=clock, cutter=cutter, scorer=scorer, frames=frames, current=current, replay=replay,
                             every=settings.every, policy=settings.policy, health=health, metrics=LiveMetrics(),
                             writers=writers, scores=scores, snapshots=settings.snapshots, origin=origin, finite=finite,
