@@ -119,8 +119,9 @@ class VideoSource:
                     continue
                 failing_since = math.nan
                 stamp = self.start + i / float(self.fps or 1.0) if self.is_file else clock.now()
-                rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-                frames.push(i, stamp, clock.now(), None if self.shape is None else fit_frame(rgb, self.shape))
+                if self.shape is not None:  # shrink first: the colour swap then touches 64x64 pixels, not a camera's
+                    image = cv2.cvtColor(fit_frame(image, self.shape), cv2.COLOR_BGR2RGB)
+                frames.push(i, stamp, clock.now(), None if self.shape is None else image)
                 i += 1
         finally:
             self._cap.release()
