@@ -39,7 +39,7 @@ from fmmodel.model.registry import build_model
 from fmmodel.online import Sources, WatchSettings, watch
 from fmmodel.online.rings import FrameRing, fit_frame
 
-TINY = dict(width=32, heads=2, head_dim=16, mlp_dim=64, depth=1)
+TINY: dict[str, Any] = dict(width=32, heads=2, head_dim=16, mlp_dim=64, depth=1)
 
 
 def make_store(path: str, seconds: float, size: int) -> str:
@@ -70,7 +70,8 @@ def make_checkpoint(path: str, size: str) -> tuple[str, float]:
         window = WindowParams(frame_step=6, current_seconds=30.0, current_rows=60)
     save_checkpoint(path, model, orientation="reference", preprocessing="reference",
                     info={"window": window.to_dict(), "fps": 25.0})
-    frames, rows = model.config.frames, model.config.current_rows
+    cfg: Any = getattr(model, "config")  # noqa: B009  (an FmFormer: its sizes)
+    frames, rows = int(cfg.frames), int(cfg.current_rows)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model.eval()(video=torch.zeros(1, 3, frames, 64, 64), current=torch.zeros(1, rows, 3))
     return path, counter.get_total_flops() / 1e9
