@@ -10,8 +10,7 @@ from click.core import ParameterSource
 
 from fmdata.store import Location, WindowParams
 from fmmodel import protocol
-from fmmodel.model.checkpoint import CHECKPOINT_FORMATS
-from fmmodel.model.registry import VARIANTS, choose_variant
+from fmmodel.model.registry import choose_variant
 from fmmodel.runs.config import TrainConfig
 from fmmodel.runs.train import default_run_folder, resume_run, train
 from fmmodel.scoring.evaluate import evaluate
@@ -19,6 +18,7 @@ from fmmodel.scoring.predict import predict
 from fmmodel.scoring.report import format_report
 
 from .errors import user_errors
+from .model_options import checkpoint_option, format_option, trusted_option, variant_option, windows_option
 from .options import (
     STORE,
     batch_size_option,
@@ -34,19 +34,7 @@ from .options import (
     training_options,
 )
 
-checkpoint_options = stack(
-    click.option("--checkpoint", required=True, type=click.Path(),
-                 help="A toolkit checkpoint (best.pt, last.pt) or the authors' state_dict (.pth)."),
-    click.option("--format", "fmt", type=click.Choice(CHECKPOINT_FORMATS), default="auto", show_default=True,
-                 help="Checkpoint format: toolkit, reference (the authors' key names), or auto (by content)."),
-    click.option("--variant", type=click.Choice(sorted(VARIANTS)), default=None,
-                 help="Model variant of a reference checkpoint (default: from its key names)."),
-    click.option("--windows", default=None, metavar="NAME",
-                 help="Stored window table (default: windows built as the checkpoint says)."),
-    click.option("--model", "trusted", multiple=True, metavar="MODEL",
-                 help="A user's model (module:name or file.py:name) whose code a checkpoint may import; installed "
-                      "models (entry points of group fmmodel.models) need not be named."),
-)
+checkpoint_options = stack(checkpoint_option, format_option, variant_option, windows_option, trusted_option)
 
 
 def _rank0() -> bool:
