@@ -41,9 +41,8 @@ from fmmodel.online.replay import Faults, ReplaySource
 from fmmodel.online.rings import CurrentRing, FrameRing
 from fmmodel.protocol import PREPROCESSING_REFERENCE
 from fmmodel.runtime.distributed import resolve_device
-from fmmodel.runtime.precision import resolve_precision
-from fmmodel.scoring.alarms import WATCH_POLICY, AlarmPolicy
-from fmmodel.scoring.inference import load_for_inference
+from fmmodel.scoring.alarms import WATCH_EVERY, WATCH_POLICY, AlarmPolicy
+from fmmodel.scoring.inference import inference_precision, load_for_inference
 
 FPS_TOLERANCE = 0.1  # a video's frame rate may differ this much (relative) from the one the windows were built at
 RING_MARGIN_SECONDS = 2.0  # rings hold this much more than a window needs (late readers, the drop window)
@@ -78,7 +77,7 @@ class Sources:
 class WatchSettings:
     """How to decide and report: decision interval, alarm policy, health limits, outputs, buffers."""
 
-    every: float = 0.5
+    every: float = WATCH_EVERY
     duration: float | None = None
     policy: AlarmPolicy = WATCH_POLICY
     limits: HealthLimits = HealthLimits()
@@ -215,8 +214,8 @@ def watch(checkpoint: str, sources: Sources, settings: WatchSettings = WatchSett
     if settings.threads:
         torch.set_num_threads(settings.threads)  # one decision is a batch of one: more threads mostly wait
     device = resolve_device(settings.device)
-    precision = resolve_precision(settings.precision, device)
-    model, meta = load_for_inference(checkpoint, fmt, variant, device, trusted)
+    model, meta = load_for_inference(checkpoint, fmt, variant, device, trusted, settings.precision)
+    precision = inference_precision(model, settings.precision, device)
     data = meta.description
     reads_video, reads_current = "video" in data.inputs, "current" in data.inputs
     if not sources.replay:

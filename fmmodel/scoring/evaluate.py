@@ -24,8 +24,8 @@ from fmmodel.data.sampling import check_loader_workers
 from fmmodel.errors import FmModelError
 from fmmodel.protocol import ORIENTATION_REFERENCE
 from fmmodel.runtime import distributed as dd
-from fmmodel.runtime.precision import autocast, resolve_precision
-from fmmodel.scoring.inference import Inference, model_inputs, prepare, run_inference
+from fmmodel.runtime.precision import autocast
+from fmmodel.scoring.inference import Inference, inference_precision, model_inputs, prepare, run_inference
 from fmmodel.scoring.metrics import THRESHOLD, predicted_abnormal, probabilities, summary_line
 from fmmodel.scoring.report import Example, plain_params, write_report
 
@@ -106,8 +106,8 @@ def evaluate(store: LocationLike, checkpoint: str, *, fmt: str = "auto", variant
     try:
         p = prepare(location, checkpoint, fmt=fmt, variant=variant, split=split, windows=windows, ctx=ctx,
                     batch_size=batch_size, workers=workers, data=data, resident_budget=resident_budget,
-                    progress=progress, protocol=protocol, trusted=trusted)
-        prec = resolve_precision(precision, ctx.device)
+                    progress=progress, protocol=protocol, trusted=trusted, precision=precision)
+        prec = inference_precision(p.model, precision, ctx.device)
         res = run_inference(p.model, p.loader, ctx, task=p.task, precision=prec,
                             recordings=p.store_meta.n_recordings, progress=progress, pixel_rule=p.protocol)
         names = p.recording_names

@@ -45,8 +45,7 @@ from fmmodel.data.sampling import check_loader_workers
 from fmmodel.errors import FmModelError
 from fmmodel.protocol import ORIENTATION_REFERENCE, SPLITS
 from fmmodel.runtime import distributed as dd
-from fmmodel.runtime.precision import resolve_precision
-from fmmodel.scoring.inference import prepare, run_inference
+from fmmodel.scoring.inference import inference_precision, prepare, run_inference
 from fmmodel.scoring.metrics import THRESHOLD, predicted_abnormal
 from fmmodel.scoring.report import plain_params
 
@@ -199,7 +198,7 @@ def _predict(location: Location, checkpoint: str, ctx: dd.DistContext, *, fmt: s
     p = prepare(location, checkpoint, fmt=fmt, variant=variant, split=split, windows=windows, ctx=ctx,
                 batch_size=batch_size, workers=workers, data=data, resident_budget=resident_budget,
                 progress=progress, sampler=lambda n, c: BlockSampler(*block_of(n, c.rank, c.world_size)),
-                trusted=trusted)
+                trusted=trusted, precision=precision)
     ds, meta, task = p.dataset, p.meta, p.task
     n = len(ds)
     seg = task == "seg"
@@ -217,7 +216,7 @@ def _predict(location: Location, checkpoint: str, ctx: dd.DistContext, *, fmt: s
     dd.barrier(ctx)
     start, stop = block_of(n, ctx.rank, ctx.world_size)
     writer = _Writer(tmp, start, seg, meta.orientation)
-    prec = resolve_precision(precision, ctx.device)
+    prec = inference_precision(p.model, precision, ctx.device)
     res = run_inference(p.model, p.loader, ctx, task=task, precision=prec,
                         recordings=p.store_meta.n_recordings, progress=progress, keep=writer.add,
                         desc="predict")
