@@ -25,8 +25,10 @@ from fmmodel.errors import FmModelError
 from fmmodel.protocol import ORIENTATION_REFERENCE
 from fmmodel.runtime import distributed as dd
 from fmmodel.runtime.precision import autocast
+from fmmodel.scoring.alarms import WATCH_EVERY, AlarmPolicy
 from fmmodel.scoring.inference import Inference, inference_precision, model_inputs, prepare, run_inference
 from fmmodel.scoring.metrics import THRESHOLD, predicted_abnormal, probabilities, summary_line
+from fmmodel.scoring.offline_alarms import FrameTable, alarms_of_windows
 from fmmodel.scoring.report import Example, plain_params, write_report
 
 
@@ -80,7 +82,8 @@ def evaluate(store: LocationLike, checkpoint: str, *, fmt: str = "auto", variant
              windows: str | None = None, out: str | None = None, batch_size: int = 64, workers: int = 2,
              device: str = "auto", precision: str | None = None, examples: int = 8, data: str = "auto",
              resident_budget: int | None = None, progress: bool = True, protocol: str | None = None,
-             trusted: Sequence[str] = ()) -> dict[str, Any]:
+             trusted: Sequence[str] = (), alarms: AlarmPolicy | None = None,
+             alarm_every: float = WATCH_EVERY) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``store``; return the report dict (and write it under ``out``).
 
     ``fmt``: "auto", "toolkit" or "reference" (the authors' state_dict; ``variant`` names it when
@@ -93,7 +96,10 @@ def evaluate(store: LocationLike, checkpoint: str, *, fmt: str = "auto", variant
     choose the data path (:mod:`fmmodel.data.paths`). ``trusted`` names users' models whose factory
     the checkpoint may import. The report holds metrics overall and per recording, FPS (the scoring
     loop; a resident load is timed apart, under ``data``), the protocol, what was evaluated, the
-    data path, and (with ``out``) the paths of report.json and the pictures.
+    data path, and (with ``out``) the paths of report.json and the pictures. With ``alarms`` (a
+    policy) it also holds, under "alarms", the windows' scores judged as an operator would
+    (:func:`fmmodel.scoring.offline_alarms.alarms_of_windows`: decisions every ``alarm_every``
+    seconds, alarms under the policy, scored as events against the frame labels).
     """
     location = Location.parse(store)
     check_loader_workers(workers)
@@ -136,6 +142,11 @@ def evaluate(store: LocationLike, checkpoint: str, *, fmt: str = "auto", variant
                 "fps": "windows / wall time of the whole loop incl. data loading",
             },
         }
+        if alarms is not None:
+            table = FrameTable.read(p.root, str(location))
+            run = alarms_of_windows(table, res["records"]["key"], res["records"]["prob"], policy=alarms,
+                                    every=alarm_every)
+            report["alarms"] = run.to_dict()
         if out and ctx.is_main:
             ex = _examples(p, res["records"], examples, ctx.device, prec)
             report["files"] = write_report(out, report, res["class_curves"], res["pixel_curves"], ex)
