@@ -125,9 +125,9 @@ def measure_source(out: Path, name: str, sources: list[Path], windows: int, repe
         windows_cmd = [FMDATA, "windows", str(stores[lay]), "--name", "bench", "--no-progress"]
         subprocess.run(windows_cmd, check=True, capture_output=True)
     # one sample of reference windows for both stores (the same frames and current rows in each)
-    from fmdata.store import open_store, read_window_table
+    from fmdata.store import open_store
 
-    table = read_window_table(open_store(stores["plain"]), "bench")
+    table = open_store(stores["plain"]).window_table("bench")
     full = np.flatnonzero(np.all(np.diff(table.clip, axis=1) == 18, axis=1))
     rows = np.random.default_rng(0).choice(full, size=min(windows, len(full)), replace=False)
     rows_file = out / f"{name}-rows.npy"

@@ -13,6 +13,7 @@ from fmmodel import protocol
 from fmmodel.model.registry import choose_variant
 from fmmodel.runs.config import TrainConfig
 from fmmodel.runs.train import default_run_folder, resume_run, train
+from fmmodel.scoring.config import EvaluateConfig, PredictConfig
 from fmmodel.scoring.evaluate import evaluate
 from fmmodel.scoring.predict import predict
 from fmmodel.scoring.report import format_report
@@ -134,11 +135,10 @@ def evaluate_cmd(store: Location, checkpoint: str, fmt: str, variant: str | None
     """Score CHECKPOINT on STORE's test split: class level (accuracy, F1, precision, recall, FDR, MDR,
     AUROC, AP, confusion matrix), pixel level for segmenters (pixel accuracy, mean pixel accuracy,
     mIoU, pixel AUROC/AP), FPS; overall and per recording."""
-    report = evaluate(store, checkpoint, fmt=fmt, variant=variant, split=split, windows=windows, out=out,
-                      trusted=trusted,
-                      batch_size=batch_size, workers=workers, device=device, precision=precision,
-                      examples=examples, data=data, resident_budget=resident_budget, progress=progress_flag(progress),
-                      protocol=protocol)
+    cfg = EvaluateConfig(fmt=fmt, variant=variant, split=split, windows=windows, out=out, batch_size=batch_size,
+                         workers=workers, device=device, precision=precision, examples=examples, data=data,
+                         resident_budget=resident_budget, protocol=protocol, trusted=trusted)
+    report = evaluate(store, checkpoint, cfg, progress=progress_flag(progress))
     if not _rank0():
         return
     click.echo(json.dumps(report, indent=2, default=str) if as_json else format_report(report))
@@ -167,10 +167,11 @@ def predict_cmd(store: Location, checkpoint: str, fmt: str, variant: str | None,
                 progress: bool | None) -> None:
     """Write per-window class probabilities (and predicted masks of segmentation models), aligned to
     each window's labelled frame, into a Zarr v3 store; optionally an overlay video."""
-    s = predict(store, checkpoint, out, fmt=fmt, variant=variant, split=split, windows=windows, trusted=trusted,
-                batch_size=batch_size, workers=workers, device=device, precision=precision, overwrite=overwrite,
-                video=video, video_max_frames=video_max_frames, data=data, resident_budget=resident_budget,
-                progress=progress_flag(progress))
+    cfg = PredictConfig(fmt=fmt, variant=variant, split=split, windows=windows, batch_size=batch_size,
+                        workers=workers, device=device, precision=precision, data=data,
+                        resident_budget=resident_budget, trusted=trusted, overwrite=overwrite, video=video,
+                        video_max_frames=video_max_frames)
+    s = predict(store, checkpoint, out, cfg, progress=progress_flag(progress))
     if _rank0():
         click.echo(f"wrote {s['windows']:,} window predictions ({s['variant']}) to {s['out']}"
                    + (f"; video: {s['video']}" if s.get("video") else ""))

@@ -58,9 +58,9 @@ def test_v1_and_v2_convert_losslessly_with_aligned_indices(mixed, tmp_path):
     report = convert(sources, out, workers=2, chunk_frames=3, shard_frames=12, progress=False)
     assert (report.n_recordings, report.n_frames, report.units_resumed) == (3, 50 + 29 + 40, 0)
     root = store.open_store(out)
-    meta = store.read_meta(root)
+    meta = root.meta
     assert (meta.complete, meta.height, meta.width, meta.fps, meta.n_recordings) == (True, 6, 10, 25.0, 3)
-    f_off, c_off = store.read_offsets(root)
+    f_off, c_off = root.offsets
     np.testing.assert_array_equal(f_off, [0, 50, 79, 119])
     v1 = read_v1_independently(sources[0])
     r1, r2 = read_v2_independently(d / "v2", "r1"), read_v2_independently(d / "v2", "r2")
@@ -83,7 +83,7 @@ def test_v1_and_v2_convert_losslessly_with_aligned_indices(mixed, tmp_path):
     np.testing.assert_array_equal(end[79:], [c_off[2] + int((r2["current_ts"] <= t).sum()) for t in r2["frame_ts"]])
     ctime = root[schema.CURRENT_TIME][:]
     assert (ctime[c_off[1]:c_off[2]][end[50:79] - c_off[1] - 1] <= ftime[50:79]).all()
-    infos = store.read_recordings(root)
+    infos = root.recordings
     assert [(i.name, i.layout, i.n_frames) for i in infos] == [("first", "v1", 50), ("r1", "v2", 29), ("r2", "v2", 40)]
     assert infos[0].source_path == sources[0] and infos[0].source_bytes == os.path.getsize(sources[0])
     assert infos[0].source_storage["variables"]["video"] == json.loads(json.dumps(
@@ -227,7 +227,7 @@ def test_a_killed_conversion_resumes_to_the_same_store(synth_v1, tmp_path, layou
     assert verify(out, [str(synth_v1)], workers=1, progress=False).ok
     ref = tmp_path / "ref.zarr"
     convert([str(synth_v1)], ref, workers=1, shard_frames=32, progress=False, layout=layout)
-    assert store.read_meta(store.open_store(out)).layouts == store.read_meta(store.open_store(ref)).layouts
+    assert store.open_store(out).meta.layouts == store.open_store(ref).meta.layouts
     a, b = store.open_store(out), store.open_store(ref)
     for name in SOURCE_ARRAYS:
         np.testing.assert_array_equal(a[name][:], b[name][:], err_msg=name)

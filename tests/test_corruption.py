@@ -86,7 +86,7 @@ def test_a_pristine_store_verifies_derived_data_included(pristine):
     assert root.attrs[schema.ATTR_STATS]["checksum"] and schema.ATTR_CHECKSUMS in root[schema.FRAME_LABEL].attrs
     assert schema.ATTR_CHECKSUMS in root[schema.WINDOWS_GROUP]["w"].attrs
     # every chunk carries its CRC-32C (format 2), which stock zarr checks too
-    assert store.read_meta(root).version == schema.FORMAT_VERSION == 2
+    assert root.meta.version == schema.FORMAT_VERSION == 2
     for name in (schema.VIDEO, schema.CURRENT, schema.FRAME_LABEL):
         codecs = json.loads((pristine[0] / name / "zarr.json").read_text())["codecs"]
         inner = codecs[0]["configuration"]["codecs"] if codecs[0]["name"] == "sharding_indexed" else codecs
@@ -242,7 +242,7 @@ def flip_copied_chunk(path: Path, array: str, frame: int) -> tuple[int, int]:
 
 def test_a_flipped_byte_in_a_copied_chunk_is_caught_by_every_reader(copied, pristine, tmp_path):
     path = Path(shutil.copytree(copied, tmp_path / "s.zarr"))
-    assert store.read_meta(store.open_store(path)).layouts == {schema.VIDEO: "source", schema.MASK: "source"}
+    assert store.open_store(path).meta.layouts == {schema.VIDEO: "source", schema.MASK: "source"}
     a, b = flip_copied_chunk(path, schema.VIDEO, TRAIN_FRAME)
     stats = run([FMDATA, "stats", path, "--force", "--no-progress"])  # the block reader: the shard file's CRC-32C
     assert stats.returncode == 1
@@ -289,7 +289,7 @@ def test_stores_of_format_1_are_checked_where_whole_blocks_are_read(tmp_path):
     path = tmp_path / "v1.zarr"
     root = store.write_store_from_arrays(path, recs, fps=25.0, chunking=Chunking(1, 16, 64), format_version=1)
     write_window_table(root, "w", clip_window_table(recs, frames=4, step=3, current_rows=8, current_span=50))
-    assert store.read_meta(store.open_store(path)).version == 1
+    assert store.open_store(path).meta.version == 1
     ds = FmfWindowDataset(path, "w")
     assert len(ds.__getitems__(np.arange(len(ds))).tensors["label"]) == len(ds)  # intact: reads fine
     # a current chunk is a whole write block: its decoded values are checked against the recorded CRC
@@ -360,7 +360,7 @@ def test_a_store_with_damaged_offsets_is_one_line(pristine, tmp_path):
     offsets = zarr.open_array(path / schema.RECORDING_FRAME_OFFSETS, mode="r+")
     offsets[1] = 700  # a valid chunk, other values: only the recorded checksum tells
     with pytest.raises(FmDataError, match="recording_frame_offsets recording_edges 0..1: expected data matching"):
-        store.read_offsets(store.open_store(path))
+        store.read_offsets(store.open_store(path).root)
 
 
 def test_verify_reports_a_damaged_or_missing_offsets_chunk(pristine, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fmdata.derive import build_window_table, load_index
-from fmdata.store import WindowParams, open_store, read_window_table, schema
+from fmdata.store import WindowParams, open_store, schema
 from fmmodel.errors import FmModelError
 from fmmodel.model.checkpoint import save_checkpoint
 from fmmodel.model.registry import build_model
@@ -103,7 +103,7 @@ def test_reference_checkpoint_evaluates_with_reference_inputs(store64, tmp_path)
     report = json.load(open(tmp_path / "ev" / "report.json"))
     assert report["variant"] == "vicu_cls" and report["orientation"] == "reference"
     assert report["preprocessing"] == "reference" and report["windows"]["name"] == "ref10"
-    table = read_window_table(open_store(store64), "ref10")
+    table = open_store(store64).window_table("ref10")
     assert report["windows"]["count"] == int(np.sum(table.column("split") == schema.SPLIT_TEST)) > 0
     # a table whose clips do not fit the model is refused
     with pytest.raises(FmModelError, match="10 frames"):

@@ -9,7 +9,7 @@ import pytest
 
 from fmdata.convert import convert, verify
 from fmdata.errors import FmDataError
-from fmdata.store import open_store, read_recordings
+from fmdata.store import open_store
 
 from builders import v1_arrays, write_v1
 from processes import FMDATA, one_line_error, run
@@ -37,14 +37,14 @@ def test_mask_nonzero_maps_above_zero_to_one_records_it_and_verify_agrees(mask25
     root = open_store(str(out))
     want = (label > 0).transpose(2, 0, 1).astype(np.uint8)  # MATLAB (H, W, N) -> store (N, H, W)
     np.testing.assert_array_equal(root["mask"][:], want)
-    assert read_recordings(root)[0].mask_nonzero
+    assert root.recordings[0].mask_nonzero
     r = run([FMDATA, "verify", out, "--source", src])
     assert r.returncode == 0 and "every element equal the sources" in r.stdout, r.stdout + r.stderr
     # a store converted without the option is compared with 0/1 sources: its recording says so
     plain = tmp_path / "plain.mat"
     write_v1(plain, {**arrays, "label": (label > 0).astype(np.uint8)}, classes={"label": "uint8"})
     convert([str(plain)], str(tmp_path / "p.zarr"), workers=1, progress=False)
-    assert not read_recordings(open_store(str(tmp_path / "p.zarr")))[0].mask_nonzero
+    assert not open_store(str(tmp_path / "p.zarr")).recordings[0].mask_nonzero
     assert verify(str(tmp_path / "p.zarr"), [str(plain)], workers=1, progress=False).ok
 
 

@@ -12,7 +12,7 @@ from fmdata.compute import DaskOptions
 from fmdata.derive import make_windows
 from fmdata.derive.preview import MAX_PNG_FRAMES, render_preview
 from fmdata.errors import FmDataError
-from fmdata.store import WindowParams, open_store, read_window_table, schema
+from fmdata.store import WindowParams, open_store, schema
 
 from builders import recording, write_store
 
@@ -60,7 +60,7 @@ def test_a_long_clip_draws_a_bounded_picture(dark_store, tmp_path):
 def test_preview_of_a_stored_window_uses_that_table(dark_store, tmp_path):
     p = WindowParams(frames=3, frame_step=7, current_seconds=5, current_rows=10)
     make_windows(dark_store, "w", p, options=DaskOptions(progress=False))
-    table = read_window_table(open_store(dark_store), "w")
+    table = open_store(dark_store).window_table("w")
     row = table.table[table.column("frame") == 120 + 30][0]  # recording 1, local frame 30
     r = render_preview(dark_store, 30, str(tmp_path / "w.png"), recording=1, windows="w").to_dict()
     assert r["frame"] == 150 and r["clip"] == [int(c) - 120 for c in row[6:]]

@@ -48,16 +48,16 @@ def test_store_round_trip_keeps_every_element_and_axis_names(tmp_path):
     recs = [_recording(37, 5, 1), _recording(20, 3, 2)]
     store.write_store_from_arrays(tmp_path / "s.zarr", recs, fps=25.0, chunking=store.Chunking(1, 8))
     root = store.open_store(tmp_path / "s.zarr")
-    meta = store.read_meta(root)
+    meta = root.meta
     assert (meta.n_frames, meta.n_current, meta.n_recordings, meta.height, meta.width) == (57, 8, 2, 8, 6)
     np.testing.assert_array_equal(root[schema.VIDEO][:], np.concatenate([r.video for r in recs]))
     np.testing.assert_array_equal(root[schema.MASK][:], np.concatenate([r.mask for r in recs]))
     np.testing.assert_array_equal(root[schema.RECORDING][:], np.repeat([0, 1], [37, 20]))
     np.testing.assert_array_equal(root[schema.FRAME_CURRENT_END][37:], recs[1].frame_current_end + 5)
-    f_off, c_off = store.read_offsets(root)
+    f_off, c_off = root.offsets
     assert f_off.tolist() == [0, 37, 57] and c_off.tolist() == [0, 5, 8]
     assert tuple(root[schema.VIDEO].metadata.dimension_names) == schema.DIMS[schema.VIDEO]
-    assert [r.name for r in store.read_recordings(root)] == ["r1", "r2"]
+    assert [r.name for r in root.recordings] == ["r1", "r2"]
 
 
 def test_open_store_refuses_missing_foreign_and_incomplete(tmp_path):

@@ -16,7 +16,7 @@ from fmdata import synth
 from fmdata.convert import convert
 from fmdata.errors import FmDataError
 from fmdata.sources import inspect_path
-from fmdata.store import open_store, read_recordings
+from fmdata.store import open_store
 from fmdata.synth import MatWriter
 
 from builders import write_v2
@@ -76,8 +76,8 @@ def test_timestamps_with_utc_offset_are_parsed_with_it_without_warning(tmp_path)
         convert([str(plain)], str(tmp_path / "p.zarr"), workers=1, progress=False)
         convert([str(zoned)], str(tmp_path / "z.zarr"), workers=1, progress=False)
     p, z = open_store(str(tmp_path / "p.zarr")), open_store(str(tmp_path / "z.zarr"))
-    assert read_recordings(p)[0].origin == "2023-05-10T21:33:27"
-    assert read_recordings(z)[0].origin == "2023-05-10T21:33:27+08:00"  # the recording's own clock
+    assert p.recordings[0].origin == "2023-05-10T21:33:27"
+    assert z.recordings[0].origin == "2023-05-10T21:33:27+08:00"  # the recording's own clock
     for name in ("frame_time", "current_time", "frame_current_end"):
         np.testing.assert_array_equal(p[name][:], z[name][:])
     # a file whose lines mix zoned and naive times has no common clock

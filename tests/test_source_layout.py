@@ -94,7 +94,7 @@ def test_chunks_are_copied_byte_for_byte_and_stock_zarr_reads_every_frame(files,
     assert res.returncode == 0, res.stderr
     assert "video: copied: the source's deflate chunks of 16x32x32x3" in res.stdout
     assert "mask: copied: the source's deflate chunks of 64x32x32" in res.stdout
-    meta = store.read_meta(store.open_store(out))
+    meta = store.open_store(out).meta
     assert meta.layouts == {schema.VIDEO: SOURCE, schema.MASK: SOURCE} and meta.version == 3
     for name, variable in ((schema.VIDEO, "video"), (schema.MASK, "label")):
         assert stored_chunks(out, name) == source_chunks(src, variable, schema.SOURCE_ORDER[name]), name
@@ -169,7 +169,7 @@ def test_what_cannot_be_copied_takes_the_plain_path_and_says_why(files, tmp_path
     report = convert([str(files["shuffled"])], d / "a.zarr", workers=1, layout=SOURCE, progress=False)
     for name in (schema.VIDEO, schema.MASK):
         assert "filters shuffle, deflate(7), fletcher32" in report.paths[name], report.paths
-    assert store.read_meta(store.open_store(d / "a.zarr")).layouts == {}  # a store of format 2
+    assert store.open_store(d / "a.zarr").meta.layouts == {}  # a store of format 2
     # a MATLAB v7 file; masks of class double (0/1 numbers: their type changes)
     v7 = synth.write_v1(d / "v7.mat", frames=40, size=16, seed=1, storage="v7")
     report = convert([str(v7)], d / "b.zarr", workers=1, layout=SOURCE, progress=False)

@@ -41,7 +41,6 @@ from typing import Any
 import zarr
 from tqdm.auto import tqdm
 
-from fmdata import __version__
 from fmdata.compute.memory import format_bytes
 from fmdata.compute.processes import UnitRunner, resolve_workers, run_parallel
 from fmdata.convert.ledger import Ledger
@@ -64,6 +63,7 @@ from fmdata.store.layout import DEFAULT_LAYOUT, Chunking, create_arrays, default
 from fmdata.store.location import Location, LocationLike, set_complete
 from fmdata.store.lock import writer_lock
 from fmdata.store.outputs import check_apart, refusal
+from fmdata.version import __version__
 
 ATTR_CONVERT = "fmf_convert"  # root attribute: the conversion plan (sources, chunking), for --resume
 # root attribute of a partial store started with --overwrite: --resume then finishes the replacement

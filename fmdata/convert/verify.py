@@ -41,7 +41,6 @@ from fmdata.convert.units import (
 from fmdata.errors import FmDataError
 from fmdata.sources import open_sources
 from fmdata.store import schema
-from fmdata.store.access import open_store, read_meta, read_offsets, read_recordings
 from fmdata.store.block_reader import BlockReader
 from fmdata.store.checksums import (
     attribute_checksum,
@@ -51,8 +50,8 @@ from fmdata.store.checksums import (
     read_checksums,
     recorded_checksums,
 )
+from fmdata.store.handle import StoreHandle, StoreLike, open_store
 from fmdata.store.layout import DEFAULT_SHARD_FRAMES, Chunking
-from fmdata.store.location import Location, LocationLike
 from fmdata.store.lock import reading
 from fmdata.store.shards import CRC_BYTES, EncodedChunks, ShardLayout, UnsupportedLayout, shard_chunks, zlib_inflate
 
@@ -246,15 +245,16 @@ def _verify_copied(arr: zarr.Array, name: str, axis: str, s0: int, s1: int, rec:
     return problems
 
 
-def verify_unit(unit: WorkUnit, location: Location) -> tuple[int, int, list[Problem]]:
-    """Check one unit's blocks: recompute their CRC-32C and, when the unit has source pieces,
-    compare every element with the sources (every chunk's bytes, for arrays in the source layout).
-    Returns (frames covered, blocks checked, problems)."""
-    root = location.open_group("r")
+def verify_unit(unit: WorkUnit, store: StoreHandle) -> tuple[int, int, list[Problem]]:
+    """Check one unit's blocks of the open ``store`` (in a worker process: opened there, once per
+    unit): recompute their CRC-32C and, when the unit has source pieces, compare every element
+    with the sources (every chunk's bytes, for arrays in the source layout). Returns (frames
+    covered, blocks checked, problems)."""
+    root = store.root
     names = schema.FRAME_ARRAYS if unit.axis == FRAME_AXIS else schema.CURRENT_ARRAYS
     arrays = {n: root[n] for n in names}
     recorded = {n: read_checksums(a) for n, a in arrays.items()}
-    layouts = read_meta(root).layouts
+    layouts = store.meta.layouts
     copied = tuple(n for n in names if layouts.get(n) == schema.LAYOUT_SOURCE)
     block = int(arrays[names[0]].metadata.chunk_grid.chunk_shape[0])
     problems: list[Problem] = []
@@ -407,20 +407,19 @@ def _derived(root: zarr.Group) -> tuple[list[Problem], list[str], int]:
     return problems, notes, checked
 
 
-def verify(location: LocationLike, sources: Sequence[str | os.PathLike[str]] = (), *,
+def verify(store: StoreLike, sources: Sequence[str | os.PathLike[str]] = (), *,
            workers: int | None = None, progress: bool = True) -> VerifyReport:
-    """Verify the store at ``store_location``; with ``sources``, compare every element to them.
+    """Verify ``store`` (an open store or its location); with ``sources``, compare every element to them.
 
     ``sources`` are the V1 files / V2 folders it was converted from, in the same order.
     Returns a :class:`VerifyReport` (``ok`` False with precise problems when anything differs).
     Raises FmDataError when the store cannot be opened or the sources are unreadable.
     """
     t0 = time.perf_counter()
-    loc = Location.parse(location)
-    workers = resolve_workers(workers, in_process=loc.in_process)
-    root = open_store(loc)
-    meta = read_meta(root, str(loc))
-    report = VerifyReport(store=str(loc), n_frames=meta.n_frames, n_current=meta.n_current)
+    store = open_store(store)
+    workers = resolve_workers(workers, in_process=store.location.in_process)
+    root, meta = store.root, store.meta
+    report = VerifyReport(store=str(store), n_frames=meta.n_frames, n_current=meta.n_current)
     report.problems.extend(_structure(root, meta))
     if report.problems:
         report.seconds = time.perf_counter() - t0
@@ -433,11 +432,11 @@ def verify(location: LocationLike, sources: Sequence[str | os.PathLike[str]] = (
     units = _units_without_sources(meta.n_frames, frame_block, meta.n_current, current_block)
     if sources:
         recs = open_sources([os.fspath(s) for s in sources], meta.fps)
-        infos = read_recordings(root)
+        infos = store.recordings
         # read the sources as the conversion did: masks above 0 as 1 where it was asked to
         if len(recs) == len(infos):
             recs = [dataclasses.replace(r, mask_nonzero=i.mask_nonzero) for r, i in zip(recs, infos)]
-        f_off, c_off = read_offsets(root)
+        f_off, c_off = store.offsets
         got = [(r.name, r.n_frames, r.n_current) for r in recs]
         have = [(i.name, int(f_off[k + 1] - f_off[k]), int(c_off[k + 1] - c_off[k]))
                 for k, i in enumerate(infos)]
@@ -459,7 +458,7 @@ def verify(location: LocationLike, sources: Sequence[str | os.PathLike[str]] = (
         report.problems.extend(res[2])
 
     try:
-        run_parallel(verify_unit, [(u, loc) for u in units], workers, on_result)
+        run_parallel(verify_unit, [(u, store) for u in units], workers, on_result)
     finally:
         bar.close()
         close_cached()

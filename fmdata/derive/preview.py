@@ -18,19 +18,17 @@ from typing import Any
 
 import cv2
 import numpy as np
-import zarr
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from fmdata.derive.windows import load_index, window_for_frame
 from fmdata.errors import FmDataError
 from fmdata.store import schema
-from fmdata.store.access import open_store, read_meta, read_offsets, read_recordings
 from fmdata.store.atomic import atomic_file, save_figure
-from fmdata.store.location import Location, LocationLike
+from fmdata.store.handle import StoreHandle, StoreLike, location_of, open_store
 from fmdata.store.outputs import check_apart, check_replaceable, mark_mp4
 from fmdata.store.row_reader import ZarrAxisReader
-from fmdata.store.window_table import WindowParams, current_row_indices, read_window_table
+from fmdata.store.window_table import WindowParams, current_row_indices
 
 COMMAND = "fmdata preview"  # the mark of its pictures and videos: its --overwrite replaces only those
 MAX_VIDEO_FRAMES = 1000
@@ -39,25 +37,17 @@ OUTLINE_RGB = (255, 255, 0)
 PHASE_COLOURS = ("tab:blue", "tab:orange", "tab:green")
 
 
-def resolve_frame(root: zarr.Group, frame: int, recording: str | int | None) -> tuple[int, int]:
-    """Return (global frame, recording id) for ``frame`` (global, or local to ``recording``).
+def resolve_frame(store: StoreHandle, frame: int, recording: str | int | None) -> tuple[int, int]:
+    """Return (global frame, recording id) for ``frame`` (global, or local to ``recording``) of the open ``store``.
 
     ``recording`` is a recording id or name. FmDataError when either is out of range.
     """
-    f_off, _ = read_offsets(root)
-    n_rec = len(f_off) - 1
+    f_off = store.frame_offsets
     if recording is None:
         if not 0 <= frame < f_off[-1]:
             raise FmDataError(f"expected a frame in 0..{f_off[-1] - 1}, got {frame}", field="frame")
         return int(frame), int(np.searchsorted(f_off, frame, side="right") - 1)
-    names = [r.name for r in read_recordings(root)]
-    if str(recording) in names:
-        r = names.index(str(recording))
-    elif str(recording).lstrip("-").isdigit() and 0 <= int(recording) < n_rec:
-        r = int(recording)
-    else:
-        raise FmDataError(f"expected a recording id 0..{n_rec - 1} or a name in {names}, got {recording!r}",
-                          field="recording")
+    r = store.recording_index(recording)
     n = int(f_off[r + 1] - f_off[r])
     if not 0 <= frame < n:
         raise FmDataError(f"expected a frame in 0..{n - 1} (recording {r} has {n} frames), got {frame}",
@@ -65,16 +55,17 @@ def resolve_frame(root: zarr.Group, frame: int, recording: str | int | None) -> 
     return int(f_off[r] + frame), r
 
 
-def _window_row(root: zarr.Group, g: int, windows: str | None, params: WindowParams) -> tuple[np.ndarray, tuple, int]:
+def _window_row(store: StoreHandle, g: int, windows: str | None,
+                params: WindowParams) -> tuple[np.ndarray, tuple, int]:
     """Return (table row, columns, current_rows) of the window ending at global frame ``g``."""
     if windows:
-        wt = read_window_table(root, windows)
+        wt = store.window_table(windows)
         hit = np.flatnonzero(wt.column("frame") == g)
         if not len(hit):
             raise FmDataError(f"expected frame {g} in window table {windows!r}, got no window there (its split "
                               "is none, the strict policy dropped it, or the stride skipped it)")
         return wt.table[hit[0]], wt.columns, wt.current_rows
-    wt = window_for_frame(load_index(root, require_labels=False), g, params)
+    wt = window_for_frame(load_index(store, require_labels=False), g, params)
     return wt.table[0], wt.columns, params.current_rows
 
 
@@ -88,17 +79,16 @@ def outlined(frame: np.ndarray, mask: np.ndarray, scale: int) -> np.ndarray:
     return big
 
 
-def _load(loc: Location, frame: int, recording: str | int | None, windows: str | None,
+def _load(store: StoreHandle, frame: int, recording: str | int | None, windows: str | None,
           params: WindowParams) -> dict[str, Any]:
-    root = open_store(loc)
-    meta = read_meta(root, str(loc))
-    g, r = resolve_frame(root, frame, recording)
-    row, columns, rows = _window_row(root, g, windows, params)
+    root, meta = store.root, store.meta
+    g, r = resolve_frame(store, frame, recording)
+    row, columns, rows = _window_row(store, g, windows, params)
     col = {c: int(row[i]) for i, c in enumerate(columns)}
     clip = row[len(schema.WINDOW_COLUMNS):].astype(np.int64)
     start, stop = col["current_start"], col["current_stop"]
-    f_off, _ = read_offsets(root)
-    names = [x.name for x in read_recordings(root)]
+    f_off = store.frame_offsets
+    names = store.recording_names
     return {"root": root, "meta": meta, "frame": g, "recording": r, "local": g - int(f_off[r]),
             "rec_first": int(f_off[r]), "name": names[r] if r < len(names) else str(r), "clip": clip,
             "split": col["split"], "start": start, "stop": stop, "rows": rows,
@@ -230,10 +220,11 @@ class PreviewReport:
         return asdict(self)
 
 
-def render_preview(location: LocationLike, frame: int, out: str, *, recording: str | int | None = None,
+def render_preview(store: StoreLike, frame: int, out: str, *, recording: str | int | None = None,
                    windows: str | None = None, params: WindowParams = WindowParams(),
                    overwrite: bool = False) -> PreviewReport:
-    """Write a preview of the window ending at ``frame`` to ``out`` (.png picture or .mp4 video).
+    """Write a preview of the window ending at ``frame`` of ``store`` (an open store or its location)
+    to ``out`` (.png picture or .mp4 video).
 
     ``frame`` is global, or local to ``recording`` (id or name) when given. ``windows`` names a
     stored window table; otherwise a reference window with ``params`` is built. An ``out`` inside
@@ -247,9 +238,9 @@ def render_preview(location: LocationLike, frame: int, out: str, *, recording: s
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         raise FmDataError("expected an existing folder for the preview, got none", parent, field="out")
-    check_apart(out, [location], field="out")
+    check_apart(out, [location_of(store)], field="out")
     check_replaceable(out, overwrite=overwrite, command=COMMAND)
-    w = _load(Location.parse(location), frame, recording, windows, params)
+    w = _load(open_store(store), frame, recording, windows, params)
     written = _mp4(w, out) if ext == ".mp4" else None
     if ext == ".png":
         _png(w, out)

@@ -32,7 +32,6 @@ import numpy as np
 import zarr
 
 from fmdata.errors import FmDataError
-from fmdata.store.access import open_store
 from fmdata.store.checksums import (
     COVERS_SHARD_FILE,
     axis_name,
@@ -43,7 +42,7 @@ from fmdata.store.checksums import (
     recorded_checksums,
     undecodable,
 )
-from fmdata.store.location import Location, LocationLike
+from fmdata.store.location import Location
 from fmdata.store.shards import EMPTY, ShardIndexError, ShardLayout, UnsupportedLayout, decode_index, decode_row
 
 READER_MODES = ("auto", "fast", "zarr")
@@ -366,20 +365,30 @@ class ZarrAxisReader:
         return data if unique.size == index.size and np.all(inverse == np.arange(index.size)) else data[inverse]
 
 
-def open_axis_reader(location: LocationLike, name: str, *, mode: str = "auto",
-                     cache_bytes: int = 0, cache_single_rows: bool = True, root: zarr.Group | None = None,
-                     checksums: bool = True) -> AxisReader:
-    """Return a reader of array ``name`` of the store at ``location``.
+class OpenStore(Protocol):
+    """What a reader needs of an open store (:class:`fmdata.store.handle.StoreHandle` is one): its
+    location, whose files the fast reader reads, and its root group, for the zarr reader."""
+
+    @property
+    def location(self) -> Location: ...
+
+    @property
+    def root(self) -> zarr.Group: ...
+
+
+def open_axis_reader(store: OpenStore, name: str, *, mode: str = "auto", cache_bytes: int = 0,
+                     cache_single_rows: bool = True, checksums: bool = True) -> AxisReader:
+    """Return a reader of array ``name`` of the open ``store`` (:func:`fmdata.store.handle.open_store`).
 
     ``mode``: "fast" requires :class:`LocalAxisReader` (FmDataError when the layout does not
-    allow it), "zarr" always uses zarr, "auto" takes the fast reader where possible. ``root``
-    (an open zarr group) saves re-opening the store for the zarr reader. ``cache_bytes`` and
-    ``cache_single_rows`` configure the fast reader's decoded-chunk cache; ``checksums=False``
+    allow it), "zarr" always uses zarr, "auto" takes the fast reader where possible. Only the zarr
+    reader asks for ``store.root`` (a handle unpickled in a worker opens its store then). ``cache_bytes``
+    and ``cache_single_rows`` configure the fast reader's decoded-chunk cache; ``checksums=False``
     turns its checks off (only to measure their cost; zarr always checks the ``crc32c`` codec).
     """
     if mode not in READER_MODES:
         raise FmDataError(f"expected a reader mode in {READER_MODES}, got {mode!r}", field="reader")
-    loc = Location.parse(location)
+    loc = store.location
     local = loc.local_path
     if mode != "zarr":
         reason = "the store is remote"
@@ -391,6 +400,4 @@ def open_axis_reader(location: LocationLike, name: str, *, mode: str = "auto",
                 reason = str(exc)
         if mode == "fast":
             raise FmDataError(f"expected a layout the fast reader decodes, got one it does not ({reason})", str(loc))
-    if root is None:
-        root = open_store(loc)
-    return ZarrAxisReader(root[name])
+    return ZarrAxisReader(store.root[name])

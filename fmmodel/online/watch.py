@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from fmdata.compute.memory import format_bytes
-from fmdata.store.location import Location
+from fmdata.errors import FmDataError
+from fmdata.store.handle import StoreLike, open_store
 from fmdata.store.window_table import WindowParams
 from fmmodel.data.preprocessing import checked_normalization, input_format
 from fmmodel.data.windows import checkpoint_window_params, store_frame_size
@@ -61,7 +62,7 @@ class Sources:
     rate when it reports none.
     """
 
-    replay: str | None = None
+    replay: StoreLike | None = None
     recording: str | None = None
     speed: float | None = 1.0
     inject: str | None = None
@@ -243,7 +244,11 @@ def watch(checkpoint: str, sources: Sources, settings: WatchSettings = WatchSett
     current_src: CsvCurrentSource | MqttCurrentSource | None = None
     origin: float | None = None
     if sources.replay:
-        replay = ReplaySource(Location.parse(sources.replay), sources.recording, shape=shape, faults=faults)
+        try:
+            store = open_store(sources.replay)  # the command's one open of its store
+        except FmDataError as exc:
+            raise FmModelError(exc.message, exc.path or str(sources.replay)) from None
+        replay = ReplaySource(store, sources.recording, shape=shape, faults=faults)
         clock: Clock = VirtualClock(replay.start) if sources.speed is None else RealClock(replay.start, sources.speed)
         fps: float | None = replay.fps
         rate = settings.current_rate or _rows_per_second(replay.current_stamps)

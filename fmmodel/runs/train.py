@@ -33,11 +33,9 @@ from torch import nn
 from tqdm import tqdm
 
 from fmdata.errors import Interrupted
-from fmdata.store import schema
-from fmdata.store.access import open_store, read_meta, read_offsets
 from fmdata.store.atomic import is_temporary, remove_tree
-from fmdata.store.columns import read_column
-from fmdata.store.location import Location, LocationLike
+from fmdata.store.handle import StoreHandle, StoreLike, location_of, open_store
+from fmdata.store.location import Location
 from fmdata.store.lock import writer_lock
 from fmdata.store.outputs import check_apart, folders_made_for
 from fmdata.store.window_table import WindowParams
@@ -120,15 +118,18 @@ class Run:
 # ---- entry points ------------------------------------------------------------------------------
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
+def train(cfg: TrainConfig, progress: bool = True, *, store: StoreHandle | None = None) -> TrainResult:
     """Run training as ``cfg`` says into the new run folder ``cfg.out``; return the :class:`TrainResult`.
 
+    ``store``: the open store ``cfg.store`` names, when the caller has it (None: opened here, once).
     Under ``torchrun`` every process calls this; rank 0 writes the run folder. Raises
     FmModelError for unusable options, stores or run folders (an existing, non-empty one included;
-    one inside the store, FmDataError). A run that fails before its first epoch is saved removes
-    what it wrote and the folders it made.
+    one inside the store, FmDataError), and for a ``store`` that is not the one ``cfg.store``
+    names. A run that fails before its first epoch is saved removes what it wrote and the folders
+    it made.
     """
     cfg.store = absolute_store(cfg.store)
+    _check_handle(store, cfg.store)
     check_apart(cfg.out, [cfg.store], field="out")
     ctx = dd.setup(cfg.device)
     try:
@@ -137,7 +138,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
             _prepare_run_dir(cfg, ctx)
             dd.barrier(ctx)
             try:
-                return _train(ctx, cfg, False, progress)
+                return _train(ctx, cfg, False, progress, store=store)
             except BaseException:
                 if ctx.is_main:
                     _remove_unfinished_run(cfg.out)
@@ -147,7 +148,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
 
 
 def resume_run(run_dir: str, epochs: int | None = None, progress: bool = True,
-               store: LocationLike | None = None, environment: Mapping[str, Any] | None = None,
+               store: StoreLike | None = None, environment: Mapping[str, Any] | None = None,
                model: str | None = None) -> TrainResult:
     """Continue the run in ``run_dir`` from its ``last.pt`` (model, optimizer, scheduler, epoch, RNG).
 
@@ -155,9 +156,10 @@ def resume_run(run_dir: str, epochs: int | None = None, progress: bool = True,
     and how fast the run runs (keys of :data:`fmmodel.runs.config.RUN_ENVIRONMENT`: device, precision,
     workers, data, resident_budget, threads); everything else comes from the run's
     ``config.json``. ``store`` gives the store's new location when it moved (its data must be the
-    same). ``model`` names the run's model again (``--model``): a run folder is data, so a
-    user's model is imported only when named here or installed (:func:`resumed_source`). The run
-    folder's writer lock is taken first, so a run still writing it is named as its holder.
+    same), or the open store when the caller has it. ``model`` names the run's model again
+    (``--model``): a run folder is data, so a user's model is imported only when named here or
+    installed (:func:`resumed_source`). The run folder's writer lock is taken first, so a run still
+    writing it is named as its holder.
     Raises FmModelError when the store or the window table differ from what the run recorded
     (:mod:`fmmodel.runs.identity`), for an ``environment`` key that would change what the run learns
     (field: that key), or for a model neither named nor installed (field "model"). A run that
@@ -177,7 +179,7 @@ def resume_run(run_dir: str, epochs: int | None = None, progress: bool = True,
         cfg.out = run_dir
         source = resumed_source(cfg, model)
         if store is not None:
-            cfg.store = absolute_store(str(Location.parse(store)))
+            cfg.store = absolute_store(str(location_of(store)))
         where = Location.parse(cfg.store)
         if store is None and not where.is_url and not os.path.exists(where.local_path or cfg.store):
             raise FmModelError(f"expected the run's store at {cfg.store}, got nothing there; if it moved, give its "
@@ -190,7 +192,8 @@ def resume_run(run_dir: str, epochs: int | None = None, progress: bool = True,
             cfg = dataclasses.replace(cfg, **environment)  # checked again, as a new config
         ctx = dd.setup(cfg.device)
         try:
-            return _train(ctx, cfg, True, progress, source)
+            return _train(ctx, cfg, True, progress, source,
+                          store=store if isinstance(store, StoreHandle) else None)
         finally:
             dd.teardown(ctx)
 
@@ -239,10 +242,17 @@ def default_run_folder(model: str) -> str:
     return os.path.join("runs", f"{path_safe(model)}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
 
 
+def _check_handle(store: StoreHandle | None, named: str) -> None:
+    """Raise FmModelError when the open ``store`` given beside a config is not the store it names."""
+    if store is not None and absolute_store(str(store.location)) != named:
+        raise FmModelError(f"expected the open store of the run's store {named}, got the store at {store}",
+                           field="store")
+
+
 def _train(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool,
-           source: ModelSource | None = None) -> TrainResult:
+           source: ModelSource | None = None, store: StoreHandle | None = None) -> TrainResult:
     try:
-        run = build(ctx, cfg, resume, progress, source)
+        run = build(ctx, cfg, resume, progress, source, store)
         try:
             for epoch in range(run.start_epoch, cfg.epochs):
                 row = fit_epoch(run, epoch, progress)
@@ -318,28 +328,27 @@ def _tensorboard_only(folder: str) -> bool:
 
 
 def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool = False,
-          source: ModelSource | None = None) -> Run:
+          source: ModelSource | None = None, store: StoreHandle | None = None) -> Run:
     """Build a run: windows and hold-out, datasets and their batch sources (lazy or resident,
     :mod:`fmmodel.data.paths`), model and optimizer; with ``resume`` the state of ``last.pt``.
     Rank 0 writes the resolved ``config.json``; ``progress`` shows the resident load's bar.
     ``source`` is the code of a user's model to import (a resumed run's, :func:`resumed_source`);
-    None resolves ``cfg.variant``, a name the caller chose."""
+    None resolves ``cfg.variant``, a name the caller chose. ``store`` is the open store of
+    ``cfg.store`` (None: opened here, once)."""
     device = ctx.device
     precision = resolve_precision(cfg.precision, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    location = Location.parse(cfg.store)
-    root = open_store(location)
-    meta = read_meta(root, cfg.store)
+    store = open_store(store or cfg.store)
+    meta = store.meta
     if resume:
-        check_same_store(cfg.trained_on, location, root, cfg.out)
-    wt = window_table_for(location, root, cfg.windows, cfg.window, ctx)
+        check_same_store(cfg.trained_on, store, cfg.out)
+    wt, store = window_table_for(store, cfg.windows, cfg.window, ctx)
     if resume:
         check_same_windows(cfg.trained_on, cfg.runtime, wt, cfg.out)
-    cfg.trained_on = {**store_identity(location, root), **windows_identity(cfg.windows, wt)}
-    frame_offsets, _ = read_offsets(root)
-    fce = read_column(root[schema.FRAME_CURRENT_END], np.int64, cfg.store)
-    tr_rows, va_rows, vinfo = holdout_split(wt, fce, frame_offsets, cfg.val_fraction)
+    cfg.trained_on = {**store_identity(store), **windows_identity(cfg.windows, wt)}
+    fce = np.asarray(store.frame_current_end, np.int64)
+    tr_rows, va_rows, vinfo = holdout_split(wt, fce, store.frame_offsets, cfg.val_fraction)
     if len(tr_rows) == 0:
         raise FmModelError(f"expected training windows after holding out validation, got none ({vinfo['recordings']});"
                            " lower --val-fraction or --current-seconds, or use a longer training split", cfg.store)
@@ -347,9 +356,9 @@ def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool = 
     # and predict rebuild the same windows from the checkpoint)
     cfg.window = WindowParams.from_dict({**cfg.window.to_dict(), **wt.params, "frames": int(wt.clip.shape[1])})
     fmt = input_format(cfg.preprocessing, device)
-    train_ds = make_dataset(location, wt.subset(tr_rows), fmt, augment=cfg.hflip, seed=cfg.seed,
+    train_ds = make_dataset(store, wt.subset(tr_rows), fmt, augment=cfg.hflip, seed=cfg.seed,
                             modality=cfg.modality, task=cfg.task)
-    val_ds = (make_dataset(location, wt.subset(va_rows), fmt, augment=False, seed=cfg.seed, modality=cfg.modality,
+    val_ds = (make_dataset(store, wt.subset(va_rows), fmt, augment=False, seed=cfg.seed, modality=cfg.modality,
                            task=cfg.task) if len(va_rows) else None)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
     model = build_run_model(cfg, train_ds.item_frame_shape, source)

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from fmdata.errors import FmDataError
-from fmdata.store.access import open_store
-from fmdata.store.location import Location, LocationLike
+from fmdata.store.handle import StoreHandle, StoreLike, open_store
+from fmdata.store.location import Location
 from fmdata.store.outputs import check_apart, check_replaceable, refusal
 from fmmodel.errors import FmModelError
 from fmmodel.scoring.alarms import RAISE, WATCH_EVERY, WATCH_POLICY, AlarmEvent, AlarmPolicy
@@ -176,7 +176,7 @@ def _prepare_out(out: str, inputs: Sequence[str]) -> None:
     check_replaceable(os.path.join(out, TIMELINE_PNG), overwrite=True, command=COMMAND)
 
 
-def alarm_report(store: LocationLike, *, predictions: str | None = None, events: str | None = None,
+def alarm_report(store: StoreLike, *, predictions: str | None = None, events: str | None = None,
                  scores: str | None = None, recording: str | None = None, policy: AlarmPolicy = WATCH_POLICY,
                  every: float = WATCH_EVERY, tolerance: float = 10.0, early: float = 0.0,
                  chatter_seconds: float = 60.0, out: str | None = None) -> AlarmReport:
@@ -191,15 +191,15 @@ def alarm_report(store: LocationLike, *, predictions: str | None = None, events:
                            f"{'both' if predictions else 'neither'}", field="predictions")
     if scores is not None and events is None:
         raise FmModelError("expected --scores with --events (a watch's scores file)", field="scores")
-    location = Location.parse(store)
+    location = store.location if isinstance(store, StoreHandle) else Location.parse(store)
     source = str(predictions or events)
     if out:
         _prepare_out(out, [str(location), source] + ([scores] if scores else []))
     try:
-        root = open_store(location)
+        handle = open_store(store)  # the one open (a handle given passes through)
     except FmDataError as exc:
         raise FmModelError(exc.message, exc.path or str(location)) from None
-    table = FrameTable.read(root, str(location))
+    table = FrameTable.read(handle)
     run_policy: AlarmPolicy | None = policy
     every_used: float | None = every
     health: dict[str, int] = {}

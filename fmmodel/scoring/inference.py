@@ -16,15 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import zarr
 from torch import nn
 from torch.utils.data import Sampler
 from tqdm import tqdm
 
 from fmdata.errors import FmDataError
-from fmdata.store.access import open_store, read_meta, read_recordings
-from fmdata.store.location import Location
-from fmdata.store.schema import StoreMeta
+from fmdata.store.handle import StoreHandle, StoreLike, open_store
 from fmdata.store.window_table import WindowParams, WindowTable
 from fmmodel.data.dataset import FmfWindowDataset
 from fmmodel.data.paths import BatchRequest, BatchSource, open_batches
@@ -169,9 +166,10 @@ def inference_precision(model: nn.Module, precision: str | None, device: torch.d
 class Inference:
     """What scoring a checkpoint on a store needs, loaded by :func:`prepare`.
 
-    ``params`` describes the windows (the stored table's parameters, or those built from the
-    checkpoint); ``table`` holds only the chosen split's windows, in table order. ``loader`` gives
-    this rank's windows in order, on the data path ``data`` describes (:mod:`fmmodel.data.paths`).
+    ``store`` is the open store (its metadata, recordings, arrays). ``params`` describes the
+    windows (the stored table's parameters, or those built from the checkpoint); ``table`` holds
+    only the chosen split's windows, in table order. ``loader`` gives this rank's windows in order,
+    on the data path ``data`` describes (:mod:`fmmodel.data.paths`).
     """
 
     model: nn.Module
@@ -182,21 +180,20 @@ class Inference:
     dataset: FmfWindowDataset
     loader: BatchSource
     params: dict[str, Any]
-    store_meta: StoreMeta
-    recording_names: list[str]
-    root: zarr.Group
+    store: StoreHandle
     data: dict[str, Any]
     protocol: str = "toolkit"
 
 
-def prepare(location: Location, checkpoint: str, *, fmt: str, variant: str | None, split: str, windows: str | None,
+def prepare(store: StoreLike, checkpoint: str, *, fmt: str, variant: str | None, split: str, windows: str | None,
             ctx: dd.DistContext, batch_size: int, workers: int, data: str = "auto",
             resident_budget: int | None = None, progress: bool = False, protocol: str | None = "toolkit",
             sampler: Callable[[int, dd.DistContext], Sampler] | None = None,
             trusted: Sequence[str] = (), precision: str | None = None) -> Inference:
-    """Load the model, windows, dataset and batch source that an evaluation or prediction needs
-    (``progress``: bars while frame labels are computed first, when the store lacks them, and
-    while a resident load runs).
+    """Load the model, windows, dataset and batch source that an evaluation or prediction of
+    ``store`` (an open store, or its location: opened here, after the model) needs (``progress``:
+    bars while frame labels are computed first, when the store lacks them, and while a resident
+    load runs).
 
     ``protocol`` (``fmmodel.protocol.EVAL_PROTOCOLS``) decides the samples: "toolkit" one per
     window of the split; "reference" the authors' for current-only models, one per distinct test
@@ -212,32 +209,30 @@ def prepare(location: Location, checkpoint: str, *, fmt: str, variant: str | Non
         raise FmModelError(f"expected a protocol in {EVAL_PROTOCOLS}, got {protocol!r}", field="protocol")
     model, meta = load_for_inference(checkpoint, fmt, variant, ctx.device, trusted, precision)
     try:
-        root = open_store(location)
-        smeta = read_meta(root, str(location))
+        store = open_store(store)
     except FmDataError as exc:
         raise FmModelError(str(exc)) from None
     task, modality = meta.description.task, meta.description.modality
-    check_frames_fit(meta, smeta.height, smeta.width, checkpoint, str(location))
+    check_frames_fit(meta, store.meta.height, store.meta.width, checkpoint, str(store))
     params: WindowParams = checkpoint_window_params(meta)
-    table = window_table_for(location, root, windows, params, ctx, progress=progress)
-    check_windows_fit(table, meta.description, f"{location} (windows {windows or 'built from the checkpoint'})")
+    table, store = window_table_for(store, windows, params, ctx, progress=progress)
+    check_windows_fit(table, meta.description, f"{store} (windows {windows or 'built from the checkpoint'})")
     rows = select_split(table, split)
     if not len(rows):
-        raise FmModelError(f"expected windows in split {split!r}, got none", str(location))
+        raise FmModelError(f"expected windows in split {split!r}, got none", str(store))
     sub = table.subset(rows)
     if protocol is None:
         protocol = "reference" if meta.info.get("format") == "reference" else "toolkit"
     if protocol == "reference" and modality == "current":  # the authors' samples, whatever the table's stride or policy
-        sub = read_per_second_samples(location, root, WindowParams.from_dict(table.params), split)
+        sub = read_per_second_samples(store, WindowParams.from_dict(table.params), split)
     fmt_in = input_format(meta.preprocessing.get("name", PREPROCESSING_REFERENCE), ctx.device)
     if fmt_in.orientation != meta.orientation:
         raise FmModelError(f"expected inputs in the checkpoint's orientation {meta.orientation!r}, but "
                            f"preprocessing {fmt_in.preprocessing!r} delivers {fmt_in.orientation!r}", checkpoint)
-    ds = make_dataset(location, sub, fmt_in, augment=False, seed=0, modality=modality, task=task)
+    ds = make_dataset(store, sub, fmt_in, augment=False, seed=0, modality=modality, task=task)
     share = (sampler or (lambda n, c: dd.ShardSampler(n, c.rank, c.world_size)))(len(ds), ctx)
     (loader,), choice = open_batches([BatchRequest(ds, batch_size, share, evaluation=True)], data=data,
                                      budget=resident_budget, workers=workers, ctx=ctx, progress=progress)
-    names = [r.name for r in read_recordings(root)]
     return Inference(model=model, meta=meta, task=task, modality=modality, table=sub, dataset=ds, loader=loader,
-                     params=dict(table.params) if windows else params.to_dict(), store_meta=smeta,
-                     recording_names=names, root=root, data=choice.to_dict(), protocol=protocol)
+                     params=dict(table.params) if windows else params.to_dict(), store=store,
+                     data=choice.to_dict(), protocol=protocol)

@@ -27,13 +27,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import zarr
 
 from fmdata.derive.labels import read_labels
 from fmdata.errors import FmDataError
 from fmdata.store import schema
-from fmdata.store.access import read_recordings
-from fmdata.store.columns import read_column
+from fmdata.store.handle import StoreHandle
 from fmmodel.errors import FmModelError
 from fmmodel.scoring.alarms import AlarmEvent, AlarmPolicy, alarm_events
 from fmmodel.scoring.events import NAB_PROFILES, AlarmScore, LabelledEvents, labelled_events, score_alarms
@@ -55,17 +53,17 @@ class FrameTable:
     names: list[str]
 
     @classmethod
-    def read(cls, root: zarr.Group, where: str) -> FrameTable:
-        """Read the frame arrays of the open store ``root`` (checked against their checksums; frame
-        labels must be up to date: ``fmdata labels``)."""
+    def read(cls, store: StoreHandle) -> FrameTable:
+        """Read the frame arrays of the open ``store`` (through the handle: checked against their
+        checksums, read once per handle; frame labels must be up to date: ``fmdata labels``)."""
         try:
-            label, _ = read_labels(root)
-            return cls(time=read_column(root[schema.FRAME_TIME], np.float64, where),
-                       recording=read_column(root[schema.RECORDING], np.int64, where),
-                       split=read_column(root[schema.SPLIT], np.int8, where), label=label.astype(np.uint8),
-                       names=[r.name for r in read_recordings(root)])
+            label, _ = read_labels(store)
+            return cls(time=store.column(schema.FRAME_TIME).astype(np.float64),
+                       recording=store.column(schema.RECORDING).astype(np.int64),
+                       split=store.column(schema.SPLIT).astype(np.int8), label=label.astype(np.uint8),
+                       names=list(store.recording_names))
         except FmDataError as exc:
-            raise FmModelError(exc.message, exc.path or where) from None
+            raise FmModelError(exc.message, exc.path or str(store)) from None
 
     def segments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return (segment of each frame, first frame of each segment, end of each segment): runs
