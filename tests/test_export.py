@@ -12,6 +12,7 @@ import io
 import json
 import os
 import shutil
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -328,3 +329,39 @@ def test_an_onnx_export_without_its_packages_is_one_line_before_any_work(store, 
     one_line_error(res, 1, "pip install 'fmf-toolkit[export]'", "onnxscript")
     assert not (tmp_path / "m.onnx").exists()
     assert run([FMMODEL, "export", "--checkpoint", ckpt, "--format", "torchscript"], env=env).returncode == 0
+
+
+class Restoring(torch.nn.Module):
+    """A scripted module whose __setstate__ (run by torch.jit.load while it reads the archive)
+    writes the file named by its state: what loading an export must never run."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+
+    def forward(self, video: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        return current[:, 0, :2]
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[str, bool]:
+        return (self.marker, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, bool]) -> None:
+        torch.save(torch.zeros(1), state[0])
+        self.marker, self.training = state
+
+
+def test_a_torchscript_archive_that_runs_code_as_it_loads_is_refused_before_loading(tmp_path, pt2_export, store):
+    marker = tmp_path / "MARKER"
+    with zipfile.ZipFile(pt2_export) as z:
+        record = z.read(next(n for n in z.namelist() if n.endswith(f"/extra/{RECORD_NAME}")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch calls TorchScript deprecated
+        torch.jit.save(torch.jit.script(Restoring(str(marker))), str(tmp_path / "restoring.ts"),
+                       _extra_files={RECORD_NAME: record})
+    marker.unlink(missing_ok=True)  # scripting may have called it
+    res = run([FMMODEL, "predict", "--store", store, "--checkpoint", tmp_path / "restoring.ts", "--out",
+               tmp_path / "p.zarr", "--device", "cpu", "--workers", "0", "--no-progress"])
+    one_line_error(res, 1, "__setstate__", "restoring.ts")
+    assert not marker.exists()

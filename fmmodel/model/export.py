@@ -5,7 +5,9 @@ each for windows of the checkpoint's fixed shapes (clip frames, frame size, curr
 batch of any size from 1 to :data:`MAX_BATCH`:
 
 - ``torchscript``: ``torch.jit.trace`` and ``torch.jit.save``; run by ``torch.jit.load``, whose C++
-  reader runs no Python pickle; every node of the graph must be an ATen or TorchScript primitive.
+  reader runs no Python pickle; an archive whose code defines ``__setstate__`` (which the reader
+  would run) is refused before it is read, and every node of the graph must be an ATen or
+  TorchScript primitive.
 - ``onnx``: ``torch.onnx.export`` (dynamo); run by onnxruntime on the CPU, from the model's bytes;
   standard ONNX operators only, no weights in external files.
 - ``pt2``: ``torch.export.export`` and ``torch.export.save``; run by ``torch.export.load(...).module()``
@@ -34,6 +36,7 @@ import io
 import json
 import logging
 import os
+import re
 import time
 import warnings
 import zipfile
@@ -62,6 +65,7 @@ COMMAND = "fmmodel export"
 _ZIP = b"PK\x03\x04"
 _ONNX_FIRST_BYTE = b"\x08"  # a ModelProto starts with its ir_version: field 1, a varint
 _TORCHSCRIPT_KINDS = ("aten::", "prim::")
+_SETSTATE = re.compile(r"\bdef\s+__setstate__\b")
 
 
 @dataclass(frozen=True)
@@ -236,7 +240,22 @@ def _onnx_program(path: str) -> Callable[..., Tensor]:
     return run
 
 
+def _check_torchscript_source(path: str) -> None:
+    """Refuse a TorchScript archive whose code defines ``__setstate__``: torch.jit.load runs it while
+    it reads the archive, before any graph can be checked (what ``torch.jit.trace`` writes has none)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            for name in z.namelist():
+                if name.split("/")[1:2] == ["code"] and name.endswith(".py") and \
+                        _SETSTATE.search(z.read(name).decode("utf-8", "replace")):
+                    raise FmModelError(f"expected a TorchScript archive whose loading runs nothing, got code defining "
+                                       f"__setstate__ ({name}), which torch.jit.load would run; refused", path)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise FmModelError(f"expected a TorchScript archive, got {exc}", path) from None
+
+
 def _torchscript_program(path: str) -> nn.Module:
+    _check_torchscript_source(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch 2.13 calls TorchScript deprecated; it still reads it
