@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end demo on built-in synthetic data: synth -> inspect -> convert -> verify -> labels ->
-# windows -> stats -> preview -> train -> evaluate -> predict -> benchmark. Called by `make demo`
+# windows -> stats -> preview -> train -> evaluate -> predict -> benchmark -> alarms. Called by `make demo`
 # with the venv's bin/ first on PATH; about three minutes on 2 CPU cores. The recipe (and why it
 # looks the way it does) is in docs/training.md, "The demo recipe".
 set -euo pipefail
@@ -49,6 +49,11 @@ step "5. the benchmark table: cross-modal against current-only, one short run ea
 fmmodel benchmark "$out/v1.zarr" --out "$out/bench" --variants vicu_cls,current_cls --seeds 0 \
   --preset cpu --epochs 2 --lr-step 2 --stride 12 --no-progress
 
+step "6. the demo model's alarms as an operator judges them (its test predictions, fmmodel watch's default policy)"
+# event recall, alarm delay after onset, false alarms per hour of normal time with the 95% Poisson bound,
+# chatter and the NAB score; timeline.png draws scores, thresholds, alarms and labelled events
+fmmodel alarms "$out/v1.zarr" --predictions "$out/predictions.zarr" --out "$out/alarms"
+
 step "done"
 echo "synthetic data picture: $out/synth.png"
 echo "window preview:         $out/preview.png"
@@ -56,3 +61,4 @@ echo "training run:           $out/run (README.md: the model card, curves.png, c
 echo "evaluation report:      $out/eval/report.json and $out/eval/*.png"
 echo "predictions:            $out/predictions.zarr"
 echo "benchmark table:        $out/bench/table.md, table.json, table.png"
+echo "alarms as events:       $out/alarms/report.json, timeline.png"

@@ -11,8 +11,6 @@ from click.core import ParameterSource
 from fmdata.store import Location
 from fmdata.store.handle import open_store
 from fmmodel import protocol
-from fmmodel.model.checkpoint import CHECKPOINT_FORMATS
-from fmmodel.model.registry import VARIANTS
 from fmmodel.runs.settings import resolve_train_config
 from fmmodel.runs.train import resume_run, train
 from fmmodel.scoring.config import EvaluateConfig, PredictConfig
@@ -21,6 +19,7 @@ from fmmodel.scoring.predict import predict
 from fmmodel.scoring.report import format_report
 
 from .errors import user_errors
+from .model_options import checkpoint_option, format_option, trusted_option, variant_option, windows_option
 from .model_recipes import recipe_options
 from .options import (
     MISSING_STORE,
@@ -40,19 +39,7 @@ from .options import (
     typed_training,
 )
 
-checkpoint_options = stack(
-    click.option("--checkpoint", required=True, type=click.Path(),
-                 help="A toolkit checkpoint (best.pt, last.pt) or the authors' state_dict (.pth)."),
-    click.option("--format", "fmt", type=click.Choice(CHECKPOINT_FORMATS), default="auto", show_default=True,
-                 help="Checkpoint format: toolkit, reference (the authors' key names), or auto (by content)."),
-    click.option("--variant", type=click.Choice(sorted(VARIANTS)), default=None,
-                 help="Model variant of a reference checkpoint (default: from its key names)."),
-    click.option("--windows", default=None, metavar="NAME",
-                 help="Stored window table (default: windows built as the checkpoint says)."),
-    click.option("--model", "trusted", multiple=True, metavar="MODEL",
-                 help="A user's model (module:name or file.py:name) whose code a checkpoint may import; installed "
-                      "models (entry points of group fmmodel.models) need not be named."),
-)
+checkpoint_options = stack(checkpoint_option, format_option, variant_option, windows_option, trusted_option)
 
 
 def _rank0() -> bool:

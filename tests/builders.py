@@ -374,3 +374,53 @@ def leftovers(out: str | os.PathLike[str]) -> list[str]:
     """Names next to ``out`` that a failed conversion might have left: out itself, partial siblings."""
     out = Path(out)
     return sorted(p.name for p in out.parent.iterdir() if p.name == out.name or p.name.startswith(f".{out.name}."))
+
+
+def score_stream(duration: float, events: Sequence[tuple[float, float]], *, seed: int, period: float = 0.5,
+                 jitter: float = 0.1, skip: float = 0.0, dropout: float = 0.0, noise: float = 0.6,
+                 rise: float = 1.5, flares: Sequence[tuple[float, float]] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """Decision times and scores of a model watching ``duration`` seconds of a recording.
+
+    A decision every ``period`` seconds, each moved by up to ``jitter`` of a period; a fraction
+    ``skip`` of them missing and ``dropout`` NaN (no frame). The score is a probability: low
+    (0.1) in normal time, climbing with time constant ``rise`` towards 0.92 from each event's
+    (onset, offset) start and falling back after its end; ``flares`` (start, stop) are normal
+    spans that look abnormal (0.8). Gaussian noise of ``noise`` in logit space on top.
+    """
+    rng = np.random.default_rng(seed)
+    t = np.arange(0.0, duration, period)
+    t = t + rng.uniform(-jitter, jitter, t.size) * period
+    t = np.sort(t[(t >= 0) & (rng.random(t.size) >= skip)])
+    level = np.full(t.size, 0.1)
+    for (start, stop), high in [*((e, 0.92) for e in events), *((f, 0.8) for f in flares)]:
+        on = (t >= start) & (t < stop)
+        level[on] = np.maximum(level[on], 0.1 + (high - 0.1) * (1 - np.exp(-(t[on] - start) / rise)))
+        after = t >= stop
+        level[after] = np.maximum(level[after], 0.1 + (high - 0.1) * np.exp(-(t[after] - stop) / rise))
+    logit = np.log(level / (1 - level)) + rng.normal(0.0, noise, t.size)
+    score = 1 / (1 + np.exp(-logit))
+    score[rng.random(t.size) < dropout] = np.nan
+    return t, score
+
+
+def marked_recording(seconds: float, events: Sequence[tuple[float, float]] = (), *, fps: float = 25.0, size: int = 16,
+                     seed: int = 0, name: str = "marked") -> store.RecordingArrays:
+    """A V1-like recording (one current row per frame) whose abnormal pixels are marked in the video.
+
+    Between each event's (onset, offset) seconds a 6x6 hot spot is abnormal (the mask is 1 there)
+    and painted pure red (255, 0, 0); every other pixel is random below 200. So a model can read a
+    frame's labelled abnormal share off the frame itself (the oracle of tests/watch_models.py).
+    """
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * fps))
+    t = np.arange(n) / fps
+    video = rng.integers(0, 200, (n, size, size, 3), dtype=np.uint8)
+    mask = np.zeros((n, size, size), np.uint8)
+    for onset, offset in events:
+        mask[(t >= onset) & (t < offset), 5:11, 5:11] = 1
+    video[mask == 1] = (255, 0, 0)
+    return store.RecordingArrays(
+        video=video, mask=mask, split=train_gap_test(n), frame_time=t, current=rng.normal(9000.0, 300.0, (n, 3)),
+        current_time=t.copy(), frame_current_end=np.arange(1, n + 1, dtype=np.int64),
+        info=schema.RecordingInfo(name=name, source_path="memory", source_bytes=0, layout="v1", n_frames=n,
+                                  n_current=n))

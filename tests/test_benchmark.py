@@ -129,6 +129,35 @@ def test_the_table_holds_the_numbers_of_evaluate_run_by_hand(killed_and_rerun, b
             assert rec["f1"]["mean"] == pytest.approx(np.mean(values), abs=1e-9)
 
 
+def test_the_alarm_columns_are_those_of_predict_and_alarms_run_by_hand(killed_and_rerun, bench_store, tmp_path):
+    """Each cell's alarm figures (its test windows decided every 0.5 s under watch's default policy)
+    equal `fmmodel alarms` on `fmmodel predict --split test` of its best.pt; the row is their mean."""
+    out, _, _ = killed_and_rerun
+    table = json.loads((out / TABLE_JSON).read_text())
+    model = MODELS[0]
+    by_hand = {}
+    for seed in SEEDS:
+        pred = tmp_path / f"pred-{seed}.zarr"
+        res = _fmmodel("predict", "--store", bench_store, "--checkpoint",
+                       os.path.join(cell_folder(str(out), model, "reference", seed), "best.pt"), "--split", "test",
+                       "--out", str(pred), "--workers", "0", "--device", "cpu", "--no-progress")
+        assert res.returncode == 0, res.stderr
+        res = _fmmodel("alarms", "--store", bench_store, "--predictions", str(pred), "--json")
+        assert res.returncode == 0, res.stderr
+        by_hand[seed] = json.loads(res.stdout)["overall"]
+    cells = {c["seed"]: c["alarms"] for c in table["cells"] if c["model"] == model}
+    for seed, overall in by_hand.items():
+        assert overall["events"] > 0
+        for key in ("events", "recall", "delay_median", "delay_p90", "false_alarms_per_hour",
+                    "false_alarms_per_hour_upper95", "chatter"):
+            assert cells[seed][key] == pytest.approx(overall[key], abs=1e-9), (seed, key)
+        assert cells[seed]["nab_standard"] == pytest.approx(overall["nab"]["standard"], abs=1e-9)
+    row = next(r for r in table["rows"] if r["model"] == model)
+    for key in ("recall", "false_alarms_per_hour_upper95"):
+        assert row["alarms"][key]["mean"] == pytest.approx(np.mean([by_hand[s][key] for s in SEEDS]), abs=1e-9)
+    assert "## Test, alarms as events" in (out / TABLE_MD).read_text()
+
+
 def test_both_policies_sit_side_by_side(bench_store, tmp_path):
     report = run_benchmark(bench_store, models=["vicu_cls"], seeds=[0], policies=["reference", "strict"],
                            out=str(tmp_path / "b"), settings=BenchmarkSettings(train={**TRAIN, "epochs": 1}, window=WINDOW),

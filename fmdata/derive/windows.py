@@ -5,7 +5,9 @@ f - step, f`` and the current rows ``[current_start, current_stop)`` (global row
 recording). Readers resample those rows to ``current_rows`` with
 :func:`fmdata.store.window_table.current_row_offsets`.
 Everything here is numpy over the frame-level 1-D arrays and the recording offsets: no per-window
-search, no randomness. ``docs/derivations.md`` states the rules; the short version:
+search, no randomness. The rule of one window (its clip, its current rows) is
+:mod:`fmdata.store.window_table`'s (``clip_frames``, ``current_window``), which ``fmmodel watch``
+applies to its ring buffers too. ``docs/derivations.md`` states the rules; the short version:
 
 Current rows. ``current_stop`` is ``frame_current_end[f]``: one past the last row at or before
 the frame's time. Where a recording's current timestamps are whole seconds (layout V2, 2 Hz rows
@@ -28,7 +30,6 @@ at or after the row's), so train and test windows never share a frame or a curre
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -46,13 +47,14 @@ from fmdata.store.window_table import (
     WindowParams,
     WindowTable,
     check_replaceable_table,
+    clip_frames,
+    current_rule,
+    current_window,
     window_columns,
     write_window_table,
 )
 from fmdata.version import __version__
 
-RULE_SECONDS = "distinct-seconds"
-RULE_SPAN = "time-span"
 # int64 arrays of a table's size that building it holds at once (the clip, its clamped copy, the table)
 TABLE_COPIES = 3
 
@@ -137,12 +139,9 @@ def _check(ix: FrameIndex) -> None:
 
 
 def current_rules(ix: FrameIndex) -> list[str]:
-    """Return each recording's current rule: distinct-seconds (whole-second times) or time-span."""
-    rules = []
-    for r in range(len(ix.current_offsets) - 1):
-        t = ix.current_time[ix.current_offsets[r]:ix.current_offsets[r + 1]]
-        rules.append(RULE_SECONDS if len(t) and np.all(t == np.floor(t)) else RULE_SPAN)
-    return rules
+    """Return each recording's current rule (:func:`fmdata.store.window_table.current_rule`)."""
+    return [current_rule(ix.current_time[ix.current_offsets[r]:ix.current_offsets[r + 1]])
+            for r in range(len(ix.current_offsets) - 1)]
 
 
 def _blocks(ix: FrameIndex) -> tuple[np.ndarray, np.ndarray]:
@@ -154,46 +153,25 @@ def _blocks(ix: FrameIndex) -> tuple[np.ndarray, np.ndarray]:
 
 def _current_ranges(ix: FrameIndex, f: np.ndarray, params: WindowParams,
                     rules: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Return (start, stop, fallback, want_start) per window frame ``f``.
-
-    ``fallback``: no row at or before the frame (first second used); ``want_start``: the first row
-    a full history would need (may lie before the recording: then it is < the recording's start).
-    """
-    c_off, ct = ix.current_offsets, ix.current_time
+    """Return global (start, stop, fallback, want) per window frame ``f``: the rule of
+    :func:`fmdata.store.window_table.current_window` applied per recording (``want`` below the
+    recording's first row when a full history would reach before it)."""
+    c_off = ix.current_offsets
     rec = ix.recording[f]
     lo, hi = c_off[rec], c_off[rec + 1]
     if np.any(hi <= lo):
         empty = sorted(set(rec[hi <= lo].tolist()))
         raise FmDataError(f"expected current rows in every recording with windows, got none in recording(s) {empty}")
-    stop = ix.frame_current_end[f].copy()
-    fallback = stop <= lo
-    start = np.empty_like(stop)
-    want = np.empty_like(stop)
-    # Distinct-timestamp ids over all rows; a recording's start always opens a new id.
-    new = np.ones(len(ct), bool)
-    new[1:] = ct[1:] != ct[:-1]
-    new[c_off[:-1][np.diff(c_off) > 0]] = True
-    ids = np.cumsum(new) - 1
-    first_row = np.flatnonzero(new)
-    n_sec = int(math.ceil(params.current_seconds))
+    start, stop = np.empty_like(f), np.empty_like(f)
+    want, fallback = np.empty_like(f), np.zeros(len(f), bool)
     for r, rule in enumerate(rules):
         sel = np.flatnonzero(rec == r)
         if not len(sel):
             continue
-        r_lo, r_hi = int(c_off[r]), int(c_off[r + 1])
-        if rule == RULE_SECONDS:
-            first_id = ids[r_lo]
-            stop[sel[fallback[sel]]] = first_row[first_id + 1] if first_id + 1 < len(first_row) else len(ct)
-            last_id = ids[stop[sel] - 1]
-            want_id = last_id - (n_sec - 1)
-            start[sel] = first_row[np.maximum(want_id, first_id)]
-            want[sel] = np.where(want_id >= first_id, first_row[np.maximum(want_id, 0)], r_lo - 1)
-        else:
-            stop[sel[fallback[sel]]] = r_lo + 1
-            t_last = ct[stop[sel] - 1]
-            start[sel] = r_lo + np.searchsorted(ct[r_lo:r_hi], t_last - params.current_seconds, side="right")
-            # full history: some row of the recording lies at or before the window's left edge
-            want[sel] = np.where(start[sel] > r_lo, start[sel], r_lo - 1)
+        r_lo = int(c_off[r])
+        s, e, fb, w = current_window(ix.current_time[r_lo:int(c_off[r + 1])], ix.frame_current_end[f[sel]] - r_lo,
+                                     params.current_seconds, rule)
+        start[sel], stop[sel], fallback[sel], want[sel] = s + r_lo, e + r_lo, fb, w + r_lo
     return start, stop, fallback, want
 
 
@@ -202,12 +180,11 @@ def _windows_at(ix: FrameIndex, f: np.ndarray, params: WindowParams, rules: list
     block_of, block_first = _blocks(ix)
     rec = ix.recording[f]
     rec_first = ix.frame_offsets[rec]
-    offsets = (params.frames - 1 - np.arange(params.frames)) * params.frame_step  # oldest first
-    clip = f[:, None] - offsets[None, :]
     start, stop, fallback, want = _current_ranges(ix, f, params, rules)
     if params.policy == "reference":
-        clip = np.maximum(clip, rec_first[:, None])
+        clip = clip_frames(f, params.frames, params.frame_step, rec_first)
     else:
+        clip = clip_frames(f, params.frames, params.frame_step, None)
         b_first = block_first[block_of[f]]
         # the block's current rows: those that no frame before the block has seen
         c_lo = np.where(b_first > rec_first, ix.frame_current_end[np.maximum(b_first - 1, 0)],

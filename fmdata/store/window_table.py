@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import numbers
 import re
 import warnings
@@ -50,6 +51,10 @@ TABLE_DIMS = ("window", "field")  # the dimension names of every window table
 MAX_CLIP_FRAMES = 1024
 MAX_CURRENT_ROWS = 65536
 MAX_CURRENT_SECONDS = float(2**31 - 1)
+# The two current rules (docs/derivations.md, "Current rows"), chosen per recording by current_rule.
+RULE_SECONDS = "distinct-seconds"
+RULE_SPAN = "time-span"
+CURRENT_RULES = (RULE_SECONDS, RULE_SPAN)
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,67 @@ def current_row_indices(start: int, stop: int, rows: int) -> np.ndarray:
     if int(stop) - int(start) < 1:
         raise FmDataError(f"expected a non-empty current range, got [{start}, {stop})")
     return int(start) + current_row_offsets(int(stop) - int(start), rows)
+
+
+def clip_frames(anchor: np.ndarray, frames: int, frame_step: int, first: np.ndarray | int | None) -> np.ndarray:
+    """Return the clips (int64, (anchors, ``frames``), oldest first, the anchor last) of windows
+    labelled at frame numbers ``anchor``: ``anchor - (frames-1)*step, ..., anchor - step, anchor``.
+
+    ``first`` is the recording's first frame number (one per anchor, or one for all): a clip frame
+    before it is clamped to it (the ``reference`` policy). None leaves the clip unclamped (``strict``
+    keeps only clips that need no clamping).
+    """
+    anchor = np.asarray(anchor, np.int64).reshape(-1)
+    offsets = (int(frames) - 1 - np.arange(int(frames), dtype=np.int64)) * int(frame_step)
+    clip = anchor[:, None] - offsets[None, :]
+    if first is None:
+        return clip
+    return np.maximum(clip, np.asarray(first, np.int64).reshape(-1, 1))
+
+
+def current_rule(times: np.ndarray) -> str:
+    """Return the current rule of one recording's current times (seconds): ``distinct-seconds`` when
+    every time is a whole number (layout V2: 2 Hz rows with 1 s timestamps), else ``time-span``."""
+    t = np.asarray(times, np.float64)
+    return RULE_SECONDS if len(t) and bool(np.all(t == np.floor(t))) else RULE_SPAN
+
+
+def current_window(times: np.ndarray, end: np.ndarray, current_seconds: float,
+                   rule: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return the current rows of windows over one recording's current ``times``: (start, stop,
+    fallback, want), int64 / bool arrays with one entry per anchor, positions in ``times``.
+
+    ``times`` are the recording's current times from its first row on (non-decreasing), ``end``
+    per anchor the number of rows at or before the anchor frame's time (``frame_current_end``
+    minus the recording's first row). The window is ``[start, stop)``, ``stop = end``:
+    ``distinct-seconds`` holds the rows of the last ``ceil(current_seconds)`` distinct times up to
+    and including row ``end - 1``; ``time-span`` the rows whose time lies in ``(t - current_seconds,
+    t]``, ``t`` the time of row ``end - 1``. Cut at the first row. ``fallback`` marks anchors with no
+    row at or before them (``end == 0``): they take the first second (``distinct-seconds``) or the
+    first row. ``want`` is the first row a full history needs, -1 when it lies before the first
+    row (the ``strict`` policy keeps only full histories).
+    """
+    t = np.asarray(times, np.float64)
+    if not len(t):
+        raise FmDataError("expected current rows in every recording with windows, got none")
+    stop = np.asarray(end, np.int64).reshape(-1).copy()
+    fallback = stop <= 0
+    new = np.ones(len(t), bool)  # a new distinct time opens here; the first row always opens one
+    new[1:] = t[1:] != t[:-1]
+    if rule == RULE_SECONDS:
+        first_row = np.flatnonzero(new)
+        stop[fallback] = first_row[1] if len(first_row) > 1 else len(t)
+        ids = np.cumsum(new) - 1
+        want_id = ids[stop - 1] - (int(math.ceil(current_seconds)) - 1)
+        start = first_row[np.maximum(want_id, 0)]
+        want = np.where(want_id >= 0, start, -1)
+    elif rule == RULE_SPAN:
+        stop[fallback] = 1
+        start = np.searchsorted(t, t[stop - 1] - current_seconds, side="right").astype(np.int64)
+        want = np.where(start > 0, start, -1)  # full history: some row lies at or before the left edge
+    else:
+        raise FmDataError(f"expected a current rule in {CURRENT_RULES}, got {rule!r}", field="rule")
+    return start.astype(np.int64), stop, fallback, want.astype(np.int64)
 
 
 @dataclass(frozen=True)

@@ -37,12 +37,12 @@ from fmmodel.data.preprocessing import (
     PREPROCESSING_REFERENCE,
     PREPROCESSINGS,
     VIDEO_DTYPES,
+    clip_values,
     current_values,
     input_format,
     item_axes,
     orient_masks,
     read_normalization,
-    video_scale_shift,
 )
 from fmmodel.errors import FmModelError
 from fmmodel.protocol import MODALITIES
@@ -382,15 +382,7 @@ class FmfWindowDataset(torch.utils.data.Dataset):
     def _read_clips(self, reader: AxisReader, idx: np.ndarray, flips: np.ndarray, out: np.ndarray) -> None:
         raw = self._frames(reader, self._clip[idx], "clip")  # (B, T, H, W, 3) uint8, store orientation
         self._flip_last_axis(raw, flips)
-        # One strided, casting copy for the whole batch: (B, T, y, x, c) -> (B, c, T, H', W').
-        src = raw.transpose(0, 4, 1, *item_axes(self.orientation, 2))
-        if self.norm is None:
-            np.copyto(out, src, casting="unsafe")
-            return
-        scale, shift = video_scale_shift(self.norm)
-        for c in range(3):
-            np.multiply(src[:, c], scale[c], out=out[:, c], dtype=np.float32)
-            out[:, c] += shift[c]
+        clip_values(raw, self.orientation, self.norm, out)
 
     def _read_masks(self, reader: AxisReader, idx: np.ndarray, flips: np.ndarray, out: np.ndarray) -> None:
         raw = self._frames(reader, self._frame[idx], "mask")  # (B, H, W), store orientation

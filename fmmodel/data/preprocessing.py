@@ -9,7 +9,8 @@
 :func:`input_format` is the one place that turns a preprocessing (and the device) into the
 (orientation, video dtype) pair that datasets deliver and checkpoints record. The arithmetic both
 data paths (:mod:`fmmodel.data.dataset`, :mod:`fmmodel.data.resident`) apply lives here too:
-:func:`item_axes` (orientation), :func:`video_scale_shift` and :func:`current_values` (scaling).
+:func:`item_axes` (orientation), :func:`clip_values`, :func:`video_scale_shift` and
+:func:`current_values` (scaling).
 """
 from __future__ import annotations
 
@@ -65,7 +66,16 @@ def read_normalization(attrs: dict[str, Any], where: str) -> dict[str, np.ndarra
         check_attribute(stats, schema.ATTR_STATS, where)
     except FmDataError as exc:
         raise FmModelError(exc.message, where) from None
-    norm = stats.get("normalization", stats)
+    return checked_normalization(stats.get("normalization", stats), where)
+
+
+def checked_normalization(norm: Any, where: str) -> dict[str, np.ndarray]:
+    """Return {video_mean, video_std, current_mean, current_std} (float64, 3 each) from a dict of
+    lists: the statistics a store holds, or those a checkpoint recorded in its preprocessing
+    (``preprocessing["normalization"]``, what ``fmmodel watch`` feeds a model with when no store is
+    read). FmModelError about ``where`` when a value is missing, not finite, or a std is not positive."""
+    if not isinstance(norm, dict):
+        raise FmModelError(f"expected normalisation statistics, got {type(norm).__name__}", where)
     out = {}
     for key in ("video_mean", "video_std", "current_mean", "current_std"):
         value = norm.get(key)
@@ -101,6 +111,22 @@ def video_scale_shift(norm: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarr
     scale = 1.0 / norm["video_std"]
     shift = -norm["video_mean"] * scale
     return scale.astype(np.float32), shift.astype(np.float32)
+
+
+def clip_values(raw: np.ndarray, orientation: str, norm: dict[str, np.ndarray] | None, out: np.ndarray) -> np.ndarray:
+    """Write clips of store-order frames ``raw`` (B, T, H, W, 3) uint8 into ``out`` (B, 3, T, H', W')
+    as a model reads them, and return ``out``: cast to its dtype (float32 or uint8) without ``norm``,
+    else standardised (:func:`video_scale_shift`). One strided, casting copy for the whole batch;
+    the lazy dataset and ``fmmodel watch`` both call this, so their inputs are bit-identical."""
+    src = raw.transpose(0, 4, 1, *item_axes(orientation, 2))
+    if norm is None:
+        np.copyto(out, src, casting="unsafe")
+        return out
+    scale, shift = video_scale_shift(norm)
+    for c in range(3):
+        np.multiply(src[:, c], scale[c], out=out[:, c], dtype=np.float32)
+        out[:, c] += shift[c]
+    return out
 
 
 def current_values(values: np.ndarray, norm: dict[str, np.ndarray] | None) -> np.ndarray:

@@ -73,14 +73,20 @@ def check_windows_fit(table: WindowTable, data: DataDescription, where: str) -> 
                            f"(the model's), got {frames} frames and {rows} rows", where)
 
 
+def store_frame_size(meta: ModelMeta) -> tuple[int, int]:
+    """Return the (height, width) of frames in store orientation that a model's input frames come
+    from (its ``frame_size`` is as fed: (W, H) under the reference orientation)."""
+    rows, cols = meta.description.frame_size
+    return (cols, rows) if meta.orientation == ORIENTATION_REFERENCE else (rows, cols)
+
+
 def check_frames_fit(meta: ModelMeta, height: int, width: int, checkpoint: str, where: str) -> None:
     """Raise FmModelError when a video model expects frames of another size than the store's
     ``height`` x ``width``; the message names the checkpoint and says both sizes (H x W, as the
     store holds them). A current-only model reads no frames and always fits."""
     if "video" not in meta.description.inputs:
         return
-    rows, cols = meta.description.frame_size  # as fed to the model: (W, H) under the reference orientation
-    want = (cols, rows) if meta.orientation == ORIENTATION_REFERENCE else (rows, cols)
+    want = store_frame_size(meta)
     if want != (height, width):
         raise FmModelError(f"expects {want[0]}x{want[1]} frames (its model's input): expected a store of "
                            f"{want[0]}x{want[1]} frames, got {height}x{width} frames in {where}", checkpoint)

@@ -3,7 +3,9 @@
 Every (model, window policy, seed) is a cell with its own run folder under ``out``
 (``<model>/<policy>/seed-<k>``): trained as ``fmmodel train`` trains (the same
 :class:`~fmmodel.runs.config.TrainConfig`, the settings given once for all cells), then scored on the
-test split by :func:`fmmodel.scoring.evaluate.evaluate`, whose report is kept as ``eval/report.json``.
+test split by :func:`fmmodel.scoring.evaluate.evaluate`, whose report is kept as ``eval/report.json``,
+with the alarms an operator would see: the windows' scores decided every half second, alarmed
+under ``fmmodel watch``'s default policy and scored as events (recall, delay, false alarms per hour).
 A cell whose run finished its epochs and holds its report is skipped; a cell whose run stopped
 part-way (or is asked for more epochs) is resumed from its ``last.pt`` and scored again; so the
 command can be re-run after a crash, with more seeds or models or with more epochs, and does no
@@ -40,6 +42,7 @@ from fmmodel.model.registry import Variant, resolve_variant
 from fmmodel.runs.benchmark_table import BenchmarkTable, Cell, check_tables, label, write_table
 from fmmodel.runs.config import RUN_ENVIRONMENT, TrainConfig
 from fmmodel.runs.train import BEST, CONFIG_JSON, LAST, path_safe, resume_run, train
+from fmmodel.scoring.alarms import WATCH_EVERY, WATCH_POLICY
 from fmmodel.scoring.evaluate import evaluate
 
 REPORT = os.path.join("eval", "report.json")
@@ -162,11 +165,12 @@ def _run_cells(store: StoreHandle, cells: list[Cell], variants: dict[str, Varian
         try:
             outcome, history = _train_cell(cfg, progress, name=name, store=store)
             counts[outcome] += 1
-            if outcome != "skipped" or not os.path.exists(os.path.join(folder, REPORT)):
+            if outcome != "skipped" or not _scored(folder):
                 evaluate(store, os.path.join(folder, BEST), split="test", out=os.path.join(folder, "eval"),
                          batch_size=cfg.batch_size, workers=cfg.workers, data=cfg.data,
                          resident_budget=cfg.resident_budget, device=cfg.device, precision=cfg.precision,
-                         examples=0, progress=False, trusted=[cell.model])
+                         examples=0, progress=False, trusted=[cell.model], alarms=WATCH_POLICY,
+                         alarm_every=WATCH_EVERY)
         except KeyboardInterrupt:  # the trainer's hint names `fmmodel train`: the benchmark resumes its own cells
             raise Interrupted(f"{out}: interrupted in {name}; run the same `fmmodel benchmark` command again: finished "
                               "cells are kept and this one continues from its last finished epoch") from None
@@ -208,6 +212,16 @@ def _train_cell(cfg: TrainConfig, progress: bool, name: str, store: StoreHandle)
                                      model=cfg.variant, store=store).history
     print(f"{name}: training ({folder})", file=sys.stderr, flush=True)
     return "trained", train(cfg, progress=progress, store=store).history
+
+
+def _scored(folder: str) -> bool:
+    """Whether a cell holds its evaluation report with the alarm figures (a report of an earlier
+    version, without them, is scored again: same model, same numbers, and the alarms beside them)."""
+    try:
+        with open(os.path.join(folder, REPORT), encoding="utf-8") as fh:
+            return "alarms" in json.load(fh)
+    except (OSError, ValueError):
+        return False
 
 
 def _read(folder: str, history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -22,12 +22,18 @@ from matplotlib.figure import Figure
 
 from fmdata.store.atomic import replace_text, save_figure
 from fmmodel.errors import FmModelError
+from fmmodel.scoring.alarms import AlarmPolicy
 from fmmodel.scoring.report import write_json
+from fmmodel.scoring.timeline import describe_policy
 
 CLASS_METRICS = (("accuracy", "ACC"), ("f1", "F1"), ("fdr", "FDR"), ("mdr", "MDR"), ("auroc", "AUROC"), ("ap", "AP"))
 PIXEL_METRICS = (("pixel_accuracy", "PA"), ("mean_pixel_accuracy", "MPA"), ("miou", "mIoU"))
 VALIDATION = (("val_f1", "val F1"), ("val_auroc", "val AUROC"))
 PICTURE_METRICS = ("accuracy", "f1", "auroc", "ap")
+# the alarms of the test split as events (evaluate's "alarms": fmmodel.scoring.offline_alarms)
+ALARM_FIGURES = (("recall", "event recall"), ("delay_median", "delay median s"), ("delay_p90", "delay p90 s"),
+                 ("false_alarms_per_hour", "false alarms/h"), ("false_alarms_per_hour_upper95", "95% upper /h"),
+                 ("chatter", "chatter"), ("nab_standard", "NAB"), ("nab_reward_low_FP_rate", "NAB low FP"))
 TABLE_MD, TABLE_JSON, TABLE_PNG = "table.md", "table.json", "table.png"
 
 
@@ -80,6 +86,16 @@ def _scores(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _alarm_figures(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The alarm figures of one cell's report (empty when it has none)."""
+    a = report.get("alarms")
+    if not a:
+        return {}
+    o = a["overall"]
+    return {**{k: o.get(k) for k, _ in ALARM_FIGURES if k in o}, "events": o.get("events"),
+            **{f"nab_{p}": v for p, v in o.get("nab", {}).items()}}
+
+
 def aggregate(cells: Sequence[Cell], reports: Mapping[Cell, Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per (model, policy): test scores overall and per recording, and validation scores,
     each as {mean, std, n} over the seeds; the number of test samples of one cell."""
@@ -101,6 +117,9 @@ def aggregate(cells: Sequence[Cell], reports: Mapping[Cell, Mapping[str, Any]]) 
         row["recordings"] = recordings
         val = [reports[c].get("validation") or {} for c in members]
         row["validation"] = {k: _spread([v.get(k) for v in val]) for k, _ in VALIDATION}
+        alarms = [_alarm_figures(reports[c]) for c in members]
+        row["alarms"] = {k: _spread([a.get(k) for a in alarms]) for k, _ in ALARM_FIGURES}
+        row["alarm_events"] = alarms[0].get("events")
         rows.append(row)
     return rows
 
@@ -130,6 +149,14 @@ def _markdown(rows: Sequence[Mapping[str, Any]], protocol: Mapping[str, Any]) ->
         for rec in r["recordings"].values():
             lines.append(f"| {label(r['model'])} | {r['policy']} | {rec['name']} | {rec['test_samples']} | "
                          + " | ".join(_fmt(rec[k]) for k, _ in test_cols) + " |")
+    if any(r["alarm_events"] is not None for r in rows):
+        lines += ["", "## Test, alarms as events", "", protocol["alarms"], "",
+                  "| model | policy | events | " + " | ".join(n for _, n in ALARM_FIGURES) + " |",
+                  "|---|---|---:|" + "---:|" * len(ALARM_FIGURES)]
+        for r in rows:
+            events = "-" if r["alarm_events"] is None else r["alarm_events"]
+            lines.append(f"| {label(r['model'])} | {r['policy']} | {events} | "
+                         + " | ".join(_fmt(r["alarms"][k]) for k, _ in ALARM_FIGURES) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -235,18 +262,31 @@ def write_table(out: str, cells: Sequence[Cell], *, reports: Mapping[Cell, Mappi
                 "model": dict(model or {}), "parameters": {m: r.get("parameters") for m, r in first.items()},
                 "data": {"requested": data,
                          "training": sorted({str(r["training"]["data"]) for r in every if r.get("training")}),
-                         "scoring": sorted({str((r.get("data") or {}).get("path")) for r in every})}}
+                         "scoring": sorted({str((r.get("data") or {}).get("path")) for r in every})},
+                "alarms": _alarm_text(next(iter(reports.values())).get("alarms"))}
     markdown = _markdown(rows, protocol)
     os.makedirs(out, exist_ok=True)
     paths = [os.path.join(out, name) for name in (TABLE_MD, TABLE_JSON, TABLE_PNG)]
     cell_rows = [{"model": c.model, "policy": c.policy, "seed": c.seed, "test": _scores(reports[c]["metrics"]["overall"]),
-                  "validation": reports[c].get("validation")} for c in cells]
+                  "validation": reports[c].get("validation"), "alarms": _alarm_figures(reports[c])} for c in cells]
     # table.json first: it is what marks the folder's table files as a benchmark's (check_tables)
     write_json(paths[1], {"protocol": protocol, "settings": dict(settings), "rows": rows, "cells": cell_rows})
     replace_text(paths[0], markdown)
     _picture(paths[2], rows, protocol)
     return BenchmarkTable(markdown=markdown, markdown_path=paths[0], json_path=paths[1], picture_path=paths[2],
                           rows=rows)
+
+
+def _alarm_text(alarms: Mapping[str, Any] | None) -> str:
+    """How the alarm figures were made (the policy of the first cell: all cells share it)."""
+    if not alarms:
+        return "no alarm figures"
+    p = AlarmPolicy.from_dict(alarms["policy"])
+    return (f"Decisions every {alarms['every']:g} s from the test windows' scores (as fmmodel watch replays a "
+            f"recording), alarms: {describe_policy(p)}; an event is detected by a raise from its onset to "
+            f"{alarms['tolerance']:g} s after its end; false alarms per hour of normal test time with the one-sided "
+            "95% Poisson upper bound; NAB: normalised score, standard and reward_low_FP_rate profiles "
+            "(docs/online.md).")
 
 
 def _window_text(p: Mapping[str, Any]) -> str:

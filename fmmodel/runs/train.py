@@ -382,7 +382,7 @@ def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool = 
     model = build_run_model(cfg, train_ds.item_frame_shape, source)
     cfg.validation = vinfo
     cfg.runtime = {"world_size": ctx.world_size, "device": str(device.type), "precision": precision,
-                   "store_frames": meta.n_frames, "windows_total": len(wt),
+                   "store_frames": meta.n_frames, "store_fps": meta.fps, "windows_total": len(wt),
                    "window_params_used": plain_params(wt.params),
                    "orientation": fmt.orientation, "model_config": _sizes(model)}
     sampler = make_sampler(train_ds, shuffle=not cfg.balanced, balanced=cfg.balanced, seed=cfg.seed,
@@ -642,7 +642,8 @@ def save_epoch(run: Run, epoch: int, row: dict[str, Any]) -> None:
     ctx, cfg = run.ctx, run.cfg
     if ctx.is_main:
         info = {"task": cfg.task, "modality": cfg.modality, "window": cfg.window.to_dict(), "store": cfg.store,
-                "seed": cfg.seed, "epoch": epoch + 1, "score": row["score"]}
+                "seed": cfg.seed, "epoch": epoch + 1, "score": row["score"],
+                "fps": cfg.runtime.get("store_fps")}  # the frame rate the windows' frame steps were counted at
         extra = {"epoch": epoch + 1, "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
                  "rng": _rng_state(ctx.device), "best_score": run.best_score, "history": run.history,
                  "config": cfg.to_dict()}

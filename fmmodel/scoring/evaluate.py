@@ -25,11 +25,13 @@ from fmmodel.errors import FmModelError
 from fmmodel.model.fmformer import count_parameters
 from fmmodel.protocol import ORIENTATION_REFERENCE
 from fmmodel.runtime import distributed as dd
-from fmmodel.runtime.precision import autocast, resolve_precision
+from fmmodel.runtime.precision import autocast
+from fmmodel.scoring.alarms import WATCH_EVERY, AlarmPolicy
 from fmmodel.scoring.card import record_evaluation
 from fmmodel.scoring.config import EvaluateConfig
-from fmmodel.scoring.inference import Inference, model_inputs, prepare, run_inference
+from fmmodel.scoring.inference import Inference, inference_precision, model_inputs, prepare, run_inference
 from fmmodel.scoring.metrics import THRESHOLD, predicted_abnormal, probabilities, summary_line
+from fmmodel.scoring.offline_alarms import FrameTable, alarms_of_windows
 from fmmodel.scoring.report import Example, choose_examples, plain_params, write_report
 
 
@@ -86,7 +88,7 @@ _MIOU = {"toolkit": "dataset-wide 2x2 confusion matrix, mean over the classes th
 
 
 def evaluate(store: StoreLike, checkpoint: str, config: EvaluateConfig | None = None, *, progress: bool = True,
-             **options: Any) -> dict[str, Any]:
+             alarms: AlarmPolicy | None = None, alarm_every: float = WATCH_EVERY, **options: Any) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``store`` (an open store or its location, opened once); return the
     report dict (and write it under ``out``).
 
@@ -103,7 +105,10 @@ def evaluate(store: StoreLike, checkpoint: str, config: EvaluateConfig | None = 
     users' models whose factory the checkpoint may import. ``progress`` shows bars. The report
     holds metrics overall and per recording, FPS (the scoring loop; a resident load is timed apart,
     under ``data``), the protocol, what was evaluated, the data path, and (with ``out``) the paths
-    of report.json and the pictures.
+    of report.json and the pictures. With ``alarms`` (a policy) it also holds, under "alarms", the
+    windows' scores judged as an operator would
+    (:func:`fmmodel.scoring.offline_alarms.alarms_of_windows`: decisions every ``alarm_every``
+    seconds, alarms under the policy, scored as events against the frame labels).
     """
     cfg = (config or EvaluateConfig()).replace(**options)
     store = store if isinstance(store, StoreHandle) else Location.parse(store)  # parsed once, opened in prepare
@@ -118,8 +123,8 @@ def evaluate(store: StoreLike, checkpoint: str, config: EvaluateConfig | None = 
         p = prepare(store, checkpoint, fmt=cfg.fmt, variant=cfg.variant, split=cfg.split, windows=cfg.windows,
                     ctx=ctx, batch_size=cfg.batch_size, workers=cfg.workers, data=cfg.data,
                     resident_budget=cfg.resident_budget, progress=progress, protocol=cfg.protocol,
-                    trusted=cfg.trusted)
-        prec = resolve_precision(cfg.precision, ctx.device)
+                    trusted=cfg.trusted, precision=cfg.precision)
+        prec = inference_precision(p.model, cfg.precision, ctx.device)
         res = run_inference(p.model, p.loader, ctx, task=p.task, precision=prec,
                             recordings=p.store.meta.n_recordings, progress=progress, pixel_rule=p.protocol)
         names = p.store.recording_names
@@ -149,6 +154,11 @@ def evaluate(store: StoreLike, checkpoint: str, config: EvaluateConfig | None = 
                 "fps": "windows / wall time of the whole loop incl. data loading",
             },
         }
+        if alarms is not None:
+            table = FrameTable.read(p.store)
+            run = alarms_of_windows(table, res["records"]["key"], res["records"]["prob"], policy=alarms,
+                                    every=alarm_every)
+            report["alarms"] = run.to_dict()
         if out and ctx.is_main:
             ex = _examples(p, res["records"], cfg.examples, ctx.device, prec)
             report["files"] = write_report(out, report, res["class_curves"], res["pixel_curves"], ex)

@@ -37,11 +37,12 @@ from fmmodel.data.windows import (
 )
 from fmmodel.errors import FmModelError
 from fmmodel.model.checkpoint import ModelMeta, load_model
+from fmmodel.model.export import ExportedModel, export_kind, load_export
 from fmmodel.model.registry import model_info
 from fmmodel.model.user_models import user_code
 from fmmodel.protocol import EVAL_PROTOCOLS
 from fmmodel.runtime import distributed as dd
-from fmmodel.runtime.precision import autocast
+from fmmodel.runtime.precision import autocast, resolve_precision
 from fmmodel.scoring.metrics import MetricSet, class_curves, probabilities, window_probability_from_mask
 
 
@@ -133,13 +134,32 @@ def run_inference(model: nn.Module, loader: BatchSource, ctx: dd.DistContext, *,
 
 
 def load_for_inference(checkpoint: str, fmt: str, variant: str | None, device: torch.device,
-                       trusted: Sequence[str] = ()) -> tuple[nn.Module, ModelMeta]:
+                       trusted: Sequence[str] = (), precision: str | None = None) -> tuple[nn.Module, ModelMeta]:
     """Return (model on ``device`` in eval mode, ModelMeta) from a toolkit or reference checkpoint
-    (:func:`fmmodel.model.checkpoint.load_model`, which checks ``fmt``); ``trusted`` names users' models
-    whose factory may be imported (``--model``)."""
+    (:func:`fmmodel.model.checkpoint.load_model`, which checks ``fmt``) or an exported model (told
+    apart by content: :func:`fmmodel.model.export.load_export`; it records its model, so ``fmt``
+    must be "auto" and ``variant`` None); ``trusted`` names users' models whose factory may be
+    imported (``--model``), or an AOTInductor export that may be loaded. An export computes in fp32:
+    another ``precision`` asked for is refused before it is loaded."""
     if not os.path.exists(checkpoint):  # one message for a missing file, .npz fixtures included
         raise FmModelError("expected a checkpoint file, got nothing there", checkpoint)
+    kind = export_kind(checkpoint)
+    if kind is not None:
+        if fmt != "auto" or variant is not None:
+            what = f"--format {fmt}" if fmt != "auto" else f"--variant {variant}"
+            raise FmModelError(f"expected neither --format nor --variant with an exported model ({kind}: it records "
+                               f"its model), got {what}", checkpoint, field="fmt" if fmt != "auto" else "variant")
+        if precision not in (None, "fp32"):
+            raise FmModelError(f"expected --precision fp32 for an exported model (it computes as it was exported), "
+                               f"got {precision}", checkpoint, field="precision")
+        return load_export(checkpoint, device=device, trusted=trusted)
     return load_model(checkpoint, format=fmt, variant=variant, device=device, trusted=trusted)
+
+
+def inference_precision(model: nn.Module, precision: str | None, device: torch.device) -> str:
+    """The precision ``model`` computes in: fp32 for an exported model, else ``precision`` resolved
+    for ``device`` (:func:`fmmodel.runtime.precision.resolve_precision`)."""
+    return "fp32" if isinstance(model, ExportedModel) else resolve_precision(precision, device)
 
 
 @dataclass
@@ -169,7 +189,7 @@ def prepare(store: StoreLike, checkpoint: str, *, fmt: str, variant: str | None,
             ctx: dd.DistContext, batch_size: int, workers: int, data: str = "auto",
             resident_budget: int | None = None, progress: bool = False, protocol: str | None = "toolkit",
             sampler: Callable[[int, dd.DistContext], Sampler] | None = None,
-            trusted: Sequence[str] = ()) -> Inference:
+            trusted: Sequence[str] = (), precision: str | None = None) -> Inference:
     """Load the model, windows, dataset and batch source that an evaluation or prediction of
     ``store`` (an open store, or its location: opened here, after the model) needs (``progress``:
     bars while frame labels are computed first, when the store lacks them, and while a resident
@@ -182,11 +202,12 @@ def prepare(store: StoreLike, checkpoint: str, *, fmt: str, variant: str | None,
     ``sampler(n, ctx)`` gives this rank's share of the ``n`` windows (default: every
     ``world_size``-th window, :class:`fmmodel.runtime.distributed.ShardSampler`). ``data``,
     ``resident_budget`` and ``workers`` choose the data path (:func:`fmmodel.data.paths.open_batches`).
-    ``trusted`` names users' models whose factory the checkpoint may import.
+    ``trusted`` names users' models whose factory the checkpoint may import; ``precision`` is
+    checked against the model (:func:`load_for_inference`).
     """
     if protocol is not None and protocol not in EVAL_PROTOCOLS:
         raise FmModelError(f"expected a protocol in {EVAL_PROTOCOLS}, got {protocol!r}", field="protocol")
-    model, meta = load_for_inference(checkpoint, fmt, variant, ctx.device, trusted)
+    model, meta = load_for_inference(checkpoint, fmt, variant, ctx.device, trusted, precision)
     try:
         store = open_store(store)
     except FmDataError as exc:

@@ -50,9 +50,8 @@ from fmdata.store.outputs import (
 from fmmodel.errors import FmModelError
 from fmmodel.protocol import ORIENTATION_REFERENCE
 from fmmodel.runtime import distributed as dd
-from fmmodel.runtime.precision import resolve_precision
 from fmmodel.scoring.config import PredictConfig
-from fmmodel.scoring.inference import prepare, run_inference
+from fmmodel.scoring.inference import inference_precision, prepare, run_inference
 from fmmodel.scoring.metrics import THRESHOLD, predicted_abnormal
 from fmmodel.scoring.report import plain_params
 
@@ -199,7 +198,7 @@ def _predict(store: StoreLike, checkpoint: str, ctx: dd.DistContext, cfg: Predic
     p = prepare(store, checkpoint, fmt=cfg.fmt, variant=cfg.variant, split=cfg.split, windows=cfg.windows, ctx=ctx,
                 batch_size=cfg.batch_size, workers=cfg.workers, data=cfg.data, resident_budget=cfg.resident_budget,
                 progress=progress, sampler=lambda n, c: BlockSampler(*block_of(n, c.rank, c.world_size)),
-                trusted=cfg.trusted)
+                trusted=cfg.trusted, precision=cfg.precision)
     ds, meta, task = p.dataset, p.meta, p.task
     n = len(ds)
     seg = task == "seg"
@@ -217,7 +216,7 @@ def _predict(store: StoreLike, checkpoint: str, ctx: dd.DistContext, cfg: Predic
     dd.barrier(ctx)
     start, stop = block_of(n, ctx.rank, ctx.world_size)
     writer = _Writer(tmp, start, seg, meta.orientation)
-    prec = resolve_precision(cfg.precision, ctx.device)
+    prec = inference_precision(p.model, cfg.precision, ctx.device)
     res = run_inference(p.model, p.loader, ctx, task=task, precision=prec,
                         recordings=p.store.meta.n_recordings, progress=progress, keep=writer.add,
                         desc="predict")
