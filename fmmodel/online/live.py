@@ -13,7 +13,7 @@ decision loop, so the loop always finds the newest data and latency cannot build
 Current rows are text in the V2 layout (``timestamp,phase_A,phase_B,phase_C``; docs/dataset.md):
 lines appended to a CSV file, or lines in an MQTT message (``paho-mqtt``, the ``online`` extra).
 A row that does not parse, or that steps back in time, is skipped and counted; a file whose
-header is not that layout is refused at start-up.
+header is not that layout, or none of whose rows can be read, is refused at start-up.
 """
 from __future__ import annotations
 
@@ -137,10 +137,11 @@ class CurrentFeed:
         self.last = -math.inf
         self.whole = True
         self.bad_rows = 0
+        self.first_error: str | None = None
 
-    def parse(self, lines: list[str], *, strict: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Return (stamps, values (n, 3)) of the rows in ``lines``; a bad row is skipped and counted,
-        or (``strict``) an FmModelError naming the line."""
+    def parse(self, lines: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Return (stamps, values (n, 3)) of the rows in ``lines``; a bad row is skipped and counted
+        (``bad_rows``; ``first_error`` says what was wrong with the first)."""
         stamps, values = [], []
         for n, cells in enumerate(csv.reader(line.rstrip("\r") for line in lines if line.strip())):
             try:
@@ -153,8 +154,7 @@ class CurrentFeed:
                 if t < self.last:
                     raise ValueError(f"expected rows in time order, got {cells[0]!r} after a later row")
             except ValueError as exc:
-                if strict:
-                    raise FmModelError(f"{exc} in row {n + 1} ({','.join(cells)[:60]!r})", self.where) from None
+                self.first_error = self.first_error or f"{exc} in row {n + 1} ({','.join(cells)[:60]!r})"
                 self.bad_rows += 1
                 continue
             self.last = t
@@ -168,6 +168,7 @@ class CurrentFeed:
         if len(stamps):
             current.push(stamps, values, arrival)
         current.rule = RULE_SECONDS if self.whole else RULE_SPAN
+        current.bad_rows = self.bad_rows
         if math.isfinite(self.last):
             current.complete_until = float(np.nextafter(self.last, -math.inf))
 
@@ -195,7 +196,10 @@ class CsvCurrentSource:
         complete, last_newline, _ = rest.rpartition(b"\n")  # a partial last line is read once it is complete
         self._pos = len(head) + 1 + (len(complete) + 1 if last_newline else 0)
         lines = complete.decode("utf-8", errors="replace").split("\n") if last_newline else []
-        self._history = self.feed.parse(lines, strict=True)
+        self._history = self.feed.parse(lines)  # a garbled line is skipped and counted, as later ones are
+        if self.feed.bad_rows and not len(self._history[0]):  # but rows that all fail are another layout
+            raise FmModelError(f"expected rows in the V2 current layout, got none readable: {self.feed.first_error}",
+                               path)
         self.done = False
 
     def run(self, clock: Clock, current: CurrentRing, stop: threading.Event) -> None:

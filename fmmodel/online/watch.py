@@ -248,7 +248,10 @@ def watch(checkpoint: str, sources: Sources, settings: WatchSettings = WatchSett
         clock: Clock = VirtualClock(replay.start) if sources.speed is None else RealClock(replay.start, sources.speed)
         fps: float | None = replay.fps
         rate = settings.current_rate or _rows_per_second(replay.current_stamps)
-        has_video, has_current = True, reads_current and replay.rule is not None
+        if reads_current and replay.rule is None:
+            raise FmModelError(f"expected current rows in recording {replay.recording!r}: model {meta.variant!r} "
+                               f"reads current, got none", sources.replay)
+        has_video, has_current = True, reads_current
         first_frame, where = replay.first_frame, f"{sources.replay} ({replay.recording})"
         finite.append(replay)
     else:
