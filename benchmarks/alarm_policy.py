@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from fmdata.derive.labels import read_labels
-from fmdata.store import open_store, read_offsets, read_recordings
+from fmdata.store import open_store
 from fmmodel.online import Sources, WatchSettings, watch
 from fmmodel.scoring.alarms import WATCH_POLICY, AlarmPolicy, alarm_events
 from fmmodel.scoring.events import labelled_events, score_alarms
@@ -89,17 +89,17 @@ def main() -> None:
     ap.add_argument("--model", action="append", default=[], help="a user's model the checkpoint may import")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    root = open_store(args.store)
-    names = {i: r.name for i, r in enumerate(read_recordings(root))}
-    f_off, _ = read_offsets(root)
-    label, _ = read_labels(root)
-    frame_time = np.asarray(root["frame_time"][:])
+    store = open_store(args.store)  # opened once: every replay below reads through this handle
+    names = dict(enumerate(store.recording_names))
+    f_off, _ = store.offsets
+    label, _ = read_labels(store)
+    frame_time = np.asarray(store.column("frame_time"))
     recording = np.repeat(np.arange(len(names)), np.diff(f_off))
     labelled = labelled_events(label, frame_time, recording)
     streams: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     t0 = time.perf_counter()
     for r in names:
-        report = watch(args.checkpoint, Sources(replay=args.store, recording=str(r), speed=None),
+        report = watch(args.checkpoint, Sources(replay=store, recording=str(r), speed=None),
                        WatchSettings(every=args.every, threads=1, metrics_every=0.0, policy=AlarmPolicy()),
                        trusted=args.model, keep_decisions=True)
         streams[r] = (np.array([d.time for d in report.decisions]), np.array([d.score for d in report.decisions]))

@@ -6,8 +6,10 @@ noisy and only ratios taken in one run mean anything. Every variant runs in its 
 process; the harness polls the RSS of that child and all its descendants (summed) every 20 ms.
 
 * ``floor``: read every source element once with h5py in chunk-aligned blocks, one process;
-* ``convert-1`` / ``convert-2``: ``fmdata convert --workers 1`` / ``--workers 2``; the floor
-  and ``convert-2`` alternate ``--repeat`` times and the median pair is reported (all are kept);
+* ``convert-1`` / ``convert-2``: ``fmdata convert --workers 1`` / ``--workers 2``, for each of
+  ``--layouts`` (plain: decode and re-encode; source: MATLAB's chunks copied); the floor and each
+  layout's ``convert-2`` alternate ``--repeat`` times and the median round is reported (all are
+  kept), with CPU seconds (user + system of every process) beside wall and both as x floor;
 * ``naive``: frame-by-frame h5py reads, each frame written with ``zarr_array[i] = frame`` into the
   same store layout made by zarr-python (one-frame chunks, no shards); run on the first
   ``--naive-frames`` frames and extrapolated linearly (it is linear and slow);
@@ -15,8 +17,9 @@ process; the harness polls the RSS of that child and all its descendants (summed
   with the converter's layout (one-frame chunks in shards); 1 GB only (it needs RAM for all).
 
 For each ``--sizes-gb`` value a file of at least that size is generated once (kept for reruns
-unless ``--clean``). The converted store is checked with ``fmdata verify`` (checksums) and its
-size compared with the source. Results: OUT/bench_convert.json and a Markdown table on stdout.
+unless ``--clean``). The converted store is checked with ``fmdata verify`` (the plain store's
+checksums; the copied store against its source, chunk by chunk) and its size compared with the
+source. Results: OUT/bench_convert.json and a Markdown table on stdout.
 
 ``--layout`` instead measures the store layout choices (codecs, chunk and shard lengths) on a
 sample of the same data: compressed size against the source, encode and decode CPU cost, and
@@ -47,17 +50,18 @@ FMDATA = str(Path(sys.executable).with_name("fmdata"))
 
 
 # ---- child-process variants (run as: bench_convert.py _variant NAME SRC OUT [N]) ------------------
-def _floor(src: str) -> dict[str, Any]:
-    """Read every element once, in blocks aligned to each variable's chunk grid, in this process."""
+def _floor(*srcs: str) -> dict[str, Any]:
+    """Read every element of every file once, in blocks aligned to each variable's chunk grid, in this process."""
     import h5py
 
     total = 0
-    with h5py.File(src, "r", rdcc_nbytes=64 << 20, rdcc_nslots=100_003) as f:
-        for name in ("video", "label", "current", "train_test_index"):
-            ds = f[name]
-            step = ds.chunks[0] * max(1, (4 << 20) // max(1, ds.chunks[0] * ds[0:1].nbytes)) if ds.chunks else 4096
-            for a in range(0, ds.shape[0], step):
-                total += ds[a:a + step].nbytes
+    for src in srcs:
+        with h5py.File(src, "r", rdcc_nbytes=64 << 20, rdcc_nslots=100_003) as f:
+            for name in ("video", "label", "current", "train_test_index"):
+                ds = f[name]
+                step = ds.chunks[0] * max(1, (4 << 20) // max(1, ds.chunks[0] * ds[0:1].nbytes)) if ds.chunks else 4096
+                for a in range(0, ds.shape[0], step):
+                    total += ds[a:a + step].nbytes
     return {"bytes_read": total}
 
 
@@ -110,7 +114,7 @@ def _mat73(src: str, out: str) -> dict[str, Any]:
 def _child_main(argv: list[str]) -> None:
     name, src = argv[0], argv[1]
     if name == "floor":
-        res = _floor(src)
+        res = _floor(*argv[1:])
     elif name == "naive":
         res = _naive(src, argv[2], int(argv[3]))
     elif name == "mat73":
@@ -187,14 +191,14 @@ def make_source(path: Path, target_bytes: int, seed: int = 0) -> dict[str, Any]:
 
 
 def bench_size(out: Path, size_gb: float, naive_frames: int, baselines: bool, repeat: int,
-               store_dir: Path | None = None) -> dict[str, Any]:
+               store_dir: Path | None = None, layouts: tuple[str, ...] = ("plain", "source")) -> dict[str, Any]:
     src = out / f"source-{size_gb:g}GB.mat"
     gen = make_source(src, int(size_gb * 1e9))
     src_bytes = src.stat().st_size
     py = sys.executable
     me = str(Path(__file__).resolve())
     res: dict[str, Any] = {"size_gb": size_gb, "source": str(src), "source_bytes": src_bytes, "generated": gen,
-                           "store_dir": str(store_dir or out)}
+                           "store_dir": str(store_dir or out), "layouts": list(layouts)}
     import h5py
 
     with h5py.File(src, "r") as f:
@@ -205,30 +209,50 @@ def bench_size(out: Path, size_gb: float, naive_frames: int, baselines: bool, re
     with open(src, "rb") as fh:
         while fh.read(64 << 20):
             pass
-    def convert(workers: int) -> dict[str, Any]:
-        store_path = (store_dir or out) / f"store-{size_gb:g}GB-w{workers}.zarr"
+
+    def convert(workers: int, layout: str) -> dict[str, Any]:
+        store_path = (store_dir or out) / f"store-{size_gb:g}GB-w{workers}-{layout}.zarr"
         shutil.rmtree(store_path, ignore_errors=True)
-        r = run_measured([FMDATA, "convert", str(src), str(store_path), "--workers", str(workers), "--no-progress",
-                          "--json"])
+        r = run_measured([FMDATA, "convert", str(src), str(store_path), "--workers", str(workers), "--layout", layout,
+                          "--no-progress", "--json"])
         r["store_bytes"] = tree_bytes(store_path)
         r["store"] = str(store_path)
+        r["paths"] = json.loads(r["stdout"]).get("paths", {})
         return r
 
-    # floor and 2-worker conversion alternate `repeat` times: the pairs share the machine's mood
-    pairs = []
+    # the floor and each layout's 2-worker conversion alternate `repeat` times: the rounds share the
+    # machine's mood; the round with the median plain ratio is reported, all are kept
+    rounds = []
     for _ in range(repeat):
-        pairs.append((run_measured([py, me, "_variant", "floor", str(src)]), convert(2)))
-    ratios = [c["seconds"] / f["seconds"] for f, c in pairs]
-    best = sorted(range(len(pairs)), key=lambda i: ratios[i])[len(pairs) // 2]  # the median pair
-    res["pairs"] = [{"floor_s": f["seconds"], "convert2_s": c["seconds"], "ratio": r} for (f, c), r in
-                    zip(pairs, ratios)]
-    res["floor"], res["convert-2"] = pairs[best]
-    res["convert-2"]["peak_rss_mib"] = max(c["peak_rss_mib"] for _, c in pairs)
-    v = run_measured([FMDATA, "verify", res["convert-2"]["store"], "--workers", "2", "--no-progress"])
-    res["verify"] = {"seconds": v["seconds"], "output": v["stdout"]}
-    shutil.rmtree(res["convert-2"]["store"], ignore_errors=True)
-    res["convert-1"] = convert(1)
-    shutil.rmtree(res["convert-1"]["store"], ignore_errors=True)
+        floor = run_measured([py, me, "_variant", "floor", str(src)])
+        got = {}
+        for layout in layouts:
+            got[layout] = convert(2, layout)
+            if len(rounds) < repeat - 1:
+                shutil.rmtree(got[layout]["store"], ignore_errors=True)
+        rounds.append((floor, got))
+    ratios = [{lay: c["seconds"] / f["seconds"] for lay, c in got.items()} for f, got in rounds]
+    first = layouts[0]
+    best = sorted(range(len(rounds)), key=lambda i: ratios[i][first])[len(rounds) // 2]
+    res["rounds"] = [{"floor_s": f["seconds"], "floor_cpu_s": f["cpu_seconds"],
+                      **{f"{lay}_s": c["seconds"] for lay, c in got.items()},
+                      **{f"{lay}_cpu_s": c["cpu_seconds"] for lay, c in got.items()},
+                      **{f"{lay}_ratio": r[lay] for lay in got}} for (f, got), r in zip(rounds, ratios)]
+    res["floor"] = rounds[best][0]
+    for layout in layouts:
+        res[f"convert-2-{layout}"] = rounds[best][1][layout]
+        res[f"convert-2-{layout}"]["peak_rss_mib"] = max(got[layout]["peak_rss_mib"] for _, got in rounds)
+    # verify: the plain store's checksums (as before); the copied store against its source, chunk by chunk
+    for layout in layouts:
+        store_path = rounds[-1][1][layout]["store"]
+        cmd = [FMDATA, "verify", store_path, "--workers", "2", "--no-progress"]
+        v = run_measured(cmd + (["--source", str(src)] if layout == "source" else []))
+        res[f"verify-{layout}"] = {"seconds": v["seconds"], "cpu_seconds": v["cpu_seconds"], "output": v["stdout"],
+                                   "with_source": layout == "source"}
+        shutil.rmtree(store_path, ignore_errors=True)
+    for layout in layouts:
+        res[f"convert-1-{layout}"] = convert(1, layout)
+        shutil.rmtree(res[f"convert-1-{layout}"]["store"], ignore_errors=True)
     res["load_average"] = os.getloadavg()
     if baselines:
         naive_out = out / f"naive-{size_gb:g}GB.zarr"
@@ -248,16 +272,19 @@ def bench_size(out: Path, size_gb: float, naive_frames: int, baselines: bool, re
 
 def table(results: list[dict[str, Any]]) -> str:
     """Markdown table of one run."""
-    lines = ["| source | variant | wall s | x floor | CPU s (all processes) | peak RSS MiB (tree) | notes |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| source | variant | wall s | x floor | CPU s (all processes) | CPU x floor | peak RSS MiB (tree) | notes |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        floor = r["floor"]["seconds"]
+        floor = r["floor"]
         label = f"{r['source_bytes'] / 1e9:.2f} GB, {r['frames']} frames, store in {r.get('store_dir', '?')}"
-        rows = [("floor (h5py, aligned blocks, 1 process)", r["floor"], "")]
-        for w in (2, 1):
-            c = r[f"convert-{w}"]
-            rows.append((f"fmdata convert --workers {w}", c,
-                         f"store {c['store_bytes'] / 1e9:.3f} GB = {c['store_bytes'] / r['source_bytes']:.3f} x source"))
+        rows = [("floor (h5py, aligned blocks, 1 process)", floor, "")]
+        for layout in r["layouts"]:
+            for w in (2, 1):
+                c = r[f"convert-{w}-{layout}"]
+                v = r[f"verify-{layout}"]
+                note = (f"store {c['store_bytes'] / 1e9:.3f} GB = {c['store_bytes'] / r['source_bytes']:.4f} x source"
+                        + (f"; verify{' --source' if v['with_source'] else ''} {v['seconds']:.1f} s" if w == 2 else ""))
+                rows.append((f"fmdata convert --layout {layout} --workers {w}", c, note))
         if "naive" in r:
             nv = r["naive"]
             rows.append(("naive frame-by-frame h5py -> zarr", {**nv, "seconds": nv["seconds_extrapolated"]},
@@ -265,12 +292,14 @@ def table(results: list[dict[str, Any]]) -> str:
         if "mat73" in r:
             rows.append(("mat73.loadmat + zarr-python write", r["mat73"], f"load {r['mat73']['load_seconds']:.1f} s"))
         for name, m, note in rows:
-            cpu = f"{m['cpu_seconds']:.1f}" if "cpu_seconds" in m else ""
-            lines.append(f"| {label} | {name} | {m['seconds']:.1f} | {m['seconds'] / floor:.2f} | {cpu} | "
+            cpu = f"{m['cpu_seconds']:.1f} | {m['cpu_seconds'] / floor['cpu_seconds']:.2f}" if "cpu_seconds" in m else " | "
+            lines.append(f"| {label} | {name} | {m['seconds']:.1f} | {m['seconds'] / floor['seconds']:.2f} | {cpu} | "
                          f"{m['peak_rss_mib']:.0f} | {note} |")
-        pairs = ", ".join(f"{p['convert2_s']:.1f}/{p['floor_s']:.1f} = {p['ratio']:.2f}" for p in r["pairs"])
-        lines.append(f"| {label} | all pairs convert-2 / floor (s) | {pairs} | | | | load average "
-                     f"{', '.join(f'{x:.1f}' for x in r['load_average'])}; verify {r['verify']['seconds']:.1f} s |")
+        for layout in r["layouts"]:
+            rounds = ", ".join(f"{q[layout + '_s']:.1f}/{q['floor_s']:.1f} = {q[layout + '_ratio']:.2f}"
+                               for q in r["rounds"])
+            lines.append(f"| {label} | all rounds, --layout {layout} --workers 2 / floor (s) | {rounds} | | | | | load "
+                         f"average after {', '.join(f'{x:.1f}' for x in r['load_average'])} |")
     return "\n".join(lines)
 
 
@@ -370,6 +399,8 @@ def main() -> None:
                     help="floor / 2-worker conversion pairs per size; the median pair is reported, all are kept")
     ap.add_argument("--store-dir", default=None,
                     help="write the converted stores here (e.g. /dev/shm, to leave out the disk's write cost)")
+    ap.add_argument("--layouts", nargs="+", default=["plain", "source"], choices=["plain", "source"],
+                    help="store layouts to convert into, each beside the floor in every round")
     ap.add_argument("--layout", action="store_true", help="measure codecs and chunk/shard lengths instead")
     ap.add_argument("--json-name", default="bench_convert.json", help="results file name inside --out")
     ap.add_argument("--clean", action="store_true", help="delete generated sources and stores afterwards")
@@ -393,7 +424,7 @@ def main() -> None:
     results = []
     for gb in args.sizes_gb:
         r = bench_size(out, gb, args.naive_frames, baselines=gb <= args.baselines_up_to_gb, repeat=args.repeat,
-                       store_dir=Path(args.store_dir) if args.store_dir else None)
+                       store_dir=Path(args.store_dir) if args.store_dir else None, layouts=tuple(args.layouts))
         results.append(r)
         (out / args.json_name).write_text(json.dumps(results, indent=2))
         print(table([r]), flush=True)

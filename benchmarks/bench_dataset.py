@@ -68,9 +68,9 @@ def prepare(folder: str, frames: int, seed: int) -> tuple[str, str]:
 
 def sample_windows(store: str, n: int, seed: int) -> np.ndarray:
     """Return ``n`` window-table rows (random order, seeded) of windows whose clip is complete."""
-    from fmdata.store import open_store, read_window_table
+    from fmdata.store import open_store
 
-    wt = read_window_table(open_store(store), "bench")
+    wt = open_store(store).window_table("bench")
     clip = wt.clip
     full = np.flatnonzero(np.all(np.diff(clip, axis=1) == STEP, axis=1))  # no clamped clips
     rng = np.random.default_rng(seed)
@@ -118,10 +118,10 @@ def _file_maps(mat: str, store: str) -> tuple[np.ndarray, np.ndarray]:
     """Map store frames/current rows to MAT-file rows (a converted V1 file keeps them one to one)."""
     import h5py
 
-    from fmdata.store import open_store, read_meta
+    from fmdata.store import open_store
     with h5py.File(mat, "r") as f:
         n, m = f["video"].shape[0], f["current"].shape[0]
-    meta = read_meta(open_store(store))
+    meta = open_store(store).meta
     assert (meta.n_frames, meta.n_current) == (n, m), "expected the store to hold the MAT file's rows"
     return np.arange(n, dtype=np.int64), np.arange(m, dtype=np.int64)
 
@@ -203,8 +203,8 @@ def measure(kind: str, mat: str, store: str, rows: list[int], workers: int, vari
         loader = make_loader(ds, BATCH, workers, prefetch_factor=4, zero_copy=variant == "gpu", **extra)
         out = _time_loader(loader, len(rows))
     elif kind == "h5py":
-        from fmdata.store import open_store, read_window_table
-        wt = read_window_table(open_store(store), "bench")
+        from fmdata.store import open_store
+        wt = open_store(store).window_table("bench")
         fmap, cmap = _file_maps(mat, store)
         ds = H5Windows(mat, wt.table[np.asarray(rows)], wt.columns, fmap, cmap)
         ctx = {"multiprocessing_context": "forkserver", "persistent_workers": True} if workers else {}
@@ -216,8 +216,8 @@ def measure(kind: str, mat: str, store: str, rows: list[int], workers: int, vari
         with h5py.File(mat, "r") as f:  # the reference loader's way: whole variables into RAM
             video, label, current = np.asarray(f["video"]), np.asarray(f["label"]), np.asarray(f["current"])
         load = time.perf_counter() - t0
-        from fmdata.store import open_store, read_window_table
-        wt = read_window_table(open_store(store), "bench")
+        from fmdata.store import open_store
+        wt = open_store(store).window_table("bench")
         tab = wt.table[np.asarray(rows)]
         c = wt.columns
         t0, c0 = time.perf_counter(), time.process_time()
@@ -281,11 +281,11 @@ def checksum_cost(store: str, rows: np.ndarray, reps: int = 5) -> dict[str, Any]
     checks cost on a busy machine; alternating the same reads in one process measures the reads
     alone, the part the checks can slow (an upper bound of their share of a window).
     """
-    from fmdata.store import open_store, read_window_table
+    from fmdata.store import open_store
     from fmdata.store.row_reader import LocalAxisReader
     from fmdata.store.window_table import current_row_indices
 
-    wt = read_window_table(open_store(store), "bench")
+    wt = open_store(store).window_table("bench")
     tab = wt.table[np.asarray(rows)]
     clip = tab[:, len(wt.columns) - FRAMES:].reshape(-1)
     frames = tab[:, wt.columns.index("frame")]

@@ -194,7 +194,7 @@ def main() -> None:
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "bench.zarr")
-    if os.path.isdir(path) and store.read_meta(store.open_store(path)).n_frames == args.frames:
+    if os.path.isdir(path) and store.open_store(path).meta.n_frames == args.frames:
         facts = {"build_s": None, "store_bytes": tree_bytes(path), "raw_bytes": args.frames * SIZE * SIZE * 4}
     else:
         shutil.rmtree(path, ignore_errors=True)

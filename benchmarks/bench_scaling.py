@@ -216,9 +216,9 @@ def bench_load(location: str, rows: np.ndarray, workers: int, reader: str) -> di
 
 def sample_rows(location: str, n: int, seed: int = 0) -> np.ndarray:
     """A seeded random sample of ``n`` window-table rows of table ``bench``, in random order."""
-    from fmdata.store import open_store, read_window_table
+    from fmdata.store import open_store
 
-    m = len(read_window_table(open_store(location), "bench"))
+    m = len(open_store(location).window_table("bench"))
     return np.random.default_rng(seed).choice(m, size=min(n, m), replace=False)
 
 

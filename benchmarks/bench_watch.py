@@ -6,7 +6,10 @@ long real-time replay. Figures in docs/performance.md ("Watching live").
   eager fp32: a ``--speed max`` replay of a synthetic store; the watch's own latency figures (cut
   the window, run the model, update the alarm), the process's CPU time per decision, the model
   alone (50 calls: wall and CPU time) and its FLOPs per decision (torch's FlopCounterMode: a
-  multiply-add counts 2). On a shared machine wall times grow with the load; CPU times much less.
+  multiply-add counts 2); then the same model exported (``fmmodel export``: TorchScript, ONNX,
+  torch.export; AOTInductor with ``--aoti``, which compiles C++ for minutes) and watched the same
+  way: eager against exported latency. On a shared machine wall times grow with the load; CPU
+  times much less.
 * ``rate``: ``--speed max`` decisions per second per core of the reference-size model and of the
   demo's tiny one (wall time of the whole replay: store reads, cutting, model, alarms).
 * ``ingest``: what one arriving camera frame costs watch (resize to the model's 64x64 with
@@ -17,6 +20,7 @@ long real-time replay. Figures in docs/performance.md ("Watching live").
 
     .venv/bin/python benchmarks/bench_watch.py --out bench-out/watch                    # all, 10 min replay
     .venv/bin/python benchmarks/bench_watch.py --out /tmp/bw --seconds 20 --decisions 60  # proof run
+    .venv/bin/python benchmarks/bench_watch.py --out /tmp/bw --seconds 0 --decisions 100 --only latency
 
 Prints a table and writes OUT/bench_watch.json.
 """
@@ -36,6 +40,7 @@ from fmdata import synth
 from fmdata.store import Chunking, RecordingArrays, schema, write_store_from_arrays
 from fmdata.store.window_table import WindowParams
 from fmmodel.model.checkpoint import save_checkpoint
+from fmmodel.model.export import EXPORT_FORMATS, SUFFIXES, export_model
 from fmmodel.model.registry import build_model
 from fmmodel.online import Sources, WatchSettings, watch
 from fmmodel.online.rings import FrameRing, fit_frame
@@ -91,13 +96,14 @@ def make_checkpoint(path: str, size: str, repeats: int = 50) -> tuple[str, float
 
 
 def replay(ckpt: str, store: str, *, speed: float | None, every: float, duration: float | None = None,
-           metrics_every: float = 0.0) -> tuple[dict[str, Any], float, list[dict[str, Any]], float]:
+           metrics_every: float = 0.0, trusted: tuple[str, ...] = ()
+           ) -> tuple[dict[str, Any], float, list[dict[str, Any]], float]:
     """Replay ``store``; return (final metrics, wall seconds, metrics lines, CPU seconds of the process)."""
     lines: list[dict[str, Any]] = []
     t0, c0 = time.perf_counter(), time.process_time()
     report = watch(ckpt, Sources(replay=store, speed=speed),
                    WatchSettings(every=every, duration=duration, threads=1, metrics_every=metrics_every),
-                   on_metrics=lambda kind, snap: lines.append(snap))
+                   trusted=trusted, on_metrics=lambda kind, snap: lines.append(snap))
     return report.metrics, time.perf_counter() - t0, lines, time.process_time() - c0
 
 
@@ -122,6 +128,9 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--seconds", type=float, default=600.0, help="length of the real-time replay (0: skip it)")
     ap.add_argument("--decisions", type=int, default=600, help="decisions of the latency and rate replays")
+    ap.add_argument("--aoti", action="store_true", help="also export with AOTInductor (compiles C++: minutes)")
+    ap.add_argument("--only", choices=("all", "latency"), default="all",
+                    help="latency: the reference-size model eager and exported only")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(1)
@@ -129,7 +138,7 @@ def main() -> None:
     result: dict[str, Any] = {"torch": torch.__version__, "threads": 1, "cpu": os.cpu_count(),
                               "load_before": os.getloadavg()}
     short = make_store(os.path.join(args.out, "short.zarr"), args.decisions * 0.5 + 1, 64)
-    for size in ("reference", "tiny"):
+    for size in ("reference", "tiny") if args.only == "all" else ("reference",):
         ckpt, gflop, alone = make_checkpoint(os.path.join(args.out, f"{size}.pt"), size)
         m, wall, _, cpu = replay(ckpt, short, speed=None, every=0.5)
         result[size] = {"gflop_per_decision": round(gflop, 3), "decisions": m["decisions"], "latency_ms": m["latency_ms"],
@@ -139,6 +148,10 @@ def main() -> None:
               f"{m['latency_ms']['p95']:.1f} ms p99 {m['latency_ms']['p99']:.1f} ms; --speed max "
               f"{m['decisions'] / wall:.1f} decisions/s on one core; CPU {1e3 * cpu / m['decisions']:.1f} ms/decision; "
               f"the model alone {alone}", flush=True)
+    result["exported"] = bench_exports(os.path.join(args.out, "reference.pt"), short, args.out, aoti=args.aoti)
+    if args.only == "latency":
+        _write(args.out, result)
+        return
     result["ingest"] = bench_ingest()
     for k, v in result["ingest"].items():
         print(f"ingest {k}: {v['ms_per_frame']:.3f} ms/frame (CPU {v['cpu_ms_per_frame']:.3f} ms), "
@@ -154,8 +167,33 @@ def main() -> None:
                                   round(max(rss[6:] or rss) - min(rss[6:] or rss), 1), "cpu_share": m["cpu_share"]}
         print(f"real time {args.seconds:g} s: input age p50 {m['input_age_s']['p50']} s p99 {m['input_age_s']['p99']} s; "
               f"RSS {min(rss):.0f}..{max(rss):.0f} MiB; {m['skipped']} skipped", flush=True)
+    _write(args.out, result)
+
+
+def bench_exports(ckpt: str, store: str, out: str, *, aoti: bool) -> dict[str, Any]:
+    """The reference-size model of ``ckpt`` exported in each format and watched as the eager one:
+    the export's seconds and size, and the watch's latency and CPU time per decision."""
+    result = {}
+    for fmt in EXPORT_FORMATS:
+        if fmt == "aoti" and not aoti:
+            continue
+        path = os.path.join(out, f"reference-{fmt}{SUFFIXES[fmt]}")
+        rep = export_model(ckpt, path, format=fmt, overwrite=True)
+        m, wall, _, cpu = replay(path, store, speed=None, every=0.5, trusted=(path,) if fmt == "aoti" else ())
+        result[fmt] = {"export_s": round(rep.seconds, 1), "mib": round(rep.bytes / 2**20, 1),
+                       "max_prob_diff": rep.max_prob_diff, "decisions": m["decisions"], "latency_ms": m["latency_ms"],
+                       "decisions_per_second": round(m["decisions"] / wall, 1),
+                       "cpu_ms_per_decision": round(1e3 * cpu / m["decisions"], 1)}
+        print(f"{fmt:11s}: exported in {rep.seconds:.0f} s ({rep.bytes / 2**20:.1f} MiB, probabilities within "
+              f"{rep.max_prob_diff:.0e}); latency p50 {m['latency_ms']['p50']:.1f} ms p95 {m['latency_ms']['p95']:.1f} ms "
+              f"p99 {m['latency_ms']['p99']:.1f} ms; CPU {1e3 * cpu / m['decisions']:.1f} ms/decision", flush=True)
+    return result
+
+
+def _write(out: str, result: dict[str, Any]) -> None:
+    """OUT/bench_watch.json, with the load average at the end (the figures' context)."""
     result["load_after"] = os.getloadavg()
-    with open(os.path.join(args.out, "bench_watch.json"), "w") as fh:
+    with open(os.path.join(out, "bench_watch.json"), "w") as fh:
         json.dump(result, fh, indent=2)
 
 

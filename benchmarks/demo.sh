@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end demo on built-in synthetic data: synth -> inspect -> convert -> verify -> labels ->
-# windows -> stats -> preview -> train -> evaluate -> predict -> benchmark. Called by `make demo`
+# windows -> stats -> preview -> train -> evaluate -> predict -> benchmark -> alarms. Called by `make demo`
 # with the venv's bin/ first on PATH; about three minutes on 2 CPU cores. The recipe (and why it
 # looks the way it does) is in docs/training.md, "The demo recipe".
 set -euo pipefail
@@ -34,27 +34,31 @@ fmdata windows "$out/v1.zarr" --name demo --policy strict --frames 10 --frame-st
 fmdata stats "$out/v1.zarr" --windows demo
 
 step "4. train a small cross-modal classifier, evaluate it, write predictions"
-# every sixth training window, no validation hold-out (its one-window-span gap would cost 30 s of
-# each recording), six epochs with the learning rate x0.1 for the last one; predictions of the
-# test split only (the training split's 29,000 windows would double the demo's time)
-tiny=(--model-size tiny --model-opt width=32 --model-opt heads=2 --model-opt head_dim=16 --model-opt mlp_dim=64
-      --model-opt depth=1 --frames 10 --frame-step 6 --current-seconds 30 --current-rows 60
-      --preprocessing normalized --batch-size 32 --lr 1e-3 --device cpu --workers 1 --threads 1)
-fmmodel train --store "$out/v1.zarr" --out "$out/run" "${tiny[@]}" --epochs 6 --lr-step 5 --stride 6 \
-  --val-fraction 0 --seed 0 --no-progress
-fmmodel evaluate --store "$out/v1.zarr" --checkpoint "$out/run/best.pt" --device cpu --workers 1 \
+# --preset cpu (fmmodel/runs/presets.py; docs/training.md, "Presets"): a one-layer FmFormer of width 32,
+# clips of 10 frames 6 apart and 30 s of current, every sixth training window, no validation hold-out
+# (its one-window-span gap would cost 30 s of each recording), six epochs with the learning rate x0.1
+# for the last one; predictions of the test split only (the training split's 29,000 windows would
+# double the demo's time)
+fmmodel train "$out/v1.zarr" --out "$out/run" --preset cpu --seed 0 --no-progress
+fmmodel evaluate "$out/v1.zarr" --checkpoint "$out/run/best.pt" --device cpu --workers 1 \
   --out "$out/eval" --no-progress
-fmmodel predict --store "$out/v1.zarr" --checkpoint "$out/run/best.pt" --device cpu \
+fmmodel predict "$out/v1.zarr" --checkpoint "$out/run/best.pt" --device cpu \
   --split test --out "$out/predictions.zarr" --no-progress
 
 step "5. the benchmark table: cross-modal against current-only, one short run each"
-fmmodel benchmark --store "$out/v1.zarr" --out "$out/bench" --variants vicu_cls,current_cls --seeds 0 \
-  "${tiny[@]}" --epochs 2 --lr-step 2 --stride 12 --val-fraction 0 --no-progress
+fmmodel benchmark "$out/v1.zarr" --out "$out/bench" --variants vicu_cls,current_cls --seeds 0 \
+  --preset cpu --epochs 2 --lr-step 2 --stride 12 --no-progress
+
+step "6. the demo model's alarms as an operator judges them (its test predictions, fmmodel watch's default policy)"
+# event recall, alarm delay after onset, false alarms per hour of normal time with the 95% Poisson bound,
+# chatter and the NAB score; timeline.png draws scores, thresholds, alarms and labelled events
+fmmodel alarms "$out/v1.zarr" --predictions "$out/predictions.zarr" --out "$out/alarms"
 
 step "done"
 echo "synthetic data picture: $out/synth.png"
 echo "window preview:         $out/preview.png"
-echo "training run:           $out/run (config.json, best.pt, last.pt, metrics.csv, tb/)"
+echo "training run:           $out/run (README.md: the model card, curves.png, config.json, best.pt, last.pt, metrics.csv, tb/)"
 echo "evaluation report:      $out/eval/report.json and $out/eval/*.png"
 echo "predictions:            $out/predictions.zarr"
 echo "benchmark table:        $out/bench/table.md, table.json, table.png"
+echo "alarms as events:       $out/alarms/report.json, timeline.png"

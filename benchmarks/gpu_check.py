@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from fmdata.derive import compute_stats
-    from fmdata.store import Location, open_store
+    from fmdata.store import open_store
     from fmmodel.data.paths import BatchRequest, open_batches
     from fmmodel.data.preprocessing import input_format
     from fmmodel.data.sampling import ShuffleSampler, set_loader_epoch
@@ -190,16 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     ctx = dd.DistContext(device=device)
     precision = resolve_precision(args.precision, device)
     cfg = TrainConfig(path, "unused", batch_size=args.batch_size, preprocessing=args.preprocessing)
-    location = Location.parse(path)
-    root = open_store(location)
+    store = open_store(path)
     t0 = time.perf_counter()
-    wt = window_table_for(location, root, None, cfg.window)
+    wt, store = window_table_for(store, None, cfg.window)
     windows_s = time.perf_counter() - t0
     split = wt.column("split")
     fmt = input_format(args.preprocessing, device)
-    ds = make_dataset(location, wt.subset(np.flatnonzero(split == 0)), fmt, augment=True, seed=0,
+    ds = make_dataset(store, wt.subset(np.flatnonzero(split == 0)), fmt, augment=True, seed=0,
                       modality="both", task="cls")
-    test = make_dataset(location, wt.subset(np.flatnonzero(split == 1)), fmt, augment=False, seed=0,
+    test = make_dataset(store, wt.subset(np.flatnonzero(split == 1)), fmt, augment=False, seed=0,
                         modality="both", task="cls")
     requests = [BatchRequest(ds, args.batch_size, ShuffleSampler(len(ds), seed=0), drop_last=True)]
     if args.eval_batches:

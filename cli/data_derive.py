@@ -13,13 +13,13 @@ from fmdata.store import Location, WindowParams
 
 from .errors import user_errors
 from .options import (
-    STORE,
     dask_options,
     force_option,
     json_option,
     overwrite_option,
     progress_flag,
     progress_option,
+    store_argument,
     window_options,
 )
 
@@ -30,7 +30,7 @@ def _dask(workers: int | None, scheduler: str | None, memory_limit: str, progres
 
 
 @click.command("labels")
-@click.argument("store", type=STORE)
+@store_argument()
 @force_option
 @dask_options
 @progress_option
@@ -48,7 +48,7 @@ def labels_cmd(store: Location, force: bool, workers: int | None, scheduler: str
 
 
 @click.command("windows")
-@click.argument("store", type=STORE)
+@store_argument()
 @click.option("--name", required=True, help="Name of the window table (stored as windows/NAME).")
 @window_options
 @force_option
@@ -68,7 +68,7 @@ def windows_cmd(store: Location, name: str, window: dict[str, Any], force: bool,
 
 
 @click.command("stats")
-@click.argument("store", type=STORE)
+@store_argument()
 @click.option("--windows", "windows", default=None, metavar="NAME", help="Also summarise window table NAME.")
 @force_option
 @dask_options
@@ -87,7 +87,7 @@ def stats_cmd(store: Location, windows: str | None, force: bool, workers: int | 
 
 
 @click.command("preview")
-@click.argument("store", type=STORE)
+@store_argument()
 @click.option("--frame", type=int, required=True, help="Labelled frame (global, or within --recording).")
 @click.option("--recording", default=None, help="Recording id or name; makes --frame local to it.")
 @click.option("--windows", "windows", default=None, metavar="NAME",

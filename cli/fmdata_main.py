@@ -22,5 +22,6 @@ COMMANDS = {
 @lazy_group(COMMANDS)
 @click.version_option(fmdata.__version__, prog_name="fmdata")
 def main() -> None:
-    """Convert FMF benchmark recordings (MATLAB v7.3 files or V2 folders) into aligned Zarr
-    stores, and derive labels, windows, statistics and previews from them."""
+    """Convert FMF benchmark recordings (MATLAB v7.3 files, folders of them, or V2 folders) into
+    aligned Zarr stores, and derive labels, windows, statistics and previews from them. Every
+    command that reads a store takes it as its first argument, STORE (--store STORE is the same)."""

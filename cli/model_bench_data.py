@@ -12,18 +12,18 @@ from fmmodel.protocol import DEVICES
 
 from .errors import user_errors
 from .options import (
-    STORE,
     batch_size_option,
     data_options,
     json_option,
     loader_workers_option,
     progress_flag,
     progress_option,
+    store_argument,
 )
 
 
 @click.command("bench-data")
-@click.option("--store", type=STORE, required=True, help="FMF Zarr store (path or URL).")
+@store_argument()
 @click.option("--windows", required=True, metavar="NAME", help="Stored window table (fmdata windows).")
 @data_options
 @loader_workers_option

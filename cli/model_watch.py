@@ -1,7 +1,6 @@
 """``fmmodel watch``: a thin click wrapper over fmmodel.online.watch."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from typing import Any
@@ -12,13 +11,19 @@ from fmdata.store import Location
 from fmmodel.online import HealthLimits, Sources, WatchSettings, watch
 from fmmodel.online.metrics import status_line
 from fmmodel.online.watch import DEFAULT_BUFFER_MEMORY
-from fmmodel.scoring.alarms import SMOOTHINGS, WATCH_POLICY
+from fmmodel.scoring.alarms import WATCH_EVERY
 
 from .errors import user_errors
-from .model_options import checkpoint_option, format_option, trusted_option, variant_option
+from .model_options import (
+    alarm_options,
+    checkpoint_option,
+    format_option,
+    policy_from,
+    trusted_option,
+    variant_option,
+)
 from .options import BYTES, STORE, device_options, grouped, json_option, progress_flag, progress_option, stack
 
-P = WATCH_POLICY
 L = HealthLimits()
 
 
@@ -61,27 +66,6 @@ source_options = stack(
                  help="Live current from this MQTT topic: messages of V2-layout CSV lines."),
 )
 
-alarm_options = grouped("alarm", stack(
-    click.option("--raise-threshold", type=float, default=None,
-                 help=f"Raise when the smoothed score reaches this (default {P.raise_threshold:g})."),
-    click.option("--clear-threshold", type=float, default=None,
-                 help=f"Clear when the smoothed score falls below this (default {P.clear_threshold:g}; "
-                      "<= the raise threshold: hysteresis)."),
-    click.option("--smoothing", type=click.Choice(SMOOTHINGS), default=None,
-                 help=f"Score smoothing: none, k_of_n (the k-th largest of the last n scores) or ema (default "
-                      f"{P.smoothing})."),
-    click.option("--k", type=int, default=None, help=f"k of k_of_n (default {P.k})."),
-    click.option("--n", type=int, default=None, help=f"n of k_of_n (default {P.n})."),
-    click.option("--half-life", type=float, default=None,
-                 help=f"Half-life of the ema in seconds (default {P.half_life:g})."),
-    click.option("--on-delay", type=float, default=None,
-                 help=f"Seconds the raise condition must hold before the alarm is raised (Prometheus' for; default "
-                      f"{P.on_delay:g})."),
-    click.option("--hold", type=float, default=None,
-                 help=f"Seconds the clear condition must hold before the alarm clears (Prometheus' keep_firing_for; "
-                      f"default {P.hold:g})."),
-))
-
 health_options = grouped("health", stack(
     click.option("--frame-timeout", type=float, default=L.frame_timeout, show_default=True,
                  help="Health alarm no_frame: no new frame for longer than this (seconds)."),
@@ -105,7 +89,7 @@ health_options = grouped("health", stack(
 @variant_option
 @trusted_option
 @source_options
-@click.option("--every", type=float, default=0.5, show_default=True,
+@click.option("--every", type=float, default=WATCH_EVERY, show_default=True,
               help="Seconds between decisions; a decision due while the model is busy is skipped, never queued.")
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds of stream time.")
 @alarm_options
@@ -145,7 +129,7 @@ def watch_cmd(checkpoint: str, fmt: str, variant: str | None, trusted: tuple[str
     decision every --every seconds, alarms with smoothing, hysteresis, on-delay and hold, health
     alarms about the inputs, metrics as JSON lines on stdout. Ctrl-C stops it (exit 130) with every
     event written."""
-    policy = dataclasses.replace(WATCH_POLICY, **{k: v for k, v in alarm.items() if v is not None})
+    policy = policy_from(alarm)
     settings = WatchSettings(every=every, duration=duration, policy=policy, limits=HealthLimits(**health),
                              events=events, scores=scores, snapshots=snapshots, mqtt_events_topic=mqtt_events_topic,
                              metrics_every=metrics_every, prometheus=prometheus, prometheus_addr=prometheus_addr,

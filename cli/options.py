@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import click
+from click.core import ParameterSource
 from dask.utils import parse_bytes
 
 from fmdata.errors import FmDataError
@@ -43,6 +45,37 @@ class LocationType(click.ParamType):
 
 
 STORE = LocationType()
+
+
+MISSING_STORE = "expected a store: give it as the first argument, STORE (or as --store STORE)"
+
+
+def _same_store(a: Location, b: Location) -> bool:
+    """True when two store arguments name the same store (local paths compared as real paths)."""
+    if a.local_path is not None and b.local_path is not None:
+        return os.path.realpath(a.local_path) == os.path.realpath(b.local_path)
+    return a.text.rstrip("/") == b.text.rstrip("/")
+
+
+def store_argument(help: str = "FMF Zarr store (path or URL).", required: bool = True) -> Callable[[F], F]:
+    """The store a command reads, given the same way by every command of ``fmdata`` and ``fmmodel``:
+    as its first argument ``STORE``, or as ``--store STORE`` (an alias). The command receives
+    ``store``: a Location, or None when the store is not ``required`` and neither was given. Both
+    given and naming different stores is a usage error (exit 2) naming both."""
+    def one(values: dict[str, Any]) -> Location | None:
+        given, option = values["store"], values["store_option"]
+        if given is not None and option is not None and not _same_store(given, option):
+            raise click.UsageError(f"expected the store once, as STORE or as --store, got STORE {given} and "
+                                   f"--store {option}", click.get_current_context(silent=True))
+        store = given if given is not None else option
+        if store is None and required:
+            raise click.UsageError(MISSING_STORE, click.get_current_context(silent=True))
+        return store
+    return grouped("store", stack(
+        click.argument("store", type=STORE, required=False),
+        click.option("--store", "store_option", type=STORE, default=None, metavar="STORE",
+                     help=f"{help} Also given as the first argument STORE, as every command takes it."),
+    ), one)
 
 
 class CommaList(click.ParamType):
@@ -94,7 +127,7 @@ def grouped(into: str, options: Callable[[F], F], build: Callable[[dict[str, Any
     """Declare ``options`` and hand their values to the command as one keyword argument ``into``:
     ``build`` of a dict keyed by the options' parameter names. So a group of options is read in one
     place, whichever commands declare it. ``build`` runs outside the command's error handling: it
-    only rearranges values, never checks them."""
+    rearranges values, and refuses a combination of them only with a ``click.UsageError``."""
     def decorate(fn: F) -> F:
         names: list[str] = []
 
@@ -224,3 +257,23 @@ training_options = stack(grouped("training", stack(
     click.option("--balanced", is_flag=True, help="Class-balanced sampling."),
     click.option("--no-hflip", is_flag=True, help="Switch off the horizontal-flip augmentation."),
 ), _train_config_args), grouped("window", window_shape_options))
+
+
+def typed(name: str) -> bool:
+    """True when the current command's parameter ``name`` was given (command line or environment)."""
+    source = click.get_current_context().get_parameter_source(name)
+    return source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+def typed_training(training: dict[str, Any]) -> dict[str, Any]:
+    """The ``training`` options (TrainConfig keyword arguments, :data:`training_options`) the user
+    gave, so that a preset's or a file's settings stand where an option was left at its default.
+    ``model`` is the sizes named by --model-size (with --model-opt), or the --model-opt values alone
+    (laid over the sizes of a preset or a file)."""
+    params = {"hflip": "no_hflip"}
+    out = {k: v for k, v in training.items() if k != "model" and typed(params.get(k, k))}
+    if typed("model_size"):
+        out["model"] = dict(training["model"])
+    elif typed("model_opt"):
+        out["model"] = {k: v for k, v in training["model"].items() if k != "size"}
+    return out

@@ -34,7 +34,7 @@ from fmdata.compute import DaskOptions
 from fmdata.convert import convert
 from fmdata.derive import FrameIndex, compute_stats, make_windows
 from fmdata.store import schema
-from fmdata.store.window_table import WindowParams, WindowTable, list_window_tables, window_columns, write_window_table
+from fmdata.store.window_table import WindowParams, WindowTable, window_columns, write_window_table
 from fmdata.synth import MatWriter
 
 # Shorter, more frequent events than the default simulation: a short recording then holds enough
@@ -213,7 +213,7 @@ def store64_with_table(tmp_path_factory) -> str:
     """A 64x64 one-recording store (reference model inputs) with stored window tables "ref10"
     (reference windows, every 10th) and "short" (4-frame clips), built once per session."""
     path = cached_store(tmp_path_factory, "store64", recordings=1, frames=500, size=64, seed=3)
-    if "ref10" not in list_window_tables(store.open_store(path)):
+    if "ref10" not in store.open_store(path).window_tables:
         make_windows(path, "ref10", WindowParams(stride=10))
         make_windows(path, "short", WindowParams(frames=4, stride=10))
     return path

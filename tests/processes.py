@@ -108,3 +108,36 @@ def blocked_on_lock(proc: subprocess.Popen) -> None:
             out, err = proc.communicate()
             raise AssertionError(f"expected {proc.args} to wait for the lock, it exited {proc.returncode}: {err}")
         time.sleep(0.02)  # polling a condition, not timing one
+
+
+def descendants(pid: int) -> list[int]:
+    """The pids of every process below ``pid`` (children, their children...), from Linux ``/proc``."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):  # it ended meanwhile
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def running(pids: Sequence[int]) -> list[int]:
+    """Those of ``pids`` still running (an ended process not yet reaped, a zombie, has ended)."""
+    alive = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state not in ("Z", "X"):
+            alive.append(pid)
+    return alive

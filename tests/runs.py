@@ -2,9 +2,9 @@
 
 ``quick_config`` is a few-step run for plumbing tests; ``learned_run`` trains the small learning
 configuration once per test session. ``FIXTURES`` is the folder of reference FmFormer outputs
-(the environment variable ``FMF_FIXTURES``, else ``shared/fixtures/official-fmformer`` beside the
-checkout or in /work); tests that need them are marked ``needs_fixtures`` and skipped where it is
-absent.
+(the environment variable ``FMF_FIXTURES``, else ``../shared/fixtures/official-fmformer`` relative to
+the repository root, i.e. beside the checkout); tests that need them are marked ``needs_fixtures`` and
+skipped where it is absent.
 """
 from __future__ import annotations
 
@@ -19,9 +19,8 @@ from fmmodel.runs.train import train
 
 from builders import cached_store
 
-_FIXTURE_PLACES = [Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official-fmformer",
-                   Path("/work/shared/fixtures/official-fmformer")]  # beside the checkout, or this workplace's
-FIXTURES = Path(os.environ.get("FMF_FIXTURES") or next((p for p in _FIXTURE_PLACES if p.is_dir()), _FIXTURE_PLACES[0]))
+_BESIDE_THE_CHECKOUT = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official-fmformer"
+FIXTURES = Path(os.environ.get("FMF_FIXTURES") or _BESIDE_THE_CHECKOUT)
 needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"reference fixtures not found at {FIXTURES}")
 
 # A configuration that trains on two CPU cores in well under a minute: 32x32 frames, short

@@ -129,6 +129,35 @@ def test_the_table_holds_the_numbers_of_evaluate_run_by_hand(killed_and_rerun, b
             assert rec["f1"]["mean"] == pytest.approx(np.mean(values), abs=1e-9)
 
 
+def test_the_alarm_columns_are_those_of_predict_and_alarms_run_by_hand(killed_and_rerun, bench_store, tmp_path):
+    """Each cell's alarm figures (its test windows decided every 0.5 s under watch's default policy)
+    equal `fmmodel alarms` on `fmmodel predict --split test` of its best.pt; the row is their mean."""
+    out, _, _ = killed_and_rerun
+    table = json.loads((out / TABLE_JSON).read_text())
+    model = MODELS[0]
+    by_hand = {}
+    for seed in SEEDS:
+        pred = tmp_path / f"pred-{seed}.zarr"
+        res = _fmmodel("predict", "--store", bench_store, "--checkpoint",
+                       os.path.join(cell_folder(str(out), model, "reference", seed), "best.pt"), "--split", "test",
+                       "--out", str(pred), "--workers", "0", "--device", "cpu", "--no-progress")
+        assert res.returncode == 0, res.stderr
+        res = _fmmodel("alarms", "--store", bench_store, "--predictions", str(pred), "--json")
+        assert res.returncode == 0, res.stderr
+        by_hand[seed] = json.loads(res.stdout)["overall"]
+    cells = {c["seed"]: c["alarms"] for c in table["cells"] if c["model"] == model}
+    for seed, overall in by_hand.items():
+        assert overall["events"] > 0
+        for key in ("events", "recall", "delay_median", "delay_p90", "false_alarms_per_hour",
+                    "false_alarms_per_hour_upper95", "chatter"):
+            assert cells[seed][key] == pytest.approx(overall[key], abs=1e-9), (seed, key)
+        assert cells[seed]["nab_standard"] == pytest.approx(overall["nab"]["standard"], abs=1e-9)
+    row = next(r for r in table["rows"] if r["model"] == model)
+    for key in ("recall", "false_alarms_per_hour_upper95"):
+        assert row["alarms"][key]["mean"] == pytest.approx(np.mean([by_hand[s][key] for s in SEEDS]), abs=1e-9)
+    assert "## Test, alarms as events" in (out / TABLE_MD).read_text()
+
+
 def test_both_policies_sit_side_by_side(bench_store, tmp_path):
     report = run_benchmark(bench_store, models=["vicu_cls"], seeds=[0], policies=["reference", "strict"],
                            out=str(tmp_path / "b"), settings=BenchmarkSettings(train={**TRAIN, "epochs": 1}, window=WINDOW),
@@ -139,6 +168,16 @@ def test_both_policies_sit_side_by_side(bench_store, tmp_path):
     assert n["strict"] < n["reference"]  # strict drops the test windows that reach into the guard
     assert report.table.rows[0]["validation"]["val_f1"]["n"] == 1
     assert "| vicu_cls | strict |" in report.table.markdown
+    # the header states epochs, model size and parameters, windows per model and the data path (issue 18)
+    cell = json.loads((Path(cell_folder(str(tmp_path / "b"), "vicu_cls", "strict", 0)) / "eval" / "report.json")
+                      .read_text())
+    config = json.loads((Path(cell_folder(str(tmp_path / "b"), "vicu_cls", "strict", 0)) / "config.json").read_text())
+    header = report.table.markdown.split("## Test, overall")[0]
+    assert ("- Training: 1 epoch(s) per run; model size tiny with width=32, heads=2, head_dim=16, mlp_dim=64, depth=1; "
+            f"parameters per model: vicu_cls: {cell['parameters']:,}.") in header and cell["parameters"] > 0
+    assert "- Windows per model: vicu_cls: 10 frames step 6, 40 current rows over 6.0 s." in header
+    assert (f"- Data path (`--data auto`): training {config['runtime']['data']['path']}, scoring "
+            f"{cell['data']['path']}.") in header
 
 
 def test_more_epochs_resume_every_cell_and_score_it_again(bench_store, tmp_path):

@@ -1,6 +1,7 @@
 """BlockReader returns exactly what zarr returns, for every layout and range."""
 from __future__ import annotations
 
+import google_crc32c
 import numpy as np
 import pytest
 import zarr
@@ -9,6 +10,7 @@ from fmdata import store
 from fmdata.errors import FmDataError
 from fmdata.store import schema
 from fmdata.store.block_reader import BlockReader, block_frames, block_ranges
+from fmdata.store.row_reader import LocalAxisReader
 
 
 @pytest.mark.parametrize("chunk,shard", [(1, 16), (4, 16), (5, None), (16, 16)])
@@ -52,6 +54,27 @@ def test_a_corrupt_shard_index_is_an_error(tmp_path):
     shard.write_bytes(bytes(data))
     with pytest.raises(FmDataError, match="shard index with a valid CRC-32C, got a mismatch"):
         BlockReader(root[schema.MASK]).read(0, 16)
+
+
+def test_a_shard_index_pointing_outside_its_shard_is_damage_naming_the_rows(tmp_path):
+    """An index whose CRC-32C holds but whose entry points past the file (a shard cut short and an
+    index of another shard put back, say): both readers name the shard's rows, and the row reader
+    never asks pread for 2^62 bytes."""
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w", zarr_format=3)
+    store.create_arrays(root, 32, 4, 2, 2, 1, store.Chunking(1, 16))
+    root[schema.MASK][:] = 1
+    shard = tmp_path / "s.zarr" / schema.MASK / "c" / "1" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    index = np.frombuffer(bytes(data[-(16 * 16 + 4):-4]), "<u8").reshape(16, 2).copy()
+    index[3, 1] = 2**62
+    data[-(16 * 16 + 4):] = index.tobytes() + google_crc32c.value(index.tobytes()).to_bytes(4, "little")
+    shard.write_bytes(bytes(data))
+    end = len(data) - 16 * 16 - 4  # where the index starts
+    message = f"mask frames 16..31: expected inner chunks within bytes 0..{end} of the shard, got chunk 3"
+    with pytest.raises(FmDataError, match=message):
+        BlockReader(root[schema.MASK]).read(16, 32)
+    with pytest.raises(FmDataError, match=message):
+        LocalAxisReader(str(tmp_path / "s.zarr" / schema.MASK)).take(np.array([19]))
 
 
 def test_block_sizes_hold_whole_write_units(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from fmdata.compute import dask_cluster as cluster
 from fmdata.derive import compute_labels, compute_stats, make_windows
 from fmdata.errors import FmDataError
-from fmdata.store import WindowParams, open_store, read_window_table, schema
+from fmdata.store import WindowParams, open_store, schema
 
 from builders import recording, write_store
 
@@ -39,7 +39,7 @@ def test_labels_windows_stats_on_a_local_cluster_equal_the_threaded_run(tmp_path
     a, b = open_store(local), open_store(dist)
     for name in schema.DERIVED_FRAME_ARRAYS:
         np.testing.assert_array_equal(a[name][:], b[name][:])
-    np.testing.assert_array_equal(read_window_table(a, "s").table, read_window_table(b, "s").table)
+    np.testing.assert_array_equal(a.window_table("s").table, b.window_table("s").table)
     assert got["normalization"]["scheduler"].startswith("scheduler tcp://")
     for key in ("video_mean", "video_std", "current_mean", "current_std", "current_min", "current_max"):
         np.testing.assert_allclose(got["normalization"][key], want["normalization"][key], rtol=1e-12)

@@ -58,9 +58,9 @@ def test_v1_and_v2_convert_losslessly_with_aligned_indices(mixed, tmp_path):
     report = convert(sources, out, workers=2, chunk_frames=3, shard_frames=12, progress=False)
     assert (report.n_recordings, report.n_frames, report.units_resumed) == (3, 50 + 29 + 40, 0)
     root = store.open_store(out)
-    meta = store.read_meta(root)
+    meta = root.meta
     assert (meta.complete, meta.height, meta.width, meta.fps, meta.n_recordings) == (True, 6, 10, 25.0, 3)
-    f_off, c_off = store.read_offsets(root)
+    f_off, c_off = root.offsets
     np.testing.assert_array_equal(f_off, [0, 50, 79, 119])
     v1 = read_v1_independently(sources[0])
     r1, r2 = read_v2_independently(d / "v2", "r1"), read_v2_independently(d / "v2", "r2")
@@ -83,7 +83,7 @@ def test_v1_and_v2_convert_losslessly_with_aligned_indices(mixed, tmp_path):
     np.testing.assert_array_equal(end[79:], [c_off[2] + int((r2["current_ts"] <= t).sum()) for t in r2["frame_ts"]])
     ctime = root[schema.CURRENT_TIME][:]
     assert (ctime[c_off[1]:c_off[2]][end[50:79] - c_off[1] - 1] <= ftime[50:79]).all()
-    infos = store.read_recordings(root)
+    infos = root.recordings
     assert [(i.name, i.layout, i.n_frames) for i in infos] == [("first", "v1", 50), ("r1", "v2", 29), ("r2", "v2", 40)]
     assert infos[0].source_path == sources[0] and infos[0].source_bytes == os.path.getsize(sources[0])
     assert infos[0].source_storage["variables"]["video"] == json.loads(json.dumps(
@@ -174,7 +174,7 @@ def test_existing_outputs_and_leftover_partials_need_to_be_named(mixed, tmp_path
     out = tmp_path / "o.zarr"
     convert(src, out, workers=1, progress=False)
     before = (out / "zarr.json").read_bytes()
-    with pytest.raises(FmDataError, match="exists; pass --overwrite"):
+    with pytest.raises(FmDataError, match=r"got one that exists \(--overwrite replaces it\)"):
         convert(src, out, workers=1, progress=False)
     assert (out / "zarr.json").read_bytes() == before
     convert(src, out, workers=1, overwrite=True, progress=False, chunk_frames=2)
@@ -199,13 +199,14 @@ def _ledger_entries(tmp_path: Path, name: str) -> int:
 @pytest.fixture(scope="module")
 def synth_v1(tmp_path_factory):
     path = tmp_path_factory.mktemp("synth") / "rec.mat"
-    return synth.write_v1(path, frames=2000, size=32, seed=7)
+    return synth.write_v1(path, frames=2048, size=32, seed=7)  # chunks of 16 (video) and 64 (mask) frames
 
 
-def test_a_killed_conversion_resumes_to_the_same_store(synth_v1, tmp_path):
+@pytest.mark.parametrize("layout", [schema.LAYOUT_PLAIN, schema.LAYOUT_SOURCE])
+def test_a_killed_conversion_resumes_to_the_same_store(synth_v1, tmp_path, layout):
     out = tmp_path / "k.zarr"
     cmd = [os.path.join(os.path.dirname(sys.executable), "fmdata"), "convert", str(synth_v1), str(out),
-           "--workers", "2", "--shard-frames", "32", "--no-progress"]
+           "--workers", "2", "--shard-frames", "32", "--layout", layout, "--no-progress"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while _ledger_entries(tmp_path, "k.zarr") < 2 and proc.poll() is None and time.monotonic() < deadline:
@@ -221,11 +222,12 @@ def test_a_killed_conversion_resumes_to_the_same_store(synth_v1, tmp_path):
     # a kill inside zarr's LocalStore write leaves its temporary file beside the entries (empty or
     # half-written, never renamed onto a key): the ledger is not torn by it
     (partial / LEDGER_PREFIX / f"u9999.{'0' * 32}.partial").write_bytes(b'{"key": "u99')
-    report = convert([str(synth_v1)], out, workers=2, shard_frames=32, resume=True, progress=False)
+    report = convert([str(synth_v1)], out, workers=2, shard_frames=32, resume=True, progress=False, layout=layout)
     assert 2 <= report.units_resumed <= done < report.units
-    assert verify(out, workers=1, progress=False).ok
+    assert verify(out, [str(synth_v1)], workers=1, progress=False).ok
     ref = tmp_path / "ref.zarr"
-    convert([str(synth_v1)], ref, workers=1, shard_frames=32, progress=False)
+    convert([str(synth_v1)], ref, workers=1, shard_frames=32, progress=False, layout=layout)
+    assert store.open_store(out).meta.layouts == store.open_store(ref).meta.layouts
     a, b = store.open_store(out), store.open_store(ref)
     for name in SOURCE_ARRAYS:
         np.testing.assert_array_equal(a[name][:], b[name][:], err_msg=name)

@@ -241,7 +241,7 @@ def test_output_paths_that_exist_or_cannot_be_written(tmp_path):
     src = _v1(tmp_path)
     existing = tmp_path / "taken.zarr"
     existing.write_text("someone's file")
-    assert_one_clear_line(run_convert(src, existing), "taken.zarr", "exists; pass --overwrite")
+    assert_one_clear_line(run_convert(src, existing), "taken.zarr", "got one that exists (--overwrite replaces it)")
     assert existing.read_text() == "someone's file"
     assert_one_clear_line(run_convert(src, existing, "--overwrite"), "not an FMF store", "nothing was replaced")
     assert existing.read_text() == "someone's file"

@@ -63,8 +63,8 @@ def local_stores(sources, tmp_path_factory) -> dict[int, str]:
 
 def _assert_same_store(got_location: str, want_location: str) -> None:
     got, want = store.open_store(got_location), store.open_store(want_location)
-    assert store.read_meta(got) == store.read_meta(want)
-    assert store.read_recordings(got) == store.read_recordings(want)
+    assert got.meta == want.meta
+    assert got.recordings == want.recordings
     for name in schema.SOURCE_ARRAYS:
         np.testing.assert_array_equal(got[name][:], want[name][:], err_msg=name)
         assert read_checksums(got[name]) == read_checksums(want[name]), name

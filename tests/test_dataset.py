@@ -14,7 +14,7 @@ import torch
 import zarr
 
 from fmdata.errors import FmDataError
-from fmdata.store import Chunking, schema
+from fmdata.store import Chunking, open_store, schema
 from fmdata.store.row_reader import LocalAxisReader, ZarrAxisReader, open_axis_reader
 from fmmodel.data.dataset import FmfWindowDataset, WindowBatch, collate_windows
 from fmmodel.data.sampling import ClassBalancedSampler, ShuffleSampler, make_loader, set_loader_epoch
@@ -168,7 +168,7 @@ def test_uint8_video_equals_float(store):
 @pytest.mark.parametrize("name", [schema.VIDEO, schema.MASK, schema.CURRENT])
 def test_fast_reader_equals_zarr_reader(store, name):
     root = zarr.open_group(store, mode="r")
-    fast = open_axis_reader(store, name, mode="fast", cache_bytes=1 << 16)
+    fast = open_axis_reader(open_store(store), name, mode="fast", cache_bytes=1 << 16)
     slow = ZarrAxisReader(root[name])
     assert isinstance(fast, LocalAxisReader)
     rng = np.random.default_rng(0)

@@ -44,6 +44,8 @@ def _rank_main(rank: int, world: int, port: int, store: str, run: str, results: 
     with open(os.path.join(results, f"seg{rank}.json"), "w") as fh:
         json.dump(report["metrics"]["overall"], fh)
     torch.distributed.destroy_process_group()
+    with open(os.path.join(results, f"threads{rank}.json"), "w") as fh:  # what would run into interpreter shutdown
+        json.dump(sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")), fh)
 
 
 def _spawn(fn, world: int, args: tuple, timeout: float = 240.0) -> None:
@@ -97,6 +99,11 @@ def test_two_gloo_ranks_train_identical_weights_and_score_each_window_once(tmp_p
     assert s0["pixel"]["confusion"] == seg_single["pixel"]["confusion"]
     assert s0["pixel"]["auroc"] == pytest.approx(seg_single["pixel"]["auroc"], rel=1e-6)
     assert s0["class"]["confusion"] == seg_single["class"]["confusion"]
+    # destroy_process_group ended the group's threads (gloo's, and rank 0's TCPStore server) on both ranks: none
+    # runs into interpreter shutdown, where their teardown in no set order could abort a rank
+    for rank in (0, 1):
+        threads = json.load(open(results / f"threads{rank}.json"))
+        assert not [t for t in threads if "gloo" in t or "tcpstore" in t], (rank, threads)
 
 
 def test_shard_sampler_and_gather_have_no_duplicates():

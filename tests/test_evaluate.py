@@ -12,14 +12,22 @@ import pytest
 import torch
 
 from fmdata.derive import build_window_table, load_index
-from fmdata.store import WindowParams, open_store, read_window_table, schema
+from fmdata.store import WindowParams, open_store, schema
 from fmmodel.errors import FmModelError
 from fmmodel.model.checkpoint import save_checkpoint
 from fmmodel.model.registry import build_model
 from fmmodel.runs.train import train
 from fmmodel.scoring.evaluate import evaluate
 from fmmodel.scoring.predict import predict, read_predictions
-from fmmodel.scoring.report import Example, example_captions
+from fmmodel.scoring.report import (
+    OUTCOMES,
+    Example,
+    choose_examples,
+    curve_titles,
+    example_captions,
+    outcome,
+    write_report,
+)
 
 from builders import SHORT_WINDOWS, cached_store, converted_store, store64_with_table
 from runs import FIXTURES, LEARN_STORE, learned_run, needs_fixtures, quick_config
@@ -44,7 +52,7 @@ def _test_windows(store, report):
 def test_evaluate_cli_writes_report_and_pictures(tmp_path_factory, tmp_path):
     run, store = learned_run(tmp_path_factory)
     out = tmp_path / "eval"
-    r = _fmmodel("evaluate", "--store", store, "--checkpoint", os.path.join(run, "best.pt"), "--out", str(out),
+    r = _fmmodel("evaluate", store, "--checkpoint", os.path.join(run, "best.pt"), "--out", str(out),
                  "--workers", "0", "--device", "cpu", "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "class level" in r.stdout and str(out / "report.json") in r.stdout
@@ -61,6 +69,49 @@ def test_evaluate_cli_writes_report_and_pictures(tmp_path_factory, tmp_path):
     for k in ("accuracy", "f1", "precision", "recall", "fdr", "mdr", "auroc", "ap"):
         assert 0.0 <= c[k] <= 1.0
     assert report["fps"] > 0 and report["split"] == "test" and report["orientation"] == "true"
+    # the pictures say what they show: the curves' titles name model, checkpoint, split and samples
+    titles = curve_titles(report)
+    (tn, fp), (fn, tp) = c["confusion"]
+    assert titles["what"].startswith(f"{report['variant']} (") and titles["what"].endswith("best.pt), test split")
+    assert titles["class"] == f"{c['n']:,} windows ({fn + tp:,} abnormal, {tn + fp:,} normal)"
+    # the examples: headed by outcome, named by recording as the tables name them, different stretches
+    shown = report["examples"]
+    names = {e["name"] for e in per.values()}
+    assert len(shown) == 8 and {e["recording"] for e in shown} <= names
+    assert len({e["outcome"] for e in shown}) >= 3 and {e["outcome"] for e in shown} <= {n for n, _ in OUTCOMES}
+    p = report["windows"]["params"]
+    span = (p["frames"] - 1) * p["frame_step"] + 1
+    for i, a in enumerate(shown):
+        for b in shown[i + 1:]:
+            assert a["recording"] != b["recording"] or abs(a["frame"] - b["frame"]) >= span, (a, b)
+    # a report that fails half-way leaves no folder it made (the curves were written before the failure)
+    bad = Example(image=np.zeros((8, 8, 5), np.uint8), true_mask=np.ones((8, 8), np.uint8), pred_mask=None,
+                  recording="x", frame=0, seconds=0.0, label=1, prob=0.9)
+    with pytest.raises(ValueError):
+        write_report(tmp_path / "new" / "eval", report, examples=[bad])
+    assert sorted(os.listdir(tmp_path)) == ["eval"]
+
+
+def test_examples_come_from_different_stretches_of_the_recordings():
+    """The examples picture (issue 18): per outcome, most confident first, but never two frames of
+    the same stretch (a window span apart), other recordings first."""
+    rng = np.random.default_rng(0)
+    n = 3000
+    recording = np.repeat([0, 1, 2], n // 3)
+    frame = np.tile(np.arange(n // 3), 3)
+    target = (rng.random(n) < 0.4).astype(np.int64)
+    prob = np.where(target == 1, rng.uniform(0.3, 0.9, n), rng.uniform(0.05, 0.7, n))
+    # a run of very confident neighbouring hits in recording 1: the old choice took all of them
+    prob[1200:1220], target[1200:1220] = 0.999, 1
+    chosen = choose_examples(prob, target, recording, frame, k=8, min_gap=163)
+    assert len(chosen) == 8 and len(set(chosen)) == 8
+    outcomes = [outcome(int(target[i]), float(prob[i])) for i in chosen]
+    assert sorted(outcomes) == sorted(n for n, _ in OUTCOMES for _ in range(2))  # two of each, round after round
+    for a in chosen:
+        for b in chosen:
+            assert a == b or recording[a] != recording[b] or abs(frame[a] - frame[b]) >= 163
+    hits = [i for i, o in zip(chosen, outcomes) if o == "hit"]
+    assert 1200 <= hits[0] < 1220 and recording[hits[1]] != recording[hits[0]]  # the best, then another recording
 
 
 def test_segmentation_report_has_pixel_metrics(tmp_path_factory, tmp_path):
@@ -103,7 +154,7 @@ def test_reference_checkpoint_evaluates_with_reference_inputs(store64, tmp_path)
     report = json.load(open(tmp_path / "ev" / "report.json"))
     assert report["variant"] == "vicu_cls" and report["orientation"] == "reference"
     assert report["preprocessing"] == "reference" and report["windows"]["name"] == "ref10"
-    table = read_window_table(open_store(store64), "ref10")
+    table = open_store(store64).window_table("ref10")
     assert report["windows"]["count"] == int(np.sum(table.column("split") == schema.SPLIT_TEST)) > 0
     # a table whose clips do not fit the model is refused
     with pytest.raises(FmModelError, match="10 frames"):
@@ -138,13 +189,15 @@ def test_checkpoint_with_a_pickled_object_is_refused(store64, tmp_path):
 
 def test_example_captions_say_what_each_picture_shows():
     img, mask = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
-    cls = [Example(image=img, true_mask=mask, pred_mask=None, recording=0, frame=5, label=1, prob=0.2)]
-    heading, titles = example_captions(cls)
-    assert "predicts a class only" in heading and "red =" not in heading
-    assert titles == ["rec 0 frame 5\ntrue abnormal, predicted normal (p 0.20)"]
-    seg = [Example(image=img, true_mask=mask, pred_mask=mask, recording=1, frame=9, label=0, prob=0.7)]
-    heading, titles = example_captions(seg)
-    assert "red = predicted mask" in heading and titles[0].endswith("true normal, predicted abnormal (p 0.70)")
+    cls = [Example(image=img, true_mask=mask, pred_mask=None, recording="batch_05", frame=1205, seconds=48.2,
+                   label=1, prob=0.2)]
+    key, captions = example_captions(cls)
+    assert "predicts a class only" in key and "red =" not in key
+    assert captions == ["batch_05, frame 1,205 (48.2 s)\np 0.20"] and cls[0].outcome == "miss"
+    seg = [Example(image=img, true_mask=mask, pred_mask=mask, recording="batch_01", frame=9, seconds=0.4, label=0,
+                   prob=0.7)]
+    key, captions = example_captions(seg)
+    assert "red = predicted mask" in key and captions[0].endswith("p 0.70") and seg[0].outcome == "false alarm"
 
 
 def test_a_tie_of_the_logits_is_normal_in_evaluate_predict_and_the_pictures(tmp_path_factory, tmp_path):
@@ -175,6 +228,6 @@ def test_a_tie_of_the_logits_is_normal_in_evaluate_predict_and_the_pictures(tmp_
         if name == "seg":
             assert not np.asarray(pred["mask_pred"][:]).any()
     img, mask = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
-    _, titles = example_captions([Example(image=img, true_mask=mask, pred_mask=None, recording=0, frame=5, label=1,
-                                          prob=0.5)])
-    assert titles == ["rec 0 frame 5\ntrue abnormal, predicted normal (p 0.50)"]
+    tie = Example(image=img, true_mask=mask, pred_mask=None, recording="batch_01", frame=5, seconds=0.2, label=1,
+                  prob=0.5)
+    assert tie.outcome == "miss" and example_captions([tie])[1] == ["batch_01, frame 5 (0.2 s)\np 0.50"]

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from fmcli.fmdata_main import main
 from fmdata import synth
+from fmdata.compute.memory import format_bytes
 
 SCIPY_DATA = Path(scipy.io.__file__).parent / "matlab" / "tests" / "data"
 
@@ -197,13 +198,13 @@ def test_synth_writes_every_layout_and_storage(tmp_path):
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # an existing picture is refused before anything is written, as an existing output is
     r = run("synth", tmp_path / "v2b", "--layout", "v2", "--frames", 30, "--size", 8, "--preview", tmp_path / "p.png")
-    assert_one_line_error(r, "p.png", "already exists", "--overwrite")
+    assert_one_line_error(r, "p.png", "got one that exists (--overwrite replaces it)")
     assert not (tmp_path / "v2b").exists()
 
 
 def test_synth_bad_input_is_one_line_and_leaves_nothing(tmp_path):
     (tmp_path / "exists.mat").write_bytes(b"user data")
-    assert_one_line_error(run("synth", tmp_path / "exists.mat", "--frames", 5), "already exists", "--overwrite")
+    assert_one_line_error(run("synth", tmp_path / "exists.mat", "--frames", 5), "got one that exists (--overwrite replaces it)")
     assert (tmp_path / "exists.mat").read_bytes() == b"user data"
     (tmp_path / "afile").write_text("x")
     assert_one_line_error(run("synth", tmp_path / "afile" / "out.mat", "--frames", 5), "through a file")
@@ -236,3 +237,17 @@ def test_console_script_errors_have_no_traceback(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [f"Error: {tmp_path / 'junk.mat'}: expected a MATLAB MAT file "
                                                 "(v4, v5/v7 or v7.3), got an unknown file type"]
+
+
+def test_inspect_says_which_variables_convert_copies_and_what_a_random_frame_costs(v1_file, tmp_path):
+    text = run("inspect", v1_file)
+    with h5py.File(v1_file, "r") as f:
+        chunks = f["video"].chunks  # (frames, channel, x, y): whole frames of 24x32x3 bytes each
+    assert (f"video: copied by --layout source (chunks of {chunks[0]} frame(s)); a random frame decodes 1 chunk(s), "
+            f"{format_bytes(chunks[0] * 24 * 32 * 3)} = {chunks[0]:.1f} x the frame") in text.output, text.output
+    report = json.loads(run("inspect", v1_file, "--json").output)
+    assert report["source_layout"]["video"] == {"copied": True, "reason": None, "chunk_frames": chunks[0], "random_read": {
+        "chunks": 1, "decoded_bytes": chunks[0] * 24 * 32 * 3, "frame_bytes": 24 * 32 * 3}}
+    plain = synth.write_v1(tmp_path / "plain.mat", frames=30, size=16, seed=1, storage="contiguous")
+    text = run("inspect", plain)
+    assert "video: not copied by --layout source: contiguous storage (not chunked)" in text.output, text.output

@@ -67,8 +67,8 @@ def test_interrupted_train_exits_130_with_the_resume_command(tmp_path_factory, t
     assert "Traceback" not in err, err
     hint = [line for line in lines if line.startswith("Error: ")]
     assert len(hint) == 1 and f"fmmodel train --out {run_dir} --resume" in hint[0], err
-    # the data path chosen, epoch log lines, then the hint
-    assert all(line.startswith(("data: ", "epoch ", "Error: ")) for line in lines), err
+    # the data path chosen, the time a batch takes, epoch log lines, then the hint
+    assert all(line.startswith(("data: ", "timing: ", "epoch ", "Error: ")) for line in lines), err
     done = load_checkpoint(run_dir / "last.pt").extra["epoch"]
     torch.set_num_threads(1)
     resumed = resume_run(str(run_dir), epochs=done + 1, progress=False)

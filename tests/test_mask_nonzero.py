@@ -9,7 +9,7 @@ import pytest
 
 from fmdata.convert import convert, verify
 from fmdata.errors import FmDataError
-from fmdata.store import open_store, read_recordings
+from fmdata.store import open_store
 
 from builders import v1_arrays, write_v1
 from processes import FMDATA, one_line_error, run
@@ -37,14 +37,14 @@ def test_mask_nonzero_maps_above_zero_to_one_records_it_and_verify_agrees(mask25
     root = open_store(str(out))
     want = (label > 0).transpose(2, 0, 1).astype(np.uint8)  # MATLAB (H, W, N) -> store (N, H, W)
     np.testing.assert_array_equal(root["mask"][:], want)
-    assert read_recordings(root)[0].mask_nonzero
+    assert root.recordings[0].mask_nonzero
     r = run([FMDATA, "verify", out, "--source", src])
     assert r.returncode == 0 and "every element equal the sources" in r.stdout, r.stdout + r.stderr
     # a store converted without the option is compared with 0/1 sources: its recording says so
     plain = tmp_path / "plain.mat"
     write_v1(plain, {**arrays, "label": (label > 0).astype(np.uint8)}, classes={"label": "uint8"})
     convert([str(plain)], str(tmp_path / "p.zarr"), workers=1, progress=False)
-    assert not read_recordings(open_store(str(tmp_path / "p.zarr")))[0].mask_nonzero
+    assert not open_store(str(tmp_path / "p.zarr")).recordings[0].mask_nonzero
     assert verify(str(tmp_path / "p.zarr"), [str(plain)], workers=1, progress=False).ok
 
 
@@ -56,3 +56,15 @@ def test_negative_mask_values_are_refused_even_with_the_option(tmp_path):
     with pytest.raises(FmDataError, match="values of 0 or above"):
         convert([str(src)], str(tmp_path / "n.zarr"), workers=1, mask_nonzero=True, progress=False)
 
+
+
+def test_negative_mask_values_are_not_pointed_to_the_option(tmp_path):
+    """A -1 in a mask is refused without pointing to --mask-nonzero, which refuses it too; so is a
+    mask that also holds values the option would read (255): the option would not help."""
+    a = v1_arrays(20, seed=5)
+    label = a["label"].astype(np.int16) * 255
+    label[1, 1, 5] = -1
+    src = write_v1(tmp_path / "neg.mat", {**a, "label": label}, classes={"label": "int16"})
+    for extra in ([], ["--mask-nonzero"]):
+        line = one_line_error(run([FMDATA, "convert", src, tmp_path / "s.zarr", *extra]), 1, str(src))
+        assert "expected 'label' values of 0 or above, got -1 at frame 5" in line and "--mask-nonzero" not in line

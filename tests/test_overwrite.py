@@ -16,7 +16,7 @@ import zarr
 
 from fmdata import synth
 from fmdata.derive import compute_stats
-from fmdata.store import list_window_tables, open_store, schema
+from fmdata.store import open_store, schema
 
 from builders import cached_store, converted_store, recording, v1_arrays, write_store
 from builders import write_v1 as write_user_v1
@@ -130,7 +130,7 @@ def test_windows_force_replaces_only_a_window_table(tmp_path):
     np.testing.assert_array_equal(open_store(path)["windows/mine/data"][:], [1, 2, 3])
     for force in ((), ("--force",)):  # a table of its own is replaced
         assert run([FMDATA, "windows", path, "--name", "w", *args, *force]).returncode == 0
-    assert "w" in list_window_tables(open_store(path))
+    assert "w" in open_store(path).window_tables
 
 
 def test_stats_force_replaces_only_its_statistics(tmp_path_factory, tmp_path):

@@ -1,6 +1,8 @@
 """fmdata preview: PNG and MP4 pictures of a window, and the CLI's one-line errors."""
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from fmdata.compute import DaskOptions
 from fmdata.derive import make_windows
 from fmdata.derive.preview import MAX_PNG_FRAMES, render_preview
 from fmdata.errors import FmDataError
-from fmdata.store import WindowParams, open_store, read_window_table, schema
+from fmdata.store import WindowParams, open_store, schema
 
 from builders import recording, write_store
 
@@ -46,6 +48,24 @@ def test_png_shows_the_clip_with_the_mask_outlined(dark_store, tmp_path):
     assert quiet["label"] == 0 and _yellow_pixels(cv2.imread(str(tmp_path / "q.png"))) == 0
 
 
+def test_the_preview_says_how_the_windows_current_rows_are_read(dark_store, tmp_path):
+    """Issue 18: "158 current rows, read as 240" was never explained. The report (and the picture's
+    caption) says how many distinct rows of the store the window holds, over how many of the seconds
+    asked, and how they are resampled to the model's rows."""
+    short = WindowParams(frames=4, frame_step=5, current_seconds=2)  # 25 rows/s: 50 rows, read as 240
+    r = render_preview(dark_store, 100, str(tmp_path / "a.png"), recording=0, params=short)
+    assert r.current_rows == [51, 101]
+    assert r.current == ("current: the window holds 50 rows of the store (2.0 s of the 2 s of history); the model "
+                         "reads 240 rows: each stored row 1 to 5 times (about 4.8), evenly spaced")
+    assert r.current in r.summary()
+    thin = WindowParams(frames=4, frame_step=5, current_seconds=2, current_rows=10)
+    assert "the model reads 10 of them, evenly spaced (about every 5.0th)" in render_preview(
+        dark_store, 100, str(tmp_path / "b.png"), recording=0, params=thin).current
+    # a window at the start of a recording holds less history than asked, and says why
+    early = render_preview(dark_store, 10, str(tmp_path / "c.png"), recording=0, params=short).current
+    assert "the window holds 11 rows of the store (0.4 s of the 2 s of history: the recording begins later)" in early
+
+
 def test_a_long_clip_draws_a_bounded_picture(dark_store, tmp_path):
     out = str(tmp_path / "long.png")
     r = render_preview(dark_store, 100, out, recording=0, params=WindowParams(frames=100, frame_step=1,
@@ -60,7 +80,7 @@ def test_a_long_clip_draws_a_bounded_picture(dark_store, tmp_path):
 def test_preview_of_a_stored_window_uses_that_table(dark_store, tmp_path):
     p = WindowParams(frames=3, frame_step=7, current_seconds=5, current_rows=10)
     make_windows(dark_store, "w", p, options=DaskOptions(progress=False))
-    table = read_window_table(open_store(dark_store), "w")
+    table = open_store(dark_store).window_table("w")
     row = table.table[table.column("frame") == 120 + 30][0]  # recording 1, local frame 30
     r = render_preview(dark_store, 30, str(tmp_path / "w.png"), recording=1, windows="w").to_dict()
     assert r["frame"] == 150 and r["clip"] == [int(c) - 120 for c in row[6:]]
@@ -94,6 +114,7 @@ def test_mp4_plays_every_frame_from_the_clip_start(dark_store, tmp_path):
     (["--frame", "5", "--out", "x.gif"], "Invalid value for '--out': x.gif: expected a file name ending in .png or .mp4",
      2),
     (["--frame", "5", "--windows", "absent"], "expected a window table named 'absent'", 1),
+    (["--frame", "5", "--out", "new/p.png"], "expected an existing folder for the preview, got none", 2),
 ])
 def test_bad_input_is_one_line_and_exit_code(dark_store, args, message, code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -101,6 +122,7 @@ def test_bad_input_is_one_line_and_exit_code(dark_store, args, message, code, tm
     assert res.exit_code == code, res.output
     assert message in res.output and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1
+    assert os.listdir(tmp_path) == ["s.zarr"]  # the store only: nothing written, no folder made
 
 
 def test_cli_writes_the_picture(dark_store, tmp_path):
@@ -114,7 +136,7 @@ def test_an_existing_file_is_replaced_only_when_told_and_only_a_preview(dark_sto
     out = tmp_path / "mine.png"
     out.write_bytes(b"not a preview")
     res = CliRunner().invoke(main, ["preview", dark_store, "--frame", "100", "--out", str(out)])
-    assert res.exit_code == 1 and "already exists (pass --overwrite to replace it)" in res.output
+    assert res.exit_code == 1 and "got one that exists (--overwrite replaces it)" in res.output
     assert len(res.output.strip().splitlines()) == 1
     assert out.read_bytes() == b"not a preview"
     # --overwrite replaces only what preview made: not a user's picture (a real PNG included), nor a folder
@@ -144,7 +166,7 @@ def test_an_existing_file_is_replaced_only_when_told_and_only_a_preview(dark_sto
 def test_a_video_replaces_nothing_unless_told_and_only_a_preview(dark_store, tmp_path):
     out = tmp_path / "clip.mp4"
     out.write_bytes(b"someone's video")
-    with pytest.raises(FmDataError, match="already exists"):
+    with pytest.raises(FmDataError, match="got one that exists"):
         render_preview(dark_store, 100, str(out))
     with pytest.raises(FmDataError, match="only what this command made"):
         render_preview(dark_store, 100, str(out), overwrite=True)

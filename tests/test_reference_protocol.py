@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from fmcli.fmmodel_main import main as fmmodel_main
 from fmdata.compute import DaskOptions
 from fmdata.derive import build_window_table, load_index, make_windows
-from fmdata.store import Location, WindowParams, open_store, schema
+from fmdata.store import WindowParams, open_store, schema
 from fmmodel.data.windows import read_per_second_samples
 from fmmodel.model.checkpoint import export_reference, save_checkpoint
 from fmmodel.model.registry import build_model
@@ -106,7 +106,7 @@ def test_a_seconds_first_frame_in_the_training_block_decides_its_sample(second_s
     samples, abnormal, _, firsts = _authors_current_samples(store)
     assert (samples, abnormal, firsts) == (6, 2, [50, 75, 100, 125, 150, 175])
     root = open_store(store)
-    wt = read_per_second_samples(Location.parse(store), root, WindowParams(frames=10, current_rows=20), "test")
+    wt = read_per_second_samples(root, WindowParams(frames=10, current_rows=20), "test")
     assert wt.column("frame").tolist() == firsts and wt.column("label").tolist() == [1, 0, 0, 0, 0, 1]
     assert (wt.column("split") == schema.SPLIT_TEST).all()
     own = build_window_table(load_index(root), WindowParams(frames=10, current_rows=20))

@@ -13,7 +13,7 @@ import zarr
 from fmdata import store
 from fmdata.errors import FmDataError
 from fmdata.store import Location, schema
-from fmdata.store.window_table import WindowTable, read_window_table, window_columns, write_window_table
+from fmdata.store.window_table import WindowTable, window_columns, write_window_table
 
 
 def _recording(n: int, m: int, seed: int, h: int = 8, w: int = 6) -> store.RecordingArrays:
@@ -53,13 +53,13 @@ def _expected() -> dict[str, np.ndarray]:
 
 
 def _assert_store_equals_recs(root: zarr.Group) -> None:
-    meta = store.read_meta(root)
+    meta = root.meta
     assert (meta.n_frames, meta.n_current, meta.n_recordings, meta.complete) == (64, 8, 2, True)
     for name, want in _expected().items():
         got = root[name][:]
         assert got.dtype == np.dtype(schema.DTYPES[name]), name
         np.testing.assert_array_equal(got, want, err_msg=name)
-    assert [r.source_path for r in store.read_recordings(root)] == ["/data/r1.mat", "/data/r2.mat"]
+    assert [r.source_path for r in root.recordings] == ["/data/r1.mat", "/data/r2.mat"]
 
 
 @pytest.fixture(params=["s3", "memory", "file"])
@@ -100,12 +100,12 @@ def test_window_table_round_trip_at_url(location):
     table = rng.integers(0, 64, (300, len(cols))).astype(np.int64)
     wt = WindowTable(table=table, columns=cols, params={"frames": 3, "frame_step": 2, "current_rows": 4,
                                                         "current_seconds": 2, "policy": "strict", "stride": 1})
-    write_window_table(store.open_store(location, "r+"), "train", wt)
-    back = read_window_table(store.open_store(location), "train")
+    write_window_table(store.open_store(location, "r+").root, "train", wt)
+    back = store.open_store(location).window_table("train")
     np.testing.assert_array_equal(back.table, table)
     assert back.columns == cols and back.params == wt.params
     with pytest.raises(FmDataError, match="exists"):
-        write_window_table(store.open_store(location, "r+"), "train", wt)
+        write_window_table(store.open_store(location, "r+").root, "train", wt)
 
 
 def test_store_written_through_the_environment_is_read_by_another_process(s3_bucket):
@@ -137,7 +137,7 @@ def test_half_written_remote_store_never_looks_complete(s3_bucket, with_meta):
         store.open_store(url)
     if with_meta:  # the commit marker, written last, makes it visible
         store.set_complete(root, True)
-        assert store.read_meta(store.open_store(url)).complete
+        assert store.open_store(url).meta.complete
 
 
 def test_remove_store_marks_incomplete_before_deleting(s3_bucket):
@@ -228,7 +228,7 @@ def test_every_command_takes_an_s3_url(s3_bucket, tmp_path):
     assert "windows 'w'" in _invoke(fmdata_main, "stats", url, "--windows", "w")
     root = store.open_store(url)
     assert root[schema.FRAME_LABEL].shape == (500,) and schema.ATTR_STATS in root.attrs
-    frame = int(read_window_table(root, "w").column("frame")[-1])
+    frame = int(root.window_table("w").column("frame")[-1])
     _invoke(fmdata_main, "preview", url, "--windows", "w", "--frame", frame, "--out", tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
 
@@ -239,14 +239,14 @@ def test_every_command_takes_an_s3_url(s3_bucket, tmp_path):
     _invoke(fmmodel_main, "evaluate", "--store", url, "--checkpoint", run / "last.pt", "--windows", "w",
             "--workers", "0", "--device", "cpu", "--out", tmp_path / "ev", "--no-progress")
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
-    n_test = int((read_window_table(root, "w").column("split") == schema.SPLIT_TEST).sum())
+    n_test = int((root.window_table("w").column("split") == schema.SPLIT_TEST).sum())
     assert report["metrics"]["overall"]["class"]["n"] == n_test > 0
     pred = tmp_path / "pred.zarr"
     _invoke(fmmodel_main, "predict", "--store", url, "--checkpoint", run / "last.pt", "--windows", "w",
             "--workers", "0", "--device", "cpu", "--out", pred, "--no-progress")
     from fmmodel.scoring.predict import read_predictions
 
-    assert read_predictions(str(pred))["frame"].shape == (len(read_window_table(root, "w")),)
+    assert read_predictions(str(pred))["frame"].shape == (len(root.window_table("w")),)
 
 
 def test_missing_credentials_are_one_line_errors(s3_bucket, tmp_path):

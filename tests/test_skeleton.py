@@ -1,5 +1,6 @@
 """The installed console scripts, the packaging and the store contract."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -47,16 +48,16 @@ def test_store_round_trip_keeps_every_element_and_axis_names(tmp_path):
     recs = [_recording(37, 5, 1), _recording(20, 3, 2)]
     store.write_store_from_arrays(tmp_path / "s.zarr", recs, fps=25.0, chunking=store.Chunking(1, 8))
     root = store.open_store(tmp_path / "s.zarr")
-    meta = store.read_meta(root)
+    meta = root.meta
     assert (meta.n_frames, meta.n_current, meta.n_recordings, meta.height, meta.width) == (57, 8, 2, 8, 6)
     np.testing.assert_array_equal(root[schema.VIDEO][:], np.concatenate([r.video for r in recs]))
     np.testing.assert_array_equal(root[schema.MASK][:], np.concatenate([r.mask for r in recs]))
     np.testing.assert_array_equal(root[schema.RECORDING][:], np.repeat([0, 1], [37, 20]))
     np.testing.assert_array_equal(root[schema.FRAME_CURRENT_END][37:], recs[1].frame_current_end + 5)
-    f_off, c_off = store.read_offsets(root)
+    f_off, c_off = root.offsets
     assert f_off.tolist() == [0, 37, 57] and c_off.tolist() == [0, 5, 8]
     assert tuple(root[schema.VIDEO].metadata.dimension_names) == schema.DIMS[schema.VIDEO]
-    assert [r.name for r in store.read_recordings(root)] == ["r1", "r2"]
+    assert [r.name for r in root.recordings] == ["r1", "r2"]
 
 
 def test_open_store_refuses_missing_foreign_and_incomplete(tmp_path):
@@ -90,3 +91,26 @@ def test_a_plain_install_holds_every_package(tmp_path):
             sub = init.parent.relative_to(src / top).as_posix()  # "." for the package itself
             on_disk.add(name if sub == "." else f"{name}/{sub}")
     assert packed == on_disk and {"fmdata/store", "fmcli"} <= packed
+
+
+# a folder of one machine (a workplace, a user's home, a mount) named as an absolute path
+_MACHINE_PATH = re.compile(r"(?<![\w.~-])/(work|root|home|Users|mnt)(/|\b)")
+
+
+def test_no_file_of_the_repository_names_a_folder_of_one_machine():
+    """What the repository needs outside itself it finds through the environment or beside the
+    checkout (the reference fixtures: tests/runs.py), never at an absolute path of one machine."""
+    root = Path(__file__).resolve().parents[1]
+    listed = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip(f"not a git checkout: {listed.stderr.strip()}")
+    found = []
+    for name in filter(None, listed.stdout.split("\0")):
+        try:
+            text = (root / name).read_text(encoding="utf-8")
+        except (UnicodeDecodeError, FileNotFoundError, IsADirectoryError):  # binary data; deleted, not yet staged
+            continue
+        found += [f"{name}:{i}: {line.strip()}" for i, line in enumerate(text.splitlines(), 1)
+                  if _MACHINE_PATH.search(line)]
+    assert not found, "\n".join(found)

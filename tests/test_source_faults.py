@@ -16,7 +16,7 @@ from fmdata import synth
 from fmdata.convert import convert
 from fmdata.errors import FmDataError
 from fmdata.sources import inspect_path
-from fmdata.store import open_store, read_recordings
+from fmdata.store import open_store
 from fmdata.synth import MatWriter
 
 from builders import write_v2
@@ -76,8 +76,8 @@ def test_timestamps_with_utc_offset_are_parsed_with_it_without_warning(tmp_path)
         convert([str(plain)], str(tmp_path / "p.zarr"), workers=1, progress=False)
         convert([str(zoned)], str(tmp_path / "z.zarr"), workers=1, progress=False)
     p, z = open_store(str(tmp_path / "p.zarr")), open_store(str(tmp_path / "z.zarr"))
-    assert read_recordings(p)[0].origin == "2023-05-10T21:33:27"
-    assert read_recordings(z)[0].origin == "2023-05-10T21:33:27+08:00"  # the recording's own clock
+    assert p.recordings[0].origin == "2023-05-10T21:33:27"
+    assert z.recordings[0].origin == "2023-05-10T21:33:27+08:00"  # the recording's own clock
     for name in ("frame_time", "current_time", "frame_current_end"):
         np.testing.assert_array_equal(p[name][:], z[name][:])
     # a file whose lines mix zoned and naive times has no common clock
@@ -87,6 +87,41 @@ def test_timestamps_with_utc_offset_are_parsed_with_it_without_warning(tmp_path)
     t.write_text("\n".join(lines) + "\n")
     with pytest.raises(FmDataError, match="with a UTC offset or none"):
         convert([str(zoned)], str(tmp_path / "m.zarr"), workers=1, progress=False)
+
+
+def test_zoned_frame_times_with_naive_current_times_say_so_naming_both_files(tmp_path):
+    """A timestamps file with UTC offsets beside a current log without them (or the reverse) is
+    refused as that, naming both files: not as currents "not covering" the frames, which is what
+    comparing UTC instants with wall-clock times made of it."""
+    folder = write_v2(tmp_path / "v2", {"a": 60})
+    times, currents = folder / "timestamps" / "a.csv", folder / "currents" / "a.csv"
+    naive = times.read_text()
+    head, *rows = naive.splitlines()
+    times.write_text("\n".join([head] + [r.replace(",", "+08:00,", 1) for r in rows]) + "\n")
+    line = one_line_error(run([FMDATA, "convert", folder, tmp_path / "s.zarr"]), 1, str(currents), str(times))
+    assert "expected current times with a UTC offset, as the frame times in" in line and "(+08:00)" in line
+    assert "covering" not in line
+    times.write_text(naive)  # the reverse: naive frame times, zoned current times
+    head, *rows = currents.read_text().splitlines()
+    currents.write_text("\n".join([head] + [r.replace(",", "-05:00,", 1) for r in rows]) + "\n")
+    with pytest.raises(FmDataError, match=r"expected current times without a UTC offset, as the frame times in "
+                                          r".*timestamps/a.csv are, got times with one \(-05:00\)"):
+        convert([str(folder)], str(tmp_path / "r.zarr"), workers=1, progress=False)
+
+
+def test_a_csv_that_is_not_utf8_is_one_line_naming_the_file_and_line(tmp_path):
+    """A Latin-1 current log (a unit "µA" saved by a spreadsheet) is one line in convert and a problem
+    of inspect, naming the file, the byte and its line: never "unexpected UnicodeDecodeError"."""
+    folder = write_v2(tmp_path / "v2", {"a": 40})
+    csv_path = folder / "currents" / "a.csv"
+    lines = csv_path.read_text().splitlines(keepends=True)
+    lines[3] = lines[3].rstrip("\n") + " \u00b5A\n"
+    csv_path.write_bytes("".join(lines).encode("latin-1"))
+    want = "expected UTF-8 text, got the byte 0xb5 at line 4"
+    r = run([FMDATA, "inspect", folder])
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "unexpected" not in r.stderr, r.stderr
+    assert f"problem: currents/a.csv: {want}" in r.stdout, r.stdout
+    one_line_error(run([FMDATA, "convert", folder, tmp_path / "s.zarr"]), 1, str(csv_path), want)
 
 
 def test_memory_store_converts_in_this_process(tmp_path):

@@ -156,7 +156,7 @@ def test_bad_options_are_one_line_errors(tmp_path):
         synth_write.write_v1(tmp_path / "a.mat", frames=5, storage="zip")
     assert err.value.field == "storage"
     synth_write.write_v1(tmp_path / "a.mat", frames=5, size=8)
-    with pytest.raises(FmDataError, match="already exists"):
+    with pytest.raises(FmDataError, match="got one that exists"):
         synth_write.write_v1(tmp_path / "a.mat", frames=5, size=8)
     synth_write.write_v1(tmp_path / "a.mat", frames=6, size=8, overwrite=True)
     assert mat73.loadmat(tmp_path / "a.mat")["video"].shape == (8, 8, 3, 6)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fmdata.derive import build_window_table, ensure_labels, load_index
-from fmdata.store import WindowParams, open_store, read_offsets, schema
+from fmdata.store import WindowParams, open_store, schema
 from fmmodel.data.holdout import holdout_split
 from fmmodel.errors import FmModelError
 from fmmodel.model.checkpoint import load_checkpoint
@@ -31,7 +31,7 @@ def test_holdout_is_a_tail_block_of_training_windows_with_no_shared_input(tmp_pa
     ensure_labels(path)
     root = open_store(path)
     wt = build_window_table(load_index(root), WindowParams(**SMALL_WINDOWS))
-    f_off, _ = read_offsets(root)
+    f_off, _ = root.offsets
     fce = np.asarray(root[schema.FRAME_CURRENT_END][:])
     tr, va, info = holdout_split(wt, fce, f_off, 0.1)
     split, rec, frame = wt.column("split"), wt.column("recording"), wt.column("frame")

@@ -62,11 +62,11 @@ MODELS = textwrap.dedent('''
 
 def train_error(result, code: int, *needles: str) -> str:
     """Assert a train command failed with exit ``code`` and one error line holding every needle, after
-    nothing but its data-path and epoch lines; return the error line."""
+    nothing but its data-path, timing and epoch lines; return the error line."""
     assert result.returncode == code, (result.returncode, result.stderr)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert "Traceback" not in result.stderr and lines and lines[-1].startswith("Error: "), result.stderr
-    assert all(line.startswith(("data: ", "epoch ")) for line in lines[:-1]), result.stderr
+    assert all(line.startswith(("data: ", "timing: ", "epoch ")) for line in lines[:-1]), result.stderr
     for needle in needles:
         assert needle in lines[-1], (needle, lines[-1])
     return lines[-1]

@@ -1,6 +1,7 @@
 """fmdata verify: checksums and element-wise comparison find exactly what was damaged."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -8,11 +9,12 @@ import sys
 import pytest
 import zarr
 
-from fmdata import store
+from fmdata import store, synth
 from fmdata.convert import convert, verify
 from fmdata.errors import FmDataError
 from fmdata.store import schema
 from fmdata.store.shard_writer import ShardWriter
+from fmdata.store.shards import ShardLayout, decode_index, encode_index
 
 from builders import v1_arrays, write_v1, write_v2
 
@@ -74,11 +76,13 @@ def test_damaged_and_missing_shards_are_found(converted, tmp_path):
     data = bytearray(shard.read_bytes())
     data[-6] ^= 0x55  # inside the shard index: its CRC32C no longer matches
     shard.write_bytes(bytes(data))
-    (bad / schema.VIDEO / "c" / "5" / "0" / "0" / "0").unlink()  # reads back as fill values
+    (bad / schema.VIDEO / "c" / "5" / "0" / "0" / "0").unlink()  # zarr reads it back as fill values
     report = verify(bad, workers=1, progress=False)
     kinds = {(p.array, p.start, p.kind) for p in report.problems}
-    assert (schema.MASK, 24, "unreadable") in kinds and (schema.VIDEO, 40, "checksum") in kinds
+    # a lost file is called what it is, not a checksum difference of the zeros zarr reads in its place
+    assert (schema.MASK, 24, "unreadable") in kinds and (schema.VIDEO, 40, "missing") in kinds
     assert len(report.problems) == 2
+    assert "video frames 40..47: expected the chunk file c/5/0/0/0, got none" in report.summary()
 
 
 def test_different_sources_and_missing_checksums_are_reported(converted, tmp_path):
@@ -106,3 +110,31 @@ def test_an_incomplete_store_is_one_clear_error(converted, tmp_path):
     res = subprocess.run([FMDATA, "verify", str(half)], capture_output=True, text=True)
     assert res.returncode == 1 and res.stderr.count("\n") == 1 and "incomplete" in res.stderr
     assert store.open_store(good)  # the original is untouched
+
+
+def test_a_copied_store_is_compared_chunk_by_chunk_with_its_sources(tmp_path):
+    a = synth.write_v1(tmp_path / "a.mat", frames=512, size=32, seed=1)  # chunks of 16 and 64 frames
+    (tmp_path / "other").mkdir()
+    b = synth.write_v1(tmp_path / "other" / "a.mat", frames=512, size=32, seed=2)  # same grid, other values
+    out = tmp_path / "s.zarr"
+    convert([str(a)], out, workers=1, layout=schema.LAYOUT_SOURCE, shard_frames=256, progress=False)
+    assert verify(out, [str(a)], workers=2, progress=False).ok
+    lines = [str(p) for p in verify(out, [str(b)], workers=1, progress=False).problems]
+    assert "video frames 0..511: 32 of 32 copied chunk(s) differ from the source's (first at frame 0)" in lines
+    assert any(line.startswith("mask frames 0..511: ") and "copied chunk(s) differ" in line for line in lines), lines
+    # a chunk replaced by another valid one (its own CRC-32C right): the shard file's checksum tells
+    lay = ShardLayout.from_metadata(json.loads((out / schema.VIDEO / "zarr.json").read_text()))
+    shard = out / schema.VIDEO / lay.chunk_key(0)
+    raw = shard.read_bytes()
+    index = decode_index(raw[-lay.index_nbytes:], lay, "video")
+    (o1, n1), (o2, n2) = (tuple(int(v) for v in index[k]) for k in (1, 2))
+    swapped = raw[:o1] + raw[o2:o2 + n2] + raw[o1:o1 + n1] + raw[o2 + n2:-lay.index_nbytes]
+    index = index.copy()
+    index[1], index[2] = (o1, n2), (o1 + n2, n1)  # frames 16..31 and 32..47 swapped, the index consistent
+    shard.write_bytes(swapped + b"".join(encode_index(index, lay)))
+    report = verify(out, workers=1, progress=False)
+    assert [str(p) for p in report.problems] == ["video frames 0..255: checksum differs from the one recorded"]
+    report = verify(out, [str(a)], workers=1, progress=False)
+    assert [str(p) for p in report.problems] == [
+        "video frames 0..255: checksum differs from the one recorded",
+        "video frames 0..255: 2 of 16 copied chunk(s) differ from the source's (first at frame 16)"]

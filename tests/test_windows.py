@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from fmdata.derive import build_window_table, make_windows
 from fmdata.derive.windows import FrameIndex, window_for_frame
 from fmdata.errors import FmDataError
-from fmdata.store import WindowParams, current_row_indices, open_store, read_window_table, schema
+from fmdata.store import WindowParams, current_row_indices, open_store, schema
 from fmdata.store.window_table import clip_frames, current_rule, current_window
 
 from builders import frame_index, recording, split_from_runs, write_store
@@ -171,14 +171,14 @@ def test_make_windows_stores_the_table_and_is_idempotent(tmp_path):
     out = make_windows(path, "w", p, options=_quiet()).to_dict()
     assert out["status"] == "written"
     root = open_store(path)
-    stored = read_window_table(root, "w")
+    stored = root.window_table("w")
     np.testing.assert_array_equal(stored.table, build_window_table(frame_index(recs), p).table)
     assert stored.params["policy"] == "reference" and stored.current_rows == 12
     assert make_windows(path, "w", p, options=_quiet()).status == "up to date"
     with pytest.raises(FmDataError, match="other parameters"):
         make_windows(path, "w", WindowParams(frames=3), options=_quiet())
     assert make_windows(path, "w", WindowParams(frames=3), force=True, options=_quiet()).status == "written"
-    assert read_window_table(open_store(path), "w").clip.shape[1] == 3
+    assert open_store(path).window_table("w").clip.shape[1] == 3
 
 
 @pytest.mark.parametrize("kw", [{"frames": 0}, {"frame_step": 0}, {"current_seconds": 0.0},
@@ -240,7 +240,7 @@ def test_cli_windows_reports_counts_and_rejects_bad_options(tmp_path):
     ok = CliRunner().invoke(main, ["windows", path, "--name", "t", "--frames", "3", "--frame-step", "2",
                                    "--current-seconds", "1", "--current-rows", "8", "--policy", "strict"])
     assert ok.exit_code == 0, ok.output
-    table = read_window_table(open_store(path), "t")
+    table = open_store(path).window_table("t")
     assert f"{len(table):,} windows (strict)" in ok.output and table.params["policy"] == "strict"
     bad = CliRunner().invoke(main, ["windows", path, "--name", "t", "--stride", "0"])
     assert bad.exit_code == 2 and "Invalid value for '--stride': expected a stride >= 1, got 0" in bad.output

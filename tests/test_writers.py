@@ -43,7 +43,7 @@ def convert_args(src: str, out: Path, *extra: str) -> list[str]:
 
 
 def frames_in(path: Path) -> int:
-    return store.read_meta(store.open_store(path)).n_frames
+    return store.open_store(path).meta.n_frames
 
 
 def refused_by(result_text: str, holder_pid: int, command: str) -> str:
@@ -96,7 +96,7 @@ def test_derived_writers_wait_their_turn_and_readers_need_no_lock(sources, tmp_p
     assert reader.returncode == 0 and '"normalization_status": "up to date"' in reader.stdout, reader.stderr
     code, _, err = resume(first)
     assert code == 0, err
-    assert "w" not in store.list_window_tables(store.open_store(out)) and leftovers(out) == ["d.zarr"]
+    assert "w" not in store.open_store(out).window_tables and leftovers(out) == ["d.zarr"]
 
 
 def test_a_second_train_into_one_run_folder_is_refused(tmp_path_factory, tmp_path):
@@ -128,11 +128,12 @@ def test_a_resume_while_train_writes_the_folder_names_the_holder(tmp_path_factor
 
 
 # ---- --overwrite killed at any moment --------------------------------------------------------------
-@pytest.mark.parametrize("moment", ["place:old-aside", "place:new-in", "remove:partway"])
-def test_overwrite_killed_at_any_moment_leaves_a_complete_store_and_recovers(sources, tmp_path, moment):
+@pytest.mark.parametrize("moment,layout", [("place:old-aside", "plain"), ("place:new-in", "plain"),
+                                           ("remove:partway", "plain"), ("place:old-aside", "source")])
+def test_overwrite_killed_at_any_moment_leaves_a_complete_store_and_recovers(sources, tmp_path, moment, layout):
     out = tmp_path / "o.zarr"
     convert([sources[0]], out, workers=1, shard_frames=64, progress=False)  # the old store: 300 frames
-    first = start(convert_args(sources[1], out, "--overwrite"), pause_at=moment)
+    first = start(convert_args(sources[1], out, "--overwrite", "--layout", layout), pause_at=moment)
     stopped(first)
     kill(first)
     hidden = [p for p in tmp_path.iterdir() if p.name.startswith(".o.zarr.")]
@@ -145,9 +146,10 @@ def test_overwrite_killed_at_any_moment_leaves_a_complete_store_and_recovers(sou
         # the new store is in place; the old one is (partly) deleted under a hidden name
         assert frames_in(out) == 200 and any(".old-" in p.name for p in hidden)
     # the next run repairs it, without a manual rm -rf
-    second = run(convert_args(sources[1], out, "--resume"))
+    second = run(convert_args(sources[1], out, "--resume", "--layout", layout))
     assert second.returncode == 0, second.stderr
-    assert frames_in(out) == 200 and verify(out, workers=1, progress=False).ok
+    assert frames_in(out) == 200 and verify(out, [sources[1]], workers=1, progress=False).ok
+    assert store.open_store(out).meta.layout(schema.VIDEO) == layout
     assert leftovers(out) == ["o.zarr"]
 
 
@@ -175,7 +177,7 @@ def test_out_that_is_a_symbolic_link_is_refused_and_its_store_left_complete(sour
         assert result.returncode == 1
         line = one_line(result.stderr)
         assert "a symbolic link to" in line and f"give {real} itself" in line, line
-    assert link.is_symlink() and store.read_meta(store.open_store(real)).complete and frames_in(real) == 300
+    assert link.is_symlink() and store.open_store(real).meta.complete and frames_in(real) == 300
     # readers and derived writers reach the store through the link; its lock is the real store's
     labelled = CliRunner().invoke(fmdata_main, ["labels", str(link), "--no-progress"])
     assert labelled.exit_code == 0 and (real / schema.FRAME_LABEL).is_dir(), labelled.output
@@ -222,7 +224,7 @@ def _windows_args(path: str, frames: int, *extra: str) -> list[str]:
 
 def _table_frames(path: str) -> int:
     """The clip length of table ``w``: which version of the table the store holds (readable at all)."""
-    return int(store.read_window_table(store.open_store(path), "w").params["frames"])
+    return int(store.open_store(path).window_table("w").params["frames"])
 
 
 @pytest.mark.parametrize("moment", ["derived:staged", "derived:switching"])

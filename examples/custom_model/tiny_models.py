@@ -5,8 +5,8 @@ over the current, pooled and joined by a linear layer. ``current_gru`` reads the
 Each is declared with ``ModelFactory`` (which inputs it reads, which task it solves) and built
 from the run's ``DataDescription``. Try one:
 
-    fmmodel train --store demo.zarr --model examples/custom_model/tiny_models.py:clip_cnn --out runs/cnn
-    fmmodel evaluate --store demo.zarr --checkpoint runs/cnn/best.pt \\
+    fmmodel train demo.zarr --model examples/custom_model/tiny_models.py:clip_cnn --out runs/cnn
+    fmmodel evaluate demo.zarr --checkpoint runs/cnn/best.pt \\
         --model examples/custom_model/tiny_models.py:clip_cnn
 
 docs/custom-models.md explains the contract and how to install a model as an entry point.

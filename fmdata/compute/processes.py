@@ -3,14 +3,18 @@
 h5py serialises threads behind one lock and blosc/zstd hold the GIL in places, so parallel
 reading and encoding needs processes. :func:`run_parallel` is the local runner of the converter
 and of ``fmdata verify``; a runner with the same call signature can run the same calls on a
-Dask cluster instead (:class:`fmdata.convert.cluster.ClusterRunner`).
+Dask cluster instead (:class:`fmdata.convert.cluster.ClusterRunner`). :func:`exit_with` is how
+a worker process, these and fmmodel's DataLoader workers alike, ends with the process it works for.
 """
 from __future__ import annotations
 
 import ctypes
 import multiprocessing as mp
 import os
+import select
 import signal
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -29,14 +33,63 @@ WORKERS_PER_CPU = 4
 UnitRunner = Callable[[Callable[..., Any], Sequence[tuple], Callable[[Any], None]], None]
 
 
-def init_worker() -> None:
-    """Worker start-up: die with the parent (no orphan writers after a kill), leave Ctrl-C to it."""
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_WATCH_SECONDS = 0.2  # how often a watch without a pidfd looks (platforms without pidfd_open)
+
+
+def exit_with(pid: int) -> None:
+    """Make this process end (SIGKILL) as soon as process ``pid`` is gone, however that ends.
+
+    Workers call this first with the pid of the process they work for (convert's driver, a
+    DataLoader's main process), so that a SIGKILL of that one process leaves no workers behind:
+    nobody would read what they make, and they keep their memory. When ``pid`` is this process's
+    parent the kernel sends the signal (Linux ``prctl(PR_SET_PDEATHSIG)``). Otherwise (a
+    DataLoader worker's parent is multiprocessing's forkserver, which itself waits for its clients,
+    the workers among them, to end), and where prctl is missing, a daemon thread waits for
+    ``pid`` to end (on a pidfd, Linux 5.3+; else by polling). Already gone: this process ends now.
+    """
+    if pid == os.getppid():
+        try:
+            done = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) == 0
+        except (OSError, AttributeError):  # not Linux: watch instead
+            done = False
+        if done:
+            if os.getppid() != pid:  # the parent ended before prctl took effect
+                _end()
+            return
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:
-            os._exit(1)
-    except (OSError, AttributeError):
-        pass
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        _end()
+    except (OSError, AttributeError):  # no pidfds here: poll
+        fd = -1
+    threading.Thread(target=_watch, args=(pid, fd), name=f"exit-with-{pid}", daemon=True).start()
+
+
+def _watch(pid: int, fd: int) -> None:
+    """Wait until process ``pid`` ends (its pidfd ``fd`` turns readable; -1: poll), then end this one."""
+    if fd >= 0:
+        select.select([fd], [], [])
+    else:
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            except PermissionError:  # alive, and another user's
+                pass
+            time.sleep(_WATCH_SECONDS)
+    _end()
+
+
+def _end() -> None:
+    """End this process as its parent-death signal would (no clean-up: nobody waits for it)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def init_worker(parent: int) -> None:
+    """Worker start-up: die with ``parent`` (no orphan writers after a kill), leave Ctrl-C to it."""
+    exit_with(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     numcodecs.blosc.use_threads = False  # one process per core already; no blosc thread pool or global lock
 
@@ -58,7 +111,8 @@ def run_parallel(fn: Callable[..., Any], args: Sequence[tuple], workers: int,
             on_result(_in_this_process(fn, todo.popleft()))
         return
     children = min(workers - 1, len(todo) - 1)
-    pool = ProcessPoolExecutor(max_workers=children, mp_context=mp.get_context("spawn"), initializer=init_worker)
+    pool = ProcessPoolExecutor(max_workers=children, mp_context=mp.get_context("spawn"), initializer=init_worker,
+                               initargs=(os.getpid(),))
     try:
         pending: set[Future] = set()
         while todo or pending:

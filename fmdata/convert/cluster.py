@@ -37,6 +37,7 @@ from fmdata.compute.dask_cluster import DaskOptions, dask_runner
 from fmdata.convert.driver import ConvertReport, convert
 from fmdata.errors import FmDataError
 from fmdata.sources import DEFAULT_FPS
+from fmdata.store.layout import DEFAULT_LAYOUT
 from fmdata.store.location import Location, LocationLike
 
 if TYPE_CHECKING:  # dask.distributed is imported where a cluster is used (see fmdata.compute.dask_cluster)
@@ -168,7 +169,8 @@ class ClusterRunner:
 def convert_on_cluster(sources: Sequence[str | os.PathLike[str]], out: LocationLike, scheduler: str | Client, *,
                        overwrite: bool = False, resume: bool = False, chunk_frames: int | None = None,
                        shard_frames: int | None = None, fps: float = DEFAULT_FPS, progress: bool = True,
-                       connect_timeout: str = "10s", mask_nonzero: bool = False) -> ConvertReport:
+                       connect_timeout: str = "10s", mask_nonzero: bool = False,
+                       layout: str = DEFAULT_LAYOUT) -> ConvertReport:
     """Convert ``sources`` into ``out`` with the units running on a dask.distributed cluster.
 
     ``scheduler`` is an address ("tcp://host:8786") or an open ``distributed.Client``. Sources
@@ -185,7 +187,7 @@ def convert_on_cluster(sources: Sequence[str | os.PathLike[str]], out: LocationL
         runner = ClusterRunner(client)
         return convert(sources, target, workers=max(1, runner.n_workers), runner=runner, overwrite=overwrite,
                        resume=resume, chunk_frames=chunk_frames, shard_frames=shard_frames, fps=fps, progress=progress,
-                       mask_nonzero=mask_nonzero)
+                       mask_nonzero=mask_nonzero, layout=layout)
 
     if not isinstance(scheduler, str):
         return run(scheduler)

@@ -35,13 +35,12 @@ import re
 import time
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import zarr
 from tqdm.auto import tqdm
 
-from fmdata import __version__
 from fmdata.compute.memory import format_bytes
 from fmdata.compute.processes import UnitRunner, resolve_workers, run_parallel
 from fmdata.convert.ledger import Ledger
@@ -54,16 +53,17 @@ from fmdata.convert.plan import (
 )
 from fmdata.convert.units import close_cached, convert_unit
 from fmdata.errors import FmDataError, Interrupted
-from fmdata.sources import DEFAULT_FPS, RecordingSource, open_sources
+from fmdata.sources import DEFAULT_FPS, RecordingSource, is_source, open_sources
 from fmdata.store import schema
 from fmdata.store.access import read_meta
 from fmdata.store.atomic import is_temporary, leftovers, remove_tree
-from fmdata.store.checksums import block_checksum, checksum_attr
+from fmdata.store.checksums import COVERS_SHARD_FILE, COVERS_VALUES, block_checksum, checksum_attr
 from fmdata.store.derived import recover as recover_switches
-from fmdata.store.layout import Chunking, create_arrays, default_chunking, override_chunking
+from fmdata.store.layout import DEFAULT_LAYOUT, Chunking, create_arrays, default_chunking, override_chunking
 from fmdata.store.location import Location, LocationLike, set_complete
 from fmdata.store.lock import writer_lock
-from fmdata.store.outputs import check_apart, refusal
+from fmdata.store.outputs import check_apart, output_exists, refusal
+from fmdata.version import __version__
 
 ATTR_CONVERT = "fmf_convert"  # root attribute: the conversion plan (sources, chunking), for --resume
 # root attribute of a partial store started with --overwrite: --resume then finishes the replacement
@@ -85,14 +85,18 @@ class ConvertReport:
     source_bytes: int
     store_bytes: int
     chunking: Chunking
+    layout: str = schema.LAYOUT_PLAIN
+    paths: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
-        """Return a one-paragraph human summary."""
+        """Return a human summary: one paragraph, then how video and mask were written."""
         resumed = f", {self.units_resumed} of {self.units} units already done" if self.units_resumed else ""
         ratio = self.store_bytes / self.source_bytes if self.source_bytes else float("nan")
-        return (f"wrote {self.store}: {self.n_recordings} recording(s), {self.n_frames} frames, "
-                f"{self.n_current} current rows in {self.seconds:.1f} s with {self.workers} worker(s){resumed}; "
-                f"store {format_bytes(self.store_bytes)} = {ratio:.2f} x source {format_bytes(self.source_bytes)}")
+        lines = [f"wrote {self.store}: {self.n_recordings} recording(s), {self.n_frames} frames, "
+                 f"{self.n_current} current rows in {self.seconds:.1f} s with {self.workers} worker(s){resumed}; "
+                 f"store {format_bytes(self.store_bytes)} = {ratio:.2f} x source {format_bytes(self.source_bytes)}"]
+        lines += [f"  {name}: {path}" for name, path in self.paths.items()]
+        return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the report as a JSON-able dict."""
@@ -180,14 +184,16 @@ def _is_complete(location: Location) -> bool:
 def _create(staging: Location, plan: ConversionPlan, replaces: bool = False) -> zarr.Group:
     root = staging.open_group("w-")
     first = plan.recordings[0]
+    layouts = {name: schema.LAYOUT_SOURCE for name in plan.copied}
     meta = schema.StoreMeta(n_frames=plan.n_frames, n_current=plan.n_current, n_recordings=len(plan.recordings),
                             height=first.height, width=first.width, fps=plan.fps, complete=False,
-                            created_by=f"fmdata {__version__} convert")
+                            created_by=f"fmdata {__version__} convert", layouts=layouts,
+                            version=schema.format_version(layouts))
     root.attrs.update({schema.ATTR_STORE: meta.to_dict(),
                        schema.ATTR_RECORDINGS: [r.info().to_dict() for r in plan.recordings],
                        ATTR_CONVERT: plan.signature(), **({ATTR_REPLACES: True} if replaces else {})})
     create_arrays(root, plan.n_frames, plan.n_current, first.height, first.width, len(plan.recordings),
-                  plan.chunking)
+                  plan.chunking, copied=plan.copied)
     root[schema.RECORDING_FRAME_OFFSETS][:] = plan.frame_offsets
     root[schema.RECORDING_CURRENT_OFFSETS][:] = plan.current_offsets
     return root
@@ -205,8 +211,9 @@ def _open_partial(staging: Location, plan: ConversionPlan) -> zarr.Group:
     return root
 
 
-def _finalise(root: zarr.Group, results: dict[str, UnitResult]) -> None:
-    """Move checksums from the ledger into array attributes, drop the ledger, set complete last."""
+def _finalise(root: zarr.Group, results: dict[str, UnitResult], plan: ConversionPlan) -> None:
+    """Move checksums from the ledger into array attributes (those of copied arrays cover shard
+    files), drop the ledger, set complete last."""
     by_array: dict[str, dict[int, int]] = {}
     for res in results.values():
         for name, pairs in res.checksums.items():
@@ -219,7 +226,8 @@ def _finalise(root: zarr.Group, results: dict[str, UnitResult]) -> None:
         missing = [i for i in range(n) if i not in got]
         if missing:
             raise AssertionError(f"{name}: blocks {missing[:5]} were never written")
-        arr.update_attributes({schema.ATTR_CHECKSUMS: checksum_attr(block, [got[i] for i in range(n)])})
+        covers = COVERS_SHARD_FILE if name in plan.copied else COVERS_VALUES
+        arr.update_attributes({schema.ATTR_CHECKSUMS: checksum_attr(block, [got[i] for i in range(n)], covers)})
     for name in (schema.RECORDING_FRAME_OFFSETS, schema.RECORDING_CURRENT_OFFSETS):
         arr = root[name]
         arr.update_attributes({schema.ATTR_CHECKSUMS: checksum_attr(arr.shape[0], [block_checksum(arr[:])])})
@@ -253,14 +261,15 @@ def convert(sources: Sequence[str | os.PathLike[str]], out: LocationLike, *, wor
             overwrite: bool = False, resume: bool = False, chunking: Chunking | None = None,
             chunk_frames: int | None = None, shard_frames: int | None = None,
             fps: float = DEFAULT_FPS, progress: bool = True, runner: UnitRunner | None = None,
-            mask_nonzero: bool = False) -> ConvertReport:
-    """Convert ``sources`` (V1 MAT files and/or V2 folders, in order) into a new store at ``out``.
+            mask_nonzero: bool = False, layout: str = DEFAULT_LAYOUT) -> ConvertReport:
+    """Convert ``sources`` (V1 MAT files, folders of them and/or V2 folders, in order) into a new store at ``out``.
 
     ``workers`` processes run the units: this one and ``workers - 1`` spawned children (default:
     the CPU count; a script that calls this with more than one worker needs the usual
     ``if __name__ == "__main__":`` guard of spawned multiprocessing). ``overwrite`` replaces an
     existing store (only an FMF store; the old one stays until the new one is complete);
-    An ``out`` that is a source, lies inside one (a V2 folder) or holds one is refused.
+    An ``out`` that is a source ("expected OUT after the sources": a forgotten output), lies inside
+    one (a V2 folder) or holds one is refused.
     ``resume`` continues an interrupted conversion into ``out`` without redoing finished units
     (a store at ``out`` already complete from the same sources and chunking is left as it is).
     ``chunking`` defaults to :func:`fmdata.store.layout.default_chunking`; ``chunk_frames`` /
@@ -269,7 +278,9 @@ def convert(sources: Sequence[str | os.PathLike[str]], out: LocationLike, *, wor
     :mod:`fmdata.convert.cluster`) instead of local processes. ``mask_nonzero`` stores every mask
     value above 0 as 1, as the authors' loader reads masks (by default any value other than 0 or
     1 is refused); the store's recordings record it, and ``verify`` reads the sources the same
-    way. Returns a :class:`ConvertReport`.
+    way. ``layout`` "source" copies video and mask chunk by chunk from MATLAB's deflate chunks
+    where every source allows it (docs/store-format.md, "Layouts"), "plain" decodes and encodes
+    them; the report says which path each took and why. Returns a :class:`ConvertReport`.
     Raises FmDataError for bad sources or output paths (OUT a symbolic link included), removing
     the partial store, and when another process is writing ``out`` (it names that process); an
     interruption (lost workers, Ctrl-C) keeps finished units for ``resume``.
@@ -278,12 +289,15 @@ def convert(sources: Sequence[str | os.PathLike[str]], out: LocationLike, *, wor
     target = Location.parse(out)
     _refuse_link(target)
     check_apart(target, sources, field="out", what="the sources it reads")
+    if target.local_path is not None and is_source(target.local_path):  # the store's path was left out
+        raise FmDataError("expected OUT after the sources (the path of the new store), got a source last",
+                          target.local_path, field="out")
     # a runner runs the units elsewhere (a cluster: its own error if it cannot reach the store)
     workers = resolve_workers(workers, in_process=target.in_process and runner is None)
     recs = open_sources([os.fspath(s) for s in sources], fps, mask_nonzero=mask_nonzero)
-    chunking = override_chunking(chunking or default_chunking(recs[0].height, recs[0].width), chunk_frames,
+    chunking = override_chunking(chunking or default_chunking(recs[0].height, recs[0].width, layout), chunk_frames,
                                  shard_frames)
-    plan = plan_conversion(recs, chunking, fps)
+    plan = plan_conversion(recs, chunking, fps, layout)
     if target.local_path is not None:  # the lock file goes beside OUT: say first if that folder is unusable
         target.check_writable_parent()
     with writer_lock(target, "fmdata convert"):
@@ -303,7 +317,7 @@ def _convert_into(target: Location, plan: ConversionPlan, recs: list[RecordingSo
     # --resume of an interrupted --overwrite finishes the replacement it was making
     finish_replacing = resume and not target.is_url and bool(partials) and _replaces(partials[-1])
     if exists and not overwrite and not resume_in_place and not finish_replacing:
-        raise FmDataError("expected a new output path, got one that exists; pass --overwrite to replace it", str(target))
+        raise output_exists(str(target))
     if exists and _peek(target) is None:  # --overwrite replaces only what convert makes: an FMF store
         raise refusal(str(target), "fmdata convert", "something that is not an FMF store")
     target.check_writable_parent()
@@ -342,7 +356,7 @@ def _convert_into(target: Location, plan: ConversionPlan, recs: list[RecordingSo
     try:
         if not read_meta(root, str(staging)).complete:
             _run_units(todo, staging, workers, ledger, results, bar, runner)
-            _finalise(root, results)
+            _finalise(root, results, plan)
     except FmDataError:
         _discard(staging)
         raise
@@ -366,7 +380,8 @@ def _report(target: Location, plan: ConversionPlan, recs: list[RecordingSource],
         store=str(target), n_recordings=len(recs), n_frames=plan.n_frames, n_current=plan.n_current,
         units=len(plan.units), units_resumed=resumed, workers=workers,
         seconds=time.perf_counter() - t0, source_bytes=sum(r.source_bytes for r in recs),
-        store_bytes=_tree_bytes(local) if local else 0, chunking=plan.chunking)
+        store_bytes=_tree_bytes(local) if local else 0, chunking=plan.chunking,
+        layout=schema.LAYOUT_SOURCE if plan.copied else schema.LAYOUT_PLAIN, paths=dict(plan.paths))
 
 
 def _replaces(partial: Location) -> bool:

@@ -8,13 +8,14 @@ from fmdata.convert.cluster import convert_on_cluster
 from fmdata.convert.driver import ConvertReport, convert
 from fmdata.errors import FmDataError
 from fmdata.sources import DEFAULT_FPS
+from fmdata.store.layout import DEFAULT_LAYOUT
 from fmdata.store.location import LocationLike
 
 
 def run_conversion(sources: Sequence[str | os.PathLike[str]], out: LocationLike, *, scheduler: str | None = None,
                    workers: int | None = None, overwrite: bool = False, resume: bool = False,
                    chunk_frames: int | None = None, shard_frames: int | None = None, fps: float = DEFAULT_FPS,
-                   progress: bool = True, mask_nonzero: bool = False) -> ConvertReport:
+                   progress: bool = True, mask_nonzero: bool = False, layout: str = DEFAULT_LAYOUT) -> ConvertReport:
     """Convert on a dask.distributed cluster when ``scheduler`` is given, else in local processes.
 
     The single entry point of ``fmdata convert``: ``workers`` (local process count) and
@@ -27,6 +28,6 @@ def run_conversion(sources: Sequence[str | os.PathLike[str]], out: LocationLike,
                               field="scheduler")
         return convert_on_cluster(sources, out, scheduler, overwrite=overwrite, resume=resume,
                                   chunk_frames=chunk_frames, shard_frames=shard_frames, fps=fps, progress=progress,
-                                  mask_nonzero=mask_nonzero)
+                                  mask_nonzero=mask_nonzero, layout=layout)
     return convert(sources, out, workers=workers, overwrite=overwrite, resume=resume, chunk_frames=chunk_frames,
-                   shard_frames=shard_frames, fps=fps, progress=progress, mask_nonzero=mask_nonzero)
+                   shard_frames=shard_frames, fps=fps, progress=progress, mask_nonzero=mask_nonzero, layout=layout)

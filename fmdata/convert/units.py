@@ -5,13 +5,18 @@ whole shards (whole chunks for the current arrays) and returns the CRC-32C of ev
 wrote. The same unit always writes the same bytes, so units can run in any order, in any
 process, on a dask cluster, and again after a crash. Readers and writers stay open in each
 process between units (:func:`close_cached` closes them). ``fmdata verify`` computes the same
-expected blocks (:func:`expected_frame_block`, :func:`expected_current_block`) to compare.
+expected blocks (:func:`expected_frame_block`, :func:`expected_current_block`,
+:func:`expected_chunks`) to compare.
+
+Arrays in the source layout (the store's ``StoreMeta.layouts``) are never decoded: each shard is
+the source's deflate chunks copied as they are (:func:`expected_chunks`), and its block checksum
+the CRC-32C of the shard file.
 """
 from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,20 +28,24 @@ from fmdata.store.checksums import block_checksum
 from fmdata.store.layout import DEFAULT_SHARD_FRAMES
 from fmdata.store.location import Location
 from fmdata.store.shard_writer import ShardWriter
+from fmdata.store.shards import CRC_BYTES, EncodedChunks
 
 # ---- the unit of work (runs in worker processes) ------------------------------------------------
 _WRITERS: dict[str, Any] = {}
 _READERS: OrderedDict[tuple[str, str], RecordingReader] = OrderedDict()
 
 
-def _writers(location: Location) -> dict[str, ShardWriter]:
+def _writers(location: Location) -> tuple[dict[str, ShardWriter], tuple[str, ...]]:
+    """This process's writers of the store's arrays, and the names of those in the source layout."""
     key = json.dumps([location.text, location.storage_options], sort_keys=True, default=str)
     if _WRITERS.get("key") != key:
         root = location.open_group("r+")
+        layouts = schema.StoreMeta.from_dict(root.attrs[schema.ATTR_STORE]).layouts
         _WRITERS.clear()
         _WRITERS.update({"key": key, "arrays": {n: ShardWriter(root[n]) for n in
-                                                schema.FRAME_ARRAYS + schema.CURRENT_ARRAYS}})
-    return _WRITERS["arrays"]
+                                                schema.FRAME_ARRAYS + schema.CURRENT_ARRAYS},
+                         "copied": tuple(n for n in schema.SOURCE_ORDER if layouts.get(n) == schema.LAYOUT_SOURCE)})
+    return _WRITERS["arrays"], _WRITERS["copied"]
 
 
 _BUFFERS: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
@@ -76,15 +85,18 @@ def _check_alignment(unit: WorkUnit, block: int, rows: int) -> None:
 
 
 def expected_frame_block(pieces: Iterable[tuple[Piece, RecordingReader, Any, Any]], s0: int, s1: int,
-                         height: int, width: int) -> dict[str, np.ndarray]:
-    """Return every frame-axis array's rows [s0, s1) as the sources define them.
+                         height: int, width: int, copied: Collection[str] = ()) -> dict[str, np.ndarray]:
+    """Return every frame-axis array's rows [s0, s1) as the sources define them, but those named in
+    ``copied`` (the source layout: :func:`expected_chunks` gives their chunks).
 
-    ``pieces`` holds (piece, reader, video stream, mask stream) in order; the streams advance.
-    The arrays are this process's reusable buffers, valid until the next call (fresh pages for
-    every shard cost page faults). Shared by conversion and by ``fmdata verify --source``.
+    ``pieces`` holds (piece, reader, video stream, mask stream) in order; the streams advance
+    (None for copied arrays). The arrays are this process's reusable buffers, valid until the
+    next call (fresh pages for every shard cost page faults). Shared by conversion and by
+    ``fmdata verify --source``.
     """
     n = s1 - s0
-    out = {schema.VIDEO: _buffer(schema.VIDEO, (n, height, width, 3)), schema.MASK: _buffer(schema.MASK, (n, height, width)),
+    shapes = {schema.VIDEO: (n, height, width, 3), schema.MASK: (n, height, width)}
+    out = {**{name: _buffer(name, shape) for name, shape in shapes.items() if name not in copied},
            **{name: _buffer(name, (n,)) for name in schema.FRAME_ARRAYS[2:]}}
     for piece, rd, vs, ms in pieces:
         lo, hi = max(s0, piece.global_start), min(s1, piece.global_stop)
@@ -93,8 +105,10 @@ def expected_frame_block(pieces: Iterable[tuple[Piece, RecordingReader, Any, Any
         a, b = lo - s0, hi - s0
         ll = piece.local_start + lo - piece.global_start
         lh = ll + hi - lo
-        vs.take_into(out[schema.VIDEO][a:b])
-        ms.take_into(out[schema.MASK][a:b])
+        if vs is not None:
+            vs.take_into(out[schema.VIDEO][a:b])
+        if ms is not None:
+            ms.take_into(out[schema.MASK][a:b])
         out[schema.SPLIT][a:b] = rd.split(ll, lh)
         out[schema.RECORDING][a:b] = piece.recording
         out[schema.FRAME_TIME][a:b] = rd.frame_time(ll, lh)
@@ -117,12 +131,34 @@ def expected_current_block(pieces: Sequence[Piece], c0: int, c1: int, block: int
     return out
 
 
-def frame_streams(unit: WorkUnit, block: int) -> list[tuple[Piece, RecordingReader, Any, Any]]:
-    """Open (or reuse) a reader per piece of a frame unit and start its video and mask streams."""
+def expected_chunks(pieces: Iterable[tuple[Piece, RecordingReader, Any, Any]], s0: int, s1: int, name: str,
+                    gap: int = CRC_BYTES) -> list[EncodedChunks]:
+    """Return the inner chunks of store array ``name`` (source layout) that cover rows [s0, s1), in
+    shard index order, as the sources hold them (``RecordingReader.copied_chunks``): one run per
+    recording, each chunk followed by ``gap`` spare bytes (room for its CRC-32C).
+
+    The recordings start on the chunk grid (the plan copies nothing otherwise), so every piece's
+    chunks are whole chunk rows of the store. The runs are valid until the next call.
+    """
+    runs = []
+    for piece, rd, _, _ in pieces:
+        lo, hi = max(s0, piece.global_start), min(s1, piece.global_stop)
+        if lo < hi:
+            ll = piece.local_start + lo - piece.global_start
+            runs.append(rd.copied_chunks(name, ll, ll + hi - lo, gap))
+    return runs
+
+
+def frame_streams(unit: WorkUnit, block: int,
+                  copied: Collection[str] = ()) -> list[tuple[Piece, RecordingReader, Any, Any]]:
+    """Open (or reuse) a reader per piece of a frame unit and start its video and mask streams (None
+    for the arrays named in ``copied``, whose chunks are copied rather than decoded)."""
     out = []
     for p in unit.pieces:
         rd = _reader(p.source, block, len(unit.pieces))
-        out.append((p, rd, rd.video_stream(p.local_start, p.local_stop), rd.mask_stream(p.local_start, p.local_stop)))
+        vs = None if schema.VIDEO in copied else rd.video_stream(p.local_start, p.local_stop)
+        ms = None if schema.MASK in copied else rd.mask_stream(p.local_start, p.local_stop)
+        out.append((p, rd, vs, ms))
     return out
 
 
@@ -132,7 +168,7 @@ def convert_unit(unit: WorkUnit, location: Location) -> UnitResult:
     Pure apart from the blocks it writes: the same unit always writes the same bytes, so a
     unit can be re-run (resume, retries on a cluster) safely. Opens sources and store by path.
     """
-    writers = _writers(location)
+    writers, copied = _writers(location)
     sums: dict[str, list[tuple[int, int]]] = {}
     if unit.axis == FRAME_AXIS:
         vw = writers[schema.VIDEO]
@@ -141,13 +177,17 @@ def convert_unit(unit: WorkUnit, location: Location) -> UnitResult:
         for name in schema.FRAME_ARRAYS:
             assert writers[name].shard_len == block, f"{name}: write blocks differ from the video's"
         h, w = vw.array.shape[1:3]
-        streams = frame_streams(unit, block)
+        streams = frame_streams(unit, block, copied)
         for s0 in range(unit.start, unit.stop, block):
             s1 = min(s0 + block, unit.stop)
-            data = expected_frame_block(streams, s0, s1, h, w)
+            data = expected_frame_block(streams, s0, s1, h, w, copied)
             for name in schema.FRAME_ARRAYS:
-                writers[name].write(s0 // block, data[name])
-                sums.setdefault(name, []).append((s0 // block, block_checksum(data[name], schema.DTYPES[name])))
+                if name in copied:
+                    crc = writers[name].write_chunks(s0 // block, expected_chunks(streams, s0, s1, name))
+                else:
+                    writers[name].write(s0 // block, data[name])
+                    crc = block_checksum(data[name], schema.DTYPES[name])
+                sums.setdefault(name, []).append((s0 // block, crc))
     else:
         cw = writers[schema.CURRENT]
         block = cw.shard_len

@@ -12,7 +12,9 @@ per-frame counts (4 bytes a frame). The driver writes both outputs whole through
 :func:`fmdata.store.derived.write_derived`: built aside with their checksums and provenance, then
 switched in together, so a reader (another process) sees the old labels or the new ones, never a
 torn or missing array. Writing holds the store's writer lock; readers hold its switch lock while
-they read (:func:`read_labels`, :func:`labels_up_to_date`).
+they read (:func:`read_labels`, :func:`labels_up_to_date`). Readers take an open store
+(:class:`fmdata.store.handle.StoreHandle`), which keeps what :func:`read_labels` read; after
+labels were computed, a fresh handle (:func:`ensure_labels` returns one) sees them.
 """
 from __future__ import annotations
 
@@ -24,17 +26,18 @@ import numpy as np
 import zarr
 from dask import delayed
 
-from fmdata import __version__
 from fmdata.compute.dask_cluster import DaskOptions, Runner, dask_runner
 from fmdata.errors import FmDataError
 from fmdata.store import schema
-from fmdata.store.access import open_store, store_writable
+from fmdata.store.access import store_writable
 from fmdata.store.block_reader import BlockReader, block_frames, block_ranges
 from fmdata.store.columns import read_column
 from fmdata.store.derived import DerivedArray, store_writer, write_derived
-from fmdata.store.location import Location, LocationLike
+from fmdata.store.handle import StoreHandle, StoreLike, open_store
+from fmdata.store.location import Location
 from fmdata.store.lock import reading
 from fmdata.store.provenance import array_fingerprint, matches
+from fmdata.version import __version__
 
 # Bump when the rule or the output layout changes: older derived arrays then count as stale.
 LABELS_ALGORITHM = 1
@@ -85,23 +88,29 @@ def _up_to_date(root: zarr.Group) -> bool:
     return True
 
 
-def labels_up_to_date(root: zarr.Group) -> bool:
-    """Return True when both label arrays exist, are complete and match the store's mask."""
-    with reading(root):
-        return _up_to_date(root)
+def labels_up_to_date(store: StoreHandle) -> bool:
+    """Return True when both label arrays of the open ``store`` exist, are complete and match its mask."""
+    with reading(store.root):
+        return _up_to_date(store.root)
 
 
-def read_labels(root: zarr.Group) -> tuple[np.ndarray, np.ndarray]:
-    """Return (frame_label uint8, abnormal_pixels int32), each (n_frames,), from an open store.
+def read_labels(store: StoreHandle) -> tuple[np.ndarray, np.ndarray]:
+    """Return (frame_label uint8, abnormal_pixels int32), each (n_frames,), of the open ``store``.
 
     Both come from one version (read under the store's switch lock) and are checked against
-    their checksums. Raises FmDataError when they are missing or stale (run ``fmdata labels``)
-    or damaged.
+    their checksums; read once per handle (read-only arrays). Raises FmDataError when they are
+    missing or stale (run ``fmdata labels``) or damaged.
     """
+    return store.cached("frame_labels", lambda: _read_labels(store.root))
+
+
+def _read_labels(root: zarr.Group) -> tuple[np.ndarray, np.ndarray]:
     with reading(root):
         if not _up_to_date(root):
             raise FmDataError("expected up-to-date frame labels, got none or stale ones (run `fmdata labels STORE`)")
-        return read_column(root[schema.FRAME_LABEL], np.uint8), read_column(root[schema.ABNORMAL_PIXELS], np.int32)
+        label, pixels = read_column(root[schema.FRAME_LABEL], np.uint8), read_column(root[schema.ABNORMAL_PIXELS], np.int32)
+    label.flags.writeable = pixels.flags.writeable = False  # kept by the handle, shared by its readers
+    return label, pixels
 
 
 def count_abnormal(mask_block: np.ndarray) -> np.ndarray:
@@ -115,7 +124,8 @@ def _label_block(reader: BlockReader, start: int, stop: int) -> np.ndarray:
     return count_abnormal(reader.read(start, stop))
 
 
-def _compute(loc: Location, root: zarr.Group, runner: Runner) -> LabelsReport:
+def _compute(store: StoreHandle, runner: Runner) -> LabelsReport:
+    root = store.root
     mask = root[schema.MASK]
     n = int(mask.shape[0])
     block = block_frames(mask)
@@ -134,7 +144,7 @@ def _compute(loc: Location, root: zarr.Group, runner: Runner) -> LabelsReport:
                                       {schema.ATTR_PROVENANCE: prov}),
                          DerivedArray(schema.ABNORMAL_PIXELS, counts, chunk, schema.DIMS[schema.ABNORMAL_PIXELS],
                                       {schema.ATTR_PROVENANCE: prov})], "fmdata labels")
-    return LabelsReport(store=str(loc), status="computed", frames=n, abnormal_frames=int(label.sum()),
+    return LabelsReport(store=str(store), status="computed", frames=n, abnormal_frames=int(label.sum()),
                         abnormal_pixels=int(counts.sum(dtype=np.int64)), seconds=seconds,
                         scheduler=runner.description)
 
@@ -147,43 +157,49 @@ def require_writable(location: Location, what: str = "frame labels") -> None:
                           f"is read-only): run `fmdata labels {location}` where it is writable", str(location))
 
 
-def compute_labels(location: LocationLike, *, force: bool = False, options: DaskOptions = DaskOptions(),
+def compute_labels(store: StoreLike, *, force: bool = False, options: DaskOptions = DaskOptions(),
                    runner: Runner | None = None) -> LabelsReport:
-    """Compute and store ``frame_label`` and ``abnormal_pixels`` for the store at ``location``.
+    """Compute and store ``frame_label`` and ``abnormal_pixels`` for ``store`` (an open store or its location).
 
     A no-op (status "up to date") when current labels exist, unless ``force``: it then only
     reads, so it works on a read-only store. ``runner`` reuses an open Dask runner; otherwise
     one is started from ``options``. Raises FmDataError when labels must be computed (or
     ``force`` recomputes them) and the store is read-only: nothing is written.
     """
-    loc = Location.parse(location)
-    root = open_store(loc)
-    if not force and labels_up_to_date(root):
-        return _up_to_date_report(loc, root)
+    given = store = open_store(store)
+    loc = store.location
+    if not force and labels_up_to_date(store):
+        return _up_to_date_report(store)
     if force and not store_writable(loc):
-        state = "up to date" if labels_up_to_date(root) else "missing or stale"
+        state = "up to date" if labels_up_to_date(store) else "missing or stale"
         raise FmDataError(f"expected a writable store to recompute the labels (--force), got a read-only one: nothing "
                           f"was written (--force would recompute frame_label and abnormal_pixels from the masks and "
                           f"replace them; the stored ones are {state})", str(loc))
     require_writable(loc)
     with store_writer(loc, "fmdata labels"):
-        root = open_store(loc, "r+")
-        if not force and labels_up_to_date(root):  # another writer finished them meanwhile
-            return _up_to_date_report(loc, root)
-        if runner is not None:
-            return _compute(loc, root, runner)
-        with dask_runner(options, preload=WORKER_MODULES) as new_runner:
-            return _compute(loc, root, new_runner)
+        store = store.reopen("r+")
+        if not force and labels_up_to_date(store):  # another writer finished them meanwhile
+            return _up_to_date_report(store)
+        try:
+            if runner is not None:
+                return _compute(store, runner)
+            with dask_runner(options, preload=WORKER_MODULES) as new_runner:
+                return _compute(store, new_runner)
+        finally:
+            given.forget("frame_labels")  # the caller's handle reads the new ones
 
 
-def _up_to_date_report(loc: Location, root: zarr.Group) -> LabelsReport:
-    frame_label, counts = read_labels(root)
-    return LabelsReport(store=str(loc), status="up to date", frames=int(len(frame_label)),
+def _up_to_date_report(store: StoreHandle) -> LabelsReport:
+    frame_label, counts = read_labels(store)
+    return LabelsReport(store=str(store), status="up to date", frames=int(len(frame_label)),
                         abnormal_frames=int(frame_label.sum()), abnormal_pixels=int(counts.sum(dtype=np.int64)))
 
 
-def ensure_labels(location: LocationLike, options: DaskOptions = DaskOptions(), runner: Runner | None = None) -> None:
-    """Compute the labels of the store at ``location`` if they are missing or stale."""
-    loc = Location.parse(location)
-    if not labels_up_to_date(open_store(loc)):
-        compute_labels(loc, options=options, runner=runner)
+def ensure_labels(store: StoreLike, options: DaskOptions = DaskOptions(), runner: Runner | None = None) -> StoreHandle:
+    """Compute the labels of ``store`` if they are missing or stale; return the handle to read it
+    through from now on (``store`` itself when they were up to date, else a fresh one that sees them)."""
+    store = open_store(store)
+    if labels_up_to_date(store):
+        return store
+    compute_labels(store, options=options, runner=runner)
+    return store.reopen()

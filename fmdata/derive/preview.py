@@ -13,24 +13,23 @@ The window comes from a stored table (``windows``) or is built on the fly with t
 from __future__ import annotations
 
 import os
+import textwrap
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import cv2
 import numpy as np
-import zarr
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from fmdata.derive.windows import load_index, window_for_frame
 from fmdata.errors import FmDataError
 from fmdata.store import schema
-from fmdata.store.access import open_store, read_meta, read_offsets, read_recordings
 from fmdata.store.atomic import atomic_file, save_figure
-from fmdata.store.location import Location, LocationLike
+from fmdata.store.handle import StoreHandle, StoreLike, location_of, open_store
 from fmdata.store.outputs import check_apart, check_replaceable, mark_mp4
 from fmdata.store.row_reader import ZarrAxisReader
-from fmdata.store.window_table import WindowParams, current_row_indices, read_window_table
+from fmdata.store.window_table import WindowParams, current_row_indices, current_row_offsets
 
 COMMAND = "fmdata preview"  # the mark of its pictures and videos: its --overwrite replaces only those
 MAX_VIDEO_FRAMES = 1000
@@ -39,25 +38,17 @@ OUTLINE_RGB = (255, 255, 0)
 PHASE_COLOURS = ("tab:blue", "tab:orange", "tab:green")
 
 
-def resolve_frame(root: zarr.Group, frame: int, recording: str | int | None) -> tuple[int, int]:
-    """Return (global frame, recording id) for ``frame`` (global, or local to ``recording``).
+def resolve_frame(store: StoreHandle, frame: int, recording: str | int | None) -> tuple[int, int]:
+    """Return (global frame, recording id) for ``frame`` (global, or local to ``recording``) of the open ``store``.
 
     ``recording`` is a recording id or name. FmDataError when either is out of range.
     """
-    f_off, _ = read_offsets(root)
-    n_rec = len(f_off) - 1
+    f_off = store.frame_offsets
     if recording is None:
         if not 0 <= frame < f_off[-1]:
             raise FmDataError(f"expected a frame in 0..{f_off[-1] - 1}, got {frame}", field="frame")
         return int(frame), int(np.searchsorted(f_off, frame, side="right") - 1)
-    names = [r.name for r in read_recordings(root)]
-    if str(recording) in names:
-        r = names.index(str(recording))
-    elif str(recording).lstrip("-").isdigit() and 0 <= int(recording) < n_rec:
-        r = int(recording)
-    else:
-        raise FmDataError(f"expected a recording id 0..{n_rec - 1} or a name in {names}, got {recording!r}",
-                          field="recording")
+    r = store.recording_index(recording)
     n = int(f_off[r + 1] - f_off[r])
     if not 0 <= frame < n:
         raise FmDataError(f"expected a frame in 0..{n - 1} (recording {r} has {n} frames), got {frame}",
@@ -65,17 +56,38 @@ def resolve_frame(root: zarr.Group, frame: int, recording: str | int | None) -> 
     return int(f_off[r] + frame), r
 
 
-def _window_row(root: zarr.Group, g: int, windows: str | None, params: WindowParams) -> tuple[np.ndarray, tuple, int]:
-    """Return (table row, columns, current_rows) of the window ending at global frame ``g``."""
+def _window_row(store: StoreHandle, g: int, windows: str | None,
+                params: WindowParams) -> tuple[np.ndarray, tuple, int, float]:
+    """Return (table row, columns, current_rows, current_seconds) of the window ending at global frame ``g``."""
     if windows:
-        wt = read_window_table(root, windows)
+        wt = store.window_table(windows)
         hit = np.flatnonzero(wt.column("frame") == g)
         if not len(hit):
             raise FmDataError(f"expected frame {g} in window table {windows!r}, got no window there (its split "
                               "is none, the strict policy dropped it, or the stride skipped it)")
-        return wt.table[hit[0]], wt.columns, wt.current_rows
-    wt = window_for_frame(load_index(root, require_labels=False), g, params)
-    return wt.table[0], wt.columns, params.current_rows
+        seconds = float(wt.params.get("current_seconds", params.current_seconds))
+        return wt.table[hit[0]], wt.columns, wt.current_rows, seconds
+    wt = window_for_frame(load_index(store, require_labels=False), g, params)
+    return wt.table[0], wt.columns, params.current_rows, params.current_seconds
+
+
+def current_rows_note(stored: int, rows: int, seconds: float, asked: float, *, cut: bool = False) -> str:
+    """Say how a window's current is fed to a model: ``stored`` distinct rows of the store lie in
+    the window (``seconds`` from first to last, of the ``asked`` seconds of history; ``cut``: the
+    window begins at its recording's first row, so it holds less) and are resampled to the model's
+    ``rows`` at evenly spaced row indices (:func:`fmdata.store.window_table.current_row_offsets`,
+    the authors' rule)."""
+    offsets = current_row_offsets(stored, rows)
+    repeats = np.bincount(offsets, minlength=stored)
+    span = f"{seconds:,.1f} s of the {asked:g} s of history" + (": the recording begins later" if cut else "")
+    if stored > rows:
+        how = f"the model reads {rows:,} of them, evenly spaced (about every {stored / rows:.1f}th)"
+    elif stored < rows:
+        how = (f"the model reads {rows:,} rows: each stored row {int(repeats.min())} to {int(repeats.max())} times "
+               f"(about {rows / stored:.1f}), evenly spaced")
+    else:
+        how = "the model reads each of them once"
+    return f"current: the window holds {stored:,} rows of the store ({span}); {how}"
 
 
 def outlined(frame: np.ndarray, mask: np.ndarray, scale: int) -> np.ndarray:
@@ -88,20 +100,20 @@ def outlined(frame: np.ndarray, mask: np.ndarray, scale: int) -> np.ndarray:
     return big
 
 
-def _load(loc: Location, frame: int, recording: str | int | None, windows: str | None,
+def _load(store: StoreHandle, frame: int, recording: str | int | None, windows: str | None,
           params: WindowParams) -> dict[str, Any]:
-    root = open_store(loc)
-    meta = read_meta(root, str(loc))
-    g, r = resolve_frame(root, frame, recording)
-    row, columns, rows = _window_row(root, g, windows, params)
+    root, meta = store.root, store.meta
+    g, r = resolve_frame(store, frame, recording)
+    row, columns, rows, seconds = _window_row(store, g, windows, params)
     col = {c: int(row[i]) for i, c in enumerate(columns)}
     clip = row[len(schema.WINDOW_COLUMNS):].astype(np.int64)
     start, stop = col["current_start"], col["current_stop"]
-    f_off, _ = read_offsets(root)
-    names = [x.name for x in read_recordings(root)]
+    f_off, c_off = store.frame_offsets, store.current_offsets
+    names = store.recording_names
     return {"root": root, "meta": meta, "frame": g, "recording": r, "local": g - int(f_off[r]),
-            "rec_first": int(f_off[r]), "name": names[r] if r < len(names) else str(r), "clip": clip,
-            "split": col["split"], "start": start, "stop": stop, "rows": rows,
+            "rec_first": int(f_off[r]), "rec_first_row": int(c_off[r]),
+            "name": names[r] if r < len(names) else str(r), "clip": clip,
+            "split": col["split"], "start": start, "stop": stop, "rows": rows, "seconds": seconds,
             "video": ZarrAxisReader(root[schema.VIDEO]).take(clip), "mask": ZarrAxisReader(root[schema.MASK]).take(clip),
             "clip_time": ZarrAxisReader(root[schema.FRAME_TIME]).take(clip),
             "current": ZarrAxisReader(root[schema.CURRENT]).take(np.arange(start, stop)),
@@ -109,11 +121,21 @@ def _load(loc: Location, frame: int, recording: str | int | None, windows: str |
             "source": f"table {windows!r}" if windows else "reference window built on the fly"}
 
 
+def _current_note(w: dict[str, Any]) -> str:
+    """:func:`current_rows_note` of the loaded window ``w``."""
+    span = float(w["current_time"][-1] - w["current_time"][0])
+    return current_rows_note(w["stop"] - w["start"], w["rows"], span, w["seconds"],
+                             cut=w["start"] == w["rec_first_row"] and span < w["seconds"])
+
+
 def _plot_current(ax: Any, w: dict[str, Any], t0: float, marks: bool = True) -> None:
     t = w["current_time"] - t0
     for i, ph in enumerate(schema.PHASES):
         ax.plot(t, w["current"][:, i], color=PHASE_COLOURS[i], lw=1.0, label=f"phase {ph}")
     if marks:
+        read = np.unique(current_row_offsets(len(t), w["rows"]))  # the rows the model reads: a rug along the bottom
+        ax.plot(t[read], np.zeros(len(read)), "|", color="0.3", ms=6, transform=ax.get_xaxis_transform(),
+                clip_on=False)
         for ct in np.unique(w["clip_time"] - t0):
             ax.axvline(ct, color="0.6", lw=0.8, ls=":")
         ax.axvline(0.0, color="red", lw=1.5, label="labelled frame")
@@ -145,9 +167,8 @@ def _png(w: dict[str, Any], out: str) -> None:
     ax = fig.add_subplot(grid[1, :])
     t0 = float(w["clip_time"][-1])
     _plot_current(ax, w, t0)
-    n_rows = w["stop"] - w["start"]
-    ax.set_xlabel(f"seconds relative to the labelled frame ({n_rows} current rows, read as {w['rows']}; "
-                  f"dotted: clip frames)")
+    ax.set_xlabel("seconds relative to the labelled frame (dotted lines: clip frames)\n"
+                  + textwrap.fill(f"{w['note']} (ticks at the bottom)", width=int(fig.get_figwidth() * 15)), fontsize=9)
     ax.legend(loc="upper left", fontsize=8, ncols=4)
     label = "abnormal" if (w["mask"][-1] == 1).any() else "normal"
     fig.suptitle(f"recording {w['recording']} ({w['name']}), frame {w['local']} (global {w['frame']}), "
@@ -205,7 +226,8 @@ def _mp4(w: dict[str, Any], out: str) -> int:
 @dataclass(frozen=True)
 class PreviewReport:
     """What :func:`render_preview` drew: the file, the window (global and local frame, clip frames
-    local to the recording, current rows), its label and split, and for MP4 the frames written."""
+    local to the recording, current rows), its label and split, how its current rows are read
+    (``current``: :func:`current_rows_note`), and for MP4 the frames written."""
 
     out: str
     frame: int
@@ -216,24 +238,26 @@ class PreviewReport:
     current_rows_read: list[int]
     label: int
     split: str
+    current: str = ""
     frames_written: int | None = None
 
     def summary(self) -> str:
-        """Return the one-line human summary."""
+        """Return the human summary: what was drawn, and how the window's current is read."""
         what = f"{self.frames_written} video frames" if self.frames_written is not None else "picture"
         return (f"{self.out}: {what} of recording {self.recording} frame {self.local_frame} "
                 f"({self.split}, {'abnormal' if self.label else 'normal'}); clip frames {self.clip}, "
-                f"current rows {self.current_rows[0]}..{self.current_rows[1] - 1}")
+                f"current rows {self.current_rows[0]}..{self.current_rows[1] - 1}\n{self.current}")
 
     def to_dict(self) -> dict[str, Any]:
         """Return the report as a JSON-able dict."""
         return asdict(self)
 
 
-def render_preview(location: LocationLike, frame: int, out: str, *, recording: str | int | None = None,
+def render_preview(store: StoreLike, frame: int, out: str, *, recording: str | int | None = None,
                    windows: str | None = None, params: WindowParams = WindowParams(),
                    overwrite: bool = False) -> PreviewReport:
-    """Write a preview of the window ending at ``frame`` to ``out`` (.png picture or .mp4 video).
+    """Write a preview of the window ending at ``frame`` of ``store`` (an open store or its location)
+    to ``out`` (.png picture or .mp4 video).
 
     ``frame`` is global, or local to ``recording`` (id or name) when given. ``windows`` names a
     stored window table; otherwise a reference window with ``params`` is built. An ``out`` inside
@@ -247,9 +271,10 @@ def render_preview(location: LocationLike, frame: int, out: str, *, recording: s
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         raise FmDataError("expected an existing folder for the preview, got none", parent, field="out")
-    check_apart(out, [location], field="out")
+    check_apart(out, [location_of(store)], field="out")
     check_replaceable(out, overwrite=overwrite, command=COMMAND)
-    w = _load(Location.parse(location), frame, recording, windows, params)
+    w = _load(open_store(store), frame, recording, windows, params)
+    w["note"] = _current_note(w)
     written = _mp4(w, out) if ext == ".mp4" else None
     if ext == ".png":
         _png(w, out)
@@ -257,4 +282,5 @@ def render_preview(location: LocationLike, frame: int, out: str, *, recording: s
                          clip=[int(c) - w["rec_first"] for c in w["clip"]], current_rows=[w["start"], w["stop"]],
                          current_rows_read=current_row_indices(w["start"], w["stop"], w["rows"])[[0, -1]].tolist(),
                          label=int((w["mask"][-1] == 1).any()),
-                         split=schema.SPLIT_NAMES.get(w["split"], str(w["split"])), frames_written=written)
+                         split=schema.SPLIT_NAMES.get(w["split"], str(w["split"])), current=w["note"],
+                         frames_written=written)

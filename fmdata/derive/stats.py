@@ -30,18 +30,16 @@ import numpy as np
 import zarr
 from dask import delayed
 
-from fmdata import __version__
 from fmdata.compute.dask_cluster import DaskOptions, Runner, dask_runner
 from fmdata.derive.labels import WORKER_MODULES, compute_labels, labels_up_to_date, read_labels, require_writable
 from fmdata.store import schema
-from fmdata.store.access import open_store, read_meta, read_offsets, read_recordings, store_writable
+from fmdata.store.access import store_writable
 from fmdata.store.block_reader import BlockReader, block_frames, block_ranges
 from fmdata.store.checksums import attribute_checksum, check_attribute
-from fmdata.store.columns import read_column
 from fmdata.store.derived import store_writer
-from fmdata.store.location import Location, LocationLike
+from fmdata.store.handle import StoreHandle, StoreLike, open_store
 from fmdata.store.provenance import array_fingerprint, matches, reconsolidate, values_digest
-from fmdata.store.window_table import read_window_table
+from fmdata.version import __version__
 
 STATS_ALGORITHM = 1
 SPLITS = (schema.SPLIT_TRAIN, schema.SPLIT_TEST, schema.SPLIT_NONE)
@@ -209,8 +207,8 @@ def _counts(sel: np.ndarray, label: np.ndarray, pixels: np.ndarray, frame_pixels
             "duration_s": n / fps if fps else None}
 
 
-def _window_summary(root: zarr.Group, name: str, n_rec: int) -> dict[str, Any]:
-    wt = read_window_table(root, name)
+def _window_summary(store: StoreHandle, name: str, n_rec: int) -> dict[str, Any]:
+    wt = store.window_table(name)
     split, label, rec = wt.column("split"), wt.column("label"), wt.column("recording")
 
     def bal(sel: np.ndarray) -> dict[str, Any]:
@@ -223,9 +221,10 @@ def _window_summary(root: zarr.Group, name: str, n_rec: int) -> dict[str, Any]:
             "recordings": [bal(rec == r) for r in range(n_rec)]}
 
 
-def compute_stats(location: LocationLike, *, windows: str | None = None, force: bool = False,
+def compute_stats(store: StoreLike, *, windows: str | None = None, force: bool = False,
                   options: DaskOptions = DaskOptions()) -> StatsReport:
-    """Summarise the store at ``location`` and store its training-split normalisation statistics.
+    """Summarise ``store`` (an open store or its location) and store its training-split
+    normalisation statistics.
 
     Computes frame labels first if needed. ``windows`` names a window table to summarise.
     Normalisation statistics are recomputed only when the data changed or ``force``. On a
@@ -233,18 +232,17 @@ def compute_stats(location: LocationLike, *, windows: str | None = None, force: 
     computed and reported but not stored (status "computed, not stored (read-only store)"), and
     missing labels are an FmDataError saying what to run.
     """
-    loc = Location.parse(location)
-    root = open_store(loc)
+    store = open_store(store)
+    loc = store.location
     writable = store_writable(loc)
-    labelled = labels_up_to_date(root)
+    labelled = labels_up_to_date(store)
     if not writable and not labelled:
         require_writable(loc)
-    split = read_column(root[schema.SPLIT], np.int8, str(loc))
-    fce = read_column(root[schema.FRAME_CURRENT_END], np.int64, str(loc))
-    stored = root.attrs.get(schema.ATTR_STATS)
+    split, fce = store.split, store.frame_current_end
+    stored = store.root.attrs.get(schema.ATTR_STATS)
     if isinstance(stored, dict):
         check_attribute(stored, schema.ATTR_STATS, str(loc))
-    expected = _norm_provenance(root, split, fce)
+    expected = _norm_provenance(store.root, split, fce)
     has_train = bool((split == schema.SPLIT_TRAIN).any())
     old = stored.get("provenance") if isinstance(stored, dict) else None
     fresh = matches(old, expected) and not force
@@ -254,34 +252,32 @@ def compute_stats(location: LocationLike, *, windows: str | None = None, force: 
     with (store_writer(loc, "fmdata stats") if need_dask and writable else contextlib.nullcontext(),
           dask_runner(options, preload=WORKER_MODULES) if need_dask else contextlib.nullcontext() as runner):
         if not labelled:
-            compute_labels(loc, options=options, runner=runner)
-            root = open_store(loc)  # a view with the new labels (consolidated metadata included)
-        recording = read_column(root[schema.RECORDING], np.int64, str(loc))
-        offsets = read_offsets(root)
+            compute_labels(store, options=options, runner=runner)
+            store = store.reopen()  # a view with the new labels (consolidated metadata included)
+        recording = store.frame_recording
         if has_train and fresh:
             status, norm = "up to date", {k: v for k, v in stored.items() if k not in ("provenance", "checksum")}
         elif has_train:
             assert runner is not None  # need_dask was true
-            norm = _normalisation(root, split, recording, fce, offsets[1], runner)
+            norm = _normalisation(store.root, split, recording, fce, store.current_offsets, runner)
             if writable:
                 value = json.loads(json.dumps({**norm, "provenance": {**expected, "toolkit_version": __version__}}))
-                root = open_store(loc, "r+")
+                root = store.reopen("r+").root
                 root.attrs[schema.ATTR_STATS] = {**value, "checksum": attribute_checksum(value)}
                 reconsolidate(root)
                 status = "computed"
             else:
                 status = "computed, not stored (read-only store)"
-    return _summary(loc, root, split, recording, offsets, windows, norm, status)
+    return _summary(store, split, recording, windows, norm, status)
 
 
-def _summary(loc: Location, root: zarr.Group, split: np.ndarray, recording: np.ndarray,
-             offsets: tuple[np.ndarray, np.ndarray], windows: str | None, norm: dict[str, Any] | None,
-             status: str) -> StatsReport:
-    meta = read_meta(root, str(loc))
-    label, pixels = read_labels(root)
-    f_off, c_off = offsets
-    infos = read_recordings(root)
-    frame_time = read_column(root[schema.FRAME_TIME], np.float64, str(loc))
+def _summary(store: StoreHandle, split: np.ndarray, recording: np.ndarray, windows: str | None,
+             norm: dict[str, Any] | None, status: str) -> StatsReport:
+    meta = store.meta
+    label, pixels = read_labels(store)
+    f_off, c_off = store.offsets
+    infos = store.recordings
+    frame_time = store.frame_time
     fp = meta.height * meta.width
     recs = []
     for r in range(meta.n_recordings):
@@ -294,11 +290,11 @@ def _summary(loc: Location, root: zarr.Group, split: np.ndarray, recording: np.n
                      "test_frames": int((split[lo:hi] == schema.SPLIT_TEST).sum()),
                      "time_span_s": float(frame_time[hi - 1] - frame_time[lo]) if hi > lo else 0.0,
                      "current_rows": int(c_off[r + 1] - c_off[r])})
-    return StatsReport(store=str(loc), frames=meta.n_frames, n_recordings=meta.n_recordings, fps=meta.fps,
+    return StatsReport(store=str(store), frames=meta.n_frames, n_recordings=meta.n_recordings, fps=meta.fps,
                        height=meta.height, width=meta.width,
                        splits={schema.SPLIT_NAMES[s]: _counts(split == s, label, pixels, fp, meta.fps) for s in SPLITS},
                        recordings=recs,
-                       windows=_window_summary(root, windows, meta.n_recordings) if windows else None,
+                       windows=_window_summary(store, windows, meta.n_recordings) if windows else None,
                        normalization=norm, normalization_status=status)
 
 

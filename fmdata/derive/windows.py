@@ -34,18 +34,15 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import zarr
 
-from fmdata import __version__
 from fmdata.compute.dask_cluster import DaskOptions
 from fmdata.compute.memory import require_memory
 from fmdata.derive.labels import ensure_labels, expected_provenance, labels_up_to_date, read_labels
 from fmdata.errors import FmDataError
 from fmdata.store import schema
-from fmdata.store.access import open_store, read_offsets, store_writable
-from fmdata.store.columns import read_column
+from fmdata.store.access import store_writable
 from fmdata.store.derived import store_writer
-from fmdata.store.location import Location, LocationLike
+from fmdata.store.handle import StoreHandle, StoreLike, open_store
 from fmdata.store.window_table import (
     WindowParams,
     WindowTable,
@@ -53,11 +50,10 @@ from fmdata.store.window_table import (
     clip_frames,
     current_rule,
     current_window,
-    list_window_tables,
-    read_window_table,
     window_columns,
     write_window_table,
 )
+from fmdata.version import __version__
 
 # int64 arrays of a table's size that building it holds at once (the clip, its clamped copy, the table)
 TABLE_COPIES = 3
@@ -107,22 +103,22 @@ class FrameIndex:
         return int(self.frame_offsets[-1])
 
 
-def load_index(root: zarr.Group, require_labels: bool = True) -> FrameIndex:
-    """Read the frame-level arrays of an open store.
+def load_index(store: StoreHandle, require_labels: bool = True) -> FrameIndex:
+    """Return the frame-level arrays of the open ``store`` (read once per handle, read-only).
 
     Labels must be up to date unless ``require_labels`` is False, in which case missing labels
     read as 0 (used by previews, which take a frame's label from its mask).
     """
-    f_off, c_off = read_offsets(root)
-    if require_labels or labels_up_to_date(root):
-        frame_label, _ = read_labels(root)
+    f_off, c_off = store.offsets
+    if require_labels or labels_up_to_date(store):
+        frame_label, _ = read_labels(store)
     else:
         frame_label = np.zeros(int(f_off[-1]), np.uint8)
     return FrameIndex(
-        split=read_column(root[schema.SPLIT], np.int8), recording=read_column(root[schema.RECORDING], np.int64),
-        frame_current_end=read_column(root[schema.FRAME_CURRENT_END], np.int64),
+        split=np.asarray(store.split, np.int8), recording=store.frame_recording,
+        frame_current_end=np.asarray(store.frame_current_end, np.int64),
         frame_label=frame_label, frame_offsets=f_off, current_offsets=c_off,
-        current_time=read_column(root[schema.CURRENT_TIME], np.float64))
+        current_time=np.asarray(store.current_time, np.float64))
 
 
 def _check(ix: FrameIndex) -> None:
@@ -254,39 +250,43 @@ def window_for_frame(ix: FrameIndex, frame: int, params: WindowParams) -> Window
     return reference_windows(ix, np.array([frame], np.int64), params)
 
 
-def make_windows(location: LocationLike, name: str, params: WindowParams = WindowParams(), *, force: bool = False,
+def make_windows(store: StoreLike, name: str, params: WindowParams = WindowParams(), *, force: bool = False,
                  options: DaskOptions = DaskOptions()) -> WindowsReport:
-    """Build the window table ``name`` for the store at ``location`` and store it as ``windows/<name>``.
+    """Build the window table ``name`` for ``store`` (an open store or its location) and store it as
+    ``windows/<name>``.
 
     Computes frame labels first when they are missing (with Dask, per ``options``). A table of
     the same name built with the same parameters from the same labels is left alone (status
     "up to date"); one with other parameters is replaced only with ``force``.
     """
-    loc = Location.parse(location)
-    check_replaceable_table(open_store(loc), name)  # before anything is computed or written
-    ensure_labels(loc, options)
-    root = open_store(loc)
-    wanted = {**params.to_dict(), "labels": expected_provenance(root)["derived_from"]}
-    if name in list_window_tables(root) and not force:
-        old = read_window_table(root, name)
+    given = store = open_store(store)
+    loc = store.location
+    check_replaceable_table(store.root, name)  # before anything is computed or written
+    store = ensure_labels(store, options)
+    wanted = {**params.to_dict(), "labels": expected_provenance(store.root)["derived_from"]}
+    if name in store.window_tables and not force:
+        old = store.window_table(name)
         if {k: old.params.get(k) for k in wanted} == wanted:
-            return _report(loc, old, name, "up to date")
+            return _report(store, old, name, "up to date")
         raise FmDataError(f"window table {name!r} exists with other parameters; pass --force to replace it", str(loc))
     if not store_writable(loc):
         raise FmDataError(f"expected a writable store to store windows/{name}, got a read-only one: run "
                           "`fmdata windows` where the store is writable", str(loc))
     with store_writer(loc, "fmdata windows"):
-        wt = build_window_table(load_index(root), params)
+        wt = build_window_table(load_index(store), params)
         wt = WindowTable(wt.table, wt.columns, {**wt.params, "labels": wanted["labels"]})
-        root = open_store(loc, "r+")
-        write_window_table(root, name, wt, overwrite=True)
-    return _report(loc, wt, name, "written")
+        try:
+            write_window_table(store.reopen("r+").root, name, wt, overwrite=True)
+        finally:
+            for handle in {given, store}:  # they read the new table
+                handle.forget("window_tables", ("window_table", name))
+    return _report(store, wt, name, "written")
 
 
-def _report(loc: Location, wt: WindowTable, name: str, status: str) -> WindowsReport:
+def _report(store: StoreHandle, wt: WindowTable, name: str, status: str) -> WindowsReport:
     split, label = wt.column("split"), wt.column("label")
     per_split = {schema.SPLIT_NAMES[s]: {"windows": int(np.count_nonzero(split == s)),
                                          "abnormal": int(np.count_nonzero((split == s) & (label == 1)))}
                  for s in (schema.SPLIT_TRAIN, schema.SPLIT_TEST)}
-    return WindowsReport(store=str(loc), name=name, status=status, windows=len(wt), splits=per_split,
+    return WindowsReport(store=str(store), name=name, status=status, windows=len(wt), splits=per_split,
                          params={k: wt.params.get(k) for k in WindowParams().to_dict()})

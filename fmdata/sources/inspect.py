@@ -2,13 +2,16 @@
 
 :func:`inspect_path` returns a JSON-able report; :func:`format_report` renders it for people.
 A MAT file gives its format and, per variable, MATLAB class, MATLAB-order shape, storage and
-sizes (from :func:`fmdata.sources.matinfo.describe`, no array data read unless ``check=True``).
+sizes (from :func:`fmdata.sources.matinfo.describe`, no array data read unless ``check=True``),
+and for video and mask whether ``fmdata convert --layout source`` copies their chunks (or why
+not) and what a random frame costs to read in their chunk grid (``source_layout``).
 A V2 folder gives its recordings: for each, the video file's variables and frame count, the
 current log (rows, first and last timestamp), the per-frame timestamps and the split counts.
 Its problems come from the one validator that ``fmdata convert`` uses
 (:mod:`fmdata.sources.validate`): every structural problem, then (when the pieces fit) the
-first content problem, so that inspect flags exactly what convert refuses. A folder of
-``*.mat`` files without ``videos/`` is taken as a set of V1 files.
+first content problem, so that inspect flags exactly what convert refuses. What a folder is
+(a V2 folder, or a set of V1 files: its ``*.mat`` files) is the validator's one rule,
+:func:`fmdata.sources.validate.folder_layout`.
 """
 from __future__ import annotations
 
@@ -24,8 +27,10 @@ import numpy as np
 from fmdata.compute.memory import format_bytes
 from fmdata.errors import FmDataError, first_line
 from fmdata.sources import matinfo
+from fmdata.sources.hdf5_chunks import copy_problem, random_read
 from fmdata.sources.layouts import (
     LAYOUT_V1,
+    LAYOUT_V2,
     V1_VARIABLES,
     V2_CURRENTS,
     V2_SPLIT_FILES,
@@ -34,7 +39,7 @@ from fmdata.sources.layouts import (
     V2_VIDEOS,
     v2_key,
 )
-from fmdata.sources.validate import open_sources, v2_folder_problems, v2_names
+from fmdata.sources.validate import folder_layout, open_sources, v2_folder_problems, v2_names
 
 
 def inspect_path(path: str | os.PathLike[str], *, check: bool = False) -> dict[str, Any]:
@@ -45,15 +50,12 @@ def inspect_path(path: str | os.PathLike[str], *, check: bool = False) -> dict[s
     """
     p = Path(path)
     if not p.exists():
-        raise FmDataError("expected a MAT file or a V2 folder, got nothing there", p)
+        raise FmDataError("expected a MAT file, a folder of them or a V2 folder, got nothing there", p)
     if p.is_dir():
-        if (p / V2_VIDEOS).is_dir():
+        layout, mats = folder_layout(p)  # the rule convert follows too
+        if layout == LAYOUT_V2:
             return _inspect_v2(p, check)
-        mats = sorted(p.glob("*.mat"))
-        if not mats:
-            raise FmDataError("expected a MAT file, a V2 folder (videos/, currents/, timestamps/, train.json, "
-                              "test.json) or a folder of .mat files, got a folder with none of them", p)
-        files = [_inspect_mat(m, check) for m in mats]
+        files = [_inspect_mat(Path(m), check) for m in mats]
         problems = [f"{os.path.basename(f['path'])}: {problem}" for f in files for problem in f["problems"]]
         return {"kind": "v1-folder", "path": str(p), "files": files, "problems": problems}
     return _inspect_mat(p, check)
@@ -71,10 +73,25 @@ def _inspect_mat(p: Path, check: bool) -> dict[str, Any]:
     if video is not None:
         frames = video.shape[3] if len(video.shape) == 4 else 1
     report["frames"] = frames
+    report["source_layout"] = _source_layout(info)
     report["problems"] = [problem for v in info.variables if (problem := v.problem())]
     if check and not report["problems"]:
         report["checked"] = check_readable(p, info)
     return report
+
+
+def _source_layout(info: matinfo.MatFileInfo) -> dict[str, Any]:
+    """Per video and mask variable: whether ``convert --layout source`` copies its chunks (or why not),
+    its chunk grid's frames per chunk, and what one random frame costs to read in that grid."""
+    out: dict[str, Any] = {}
+    for v in info.variables:
+        if v.name not in (V1_VARIABLES["video"], V1_VARIABLES["mask"], V2_VARIABLES["video"]):
+            continue
+        reason = copy_problem(v, info.format)
+        out[v.name] = {"copied": reason is None, "reason": reason,
+                       "chunk_frames": int(v.h5_chunks[0]) if v.h5_chunks and v.layout == "chunked" else None,
+                       "random_read": random_read(v)}
+    return out
 
 
 def check_readable(p: Path, info: matinfo.MatFileInfo | None = None) -> bool:
@@ -110,8 +127,9 @@ def check_readable(p: Path, info: matinfo.MatFileInfo | None = None) -> bool:
 
 
 def _csv_summary(p: Path) -> dict[str, Any]:
-    """Header, row count and first/last first-column value of a CSV file, read as a stream."""
-    with open(p, newline="") as fh:
+    """Header, row count and first/last first-column value of a CSV file, read as a stream (bytes that
+    are not UTF-8 shown as U+FFFD: the validator names the file and the line)."""
+    with open(p, newline="", encoding="utf-8", errors="replace") as fh:
         header = fh.readline().rstrip("\r\n")
         first = fh.readline().rstrip("\r\n")
         rows = 1 if first else 0
@@ -161,7 +179,8 @@ def _inspect_v2(p: Path, check: bool) -> dict[str, Any]:
         rec["video"] = {"file": video["path"], "format": video["format"], "frames": video["frames"],
                         "variables": {v["name"]: {"class": v["matlab_class"], "shape": v["shape"], "layout": v["layout"],
                                                   "chunks": v["chunks"], "filters": v["filters"]}
-                                      for v in video["variables"]}}
+                                      for v in video["variables"]},
+                        "source_layout": video["source_layout"]}
         for part in (V2_CURRENTS, V2_TIMESTAMPS):
             csv_path = p / part / f"{name}.csv"
             rec[part] = _csv_summary(csv_path) if csv_path.is_file() else None
@@ -206,8 +225,23 @@ def _format_mat(r: dict[str, Any], indent: str = "") -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         lines.append(indent + "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    lines += _format_source_layout(r.get("source_layout") or {}, indent + "  ")
     if r.get("checked"):
         lines.append(f"{indent}  every variable read back without error")
+    return lines
+
+
+def _format_source_layout(layout: dict[str, Any], indent: str) -> list[str]:
+    """One line per video/mask variable: copied by ``--layout source`` or not, and its random-read cost."""
+    lines = []
+    for name, c in layout.items():
+        cost = c["random_read"]
+        ratio = cost["decoded_bytes"] / cost["frame_bytes"] if cost["frame_bytes"] else float("nan")
+        what = (f"copied by --layout source (chunks of {c['chunk_frames']} frame(s))" if c["copied"]
+                else f"not copied by --layout source: {c['reason']}")
+        read = (f"a random frame decodes {cost['chunks']} chunk(s), {_mb(cost['decoded_bytes'])} = {ratio:.1f} x the "
+                f"frame (plain layout: 1.0 x)" if c["copied"] else "decoded and encoded in one-frame chunks")
+        lines.append(f"{indent}{name}: {what}; {read}")
     return lines
 
 
@@ -229,6 +263,7 @@ def format_report(report: dict[str, Any]) -> str:
                          f"neither {rec['neither']}")
             for name, var in v["variables"].items():
                 lines.append(f"    {V2_VIDEOS}/{rec['name']}.mat '{name}': {var['class']} {_dims(var['shape'])}, {_storage(var)}")
+            lines += _format_source_layout(v.get("source_layout") or {}, "    ")
             for part, what in ((V2_CURRENTS, "current rows"), (V2_TIMESTAMPS, "frame timestamps")):
                 c = rec.get(part)
                 if c:

@@ -28,6 +28,8 @@ from fmdata.sources.v2_text import (
     split_codes,
 )
 from fmdata.sources.validate import RecordingSource, VarSpec
+from fmdata.store import schema
+from fmdata.store.shards import EncodedChunks, zlib_deflate, zlib_inflate
 
 
 class RecordingReader(abc.ABC):
@@ -53,6 +55,8 @@ class RecordingReader(abc.ABC):
             except OSError as exc:
                 raise FmDataError(f"expected a readable MATLAB v7.3 (HDF5) file, got {exc}", src.mat_path) from None
         self._direct: dict[str, DirectChunks | None] = {}
+        self._datasets: dict[str, h5py.Dataset] = {}
+        self._copy_buffers: dict[str, np.ndarray] = {}
 
     def __enter__(self) -> RecordingReader:
         return self
@@ -62,6 +66,8 @@ class RecordingReader(abc.ABC):
 
     def close(self) -> None:
         """Close the MAT file."""
+        self._datasets.clear()
+        self._direct.clear()
         if self._h5 is not None:
             self._h5.close()
             self._h5 = None
@@ -72,9 +78,7 @@ class RecordingReader(abc.ABC):
         """Return frames [a, b) of ``spec`` in h5py order (frames first)."""
         try:
             if self.src.mat_format == "7.3":
-                if self._h5 is None:
-                    raise ValueError("reader is closed")
-                ds = self._h5[spec.name]
+                ds = self._dataset(spec.name)
                 if spec.dropped:
                     return ds[()][None]
                 if spec is self.src.split:
@@ -95,10 +99,18 @@ class RecordingReader(abc.ABC):
             raise FmDataError(f"expected readable data in {spec.name!r} frames {a}..{b - 1}, got a corrupt or "
                               f"unreadable chunk ({_reason(exc)})", self.src.mat_path) from None
 
+    def _dataset(self, name: str) -> h5py.Dataset:
+        """The open dataset ``name`` (kept: h5py's lookup by name costs half a millisecond)."""
+        ds = self._datasets.get(name)
+        if ds is None:
+            if self._h5 is None:
+                raise ValueError("reader is closed")
+            ds = self._datasets[name] = self._h5[name]
+        return ds
+
     def _direct_chunks(self, name: str) -> DirectChunks | None:
         if name not in self._direct:
-            assert self._h5 is not None
-            self._direct[name] = direct_chunks(self._h5[name])
+            self._direct[name] = direct_chunks(self._dataset(name))
         return self._direct[name]
 
     def blocks(self, spec: VarSpec, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -119,6 +131,55 @@ class RecordingReader(abc.ABC):
                 return
         for a, b in aligned_ranges(start, stop, spec.frame_chunk, self.block_frames):
             yield a, self._raw(spec, a, b)
+
+    def copied_chunks(self, array: str, start: int, stop: int, gap: int = 0) -> EncodedChunks:
+        """Return the chunks of store array ``array`` (video or mask) covering local frames [start, stop)
+        as zlib streams, in the order of the store's shard index (source layout, ``start`` on the
+        source's chunk grid), back to back with ``gap`` spare bytes after each (see
+        :class:`~fmdata.store.shards.EncodedChunks`). A chunk the file stored without its deflate
+        filter (a filter mask) is compressed here and its raw bytes kept. Mask chunks are inflated
+        and checked (values 0 or 1) but handed over as they are; video chunks are never inflated (a
+        damaged zlib stream is copied as it is and fails when read, as in the source). The chunks
+        live in a buffer that the next call for the same array reuses: reading into fresh memory
+        costs a page fault per 4 KiB."""
+        spec = self.src.video if array == schema.VIDEO else self.src.mask
+        if spec.h5_chunks is None or self._h5 is None:
+            raise FmDataError(f"expected {spec.name!r} chunks that can be copied, got {spec.copy_note}",
+                              self.src.mat_path)
+        direct = self._direct_chunks(spec.name)
+        assert direct is not None  # deflate alone: copy_problem said so
+        keys = direct.copy_keys(start, stop, schema.SOURCE_ORDER[array])
+        room = direct.stored_max + gap
+        buf = self._copy_buffers.get(array)
+        if buf is None or len(buf) < len(keys) * room:
+            buf = self._copy_buffers[array] = np.empty(len(keys) * room, np.uint8)
+        sizes = np.empty(len(keys), np.int64)
+        raw: dict[int, bytes] = {}
+        read, level, check = direct.ds.id.read_direct_chunk, spec.deflate_level, array == schema.MASK
+        pos, key = 0, (start,) + (0,) * (len(direct.shape) - 1)
+        try:
+            for i, key in enumerate(keys):
+                mask, view = read(key, out=buf[pos:])
+                n = len(view)
+                if not direct.deflated or mask & 1:  # stored raw: compress it here
+                    raw[i] = buf[pos:pos + n].tobytes()
+                    packed = zlib_deflate(raw[i], level)
+                    n = len(packed)
+                    buf[pos:pos + n] = np.frombuffer(packed, np.uint8)
+                if check:
+                    values = raw[i] if i in raw else zlib_inflate(buf[pos:pos + n], direct.nbytes)
+                    block = np.frombuffer(values, direct.dtype, count=direct.count)
+                    if block.max() > 1:  # one pass; the padding of an edge chunk may hold anything
+                        _as_binary(block.reshape(direct.chunks)[direct.valid(key)], spec.name, key[0],
+                                   self.src.mat_path, mask=True)
+                sizes[i] = n
+                pos += n + gap
+        except FmDataError:
+            raise
+        except Exception as exc:  # h5py, libdeflate and zlib each raise their own types
+            raise FmDataError(f"expected readable data in {spec.name!r} frames from {key[0]}, got a corrupt or "
+                              f"unreadable chunk ({_reason(exc)})", self.src.mat_path) from None
+        return EncodedChunks(buf, sizes, gap, raw)
 
     # -- store-orientation streams with value checks
     def video_stream(self, start: int, stop: int) -> FrameStream:
@@ -292,29 +353,47 @@ def _as_binary(raw: np.ndarray, name: str, first: int, path: str, *, mask: bool 
                nonzero: bool = False) -> np.ndarray:
     """Return ``raw`` as uint8 after checking every value is 0 or 1 (first frame index for errors).
 
-    ``mask``: the values are a mask, whose refusal names the option that reads them otherwise.
-    With ``nonzero`` every value above 0 becomes 1, as the authors' loader reads masks; values
-    below 0 (and NaN) are still refused: neither rule gives them a meaning.
+    ``mask``: the values are a mask, whose refusal names the option that reads them otherwise
+    when that option would read them (values above 1). With ``nonzero`` every value above 0
+    becomes 1, as the authors' loader reads masks; values below 0 (and NaN) are refused either
+    way, and their line names no option: neither rule gives them a meaning.
     """
     if raw.dtype == np.bool_:
         return raw.view(np.uint8)
     if nonzero:
-        bad = (raw < 0) | np.isnan(raw) if raw.dtype.kind == "f" else (raw < 0)
+        bad = _below_zero(raw)
     elif raw.dtype == np.uint8:
         bad = raw > 1
     else:
         bad = (raw != 0) & (raw != 1)
     if bad.any():
-        flat = int(np.argmax(bad.reshape(len(raw), -1).any(axis=1))) if raw.ndim > 1 else int(np.argmax(bad))
-        value = raw[flat][bad[flat]].ravel()[0] if raw.ndim > 1 else raw[flat]
-        if nonzero:
-            raise FmDataError(f"expected {name!r} values of 0 or above (--mask-nonzero maps those above 0 to 1), "
-                              f"got {value} at frame {first + flat}", path)
+        below = bad if nonzero else _below_zero(raw) if mask else None
+        if below is not None and below.any():
+            frame, value = _first_where(raw, below)
+            raise FmDataError(f"expected {name!r} values of 0 or above, got {value} at frame {first + frame} "
+                              "(a mask value below 0 has no meaning, whatever the options)", path)
+        frame, value = _first_where(raw, bad)
         hint = "; --mask-nonzero maps every value above 0 to 1, as the authors' loader does" if mask else ""
-        raise FmDataError(f"expected {name!r} values 0 or 1, got {value} at frame {first + flat}{hint}", path)
+        raise FmDataError(f"expected {name!r} values 0 or 1, got {value} at frame {first + frame}{hint}", path)
     if nonzero:
         return (raw > 0).view(np.uint8)
     return raw.astype(np.uint8, copy=False)
+
+
+def _below_zero(raw: np.ndarray) -> np.ndarray:
+    """Where ``raw`` holds a value below 0 or NaN (nothing, for unsigned integers)."""
+    if raw.dtype.kind == "u":
+        return np.zeros(raw.shape, bool)
+    return (raw < 0) | np.isnan(raw) if raw.dtype.kind == "f" else raw < 0
+
+
+def _first_where(raw: np.ndarray, where: np.ndarray) -> tuple[int, Any]:
+    """Return (frame index along axis 0, value) of the first element of ``raw`` where ``where`` holds."""
+    if raw.ndim == 1:
+        i = int(np.argmax(where))
+        return i, raw[i]
+    frame = int(np.argmax(where.reshape(len(raw), -1).any(axis=1)))
+    return frame, raw[frame][where[frame]].ravel()[0]
 
 
 def _load_v5(path: str, name: str) -> np.ndarray:

@@ -1,8 +1,9 @@
 """The text files of a V2 folder: split JSON lists, frame timestamps and 2 Hz current logs.
 
-Parsed strictly (one line naming the file, the line and the problem for anything off) and cached
-per process by (path, size, mtime): conversion workers re-read them by path, once each. A CSV
-file's first line must be its header (a first line that holds data is refused, rather than lost).
+Parsed strictly, as UTF-8 (one line naming the file, the line and the problem for anything off),
+and cached per process by (path, size, mtime): conversion workers re-read them by path, once each.
+A CSV file's first line must be its header (a first line that holds data is refused, rather than
+lost).
 Timestamps are naive wall-clock times (``2023-05-10 21:33:27``) or carry a UTC offset on every
 line (``2023-05-10 21:33:27+08:00``, ``...Z``): those are parsed with their offset, as UTC
 instants, and the recording's origin keeps the offset of its first time.
@@ -39,7 +40,9 @@ def _split_json_cached(key: tuple[str, int, int]) -> dict[str, list[int]]:
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        raise FmDataError(not_utf8(path), path) from None
+    except json.JSONDecodeError as exc:
         raise FmDataError(f"expected JSON, got unparsable text ({exc})", path) from None
     if not isinstance(data, dict):
         raise FmDataError(f"expected a JSON object {{\"<name>.mat\": [frame indices]}}, got {type(data).__name__}",
@@ -91,8 +94,23 @@ def _rows(path: str, min_cols: int, example: str) -> Iterator[tuple[int, list[st
                     raise FmDataError(f"expected at least {min_cols} columns, got {len(row)} at line {reader.line_num}",
                                       path)
                 yield reader.line_num, row
-    except (UnicodeDecodeError, csv.Error) as exc:
+    except UnicodeDecodeError:
+        raise FmDataError(not_utf8(path), path) from None
+    except csv.Error as exc:
         raise FmDataError(f"expected CSV text, got unparsable content ({exc})", path) from None
+
+
+def not_utf8(path: str) -> str:
+    """Return "expected X, got Y" for a text file that is not UTF-8: its first such byte and line."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return (f"expected UTF-8 text, got the byte 0x{data[exc.start]:02x} at line {line} (a file in another "
+                "encoding, such as Latin-1: save it as UTF-8)")
+    return "expected UTF-8 text, got bytes that are not"  # changed since it failed
 
 
 # A UTC offset after a time of day: "2023-05-10 21:33:27+08:00", "...T21:33:27-0500", "...Z".

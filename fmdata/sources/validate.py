@@ -19,6 +19,7 @@ import numpy as np
 
 from fmdata.errors import FmDataError
 from fmdata.sources import matinfo
+from fmdata.sources.hdf5_chunks import copy_problem, deflate_level
 from fmdata.sources.layouts import (
     CURRENT_CLASSES,
     DEFAULT_FPS,
@@ -37,6 +38,7 @@ from fmdata.sources.layouts import (
 from fmdata.sources.v2_text import (
     currents_zone,
     fingerprint,
+    format_zone,
     iso,
     read_currents,
     read_split_json,
@@ -54,7 +56,10 @@ class VarSpec:
     ``frame_chunk`` is the source's chunk length along the frame axis (the HDF5 chunk grid that
     reads align to; the whole variable for contiguous, compact and v5 storage). ``dropped`` is
     True when MATLAB dropped the trailing frame axis because the recording has one frame.
-    ``row`` (split only) is True for MATLAB (1, N), False for (N, 1).
+    ``row`` (split only) is True for MATLAB (1, N), False for (N, 1). For video and mask,
+    ``h5_chunks`` is the chunk shape (h5py order) when the chunks can be copied into a store of
+    the source layout as they are, and ``copy_note`` says why not otherwise
+    (:func:`fmdata.sources.hdf5_chunks.copy_problem`); ``deflate_level`` is the chunks' level.
     """
 
     name: str
@@ -64,6 +69,9 @@ class VarSpec:
     frame_bytes: int
     dropped: bool = False
     row: bool = True
+    h5_chunks: tuple[int, ...] | None = None
+    copy_note: str = ""
+    deflate_level: int = 3
 
 
 @dataclass(frozen=True)
@@ -108,10 +116,50 @@ class RecordingSource:
                                     mask_nonzero=self.mask_nonzero)
 
 
+# ---- what a source is -----------------------------------------------------------------------------
+def folder_layout(folder: str | os.PathLike[str]) -> tuple[str, list[str]]:
+    """What the folder source ``folder`` is: the one rule of ``fmdata inspect``, ``convert`` and ``verify``.
+
+    Returns ``(LAYOUT_V2, [folder])`` for a V2 folder (it holds one of ``videos/``, ``currents/``,
+    ``timestamps/``, ``train.json``, ``test.json``; :func:`v2_folder_problems` says what else it
+    needs) and ``(LAYOUT_V1, files)`` for a folder of V1 files (``files``: its ``*.mat`` files, in
+    name order; hidden files and other files are not sources). Raises FmDataError, one line naming
+    the folder, for a folder with neither, or with both.
+    """
+    folder = os.fspath(folder)
+    names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+    v2 = [n for n in names if (n in V2_FOLDERS and os.path.isdir(os.path.join(folder, n))) or n in V2_SPLIT_FILES.values()]
+    mats = [os.path.join(folder, n) for n in names
+            if os.path.splitext(n)[1].lower() == ".mat" and os.path.isfile(os.path.join(folder, n))]
+    if v2 and mats:
+        raise FmDataError(f"expected a V2 folder or a folder of V1 .mat files, got both: {', '.join(v2)} beside "
+                          f"{len(mats)} .mat file(s) such as {os.path.basename(mats[0])}", folder)
+    if v2:
+        return LAYOUT_V2, [folder]
+    if mats:
+        return LAYOUT_V1, mats
+    raise FmDataError(f"expected a V1 MAT file, a folder of them or a V2 folder ({'/, '.join(V2_FOLDERS)}/, "
+                      "train.json, test.json), got a folder with none of them", folder)
+
+
+def is_source(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a source :func:`open_sources` would take for one: a MAT file (by its
+    first bytes) or a folder that :func:`folder_layout` accepts. Reads at most a file's header."""
+    p = os.fspath(path)
+    try:
+        if os.path.isdir(p):
+            folder_layout(p)
+            return True
+        return os.path.isfile(p) and matinfo.sniff_format(p) is not None
+    except (FmDataError, OSError):
+        return False
+
+
 # ---- opening and validating ---------------------------------------------------------------------
 def open_sources(paths: list[str] | tuple[str, ...], fps: float = DEFAULT_FPS, *,
                  mask_nonzero: bool = False) -> list[RecordingSource]:
-    """Validate every source path and return its recordings in order (V2 folders: by name).
+    """Validate every source path and return its recordings in order (V2 folders: by name; folders
+    of V1 files: their ``*.mat`` files in name order, :func:`folder_layout`).
 
     ``fps`` is the frame rate of V1 files (they carry no timestamps). ``mask_nonzero`` reads
     every mask value above 0 as 1, as the authors' loader does (by default a value other than 0
@@ -119,21 +167,24 @@ def open_sources(paths: list[str] | tuple[str, ...], fps: float = DEFAULT_FPS, *
     problem for anything that cannot be converted, and when recordings disagree on frame size.
     """
     if not paths:
-        raise FmDataError("expected at least one source (V1 MAT file or V2 folder), got none")
+        raise FmDataError("expected at least one source (a V1 MAT file, a folder of them or a V2 folder), got none",
+                          field="sources")
     check_fps(fps)
     out: list[RecordingSource] = []
     seen: set[str] = set()
-    for p in paths:
-        p = os.path.abspath(os.fspath(p))
-        if os.path.realpath(p) in seen:  # the same recording twice would double its frames in both splits
-            raise FmDataError("expected each source once, got this one again", p)
-        seen.add(os.path.realpath(p))
-        if os.path.isdir(p):
-            out.extend(_open_v2(p, fps))
-        elif os.path.exists(p):
-            out.append(_open_v1(p, fps))
-        else:
-            raise FmDataError("expected a V1 MAT file or a V2 folder, got nothing there", p)
+    for given in paths:
+        given = os.path.abspath(os.fspath(given))
+        if not os.path.exists(given):
+            raise FmDataError("expected a V1 MAT file, a folder of them or a V2 folder, got nothing there", given)
+        layout, files = folder_layout(given) if os.path.isdir(given) else (LAYOUT_V1, [given])
+        for p in files:
+            if os.path.realpath(p) in seen:  # the same recording twice would double its frames in both splits
+                raise FmDataError("expected each source once, got this one again", p)
+            seen.add(os.path.realpath(p))
+            if layout == LAYOUT_V2:
+                out.extend(_open_v2(p, fps))
+            else:
+                out.append(_open_v1(p, fps))
     if mask_nonzero:
         out = [dataclasses.replace(r, mask_nonzero=True) for r in out]
     first = out[0]
@@ -218,9 +269,23 @@ def _video_mask_specs(info: matinfo.MatFileInfo, video_name: str,
     if n_mask != n:
         raise FmDataError(f"expected {mask_name!r} to have {n} frames like {video_name!r}, got {n_mask}", p)
     item = int(np.dtype(matinfo.CLASS_DTYPES.get(mask.matlab_class, np.dtype("u1"))).itemsize)
-    vspec = VarSpec(video_name, video.matlab_class, vs, _frame_chunk(video), h * w * 3, dropped)
-    mspec = VarSpec(mask_name, mask.matlab_class, ms, _frame_chunk(mask), h * w * item, len(ms) == 2)
+    vspec = VarSpec(video_name, video.matlab_class, vs, _frame_chunk(video), h * w * 3, dropped,
+                    **_copy_fields(info, video, dropped))
+    mask_dropped = len(ms) == 2
+    mspec = VarSpec(mask_name, mask.matlab_class, ms, _frame_chunk(mask), h * w * item, mask_dropped,
+                    **_copy_fields(info, mask, mask_dropped))
     return vspec, mspec, int(n), int(h), int(w)
+
+
+def _copy_fields(info: matinfo.MatFileInfo, v: matinfo.VariableInfo, dropped: bool) -> dict[str, Any]:
+    """The VarSpec fields that say whether the chunks of video or mask variable ``v`` can be copied."""
+    note = copy_problem(v, info.format)
+    if note is None and dropped:
+        note = "a single frame (MATLAB dropped the frame axis)"
+    if note is not None:
+        return {"copy_note": note}
+    assert v.h5_chunks is not None
+    return {"h5_chunks": tuple(int(c) for c in v.h5_chunks), "deflate_level": deflate_level(v)}
 
 
 def _storage(info: matinfo.MatFileInfo, names: tuple[str, ...]) -> dict[str, Any]:
@@ -340,14 +405,18 @@ def _open_v2(folder: str, fps: float) -> list[RecordingSource]:
         if len(frame_ts) != n:
             raise FmDataError(f"expected one timestamp row per frame ({n}), got {len(frame_ts)}", ts_csv)
         cur_ts, _ = read_currents(cur_csv)
+        zone, cur_zone = timestamps_zone(ts_csv), currents_zone(cur_csv)
+        # before the time spans: zoned times are UTC instants, naive ones wall-clock times, and the
+        # two compared would make a mere mix of forms look like currents that do not cover the frames
+        if zone is not None and cur_zone is None:
+            raise FmDataError(f"expected current times with a UTC offset, as the frame times in {ts_csv} have "
+                              f"({format_zone(zone)}), got times without one", cur_csv)
+        if zone is None and cur_zone is not None:
+            raise FmDataError(f"expected current times without a UTC offset, as the frame times in {ts_csv} are, "
+                              f"got times with one ({format_zone(cur_zone)})", cur_csv)
         if cur_ts[0] > frame_ts[0] or cur_ts[-1] < frame_ts[-1]:
             raise FmDataError(f"expected current rows covering the frames' time span {iso(frame_ts[0])} .. "
                               f"{iso(frame_ts[-1])}, got {iso(cur_ts[0])} .. {iso(cur_ts[-1])}", cur_csv)
-        zone, cur_zone = timestamps_zone(ts_csv), currents_zone(cur_csv)
-        if (zone is None) != (cur_zone is None):
-            raise FmDataError("expected frame and current timestamps both with a UTC offset or both without, got "
-                              f"{'an offset' if cur_zone is not None else 'none'} in {os.path.basename(cur_csv)} and "
-                              f"{'an offset' if zone is not None else 'none'} in {os.path.basename(ts_csv)}", cur_csv)
         origin = min(frame_ts[0], cur_ts[0])
         files = (mat, cur_csv, ts_csv)
         out.append(RecordingSource(

@@ -1,7 +1,8 @@
 """The store layer: the ground floor of fmdata and the one owner of every store concept.
 
 The store format as code (:mod:`~fmdata.store.schema`), where a store lives
-(:class:`~fmdata.store.location.Location`), how its arrays are laid out
+(:class:`~fmdata.store.location.Location`), an open store (:func:`~fmdata.store.handle.open_store`
+and its :class:`~fmdata.store.handle.StoreHandle`: opened once per command, passed down), how its arrays are laid out
 (:mod:`~fmdata.store.layout`) and encoded (the shard codec :mod:`~fmdata.store.shards`, with its
 writer and the block and row readers), checksums, provenance, window tables and their
 parameters, atomic placement of outputs (:mod:`~fmdata.store.atomic`), where outputs may go and
@@ -11,8 +12,9 @@ Nothing here imports any other part of fmdata but its errors. The facade names w
 need; the modules hold the rest.
 """
 from fmdata.store import schema
-from fmdata.store.access import open_store, read_meta, read_offsets, read_recordings
+from fmdata.store.access import read_meta, read_offsets, read_recordings
 from fmdata.store.block_reader import BlockReader, block_frames, block_ranges
+from fmdata.store.handle import StoreHandle, StoreLike, open_store
 from fmdata.store.in_memory import RecordingArrays, write_store_from_arrays
 from fmdata.store.layout import Chunking, create_arrays
 from fmdata.store.location import Location, LocationLike, set_complete
@@ -28,7 +30,8 @@ from fmdata.store.window_table import (
 )
 
 __all__ = [
-    "schema", "open_store", "read_meta", "read_offsets", "read_recordings", "BlockReader", "block_frames",
+    "schema", "open_store", "StoreHandle", "StoreLike", "read_meta", "read_offsets", "read_recordings", "BlockReader",
+    "block_frames",
     "block_ranges", "RecordingArrays", "write_store_from_arrays", "Chunking", "create_arrays", "Location",
     "LocationLike", "set_complete", "LocalAxisReader", "ZarrAxisReader", "open_axis_reader", "ShardWriter",
     "WindowParams", "WindowTable", "current_row_indices", "list_window_tables", "read_window_table",

@@ -1,8 +1,7 @@
-"""Open a store and read what every reader needs first: its metadata, recordings and offsets.
+"""What every reader of an open store reads first: its metadata, recordings and offsets.
 
-``open_store`` takes a :class:`~fmdata.store.location.Location` or anything
-``Location.parse`` accepts (a local path, an fsspec URL). It refuses what is not an FMF store of
-format (versions 1 and 2) and, unless told otherwise, a store whose writer never finished.
+The readers of an open root group; a command opens its store once with
+:func:`fmdata.store.handle.open_store`, which reads these through them and keeps them.
 """
 from __future__ import annotations
 
@@ -15,27 +14,6 @@ from fmdata.errors import FmDataError
 from fmdata.store import schema
 from fmdata.store.checksums import read_checked
 from fmdata.store.location import Location, LocationLike
-
-
-def open_store(location: LocationLike, mode: str = "r", *, require_complete: bool = True) -> zarr.Group:
-    """Open the store at ``location`` and return its root group.
-
-    ``mode`` is "r" (read only) or "r+" (read and add derived arrays). Raises FmDataError when
-    nothing is there, when it is not an FMF store, or (unless ``require_complete=False``) when
-    its writer never finished.
-    """
-    if mode not in ("r", "r+"):
-        raise FmDataError(f"expected mode 'r' or 'r+', got {mode!r}", field="mode")
-    loc = Location.parse(location)
-    path = loc.local_path if not loc.is_url else None
-    if path is not None and not os.path.isdir(path):
-        raise FmDataError("expected an FMF Zarr store (a folder), got nothing there" if not os.path.exists(path)
-                          else "expected an FMF Zarr store (a folder), got a file", str(loc))
-    root = loc.open_group(mode)
-    meta = read_meta(root, str(loc))
-    if require_complete and not meta.complete:
-        raise FmDataError("store is incomplete (its writer did not finish); re-run `fmdata convert --resume`", str(loc))
-    return root
 
 
 def store_writable(location: LocationLike) -> bool:

@@ -27,7 +27,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from fmdata.errors import FmDataError
 from fmdata.store.failpoints import pause_point
 
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # Linux <fcntl.h>, <linux/fs.h>
@@ -214,49 +213,3 @@ def place(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
     if trash is not None:
         pause_point("place:new-in")
         remove_tree(trash)
-
-
-def prepare_target(path: str | os.PathLike[str], overwrite: bool) -> Path:
-    """Check that an output can be written at ``path``: new (or ``overwrite``), parent creatable and
-    writable. Creates missing parent folders; returns the path. FmDataError otherwise."""
-    out = Path(path)
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise FmDataError("expected a new output path, got one that already exists (pass --overwrite to replace it)",
-                          out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise FmDataError("expected a folder to write into, got a path through a file", out) from None
-    except OSError as exc:
-        raise FmDataError(f"cannot create the parent folder: {exc.strerror or exc}", out) from None
-    if not os.access(out.parent, os.W_OK | os.X_OK):
-        raise FmDataError(f"expected a writable folder, got {out.parent} without write permission", out)
-    return out
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str], *, folder: bool, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a hidden temporary file or folder beside ``path``; on a clean exit it replaces ``path``.
-
-    An existing ``path`` is refused unless ``overwrite`` (and then kept until the new output is
-    complete, see :func:`place`). On any error the temporary output is removed; OSErrors become
-    one-line FmDataErrors naming ``path``.
-    """
-    out = prepare_target(path, overwrite)
-    tmp = temp_sibling(out)
-    try:
-        if folder:
-            tmp.mkdir()
-        else:
-            tmp.touch(exist_ok=False)
-    except OSError as exc:
-        raise FmDataError(f"cannot write here: {exc.strerror or exc}", out) from None
-    try:
-        yield tmp
-        place(tmp, out)
-    except OSError as exc:
-        remove_tree(tmp)
-        raise FmDataError(f"cannot write: {exc.strerror or exc}", out) from None
-    except BaseException:
-        remove_tree(tmp)
-        raise

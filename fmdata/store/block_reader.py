@@ -3,13 +3,15 @@
 Derivations scan whole arrays block by block. :class:`BlockReader` fetches each shard with one
 request through the array's own zarr store object (local folders and fsspec URLs alike) and
 decodes it with the shard codec (:mod:`fmdata.store.shards`) straight into the output, checking
-the shard index's CRC-32C, each chunk's CRC-32C (format 2) and the decoded block against the
-checksum the writer recorded (:mod:`fmdata.store.checksums`; every format). A shard file that
-is missing is an error unless the block's recorded checksum is that of an all-fill block (zarr
-leaves those unwritten). For layouts the codec does not handle, and for ranges that do not
-cover whole blocks, it reads through zarr, which returns identical arrays and checks the
-``crc32c`` codec only. :meth:`BlockReader.stream` reads scattered rows (the resident windows'
-frames) block by block, skipping blocks that hold none of them.
+the shard index's CRC-32C, each chunk's CRC-32C (format 2) and the block against the checksum
+the writer recorded (:mod:`fmdata.store.checksums`; every format): of its decoded values, or of
+the shard file's bytes for arrays in the source layout (a chunk of several frames is decoded
+once). A shard file that is missing is an error unless the block's recorded checksum is that of
+an all-fill block (zarr leaves those unwritten; copied shards are never left out). For layouts
+the codec does not handle, and for ranges that do not cover whole blocks, it reads through zarr,
+which returns identical arrays and checks the ``crc32c`` codec only. :meth:`BlockReader.stream`
+reads scattered rows (the resident windows' frames) block by block, skipping blocks that hold
+none of them.
 """
 from __future__ import annotations
 
@@ -20,7 +22,16 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from fmdata.store.checksums import axis_name, check_block, check_missing, read_rows, recorded_checksums
+from fmdata.store.checksums import (
+    COVERS_SHARD_FILE,
+    axis_name,
+    check_block,
+    check_missing,
+    check_shard_file,
+    missing_file,
+    read_rows,
+    recorded_checksums,
+)
 from fmdata.store.shards import ShardLayout, UnsupportedLayout, decode_shard
 
 # Dask blocks of a scan hold whole write units and about this many bytes.
@@ -69,11 +80,14 @@ class BlockReader:
         self.fast = self.layout is not None
         sums = recorded_checksums(array.attrs, self.shape[0])
         self.sums = sums if sums is not None and sums[0] == self.block else None
+        files = recorded_checksums(array.attrs, self.shape[0], covers=COVERS_SHARD_FILE)
+        self.file_sums = files if files is not None and files[0] == self.block else None
         self.axis = axis_name(array)
         store = array.store_path.store
         self.where = str(getattr(store, "root", None) or getattr(store, "path", "") or "") or None
 
-    def _get(self, block: int) -> bytes | None:
+    def shard_bytes(self, block: int) -> bytes | None:
+        """Return the stored bytes of write block ``block`` (a shard file), or None when it is missing."""
         assert self.layout is not None
         key = self.layout.chunk_key(block)
         key = f"{self.array.path}/{key}" if self.array.path else key
@@ -84,12 +98,15 @@ class BlockReader:
         """Decode write block ``block`` into ``out`` (its rows, the array's last block shorter), checked."""
         assert self.layout is not None
         name, first = self.array.path, block * self.block
-        data = self._get(block)
+        data = self.shard_bytes(block)
         if data is None:
+            if self.file_sums is not None:  # copied shards are all written
+                raise missing_file(self.layout.chunk_key(block), name, self.axis, first, first + len(out), self.where)
             check_missing(self.sums, block, out.shape, self.dtype, self.layout.fill_value,
                           self.layout.chunk_key(block), name, self.axis, first, self.where)
             out[...] = self.layout.fill_value
             return
+        check_shard_file(data, block, self.file_sums, name, self.axis, self.shape[0], self.where)
         decode_shard(self.layout, self._decode, data, out, f"{name} shard {block}", name=name, first_row=first,
                      store=self.where)
         check_block(out, block, self.sums, name, self.axis, self.where)

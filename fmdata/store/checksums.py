@@ -12,8 +12,12 @@ Each source array, and each derived array of format 2, carries the attribute
 
     {"algorithm": "crc32c", "block_rows": 256, "values": [crc of rows 0..255, crc of 256..511, ...]}
 
-Readers check what they read against it (:func:`check_block`, :func:`read_checked`); a store
-without it (or with an unusable one) is read unchecked here, and ``fmdata verify`` reports it.
+Arrays in the source layout (MATLAB's deflate chunks copied, never decoded while converting)
+record instead the CRC-32C of each shard file's bytes: the attribute then says so with
+``"covers": "shard file"`` (:data:`COVERS_SHARD_FILE`; absent means decoded values). Readers
+check what they read against it (:func:`check_block`, :func:`check_shard_file`,
+:func:`read_checked`); a store without it (or with an unusable one) is read unchecked here, and
+``fmdata verify`` reports it.
 The statistics attribute carries the CRC-32C of its canonical JSON (:func:`attribute_checksum`).
 Every failed check is one :class:`FmDataError` naming the array and its rows (:func:`damaged`).
 """
@@ -30,6 +34,8 @@ from fmdata.errors import FmDataError, first_line
 from fmdata.store import schema
 
 ALGORITHM = "crc32c"
+COVERS_VALUES = "values"  # CRC-32C of a block's decoded elements (the default; the key is then left out)
+COVERS_SHARD_FILE = "shard file"  # CRC-32C of a shard file's bytes (arrays in the source layout)
 VERIFY_HINT = "the store is damaged; `fmdata verify STORE` lists every damaged block"
 
 
@@ -45,15 +51,30 @@ def block_checksums(data: np.ndarray, block_rows: int, dtype: str | np.dtype | N
     return [block_checksum(data[s:s + block_rows], dtype) for s in range(0, len(data), block_rows)]
 
 
-def checksum_attr(block_rows: int, values: list[int]) -> dict[str, Any]:
-    """Return the attribute value recording ``values`` for blocks of ``block_rows`` rows."""
-    return {"algorithm": ALGORITHM, "block_rows": int(block_rows), "values": [int(v) for v in values]}
+def checksum_attr(block_rows: int, values: list[int], covers: str = COVERS_VALUES) -> dict[str, Any]:
+    """Return the attribute value recording ``values`` for blocks of ``block_rows`` rows; ``covers``
+    says what each value is the CRC-32C of (:data:`COVERS_VALUES` or :data:`COVERS_SHARD_FILE`)."""
+    attr: dict[str, Any] = {"algorithm": ALGORITHM, "block_rows": int(block_rows), "values": [int(v) for v in values]}
+    if covers != COVERS_VALUES:
+        attr["covers"] = covers
+    return attr
 
 
-def parse_checksums(value: Any) -> tuple[int, list[int]] | None:
-    """Return (block_rows, values) from a checksum attribute's value (:func:`checksum_attr`), or None
-    when it is not one (another algorithm, keys missing, values that are not integers, block_rows < 1)."""
+def checksum_covers(value: Any) -> str | None:
+    """Return what a checksum attribute's values cover (:data:`COVERS_VALUES` or
+    :data:`COVERS_SHARD_FILE`), or None when it is not a checksum attribute this toolkit knows."""
     if not isinstance(value, dict) or value.get("algorithm") != ALGORITHM:
+        return None
+    covers = value.get("covers", COVERS_VALUES)
+    return covers if covers in (COVERS_VALUES, COVERS_SHARD_FILE) else None
+
+
+def parse_checksums(value: Any, covers: str | None = COVERS_VALUES) -> tuple[int, list[int]] | None:
+    """Return (block_rows, values) from a checksum attribute's value (:func:`checksum_attr`), or None
+    when it is not one (another algorithm, keys missing, values that are not integers, block_rows < 1)
+    or its values cover something other than ``covers`` (None: whatever they cover)."""
+    kind = checksum_covers(value)
+    if kind is None or (covers is not None and kind != covers):
         return None
     try:
         block_rows, values = int(value["block_rows"]), [int(v) for v in value["values"]]
@@ -68,19 +89,20 @@ def read_checksums(array: zarr.Array) -> tuple[int, list[int]] | None:
     d = array.attrs.get(schema.ATTR_CHECKSUMS)
     if d is None:
         return None
-    sums = parse_checksums(d)
+    sums = parse_checksums(d, covers=None)
     if sums is None:
         raise FmDataError(f"{array.path}: expected checksums with algorithm {ALGORITHM!r}, got {d!r:.80}")
     return sums
 
 
-def recorded_checksums(attrs: Any, rows: int) -> tuple[int, list[int]] | None:
-    """Return (block_rows, values) from an array's attributes when they cover its ``rows`` rows, else None.
+def recorded_checksums(attrs: Any, rows: int, covers: str = COVERS_VALUES) -> tuple[int, list[int]] | None:
+    """Return (block_rows, values) from an array's attributes when they cover its ``rows`` rows and
+    are checksums of ``covers`` (decoded values by default), else None.
 
     Readers use this: an array without usable checksums (written before they existed, or with an
     attribute that is not one) is read unchecked, and ``fmdata verify`` reports it.
     """
-    sums = parse_checksums(attrs.get(schema.ATTR_CHECKSUMS) if hasattr(attrs, "get") else None)
+    sums = parse_checksums(attrs.get(schema.ATTR_CHECKSUMS) if hasattr(attrs, "get") else None, covers)
     if sums is None or len(sums[1]) != n_blocks(rows, sums[0]):
         return None
     return sums
@@ -128,7 +150,25 @@ def check_missing(sums: tuple[int, list[int]] | None, block: int, block_shape: t
     unwritten). Nothing recorded (None): nothing to check."""
     if sums is None or block_checksum(np.full(block_shape, fill, dtype)) == sums[1][block]:
         return
-    raise damaged(array, axis, start, start + block_shape[0], f"expected the chunk file {key}, got none", where)
+    raise missing_file(key, array, axis, start, start + block_shape[0], where)
+
+
+def missing_file(key: str, array: str, axis: str, start: int, stop: int, where: str | None = None) -> FmDataError:
+    """The error for rows [start, stop) of ``array`` whose chunk (or shard) file ``key`` is missing."""
+    return damaged(array, axis, start, stop, f"expected the chunk file {key}, got none", where)
+
+
+def check_shard_file(data: Any, block: int, sums: tuple[int, list[int]] | None, array: str, axis: str,
+                     n_rows: int, where: str | None = None) -> None:
+    """Raise the one-line error unless the bytes ``data`` of shard file number ``block`` (of an array
+    of ``n_rows`` rows) match their recorded CRC-32C in ``sums`` (checksums that cover shard files;
+    None: nothing to check)."""
+    if sums is None:
+        return
+    if int(google_crc32c.value(data)) != sums[1][block]:
+        start = block * sums[0]
+        raise damaged(array, axis, start, min(start + sums[0], n_rows),
+                      "expected a shard file matching its stored CRC-32C, got a mismatch", where)
 
 
 class ChunkChecksumError(ValueError):

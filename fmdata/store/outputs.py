@@ -1,6 +1,8 @@
 """Where a command may write its output, and what its ``--overwrite`` may replace.
 
-Three rules every command that writes an output follows (docs/reliability.md):
+Three rules every command that writes an output follows (docs/reliability.md), after the first
+of all: an existing output is refused unless ``--overwrite`` is given, in one wording for every
+command (:func:`output_exists`; :func:`prepare_target`, :func:`atomic_output`).
 
 * **An output apart from its inputs** (:func:`check_apart`). An output that is an input, lies
   inside one or holds one is refused before anything is written: written into a store, a picture
@@ -16,7 +18,9 @@ Three rules every command that writes an output follows (docs/reliability.md):
   pictures and videos of ``preview``, ``synth --preview`` and ``predict --video`` by a mark
   written into the file: a PNG carries a text chunk ``fmf-made-by``
   (:func:`fmdata.store.atomic.save_figure`), an MP4 a last top-level ``free`` box (which every
-  player skips) holding ``fmf-made-by:<command>`` (:func:`mark_mp4`).
+  player skips) holding ``fmf-made-by:<command>`` (:func:`mark_mp4`), and a Markdown file (a
+  run's model card) a first line ``<!-- fmf-made-by:<command> -->`` (:func:`text_mark`; an HTML
+  comment, which no Markdown viewer shows).
 * **A failed command leaves no folder it created** (:func:`folders_made_for`): the output's
   folders that a command made and left empty are removed when it fails.
 """
@@ -29,12 +33,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from fmdata.errors import FmDataError
-from fmdata.store.atomic import MADE_BY_KEY, prepare_target
+from fmdata.errors import FmDataError, FmfError
+from fmdata.store.atomic import MADE_BY_KEY, place, remove_tree, temp_sibling
 from fmdata.store.location import Location, LocationLike
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _MP4_PREFIX = f"{MADE_BY_KEY}:".encode()
+_TEXT_PREFIX = f"<!-- {MADE_BY_KEY}:".encode()
 
 
 # ---- an output apart from its inputs -----------------------------------------------------------
@@ -65,25 +70,82 @@ def check_apart(out: LocationLike, inputs: Iterable[LocationLike], *, field: str
 
 
 @contextlib.contextmanager
-def folders_made_for(out: str | os.PathLike[str]) -> Iterator[None]:
-    """Run the block; when it fails, remove the folders it made for the output ``out`` (``out``
+def folders_made_for(*outs: str | os.PathLike[str]) -> Iterator[None]:
+    """Run the block; when it fails, remove the folders it made for the outputs ``outs`` (each output
     and its missing parents, as they were when the block began), deepest first, each only if it
     is empty: a failed command leaves no folder it created, and never removes anything else."""
-    path = Path(os.path.abspath(out))
-    missing = []
-    while not os.path.lexists(path) and path != path.parent:
-        missing.append(path)
-        path = path.parent
+    made: list[list[Path]] = []
+    for out in outs:
+        path = Path(os.path.abspath(out))
+        missing = []
+        while not os.path.lexists(path) and path != path.parent:
+            missing.append(path)
+            path = path.parent
+        made.append(missing)
     try:
         yield
     except BaseException:
-        for folder in missing:
-            if not os.path.lexists(folder):
-                continue  # removed already (by the command's own cleanup)
-            try:
-                os.rmdir(folder)  # only an empty folder: anything written since stays
-            except OSError:
-                break
+        for missing in made:
+            for folder in missing:
+                if not os.path.lexists(folder):
+                    continue  # removed already (by the command's own cleanup, or for another output)
+                try:
+                    os.rmdir(folder)  # only an empty folder: anything written since stays
+                except OSError:
+                    break
+        raise
+
+
+# ---- a new output, or one that may be replaced --------------------------------------------------
+def output_exists(path: str | os.PathLike[str], *, option: str = "--overwrite",
+                  error: type[FmfError] = FmDataError) -> FmfError:
+    """The one-line error of every command whose output ``path`` exists and whose ``option`` was not
+    given (one wording everywhere; ``error`` is the raising package's type)."""
+    return error(f"expected a new output path, got one that exists ({option} replaces it)", path)
+
+
+def prepare_target(path: str | os.PathLike[str], overwrite: bool) -> Path:
+    """Check that an output can be written at ``path``: new (or ``overwrite``), parent creatable and
+    writable. Creates missing parent folders; returns the path. FmDataError otherwise."""
+    out = Path(path)
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise output_exists(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise FmDataError("expected a folder to write into, got a path through a file", out) from None
+    except OSError as exc:
+        raise FmDataError(f"cannot create the parent folder: {exc.strerror or exc}", out) from None
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise FmDataError(f"expected a writable folder, got {out.parent} without write permission", out)
+    return out
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], *, folder: bool, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a hidden temporary file or folder beside ``path``; on a clean exit it replaces ``path``.
+
+    An existing ``path`` is refused unless ``overwrite`` (and then kept until the new output is
+    complete, see :func:`fmdata.store.atomic.place`). On any error the temporary output is
+    removed; OSErrors become one-line FmDataErrors naming ``path``.
+    """
+    out = prepare_target(path, overwrite)
+    tmp = temp_sibling(out)
+    try:
+        if folder:
+            tmp.mkdir()
+        else:
+            tmp.touch(exist_ok=False)
+    except OSError as exc:
+        raise FmDataError(f"cannot write here: {exc.strerror or exc}", out) from None
+    try:
+        yield tmp
+        place(tmp, out)
+    except OSError as exc:
+        remove_tree(tmp)
+        raise FmDataError(f"cannot write: {exc.strerror or exc}", out) from None
+    except BaseException:
+        remove_tree(tmp)
         raise
 
 
@@ -130,6 +192,9 @@ def made_by(path: str | os.PathLike[str]) -> str | None:
                 return _png_made_by(fh)
             if head[4:8] == b"ftyp":
                 return _mp4_made_by(fh, p.stat().st_size)
+            if head == _TEXT_PREFIX[:12]:
+                fh.seek(0)
+                return _text_made_by(fh.readline(256))
     except OSError:
         return None
     return None
@@ -152,6 +217,19 @@ def _png_made_by(fh: BinaryIO) -> str | None:
         if kind in (b"IDAT", b"IEND"):  # text chunks that matter come before the image data
             return None
         fh.seek(size + 4, os.SEEK_CUR)
+
+
+def text_mark(command: str) -> str:
+    """The first line that marks a text file (Markdown) as ``command``'s output."""
+    return f"<!-- {MADE_BY_KEY}:{command} -->"
+
+
+def _text_made_by(line: bytes) -> str | None:
+    """The command a text file's first ``line`` names (:func:`text_mark`), if it is such a line."""
+    text = line.rstrip(b"\r\n")
+    if not (text.startswith(_TEXT_PREFIX) and text.endswith(b" -->")):
+        return None
+    return text[len(_TEXT_PREFIX):-4].decode("utf-8", "replace").strip() or None
 
 
 def mark_mp4(path: str | os.PathLike[str], command: str) -> None:

@@ -5,8 +5,11 @@ answers such a request correctly but spends far more time in its generic selecti
 machinery than in decoding. :class:`LocalAxisReader` goes straight to the bytes instead: it parses
 the array's ``zarr.json`` into the shard codec's layout (:mod:`fmdata.store.shards`), reads each
 shard's index once (and keeps it), fetches exactly the inner chunks a request needs with
-``os.pread`` and decodes them into the caller's buffer. Layouts the codec does not handle, and
-remote stores, are read through zarr by :class:`ZarrAxisReader`, which returns identical arrays.
+``os.pread`` and decodes them into the caller's buffer. Where a chunk holds several rows (the
+source layout: MATLAB's chunks of a few frames), each chunk a request touches is decoded once
+and the rows it wants are copied out; where a row spans several chunks, they are read together.
+Layouts the codec does not handle, and remote stores, are read through zarr by
+:class:`ZarrAxisReader`, which returns identical arrays.
 
 Checks on every read (docs/store-format.md, "What readers check"): each chunk's CRC-32C when
 the array has the ``crc32c`` codec (format 2), each shard index's CRC-32C, and, where a chunk is
@@ -29,10 +32,18 @@ import numpy as np
 import zarr
 
 from fmdata.errors import FmDataError
-from fmdata.store.access import open_store
-from fmdata.store.checksums import axis_name, check_block, check_missing, damaged, recorded_checksums, undecodable
-from fmdata.store.location import Location, LocationLike
-from fmdata.store.shards import EMPTY, ShardLayout, UnsupportedLayout, decode_index
+from fmdata.store.checksums import (
+    COVERS_SHARD_FILE,
+    axis_name,
+    check_block,
+    check_missing,
+    damaged,
+    missing_file,
+    recorded_checksums,
+    undecodable,
+)
+from fmdata.store.location import Location
+from fmdata.store.shards import EMPTY, ShardIndexError, ShardLayout, UnsupportedLayout, decode_index, decode_row
 
 READER_MODES = ("auto", "fast", "zarr")
 
@@ -131,9 +142,12 @@ class LocalAxisReader:
         self.dir = array_dir
         self.name = os.path.basename(os.path.normpath(array_dir))
         self._store_dir = os.path.dirname(os.path.normpath(array_dir))
-        sums = recorded_checksums(meta.get("attributes") or {}, self.layout.shape[0]) if checksums else None
+        attrs = meta.get("attributes") or {}
+        sums = recorded_checksums(attrs, self.layout.shape[0]) if checksums else None
         # the writer's checksums cover outer chunks (shards, or chunks when unsharded)
         self._sums = sums if sums is not None and sums[0] == self.layout.outer_rows else None
+        # copied shards (the source layout) are all written: a missing one is always damage
+        self._all_written = recorded_checksums(attrs, self.layout.shape[0], covers=COVERS_SHARD_FILE) is not None
         self._check_decoded = self._sums is not None and not self.layout.sharded
         self.shape = self.layout.shape
         self.dtype = self.layout.dtype
@@ -162,9 +176,13 @@ class LocalAxisReader:
             self._check_missing(shard)
             self._index.put(shard, ())
             return None
-        size = self.layout.index_nbytes
-        raw = os.pread(f.fd, size, self.layout.index_offset(f.size))
-        table = decode_index(raw, self.layout, self._where(shard))
+        at = self.layout.index_offset(f.size)  # negative in a file shorter than its index
+        raw = os.pread(f.fd, self.layout.index_nbytes, at) if at >= 0 else b""
+        try:
+            table = decode_index(raw, self.layout, self._where(shard), shard_nbytes=f.size)
+        except ShardIndexError as exc:  # cut short or damaged: every row of the shard is lost
+            start, stop = self.layout.outer_range(shard)
+            raise damaged(self.name, self.layout.axis, start, stop, exc.message, self._store_dir) from None
         idx = (table[:, 0].tolist(), table[:, 1].tolist())
         self._index.put(shard, idx)
         return idx
@@ -176,6 +194,8 @@ class LocalAxisReader:
         """Raise unless outer chunk ``outer``, whose file is missing, recorded the checksum of an
         all-fill block (zarr leaves such chunks unwritten; the toolkit's writer writes every shard)."""
         start, stop = self.layout.outer_range(outer)
+        if self._all_written:
+            raise missing_file(self.layout.chunk_key(outer), self.name, self.layout.axis, start, stop, self._store_dir)
         check_missing(self._sums, outer, (stop - start, *self._row_shape), self.dtype, self.layout.fill_value,
                       self.layout.chunk_key(outer), self.name, self.layout.axis, start, self._store_dir)
 
@@ -185,23 +205,34 @@ class LocalAxisReader:
         return damaged(self.name, self.layout.axis, start, min(start + self.layout.inner_rows, self.shape[0]),
                        undecodable(exc), self._store_dir)
 
-    def _chunk_bytes(self, chunk: int) -> bytes | None:
-        """Return the encoded bytes of decode unit ``chunk`` (None: never written, i.e. fill value)."""
+    def _chunk_bytes(self, chunk: int) -> list[Any] | None:
+        """Return the encoded bytes of the inner chunks of decode unit (chunk row) ``chunk``, in index
+        order (an entry None: never written, the fill value), or None when none was written."""
         lay = self.layout
         if not lay.sharded:
             f = self._file(chunk)
             if f.fd is None:
                 self._check_missing(chunk)
                 return None
-            return os.pread(f.fd, f.size, 0)
-        shard, j = divmod(chunk, lay.chunks_per_shard)
+            return [os.pread(f.fd, f.size, 0)]
+        per = lay.per_row
+        shard, j = divmod(chunk, lay.outer_rows // lay.inner_rows)
         idx = self._shard_index(shard)
         if idx is None:
             return None
-        off, nb = idx[0][j], idx[1][j]
-        if off == EMPTY:
+        offs, sizes = idx[0][j * per:(j + 1) * per], idx[1][j * per:(j + 1) * per]
+        fd = self._fd(shard)
+        if per == 1:
+            return None if offs[0] == EMPTY else [os.pread(fd, sizes[0], offs[0])]
+        present = [k for k, o in enumerate(offs) if o != EMPTY]
+        if not present:
             return None
-        return os.pread(self._fd(shard), nb, off)
+        lo = min(offs[k] for k in present)
+        hi = max(offs[k] + sizes[k] for k in present)
+        if hi - lo == sum(sizes[k] for k in present):  # stored back to back, as the writers store them: one read
+            raw = memoryview(os.pread(fd, hi - lo, lo))
+            return [raw[o - lo:o - lo + n] if o != EMPTY else None for o, n in zip(offs, sizes)]
+        return [os.pread(fd, n, o) if o != EMPTY else None for o, n in zip(offs, sizes)]
 
     def _fd(self, outer: int) -> int:
         """The open descriptor of outer chunk ``outer``'s file, whose index said it holds data."""
@@ -212,12 +243,12 @@ class LocalAxisReader:
         return fd
 
     def _decode_into(self, chunk: int, dest: np.ndarray) -> None:
-        buf = self._chunk_bytes(chunk)
-        if buf is None:
+        pieces = self._chunk_bytes(chunk)
+        if pieces is None:
             dest[...] = self.layout.fill_value
             return
         try:
-            self._decode(buf, dest)
+            decode_row(self.layout, self._decode, pieces, dest)
         except Exception as exc:  # a CRC mismatch, or a corrupt or truncated chunk: name it
             raise self._damaged_chunk(chunk, exc) from None
         if self._check_decoded:  # an unsharded chunk is a whole write block: check its values too
@@ -275,7 +306,7 @@ class LocalAxisReader:
         if index.min() < 0 or index.max() >= self.shape[0]:
             raise FmDataError(f"expected rows in [0, {self.shape[0]}), got {index.min()}..{index.max()}", self.dir)
         rows = self.layout.inner_rows
-        if rows == 1 and self._cache is None:
+        if rows == 1 and self._cache is None and self.layout.whole_rows:
             # One row per chunk: decode each straight into its place (a repeat decodes twice;
             # callers with many repeats pass unique rows).
             self._take_single_rows(index, out)
@@ -334,20 +365,30 @@ class ZarrAxisReader:
         return data if unique.size == index.size and np.all(inverse == np.arange(index.size)) else data[inverse]
 
 
-def open_axis_reader(location: LocationLike, name: str, *, mode: str = "auto",
-                     cache_bytes: int = 0, cache_single_rows: bool = True, root: zarr.Group | None = None,
-                     checksums: bool = True) -> AxisReader:
-    """Return a reader of array ``name`` of the store at ``location``.
+class OpenStore(Protocol):
+    """What a reader needs of an open store (:class:`fmdata.store.handle.StoreHandle` is one): its
+    location, whose files the fast reader reads, and its root group, for the zarr reader."""
+
+    @property
+    def location(self) -> Location: ...
+
+    @property
+    def root(self) -> zarr.Group: ...
+
+
+def open_axis_reader(store: OpenStore, name: str, *, mode: str = "auto", cache_bytes: int = 0,
+                     cache_single_rows: bool = True, checksums: bool = True) -> AxisReader:
+    """Return a reader of array ``name`` of the open ``store`` (:func:`fmdata.store.handle.open_store`).
 
     ``mode``: "fast" requires :class:`LocalAxisReader` (FmDataError when the layout does not
-    allow it), "zarr" always uses zarr, "auto" takes the fast reader where possible. ``root``
-    (an open zarr group) saves re-opening the store for the zarr reader. ``cache_bytes`` and
-    ``cache_single_rows`` configure the fast reader's decoded-chunk cache; ``checksums=False``
+    allow it), "zarr" always uses zarr, "auto" takes the fast reader where possible. Only the zarr
+    reader asks for ``store.root`` (a handle unpickled in a worker opens its store then). ``cache_bytes``
+    and ``cache_single_rows`` configure the fast reader's decoded-chunk cache; ``checksums=False``
     turns its checks off (only to measure their cost; zarr always checks the ``crc32c`` codec).
     """
     if mode not in READER_MODES:
         raise FmDataError(f"expected a reader mode in {READER_MODES}, got {mode!r}", field="reader")
-    loc = Location.parse(location)
+    loc = store.location
     local = loc.local_path
     if mode != "zarr":
         reason = "the store is remote"
@@ -359,6 +400,4 @@ def open_axis_reader(location: LocationLike, name: str, *, mode: str = "auto",
                 reason = str(exc)
         if mode == "fast":
             raise FmDataError(f"expected a layout the fast reader decodes, got one it does not ({reason})", str(loc))
-    if root is None:
-        root = open_store(loc)
-    return ZarrAxisReader(root[name])
+    return ZarrAxisReader(store.root[name])

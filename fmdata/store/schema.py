@@ -1,4 +1,4 @@
-"""The store format (version 2; version 1 readable): the names, axes, dtypes and metadata of an FMF Zarr store, as code.
+"""The store format (versions 2 and 3; version 1 readable): the names, axes, dtypes and metadata of an FMF Zarr store, as code.
 
 Everything that reads or writes a store takes its array names and axis order from here; the
 prose version is ``docs/store-format.md``. One Zarr v3 group per dataset:
@@ -25,6 +25,11 @@ column names in the array attribute ``columns`` (WINDOW_COLUMNS followed by ``cl
 
 Root attributes: ``fmf_store`` (StoreMeta.to_dict()), ``fmf_recordings`` (list of
 RecordingInfo.to_dict()), ``fmf_stats`` (normalisation statistics, written by ``fmdata stats``).
+
+Array layouts (``StoreMeta.layouts``): ``video`` and ``mask`` lie either in the plain layout
+(blosc chunks of whole frames in shards) or in the source layout (the MAT file's own deflate
+chunks, copied: the ``transpose`` codec with ``SOURCE_ORDER``, then bytes, ``numcodecs.zlib``
+and ``crc32c``). A store with an array in the source layout is version 3.
 """
 from __future__ import annotations
 
@@ -37,9 +42,18 @@ from fmdata.errors import FmDataError
 FORMAT_NAME = "fmf-store"
 # Version 2 adds a CRC-32C to every chunk (Zarr's ``crc32c`` codec, last in each chunk's codec
 # chain) and checksums to derived arrays and statistics; version-1 stores stay readable
-# (docs/store-format.md says what is checked on read in each).
+# (docs/store-format.md says what is checked on read in each). Version 3 is version 2 with video
+# or mask in the source layout (MATLAB's chunks copied, their block checksums over the shard
+# files' bytes): toolkits that predate it refuse it instead of misreading those checksums. A store
+# whose arrays are all plain is written as version 2.
 FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+SOURCE_LAYOUT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+
+# ---- array layouts (docs/store-format.md, "Layouts") ------------------------------------------
+LAYOUT_PLAIN = "plain"  # blosc chunks of whole frames (one by default) in shards
+LAYOUT_SOURCE = "source"  # the MAT file's deflate chunks copied as they are, read through a transpose
+ARRAY_LAYOUTS = (LAYOUT_SOURCE, LAYOUT_PLAIN)
 
 # ---- attribute keys -------------------------------------------------------------------------
 ATTR_STORE = "fmf_store"
@@ -94,6 +108,10 @@ DTYPES: dict[str, str] = {
     ABNORMAL_PIXELS: "int32",
 }
 
+# The arrays that may lie in the source layout, and the ``transpose`` codec's order that turns a
+# chunk in store order into MATLAB's (h5py's) order: (frame, y, x, channel) <-> (frame, channel, x, y).
+SOURCE_ORDER: dict[str, tuple[int, ...]] = {VIDEO: (0, 3, 2, 1), MASK: (0, 2, 1)}
+
 FRAME_ARRAYS = (VIDEO, MASK, SPLIT, RECORDING, FRAME_TIME, FRAME_CURRENT_END)
 CURRENT_ARRAYS = (CURRENT, CURRENT_TIME)
 SOURCE_ARRAYS = FRAME_ARRAYS + CURRENT_ARRAYS + (RECORDING_FRAME_OFFSETS, RECORDING_CURRENT_OFFSETS)
@@ -124,7 +142,9 @@ def clip_column(i: int) -> str:
 class StoreMeta:
     """Store-level metadata, kept in the root attribute ``fmf_store``.
 
-    ``complete`` is set last by the writer; readers refuse stores where it is false.
+    ``complete`` is set last by the writer; readers refuse stores where it is false. ``layouts``
+    names the layout of each array not in the plain layout (``{"video": "source"}``; stores
+    written before it have none: all plain).
     """
 
     n_frames: int
@@ -137,6 +157,11 @@ class StoreMeta:
     format: str = FORMAT_NAME
     version: int = FORMAT_VERSION
     created_by: str = ""
+    layouts: dict[str, str] = field(default_factory=dict)
+
+    def layout(self, name: str) -> str:
+        """Return the layout of array ``name`` (LAYOUT_PLAIN unless recorded otherwise)."""
+        return self.layouts.get(name, LAYOUT_PLAIN)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the metadata as a JSON-able dict."""
@@ -150,8 +175,16 @@ class StoreMeta:
         if d.get("version") not in READABLE_VERSIONS:
             raise FmDataError(f"expected store format version {' or '.join(map(str, READABLE_VERSIONS))}, "
                               f"got {d.get('version')!r}")
+        layouts = d.get("layouts") or {}
+        if not isinstance(layouts, dict) or any(v not in ARRAY_LAYOUTS for v in layouts.values()):
+            raise FmDataError(f"expected array layouts among {ARRAY_LAYOUTS}, got {layouts!r:.80}")
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{k: v for k, v in d.items() if k in names and k != "layouts"}, layouts=dict(layouts))
+
+
+def format_version(layouts: dict[str, str]) -> int:
+    """Return the format version of a store whose arrays have ``layouts`` (:attr:`StoreMeta.layouts`)."""
+    return SOURCE_LAYOUT_VERSION if LAYOUT_SOURCE in layouts.values() else FORMAT_VERSION
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ Storage of the MAT files: "matlab" (v7.3, MATLAB-like chunks and deflate), "cont
 uncompressed) or "v7" (the older format via scipy, whole arrays in memory: small files only).
 Frames are rendered and written in blocks aligned to the chunk grid, so memory stays bounded.
 Everything is written into a hidden temporary sibling and renamed into place when complete
-(:func:`fmdata.store.atomic.atomic_output`); an existing output is refused unless
+(:func:`fmdata.store.outputs.atomic_output`); an existing output is refused unless
 ``overwrite=True``, and then replaced only when synth wrote all of it (its MAT files carry
 :data:`~fmdata.synth.ownership.SYNTH_NOTE` at the end of their header text; see
 :mod:`fmdata.synth.ownership`). The same arguments give the same bytes.
@@ -50,8 +50,7 @@ from fmdata.sources.layouts import (
 )
 from fmdata.sources.matinfo import V7_MAX_VARIABLE_BYTES
 from fmdata.store import schema
-from fmdata.store.atomic import atomic_output
-from fmdata.store.outputs import check_replaceable
+from fmdata.store.outputs import atomic_output, check_replaceable, folders_made_for
 from fmdata.synth import simulation as synth
 from fmdata.synth.matwriter import MatWriter, write_v7
 from fmdata.synth.ownership import COMMAND, SYNTH_NOTE, recording_name, refuse_foreign
@@ -224,7 +223,7 @@ def _write_v7_recording(path: Path, rec: synth.Recording, sim: np.ndarray, names
 
 # ---- public writers ---------------------------------------------------------------------------
 def _output(path: str | os.PathLike[str], *, folder: bool, overwrite: bool) -> AbstractContextManager[Path]:
-    """:func:`fmdata.store.atomic.atomic_output` for synth's outputs: with ``overwrite`` an existing
+    """:func:`fmdata.store.outputs.atomic_output` for synth's outputs: with ``overwrite`` an existing
     output is replaced only when synth wrote all of it (:mod:`fmdata.synth.ownership`)."""
     if overwrite:
         refuse_foreign(path)
@@ -401,31 +400,33 @@ def synthesize(out: str | os.PathLike[str], *, layout: str = LAYOUT_V1, storage:
     _check_recordings(recordings)
     if overwrite:  # what --overwrite would replace, before anything is written (the picture's folder included)
         refuse_foreign(out)
-    if preview is not None:  # fail before the long part, not after it
-        try:
-            Path(preview).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise FmDataError(f"cannot create the picture's folder: {exc.strerror or exc}", preview,
-                              field="preview") from None
-        # the picture, like the recordings, replaces nothing unless told, and then only synth's own
-        check_replaceable(preview, overwrite=overwrite, command=COMMAND)
-    t0 = time.perf_counter()
-    if layout == LAYOUT_V2:
-        path = write_v2(out, recordings=recordings, frames=frames, size=size, fps=fps, seed=seed, storage=storage,
-                        overwrite=overwrite, progress=progress, events=events)
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-    elif recordings == 1 and not os.fspath(out).endswith(("/", os.sep)):
-        path = write_v1(out, frames=frames, size=size, fps=fps, seed=seed, storage=storage, overwrite=overwrite,
-                        progress=progress, events=events)
-        files = [path]
-    else:
-        path = write_v1_set(out, recordings=recordings, frames=frames, size=size, fps=fps, seed=seed, storage=storage,
+    # a failed synth leaves no folder it made (the recordings' or the picture's)
+    with folders_made_for(*([out] if preview is None else [out, preview])):
+        if preview is not None:  # fail before the long part, not after it
+            try:
+                Path(preview).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise FmDataError(f"cannot create the picture's folder: {exc.strerror or exc}", preview,
+                                  field="preview") from None
+            # the picture, like the recordings, replaces nothing unless told, and then only synth's own
+            check_replaceable(preview, overwrite=overwrite, command=COMMAND)
+        t0 = time.perf_counter()
+        if layout == LAYOUT_V2:
+            path = write_v2(out, recordings=recordings, frames=frames, size=size, fps=fps, seed=seed, storage=storage,
                             overwrite=overwrite, progress=progress, events=events)
-        files = sorted(path.glob("*.mat"))
-    seconds = time.perf_counter() - t0
-    if preview is not None:
-        cfg = _config(size, fps, events)
-        plan = plan_v2 if layout == LAYOUT_V2 else plan_v1
-        plot_preview(plan(int(frames), cfg, seed, 0), preview)
-    return SynthResult(out=path, layout=layout, files=files, frames=int(frames) * recordings, seconds=seconds,
-                       storage=storage, preview=None if preview is None else Path(preview))
+            files = sorted(p for p in path.rglob("*") if p.is_file())
+        elif recordings == 1 and not os.fspath(out).endswith(("/", os.sep)):
+            path = write_v1(out, frames=frames, size=size, fps=fps, seed=seed, storage=storage, overwrite=overwrite,
+                            progress=progress, events=events)
+            files = [path]
+        else:
+            path = write_v1_set(out, recordings=recordings, frames=frames, size=size, fps=fps, seed=seed, storage=storage,
+                                overwrite=overwrite, progress=progress, events=events)
+            files = sorted(path.glob("*.mat"))
+        seconds = time.perf_counter() - t0
+        if preview is not None:
+            cfg = _config(size, fps, events)
+            plan = plan_v2 if layout == LAYOUT_V2 else plan_v1
+            plot_preview(plan(int(frames), cfg, seed, 0), preview)
+        return SynthResult(out=path, layout=layout, files=files, frames=int(frames) * recordings, seconds=seconds,
+                           storage=storage, preview=None if preview is None else Path(preview))

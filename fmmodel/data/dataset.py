@@ -11,8 +11,9 @@ travel from workers is in :mod:`fmmodel.data.batches`).
 Preprocessing (:mod:`fmmodel.data.preprocessing`): ``reference`` (0..255 video, raw amperes, frames
 transposed as the authors' loader feeds them) or ``normalized`` (true orientation, training-split
 statistics). ``orientation`` names what an instance delivers ("reference" or "true"); trainers
-record it in their checkpoints. Stores are opened lazily in the process that reads (each
-DataLoader worker opens its own); pickling the dataset never carries an open handle.
+record it in their checkpoints. The dataset reads through an open store
+(:class:`fmdata.store.handle.StoreHandle`, given or opened once); pickled to a DataLoader worker, it
+carries the store's location alone, and the worker opens what it reads lazily, itself.
 """
 from __future__ import annotations
 
@@ -28,10 +29,9 @@ import torch.utils.data
 
 from fmdata.errors import FmDataError
 from fmdata.store import schema
-from fmdata.store.access import open_store, read_meta
-from fmdata.store.location import Location, LocationLike
+from fmdata.store.handle import StoreLike, open_store
 from fmdata.store.row_reader import READER_MODES, AxisReader, open_axis_reader
-from fmdata.store.window_table import WindowTable, current_row_offsets, read_window_table
+from fmdata.store.window_table import WindowTable, current_row_offsets
 from fmmodel.data.batches import SharedRing, WindowBatch, allocate_batch, collate_windows
 from fmmodel.data.preprocessing import (
     PREPROCESSING_REFERENCE,
@@ -87,7 +87,8 @@ class FmfWindowDataset(torch.utils.data.Dataset):
     """Training/evaluation samples of an FMF store, one per window-table row.
 
     Args:
-        store: the store's Location (or a path / fsspec URL; opened lazily per process).
+        store: an open store (:func:`fmdata.open_store`) or its location (a path, an fsspec URL, a
+            Location; opened here, once). Workers reopen it lazily, each for itself.
         windows: the name of a window table in the store (``fmdata windows --name``) or a WindowTable.
         preprocessing: "reference" or "normalized" (see module docstring).
         augment: horizontal flip with p=0.5 of clip and mask together, decided by (seed, epoch, window).
@@ -112,7 +113,7 @@ class FmfWindowDataset(torch.utils.data.Dataset):
     target "cls".
     """
 
-    def __init__(self, store: LocationLike, windows: str | WindowTable, *,
+    def __init__(self, store: StoreLike, windows: str | WindowTable, *,
                  preprocessing: str = PREPROCESSING_REFERENCE, augment: bool = False, seed: int = 0,
                  modality: str = "both", target: str = "both", split: str | None = None,
                  rows: np.ndarray | Sequence[int] | None = None, video_dtype: str = "float32",
@@ -125,23 +126,23 @@ class FmfWindowDataset(torch.utils.data.Dataset):
         if video_dtype == "uint8" and preprocessing != PREPROCESSING_REFERENCE:
             raise FmModelError("expected video_dtype 'float32' with normalized preprocessing, got 'uint8'",
                                field="video_dtype")
-        self.location = Location.parse(store)
-        self.store = str(self.location)
         self.preprocessing, self.augment, self.seed = preprocessing, bool(augment), int(seed)
         self.modality, self.target, self.video_dtype = modality, target, video_dtype
         self.reader_mode, self.cache_bytes, self.checksums = reader, int(cache_mb * _MIB), bool(checksums)
         self.orientation = input_format(preprocessing).orientation
         try:  # parent-side metadata only; workers reopen
-            root = open_store(self.location)
-            meta = read_meta(root, self.store)
-            table = windows if isinstance(windows, WindowTable) else read_window_table(root, windows)
+            self.handle = open_store(store)
+            meta = self.handle.meta
+            table = windows if isinstance(windows, WindowTable) else self.handle.window_table(windows)
         except FmDataError as exc:
             raise FmModelError(str(exc)) from None
+        self.location = self.handle.location
+        self.store = str(self.location)
         self.windows_name = windows if isinstance(windows, str) else None
         self.params = dict(table.params)
         self.frame_shape = (meta.height, meta.width)
-        self.norm = read_normalization(dict(root.attrs), self.store) if preprocessing == "normalized" else None
-        del root
+        self.norm = (read_normalization(dict(self.handle.root.attrs), self.store) if preprocessing == "normalized"
+                     else None)
 
         keep = np.arange(len(table))
         if split is not None:
@@ -335,17 +336,14 @@ class FmfWindowDataset(torch.utils.data.Dataset):
                 names.append(schema.CURRENT)
             if self.target != "cls":
                 names.append(schema.MASK)
-            root = None
-            if self.reader_mode == "zarr" or self.location.local_path is None:
-                root = open_store(self.location)
             readers: dict[str, AxisReader] = {}
             try:
                 for name in names:
                     # Decoded chunks are cached where a chunk serves several windows: the current
                     # array always, frame arrays only when a chunk holds more than one frame.
-                    readers[name] = open_axis_reader(self.location, name, mode=self.reader_mode,
+                    readers[name] = open_axis_reader(self.handle, name, mode=self.reader_mode,
                                                      cache_bytes=self.cache_bytes,
-                                                     cache_single_rows=name == schema.CURRENT, root=root,
+                                                     cache_single_rows=name == schema.CURRENT,
                                                      checksums=self.checksums)
             except FmDataError as exc:
                 raise FmModelError(str(exc)) from None

@@ -44,7 +44,6 @@ from tqdm import tqdm
 from fmdata.compute.memory import format_bytes, total_memory
 from fmdata.errors import FmDataError
 from fmdata.store import schema
-from fmdata.store.access import open_store
 from fmdata.store.block_reader import BlockReader, block_frames
 from fmmodel.data.dataset import FmfWindowDataset, current_resampling
 from fmmodel.data.preprocessing import current_values, item_axes, orient_masks, video_scale_shift
@@ -207,7 +206,7 @@ class ResidentWindows:
         bar = tqdm(total=plan.total_bytes, desc="resident data", unit="B", unit_scale=True, unit_divisor=1024,
                    disable=not progress, leave=False, dynamic_ncols=True)
         try:
-            root = open_store(ds.location)
+            root = ds.handle.root  # the dataset's open store: no second open
             self._load_index()
             bar.update(plan.nbytes["index"])
             if plan.frames.size:

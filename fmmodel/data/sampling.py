@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import functools
 import multiprocessing
+import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -21,8 +22,10 @@ import numpy as np
 import torch
 import torch.utils.data
 
+from fmdata.compute import exit_with
 from fmdata.compute.processes import check_workers
 from fmdata.errors import FmDataError, FmfError
+from fmdata.store.failpoints import pause_point
 from fmmodel.data.dataset import FmfWindowDataset, collate_windows
 from fmmodel.errors import FmModelError
 
@@ -110,14 +113,19 @@ class ClassBalancedSampler(_EpochSampler):
         return torch.multinomial(self.weights, self.num_samples, replacement=True, generator=self._generator())
 
 
-def worker_init(worker_id: int, reuse_buffers: int = 0, zero_copy: bool = False) -> None:
+def worker_init(worker_id: int, reuse_buffers: int = 0, zero_copy: bool = False, main_pid: int | None = None) -> None:
     """DataLoader worker set-up: one compute thread per worker (the workers are the parallelism).
 
-    ``reuse_buffers`` > 0 makes this worker's copy of the dataset fill that many shared batch
-    buffers round-robin instead of a fresh one per batch (see fmmodel.data.batches.SharedRing); it
-    must exceed the loader's prefetch_factor. Batches are then copied out when the main process
-    unpickles them, unless ``zero_copy`` (for loaders that pin, which copy anyway).
+    ``main_pid``: the process the loader belongs to; the worker ends as soon as it is gone (a
+    SIGKILL of a training run's main process leaves no workers behind, and with them goes
+    multiprocessing's forkserver, which waits for its clients). ``reuse_buffers`` > 0 makes this
+    worker's copy of the dataset fill that many shared batch buffers round-robin instead of a
+    fresh one per batch (see fmmodel.data.batches.SharedRing); it must exceed the loader's
+    prefetch_factor. Batches are then copied out when the main process unpickles them, unless
+    ``zero_copy`` (for loaders that pin, which copy anyway).
     """
+    if main_pid is not None:
+        exit_with(main_pid)
     torch.set_num_threads(1)
     numcodecs.blosc.use_threads = False
     info = torch.utils.data.get_worker_info()
@@ -179,7 +187,8 @@ def make_loader(dataset: FmfWindowDataset, batch_size: int, workers: int = 0, *,
     ``seed``, default the dataset's seed, and partitioned by ``num_replicas``/``rank``); ``sampler``
     overrides both. ``pin_memory`` defaults to whether CUDA is available. With ``workers > 0`` the
     workers start by ``context`` ("forkserver" or "spawn"; plain "fork" is refused), stay alive
-    between epochs (``persistent_workers``) and prefetch ``prefetch_factor`` batches each. Each
+    between epochs (``persistent_workers``), end with this process however it ends (a SIGKILL
+    included: :func:`fmdata.compute.exit_with`) and prefetch ``prefetch_factor`` batches each. Each
     worker fills ``prefetch_factor + 2`` shared batch buffers in turn (far fewer page faults than
     a fresh buffer per batch); the main process copies each batch out as it unpickles it, except
     with ``zero_copy``, which defaults to on exactly when batches are pinned for CUDA (the pin
@@ -205,7 +214,7 @@ def make_loader(dataset: FmfWindowDataset, batch_size: int, workers: int = 0, *,
         options.update(multiprocessing_context=context, persistent_workers=persistent_workers,
                        prefetch_factor=prefetch_factor,
                        worker_init_fn=functools.partial(worker_init, reuse_buffers=prefetch_factor + 2,
-                                                        zero_copy=bool(zero_copy)))
+                                                        zero_copy=bool(zero_copy), main_pid=os.getpid()))
     options.update(kwargs)
     return WindowLoader(
         dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
@@ -222,12 +231,16 @@ class WindowLoader(torch.utils.data.DataLoader):
     """
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]  # a generator over torch's iterator
-        return _one_line_errors(super().__iter__())
+        return _one_line_errors(super().__iter__(), self.num_workers > 0)
 
 
-def _one_line_errors(batches: Iterator[Any]) -> Iterator[Any]:
+def _one_line_errors(batches: Iterator[Any], workers: bool = False) -> Iterator[Any]:
     try:
-        yield from batches
+        for batch in batches:
+            if workers:  # the workers are up and delivering: the reliability tests kill the run here
+                pause_point("loader-running")
+                workers = False
+            yield batch
     except FmfError as exc:
         original = worker_error_line(str(exc))
         if original is None:

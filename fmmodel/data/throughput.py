@@ -19,7 +19,7 @@ import numpy as np
 import psutil
 import torch
 
-from fmdata.store.location import Location, LocationLike
+from fmdata.store.handle import StoreLike
 from fmmodel.data.dataset import FmfWindowDataset
 from fmmodel.data.paths import BatchRequest, open_batches
 from fmmodel.data.preprocessing import PREPROCESSING_REFERENCE, input_format
@@ -93,7 +93,7 @@ def _peak_rss_mib() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def measure_data_path(store: LocationLike, windows: str, *, data: str = "lazy", workers: int = 0,
+def measure_data_path(store: StoreLike, windows: str, *, data: str = "lazy", workers: int = 0,
                       batch_size: int = 64, split: str | None = "train", rows: np.ndarray | None = None,
                       limit: int | None = None, seed: int = 0, preprocessing: str = PREPROCESSING_REFERENCE,
                       video_dtype: str | None = None, device: str = "auto", resident_budget: int | None = None,
@@ -118,13 +118,12 @@ def measure_data_path(store: LocationLike, windows: str, *, data: str = "lazy", 
         torch.set_num_threads(threads)
     ctx = dd.DistContext(device=dd.resolve_device(device))
     dtype = video_dtype or input_format(preprocessing, ctx.device).video_dtype
-    location = Location.parse(store)
-    ds = FmfWindowDataset(location, windows, preprocessing=preprocessing, augment=True, seed=seed, split=split,
+    ds = FmfWindowDataset(store, windows, preprocessing=preprocessing, augment=True, seed=seed, split=split,
                           rows=rows, video_dtype=dtype)
     if rows is None and limit is not None and limit < len(ds):
         ds = ds.subset(np.sort(np.random.default_rng(seed).choice(len(ds), size=limit, replace=False)))
     if len(ds) == 0:
-        raise FmModelError(f"expected windows in split {split!r}, got none", str(location))
+        raise FmModelError(f"expected windows in split {split!r}, got none", ds.store)
     sampler = ShuffleSampler(len(ds), seed=seed)
     (source,), choice = open_batches([BatchRequest(ds, batch_size, sampler)], data=data, budget=resident_budget,
                                      workers=workers, ctx=ctx, progress=progress)
@@ -152,7 +151,7 @@ def measure_data_path(store: LocationLike, windows: str, *, data: str = "lazy", 
         seconds, n, batches = seconds + dt, n + k, batches + b
     cpu = _cpu_seconds(me) - cpu0
     return DataPathReport(
-        store=str(location), windows=windows, split=split, path=choice.path, device=str(ctx.device),
+        store=ds.store, windows=windows, split=split, path=choice.path, device=str(ctx.device),
         workers=choice.workers, batch_size=batch_size, preprocessing=preprocessing, video_dtype=dtype, items=len(ds),
         passes=passes, batches=batches, seconds=seconds, windows_per_s=n / seconds if seconds > 0 else float("inf"),
         cpu_seconds=cpu, windows_per_cpu_s=n / cpu if cpu > 0 else None, warmup_seconds=warm,

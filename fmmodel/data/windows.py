@@ -2,25 +2,23 @@
 
 The trainer, ``evaluate`` and ``predict`` all get their windows and datasets here, so that a
 checkpoint is always scored on windows built the way it was trained: :func:`window_table_for`
-reads a stored table or builds one from :class:`~fmdata.store.window_table.WindowParams`
-(computing frame labels first when the store lacks them), :func:`checkpoint_window_params`
+reads a stored table of an open store or builds one from
+:class:`~fmdata.store.window_table.WindowParams` (computing frame labels first when the store
+lacks them, and handing back the fresh handle that sees them), :func:`checkpoint_window_params`
 recovers a checkpoint's windows, :func:`make_dataset` wraps them in the lazy dataset (which
 :mod:`fmmodel.data.paths` turns into batches, lazily or resident).
 """
 from __future__ import annotations
 
 import numpy as np
-import zarr
 
 from fmdata.compute.dask_cluster import DaskOptions
 from fmdata.derive.labels import ensure_labels, labels_up_to_date, require_writable
 from fmdata.derive.windows import FrameIndex, build_window_table, load_index, reference_windows
 from fmdata.errors import FmDataError
 from fmdata.store import schema
-from fmdata.store.access import open_store
-from fmdata.store.columns import read_column
-from fmdata.store.location import Location
-from fmdata.store.window_table import WindowParams, WindowTable, read_window_table
+from fmdata.store.handle import StoreHandle
+from fmdata.store.window_table import WindowParams, WindowTable
 from fmmodel.data.dataset import FmfWindowDataset
 from fmmodel.data.preprocessing import InputFormat
 from fmmodel.errors import FmModelError
@@ -30,28 +28,31 @@ from fmmodel.protocol import CURRENT_SECOND_FRAMES, ORIENTATION_REFERENCE, SPLIT
 from fmmodel.runtime import distributed as dd
 
 
-def window_table_for(location: Location, root: zarr.Group, name: str | None, params: WindowParams,
-                     ctx: dd.DistContext | None = None, progress: bool = False) -> WindowTable:
-    """Return the stored table ``name``, or (name None) a table built now from ``params``.
+def window_table_for(store: StoreHandle, name: str | None, params: WindowParams, ctx: dd.DistContext | None = None,
+                     progress: bool = False) -> tuple[WindowTable, StoreHandle]:
+    """Return the stored table ``name`` of the open ``store``, or (name None) a table built now from
+    ``params``, and the handle to read the store through from now on.
 
     Building needs frame labels; when the store lacks them, rank 0 computes them first (as
     ``fmdata labels`` would, writing the derived arrays into the store; with a progress bar when
-    ``progress``). On a read-only store that is an FmModelError saying what to run.
+    ``progress``) and every rank goes on with a fresh handle that sees them (else ``store``
+    itself). On a read-only store that is an FmModelError saying what to run.
     """
     try:
         if name:
-            return read_window_table(root, name)
+            return store.window_table(name), store
         ctx = ctx or dd.DistContext()
-        if not labels_up_to_date(root):
+        if not labels_up_to_date(store):
+            labelled = None
             if ctx.is_main:
-                require_writable(location)
-                dd.log(ctx, f"{location}: computing frame labels first (fmdata labels)")
-                ensure_labels(location, DaskOptions(progress=progress))
+                require_writable(store.location)
+                dd.log(ctx, f"{store}: computing frame labels first (fmdata labels)")
+                labelled = ensure_labels(store, DaskOptions(progress=progress))
             dd.barrier(ctx)
-            root = open_store(location)
-        return build_window_table(load_index(root), params)
+            store = labelled or store.reopen()  # the other ranks open it again once rank 0 wrote them
+        return build_window_table(load_index(store), params), store
     except FmDataError as exc:
-        raise FmModelError(exc.message, exc.path or str(location), field=exc.field) from None
+        raise FmModelError(exc.message, exc.path or str(store), field=exc.field) from None
 
 
 def checkpoint_window_params(meta: ModelMeta) -> WindowParams:
@@ -136,21 +137,20 @@ def per_second_samples(ix: FrameIndex, frame_time: np.ndarray, params: WindowPar
     return WindowTable(table=out, columns=wt.columns, params={**wt.params, "samples": "per second"})
 
 
-def read_per_second_samples(location: Location, root: zarr.Group, params: WindowParams, split: str) -> WindowTable:
+def read_per_second_samples(store: StoreHandle, params: WindowParams, split: str) -> WindowTable:
     """Return :func:`per_second_samples` of ``split`` with the windows of ``params``, from the frame
-    index and frame times of the store ``root`` (at ``location``); FmModelError when the store lacks
-    them (frame labels included) or they are damaged."""
+    index and frame times of the open ``store``; FmModelError when the store lacks them (frame
+    labels included) or they are damaged."""
     try:
-        ix = load_index(root)
-        frame_time = read_column(root[schema.FRAME_TIME], np.float64, str(location))
-        return per_second_samples(ix, frame_time, params, split)
+        return per_second_samples(load_index(store), np.asarray(store.frame_time, np.float64), params, split)
     except FmDataError as exc:
-        raise FmModelError(exc.message, exc.path or str(location)) from None
+        raise FmModelError(exc.message, exc.path or str(store)) from None
 
 
-def make_dataset(location: Location, table: WindowTable, fmt: InputFormat, *, augment: bool, seed: int,
+def make_dataset(store: StoreHandle, table: WindowTable, fmt: InputFormat, *, augment: bool, seed: int,
                  modality: str, task: str) -> FmfWindowDataset:
-    """Return the lazy dataset over ``table``'s windows, delivering ``fmt`` (preprocessing, dtype)."""
+    """Return the lazy dataset over ``table``'s windows of the open ``store``, delivering ``fmt``
+    (preprocessing, dtype)."""
     target = "seg" if task in ("seg", "both") else "cls"
-    return FmfWindowDataset(location, table, preprocessing=fmt.preprocessing, augment=augment, seed=seed,
+    return FmfWindowDataset(store, table, preprocessing=fmt.preprocessing, augment=augment, seed=seed,
                             modality=modality, target=target, video_dtype=fmt.video_dtype)

@@ -18,7 +18,7 @@ import re
 import warnings
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -36,9 +36,9 @@ from fmmodel.model.reference_keys import (
     infer_reference_config,
     to_reference_state_dict,
 )
-from fmmodel.model.registry import Variant, build_model, builtin_description, get_variant, model_info, unwrap_model
-from fmmodel.model.user_models import DataDescription, ModelSource, trusted_source
-from fmmodel.protocol import ORIENTATION_REFERENCE, ORIENTATIONS, PREPROCESSING_REFERENCE
+from fmmodel.model.registry import ModelInfo, Variant, build_model, model_info, unwrap_model
+from fmmodel.model.user_models import trusted_source
+from fmmodel.protocol import ORIENTATION_REFERENCE, ORIENTATION_TRUE, ORIENTATIONS, PREPROCESSING_REFERENCE
 
 FORMAT_NAME = "fmf-toolkit-checkpoint"
 FORMAT_VERSION = 1
@@ -202,60 +202,56 @@ def _naming(path: str | os.PathLike[str] | None) -> Iterator[None]:
 # ---- the toolkit's own format ---------------------------------------------------------------------------
 
 
-@dataclass
-class ModelMeta:
-    """What a checkpoint says about its model: enough to rebuild it and to feed it the right inputs.
+# the keys of a checkpoint's "meta", in the order version 1 writes them
+META_KEYS = ("variant", "config", "orientation", "preprocessing", "info", "data", "source")
 
-    variant: a built-in variant name, or a user's model name (then ``source`` says where its factory
-    comes from and ``config`` is None).
+
+@dataclass(frozen=True, kw_only=True)
+class ModelMeta(ModelInfo):
+    """What a checkpoint says about its model: the model (a :class:`ModelInfo`: variant, sizes,
+    data description, source), and what the checkpoint adds to feed it the right inputs.
+
     orientation: "reference" (frames transposed, (W, H), as the authors' loader feeds them) or "true" (H, W).
-    preprocessing: plain dict, at least {"name": "reference" | "normalized"}, plus the statistics used.
+    preprocessing: plain dict, at least {"name": "reference" | "normalized"}, plus the statistics used
+    (a bare name is taken as {"name": name}).
     info: free plain values (toolkit and torch versions, epoch, metrics...).
-    data: what the model is fed (built-ins: derived from ``config``).
     """
 
-    variant: str
-    config: FmFormerConfig | None
-    orientation: str = "true"
+    orientation: str = ORIENTATION_TRUE
     preprocessing: dict[str, Any] = field(default_factory=lambda: {"name": PREPROCESSING_REFERENCE})
     info: dict[str, Any] = field(default_factory=dict)
-    data: DataDescription | None = None
-    source: ModelSource | None = None
 
     def __post_init__(self) -> None:
-        if self.source is None:
-            get_variant(self.variant)
-            if self.config is None:
-                raise FmModelError(f"checkpoint meta: expected the sizes of built-in model {self.variant!r}, got none")
-            if self.data is None:
-                self.data = builtin_description(self.variant, self.config)
-        elif self.data is None:
-            raise FmModelError(f"checkpoint meta: expected the data description of model {self.variant!r}, got none")
         if self.orientation not in ORIENTATIONS:
             raise FmModelError(f"checkpoint meta: expected orientation in {ORIENTATIONS}, got {self.orientation!r}")
         if isinstance(self.preprocessing, str):
-            self.preprocessing = {"name": self.preprocessing}
+            object.__setattr__(self, "preprocessing", {"name": self.preprocessing})
+
+    @classmethod
+    def of(cls, model: ModelInfo, *, orientation: str, preprocessing: str | Mapping[str, Any],
+           info: Mapping[str, Any] | None = None) -> ModelMeta:
+        """The record of ``model`` (what :func:`model_info` says) fed in ``orientation`` with ``preprocessing``."""
+        prep = dict(preprocessing) if isinstance(preprocessing, Mapping) else {"name": preprocessing}
+        return cls(**{f.name: getattr(model, f.name) for f in fields(ModelInfo)}, orientation=orientation,
+                   preprocessing=prep, info=dict(info or {}))
 
     @property
-    def description(self) -> DataDescription:
-        """What the model is fed (task, modality, frame size, clip frames, current rows)."""
-        assert self.data is not None  # set by __post_init__
-        return self.data
+    def model_info(self) -> ModelInfo:
+        """The model part alone, as :func:`model_info` gives it for the model rebuilt from this record."""
+        return ModelInfo(**{f.name: getattr(self, f.name) for f in fields(ModelInfo)})
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain types only."""
-        return {"variant": self.variant, "config": None if self.config is None else self.config.to_dict(),
-                "orientation": self.orientation, "preprocessing": dict(self.preprocessing), "info": dict(self.info),
-                "data": self.description.to_dict(), "source": None if self.source is None else self.source.to_dict()}
+        """Plain types only: the model's record (:meth:`ModelInfo.to_dict`) and the checkpoint's
+        fields, under :data:`META_KEYS` in their order."""
+        record = {**super().to_dict(), "orientation": self.orientation, "preprocessing": dict(self.preprocessing),
+                  "info": dict(self.info)}
+        return {key: record[key] for key in META_KEYS}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelMeta:
-        config = data.get("config")
-        return cls(variant=data["variant"], config=None if config is None else FmFormerConfig.from_dict(dict(config)),
-                   orientation=data["orientation"], preprocessing=dict(data["preprocessing"]),
-                   info=dict(data.get("info", {})),
-                   data=DataDescription.from_dict(data["data"]) if data.get("data") else None,
-                   source=ModelSource.from_dict(data["source"]) if data.get("source") else None)
+        """Inverse of :meth:`to_dict` (a record read from a file: see :meth:`ModelInfo.from_dict`)."""
+        return cls.of(ModelInfo.from_dict(data), orientation=data["orientation"],
+                      preprocessing=dict(data["preprocessing"]), info=dict(data.get("info", {})))
 
 
 @dataclass
@@ -345,10 +341,8 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, orientati
     state_dicts, epoch, RNG tensors...); anything that would need pickling is an FmModelError before writing.
     """
     inner = unwrap_model(model)
-    about = model_info(inner)
-    prep = dict(preprocessing) if isinstance(preprocessing, Mapping) else {"name": preprocessing}
-    meta = ModelMeta(about.variant, about.config, orientation, prep, {"torch": str(torch.__version__), **(info or {})},
-                     data=about.description, source=about.source)
+    meta = ModelMeta.of(model_info(inner), orientation=orientation, preprocessing=preprocessing,
+                        info={"torch": str(torch.__version__), **(info or {})})
     payload = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "meta": meta.to_dict(),
                "state_dict": model_state_dict(inner), "extra": dict(extra or {})}
     _check_plain(payload, "checkpoint")
@@ -429,9 +423,8 @@ def load_model(path: str | os.PathLike[str], *, format: str = "auto", variant: s
                            path)
     with _naming(path):
         model = load_reference_model(payload, variant, config)
-    about = model_info(model)
-    meta = ModelMeta(about.variant, about.config, ORIENTATION_REFERENCE, {"name": PREPROCESSING_REFERENCE},
-                     {"source": os.fspath(path), "format": "reference"})
+    meta = ModelMeta.of(model_info(model), orientation=ORIENTATION_REFERENCE, preprocessing=PREPROCESSING_REFERENCE,
+                        info={"source": os.fspath(path), "format": "reference"})
     return model.to(device), meta
 
 
@@ -445,7 +438,7 @@ def export_reference(path: str | os.PathLike[str], model: nn.Module) -> Path:
 
 
 __all__ = [
-    "FORMAT_NAME", "FORMAT_VERSION", "CHECKPOINT_FORMATS", "read_reference_state_dict", "load_reference_model", "ModelMeta",
-    "Checkpoint", "atomic_torch_save", "model_state_dict", "save_checkpoint", "load_checkpoint",
+    "FORMAT_NAME", "FORMAT_VERSION", "CHECKPOINT_FORMATS", "read_reference_state_dict", "load_reference_model",
+    "META_KEYS", "ModelMeta", "Checkpoint", "atomic_torch_save", "model_state_dict", "save_checkpoint", "load_checkpoint",
     "model_from_checkpoint", "load_model", "export_reference",
 ]

@@ -222,8 +222,15 @@ def _build_user_model(v: Variant, description: DataDescription | None) -> nn.Mod
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a model the registry builds says about itself: name, task, inputs it reads, the data
-    it is built for, and its FmFormer sizes (built-ins) or where its factory comes from (users')."""
+    """What a model is: its name, the data it is built for, and its FmFormer sizes (built-ins) or
+    where its factory comes from (users'). The one description of a model: what a model the
+    registry builds says about itself (:func:`model_info`), and the part of a checkpoint's record
+    that rebuilds it (:class:`fmmodel.model.checkpoint.ModelMeta` adds how it was fed).
+
+    variant: a built-in variant name, or a user's model name (then ``source`` says where its
+    factory comes from and ``config`` is None).
+    description: what the model is fed (built-ins: derived from ``config``, :func:`builtin_description`).
+    """
 
     variant: str
     config: FmFormerConfig | None
@@ -239,6 +246,31 @@ class ModelInfo:
     def inputs(self) -> tuple[str, ...]:
         """The forward() arguments the model reads (the description's)."""
         return self.description.inputs
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only: {"variant", "config", "data", "source"} (the keys checkpoints record)."""
+        return {"variant": self.variant, "config": None if self.config is None else self.config.to_dict(),
+                "data": self.description.to_dict(), "source": None if self.source is None else self.source.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelInfo:
+        """Inverse of :meth:`to_dict`, for a record read from a checkpoint (data, not trusted): a
+        built-in must be a known variant with its sizes (its description, when absent, is derived
+        from them); a user's model must record its data description. FmModelError otherwise."""
+        variant = data["variant"]
+        config = None if data.get("config") is None else FmFormerConfig.from_dict(dict(data["config"]))
+        source = ModelSource.from_dict(data["source"]) if data.get("source") else None
+        if source is None:
+            get_variant(variant)
+            if config is None:
+                raise FmModelError(f"checkpoint meta: expected the sizes of built-in model {variant!r}, got none")
+        if data.get("data"):
+            description = DataDescription.from_dict(data["data"])
+        elif config is not None and source is None:
+            description = builtin_description(variant, config)
+        else:
+            raise FmModelError(f"checkpoint meta: expected the data description of model {variant!r}, got none")
+        return cls(variant=variant, config=config, description=description, source=source)
 
 
 def builtin_description(variant: str, cfg: FmFormerConfig) -> DataDescription:

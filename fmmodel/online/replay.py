@@ -27,9 +27,7 @@ import numpy as np
 
 from fmdata.errors import FmDataError
 from fmdata.store import schema
-from fmdata.store.access import open_store, read_meta, read_offsets, read_recordings
-from fmdata.store.columns import read_column
-from fmdata.store.location import Location
+from fmdata.store.handle import StoreHandle
 from fmdata.store.row_reader import open_axis_reader
 from fmdata.store.window_table import current_rule
 from fmmodel.errors import FmModelError
@@ -108,20 +106,20 @@ class ReplaySource:
     frame indices, so decisions and events align with ``fmmodel predict``'s windows.
     """
 
-    def __init__(self, location: Location, recording: str | None, *, shape: tuple[int, int] | None,
+    def __init__(self, store: StoreHandle, recording: str | None, *, shape: tuple[int, int] | None,
                  faults: Faults = Faults()) -> None:
+        location = store.location
         try:
-            root = open_store(location)
-            meta = read_meta(root, str(location))
-            names = [r.name for r in read_recordings(root)]
-            f_off, c_off = read_offsets(root)
+            meta = store.meta
+            names = list(store.recording_names)
+            f_off, c_off = store.offsets
             r = self._pick(names, recording, str(location))
             f0, f1, c0, c1 = int(f_off[r]), int(f_off[r + 1]), int(c_off[r]), int(c_off[r + 1])
-            self.frame_time = read_column(root[schema.FRAME_TIME], np.float64, str(location))[f0:f1]
-            current_time = read_column(root[schema.CURRENT_TIME], np.float64, str(location))[c0:c1]
-            reader = open_axis_reader(location, schema.CURRENT, root=root)
+            self.frame_time = store.column(schema.FRAME_TIME)[f0:f1].astype(np.float64)
+            current_time = store.column(schema.CURRENT_TIME)[c0:c1].astype(np.float64)
+            reader = open_axis_reader(store, schema.CURRENT)
             current = reader.take(np.arange(c0, c1, dtype=np.int64)) if c1 > c0 else np.zeros((0, 3))
-            self._video = open_axis_reader(location, schema.VIDEO, root=root) if shape is not None else None
+            self._video = open_axis_reader(store, schema.VIDEO) if shape is not None else None
         except FmDataError as exc:
             raise FmModelError(exc.message, exc.path or str(location)) from None
         if f1 <= f0:

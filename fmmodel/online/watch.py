@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from fmdata.compute.memory import format_bytes
-from fmdata.store.location import Location
+from fmdata.errors import FmDataError
+from fmdata.store.handle import StoreLike, open_store
 from fmdata.store.window_table import WindowParams
 from fmmodel.data.preprocessing import checked_normalization, input_format
 from fmmodel.data.windows import checkpoint_window_params, store_frame_size
@@ -41,9 +42,8 @@ from fmmodel.online.replay import Faults, ReplaySource
 from fmmodel.online.rings import CurrentRing, FrameRing
 from fmmodel.protocol import PREPROCESSING_REFERENCE
 from fmmodel.runtime.distributed import resolve_device
-from fmmodel.runtime.precision import resolve_precision
-from fmmodel.scoring.alarms import WATCH_POLICY, AlarmPolicy
-from fmmodel.scoring.inference import load_for_inference
+from fmmodel.scoring.alarms import WATCH_EVERY, WATCH_POLICY, AlarmPolicy
+from fmmodel.scoring.inference import inference_precision, load_for_inference
 
 FPS_TOLERANCE = 0.1  # a video's frame rate may differ this much (relative) from the one the windows were built at
 RING_MARGIN_SECONDS = 2.0  # rings hold this much more than a window needs (late readers, the drop window)
@@ -62,7 +62,7 @@ class Sources:
     rate when it reports none.
     """
 
-    replay: str | None = None
+    replay: StoreLike | None = None
     recording: str | None = None
     speed: float | None = 1.0
     inject: str | None = None
@@ -78,7 +78,7 @@ class Sources:
 class WatchSettings:
     """How to decide and report: decision interval, alarm policy, health limits, outputs, buffers."""
 
-    every: float = 0.5
+    every: float = WATCH_EVERY
     duration: float | None = None
     policy: AlarmPolicy = WATCH_POLICY
     limits: HealthLimits = HealthLimits()
@@ -203,10 +203,14 @@ def _open_sources(sources: Sources, settings: WatchSettings, faults: Faults, *, 
                   reads_current: bool, variant: str) -> _Opened:
     """Open the replayed store, or the live sources; FmModelError for one that cannot be used."""
     if sources.replay:
-        replay = ReplaySource(Location.parse(sources.replay), sources.recording, shape=shape, faults=faults)
+        try:
+            store = open_store(sources.replay)  # the command's one open of its store
+        except FmDataError as exc:
+            raise FmModelError(exc.message, exc.path or str(sources.replay)) from None
+        replay = ReplaySource(store, sources.recording, shape=shape, faults=faults)
         if reads_current and replay.rule is None:
             raise FmModelError(f"expected current rows in recording {replay.recording!r}: model {variant!r} "
-                               f"reads current, got none", sources.replay)
+                               f"reads current, got none", str(sources.replay))
         clock: Clock = VirtualClock(replay.start) if sources.speed is None else RealClock(replay.start, sources.speed)
         return _Opened(clock=clock, fps=replay.fps, rate=settings.current_rate or _rows_per_second(replay.current_stamps),
                        has_video=True, has_current=reads_current, first_frame=replay.first_frame,
@@ -271,8 +275,8 @@ def watch(checkpoint: str, sources: Sources, settings: WatchSettings = WatchSett
     if settings.threads:
         torch.set_num_threads(settings.threads)  # one decision is a batch of one: more threads mostly wait
     device = resolve_device(settings.device)
-    precision = resolve_precision(settings.precision, device)
-    model, meta = load_for_inference(checkpoint, fmt, variant, device, trusted)
+    model, meta = load_for_inference(checkpoint, fmt, variant, device, trusted, settings.precision)
+    precision = inference_precision(model, settings.precision, device)
     data = meta.description
     reads_video, reads_current = "video" in data.inputs, "current" in data.inputs
     if not sources.replay:

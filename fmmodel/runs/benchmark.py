@@ -3,7 +3,9 @@
 Every (model, window policy, seed) is a cell with its own run folder under ``out``
 (``<model>/<policy>/seed-<k>``): trained as ``fmmodel train`` trains (the same
 :class:`~fmmodel.runs.config.TrainConfig`, the settings given once for all cells), then scored on the
-test split by :func:`fmmodel.scoring.evaluate.evaluate`, whose report is kept as ``eval/report.json``.
+test split by :func:`fmmodel.scoring.evaluate.evaluate`, whose report is kept as ``eval/report.json``,
+with the alarms an operator would see: the windows' scores decided every half second, alarmed
+under ``fmmodel watch``'s default policy and scored as events (recall, delay, false alarms per hour).
 A cell whose run finished its epochs and holds its report is skipped; a cell whose run stopped
 part-way (or is asked for more epochs) is resumed from its ``last.pt`` and scored again; so the
 command can be re-run after a crash, with more seeds or models or with more epochs, and does no
@@ -29,7 +31,7 @@ from typing import Any
 from tqdm import tqdm
 
 from fmdata.errors import Interrupted
-from fmdata.store.location import Location, LocationLike
+from fmdata.store.handle import StoreHandle, StoreLike, location_of, open_store
 from fmdata.store.lock import writer_lock
 from fmdata.store.outputs import check_apart, folders_made_for
 from fmdata.store.schema import WINDOW_POLICIES
@@ -40,6 +42,7 @@ from fmmodel.model.registry import Variant, resolve_variant
 from fmmodel.runs.benchmark_table import BenchmarkTable, Cell, check_tables, label, write_table
 from fmmodel.runs.config import RUN_ENVIRONMENT, TrainConfig
 from fmmodel.runs.train import BEST, CONFIG_JSON, LAST, path_safe, resume_run, train
+from fmmodel.scoring.alarms import WATCH_EVERY, WATCH_POLICY
 from fmmodel.scoring.evaluate import evaluate
 
 REPORT = os.path.join("eval", "report.json")
@@ -112,16 +115,17 @@ def cell_folder(out: str, model: str, policy: str, seed: int) -> str:
     return os.path.join(out, path_safe(model), policy, f"seed-{seed}")
 
 
-def run_benchmark(store: LocationLike, *, models: Sequence[str], seeds: Sequence[int], policies: Sequence[str],
+def run_benchmark(store: StoreLike, *, models: Sequence[str], seeds: Sequence[int], policies: Sequence[str],
                   out: str, settings: BenchmarkSettings | None = None, progress: bool = True) -> BenchmarkReport:
-    """Train and score every (model, policy, seed) cell not done yet, then write the table.
+    """Train and score every (model, policy, seed) cell not done yet on ``store`` (an open store or its
+    location: opened once, for every cell), then write the table.
 
     ``policies`` are window policies ("reference", "strict"). The benchmark folder ``out`` is held
     by one process at a time (its writer lock). Raises FmModelError for unknown models or policies,
     a folder another benchmark holds, or a run folder that is not a cell of this benchmark.
     """
     settings = settings or BenchmarkSettings()
-    location = Location.parse(store).absolute()  # the same store whatever the working directory of a re-run
+    location = location_of(store).absolute()  # the same store whatever the working directory of a re-run
     check_apart(out, [location], field="out")
     if not models or not seeds or not policies:
         raise FmModelError("expected at least one model, one seed and one policy, got none", field="models")
@@ -145,39 +149,42 @@ def run_benchmark(store: LocationLike, *, models: Sequence[str], seeds: Sequence
     # a failed benchmark leaves no empty folder it made (each cell's run removes its own)
     with folders_made_for(out), writer_lock(out, "fmmodel benchmark", what="benchmark folder", parents=True):
         check_tables(out)
-        return _run_cells(location, cells, variants, out, settings, progress)
+        return _run_cells(open_store(store if isinstance(store, StoreHandle) else location), cells, variants, out,
+                          settings, progress)
 
 
-def _run_cells(location: Location, cells: list[Cell], variants: dict[str, Variant], out: str,
+def _run_cells(store: StoreHandle, cells: list[Cell], variants: dict[str, Variant], out: str,
                settings: BenchmarkSettings, progress: bool) -> BenchmarkReport:
     counts = {"trained": 0, "resumed": 0, "skipped": 0}
     reports: dict[Cell, dict[str, Any]] = {}
     for i, cell in enumerate(tqdm(cells, desc="benchmark", unit="cell", disable=not progress, leave=False)):
         folder = cell_folder(out, cell.model, cell.policy, cell.seed)
-        cfg = settings.cell_config(store=str(location), out=folder, variant=variants[cell.model], seed=cell.seed,
+        cfg = settings.cell_config(store=str(store.location.absolute()), out=folder, variant=variants[cell.model], seed=cell.seed,
                                    policy=cell.policy)
         name = f"cell {i + 1}/{len(cells)} {label(cell.model)} {cell.policy} seed {cell.seed}"
         try:
-            outcome, history = _train_cell(cfg, progress, name=name)
+            outcome, history = _train_cell(cfg, progress, name=name, store=store)
             counts[outcome] += 1
-            if outcome != "skipped" or not os.path.exists(os.path.join(folder, REPORT)):
-                evaluate(location, os.path.join(folder, BEST), split="test", out=os.path.join(folder, "eval"),
+            if outcome != "skipped" or not _scored(folder):
+                evaluate(store, os.path.join(folder, BEST), split="test", out=os.path.join(folder, "eval"),
                          batch_size=cfg.batch_size, workers=cfg.workers, data=cfg.data,
                          resident_budget=cfg.resident_budget, device=cfg.device, precision=cfg.precision,
-                         examples=0, progress=False, trusted=[cell.model])
+                         examples=0, progress=False, trusted=[cell.model], alarms=WATCH_POLICY,
+                         alarm_every=WATCH_EVERY)
         except KeyboardInterrupt:  # the trainer's hint names `fmmodel train`: the benchmark resumes its own cells
             raise Interrupted(f"{out}: interrupted in {name}; run the same `fmmodel benchmark` command again: finished "
                               "cells are kept and this one continues from its last finished epoch") from None
         reports[cell] = _read(folder, history)
     # the settings every cell shares, as TrainConfig resolved them (cells is never empty)
     table = write_table(out, cells, reports=reports, settings=settings.to_dict(),
-                        preprocessing=cfg.preprocessing, val_fraction=cfg.val_fraction)
+                        preprocessing=cfg.preprocessing, val_fraction=cfg.val_fraction, model=cfg.model, data=cfg.data)
     return BenchmarkReport(out=out, cells=len(cells), table=table, **counts)
 
 
-def _train_cell(cfg: TrainConfig, progress: bool, name: str) -> tuple[str, list[dict[str, Any]]]:
-    """Bring one cell's run to its last epoch; return "trained", "resumed" or "skipped" and the
-    run's per-epoch history; say which on stderr under ``name`` (the epoch lines of training follow)."""
+def _train_cell(cfg: TrainConfig, progress: bool, name: str, store: StoreHandle) -> tuple[str, list[dict[str, Any]]]:
+    """Bring one cell's run on the open ``store`` to its last epoch; return "trained", "resumed" or
+    "skipped" and the run's per-epoch history; say which on stderr under ``name`` (the epoch lines
+    of training follow)."""
     folder = cfg.out
     last = os.path.join(folder, LAST)
     if os.path.exists(last):
@@ -202,15 +209,28 @@ def _train_cell(cfg: TrainConfig, progress: bool, name: str) -> tuple[str, list[
         environment = {key: getattr(cfg, key) for key in RUN_ENVIRONMENT}
         # the model is this command's (--variants), never a name read from the cell's folder
         return "resumed", resume_run(folder, epochs=cfg.epochs, progress=progress, environment=environment,
-                                     model=cfg.variant).history
+                                     model=cfg.variant, store=store).history
     print(f"{name}: training ({folder})", file=sys.stderr, flush=True)
-    return "trained", train(cfg, progress=progress).history
+    return "trained", train(cfg, progress=progress, store=store).history
+
+
+def _scored(folder: str) -> bool:
+    """Whether a cell holds its evaluation report with the alarm figures (a report of an earlier
+    version, without them, is scored again: same model, same numbers, and the alarms beside them)."""
+    try:
+        with open(os.path.join(folder, REPORT), encoding="utf-8") as fh:
+            return "alarms" in json.load(fh)
+    except (OSError, ValueError):
+        return False
 
 
 def _read(folder: str, history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """A cell's evaluation report with the validation scores of its best epoch (from ``history``)."""
+    """A cell's evaluation report with the validation scores of its best epoch (from ``history``)
+    and how the run was trained (``training``: its epochs and the data path training took)."""
     with open(os.path.join(folder, REPORT), encoding="utf-8") as fh:
         report: dict[str, Any] = json.load(fh)
     best = [r for r in history if r.get("best")]
     report["validation"] = best[-1] if best else None
+    runtime = TrainConfig.load(os.path.join(folder, CONFIG_JSON)).runtime
+    report["training"] = {"epochs": len(history), "data": (runtime.get("data") or {}).get("path")}
     return report

@@ -28,6 +28,7 @@ from fmmodel.data.resident import check_resident_budget
 from fmmodel.data.sampling import check_loader_workers
 from fmmodel.errors import FmModelError
 from fmmodel.model.registry import VARIANTS, check_model_options, model_source, resolve_variant, variant_for
+from fmmodel.runs.presets import PRESETS
 
 # bytes a float32 parameter takes while training: its weight, its gradient and the optimizer's state
 # (Adam's two moments, SGD's momentum)
@@ -47,9 +48,11 @@ class TrainConfig:
     data path ("auto", "resident", "lazy"; :mod:`fmmodel.data.paths`) and ``resident_budget`` the
     bytes ``auto`` may hold resident (None: its default share of free memory); the path taken is
     recorded in ``runtime["data"]``. ``window`` is replaced by the parameters of the table the run
-    trains on. ``store`` is made absolute when a run starts; ``trained_on`` is filled in by the trainer
-    with what the run was trained on (the store's location and fingerprint, the window table's
-    fingerprint: :mod:`fmmodel.runs.identity`), which ``--resume`` checks.
+    trains on. ``preset`` names the recipe (:mod:`fmmodel.runs.presets`) the settings started
+    from, a record only: the fields hold the settings. ``store`` is made absolute when a run
+    starts; ``trained_on`` is filled in by the trainer with what the run was trained on (the
+    store's location and fingerprint, the window table's fingerprint: :mod:`fmmodel.runs.identity`),
+    which ``--resume`` checks.
     """
 
     store: str
@@ -78,6 +81,7 @@ class TrainConfig:
     eval_batch_size: int | None = None
     max_steps_per_epoch: int | None = None
     balanced: bool = False
+    preset: str | None = None
     window: WindowParams = field(default_factory=WindowParams)
     model: dict[str, Any] = field(default_factory=dict)
     variant: str = ""
@@ -125,6 +129,7 @@ class TrainConfig:
         need(self.lr > 0 and math.isfinite(self.lr), "lr", "a finite learning rate > 0", self.lr)
         need(self.lr_step_epoch >= 1, "lr_step_epoch", "a learning-rate step >= 1 epoch", self.lr_step_epoch)
         check_loader_workers(self.workers)
+        need(self.preset is None or self.preset in PRESETS, "preset", f"a preset in {tuple(PRESETS)}", self.preset)
         need(self.data in protocol.DATA_PATHS, "data", f"a data path in {protocol.DATA_PATHS}", self.data)
         check_resident_budget(self.resident_budget)
         need(self.threads is None or self.threads >= 1, "threads", "threads >= 1", self.threads)
@@ -193,7 +198,8 @@ class TrainConfig:
 # where and how fast a run runs: a resume may change them (the batches and weights stay the same)
 RUN_ENVIRONMENT = ("workers", "data", "resident_budget", "device", "precision", "threads")
 # ... and what the trainer fills in, and the epochs: not part of what a run learns
-_NOT_IDENTITY = ("out", "epochs", "validation", "runtime", "trained_on", *RUN_ENVIRONMENT)
+# (the preset's name is a label: its settings are the fields)
+_NOT_IDENTITY = ("out", "epochs", "preset", "validation", "runtime", "trained_on", *RUN_ENVIRONMENT)
 
 
 def _window_from_dict(d: dict[str, Any]) -> WindowParams:

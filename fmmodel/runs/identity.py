@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import zarr
-
+from fmdata.store.handle import StoreHandle
 from fmdata.store.location import Location
 from fmdata.store.provenance import store_fingerprint
 from fmdata.store.window_table import WindowTable, table_fingerprint
@@ -26,9 +25,9 @@ def absolute_store(store: str) -> str:
     return str(Location.parse(store).absolute())
 
 
-def store_identity(location: Location, root: zarr.Group) -> dict[str, Any]:
-    """Return the store part of a run's data record: its absolute location and fingerprint."""
-    return {"store": absolute_store(str(location)), "store_fingerprint": store_fingerprint(root)}
+def store_identity(store: StoreHandle) -> dict[str, Any]:
+    """Return the store part of a run's data record: the open store's absolute location and fingerprint."""
+    return {"store": absolute_store(str(store.location)), "store_fingerprint": store_fingerprint(store.root)}
 
 
 def windows_identity(name: str | None, table: WindowTable) -> dict[str, Any]:
@@ -41,20 +40,20 @@ def _short(digest: Any) -> str:
     return str(digest)[:12]
 
 
-def check_same_store(recorded: dict[str, Any], location: Location, root: zarr.Group, run_dir: str) -> None:
-    """Raise FmModelError when the store at ``location`` is not the one the run recorded.
+def check_same_store(recorded: dict[str, Any], store: StoreHandle, run_dir: str) -> None:
+    """Raise FmModelError when the open ``store`` is not the one the run recorded.
 
     Runs written before the toolkit recorded fingerprints (``recorded`` empty) are not checked here.
     """
     want = recorded.get("store_fingerprint")
     if not want:
         return
-    got = store_fingerprint(root)
+    got = store_fingerprint(store.root)
     if got != want:
-        moved = absolute_store(str(location)) != recorded.get("store")
+        moved = absolute_store(str(store.location)) != recorded.get("store")
         what = "a different store" if moved else "a store whose data changed since the run started"
         raise FmModelError(f"expected the store this run was trained on (fingerprint {_short(want)}, at "
-                           f"{recorded.get('store')}), got {what} (fingerprint {_short(got)}) at {location}; "
+                           f"{recorded.get('store')}), got {what} (fingerprint {_short(got)}) at {store}; "
                            "--resume continues only on the same data: start a new run with another --out", run_dir)
 
 

@@ -10,7 +10,9 @@ run's state), :func:`fit_epoch` (one epoch of training, then validation) and :fu
 (checkpoints, metrics). The run folder holds ``config.json`` (the resolved
 :class:`TrainConfig`), ``last.pt`` and ``best.pt`` (toolkit checkpoints, atomic, plain tensors;
 ``last.pt`` also holds optimizer, scheduler, epoch and RNG state for ``--resume``),
-``metrics.csv`` (one row per epoch) and ``tb/`` (TensorBoard). Only rank 0 writes.
+``metrics.csv`` (one row per epoch), ``curves.png`` (:mod:`fmmodel.runs.curves`), ``README.md``
+(the model card, :mod:`fmmodel.scoring.card`) and ``tb/`` (TensorBoard). Only rank 0 writes. A
+run says once, after its first batches, how long it will take (:mod:`fmmodel.runs.eta`).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -34,10 +37,9 @@ from tqdm import tqdm
 
 from fmdata.errors import Interrupted
 from fmdata.store import schema
-from fmdata.store.access import open_store, read_meta, read_offsets
 from fmdata.store.atomic import is_temporary, remove_tree
-from fmdata.store.columns import read_column
-from fmdata.store.location import Location, LocationLike
+from fmdata.store.handle import StoreHandle, StoreLike, location_of, open_store
+from fmdata.store.location import Location
 from fmdata.store.lock import writer_lock
 from fmdata.store.outputs import check_apart, folders_made_for
 from fmdata.store.window_table import WindowParams
@@ -48,12 +50,23 @@ from fmmodel.data.sampling import make_sampler, set_loader_epoch
 from fmmodel.data.windows import make_dataset, window_table_for
 from fmmodel.errors import FmModelError
 from fmmodel.model import checkpoint as ckpt_io
-from fmmodel.model.registry import build_model, model_info, model_source, resolve_variant, unwrap_model, user_variant
+from fmmodel.model.registry import (
+    VARIANTS,
+    build_model,
+    model_info,
+    model_source,
+    resolve_variant,
+    unwrap_model,
+    user_variant,
+)
 from fmmodel.model.user_models import DataDescription, ModelSource, check_output, trusted_source, user_code
 from fmmodel.runs.config import RUN_ENVIRONMENT, TrainConfig
+from fmmodel.runs.curves import write_curves
+from fmmodel.runs.eta import RunClock, cpu_advice
 from fmmodel.runs.identity import absolute_store, check_same_store, check_same_windows, store_identity, windows_identity
 from fmmodel.runtime import distributed as dd
 from fmmodel.runtime.precision import autocast, resolve_precision
+from fmmodel.scoring.card import card_tests, run_card, write_card
 from fmmodel.scoring.inference import model_inputs, run_inference
 from fmmodel.scoring.report import plain_params
 
@@ -107,6 +120,8 @@ class Run:
     best_score: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     writer: Any = None
+    clock: RunClock | None = None
+    card_refused: bool = False
 
     @property
     def last_path(self) -> str:
@@ -120,15 +135,18 @@ class Run:
 # ---- entry points ------------------------------------------------------------------------------
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
+def train(cfg: TrainConfig, progress: bool = True, *, store: StoreHandle | None = None) -> TrainResult:
     """Run training as ``cfg`` says into the new run folder ``cfg.out``; return the :class:`TrainResult`.
 
+    ``store``: the open store ``cfg.store`` names, when the caller has it (None: opened here, once).
     Under ``torchrun`` every process calls this; rank 0 writes the run folder. Raises
     FmModelError for unusable options, stores or run folders (an existing, non-empty one included;
-    one inside the store, FmDataError). A run that fails before its first epoch is saved removes
-    what it wrote and the folders it made.
+    one inside the store, FmDataError), and for a ``store`` that is not the one ``cfg.store``
+    names. A run that fails before its first epoch is saved removes what it wrote and the folders
+    it made.
     """
     cfg.store = absolute_store(cfg.store)
+    _check_handle(store, cfg.store)
     check_apart(cfg.out, [cfg.store], field="out")
     ctx = dd.setup(cfg.device)
     try:
@@ -137,7 +155,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
             _prepare_run_dir(cfg, ctx)
             dd.barrier(ctx)
             try:
-                return _train(ctx, cfg, False, progress)
+                return _train(ctx, cfg, False, progress, store=store)
             except BaseException:
                 if ctx.is_main:
                     _remove_unfinished_run(cfg.out)
@@ -147,7 +165,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
 
 
 def resume_run(run_dir: str, epochs: int | None = None, progress: bool = True,
-               store: LocationLike | None = None, environment: Mapping[str, Any] | None = None,
+               store: StoreLike | None = None, environment: Mapping[str, Any] | None = None,
                model: str | None = None) -> TrainResult:
     """Continue the run in ``run_dir`` from its ``last.pt`` (model, optimizer, scheduler, epoch, RNG).
 
@@ -155,9 +173,10 @@ def resume_run(run_dir: str, epochs: int | None = None, progress: bool = True,
     and how fast the run runs (keys of :data:`fmmodel.runs.config.RUN_ENVIRONMENT`: device, precision,
     workers, data, resident_budget, threads); everything else comes from the run's
     ``config.json``. ``store`` gives the store's new location when it moved (its data must be the
-    same). ``model`` names the run's model again (``--model``): a run folder is data, so a
-    user's model is imported only when named here or installed (:func:`resumed_source`). The run
-    folder's writer lock is taken first, so a run still writing it is named as its holder.
+    same), or the open store when the caller has it. ``model`` names the run's model again
+    (``--model``): a run folder is data, so a user's model is imported only when named here or
+    installed (:func:`resumed_source`). The run folder's writer lock is taken first, so a run still
+    writing it is named as its holder.
     Raises FmModelError when the store or the window table differ from what the run recorded
     (:mod:`fmmodel.runs.identity`), for an ``environment`` key that would change what the run learns
     (field: that key), or for a model neither named nor installed (field "model"). A run that
@@ -177,7 +196,7 @@ def resume_run(run_dir: str, epochs: int | None = None, progress: bool = True,
         cfg.out = run_dir
         source = resumed_source(cfg, model)
         if store is not None:
-            cfg.store = absolute_store(str(Location.parse(store)))
+            cfg.store = absolute_store(str(location_of(store)))
         where = Location.parse(cfg.store)
         if store is None and not where.is_url and not os.path.exists(where.local_path or cfg.store):
             raise FmModelError(f"expected the run's store at {cfg.store}, got nothing there; if it moved, give its "
@@ -190,7 +209,8 @@ def resume_run(run_dir: str, epochs: int | None = None, progress: bool = True,
             cfg = dataclasses.replace(cfg, **environment)  # checked again, as a new config
         ctx = dd.setup(cfg.device)
         try:
-            return _train(ctx, cfg, True, progress, source)
+            return _train(ctx, cfg, True, progress, source,
+                          store=store if isinstance(store, StoreHandle) else None)
         finally:
             dd.teardown(ctx)
 
@@ -239,10 +259,17 @@ def default_run_folder(model: str) -> str:
     return os.path.join("runs", f"{path_safe(model)}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
 
 
+def _check_handle(store: StoreHandle | None, named: str) -> None:
+    """Raise FmModelError when the open ``store`` given beside a config is not the store it names."""
+    if store is not None and absolute_store(str(store.location)) != named:
+        raise FmModelError(f"expected the open store of the run's store {named}, got the store at {store}",
+                           field="store")
+
+
 def _train(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool,
-           source: ModelSource | None = None) -> TrainResult:
+           source: ModelSource | None = None, store: StoreHandle | None = None) -> TrainResult:
     try:
-        run = build(ctx, cfg, resume, progress, source)
+        run = build(ctx, cfg, resume, progress, source, store)
         try:
             for epoch in range(run.start_epoch, cfg.epochs):
                 row = fit_epoch(run, epoch, progress)
@@ -318,38 +345,38 @@ def _tensorboard_only(folder: str) -> bool:
 
 
 def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool = False,
-          source: ModelSource | None = None) -> Run:
+          source: ModelSource | None = None, store: StoreHandle | None = None) -> Run:
     """Build a run: windows and hold-out, datasets and their batch sources (lazy or resident,
     :mod:`fmmodel.data.paths`), model and optimizer; with ``resume`` the state of ``last.pt``.
     Rank 0 writes the resolved ``config.json``; ``progress`` shows the resident load's bar.
     ``source`` is the code of a user's model to import (a resumed run's, :func:`resumed_source`);
-    None resolves ``cfg.variant``, a name the caller chose."""
+    None resolves ``cfg.variant``, a name the caller chose. ``store`` is the open store of
+    ``cfg.store`` (None: opened here, once)."""
     device = ctx.device
     precision = resolve_precision(cfg.precision, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    location = Location.parse(cfg.store)
-    root = open_store(location)
-    meta = read_meta(root, cfg.store)
+    store = open_store(store or cfg.store)
+    meta = store.meta
     if resume:
-        check_same_store(cfg.trained_on, location, root, cfg.out)
-    wt = window_table_for(location, root, cfg.windows, cfg.window, ctx)
+        check_same_store(cfg.trained_on, store, cfg.out)
+    wt, store = window_table_for(store, cfg.windows, cfg.window, ctx)
     if resume:
         check_same_windows(cfg.trained_on, cfg.runtime, wt, cfg.out)
-    cfg.trained_on = {**store_identity(location, root), **windows_identity(cfg.windows, wt)}
-    frame_offsets, _ = read_offsets(root)
-    fce = read_column(root[schema.FRAME_CURRENT_END], np.int64, cfg.store)
-    tr_rows, va_rows, vinfo = holdout_split(wt, fce, frame_offsets, cfg.val_fraction)
+    cfg.trained_on = {**store_identity(store), **windows_identity(cfg.windows, wt)}
+    fce = np.asarray(store.frame_current_end, np.int64)
+    tr_rows, va_rows, vinfo = holdout_split(wt, fce, store.frame_offsets, cfg.val_fraction, table=cfg.windows)
     if len(tr_rows) == 0:
-        raise FmModelError(f"expected training windows after holding out validation, got none ({vinfo['recordings']});"
-                           " lower --val-fraction or --current-seconds, or use a longer training split", cfg.store)
+        raise FmModelError(_no_training_windows(cfg, wt), cfg.store)
+    if vinfo["adjusted"] and not resume:
+        dd.log(ctx, f"validation hold-out: {vinfo['adjusted']}")
     # a stored table's own parameters are what the model learns from: record them (evaluate
     # and predict rebuild the same windows from the checkpoint)
     cfg.window = WindowParams.from_dict({**cfg.window.to_dict(), **wt.params, "frames": int(wt.clip.shape[1])})
     fmt = input_format(cfg.preprocessing, device)
-    train_ds = make_dataset(location, wt.subset(tr_rows), fmt, augment=cfg.hflip, seed=cfg.seed,
+    train_ds = make_dataset(store, wt.subset(tr_rows), fmt, augment=cfg.hflip, seed=cfg.seed,
                             modality=cfg.modality, task=cfg.task)
-    val_ds = (make_dataset(location, wt.subset(va_rows), fmt, augment=False, seed=cfg.seed, modality=cfg.modality,
+    val_ds = (make_dataset(store, wt.subset(va_rows), fmt, augment=False, seed=cfg.seed, modality=cfg.modality,
                            task=cfg.task) if len(va_rows) else None)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
     model = build_run_model(cfg, train_ds.item_frame_shape, source)
@@ -387,7 +414,38 @@ def build(ctx: dd.DistContext, cfg: TrainConfig, resume: bool, progress: bool = 
         run.net = nn.parallel.DistributedDataParallel(
             run.net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)
     run.writer = _summary_writer(os.path.join(cfg.out, TB_DIR)) if ctx.is_main else None
+    run.clock = RunClock(steps_per_epoch=run.steps_per_epoch, epochs=cfg.epochs, log=lambda line: _log(ctx, line),
+                         advice=_cpu_advice(cfg, device, int(np.sum(wt.column("split") == schema.SPLIT_TRAIN)),
+                                            train_ds.item_frame_shape))
     return run
+
+
+def _no_training_windows(cfg: TrainConfig, wt: Any) -> str:
+    """Why a run has no training window (its table has none in the training split), and options
+    that work together to give it some."""
+    what = (f"the window table {cfg.windows!r} has {len(wt):,} windows, none in the training split" if cfg.windows
+            else f"the windows built from the run's parameters ({len(wt):,}) include none in the training split")
+    how = ("build a table with shorter windows (fmdata windows STORE --name NAME with smaller --frames, --frame-step "
+           "or --current-seconds, or --policy reference) and pass --windows NAME, or leave out --windows and pass "
+           "those options" if cfg.windows else
+           "use shorter windows (smaller --frames, --frame-step or --current-seconds) or --policy reference")
+    return f"expected training windows, got none: {what}; {how}"
+
+
+def _cpu_advice(cfg: TrainConfig, device: torch.device, train_windows: int,
+                frame_shape: tuple[int, int]) -> Any:
+    """The advice a reference-size FmFormer reading video gets on the CPU (:func:`fmmodel.runs.eta.cpu_advice`)."""
+    if (device.type != "cpu" or cfg.variant not in VARIANTS or cfg.modality == "current"
+            or cfg.model.get("size", "reference") != "reference"):
+        return None
+    return cpu_advice(train_windows=train_windows, stride=cfg.window.stride,
+                      frame_pixels=int(frame_shape[0]) * int(frame_shape[1]))
+
+
+def _log(ctx: dd.DistContext, line: str) -> None:
+    """Print ``line`` on rank 0, above a progress bar if one is drawn."""
+    if ctx.is_main:
+        tqdm.write(line, file=sys.stderr)
 
 
 def build_run_model(cfg: TrainConfig, frame_size: tuple[int, int], source: ModelSource | None = None) -> nn.Module:
@@ -507,6 +565,8 @@ def fit_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
         rate = seen * ctx.world_size / max(time.perf_counter() - t0, 1e-9)
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", samples_s=f"{rate:,.0f}")
         bar.update(1)
+        if run.clock is not None:
+            run.clock.batch_done(epoch, step)
         if run.writer is not None and global_step % 10 == 0:
             run.writer.add_scalar("train/loss_step", value, global_step)
     bar.close()
@@ -597,8 +657,26 @@ def save_epoch(run: Run, epoch: int, row: dict[str, Any]) -> None:
             if isinstance(v, (int, float)) and k != "epoch":
                 run.writer.add_scalar(f"epoch/{k}", v, epoch + 1)
         run.writer.flush()
-        dd.log(ctx, _epoch_line(row))
+        _write_card_and_curves(run)
+        left = run.clock.epoch_done(epoch, row["seconds"]) if run.clock is not None else ""
+        dd.log(ctx, _epoch_line(row) + (f" | {left}" if left else ""))
     dd.barrier(ctx)
+
+
+def _write_card_and_curves(run: Run) -> None:
+    """Rank 0, after an epoch is saved: redraw curves.png and rewrite the model card (README.md),
+    keeping the test figures of checkpoints that still hold the epoch they scored."""
+    cfg = run.cfg
+    info = model_info(run.model)
+    size = (f"size {cfg.model.get('size', 'reference')}" if info.config is not None else "user's model")
+    write_curves(cfg.out, run.history, title=f"run {os.path.basename(os.path.abspath(cfg.out))}: {cfg.variant} "
+                                              f"({size}) on {os.path.basename(cfg.store.rstrip('/'))}")
+    parameters = sum(p.numel() for p in unwrap_model(run.model).parameters())
+    data = run_card(cfg.to_dict(), run.history, parameters=parameters, tests=card_tests(cfg.out))
+    if write_card(cfg.out, data) is None and not run.card_refused:
+        run.card_refused = True
+        dd.log(run.ctx, f"{os.path.join(cfg.out, 'README.md')}: not a model card (a file of yours?): left as it is; "
+                        "the run's card is not written")
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:

@@ -24,6 +24,14 @@ from torch.utils.data import Sampler
 
 from fmmodel.errors import FmModelError
 
+if dist.is_available():
+    # torch.distributed.nn binds the default group (group.WORLD) as a default argument value when it is first
+    # imported, and DDP's construction imports it (through torch._dynamo). Imported after init_process_group, it
+    # keeps the group alive past destroy_process_group: gloo's threads (and rank 0's TCPStore server) then run
+    # into interpreter shutdown and are torn down there, in no set order. Imported here, before any group
+    # exists, it binds None, and destroy_process_group joins them.
+    import torch.distributed.nn
+
 
 @dataclass(frozen=True)
 class DistContext:

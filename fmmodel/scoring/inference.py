@@ -16,15 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import zarr
 from torch import nn
 from torch.utils.data import Sampler
 from tqdm import tqdm
 
 from fmdata.errors import FmDataError
-from fmdata.store.access import open_store, read_meta, read_recordings
-from fmdata.store.location import Location
-from fmdata.store.schema import StoreMeta
+from fmdata.store.handle import StoreHandle, StoreLike, open_store
 from fmdata.store.window_table import WindowParams, WindowTable
 from fmmodel.data.dataset import FmfWindowDataset
 from fmmodel.data.paths import BatchRequest, BatchSource, open_batches
@@ -40,11 +37,12 @@ from fmmodel.data.windows import (
 )
 from fmmodel.errors import FmModelError
 from fmmodel.model.checkpoint import ModelMeta, load_model
+from fmmodel.model.export import ExportedModel, export_kind, load_export
 from fmmodel.model.registry import model_info
 from fmmodel.model.user_models import user_code
 from fmmodel.protocol import EVAL_PROTOCOLS
 from fmmodel.runtime import distributed as dd
-from fmmodel.runtime.precision import autocast
+from fmmodel.runtime.precision import autocast, resolve_precision
 from fmmodel.scoring.metrics import MetricSet, class_curves, probabilities, window_probability_from_mask
 
 
@@ -136,22 +134,42 @@ def run_inference(model: nn.Module, loader: BatchSource, ctx: dd.DistContext, *,
 
 
 def load_for_inference(checkpoint: str, fmt: str, variant: str | None, device: torch.device,
-                       trusted: Sequence[str] = ()) -> tuple[nn.Module, ModelMeta]:
+                       trusted: Sequence[str] = (), precision: str | None = None) -> tuple[nn.Module, ModelMeta]:
     """Return (model on ``device`` in eval mode, ModelMeta) from a toolkit or reference checkpoint
-    (:func:`fmmodel.model.checkpoint.load_model`, which checks ``fmt``); ``trusted`` names users' models
-    whose factory may be imported (``--model``)."""
+    (:func:`fmmodel.model.checkpoint.load_model`, which checks ``fmt``) or an exported model (told
+    apart by content: :func:`fmmodel.model.export.load_export`; it records its model, so ``fmt``
+    must be "auto" and ``variant`` None); ``trusted`` names users' models whose factory may be
+    imported (``--model``), or an AOTInductor export that may be loaded. An export computes in fp32:
+    another ``precision`` asked for is refused before it is loaded."""
     if not os.path.exists(checkpoint):  # one message for a missing file, .npz fixtures included
         raise FmModelError("expected a checkpoint file, got nothing there", checkpoint)
+    kind = export_kind(checkpoint)
+    if kind is not None:
+        if fmt != "auto" or variant is not None:
+            what = f"--format {fmt}" if fmt != "auto" else f"--variant {variant}"
+            raise FmModelError(f"expected neither --format nor --variant with an exported model ({kind}: it records "
+                               f"its model), got {what}", checkpoint, field="fmt" if fmt != "auto" else "variant")
+        if precision not in (None, "fp32"):
+            raise FmModelError(f"expected --precision fp32 for an exported model (it computes as it was exported), "
+                               f"got {precision}", checkpoint, field="precision")
+        return load_export(checkpoint, device=device, trusted=trusted)
     return load_model(checkpoint, format=fmt, variant=variant, device=device, trusted=trusted)
+
+
+def inference_precision(model: nn.Module, precision: str | None, device: torch.device) -> str:
+    """The precision ``model`` computes in: fp32 for an exported model, else ``precision`` resolved
+    for ``device`` (:func:`fmmodel.runtime.precision.resolve_precision`)."""
+    return "fp32" if isinstance(model, ExportedModel) else resolve_precision(precision, device)
 
 
 @dataclass
 class Inference:
     """What scoring a checkpoint on a store needs, loaded by :func:`prepare`.
 
-    ``params`` describes the windows (the stored table's parameters, or those built from the
-    checkpoint); ``table`` holds only the chosen split's windows, in table order. ``loader`` gives
-    this rank's windows in order, on the data path ``data`` describes (:mod:`fmmodel.data.paths`).
+    ``store`` is the open store (its metadata, recordings, arrays). ``params`` describes the
+    windows (the stored table's parameters, or those built from the checkpoint); ``table`` holds
+    only the chosen split's windows, in table order. ``loader`` gives this rank's windows in order,
+    on the data path ``data`` describes (:mod:`fmmodel.data.paths`).
     """
 
     model: nn.Module
@@ -162,21 +180,20 @@ class Inference:
     dataset: FmfWindowDataset
     loader: BatchSource
     params: dict[str, Any]
-    store_meta: StoreMeta
-    recording_names: list[str]
-    root: zarr.Group
+    store: StoreHandle
     data: dict[str, Any]
     protocol: str = "toolkit"
 
 
-def prepare(location: Location, checkpoint: str, *, fmt: str, variant: str | None, split: str, windows: str | None,
+def prepare(store: StoreLike, checkpoint: str, *, fmt: str, variant: str | None, split: str, windows: str | None,
             ctx: dd.DistContext, batch_size: int, workers: int, data: str = "auto",
             resident_budget: int | None = None, progress: bool = False, protocol: str | None = "toolkit",
             sampler: Callable[[int, dd.DistContext], Sampler] | None = None,
-            trusted: Sequence[str] = ()) -> Inference:
-    """Load the model, windows, dataset and batch source that an evaluation or prediction needs
-    (``progress``: bars while frame labels are computed first, when the store lacks them, and
-    while a resident load runs).
+            trusted: Sequence[str] = (), precision: str | None = None) -> Inference:
+    """Load the model, windows, dataset and batch source that an evaluation or prediction of
+    ``store`` (an open store, or its location: opened here, after the model) needs (``progress``:
+    bars while frame labels are computed first, when the store lacks them, and while a resident
+    load runs).
 
     ``protocol`` (``fmmodel.protocol.EVAL_PROTOCOLS``) decides the samples: "toolkit" one per
     window of the split; "reference" the authors' for current-only models, one per distinct test
@@ -185,38 +202,37 @@ def prepare(location: Location, checkpoint: str, *, fmt: str, variant: str | Non
     ``sampler(n, ctx)`` gives this rank's share of the ``n`` windows (default: every
     ``world_size``-th window, :class:`fmmodel.runtime.distributed.ShardSampler`). ``data``,
     ``resident_budget`` and ``workers`` choose the data path (:func:`fmmodel.data.paths.open_batches`).
-    ``trusted`` names users' models whose factory the checkpoint may import.
+    ``trusted`` names users' models whose factory the checkpoint may import; ``precision`` is
+    checked against the model (:func:`load_for_inference`).
     """
     if protocol is not None and protocol not in EVAL_PROTOCOLS:
         raise FmModelError(f"expected a protocol in {EVAL_PROTOCOLS}, got {protocol!r}", field="protocol")
-    model, meta = load_for_inference(checkpoint, fmt, variant, ctx.device, trusted)
+    model, meta = load_for_inference(checkpoint, fmt, variant, ctx.device, trusted, precision)
     try:
-        root = open_store(location)
-        smeta = read_meta(root, str(location))
+        store = open_store(store)
     except FmDataError as exc:
         raise FmModelError(str(exc)) from None
     task, modality = meta.description.task, meta.description.modality
-    check_frames_fit(meta, smeta.height, smeta.width, checkpoint, str(location))
+    check_frames_fit(meta, store.meta.height, store.meta.width, checkpoint, str(store))
     params: WindowParams = checkpoint_window_params(meta)
-    table = window_table_for(location, root, windows, params, ctx, progress=progress)
-    check_windows_fit(table, meta.description, f"{location} (windows {windows or 'built from the checkpoint'})")
+    table, store = window_table_for(store, windows, params, ctx, progress=progress)
+    check_windows_fit(table, meta.description, f"{store} (windows {windows or 'built from the checkpoint'})")
     rows = select_split(table, split)
     if not len(rows):
-        raise FmModelError(f"expected windows in split {split!r}, got none", str(location))
+        raise FmModelError(f"expected windows in split {split!r}, got none", str(store))
     sub = table.subset(rows)
     if protocol is None:
         protocol = "reference" if meta.info.get("format") == "reference" else "toolkit"
     if protocol == "reference" and modality == "current":  # the authors' samples, whatever the table's stride or policy
-        sub = read_per_second_samples(location, root, WindowParams.from_dict(table.params), split)
+        sub = read_per_second_samples(store, WindowParams.from_dict(table.params), split)
     fmt_in = input_format(meta.preprocessing.get("name", PREPROCESSING_REFERENCE), ctx.device)
     if fmt_in.orientation != meta.orientation:
         raise FmModelError(f"expected inputs in the checkpoint's orientation {meta.orientation!r}, but "
                            f"preprocessing {fmt_in.preprocessing!r} delivers {fmt_in.orientation!r}", checkpoint)
-    ds = make_dataset(location, sub, fmt_in, augment=False, seed=0, modality=modality, task=task)
+    ds = make_dataset(store, sub, fmt_in, augment=False, seed=0, modality=modality, task=task)
     share = (sampler or (lambda n, c: dd.ShardSampler(n, c.rank, c.world_size)))(len(ds), ctx)
     (loader,), choice = open_batches([BatchRequest(ds, batch_size, share, evaluation=True)], data=data,
                                      budget=resident_budget, workers=workers, ctx=ctx, progress=progress)
-    names = [r.name for r in read_recordings(root)]
     return Inference(model=model, meta=meta, task=task, modality=modality, table=sub, dataset=ds, loader=loader,
-                     params=dict(table.params) if windows else params.to_dict(), store_meta=smeta,
-                     recording_names=names, root=root, data=choice.to_dict(), protocol=protocol)
+                     params=dict(table.params) if windows else params.to_dict(), store=store,
+                     data=choice.to_dict(), protocol=protocol)

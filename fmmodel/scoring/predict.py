@@ -24,7 +24,7 @@ predictions over the frames as an MP4 (OpenCV).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import nullcontext
 from typing import Any
 
@@ -35,18 +35,23 @@ import zarr
 from torch.utils.data import Sampler
 
 from fmdata.store import schema
-from fmdata.store.access import open_store, read_meta
 from fmdata.store.atomic import atomic_file, place, remove_tree
-from fmdata.store.location import Location, LocationLike
+from fmdata.store.handle import StoreHandle, StoreLike, open_store
+from fmdata.store.location import Location
 from fmdata.store.lock import writer_lock
-from fmdata.store.outputs import check_apart, check_replaceable, folders_made_for, mark_mp4, refusal
-from fmmodel.data.resident import check_resident_budget
-from fmmodel.data.sampling import check_loader_workers
+from fmdata.store.outputs import (
+    check_apart,
+    check_replaceable,
+    folders_made_for,
+    mark_mp4,
+    output_exists,
+    refusal,
+)
 from fmmodel.errors import FmModelError
-from fmmodel.protocol import ORIENTATION_REFERENCE, SPLITS
+from fmmodel.protocol import ORIENTATION_REFERENCE
 from fmmodel.runtime import distributed as dd
-from fmmodel.runtime.precision import resolve_precision
-from fmmodel.scoring.inference import prepare, run_inference
+from fmmodel.scoring.config import PredictConfig
+from fmmodel.scoring.inference import inference_precision, prepare, run_inference
 from fmmodel.scoring.metrics import THRESHOLD, predicted_abnormal
 from fmmodel.scoring.report import plain_params
 
@@ -137,40 +142,36 @@ class _Writer:
         self.flushed = self.pos
 
 
-def predict(store: LocationLike, checkpoint: str, out: str, *, fmt: str = "auto", variant: str | None = None,
-            split: str = "all", windows: str | None = None, batch_size: int = 64, workers: int = 2,
-            device: str = "auto", precision: str | None = None, overwrite: bool = False,
-            video: str | None = None, video_max_frames: int = 1500, data: str = "auto",
-            resident_budget: int | None = None, progress: bool = True,
-            trusted: Sequence[str] = ()) -> dict[str, Any]:
-    """Write the predictions of ``checkpoint`` for the windows of ``split`` into ``out``; return a summary.
+def predict(store: StoreLike, checkpoint: str, out: str, config: PredictConfig | None = None, *,
+            progress: bool = True, **options: Any) -> dict[str, Any]:
+    """Write the predictions of ``checkpoint`` for the windows of a split of ``store`` (an open store
+    or its location, opened once) into ``out``; return a summary.
 
-    ``split``: "all" (train and test windows), "test" or "train". ``video``: also write an MP4
+    The settings are ``config`` (:class:`fmmodel.scoring.config.PredictConfig`; its defaults when
+    None) with ``options`` (its fields by name) changed; an unknown name is an FmModelError naming
+    it. ``split``: "all" (train and test windows), "test" or "train". ``video``: also write an MP4
     with the predictions drawn over (at most ``video_max_frames``) labelled frames. ``data`` and
     ``resident_budget`` choose the data path (:mod:`fmmodel.data.paths`); each rank holds the
-    windows of its own block.
+    windows of its own block. ``progress`` shows bars.
     """
-    if split not in SPLITS:
-        raise FmModelError(f"expected a split in {SPLITS}, got {split!r}", field="split")
+    cfg = (config or PredictConfig()).replace(**options)
     if Location.parse(out).is_url:  # the staging folder + rename below is local-only; refuse rather than write "s3:/..."
         raise FmModelError("expected a local path for the predictions store, got a URL "
                            "(write locally, then copy)", out)
-    location = Location.parse(store)
-    check_loader_workers(workers)
-    check_resident_budget(resident_budget)
-    _check_output(out, location, overwrite)
-    if video:
-        check_apart(video, [location], field="video")
-        check_replaceable(video, overwrite=overwrite, command=COMMAND)
-    ctx = dd.setup(device)
+    store = store if isinstance(store, StoreHandle) else Location.parse(store)  # parsed once, opened in prepare
+    location = store.location if isinstance(store, StoreHandle) else store
+    _check_output(out, location, cfg.overwrite)
+    if cfg.video:
+        check_apart(cfg.video, [location], field="video")
+    ctx = dd.setup(cfg.device)
     try:
         lock = writer_lock(out, "fmmodel predict", what="predictions store", parents=True)
-        # a failed predict leaves no empty folder it made for --out
-        with folders_made_for(out) if ctx.is_main else nullcontext(), lock if ctx.is_main else nullcontext():
-            return _predict(location, checkpoint, ctx, fmt=fmt, variant=variant, split=split, windows=windows,
-                            out=out, batch_size=batch_size, workers=workers, precision=precision, video=video,
-                            video_max_frames=video_max_frames, data=data, resident_budget=resident_budget,
-                            progress=progress, trusted=trusted)
+        # a failed predict leaves no empty folder it made for --out or --video
+        made = folders_made_for(out, *([cfg.video] if cfg.video else []))
+        with made if ctx.is_main else nullcontext(), lock if ctx.is_main else nullcontext():
+            if cfg.video:  # before the scoring, not after it
+                check_replaceable(cfg.video, overwrite=cfg.overwrite, command=COMMAND)
+            return _predict(store, checkpoint, ctx, cfg, out=out, progress=progress)
     finally:
         dd.teardown(ctx)
 
@@ -182,7 +183,7 @@ def _check_output(out: str, store: Location, overwrite: bool) -> None:
     if not (os.path.exists(out) or os.path.islink(out)):
         return
     if not overwrite:
-        raise FmModelError("exists; pass --overwrite to replace it", out)
+        raise output_exists(out, error=FmModelError)
     try:
         ours = ATTR_PREDICTIONS in zarr.open_group(out, mode="r").attrs
     except Exception:  # not a Zarr group at all (zarr raises several types for that)
@@ -191,35 +192,33 @@ def _check_output(out: str, store: Location, overwrite: bool) -> None:
         raise refusal(out, COMMAND, "something that is not a predictions store")
 
 
-def _predict(location: Location, checkpoint: str, ctx: dd.DistContext, *, fmt: str, variant: str | None, split: str,
-             windows: str | None, out: str, batch_size: int, workers: int, precision: str | None,
-             video: str | None, video_max_frames: int, data: str, resident_budget: int | None, progress: bool,
-             trusted: Sequence[str]) -> dict[str, Any]:
+def _predict(store: StoreLike, checkpoint: str, ctx: dd.DistContext, cfg: PredictConfig, *, out: str,
+             progress: bool) -> dict[str, Any]:
     """The body of :func:`predict`, run while rank 0 holds the output's writer lock."""
-    p = prepare(location, checkpoint, fmt=fmt, variant=variant, split=split, windows=windows, ctx=ctx,
-                batch_size=batch_size, workers=workers, data=data, resident_budget=resident_budget,
+    p = prepare(store, checkpoint, fmt=cfg.fmt, variant=cfg.variant, split=cfg.split, windows=cfg.windows, ctx=ctx,
+                batch_size=cfg.batch_size, workers=cfg.workers, data=cfg.data, resident_budget=cfg.resident_budget,
                 progress=progress, sampler=lambda n, c: BlockSampler(*block_of(n, c.rank, c.world_size)),
-                trusted=trusted)
+                trusted=cfg.trusted, precision=cfg.precision)
     ds, meta, task = p.dataset, p.meta, p.task
     n = len(ds)
     seg = task == "seg"
     tmp = _temp_path(out)
-    attrs = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "store": str(location),
+    attrs = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "store": str(p.store),
              "checkpoint": os.fspath(checkpoint), "variant": meta.variant, "task": task,
-             "split": split, "windows": windows, "orientation_of_masks": "true",
+             "split": cfg.split, "windows": cfg.windows, "orientation_of_masks": "true",
              "window_params": plain_params(p.params),
              "threshold": THRESHOLD, "decision": "abnormal when prob[:, 1] > threshold (the argmax)"}
     if ctx.is_main:
         remove_tree(tmp)  # our own leftover from an interrupted run
-        _create(tmp, n, (p.store_meta.height, p.store_meta.width) if seg else None, attrs)
+        _create(tmp, n, (p.store.meta.height, p.store.meta.width) if seg else None, attrs)
         # split column straight from the table (windows are in table order)
         zarr.open_group(tmp, mode="r+")["split"][:] = p.table.column("split").astype(np.int8)
     dd.barrier(ctx)
     start, stop = block_of(n, ctx.rank, ctx.world_size)
     writer = _Writer(tmp, start, seg, meta.orientation)
-    prec = resolve_precision(precision, ctx.device)
+    prec = inference_precision(p.model, cfg.precision, ctx.device)
     res = run_inference(p.model, p.loader, ctx, task=task, precision=prec,
-                        recordings=p.store_meta.n_recordings, progress=progress, keep=writer.add,
+                        recordings=p.store.meta.n_recordings, progress=progress, keep=writer.add,
                         desc="predict")
     writer.flush()
     if writer.flushed != stop:
@@ -234,8 +233,8 @@ def _predict(location: Location, checkpoint: str, ctx: dd.DistContext, *, fmt: s
     dd.barrier(ctx)
     summary = {"out": out, "windows": n, "task": task, "variant": meta.variant, "fps": res["fps"],
                "metrics": res["metrics"]["overall"], "data": p.data}
-    if video and ctx.is_main:
-        summary["video"] = write_overlay_video(location, out, video, max_frames=video_max_frames)
+    if cfg.video and ctx.is_main:
+        summary["video"] = write_overlay_video(p.store, out, cfg.video, max_frames=cfg.video_max_frames)
     return summary
 
 
@@ -251,16 +250,17 @@ def read_predictions(path: str) -> zarr.Group:
     return root
 
 
-def write_overlay_video(store: LocationLike, predictions: str, video: str, *, max_frames: int = 1500, scale: int = 4,
+def write_overlay_video(store: StoreLike, predictions: str, video: str, *, max_frames: int = 1500, scale: int = 4,
                         fps: float | None = None) -> str:
-    """Write an MP4 of the labelled frames with the true mask (green outline), the predicted mask
-    (red, segmentation models) and the abnormal probability; return the path.
+    """Write an MP4 of the labelled frames of ``store`` (an open store or its location) with the true
+    mask (green outline), the predicted mask (red, segmentation models) and the abnormal
+    probability; return the path.
 
     At most ``max_frames`` windows are drawn, evenly spread over the predictions.
     """
     pred = read_predictions(predictions)
-    root = open_store(store)
-    meta = read_meta(root, str(store))
+    store = open_store(store)
+    root, meta = store.root, store.meta
     frames = np.asarray(pred["frame"][:])
     if not len(frames):
         raise FmModelError("expected predictions to draw, got none", predictions)

@@ -85,13 +85,14 @@ def _panel(ax: Axes, rec: int, times: np.ndarray, scores: np.ndarray, events: Se
 
 def save_timeline(path: str | os.PathLike[str], *, decisions: Mapping[int, tuple[Any, Any]], policy: AlarmPolicy,
                   alarms: Mapping[int, Sequence[AlarmEvent]], labelled: LabelledEvents, report: AlarmScore,
-                  model: str, dpi: int = 110) -> Path:
+                  model: str, dpi: int = 110, made_by: str | None = None) -> Path:
     """Draw the alarm timeline of the recordings in ``report`` to the PNG ``path``; return the path.
 
     ``decisions`` maps each recording to its decisions' (times, scores) (what the policy was fed);
     ``alarms`` to its alarm events; ``labelled`` and ``report`` are what
     :func:`~fmmodel.scoring.events.labelled_events` and :func:`~fmmodel.scoring.events.score_alarms`
-    returned for them; ``model`` names the model in the title.
+    returned for them; ``model`` names the model in the title; ``made_by`` the command whose mark the
+    PNG carries (what lets a later run recognise its own picture, :mod:`fmdata.store.outputs`).
     """
     recs = list(report.per_recording)
     missing = [r for r in recs if r not in decisions or r not in alarms]
@@ -115,4 +116,4 @@ def save_timeline(path: str | os.PathLike[str], *, decisions: Mapping[int, tuple
                Line2D([], [], marker="X", color=FALSE, mec="black", ls="none", label="raise: false alarm")]
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.suptitle(f"{model}: alarms ({describe_policy(policy)})\noverall: {report.overall.headline()}", fontsize=10)
-    return save_figure(fig, path, dpi=dpi)
+    return save_figure(fig, path, made_by=made_by, dpi=dpi)
