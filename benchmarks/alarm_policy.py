@@ -7,8 +7,10 @@
    streams with :func:`fmmodel.scoring.alarms.alarm_events` (event for event what the live state
    machine does) and judged against the frame labels as events (:func:`fmmodel.scoring.events.score_alarms`:
    recall, delay after onset, false alarms per hour of normal time, chatter, NAB).
-3. Choose: the best NAB score (standard profile) among policies that detect every event the
-   best of them detects and never chatter; ties go to the shorter median delay.
+3. Choose: among policies that never chatter (an alarm that clears and comes straight back
+   within a minute on the same event: the nuisance operators learn to ignore, which NAB does not
+   count), the best NAB score (standard profile: recall, earliness and false alarms in one
+   figure); ties go to the shorter median delay, then to the simpler policy (listed first).
 
     .venv/bin/python benchmarks/alarm_policy.py --checkpoint demo-out/run/best.pt --store eval.zarr \\
         --out bench-out/alarms
@@ -38,14 +40,16 @@ SMOOTHINGS = [dict(smoothing="none"), dict(smoothing="k_of_n", k=2, n=3), dict(s
               dict(smoothing="ema", half_life=0.5), dict(smoothing="ema", half_life=1.0),
               dict(smoothing="ema", half_life=2.0)]
 RAISE = [0.5, 0.7, 0.9]
-CLEAR_GAP = [0.0, 0.2]  # clear threshold = raise threshold - this (hysteresis)
-ON_DELAY = [0.0, 0.5, 1.0, 2.0]
-HOLD = [0.0, 1.0, 2.0, 5.0]
+CLEAR_GAP = [0.0, 0.2, 0.4]  # clear threshold = raise threshold - this (hysteresis)
+ON_DELAY = [0.0, 0.5, 1.0, 2.0, 3.0]
+HOLD = [0.0, 1.0, 2.0, 5.0, 10.0, 20.0]
 
 
 def grid() -> list[AlarmPolicy]:
     out = []
     for smooth, up, gap, on, hold in itertools.product(SMOOTHINGS, RAISE, CLEAR_GAP, ON_DELAY, HOLD):
+        if up - gap <= 0:
+            continue
         out.append(AlarmPolicy(raise_threshold=up, clear_threshold=round(up - gap, 3), on_delay=on, hold=hold,
                                **smooth))  # type: ignore[arg-type]
     return out
@@ -56,11 +60,12 @@ def figures(policy: AlarmPolicy, streams: dict[int, tuple[np.ndarray, np.ndarray
     alarms = {r: alarm_events(t, s, policy) for r, (t, s) in streams.items()}
     score = score_alarms(alarms, labelled, names=names)
     o = score.overall
+    missed = [e.offset_time - e.onset_time for e in score.outcomes if e.detected_at is None]
     return {"policy": policy.to_dict(), "recall": o.recall, "events": o.events, "detected": o.detected,
             "delay_median": o.delay("median"), "delay_p90": o.delay("p90"), "false_alarms": o.false_alarms,
             "false_alarms_per_hour": o.false_alarms_per_hour, "false_alarms_per_hour_upper95":
                 o.false_alarms_per_hour_upper, "chatter": o.chatter, "re_raises": o.re_raises, "nab": o.nab(),
-            "normal_hours": o.normal_seconds / 3600}
+            "normal_hours": o.normal_seconds / 3600, "missed_durations_s": sorted(round(d, 2) for d in missed)}
 
 
 def line(f: dict[str, Any]) -> str:
@@ -104,16 +109,19 @@ def main() -> None:
     baseline = figures(AlarmPolicy(), streams, labelled, names)
     current = figures(WATCH_POLICY, streams, labelled, names)
     rows = [figures(p, streams, labelled, names) for p in grid()]
-    best_recall = max(f["detected"] for f in rows)
-    ok = [f for f in rows if f["detected"] == best_recall and f["chatter"] == 0 and f["nab"] is not None]
-    ok.sort(key=lambda f: (-f["nab"], f["delay_median"] if f["delay_median"] is not None else 1e9))
+    ok = [f for f in rows if f["chatter"] == 0 and f["nab"] is not None]
+    ok.sort(key=lambda f: (-round(f["nab"], 6), f["delay_median"] if f["delay_median"] is not None else 1e9))
     choice = ok[0]
+    best = max(rows, key=lambda f: f["nab"] if f["nab"] is not None else -1e9)
     print("plain thresholding at 0.5 (AlarmPolicy()):\n  " + line(baseline))
     print("WATCH_POLICY now:\n  " + line(current))
-    print(f"the ten best ({len(rows)} policies; those detecting {best_recall} events without chatter, by NAB):")
+    print("the best NAB of all, chatter or not:\n  " + line(best))
+    print(f"the ten best of {len(rows)} policies without chatter ({len(ok)}), by NAB:")
     for f in ok[:10]:
         print("  " + line(f))
     print("choice:\n  " + line(choice))
+    print(f"  missed events last (s): {choice['missed_durations_s']}; plain thresholding misses "
+          f"{baseline['missed_durations_s']}")
     with open(os.path.join(args.out, "alarm_policy.json"), "w") as fh:
         json.dump({"store": args.store, "checkpoint": args.checkpoint, "every": args.every, "decisions": decisions,
                    "baseline": baseline, "watch_policy": current, "choice": choice, "policies": rows}, fh, indent=1)

@@ -4,10 +4,12 @@ long real-time replay. Figures in docs/performance.md ("Watching live").
 * ``latency``: the reference-size cross-modal FmFormer (64x64 frames, 10-frame clips, 240 current
   rows; fresh weights: the cost does not depend on them) on ONE core (``torch.set_num_threads(1)``),
   eager fp32: a ``--speed max`` replay of a synthetic store; the watch's own latency figures (cut
-  the window, run the model, update the alarm) and the model's FLOPs per decision (torch's
-  FlopCounterMode: a multiply-add counts 2); then the same model exported (``fmmodel export``:
-  TorchScript, ONNX, torch.export; AOTInductor with ``--aoti``, which compiles C++ for minutes)
-  and watched the same way: eager against exported latency.
+  the window, run the model, update the alarm), the process's CPU time per decision, the model
+  alone (50 calls: wall and CPU time) and its FLOPs per decision (torch's FlopCounterMode: a
+  multiply-add counts 2); then the same model exported (``fmmodel export``: TorchScript, ONNX,
+  torch.export; AOTInductor with ``--aoti``, which compiles C++ for minutes) and watched the same
+  way: eager against exported latency. On a shared machine wall times grow with the load; CPU
+  times much less.
 * ``rate``: ``--speed max`` decisions per second per core of the reference-size model and of the
   demo's tiny one (wall time of the whole replay: store reads, cutting, model, alarms).
 * ``ingest``: what one arriving camera frame costs watch (resize to the model's 64x64 with
@@ -64,8 +66,9 @@ def make_store(path: str, seconds: float, size: int) -> str:
     return path
 
 
-def make_checkpoint(path: str, size: str) -> tuple[str, float]:
-    """A fresh cross-modal FmFormer (``size`` "reference" or "tiny", the demo's) at 64x64; its GFLOP per decision."""
+def make_checkpoint(path: str, size: str, repeats: int = 50) -> tuple[str, float, dict[str, float]]:
+    """A fresh cross-modal FmFormer (``size`` "reference" or "tiny", the demo's) at 64x64; its GFLOP per
+    decision and the model's own time per decision (wall and this thread's CPU, ms, over ``repeats`` calls)."""
     torch.manual_seed(0)
     if size == "reference":
         model, window = build_model("vicu_cls"), WindowParams()
@@ -75,20 +78,33 @@ def make_checkpoint(path: str, size: str) -> tuple[str, float]:
     save_checkpoint(path, model, orientation="reference", preprocessing="reference",
                     info={"window": window.to_dict(), "fps": 25.0})
     cfg: Any = getattr(model, "config")  # noqa: B009  (an FmFormer: its sizes)
-    frames, rows = int(cfg.frames), int(cfg.current_rows)
+    inputs = {"video": torch.zeros(1, 3, int(cfg.frames), 64, 64), "current": torch.zeros(1, int(cfg.current_rows), 3)}
+    model.eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model.eval()(video=torch.zeros(1, 3, frames, 64, 64), current=torch.zeros(1, rows, 3))
-    return path, counter.get_total_flops() / 1e9
+        model(**inputs)
+    wall, cpu = [], []
+    with torch.no_grad():
+        for i in range(repeats + 5):
+            w0, c0 = time.perf_counter(), time.thread_time()
+            model(**inputs)
+            if i >= 5:  # after a warm-up
+                wall.append(time.perf_counter() - w0)
+                cpu.append(time.thread_time() - c0)
+    times = {f"{kind}_{q}": round(float(np.percentile(np.asarray(x) * 1e3, q)), 1)
+             for kind, x in (("wall_ms", wall), ("cpu_ms", cpu)) for q in (50, 99)}
+    return path, counter.get_total_flops() / 1e9, times
 
 
 def replay(ckpt: str, store: str, *, speed: float | None, every: float, duration: float | None = None,
-           metrics_every: float = 0.0, trusted: tuple[str, ...] = ()) -> tuple[dict[str, Any], float, list[dict[str, Any]]]:
+           metrics_every: float = 0.0, trusted: tuple[str, ...] = ()
+           ) -> tuple[dict[str, Any], float, list[dict[str, Any]], float]:
+    """Replay ``store``; return (final metrics, wall seconds, metrics lines, CPU seconds of the process)."""
     lines: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     report = watch(ckpt, Sources(replay=store, speed=speed),
                    WatchSettings(every=every, duration=duration, threads=1, metrics_every=metrics_every),
                    trusted=trusted, on_metrics=lambda kind, snap: lines.append(snap))
-    return report.metrics, time.perf_counter() - t0, lines
+    return report.metrics, time.perf_counter() - t0, lines, time.process_time() - c0
 
 
 def bench_ingest(frames: int = 2000) -> dict[str, Any]:
@@ -98,11 +114,12 @@ def bench_ingest(frames: int = 2000) -> dict[str, Any]:
         rng = np.random.default_rng(0)
         bank = rng.integers(0, 256, (8, h, w, 3), dtype=np.uint8)
         ring = FrameRing(300, (64, 64))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         for i in range(frames):
             ring.push(i, i / 25, i / 25, cv2.cvtColor(fit_frame(bank[i % 8], (64, 64)), cv2.COLOR_BGR2RGB))
-        per = (time.perf_counter() - t0) / frames
-        out[f"{w}x{h}"] = {"ms_per_frame": round(per * 1e3, 3), "core_share_at_25fps": round(per * 25, 4)}
+        per, cpu = (time.perf_counter() - t0) / frames, (time.thread_time() - c0) / frames
+        out[f"{w}x{h}"] = {"ms_per_frame": round(per * 1e3, 3), "cpu_ms_per_frame": round(cpu * 1e3, 3),
+                           "core_share_at_25fps": round(per * 25, 4)}
     return out
 
 
@@ -117,28 +134,32 @@ def main() -> None:
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(1)
-    result: dict[str, Any] = {"torch": torch.__version__, "threads": 1, "cpu": os.cpu_count()}
+    # a shared machine slows every wall-clock figure: the load average, and CPU times beside wall times, say how much
+    result: dict[str, Any] = {"torch": torch.__version__, "threads": 1, "cpu": os.cpu_count(),
+                              "load_before": os.getloadavg()}
     short = make_store(os.path.join(args.out, "short.zarr"), args.decisions * 0.5 + 1, 64)
     for size in ("reference", "tiny") if args.only == "all" else ("reference",):
-        ckpt, gflop = make_checkpoint(os.path.join(args.out, f"{size}.pt"), size)
-        m, wall, _ = replay(ckpt, short, speed=None, every=0.5)
+        ckpt, gflop, alone = make_checkpoint(os.path.join(args.out, f"{size}.pt"), size)
+        m, wall, _, cpu = replay(ckpt, short, speed=None, every=0.5)
         result[size] = {"gflop_per_decision": round(gflop, 3), "decisions": m["decisions"], "latency_ms": m["latency_ms"],
-                        "decisions_per_second": round(m["decisions"] / wall, 1), "wall_s": round(wall, 1)}
+                        "decisions_per_second": round(m["decisions"] / wall, 1), "wall_s": round(wall, 1),
+                        "cpu_ms_per_decision": round(1e3 * cpu / m["decisions"], 1), "model_alone": alone}
         print(f"{size:9s}: {gflop:.2f} GFLOP/decision; latency p50 {m['latency_ms']['p50']:.1f} ms p95 "
               f"{m['latency_ms']['p95']:.1f} ms p99 {m['latency_ms']['p99']:.1f} ms; --speed max "
-              f"{m['decisions'] / wall:.1f} decisions/s on one core", flush=True)
+              f"{m['decisions'] / wall:.1f} decisions/s on one core; CPU {1e3 * cpu / m['decisions']:.1f} ms/decision; "
+              f"the model alone {alone}", flush=True)
     result["exported"] = bench_exports(os.path.join(args.out, "reference.pt"), short, args.out, aoti=args.aoti)
     if args.only == "latency":
         _write(args.out, result)
         return
     result["ingest"] = bench_ingest()
     for k, v in result["ingest"].items():
-        print(f"ingest {k}: {v['ms_per_frame']:.3f} ms/frame, {100 * v['core_share_at_25fps']:.1f}% of a core at 25 fps",
-              flush=True)
+        print(f"ingest {k}: {v['ms_per_frame']:.3f} ms/frame (CPU {v['cpu_ms_per_frame']:.3f} ms), "
+              f"{100 * v['core_share_at_25fps']:.1f}% of a core at 25 fps", flush=True)
     if args.seconds > 0:
         long = make_store(os.path.join(args.out, "long.zarr"), args.seconds + 2, 64)
         ckpt = os.path.join(args.out, "reference.pt")
-        m, wall, lines = replay(ckpt, long, speed=1.0, every=0.5, duration=args.seconds, metrics_every=10.0)
+        m, wall, lines, _ = replay(ckpt, long, speed=1.0, every=0.5, duration=args.seconds, metrics_every=10.0)
         rss = [x["rss_mib"] for x in lines]
         result["realtime"] = {"seconds": args.seconds, "wall_s": round(wall, 1), "decisions": m["decisions"],
                               "skipped": m["skipped"], "input_age_s": m["input_age_s"], "latency_ms": m["latency_ms"],
@@ -151,24 +172,27 @@ def main() -> None:
 
 def bench_exports(ckpt: str, store: str, out: str, *, aoti: bool) -> dict[str, Any]:
     """The reference-size model of ``ckpt`` exported in each format and watched as the eager one:
-    the export's seconds and size, and the watch's latency."""
+    the export's seconds and size, and the watch's latency and CPU time per decision."""
     result = {}
     for fmt in EXPORT_FORMATS:
         if fmt == "aoti" and not aoti:
             continue
         path = os.path.join(out, f"reference-{fmt}{SUFFIXES[fmt]}")
         rep = export_model(ckpt, path, format=fmt, overwrite=True)
-        m, wall, _ = replay(path, store, speed=None, every=0.5, trusted=(path,) if fmt == "aoti" else ())
+        m, wall, _, cpu = replay(path, store, speed=None, every=0.5, trusted=(path,) if fmt == "aoti" else ())
         result[fmt] = {"export_s": round(rep.seconds, 1), "mib": round(rep.bytes / 2**20, 1),
                        "max_prob_diff": rep.max_prob_diff, "decisions": m["decisions"], "latency_ms": m["latency_ms"],
-                       "decisions_per_second": round(m["decisions"] / wall, 1)}
+                       "decisions_per_second": round(m["decisions"] / wall, 1),
+                       "cpu_ms_per_decision": round(1e3 * cpu / m["decisions"], 1)}
         print(f"{fmt:11s}: exported in {rep.seconds:.0f} s ({rep.bytes / 2**20:.1f} MiB, probabilities within "
               f"{rep.max_prob_diff:.0e}); latency p50 {m['latency_ms']['p50']:.1f} ms p95 {m['latency_ms']['p95']:.1f} ms "
-              f"p99 {m['latency_ms']['p99']:.1f} ms", flush=True)
+              f"p99 {m['latency_ms']['p99']:.1f} ms; CPU {1e3 * cpu / m['decisions']:.1f} ms/decision", flush=True)
     return result
 
 
 def _write(out: str, result: dict[str, Any]) -> None:
+    """OUT/bench_watch.json, with the load average at the end (the figures' context)."""
+    result["load_after"] = os.getloadavg()
     with open(os.path.join(out, "bench_watch.json"), "w") as fh:
         json.dump(result, fh, indent=2)
 

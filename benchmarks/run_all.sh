@@ -18,6 +18,7 @@ if [ -n "${QUICK:-}" ]; then
   run python benchmarks/gpu_check.py --frames 3000 --size 32 --steps 5 --warmup 2 --workers 1 --device cpu \
     --model-size tiny --batch-size 16 --eval-batches 5 --eval-batch-size 64 --matrix --no-matrix-compile \
     --store "$out/gpu-check-proof.zarr"
+  run python benchmarks/bench_watch.py --seconds 20 --decisions 60 --out "$out/watch"
 else
   run python benchmarks/bench_synth.py --frames 100000 --out "$out/synth"
   run python benchmarks/bench_convert.py --sizes-gb 1 4 --out "$out/convert" --repeat 3
@@ -30,5 +31,6 @@ else
   run python benchmarks/bench_dataset.py --frames 40000 --windows 4000 --scales 0.25,1 --out "$out/dataset"
   run python benchmarks/bench_dataset.py --suite paths --frames 270000 --scales 0.148,1 --windows 4000 \
     --out "$out/dataset-paths"
+  run python benchmarks/bench_watch.py --seconds 600 --decisions 600 --out "$out/watch"
 fi
 printf '\nresults: %s\n' "$out"

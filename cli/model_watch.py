@@ -125,9 +125,10 @@ def watch_cmd(checkpoint: str, fmt: str, variant: str | None, trusted: tuple[str
               mqtt_events_topic: str | None, metrics_every: float, prometheus: int | None, prometheus_addr: str,
               buffer_memory: int, current_rate: float | None, device: str, precision: str | None,
               threads: int | None, as_json: bool, progress: bool | None) -> None:
-    """Watch a camera and a current log (or replay a store) with CHECKPOINT: a decision every --every
-    seconds, alarms with smoothing, hysteresis, on-delay and hold, health alarms about the inputs,
-    metrics as JSON lines on stdout. Ctrl-C stops it (exit 130) with every event written."""
+    """Watch a camera and a current log (or replay a store) with the model of --checkpoint: a
+    decision every --every seconds, alarms with smoothing, hysteresis, on-delay and hold, health
+    alarms about the inputs, metrics as JSON lines on stdout. Ctrl-C stops it (exit 130) with every
+    event written."""
     policy = policy_from(alarm)
     settings = WatchSettings(every=every, duration=duration, policy=policy, limits=HealthLimits(**health),
                              events=events, scores=scores, snapshots=snapshots, mqtt_events_topic=mqtt_events_topic,

@@ -81,6 +81,7 @@ def test_it_learns_and_leaves_a_complete_run_folder(tmp_path_factory):
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     ck = load_checkpoint(os.path.join(run, "last.pt"))
     assert ck.meta.orientation == "true" and ck.meta.preprocessing["name"] == "normalized"
+    assert ck.meta.info["fps"] == 25.0  # the rate its windows' frame steps were counted at (fmmodel watch checks it)
     assert ck.extra["epoch"] == cfg["epochs"] and isinstance(ck.extra["rng"]["torch"], torch.Tensor)
     report = evaluate(store, os.path.join(run, "last.pt"), workers=0, device="cpu", progress=False)
     c = report["metrics"]["overall"]["class"]

@@ -247,6 +247,8 @@ APPENDER = textwrap.dedent('''
         for j in range(k, k + 3):
             stamp = datetime.datetime.fromtimestamp(t0 + j * 0.04).isoformat(sep=" ", timespec="milliseconds")
             rows += f"{stamp},{9000 + j % 50},{9100 - j % 30},{9050 + j % 20}\\n"
+        if k == 30:
+            rows += "a line a logger garbled,1,2\\n"
         with open(path, "a") as fh:
             fh.write(rows)
         k += 3
@@ -279,6 +281,7 @@ def test_live_video_file_and_appended_csv_give_the_replays_decisions(tmp_path):
     assert result.returncode == 0, result.stderr
     final = json.loads(result.stdout.strip().splitlines()[-1])  # a file ends the watch: its final metrics line
     assert final["kind"] == "final" and final["frames_in"] == n and final["current_rows_in"] > 250
+    assert final["current_rows_bad"] == 1  # skipped and counted, the watch goes on
     live = [json.loads(x) for x in (tmp_path / "scores.jsonl").read_text().splitlines()]
     assert len(live) >= 10, live
 
@@ -289,7 +292,7 @@ def test_live_video_file_and_appended_csv_give_the_replays_decisions(tmp_path):
         frames.append(cv2.cvtColor(got[1], cv2.COLOR_BGR2RGB))
     start = live[0]["stamp"] - live[0]["frame"] / fps
     frame_time = start + np.arange(n) / float(fps)
-    rows = [line.split(",") for line in csv.read_text().splitlines()[1:]]
+    rows = [line.split(",") for line in csv.read_text().splitlines()[1:] if not line.startswith("a line")]
     stamps = np.array([epoch_seconds(r[0]) - final["origin"] for r in rows])
     values = np.array([[float(v) for v in r[1:]] for r in rows])
     rec = recording("v1", n, 0, h=16, w=16)

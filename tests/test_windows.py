@@ -10,6 +10,7 @@ from fmdata.derive import build_window_table, make_windows
 from fmdata.derive.windows import FrameIndex, window_for_frame
 from fmdata.errors import FmDataError
 from fmdata.store import WindowParams, current_row_indices, open_store, schema
+from fmdata.store.window_table import clip_frames, current_rule, current_window
 
 from builders import frame_index, recording, split_from_runs, write_store
 
@@ -245,3 +246,21 @@ def test_cli_windows_reports_counts_and_rejects_bad_options(tmp_path):
     assert bad.exit_code == 2 and "Invalid value for '--stride': expected a stride >= 1, got 0" in bad.output
     clash = CliRunner().invoke(main, ["windows", path, "--name", "t"])
     assert clash.exit_code == 1 and "pass --force to replace it" in clash.output
+
+
+def test_the_rule_of_one_window_on_a_recordings_tail_gives_the_tables_windows():
+    """``fmmodel watch`` applies window_table.current_window and clip_frames to what its rings hold:
+    the newest rows and frames of a stream. On any tail of a recording that still holds a window's
+    whole history they give the table's window (shifted by the tail's start)."""
+    for layout, kw in (("v1", {}), ("v2", {"lead": 20, "gap_prob": 0.1})):
+        rec = recording(layout, 400, 5, **kw)
+        ix = frame_index([rec])
+        params = WindowParams(frames=5, frame_step=4, current_seconds=6.0, current_rows=12)
+        wt = build_window_table(ix, params)
+        t = rec.current_time
+        for row in wt.table[::7]:
+            f, start, stop = int(row[0]), int(row[4]), int(row[5])
+            np.testing.assert_array_equal(clip_frames(np.array([f]), 5, 4, 0)[0], row[6:])
+            for k in (0, max(0, start - 3), start):  # a ring holding everything, or just enough
+                s, e, _, _ = current_window(t[k:], np.array([stop - k]), params.current_seconds, current_rule(t))
+                assert (int(s[0]) + k, int(e[0]) + k) == (start, stop), (layout, f, k)

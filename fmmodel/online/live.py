@@ -13,7 +13,7 @@ decision loop, so the loop always finds the newest data and latency cannot build
 Current rows are text in the V2 layout (``timestamp,phase_A,phase_B,phase_C``; docs/dataset.md):
 lines appended to a CSV file, or lines in an MQTT message (``paho-mqtt``, the ``online`` extra).
 A row that does not parse, or that steps back in time, is skipped and counted; a file whose
-header is not that layout is refused at start-up.
+header is not that layout, or none of whose rows can be read, is refused at start-up.
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ from fmmodel.online.rings import CurrentRing, FrameRing, fit_frame
 REOPEN_AFTER = 1.0  # seconds of failed reads before a camera or stream is opened again
 MQTT_PORT = 1883
 FFMPEG_LOG = "OPENCV_FFMPEG_LOGLEVEL"
+HISTORY_BYTES = 8 << 20  # the end of a current log read at start-up: about 130,000 rows, far more than a window needs
 
 
 def epoch_seconds(text: str) -> float:
@@ -137,10 +138,11 @@ class CurrentFeed:
         self.last = -math.inf
         self.whole = True
         self.bad_rows = 0
+        self.first_error: str | None = None
 
-    def parse(self, lines: list[str], *, strict: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Return (stamps, values (n, 3)) of the rows in ``lines``; a bad row is skipped and counted,
-        or (``strict``) an FmModelError naming the line."""
+    def parse(self, lines: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Return (stamps, values (n, 3)) of the rows in ``lines``; a bad row is skipped and counted
+        (``bad_rows``; ``first_error`` says what was wrong with the first)."""
         stamps, values = [], []
         for n, cells in enumerate(csv.reader(line.rstrip("\r") for line in lines if line.strip())):
             try:
@@ -153,8 +155,7 @@ class CurrentFeed:
                 if t < self.last:
                     raise ValueError(f"expected rows in time order, got {cells[0]!r} after a later row")
             except ValueError as exc:
-                if strict:
-                    raise FmModelError(f"{exc} in row {n + 1} ({','.join(cells)[:60]!r})", self.where) from None
+                self.first_error = self.first_error or f"{exc} in row {n + 1} ({','.join(cells)[:60]!r})"
                 self.bad_rows += 1
                 continue
             self.last = t
@@ -168,6 +169,7 @@ class CurrentFeed:
         if len(stamps):
             current.push(stamps, values, arrival)
         current.rule = RULE_SECONDS if self.whole else RULE_SPAN
+        current.bad_rows = self.bad_rows
         if math.isfinite(self.last):
             current.complete_until = float(np.nextafter(self.last, -math.inf))
 
@@ -175,27 +177,36 @@ class CurrentFeed:
 class CsvCurrentSource:
     """A current CSV in the V2 layout, followed as it grows (``tail -f``).
 
-    The rows already there are the history (pushed at start, arrival unknown); rows appended later
-    arrive live. A partial last line waits for its newline.
+    The rows already there are the history (its last ``history_bytes`` read at start, arrival
+    unknown); rows appended later arrive live. A partial last line waits for its newline.
     """
 
-    def __init__(self, path: str, *, origin: float) -> None:
+    def __init__(self, path: str, *, origin: float, history_bytes: int = HISTORY_BYTES) -> None:
         if not os.path.isfile(path):
             raise FmModelError("expected a current CSV file, got nothing there", path)
         self.path = path
         self.feed = CurrentFeed(origin, path)
         with open(path, "rb") as fh:
-            data = fh.read()
-        head, newline, rest = data.partition(b"\n")
-        cells = next(csv.reader([head.decode("utf-8", errors="replace").strip()]), [])
-        if not newline or len(cells) != 4 or _is_time(cells[0]):
-            raise FmModelError(f"expected the V2 current layout's header {V2_CURRENT_HEADER!r} (timestamp and the "
-                               f"phases A, B, C) as the first line, got {head.decode('utf-8', 'replace').strip()[:80]!r}",
-                               path)
-        complete, last_newline, _ = rest.rpartition(b"\n")  # a partial last line is read once it is complete
-        self._pos = len(head) + 1 + (len(complete) + 1 if last_newline else 0)
+            head, newline, rest = fh.readline().partition(b"\n")
+            cells = next(csv.reader([head.decode("utf-8", errors="replace").strip()]), [])
+            if not newline or len(cells) != 4 or _is_time(cells[0]):
+                raise FmModelError(f"expected the V2 current layout's header {V2_CURRENT_HEADER!r} (timestamp and "
+                                   f"the phases A, B, C) as the first line, got "
+                                   f"{head.decode('utf-8', 'replace').strip()[:80]!r}", path)
+            body = fh.tell()
+            size = fh.seek(0, os.SEEK_END)
+            start = max(body, size - history_bytes)  # a long log: only its end can be in the rings
+            fh.seek(start)
+            data = fh.read(size - start)
+        if start > body:
+            data = data.partition(b"\n")[2]  # from the first whole line on
+        complete, last_newline, _ = data.rpartition(b"\n")  # a partial last line is read once it is complete
+        self._pos = size - len(data) + (len(complete) + 1 if last_newline else 0)
         lines = complete.decode("utf-8", errors="replace").split("\n") if last_newline else []
-        self._history = self.feed.parse(lines, strict=True)
+        self._history = self.feed.parse(lines)  # a garbled line is skipped and counted, as later ones are
+        if self.feed.bad_rows and not len(self._history[0]):  # but rows that all fail are another layout
+            raise FmModelError(f"expected rows in the V2 current layout, got none readable: {self.feed.first_error}",
+                               path)
         self.done = False
 
     def run(self, clock: Clock, current: CurrentRing, stop: threading.Event) -> None:

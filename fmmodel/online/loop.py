@@ -155,6 +155,7 @@ class DecisionLoop:
         self.metrics.counts["frames_in"], self.metrics.counts["frames_dropped"] = frames_in, dropped
         if self.current is not None:
             self.metrics.counts["current_rows_in"] = self.current.count
+            self.metrics.counts["current_rows_bad"] = self.current.bad_rows
         return {"stream_time": round(now, 3), "origin": self.origin, "score": self.last_score, "alarm": self.alarm.active,
                 "health": self.health.active(), "health_checked": list(self.health.states),
                 "started": self.started}

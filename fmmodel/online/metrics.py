@@ -7,7 +7,7 @@ Prometheus endpoint and a one-line terminal status.
 - frames in and dropped (the frame rate's promise over the stream's span less the frames that
   came), current rows in, rows skipped as unreadable, decisions made, skipped (the model was still
   busy: never queued), suppressed (inputs unhealthy) and stale (no new frame since the last one);
-- the process's CPU share (of one core, since the previous line) and resident memory (RSS).
+- the process's CPU share (of one core, over the last second or more) and resident memory (RSS).
 
 The Prometheus endpoint (``prometheus-client``, the ``online`` extra) serves the same figures
 at ``/metrics`` whenever it is scraped: counters as ``fmf_watch_*_total``, the rest as gauges.
@@ -28,6 +28,7 @@ import psutil
 from fmmodel.errors import FmModelError
 
 WINDOW = 4096  # decisions whose latency and input age the percentiles cover
+CPU_INTERVAL = 1.0  # seconds the CPU share is measured over (at least)
 COUNTERS = ("frames_in", "frames_dropped", "current_rows_in", "current_rows_bad", "decisions", "skipped",
             "suppressed", "stale", "alarms_raised", "health_raised")
 
@@ -42,6 +43,7 @@ class LiveMetrics:
         self._proc = psutil.Process()
         self._cpu = self._cpu_seconds()
         self._wall = time.monotonic()
+        self._share: float | None = None
         self.lock = threading.Lock()  # the Prometheus thread reads while the loop writes
         self.last: dict[str, Any] = {}
 
@@ -65,14 +67,16 @@ class LiveMetrics:
     def snapshot(self, **state: Any) -> dict[str, Any]:
         """Return the figures now (a JSON-able dict), with ``state`` (stream time, alarms...) added.
 
-        The CPU share covers the time since the previous snapshot."""
+        The CPU share covers the time since the previous snapshot at least CPU_INTERVAL ago."""
         cpu, wall = self._cpu_seconds(), time.monotonic()
         with self.lock:
             lat = np.asarray(self.latency, np.float64)
             age = np.asarray(self.age, np.float64)
             counts = dict(self.counts)
-        share = (cpu - self._cpu) / (wall - self._wall) if wall > self._wall else 0.0
-        self._cpu, self._wall = cpu, wall
+        if wall - self._wall >= CPU_INTERVAL or self._share is None:  # CPU times tick coarsely: not over less
+            share = (cpu - self._cpu) / (wall - self._wall) if wall > self._wall else 0.0
+            self._cpu, self._wall, self._share = cpu, wall, share
+        share = self._share
         snap = {**state, **counts,
                 "latency_ms": _percentiles(lat * 1e3), "input_age_s": _percentiles(age),
                 "cpu_share": round(share, 3), "rss_mib": round(self._proc.memory_info().rss / 2**20, 1)}

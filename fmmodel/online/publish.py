@@ -28,7 +28,7 @@ from fmdata.store.atomic import atomic_file
 from fmmodel.errors import FmModelError
 from fmmodel.online.live import import_paho, parse_broker
 
-SNAPSHOT_SCALE = 4  # snapshot pictures enlarge frames this many times (nearest neighbour)
+SNAPSHOT_WIDTH = 320  # snapshot pictures enlarge frames (nearest neighbour, whole times) to at least this width
 
 
 def wall_time(seconds: float) -> str:
@@ -112,13 +112,12 @@ def write_snapshot(folder: str, name: str, image: np.ndarray, mask: np.ndarray |
     if os.path.exists(path):
         return None
     h, w = image.shape[:2]
-    big = cv2.resize(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), (w * SNAPSHOT_SCALE, h * SNAPSHOT_SCALE),
-                     interpolation=cv2.INTER_NEAREST)
+    scale = max(1, -(-SNAPSHOT_WIDTH // w))
+    big = cv2.resize(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), (w * scale, h * scale), interpolation=cv2.INTER_NEAREST)
     if mask is not None and mask.any():
-        up = cv2.resize(mask.astype(np.uint8), (w * SNAPSHOT_SCALE, h * SNAPSHOT_SCALE),
-                        interpolation=cv2.INTER_NEAREST)
+        up = cv2.resize(mask.astype(np.uint8), (w * scale, h * scale), interpolation=cv2.INTER_NEAREST)
         contours, _ = cv2.findContours(up, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(big, contours, -1, (0, 0, 255), 1)
+        cv2.drawContours(big, contours, -1, (0, 0, 255), 2)
     bar = np.zeros((22, big.shape[1], 3), np.uint8)
     cv2.putText(bar, caption, (4, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
     with atomic_file(path, suffix=".png") as tmp:

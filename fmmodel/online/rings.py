@@ -106,6 +106,7 @@ class CurrentRing:
         self.count = 0
         self.complete_until = -math.inf
         self.rule: str | None = None
+        self.bad_rows = 0  # rows a live source skipped as unreadable
         self.last_arrival = math.nan
         self.last_lag = math.nan
 

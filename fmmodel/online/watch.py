@@ -181,6 +181,66 @@ def _ring_sizes(params: WindowParams, *, fps: float, rate: float, shape: tuple[i
     return frames, rows
 
 
+@dataclass
+class _Opened:
+    """The sources of one watch, open, and what follows from them."""
+
+    clock: Clock
+    fps: float | None  # the video's frame rate (None: unknown)
+    rate: float  # current rows per second the ring is sized for
+    has_video: bool
+    has_current: bool
+    first_frame: int  # the stream's first frame number (clips are clamped to it)
+    where: str  # the sources, for messages
+    origin: float | None  # Unix time of stream time 0 (live sources)
+    finite: list[Any]  # sources that end (a replay, a video file): the watch ends with them
+    replay: ReplaySource | None = None
+    video: VideoSource | None = None
+    current: CsvCurrentSource | MqttCurrentSource | None = None
+
+
+def _open_sources(sources: Sources, settings: WatchSettings, faults: Faults, *, shape: tuple[int, int] | None,
+                  reads_current: bool, variant: str) -> _Opened:
+    """Open the replayed store, or the live sources; FmModelError for one that cannot be used."""
+    if sources.replay:
+        try:
+            store = open_store(sources.replay)  # the command's one open of its store
+        except FmDataError as exc:
+            raise FmModelError(exc.message, exc.path or str(sources.replay)) from None
+        replay = ReplaySource(store, sources.recording, shape=shape, faults=faults)
+        if reads_current and replay.rule is None:
+            raise FmModelError(f"expected current rows in recording {replay.recording!r}: model {variant!r} "
+                               f"reads current, got none", str(sources.replay))
+        clock: Clock = VirtualClock(replay.start) if sources.speed is None else RealClock(replay.start, sources.speed)
+        return _Opened(clock=clock, fps=replay.fps, rate=settings.current_rate or _rows_per_second(replay.current_stamps),
+                       has_video=True, has_current=reads_current, first_frame=replay.first_frame,
+                       where=f"{sources.replay} ({replay.recording})", origin=None, finite=[replay], replay=replay)
+    now = time.time()
+    start_epoch = None
+    if sources.video_start:
+        try:
+            start_epoch = epoch_seconds(sources.video_start)
+        except ValueError:
+            raise FmModelError(f"expected a time like 2023-05-10 21:33:27 (local) or ISO 8601 with an offset, got "
+                               f"{sources.video_start!r}", field="video_start") from None
+    origin = float(math.floor(min(now, start_epoch if start_epoch is not None else now)))
+    clock = RealClock(now - origin)
+    current: CsvCurrentSource | MqttCurrentSource | None = None
+    video = None if not sources.video else VideoSource(
+        sources.video, shape=shape, clock=clock, start=None if start_epoch is None else start_epoch - origin,
+        fps=sources.fps)
+    if sources.current:
+        current = CsvCurrentSource(sources.current, origin=origin)
+    elif sources.mqtt_current_topic:
+        assert sources.mqtt_broker is not None
+        current = MqttCurrentSource(sources.mqtt_broker, sources.mqtt_current_topic, origin=origin)
+    where = " + ".join(s for s in (sources.video, sources.current, sources.mqtt_current_topic) if s)
+    return _Opened(clock=clock, fps=video.fps if video is not None else None,
+                   rate=settings.current_rate or LIVE_CURRENT_RATE, has_video=video is not None,
+                   has_current=current is not None, first_frame=0, where=where, origin=origin,
+                   finite=[video] if video is not None and video.is_file else [], video=video, current=current)
+
+
 def watch(checkpoint: str, sources: Sources, settings: WatchSettings = WatchSettings(), *, fmt: str = "auto",
           variant: str | None = None, trusted: Sequence[str] = (),
           on_metrics: Callable[[str, dict[str, Any]], None] | None = None,
@@ -236,50 +296,18 @@ def watch(checkpoint: str, sources: Sources, settings: WatchSettings = WatchSett
         norm = checked_normalization(meta.preprocessing.get("normalization"), f"{checkpoint} (its normalisation)")
     shape = store_frame_size(meta) if reads_video else None
 
-    stop = threading.Event()
-    producers: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
-    finite: list[Any] = []
-    replay: ReplaySource | None = None
-    video: VideoSource | None = None
-    current_src: CsvCurrentSource | MqttCurrentSource | None = None
-    origin: float | None = None
-    if sources.replay:
-        try:
-            store = open_store(sources.replay)  # the command's one open of its store
-        except FmDataError as exc:
-            raise FmModelError(exc.message, exc.path or str(sources.replay)) from None
-        replay = ReplaySource(store, sources.recording, shape=shape, faults=faults)
-        clock: Clock = VirtualClock(replay.start) if sources.speed is None else RealClock(replay.start, sources.speed)
-        fps: float | None = replay.fps
-        rate = settings.current_rate or _rows_per_second(replay.current_stamps)
-        has_video, has_current = True, reads_current and replay.rule is not None
-        first_frame, where = replay.first_frame, f"{sources.replay} ({replay.recording})"
-        finite.append(replay)
-    else:
-        now = time.time()
-        start_epoch = epoch_seconds(sources.video_start) if sources.video_start else None
-        origin = float(math.floor(min(now, start_epoch if start_epoch is not None else now)))
-        clock = RealClock(now - origin)
-        if sources.video:
-            video = VideoSource(sources.video, shape=shape, clock=clock,
-                                start=None if start_epoch is None else start_epoch - origin, fps=sources.fps)
-            if video.is_file:
-                finite.append(video)
-        if sources.current:
-            current_src = CsvCurrentSource(sources.current, origin=origin)
-        elif sources.mqtt_current_topic:
-            assert sources.mqtt_broker is not None
-            current_src = MqttCurrentSource(sources.mqtt_broker, sources.mqtt_current_topic, origin=origin)
-        fps = video.fps if video is not None else None
-        rate = settings.current_rate or LIVE_CURRENT_RATE
-        has_video, has_current = video is not None, current_src is not None
-        first_frame, where = 0, " + ".join(s for s in (sources.video, sources.current, sources.mqtt_current_topic) if s)
+    opened = _open_sources(sources, settings, faults, shape=shape, reads_current=reads_current,
+                           variant=meta.variant)
+    replay, video, current_src, clock = opened.replay, opened.video, opened.current, opened.clock
+    fps, has_video, has_current, where = opened.fps, opened.has_video, opened.has_current, opened.where
     if has_video and reads_video:
         _fps_rule(meta.info, params, fps, sources.video or where)
-    n_frames, n_rows = _ring_sizes(params, fps=fps or ASSUMED_FPS, rate=rate, shape=shape, limits=settings.limits,
-                                   budget=settings.buffer_memory, current=has_current)
+    n_frames, n_rows = _ring_sizes(params, fps=fps or ASSUMED_FPS, rate=opened.rate, shape=shape,
+                                   limits=settings.limits, budget=settings.buffer_memory, current=has_current)
     frames = FrameRing(n_frames, shape) if has_video else None
     current = CurrentRing(n_rows) if has_current else None
+    stop = threading.Event()
+    producers: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
     if replay is not None:
         replay.advance(replay.start, frames, current)  # the history the first windows reach into, and frame one
         if not clock.virtual:
@@ -315,7 +343,7 @@ def watch(checkpoint: str, sources: Sources, settings: WatchSettings = WatchSett
         health = HealthMonitor(settings.limits, video=has_video, current=has_current, fps=fps, every=settings.every,
                                reads_video=reads_video, reads_current=reads_current)
         cutter = WindowCutter(params, orientation=meta.orientation, norm=norm, video=reads_video,
-                              current=reads_current, first_frame=first_frame)
+                              current=reads_current, first_frame=opened.first_frame)
         scorer = Scorer(model, inputs=data.inputs, task=data.task, orientation=meta.orientation, device=device,
                         precision=precision, name=meta.variant, user=meta.source is not None)
         scorer(cutter.blank(shape))  # warm-up: the first call's one-off costs are no decision's latency
@@ -324,7 +352,8 @@ def watch(checkpoint: str, sources: Sources, settings: WatchSettings = WatchSett
             clock.restart()  # the replay's stream time starts now, with its loop
         loop = DecisionLoop(clock=clock, cutter=cutter, scorer=scorer, frames=frames, current=current, replay=replay,
                             every=settings.every, policy=settings.policy, health=health, metrics=LiveMetrics(),
-                            writers=writers, scores=scores, snapshots=settings.snapshots, origin=origin, finite=finite,
+                            writers=writers, scores=scores, snapshots=settings.snapshots, origin=opened.origin,
+                            finite=opened.finite,
                             duration=settings.duration, metrics_every=settings.metrics_every, on_metrics=on_metrics,
                             on_status=on_status, keep_decisions=keep_decisions, started=started, fps=fps)
         if settings.prometheus is not None:

@@ -116,7 +116,7 @@ class AlarmPolicy:
 
 # The policy ``fmmodel watch`` applies unless told otherwise (its --raise-threshold ... --hold options
 # override single fields). Chosen by measurement: docs/online.md, "Choosing the defaults".
-WATCH_POLICY = AlarmPolicy(raise_threshold=0.5, clear_threshold=0.3, smoothing="k_of_n", k=2, n=3, on_delay=1.0,
+WATCH_POLICY = AlarmPolicy(raise_threshold=0.7, clear_threshold=0.3, smoothing="k_of_n", k=3, n=5, on_delay=0.5,
                            hold=2.0)
 # seconds between ``fmmodel watch``'s decisions unless told otherwise (its --every); the decisions
 # ``fmmodel alarms`` and the benchmark make from stored predictions follow it too
