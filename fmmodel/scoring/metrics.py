@@ -31,29 +31,37 @@ Conventions (they follow the benchmark's reference test script, docs/reference-p
 """
 from __future__ import annotations
 
+import functools
 import math
+import types
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    BinaryAccuracy,
-    BinaryAUROC,
-    BinaryAveragePrecision,
-    BinaryConfusionMatrix,
-    BinaryF1Score,
-    BinaryPrecision,
-    BinaryPrecisionRecallCurve,
-    BinaryRecall,
-    BinaryROC,
-)
 
 from fmmodel.errors import FmModelError
 from fmmodel.protocol import EVAL_PROTOCOLS, PIXEL_EPS
+
+if TYPE_CHECKING:
+    from torchmetrics import MetricCollection
+
+
+_METRICS = ("BinaryAccuracy", "BinaryAUROC", "BinaryAveragePrecision", "BinaryConfusionMatrix", "BinaryF1Score",
+            "BinaryPrecision", "BinaryPrecisionRecallCurve", "BinaryRecall", "BinaryROC")
+
+
+@functools.cache
+def _tm() -> Any:
+    """torchmetrics' classification metrics, imported when first used: importing torchmetrics costs
+    about 1.3 s of CPU (its package imports every domain's metrics), which every ``fmmodel``
+    command, and every process that only loads a model, would otherwise pay at start."""
+    import torchmetrics  # deliberately late: see above
+    import torchmetrics.classification
+    return types.SimpleNamespace(MetricCollection=torchmetrics.MetricCollection,
+                                 **{n: getattr(torchmetrics.classification, n) for n in _METRICS})
 
 DEFAULT_PIXEL_THRESHOLDS = 201  # 0, 0.005, ..., 1: constant-size state per recording
 # The decision threshold on P(abnormal): abnormal when the probability exceeds it (predicted_abnormal).
@@ -114,12 +122,12 @@ def class_scores(prob: torch.Tensor, target: torch.Tensor) -> dict[str, Any]:
     if n == 0:
         return out
     # sync_on_compute=False: records are already gathered from every rank
-    coll = MetricCollection({
-        "accuracy": BinaryAccuracy(sync_on_compute=False),
-        "f1": BinaryF1Score(sync_on_compute=False),
-        "precision": BinaryPrecision(sync_on_compute=False),
-        "recall": BinaryRecall(sync_on_compute=False),
-        "confusion": BinaryConfusionMatrix(sync_on_compute=False),
+    coll = _tm().MetricCollection({
+        "accuracy": _tm().BinaryAccuracy(sync_on_compute=False),
+        "f1": _tm().BinaryF1Score(sync_on_compute=False),
+        "precision": _tm().BinaryPrecision(sync_on_compute=False),
+        "recall": _tm().BinaryRecall(sync_on_compute=False),
+        "confusion": _tm().BinaryConfusionMatrix(sync_on_compute=False),
     }, compute_groups=False)
     coll.update(predicted_abnormal(prob).long(), target)  # decisions (integers): torchmetrics applies no threshold
     res = _quiet(coll.compute)
@@ -129,9 +137,9 @@ def class_scores(prob: torch.Tensor, target: torch.Tensor) -> dict[str, Any]:
     out["fdr"] = _ratio(fp, fp + tn)
     out["mdr"] = _ratio(fn, tp + fn)
     both = 0 < int(target.sum()) < n
-    out["auroc"] = float(_quiet(lambda: BinaryAUROC(sync_on_compute=False)(prob, target))) if both else None
+    out["auroc"] = float(_quiet(lambda: _tm().BinaryAUROC(sync_on_compute=False)(prob, target))) if both else None
     positives = int(target.sum()) > 0
-    out["ap"] = (float(_quiet(lambda: BinaryAveragePrecision(sync_on_compute=False)(prob, target)))
+    out["ap"] = (float(_quiet(lambda: _tm().BinaryAveragePrecision(sync_on_compute=False)(prob, target)))
                  if positives else None)
     out["confusion"] = [[tn, fp], [fn, tp]]
     out["positives"] = int(target.sum())
@@ -144,8 +152,8 @@ def class_curves(prob: torch.Tensor, target: torch.Tensor) -> dict[str, np.ndarr
     target = target.detach().long().cpu()
     if not 0 < int(target.sum()) < int(target.numel()):
         return None
-    fpr, tpr, _ = _quiet(lambda: BinaryROC(sync_on_compute=False)(prob, target))
-    precision, recall, _ = _quiet(lambda: BinaryPrecisionRecallCurve(sync_on_compute=False)(prob, target))
+    fpr, tpr, _ = _quiet(lambda: _tm().BinaryROC(sync_on_compute=False)(prob, target))
+    precision, recall, _ = _quiet(lambda: _tm().BinaryPrecisionRecallCurve(sync_on_compute=False)(prob, target))
     return {"fpr": fpr.numpy(), "tpr": tpr.numpy(), "precision": precision.numpy(), "recall": recall.numpy()}
 
 
@@ -197,13 +205,13 @@ def pixel_scores_from_confusion(cm: np.ndarray, rule: str = "toolkit") -> dict[s
 
 def _pixel_collection(thresholds: int) -> MetricCollection:
     # sync_on_compute=False: MetricSet syncs explicitly, in a fixed order on every rank
-    return MetricCollection({
+    return _tm().MetricCollection({
         # torchmetrics decides probabilities by preds > threshold: predicted_abnormal's rule (tested)
-        "confusion": BinaryConfusionMatrix(threshold=THRESHOLD, sync_on_compute=False),
-        "auroc": BinaryAUROC(thresholds=thresholds, sync_on_compute=False),
-        "ap": BinaryAveragePrecision(thresholds=thresholds, sync_on_compute=False),
-        "roc": BinaryROC(thresholds=thresholds, sync_on_compute=False),
-        "pr": BinaryPrecisionRecallCurve(thresholds=thresholds, sync_on_compute=False),
+        "confusion": _tm().BinaryConfusionMatrix(threshold=THRESHOLD, sync_on_compute=False),
+        "auroc": _tm().BinaryAUROC(thresholds=thresholds, sync_on_compute=False),
+        "ap": _tm().BinaryAveragePrecision(thresholds=thresholds, sync_on_compute=False),
+        "roc": _tm().BinaryROC(thresholds=thresholds, sync_on_compute=False),
+        "pr": _tm().BinaryPrecisionRecallCurve(thresholds=thresholds, sync_on_compute=False),
     }, compute_groups=[["confusion"], ["auroc", "ap", "roc", "pr"]])
 
 
