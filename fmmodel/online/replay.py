@@ -113,7 +113,7 @@ class ReplaySource:
             meta = store.meta
             names = list(store.recording_names)
             f_off, c_off = store.offsets
-            r = self._pick(names, recording, str(location))
+            r = 0 if recording is None else store.recording_index(recording)  # a name or an id
             f0, f1, c0, c1 = int(f_off[r]), int(f_off[r + 1]), int(c_off[r]), int(c_off[r + 1])
             self.frame_time = store.column(schema.FRAME_TIME)[f0:f1].astype(np.float64)
             current_time = store.column(schema.CURRENT_TIME)[c0:c1].astype(np.float64)
@@ -121,7 +121,7 @@ class ReplaySource:
             current = reader.take(np.arange(c0, c1, dtype=np.int64)) if c1 > c0 else np.zeros((0, 3))
             self._video = open_axis_reader(store, schema.VIDEO) if shape is not None else None
         except FmDataError as exc:
-            raise FmModelError(exc.message, exc.path or str(location)) from None
+            raise FmModelError(exc.message, exc.path or str(location), field=exc.field) from None
         if f1 <= f0:
             raise FmModelError(f"expected frames in recording {names[r]!r}, got none", str(location))
         self.location, self.recording, self.shape, self.faults = location, names[r], shape, faults
@@ -159,17 +159,6 @@ class ReplaySource:
     def current_stamps(self) -> np.ndarray:
         """The stamps of the current rows the replay releases (in release order)."""
         return self._c_stamp
-
-    @staticmethod
-    def _pick(names: list[str], recording: str | None, where: str) -> int:
-        if recording is None:
-            return 0
-        if recording in names:
-            return names.index(recording)
-        if recording.isdigit() and int(recording) < len(names):
-            return int(recording)
-        raise FmModelError(f"expected a recording among {names} (name or id), got {recording!r}", where,
-                           field="recording")
 
     def _image(self, local: int) -> np.ndarray:
         """The frame at local index ``local`` (after faults), at the rings' size."""
