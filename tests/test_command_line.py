@@ -107,7 +107,8 @@ def test_a_forgotten_out_is_named_and_nothing_is_written(raw):
 # ---- an existing output: one wording everywhere --------------------------------------------------
 def test_an_existing_output_is_refused_in_one_wording(raw, tmp_path_factory, tmp_path):
     store = cached_store(tmp_path_factory)
-    taken = {name: tmp_path / name for name in ("taken.zarr", "taken.mat", "taken.png", "taken-predictions.zarr")}
+    taken = {name: tmp_path / name for name in ("taken.zarr", "taken.mat", "taken.png", "taken-predictions.zarr",
+                                                "taken.pt2")}
     for path in taken.values():
         path.write_text("the user's")
     lines = {
@@ -116,6 +117,7 @@ def test_an_existing_output_is_refused_in_one_wording(raw, tmp_path_factory, tmp
         "preview": run([FMDATA, "preview", store, "--frame", "100", "--out", taken["taken.png"]]),
         "predict": run([FMMODEL, "predict", store, "--checkpoint", "best.pt", "--out", taken["taken-predictions.zarr"],
                         *QUICK]),
+        "export": run([FMMODEL, "export", "--checkpoint", "best.pt", "--format", "pt2", "--out", taken["taken.pt2"]]),
     }
     for (command, r), path in zip(lines.items(), taken.values()):
         one_line_error(r, 1)

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from fmdata.store.atomic import atomic_file
-from fmdata.store.outputs import check_apart, refusal
+from fmdata.store.outputs import check_apart, output_exists, refusal
 from fmmodel.errors import FmModelError
 from fmmodel.model.checkpoint import ModelMeta, load_model
 from fmmodel.model.pt2_archive import checked_pt2, is_aoti, is_pt2
@@ -443,7 +443,7 @@ def export_model(checkpoint: str, out: str, *, format: str, fmt: str = "auto", v
     check_apart(out, [checkpoint], field="out", what="the checkpoint it reads")
     if os.path.lexists(out):
         if not overwrite:
-            raise FmModelError("exists; pass --overwrite to replace it", out)
+            raise output_exists(out, error=FmModelError)
         if os.path.islink(out) or export_kind(out) is None:
             raise refusal(out, COMMAND, "something that is not an exported model")
     if export_kind(checkpoint) is not None:
