@@ -32,6 +32,18 @@ def test_fmdata_imports_without_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_commands_import_matplotlib_only_when_they_draw():
+    # every fmmodel command's module, and the modules that draw: matplotlib (0.4-0.8 s of CPU) comes with
+    # the first picture (fmdata.store.atomic.new_figure), not with the import
+    code = ("import sys, fmcli.model_commands, fmcli.model_alarms, fmcli.model_benchmark, fmcli.model_watch, "
+            "fmcli.model_export, fmcli.model_bench_data, fmcli.data_derive, fmdata.synth.picture, "
+            "fmmodel.scoring.report, fmmodel.scoring.timeline, fmmodel.runs.curves, fmmodel.runs.benchmark_table; "
+            "assert 'matplotlib' not in sys.modules, sorted(m for m in sys.modules if 'matplotlib' in m); "
+            "from fmdata.store.atomic import new_figure; new_figure(figsize=(1, 1)); "
+            "assert 'matplotlib.figure' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def _recording(n, m, seed):
     rng = np.random.default_rng(seed)
     return store.RecordingArrays(

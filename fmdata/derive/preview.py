@@ -19,13 +19,11 @@ from typing import Any
 
 import cv2
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from fmdata.derive.windows import load_index, window_for_frame
 from fmdata.errors import FmDataError
 from fmdata.store import schema
-from fmdata.store.atomic import atomic_file, save_figure
+from fmdata.store.atomic import atomic_file, new_figure, save_figure
 from fmdata.store.handle import StoreHandle, StoreLike, location_of, open_store
 from fmdata.store.outputs import check_apart, check_replaceable, mark_mp4
 from fmdata.store.row_reader import ZarrAxisReader
@@ -150,7 +148,9 @@ def _png(w: dict[str, Any], out: str) -> None:
     n = len(shown)
     h, wd = w["video"].shape[1:3]
     scale = max(1, 192 // max(h, wd))
-    fig = Figure(figsize=(max(8.0, 1.5 * n), 5.6), dpi=110, layout="constrained")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # late, as in new_figure
+
+    fig = new_figure(figsize=(max(8.0, 1.5 * n), 5.6), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     grid = fig.add_gridspec(2, n, height_ratios=[1.0, 1.2])
     for col, i in enumerate(shown):
@@ -179,7 +179,9 @@ def _png(w: dict[str, Any], out: str) -> None:
 
 def _strip(w: dict[str, Any], width: int, height: int) -> tuple[np.ndarray, Any]:
     """Render the current traces as an RGB image; return it and a time -> pixel column function."""
-    fig = Figure(figsize=(width / 100, height / 100), dpi=100)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # late, as in new_figure
+
+    fig = new_figure(figsize=(width / 100, height / 100), dpi=100)
     canvas = FigureCanvasAgg(fig)
     ax = fig.add_axes((0.1, 0.12, 0.88, 0.84))
     t0 = float(w["clip_time"][-1])

@@ -8,10 +8,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from fmdata.store import schema
-from fmdata.store.atomic import save_figure
+from fmdata.store.atomic import new_figure, save_figure
 from fmdata.synth import simulation as synth
 from fmdata.synth.ownership import COMMAND
 
@@ -55,8 +54,7 @@ def plot_preview(rec: synth.Recording, path: str | os.PathLike[str], count: int 
     rows = [(_pick_frames(rec, count), "{title}"), (_life_frames(rec, 6), "one hot spot {title}")]
     rows = [r for r in rows if r[0]]
     cols = max(3, *(len(r[0]) for r in rows))
-    # a Figure without pyplot: no backend switch and no global state in the importing process
-    fig = Figure(figsize=(2.0 * cols, 2.1 * 2 * len(rows) + 3.0), layout="constrained")
+    fig = new_figure(figsize=(2.0 * cols, 2.1 * 2 * len(rows) + 3.0), layout="constrained")
     grid = fig.add_gridspec(2 * len(rows) + 1, cols, height_ratios=[1] * (2 * len(rows)) + [1.6])
     for r, (picks, fmt) in enumerate(rows):
         for i, (f, title) in enumerate(picks):

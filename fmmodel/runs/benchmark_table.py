@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
-from fmdata.store.atomic import replace_text, save_figure
+from fmdata.store.atomic import new_figure, replace_text, save_figure
 from fmmodel.errors import FmModelError
 from fmmodel.scoring.alarms import AlarmPolicy
 from fmmodel.scoring.report import write_json
@@ -197,7 +196,7 @@ def _picture(path: str, rows: Sequence[Mapping[str, Any]], protocol: Mapping[str
     epochs and the model size (``protocol``)."""
     names = dict(CLASS_METRICS + PIXEL_METRICS)
     metrics = PICTURE_METRICS + (("miou",) if any(r["task"] == "seg" for r in rows) else ())
-    fig = Figure(figsize=(2.0 + 1.5 * len(metrics), 4.0), dpi=110)  # no pyplot: no global state
+    fig = new_figure(figsize=(2.0 + 1.5 * len(metrics), 4.0), dpi=110)
     ax = fig.add_subplot()
     width = 0.8 / max(len(rows), 1)
     x = np.arange(len(metrics))

@@ -12,11 +12,12 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matplotlib.figure import Figure
+from fmdata.store.atomic import new_figure, save_figure
 
-from fmdata.store.atomic import save_figure
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CURVES_PNG = "curves.png"
 MADE_BY = "fmmodel train"
@@ -32,7 +33,7 @@ def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[int], 
 
 def draw_curves(history: Sequence[Mapping[str, Any]], *, title: str) -> Figure:
     """Return the figure of ``history`` (rows of metrics.csv as dicts) under ``title``."""
-    fig = Figure(figsize=(10.0, 6.4), dpi=100)
+    fig = new_figure(figsize=(10.0, 6.4), dpi=100)
     axes = fig.subplots(2, 2, sharex=True)
     best = [int(r["epoch"]) for r in history if r.get("best")]
     epochs = [int(r["epoch"]) for r in history]

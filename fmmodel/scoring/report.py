@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure  # no pyplot: no global state, no window
 
-from fmdata.store.atomic import replace_text, save_figure
+from fmdata.store.atomic import new_figure, replace_text, save_figure
 from fmdata.store.outputs import atomic_output, folders_made_for
 from fmmodel.scoring.metrics import THRESHOLD, predicted_abnormal
 
@@ -179,7 +178,7 @@ def plot_curves(path: str, curves: dict[str, dict[str, np.ndarray] | None], kind
     says what was scored ("what") and the samples of each level, in the title.
     """
     titles = titles or {}
-    fig = Figure(figsize=(5.2, 5.0), dpi=110, layout="constrained")
+    fig = new_figure(figsize=(5.2, 5.0), dpi=110, layout="constrained")
     ax = fig.add_subplot()
     drawn = 0
     for name, c in curves.items():
@@ -216,7 +215,7 @@ def plot_confusions(path: str, matrices: dict[str, list[list[int]] | None], titl
     """Draw each 2x2 confusion matrix [[TN, FP], [FN, TP]] (rows true, columns predicted) under
     ``title`` (what was scored)."""
     items = [(k, np.asarray(v)) for k, v in matrices.items() if v is not None]
-    fig = Figure(figsize=(3.6 * max(len(items), 1), 3.4), dpi=110)
+    fig = new_figure(figsize=(3.6 * max(len(items), 1), 3.4), dpi=110)
     axes = np.atleast_1d(fig.subplots(1, max(len(items), 1)))
     for ax, (name, cm) in zip(axes, items):
         rows = cm.sum(axis=1, keepdims=True).clip(min=1)
@@ -276,7 +275,7 @@ def plot_examples(path: str, examples: Sequence[Example], title: str = "") -> No
         columns[e.outcome].append((e, caption))
     rows = max(1, max(len(v) for v in columns.values()))
     size = 2.3
-    fig = Figure(figsize=(size * len(OUTCOMES), size * rows + 1.1), dpi=110, layout="constrained")
+    fig = new_figure(figsize=(size * len(OUTCOMES), size * rows + 1.1), dpi=110, layout="constrained")
     axes = fig.subplots(rows, len(OUTCOMES), squeeze=False)
     for col, (name, meaning) in enumerate(OUTCOMES):
         for row in range(rows):

@@ -13,18 +13,17 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
 
-from fmdata.store.atomic import save_figure
+from fmdata.store.atomic import new_figure, save_figure
 from fmmodel.errors import FmModelError
 from fmmodel.scoring.alarms import RAISE, AlarmEvent, AlarmPolicy, alarm_spans, smooth_scores
 from fmmodel.scoring.events import AlarmScore, LabelledEvents
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 RAW, SMOOTH, EVENT, ALARM = "0.55", "tab:blue", "tab:red", "tab:orange"
 DETECTED, FALSE = "tab:green", "tab:red"
@@ -99,7 +98,10 @@ def save_timeline(path: str | os.PathLike[str], *, decisions: Mapping[int, tuple
     if not recs or missing:
         raise FmModelError(f"expected decisions and alarms of the scored recordings {recs}, got none for "
                            f"{missing or 'any'}", field="decisions")
-    fig = Figure(figsize=(14.0, 1.2 + 2.7 * len(recs)), layout="constrained")
+    from matplotlib.lines import Line2D  # late, as in new_figure: only a timeline needs them
+    from matplotlib.patches import Patch
+
+    fig = new_figure(figsize=(14.0, 1.2 + 2.7 * len(recs)), layout="constrained")
     axes = fig.subplots(len(recs), 1, squeeze=False)[:, 0]
     for ax, rec in zip(axes, recs):
         times, scores = (np.asarray(a, dtype=np.float64) for a in decisions[rec])
