@@ -12,6 +12,7 @@ run() { printf '\n== %s\n' "$*"; "$@"; }
 if [ -n "${QUICK:-}" ]; then
   run python benchmarks/bench_synth.py --frames 3000 --out "$out/synth"
   run python benchmarks/bench_convert.py --sizes-gb 0.05 --out "$out/convert" --repeat 1
+  run python benchmarks/bench_chunk_copy.py --sizes-gb 0.05 --out "$out/convert" --repeat 1
   run python benchmarks/bench_layouts.py --sizes-gb 0.05 --windows 500 --repeat 1 --out "$out/layouts"
   run python benchmarks/bench_derive.py --frames 6000 --out "$out/derive"
   run python benchmarks/bench_dataset.py --frames 3000 --windows 600 --scales 0.7,1 --out "$out/dataset"
@@ -25,6 +26,7 @@ else
   run python benchmarks/bench_convert.py --sizes-gb 1 --out "$out/convert" --repeat 3 \
     --baselines-up-to-gb 0 --store-dir /dev/shm --json-name bench_convert_tmpfs.json
   run python benchmarks/bench_convert.py --layout --out "$out/convert"
+  run python benchmarks/bench_chunk_copy.py --sizes-gb 1 --out "$out/convert" --store-dir /dev/shm
   run python benchmarks/bench_layouts.py --demo --sizes-gb 1 --repeat 3 --windows 4000 --out "$out/layouts"
   run python benchmarks/bench_layouts.py --sizes-gb 4 --repeat 1 --windows 4000 --out "$out/layouts-4gb"
   run python benchmarks/bench_derive.py --frames 120000 --repeat 3 --out "$out/derive"
