@@ -78,23 +78,25 @@ def copy_lookup(src: str, out: str) -> int:
 
 def copy_mapped(src: str, out: str) -> int:
     """Copy every chunk (and its CRC-32C) from a mapping of the file at the offsets ``chunk_iter`` lists."""
-    copied = 0
     with h5py.File(src, "r") as f, open(src, "rb") as raw, open(out, "wb") as sink:
         spans: list[tuple[int, int]] = []
         for ds in _chunked(f):
             ds.id.chunk_iter(lambda info: spans.append((info.byte_offset, info.size)))
         with mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            data = np.frombuffer(mapped, np.uint8)
-            pieces: list[Any] = []
-            for offset, size in spans:
-                chunk = data[offset:offset + size]
-                pieces += [chunk, int(google_crc32c.value(chunk)).to_bytes(4, "little")]
-                copied += size
-                if len(pieces) >= IOV:
-                    _flush(sink.fileno(), pieces)
-            _flush(sink.fileno(), pieces)
-            del data, chunk  # no view of the mapping may outlive it
-    return copied
+            # the views of the mapping live only inside this call: the mapping can close after it
+            return _write_spans(sink.fileno(), np.frombuffer(mapped, np.uint8), spans)
+
+
+def _write_spans(fd: int, data: np.ndarray, spans: list[tuple[int, int]]) -> int:
+    """Write ``data[offset:offset + size]`` and its CRC-32C for every span to ``fd``; return the bytes copied."""
+    pieces: list[Any] = []
+    for offset, size in spans:
+        chunk = data[offset:offset + size]
+        pieces += [chunk, int(google_crc32c.value(chunk)).to_bytes(4, "little")]
+        if len(pieces) >= IOV:
+            _flush(fd, pieces)
+    _flush(fd, pieces)
+    return sum(size for _, size in spans)
 
 
 def _child(way: str, src: str, out: str) -> None:
