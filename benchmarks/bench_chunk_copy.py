@@ -6,13 +6,14 @@ no store, no workers, no index): every chunk of the file's large chunked variabl
 appended, followed by its 4-byte CRC-32C, to one file in ``--store-dir``, in two ways:
 
 * ``lookup``: the converter's way, ``read_direct_chunk`` per chunk (HDF5 looks each one up in its
-  B-tree) into one reused buffer, written with ``os.writev`` in groups of 512 pieces;
+  B-tree; the keys and the room per chunk from :class:`fmdata.sources.hdf5_chunks.DirectChunks`)
+  into one reused buffer, written with ``os.writev`` each time the buffer fills;
 * ``mapped``: every chunk's offset and size listed once with ``chunk_iter``, the file mapped
-  with ``mmap`` and the chunks written straight from the mapping with ``os.writev`` (no copy into
-  a buffer of ours, no lookup per chunk).
+  with ``mmap`` and the chunks written straight from the mapping
+  (:func:`fmdata.store.atomic.write_pieces`: no copy into a buffer of ours, no lookup per chunk).
 
-Each way runs in a fresh process, alternating, ``--repeat`` rounds; wall and CPU seconds (user +
-system) per round and the median. The floor of ``bench_convert.py`` (every element read and
+Each way runs in a fresh process (``bench_convert.run_measured``), alternating, ``--repeat``
+rounds; wall and CPU seconds (user + system) per round and the median. The floor of ``bench_convert.py`` (every element read and
 decoded) is the yardstick the converter is measured against; this figure says how much of the
 converter's time the copy itself must take.
 
@@ -24,8 +25,6 @@ import argparse
 import json
 import mmap
 import os
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,65 +36,62 @@ import h5py
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_convert import make_source
+from bench_convert import make_source, run_measured
+
+from fmdata.sources.hdf5_chunks import DirectChunks, direct_chunks
+from fmdata.sources.layouts import V1_VARIABLES
+from fmdata.store.atomic import write_pieces
 
 WAYS = ("lookup", "mapped")
-IOV = 512  # pieces per writev call, as fmdata.store.atomic writes them
-BUFFER = 1 << 20  # larger than any chunk MATLAB writes (at most 64 KiB)
+BUFFER = 1 << 20  # the reused buffer: many chunks (MATLAB's are at most 64 KiB stored)
+GROUP = 512  # pieces per writev, below every platform's IOV_MAX (as fmdata.store.atomic groups them)
 
 
-def _chunked(f: h5py.File) -> list[h5py.Dataset]:
-    """The file's chunked variables of more than a MiB (video and mask in a V1 file)."""
-    return [d for d in f.values() if isinstance(d, h5py.Dataset) and d.chunks and d.nbytes > 1 << 20]
-
-
-def _flush(fd: int, pieces: list[Any]) -> None:
-    if pieces:
-        os.writev(fd, pieces)
-        pieces.clear()
+def _copied(f: h5py.File) -> list[DirectChunks]:
+    """Raw-chunk access to the variables the source layout copies: a V1 file's video and mask."""
+    found = [direct_chunks(f[V1_VARIABLES[k]]) for k in ("video", "mask")]
+    return [d for d in found if d is not None]
 
 
 def copy_lookup(src: str, out: str) -> int:
     """Copy every chunk (and its CRC-32C) with one ``read_direct_chunk`` per chunk; return the bytes copied."""
     copied, buf = 0, np.empty(BUFFER, np.uint8)
     with h5py.File(src, "r") as f, open(out, "wb") as sink:
-        for ds in _chunked(f):
-            grid = np.indices([-(-s // c) for s, c in zip(ds.shape, ds.chunks)]).reshape(ds.ndim, -1).T * ds.chunks
-            item = int(np.prod(ds.chunks)) * ds.dtype.itemsize
-            room = item + item // 64 + 64  # deflate's worst case for one chunk
+        for d in _copied(f):
+            identity = tuple(range(len(d.shape)))  # the dataset's own chunk order
             pos, pieces = 0, []
-            for key in map(tuple, grid.tolist()):
-                if pos + room > BUFFER or len(pieces) >= IOV:  # the buffer or the group is full: write it out
-                    _flush(sink.fileno(), pieces)
-                    pos = 0
-                _, view = ds.id.read_direct_chunk(key, out=buf[pos:pos + room])
+            for key in d.copy_keys(0, d.shape[0], identity):
+                if pos + d.stored_max > BUFFER or len(pieces) >= GROUP:  # write out, reuse the buffer
+                    os.writev(sink.fileno(), pieces)
+                    pos, pieces = 0, []
+                _, view = d.ds.id.read_direct_chunk(key, out=buf[pos:pos + d.stored_max])
                 chunk = buf[pos:pos + len(view)]
                 pieces += [chunk, int(google_crc32c.value(chunk)).to_bytes(4, "little")]
                 pos, copied = pos + len(view), copied + len(view)
-            _flush(sink.fileno(), pieces)
+            os.writev(sink.fileno(), pieces)
     return copied
 
 
 def copy_mapped(src: str, out: str) -> int:
     """Copy every chunk (and its CRC-32C) from a mapping of the file at the offsets ``chunk_iter`` lists."""
-    with h5py.File(src, "r") as f, open(src, "rb") as raw, open(out, "wb") as sink:
+    with h5py.File(src, "r") as f, open(src, "rb") as raw:
         spans: list[tuple[int, int]] = []
-        for ds in _chunked(f):
-            ds.id.chunk_iter(lambda info: spans.append((info.byte_offset, info.size)))
+        for d in _copied(f):
+            d.ds.id.chunk_iter(lambda info: spans.append((info.byte_offset, info.size)))
         with mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             # the views of the mapping live only inside this call: the mapping can close after it
-            return _write_spans(sink.fileno(), np.frombuffer(mapped, np.uint8), spans)
+            return _write_spans(out, np.frombuffer(mapped, np.uint8), spans)
 
 
-def _write_spans(fd: int, data: np.ndarray, spans: list[tuple[int, int]]) -> int:
-    """Write ``data[offset:offset + size]`` and its CRC-32C for every span to ``fd``; return the bytes copied."""
-    pieces: list[Any] = []
-    for offset, size in spans:
-        chunk = data[offset:offset + size]
-        pieces += [chunk, int(google_crc32c.value(chunk)).to_bytes(4, "little")]
-        if len(pieces) >= IOV:
-            _flush(fd, pieces)
-    _flush(fd, pieces)
+def _write_spans(out: str, data: np.ndarray, spans: list[tuple[int, int]]) -> int:
+    """Write ``data[offset:offset + size]`` and its CRC-32C for every span to ``out``; return the bytes copied."""
+    def pieces() -> Any:
+        for offset, size in spans:
+            chunk = data[offset:offset + size]
+            yield chunk
+            yield int(google_crc32c.value(chunk)).to_bytes(4, "little")
+
+    write_pieces(out, pieces())
     return sum(size for _, size in spans)
 
 
@@ -108,13 +104,8 @@ def _child(way: str, src: str, out: str) -> None:
 
 def measure(way: str, src: Path, out: Path) -> dict[str, Any]:
     """Run one way in a fresh process; its own timing, and the process's wall and CPU seconds."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, __file__, "_child", way, str(src), str(out)],
-                          capture_output=True, text=True, check=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {**json.loads(done.stdout), "process_seconds": time.perf_counter() - t0,
-            "process_cpu_seconds": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)}
+    run = run_measured([sys.executable, __file__, "_child", way, str(src), str(out)])
+    return {**json.loads(run["stdout"]), "process_seconds": run["seconds"], "process_cpu_seconds": run["cpu_seconds"]}
 
 
 def main() -> None:

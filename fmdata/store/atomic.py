@@ -12,6 +12,9 @@ the path holds the old or the complete new content. Writers of many small pieces
 a whole later (store shards, whose store only counts once its ``complete`` flag is written)
 pass ``durable=False``: a kill cannot tear a rename, and an fsync per shard costs more than
 the shard's encoding.
+
+Pictures are placed here too: :func:`new_figure` makes the matplotlib figure (loading matplotlib
+only then) that :func:`save_figure` writes.
 """
 from __future__ import annotations
 
