@@ -17,7 +17,6 @@ from typing import Any, TypeVar, cast
 
 import click
 from click.core import ParameterSource
-from dask.utils import parse_bytes
 
 from fmdata.errors import FmDataError
 from fmdata.store import Location
@@ -105,6 +104,10 @@ class ByteSize(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
+        # dask's parser (the one --memory-limit goes through), imported here: importing dask
+        # costs every command ~0.05 s, and only --buffer-memory and --resident-budget need it
+        from dask.utils import parse_bytes
+
         try:
             return int(parse_bytes(str(value)))
         except ValueError:

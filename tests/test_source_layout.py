@@ -122,6 +122,24 @@ def test_chunks_are_copied_byte_for_byte_and_stock_zarr_reads_every_frame(files,
     assert res.returncode == 0 and "every element equal the sources" in res.stdout, res.stdout + res.stderr
 
 
+def test_a_local_conversion_imports_no_dask(files, tmp_path):
+    # a 1 GB copy takes ~2 s, of which importing dask would be ~0.15 s in each process: the command
+    # and the library import dask only where Dask computes (labels, stats, a cluster), and the spawned
+    # workers import the same modules as the command, so the command's modules stand for theirs
+    out = tmp_path / "s.zarr"
+    code = textwrap.dedent(f"""
+        import sys
+        from fmcli.fmdata_main import main
+        main(["convert", {str(files["several"])!r}, {str(out)!r}, "--layout", "source", "--workers", "2",
+              "--no-progress"], standalone_mode=False)
+        print(sorted(m for m in sys.modules if m.split(".")[0] in ("dask", "distributed")))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"
+    assert store.open_store(out).meta.layouts == {schema.VIDEO: SOURCE, schema.MASK: SOURCE}
+
+
 @pytest.mark.parametrize("name", ["several", "partial", "hdf5storage"])
 def test_every_reader_reads_any_chunk_grid(files, tmp_path, name):
     src = files[name]

@@ -24,10 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import dask
-import dask.utils
 import zarr
-from dask.callbacks import Callback
 from tqdm.auto import tqdm
 
 from fmdata.compute.processes import check_workers
@@ -67,6 +64,8 @@ def _check_memory_limit(value: str | int) -> None:
     try:
         number = float(value)
     except (TypeError, ValueError):
+        import dask.utils  # see dask_runner
+
         try:
             number = float(dask.utils.parse_bytes(str(value)))
         except (TypeError, ValueError):
@@ -84,18 +83,17 @@ def _prepare_worker(modules: Sequence[str]) -> None:
     zarr.config.set({"threading.max_workers": 1})
 
 
-class _KeyProgress(Callback):
-    """Local-scheduler callback: advance a tqdm bar when one of the watched keys finishes."""
+def _key_progress(bar: tqdm, weights: dict[Any, float]) -> Any:
+    """Return a local-scheduler callback that advances ``bar`` by ``weights[key]`` when a watched
+    key finishes (a dask ``Callback``, used as a context manager around ``dask.compute``)."""
+    from dask.callbacks import Callback  # see dask_runner
 
-    def __init__(self, bar: tqdm, weights: dict[Any, float]) -> None:
-        super().__init__()
-        self._bar = bar
-        self._weights = weights
-
-    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
-        weight = self._weights.get(key)
+    def posttask(key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+        weight = weights.get(key)
         if weight is not None:
-            self._bar.update(weight)
+            bar.update(weight)
+
+    return Callback(posttask=posttask)
 
 
 class Runner:
@@ -114,6 +112,8 @@ class Runner:
     def n_workers(self) -> int:
         """Return the number of workers (threads of this process on the local scheduler)."""
         if self.client is None:
+            import dask  # see dask_runner
+
             return int(dask.config.get("num_workers", None) or _cpu_count())
         return len(self.client.scheduler_info().get("workers", {}))
 
@@ -131,7 +131,9 @@ class Runner:
         with tqdm(total=sum(w), desc=desc, unit=unit, unit_scale=True, disable=not self.progress,
                   dynamic_ncols=True, leave=True) as bar:
             if self.client is None:
-                with _KeyProgress(bar, {t.key: wi for t, wi in zip(tasks, w)}):
+                import dask  # see dask_runner
+
+                with _key_progress(bar, {t.key: wi for t, wi in zip(tasks, w)}):
                     return list(dask.compute(*tasks, scheduler="threads"))
             from distributed import as_completed  # see dask_runner: imported only where a cluster runs
 
@@ -159,8 +161,11 @@ def dask_runner(options: DaskOptions = DaskOptions(), preload: Sequence[str] = (
     if options.workers is None and not options.scheduler:
         yield Runner(None, f"local threads ({_cpu_count()})", options.progress)
         return
-    # dask.distributed takes ~0.5 s to import: only processes that start or join a cluster pay it,
-    # not the threaded scheduler nor the conversion's spawned workers (which import this package)
+    # dask.distributed takes ~0.5 s to import, dask itself ~0.15 s: only processes that start or
+    # join a cluster pay for distributed, only those that compute with Dask for dask. The converter
+    # and its spawned workers import this module (convert can run on a cluster) but, running
+    # locally, neither: a 1 GB --layout source conversion takes ~2 s, so 0.15 s per process counts.
+    import dask
     from distributed import Client, LocalCluster
 
     if options.scheduler:
