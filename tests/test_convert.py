@@ -27,6 +27,7 @@ from fmdata.store.layout import SHARD_BYTES_MAX, default_chunking, override_chun
 from fmdata.store.shard_writer import ShardWriter
 
 from builders import leftovers, read_v1_independently, read_v2_independently, v1_arrays, write_v1, write_v2
+from processes import descendants, running
 
 SOURCE_ARRAYS = schema.FRAME_ARRAYS + schema.CURRENT_ARRAYS
 
@@ -211,9 +212,16 @@ def test_a_killed_conversion_resumes_to_the_same_store(synth_v1, tmp_path, layou
     deadline = time.monotonic() + 120
     while _ledger_entries(tmp_path, "k.zarr") < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its workers, mid-way
+    family = descendants(proc.pid)  # its worker and multiprocessing's resource tracker
+    # the driver alone, mid-way, as the OOM killer would: its worker ends with it (parent-death
+    # signal), and the resource tracker, left alive, removes the pool's named semaphores from
+    # /dev/shm (killing the whole session would leave them there for good)
+    os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    while running(family) and time.monotonic() < deadline + 60:
+        time.sleep(0.01)  # polling a condition, not timing one
+    assert not running(family), family
     assert not out.exists()
     (partial,) = [p for p in tmp_path.iterdir() if p.name.startswith(".k.zarr.partial-")]
     with pytest.raises(FmDataError, match="incomplete"):
