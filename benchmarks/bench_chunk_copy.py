@@ -5,9 +5,11 @@ the store with its CRC-32C. This benchmark times that core alone, outside the co
 no store, no workers, no index): every chunk of the file's large chunked variables is read and
 appended, followed by its 4-byte CRC-32C, to one file in ``--store-dir``, in two ways:
 
-* ``lookup``: the converter's way, ``read_direct_chunk`` per chunk (HDF5 looks each one up in its
-  B-tree; the keys and the room per chunk from :class:`fmdata.sources.hdf5_chunks.DirectChunks`)
-  into one reused buffer, written with ``os.writev`` each time the buffer fills;
+* ``lookup``: the converter's own code, :meth:`fmdata.sources.readers.RecordingReader.copied_chunks`
+  over ranges of about a shard (``read_direct_chunk`` per chunk, HDF5 looking each one up in its
+  B-tree, into one reused buffer; the mask's chunks inflated and checked as a conversion does),
+  each chunk's CRC-32C put after it by :func:`fmdata.store.shards.with_crcs` (as a shard gets
+  it), each range written as one piece;
 * ``mapped``: every chunk's offset and size listed once with ``chunk_iter``, the file mapped
   with ``mmap`` and the chunks written straight from the mapping
   (:func:`fmdata.store.atomic.write_pieces`: no copy into a buffer of ours, no lookup per chunk).
@@ -38,37 +40,29 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_convert import make_source, run_measured
 
-from fmdata.sources.hdf5_chunks import DirectChunks, direct_chunks
+from fmdata.sources import open_reader, open_sources
 from fmdata.sources.layouts import V1_VARIABLES
+from fmdata.store import schema
 from fmdata.store.atomic import write_pieces
+from fmdata.store.layout import SOURCE_SHARD_FRAMES
+from fmdata.store.shards import CRC_BYTES, with_crcs
 
 WAYS = ("lookup", "mapped")
-BUFFER = 1 << 20  # the reused buffer: many chunks (MATLAB's are at most 64 KiB stored)
-GROUP = 512  # pieces per writev, below every platform's IOV_MAX (as fmdata.store.atomic groups them)
-
-
-def _copied(f: h5py.File) -> list[DirectChunks]:
-    """Raw-chunk access to the variables the source layout copies: a V1 file's video and mask."""
-    found = [direct_chunks(f[V1_VARIABLES[k]]) for k in ("video", "mask")]
-    return [d for d in found if d is not None]
 
 
 def copy_lookup(src: str, out: str) -> int:
-    """Copy every chunk (and its CRC-32C) with one ``read_direct_chunk`` per chunk; return the bytes copied."""
-    copied, buf = 0, np.empty(BUFFER, np.uint8)
-    with h5py.File(src, "r") as f, open(out, "wb") as sink:
-        for d in _copied(f):
-            identity = tuple(range(len(d.shape)))  # the dataset's own chunk order
-            pos, pieces = 0, []
-            for key in d.copy_keys(0, d.shape[0], identity):
-                if pos + d.stored_max > BUFFER or len(pieces) >= GROUP:  # write out, reuse the buffer
-                    os.writev(sink.fileno(), pieces)
-                    pos, pieces = 0, []
-                _, view = d.ds.id.read_direct_chunk(key, out=buf[pos:pos + d.stored_max])
-                chunk = buf[pos:pos + len(view)]
-                pieces += [chunk, int(google_crc32c.value(chunk)).to_bytes(4, "little")]
-                pos, copied = pos + len(view), copied + len(view)
-            os.writev(sink.fileno(), pieces)
+    """Copy every chunk (and its CRC-32C) through the converter's reader; return the bytes copied."""
+    (rec,) = open_sources([src])
+    copied = 0
+    with open_reader(rec) as reader, open(out, "wb") as sink:
+        for array, spec in ((schema.VIDEO, rec.video), (schema.MASK, rec.mask)):
+            assert spec.h5_chunks is not None, f"{spec.name}: {spec.copy_note}"
+            rows = int(spec.h5_chunks[0])  # frames per chunk: every range starts on the file's grid
+            step = rows * -(-SOURCE_SHARD_FRAMES // rows)  # as the converter rounds its shards
+            for start in range(0, rec.n_frames, step):
+                run = reader.copied_chunks(array, start, min(start + step, rec.n_frames), gap=CRC_BYTES)
+                sink.write(with_crcs(run))  # before the next call reuses the buffer
+                copied += int(run.sizes.sum())
     return copied
 
 
@@ -76,8 +70,8 @@ def copy_mapped(src: str, out: str) -> int:
     """Copy every chunk (and its CRC-32C) from a mapping of the file at the offsets ``chunk_iter`` lists."""
     with h5py.File(src, "r") as f, open(src, "rb") as raw:
         spans: list[tuple[int, int]] = []
-        for d in _copied(f):
-            d.ds.id.chunk_iter(lambda info: spans.append((info.byte_offset, info.size)))
+        for variable in (V1_VARIABLES["video"], V1_VARIABLES["mask"]):  # what the source layout copies
+            f[variable].id.chunk_iter(lambda info: spans.append((info.byte_offset, info.size)))
         with mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             # the views of the mapping live only inside this call: the mapping can close after it
             return _write_spans(out, np.frombuffer(mapped, np.uint8), spans)

@@ -551,6 +551,17 @@ class EncodedChunks:
         return self.data[start:start + int(self.sizes[i])]
 
 
+def with_crcs(run: EncodedChunks) -> np.ndarray:
+    """Write each chunk's CRC-32C (little-endian) into the ``CRC_BYTES`` after it and return the
+    run's chunks and checksums as one piece (a view of ``run.data``), as a ``crc32c`` codec stores them."""
+    if run.gap != CRC_BYTES:
+        raise FmDataError(f"expected {CRC_BYTES} spare bytes after each chunk, got {run.gap}")
+    ends = run.starts + run.sizes
+    crcs = np.array([google_crc32c.value(run.data[e - z:e]) for e, z in zip(ends.tolist(), run.sizes.tolist())], "<u4")
+    run.data[ends[:, None] + np.arange(CRC_BYTES)] = crcs.view(np.uint8).reshape(-1, CRC_BYTES)
+    return run.data[:run.nbytes]
+
+
 def assemble_shard(layout: ShardLayout, runs: Sequence[EncodedChunks]) -> list[Any]:
     """Return the pieces (the runs' chunks, each followed by its CRC-32C when the layout has the
     ``crc32c`` codec, written into its gap; then the index) of one shard whose inner chunks are
@@ -563,14 +574,7 @@ def assemble_shard(layout: ShardLayout, runs: Sequence[EncodedChunks]) -> list[A
     if n > layout.chunks_per_shard or any(r.gap != gap for r in runs):
         raise FmDataError(f"expected at most {layout.chunks_per_shard} inner chunks per shard with {gap} bytes "
                           f"after each, got {n} with {[r.gap for r in runs]}")
-    pieces: list[Any] = []
-    for run in runs:
-        ends = run.starts + run.sizes
-        if gap:
-            crcs = np.array([google_crc32c.value(run.data[e - z:e]) for e, z in zip(ends.tolist(), run.sizes.tolist())],
-                            "<u4")
-            run.data[ends[:, None] + np.arange(CRC_BYTES)] = crcs.view(np.uint8).reshape(-1, CRC_BYTES)
-        pieces.append(run.data[:run.nbytes])
+    pieces = [with_crcs(run) if gap else run.data[:run.nbytes] for run in runs]
     sizes = [run.sizes + gap for run in runs]
     return _with_index(layout, pieces, list(range(n)), sizes=np.concatenate(sizes) if sizes else np.zeros(0, np.int64))
 
